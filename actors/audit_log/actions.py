@@ -1,0 +1,43 @@
+"""Direct reads of the audit log."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from actors.audit_log.commands import AuditLogEvent, ListEvents
+from actors.audit_log.schema import events
+from foundry.runtime.context import InstanceContext
+
+
+async def list_events(ctx: InstanceContext, query: ListEvents) -> list[dict[str, Any]]:
+    """Events matching every given filter, newest first, at most ``limit``; page with ``beforeId``."""
+    stmt = sa.select(events).order_by(events.c.id.desc()).limit(query.limit)
+    if query.repo_id is not None:
+        stmt = stmt.where(events.c.repo_id == query.repo_id)
+    if query.task_id is not None:
+        stmt = stmt.where(events.c.task_id == query.task_id)
+    if query.branch is not None:
+        stmt = stmt.where(events.c.branch_name == query.branch)
+    if query.kind is not None:
+        stmt = stmt.where(events.c.kind == query.kind)
+    if query.before_id is not None:
+        stmt = stmt.where(events.c.id < query.before_id)
+    async with ctx.read() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [
+        AuditLogEvent(
+            id=row.id,
+            organization_id=ctx.key,
+            repo_id=row.repo_id,
+            task_id=row.task_id,
+            branch_name=row.branch_name,
+            kind=row.kind,
+            actor_user_id=row.actor_user_id,
+            payload=json.loads(row.payload_json),
+            created_at=row.created_at,
+        ).public()
+        for row in rows
+    ]

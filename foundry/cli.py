@@ -1,0 +1,200 @@
+"""The ``foundry`` command line: serve, database maintenance, actor inspection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from foundry.config import ROLE_NAMES, Settings, get_settings
+from foundry.logging import configure_logging
+
+
+@click.group()
+def main() -> None:
+    """Foundry: orchestrate coding agents for teams."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default FOUNDRY_HOST or 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default FOUNDRY_PORT or 7741).")
+def serve(host: str | None, port: int | None) -> None:
+    """Start the HTTP server, the actor runtime and (unless FOUNDRY_RUNTIME__RAY_ADDRESS) a local Ray."""
+    import uvicorn
+
+    from foundry.http.app import create_app
+
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    missing = settings.check_production()
+    if missing:
+        raise click.ClickException(f"production mode needs these settings: {', '.join(missing)}")
+    configure_logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    click.echo(f"foundry: {settings.mode} mode, data in {settings.data_dir}, http://{settings.host}:{settings.port}")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        log_level=settings.log_level.lower(),
+    )
+
+
+# ------------------------------------------------------------------------------------------ db
+
+
+@main.group()
+def db() -> None:
+    """Per-actor databases and their migrations."""
+
+
+def _role_names(role: str | None) -> list[str]:
+    from foundry.runtime.role import available_roles
+
+    roles = available_roles()
+    if role is None:
+        return roles
+    if role not in ROLE_NAMES:
+        raise click.BadParameter(f"unknown role {role!r}; choose from {', '.join(ROLE_NAMES)}", param_hint="--role")
+    if role not in roles:
+        raise click.BadParameter(f"role {role!r} is not implemented yet", param_hint="--role")
+    return [role]
+
+
+@db.command("upgrade")
+@click.option("--role", default=None, help="Only this role (default: all).")
+def db_upgrade(role: str | None) -> None:
+    """Migrate every existing actor database to its role's head (instances also migrate at wake)."""
+    from foundry.db.engine import make_engine
+    from foundry.db.migrate import ensure_schema
+    from foundry.runtime.role import load_role
+
+    settings = get_settings()
+
+    async def _run() -> None:
+        for name in _role_names(role):
+            spec = load_role(name)
+            files = sorted((settings.data_dir / name).glob("*/*.sqlite3"))
+            migrated = 0
+            for path in files:
+                engine = make_engine(path)
+                try:
+                    migrated += await ensure_schema(engine, spec.migrations_location)
+                finally:
+                    await engine.dispose()
+            click.echo(f"{name}: {len(files)} databases, {migrated} migrated")
+
+    asyncio.run(_run())
+
+
+@db.command("check")
+def db_check() -> None:
+    """Fail when a role's models and its migrations disagree."""
+    from foundry.db.engine import make_engine
+    from foundry.db.migrate import ensure_schema, schema_diff
+    from foundry.runtime.role import load_role
+
+    async def _run() -> int:
+        problems = 0
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in _role_names(None):
+                spec = load_role(name)
+                engine = make_engine(Path(tmp) / f"{name}.sqlite3")
+                try:
+                    await ensure_schema(engine, spec.migrations_location)
+                    diff = await schema_diff(engine, spec.metadata)
+                finally:
+                    await engine.dispose()
+                if diff:
+                    problems += 1
+                    click.echo(f"{name}: models differ from migrations:")
+                    for item in diff:
+                        click.echo(f"  {item}")
+                else:
+                    click.echo(f"{name}: ok")
+        return problems
+
+    if asyncio.run(_run()):
+        sys.exit(1)
+
+
+@db.command("revision")
+@click.option("--role", required=True, help="The role whose schema changed.")
+@click.option("-m", "--message", required=True, help="What the revision does.")
+@click.option("--autogenerate", is_flag=True, help="Diff the models against the migrations.")
+def db_revision(role: str, message: str, autogenerate: bool) -> None:
+    """Write a new migration for a role, numbered after the last one."""
+    from alembic import command
+
+    from foundry.db.migrate import alembic_config
+    from foundry.runtime.role import load_role
+
+    _role_names(role)
+    spec = load_role(role)
+    versions = Path(spec.migrations_location) / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    numbers = [int(m.group(1)) for p in versions.glob("*.py") if (m := re.match(r"(\d{4})_", p.name))]
+    rev_id = f"{(max(numbers) if numbers else 0) + 1:04d}"
+    cfg = alembic_config(spec.migrations_location)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.set_main_option("sqlalchemy.url", f"sqlite:///{tmp}/scratch.sqlite3")
+        try:
+            if autogenerate:
+                command.upgrade(cfg, "head")
+            command.revision(cfg, message=message, autogenerate=autogenerate, rev_id=rev_id)
+        finally:
+            cfg.set_main_option("sqlalchemy.url", "")
+    click.echo(f"{role}: wrote revision {rev_id}")
+
+
+# ------------------------------------------------------------------------------------------ actors
+
+
+@main.group()
+def actors() -> None:
+    """Inspect the actor runtime of a running Foundry."""
+
+
+@actors.command("ls")
+@click.option("--address", default="auto", help="Ray cluster address (default: the local one).")
+def actors_ls(address: str) -> None:
+    """Which instances are awake on which host."""
+    import ray
+
+    from foundry.runtime.ray_backend import RayRuntime
+
+    settings = get_settings()
+    settings.runtime.ray_address = address
+
+    async def _run() -> dict[str, object]:
+        runtime = RayRuntime(settings)
+        await runtime.start()
+        out: dict[str, object] = {}
+        for (role, shard) in list(runtime._handles):
+            info = await runtime.host_info(role, shard)
+            keys = await runtime.host_call(role, shard, "awake")
+            out[f"foundry.{role}.{shard}"] = {"pid": info["pid"], "awake": keys}
+        return out
+
+    try:
+        result = asyncio.run(_run())
+    except ConnectionError as exc:
+        raise click.ClickException(f"no running Foundry Ray cluster found at {address!r}: {exc}") from exc
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    click.echo(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Settings, read from the environment (prefix ``FOUNDRY_``) by pydantic-settings.
+
+Nested groups use ``__``: ``FOUNDRY_RUNTIME__BACKEND=inprocess``. Secrets are `SecretStr`. In production
+mode the settings that have no safe default must be given; `Settings.check_production` names the missing
+variables so start-up fails with a sentence instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROLE_NAMES = ("organization", "task", "user", "github-data", "audit-log", "sandbox")
+
+
+class RuntimeSettings(BaseModel):
+    """How the virtual-actor runtime runs."""
+
+    backend: Literal["ray", "inprocess"] = "ray"
+    #: Address of an existing Ray cluster; empty starts a local one for this process.
+    ray_address: str = ""
+    namespace: str = "foundry"
+    #: Host actors per role; more shards spread load over more processes (and nodes).
+    shards: dict[str, int] = Field(default_factory=dict)
+    default_shards: int = 1
+    #: An instance that handled nothing for this long closes its database and leaves memory.
+    idle_seconds: float = 120.0
+    #: Ray object store size for the local cluster (bytes); small, Foundry passes little data.
+    object_store_bytes: int = 256 * 1024 * 1024
+    #: Extra roles by name → module defining ``ROLE`` (tests add their own roles this way).
+    extra_roles: dict[str, str] = Field(default_factory=dict)
+
+    def shards_for(self, role: str) -> int:
+        return max(1, int(self.shards.get(role, self.default_shards)))
+
+
+class Settings(BaseSettings):
+    """All of Foundry's configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="FOUNDRY_", env_nested_delimiter="__", extra="ignore")
+
+    mode: Literal["mock", "production"] = "mock"
+    host: str = "127.0.0.1"
+    port: int = 7741
+    data_dir: Path = Path(".data")
+    #: Public URL of the app (used for OAuth redirects and the Secure cookie flag).
+    app_url: str = ""
+    #: Signs cookies and derives the key that encrypts GitHub tokens at rest.
+    secret_key: SecretStr = SecretStr("")
+    log_level: str = "INFO"
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def base_url(self) -> str:
+        return self.app_url.rstrip("/") or f"http://{self.host}:{self.port}"
+
+    def effective_secret_key(self) -> str:
+        """The configured secret, or in mock mode a per-data-dir random one kept on disk."""
+        if self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value()
+        if self.mode == "production":
+            raise RuntimeError("FOUNDRY_SECRET_KEY must be set in production mode")
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def check_production(self) -> list[str]:
+        """Names of environment variables that production mode needs and that are missing."""
+        missing: list[str] = []
+        if self.mode != "production":
+            return missing
+        if not self.secret_key.get_secret_value():
+            missing.append("FOUNDRY_SECRET_KEY")
+        if not self.app_url:
+            missing.append("FOUNDRY_APP_URL")
+        return missing
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

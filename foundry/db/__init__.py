@@ -1,0 +1,1 @@
+"""Per-actor SQLite databases: engines and alembic migrations."""

@@ -1,0 +1,70 @@
+"""Events published by instances and the per-host fan-out to subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One published event. ``seq`` is monotonic per topic, stamped by the owning instance."""
+
+    topic: str
+    event: str
+    seq: int
+    data: Any
+
+    def as_frame(self) -> dict[str, Any]:
+        return {"topic": self.topic, "event": self.event, "seq": self.seq, "data": self.data}
+
+
+#: Published in place of events when a subscriber fell too far behind and lost some: the consumer
+#: must re-read snapshots (the realtime gateway does this) instead of trusting its stream.
+OVERFLOW_TOPIC = "$overflow"
+
+
+class EventHub:
+    """Fans a host's events out to its subscribers through bounded queues.
+
+    A subscriber that stops reading is not allowed to grow memory: when its queue is full it gets an
+    overflow marker and its backlog is dropped.
+    """
+
+    def __init__(self, max_queued: int = 10_000) -> None:
+        self._subscribers: set[asyncio.Queue[list[Event]]] = set()
+        self._max_queued = max_queued
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, events: list[Event]) -> None:
+        if not events:
+            return
+        for queue in list(self._subscribers):
+            if queue.qsize() >= self._max_queued:
+                log.warning("event subscriber fell behind; dropping %d queued batches", queue.qsize())
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait([Event(OVERFLOW_TOPIC, "overflow", 0, None)])
+                continue
+            queue.put_nowait(list(events))
+
+    async def subscribe(self) -> AsyncIterator[list[Event]]:
+        """Yield batches of events in publication order, coalescing whatever queued up meanwhile."""
+        queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            while True:
+                batch = await queue.get()
+                while not queue.empty():
+                    batch.extend(queue.get_nowait())
+                yield batch
+        finally:
+            self._subscribers.discard(queue)

@@ -1,0 +1,92 @@
+"""The in-process backend: every host in this event loop, arguments and results pickled as Ray would.
+
+Same semantics as the Ray backend, minus processes: for unit tests and single-process development.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from foundry.runtime.client import Runtime
+from foundry.runtime.events import Event
+from foundry.runtime.host import Host
+from foundry.runtime.role import Role, load_role
+from foundry.services import Services
+
+
+def _roundtrip(value: Any) -> Any:
+    # Pickling both ways catches unpicklable arguments, results and errors in the fast tier.
+    return pickle.loads(pickle.dumps(value))
+
+
+class InProcessRuntime(Runtime):
+    """Hosts created on first use, all in the current event loop."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        services: Services,
+        *,
+        shard_counts: dict[str, int] | None = None,
+        default_shards: int = 1,
+        idle_seconds: float = 120.0,
+        roles: dict[str, Role] | None = None,
+        extra_role_modules: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(shard_counts, default_shards)
+        self.data_dir = Path(data_dir)
+        self.services = services
+        self.idle_seconds = idle_seconds
+        self._roles = dict(roles or {})
+        self._extra_role_modules = dict(extra_role_modules or {})
+        self._hosts: dict[tuple[str, int], Host] = {}
+
+    def role(self, name: str) -> Role:
+        if name not in self._roles:
+            self._roles[name] = load_role(name, self._extra_role_modules)
+        return self._roles[name]
+
+    def host(self, role: str, shard: int) -> Host:
+        """The host of (role, shard), started on first use."""
+        host = self._hosts.get((role, shard))
+        if host is None:
+            host = Host(self.role(role), shard, self.shards(role), self.data_dir, self, self.services,
+                        self.idle_seconds)
+            host.start(recover=True)
+            self._hosts[(role, shard)] = host
+        return host
+
+    async def _send(
+        self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str
+    ) -> tuple[str, Any]:
+        host = self.host(role, self.shard_for(role, key))
+        outcome = await host.send(
+            key, name, _roundtrip(body), wait=wait, timeout=timeout, command_id=command_id
+        )
+        return _roundtrip(outcome)  # type: ignore[no-any-return]
+
+    async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
+        host = self.host(role, self.shard_for(role, key))
+        return _roundtrip(await host.call(key, action, _roundtrip(body)))  # type: ignore[no-any-return]
+
+    async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:
+        async for batch in self.host(role, shard).subscribe():
+            yield _roundtrip(batch)
+
+    async def awake(self) -> dict[str, list[str]]:
+        return {host.name: host.awake_keys() for host in self._hosts.values()}
+
+    async def restart_host(self, role: str, shard: int = 0) -> Host:
+        """Drop a host's in-memory state and start it again (recovery runs); for tests."""
+        old = self._hosts.pop((role, shard), None)
+        if old is not None:
+            await old.close()
+        return self.host(role, shard)
+
+    async def close(self) -> None:
+        for host in list(self._hosts.values()):
+            await host.close()
+        self._hosts.clear()

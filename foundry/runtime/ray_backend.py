@@ -1,0 +1,190 @@
+"""The Ray backend: one async Ray actor per (role, shard) hosting many instances.
+
+Host actors are named ``foundry.<role>.<shard>``, detached, restarted forever (``max_restarts=-1``)
+and take no CPU reservation. A restarted host runs its recovery scan from ``__init__`` (Ray runs an
+async actor's ``__init__`` on its event loop), so pending commands resume without a caller.
+Callers retry `ActorUnavailableError` with the same command id, which makes the retry harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+from foundry.config import Settings
+from foundry.errors import ActorUnavailable
+from foundry.logging import configure_logging
+from foundry.runtime.client import Runtime
+from foundry.runtime.events import Event
+from foundry.runtime.host import Host
+from foundry.runtime.role import available_roles, load_role
+from foundry.services import build_services
+
+log = logging.getLogger(__name__)
+
+#: How long a caller keeps retrying a host that is restarting (a kill -9 restart takes 1-2 s here).
+RETRY_WINDOW_S = 30.0
+
+
+def host_name(role: str, shard: int) -> str:
+    return f"foundry.{role}.{shard}"
+
+
+class HostActor:
+    """The Ray actor around a `Host`. Plain class; Ray options are applied in `host_handle`."""
+
+    def __init__(self, role: str, shard: int, settings: Settings) -> None:
+        configure_logging(settings.log_level)
+        self.settings = settings
+        self.runtime = RayRuntime(settings)
+        services = build_services(settings)
+        self.host = Host(
+            load_role(role, settings.runtime.extra_roles),
+            shard,
+            settings.runtime.shards_for(role),
+            settings.data_dir,
+            self.runtime,
+            services,
+            settings.runtime.idle_seconds,
+        )
+        self.host.start(recover=True)
+
+    async def send(
+        self, key: str, name: str, body: Any, wait: bool, timeout: float, command_id: str
+    ) -> tuple[str, Any]:
+        return await self.host.send(key, name, body, wait=wait, timeout=timeout, command_id=command_id)
+
+    async def call(self, key: str, action: str, body: Any) -> tuple[str, Any]:
+        return await self.host.call(key, action, body)
+
+    async def subscribe(self) -> AsyncIterator[list[Event]]:
+        async for batch in self.host.subscribe():
+            yield batch
+
+    async def awake(self) -> list[str]:
+        return self.host.awake_keys()
+
+    async def info(self) -> dict[str, Any]:
+        """Process id and counters, for ``foundry actors ls`` and crash tests."""
+        return {"pid": os.getpid(), "awake": len(self.host.awake_keys()), "sleeps": self.host.sleeps,
+                "subscribers": self.host.hub.subscriber_count}
+
+    async def recovered(self) -> int:
+        return await self.host.recovered()
+
+    async def sleep_idle(self, older_than: float = 0.0) -> int:
+        return await self.host.sleep_idle(older_than)
+
+
+_RemoteHost = ray.remote(HostActor)
+
+
+class RayRuntime(Runtime):
+    """A Ray driver's (or a host's) client for every host of every role."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(dict(settings.runtime.shards), settings.runtime.default_shards)
+        self.settings = settings
+        self._handles: dict[tuple[str, int], Any] = {}
+        self._started_ray = False
+
+    async def start(self) -> None:
+        """Connect to Ray (the configured cluster, or a new local one) and create the hosts."""
+        if not ray.is_initialized():
+            address = self.settings.runtime.ray_address or None
+            kwargs: dict[str, Any] = {
+                "namespace": self.settings.runtime.namespace,
+                "log_to_driver": False,
+                "include_dashboard": False,
+            }
+            if address is None:
+                # "local" starts a fresh cluster even when another one runs on this machine
+                # (plain ray.init() would silently join it).
+                kwargs.update(address="local", num_cpus=os.cpu_count() or 2,
+                              object_store_memory=self.settings.runtime.object_store_bytes)
+            else:
+                kwargs["address"] = address
+            await asyncio.to_thread(ray.init, **kwargs)
+            self._started_ray = True
+        for role in available_roles() + list(self.settings.runtime.extra_roles):
+            for shard in range(self.shards(role)):
+                self.handle(role, shard)
+
+    async def close(self) -> None:
+        if self._started_ray:
+            await asyncio.to_thread(ray.shutdown)
+            self._started_ray = False
+
+    def handle(self, role: str, shard: int, *, refresh: bool = False) -> Any:
+        """The Ray handle of host (role, shard), created if it does not exist yet."""
+        key = (role, shard)
+        if refresh or key not in self._handles:
+            self._handles[key] = _RemoteHost.options(  # type: ignore[attr-defined]
+                name=host_name(role, shard),
+                namespace=self.settings.runtime.namespace,
+                get_if_exists=True,
+                lifetime="detached",
+                max_restarts=-1,
+                max_concurrency=10_000,
+                num_cpus=0,
+            ).remote(role, shard, self.settings)
+        return self._handles[key]
+
+    async def _with_retry(self, role: str, shard: int, method: str, *args: Any) -> Any:
+        deadline = time.monotonic() + RETRY_WINDOW_S
+        delay = 0.05
+        refresh = False
+        while True:
+            try:
+                handle = self.handle(role, shard, refresh=refresh)
+                return await getattr(handle, method).remote(*args)
+            except (ActorUnavailableError, ActorDiedError, RayActorError, GetTimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise ActorUnavailable(
+                        f"host {host_name(role, shard)} unreachable for {RETRY_WINDOW_S:g}s: {exc}"
+                    ) from exc
+                log.info("host %s unavailable (%s); retrying", host_name(role, shard), type(exc).__name__)
+                refresh = isinstance(exc, ActorDiedError)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _send(
+        self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str
+    ) -> tuple[str, Any]:
+        shard = self.shard_for(role, key)
+        return await self._with_retry(role, shard, "send", key, name, body, wait, timeout, command_id)  # type: ignore[no-any-return]
+
+    async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
+        shard = self.shard_for(role, key)
+        return await self._with_retry(role, shard, "call", key, action, body)  # type: ignore[no-any-return]
+
+    async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:
+        """One streaming generator on the host; ends with `ActorUnavailable` if the host dies."""
+        generator = self.handle(role, shard).subscribe.remote()
+        try:
+            async for ref in generator:
+                yield await ref
+        except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
+            raise ActorUnavailable(f"event stream of {host_name(role, shard)} broke: {exc}") from exc
+        finally:
+            ray.cancel(generator)
+
+    async def awake(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for (role, shard) in list(self._handles):
+            out[host_name(role, shard)] = await self._with_retry(role, shard, "awake")
+        return out
+
+    async def host_info(self, role: str, shard: int = 0) -> dict[str, Any]:
+        return await self._with_retry(role, shard, "info")  # type: ignore[no-any-return]
+
+    async def host_call(self, role: str, shard: int, method: str, *args: Any) -> Any:
+        """Call a `HostActor` method directly (admin tools and tests)."""
+        return await self._with_retry(role, shard, method, *args)

@@ -1,0 +1,48 @@
+"""Tables every role's database carries for the runtime: mailbox, outbox and topic sequences.
+
+Each role's ``schema.py`` calls `add_runtime_tables` on its own MetaData so that the role's alembic
+environment creates and checks them like any other table.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+
+def add_runtime_tables(metadata: sa.MetaData) -> None:
+    """Declare the runtime's tables on a role's metadata."""
+    sa.Table(
+        "foundry_mailbox",
+        metadata,
+        # The autoincrement seq is the processing order: insertion and enqueue happen atomically.
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("command_id", sa.String, nullable=False, unique=True),
+        sa.Column("name", sa.String, nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("status", sa.String, nullable=False, server_default="pending"),
+        sa.Column("result", sa.Text, nullable=True),
+        sa.Column("error", sa.Text, nullable=True),
+        sa.Column("created_at", sa.Integer, nullable=False),
+        sa.Column("finished_at", sa.Integer, nullable=True),
+        sa.Index("ix_foundry_mailbox_status", "status"),
+        sqlite_autoincrement=True,
+    )
+    sa.Table(
+        "foundry_outbox",
+        metadata,
+        # Sends to other actors recorded in the same transaction as the effect that caused them,
+        # delivered after commit and again at wake until acknowledged (transactional outbox).
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("role", sa.String, nullable=False),
+        sa.Column("key", sa.String, nullable=False),
+        sa.Column("name", sa.String, nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("command_id", sa.String, nullable=False, unique=True),
+        sa.Column("created_at", sa.Integer, nullable=False),
+    )
+    sa.Table(
+        "foundry_topic_seq",
+        metadata,
+        sa.Column("topic", sa.String, primary_key=True),
+        sa.Column("seq", sa.Integer, nullable=False),
+    )

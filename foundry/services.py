@@ -1,0 +1,34 @@
+"""The collaborators a role's code may use, built once per host process.
+
+Drivers are swappable here (real or fake) without role code knowing which it got; the wiring lives in
+one place, as in Ray Serve's control plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from foundry.clock import Clock, SystemClock
+from foundry.config import Settings
+
+
+@dataclass
+class Services:
+    """Everything a handler may reach beyond its own database."""
+
+    settings: Settings
+    clock: Clock = field(default_factory=SystemClock)
+    #: Driver instances by name (``github``, ``sandbox``, ``stripe``), added by the wiring.
+    drivers: dict[str, Any] = field(default_factory=dict)
+
+    def driver(self, name: str) -> Any:
+        try:
+            return self.drivers[name]
+        except KeyError:
+            raise RuntimeError(f"driver {name!r} is not configured in this process") from None
+
+
+def build_services(settings: Settings) -> Services:
+    """The services of one process for the given settings."""
+    return Services(settings=settings)

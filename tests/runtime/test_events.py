@@ -1,0 +1,43 @@
+"""Events: per-topic seq stamped after commit, ordered streams per host."""
+
+from __future__ import annotations
+
+import asyncio
+
+from foundry.runtime.events import Event
+from foundry.runtime.inprocess import InProcessRuntime
+
+
+async def _collect(runtime: InProcessRuntime, n: int, out: list[Event]) -> None:
+    async for batch in runtime.subscribe("counter", 0):
+        out.extend(e for e in batch if e.topic.startswith("counter:"))
+        if len(out) >= n:
+            return
+
+
+async def test_events_arrive_in_order_with_monotonic_seq(runtime: InProcessRuntime) -> None:
+    received: list[Event] = []
+    runtime.host("counter", 0)
+    collector = asyncio.create_task(_collect(runtime, 30, received))
+    await asyncio.sleep(0)
+    ref = runtime.actor("counter", "ev")
+    for _ in range(20):
+        await ref.send("incr", {"publish": True})
+    for _ in range(10):
+        await ref.call("bump", {"by": 1})
+    await asyncio.wait_for(collector, 5)
+    assert [e.seq for e in received] == list(range(1, 31))
+    assert [e.data["value"] for e in received] == list(range(1, 31))
+    assert {e.event for e in received} == {"counterUpdated"}
+
+
+async def test_seq_survives_sleep_and_failed_commands_publish_nothing(runtime: InProcessRuntime) -> None:
+    received: list[Event] = []
+    collector = asyncio.create_task(_collect(runtime, 2, received))
+    await asyncio.sleep(0)
+    ref = runtime.actor("counter", "ev2")
+    await ref.send("incr", {"publish": True}, wait=True)
+    await runtime.host("counter", 0).sleep_idle(older_than=0)
+    await ref.send("incr", {"publish": True}, wait=True)
+    await asyncio.wait_for(collector, 5)
+    assert [e.seq for e in received] == [1, 2]
