@@ -40,7 +40,9 @@ def serve(host: str | None, port: int | None) -> None:
         raise click.ClickException(f"production mode needs these settings: {', '.join(missing)}")
     configure_logging(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    click.echo(f"foundry: {settings.mode} mode, data in {settings.data_dir}, http://{settings.host}:{settings.port}")
+    click.echo(
+        f"foundry: {settings.mode} mode, data in {settings.data_dir}, http://{settings.host}:{settings.port}"
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -65,7 +67,9 @@ def _role_names(role: str | None) -> list[str]:
     if role is None:
         return roles
     if role not in ROLE_NAMES:
-        raise click.BadParameter(f"unknown role {role!r}; choose from {', '.join(ROLE_NAMES)}", param_hint="--role")
+        raise click.BadParameter(
+            f"unknown role {role!r}; choose from {', '.join(ROLE_NAMES)}", param_hint="--role"
+        )
     if role not in roles:
         raise click.BadParameter(f"role {role!r} is not implemented yet", param_hint="--role")
     return [role]
@@ -180,7 +184,7 @@ def actors_ls(address: str) -> None:
         runtime = RayRuntime(settings)
         await runtime.start()
         out: dict[str, object] = {}
-        for (role, shard) in list(runtime._handles):
+        for role, shard in list(runtime._handles):
             info = await runtime.host_info(role, shard)
             keys = await runtime.host_call(role, shard, "awake")
             out[f"foundry.{role}.{shard}"] = {"pid": info["pid"], "awake": keys}

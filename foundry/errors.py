@@ -31,7 +31,7 @@ class FoundryError(Exception):
 
     @staticmethod
     def from_payload(payload: dict[str, Any]) -> FoundryError:
-        cls = _REGISTRY.get(str(payload.get("type")), CommandFailed)
+        cls: type[FoundryError] = _REGISTRY.get(str(payload.get("type")), CommandFailed)
         args = payload.get("args") or [payload.get("detail", "command failed")]
         try:
             return cls(*args)

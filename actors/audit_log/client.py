@@ -29,8 +29,14 @@ class AuditLogClient:
         """Durably record an event (fire-and-forget: returns once the event is committed to the queue)."""
         await self._ref.send(
             "append",
-            {"kind": kind, "payload": payload or {}, "repoId": repo_id, "taskId": task_id,
-             "branchName": branch_name, "actorUserId": actor_user_id},
+            {
+                "kind": kind,
+                "payload": payload or {},
+                "repoId": repo_id,
+                "taskId": task_id,
+                "branchName": branch_name,
+                "actorUserId": actor_user_id,
+            },
             command_id=command_id,
         )
 

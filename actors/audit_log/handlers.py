@@ -23,5 +23,4 @@ async def handle_append(ctx: CommandContext, cmd: AppendEvent) -> dict[str, int]
         )
     )
     event_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-    ctx.publish(f"audit:{ctx.key}", "auditEventAppended", {"id": event_id, "kind": cmd.kind})
     return {"id": event_id}

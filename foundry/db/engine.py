@@ -25,6 +25,9 @@ def make_engine(path: Path) -> AsyncEngine:
         poolclass=AsyncAdaptedQueuePool,
         pool_size=2,
         max_overflow=2,
+        # Transactions always end in commit or rollback through `Connection`, so the pool's own
+        # rollback on return would only add a thread hop (~0.2 ms) to every transaction.
+        pool_reset_on_return=None,
     )
 
     @event.listens_for(engine.sync_engine, "connect")

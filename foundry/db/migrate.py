@@ -34,7 +34,7 @@ def migrations_dir(role_package: str) -> Path:
     return MIGRATIONS_ROOT / role_package
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def alembic_config(location: str) -> Config:
     """An alembic Config without alembic.ini, pointing at one role's environment folder."""
     cfg = Config()
@@ -44,7 +44,7 @@ def alembic_config(location: str) -> Config:
     return cfg
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def script_directory(location: str) -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config(location))
 
@@ -61,9 +61,7 @@ def _upgrade_sync(connection: Connection, location: str) -> None:
 
     # EnvironmentContext with the cached ScriptDirectory skips re-importing env.py and re-parsing
     # the revision files at every wake (4 ms instead of 6-16 ms, research C).
-    with EnvironmentContext(
-        alembic_config(location), script, fn=_steps, destination_rev="head"
-    ) as env:
+    with EnvironmentContext(alembic_config(location), script, fn=_steps, destination_rev="head") as env:
         env.configure(connection=connection, target_metadata=None, render_as_batch=True)
         with env.begin_transaction():
             env.run_migrations()
@@ -87,9 +85,8 @@ async def ensure_schema(engine: AsyncEngine, location: str) -> bool:
     if await current_revision(engine) == head:
         return False
     lock = _LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
-    async with lock:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade_sync, location)
+    async with lock, engine.begin() as conn:
+        await conn.run_sync(_upgrade_sync, location)
     log.debug("migrated role=%s to head=%s", location, head)
     return True
 

@@ -55,7 +55,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             log.warning("readiness: runtime check failed: %s", exc)
             checks["runtime"] = {"ok": False, "detail": f"actor runtime not answering: {exc}"}
             ok = False
-        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+        )
 
     return app

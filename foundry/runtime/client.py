@@ -63,7 +63,9 @@ class Runtime(abc.ABC):
         """
         command_id = command_id or uuid.uuid4().hex
         return unwrap(
-            await self._send(role, key, name, to_jsonable(body), wait=wait, timeout=timeout, command_id=command_id)
+            await self._send(
+                role, key, name, to_jsonable(body), wait=wait, timeout=timeout, command_id=command_id
+            )
         )
 
     async def call(self, role: str, key: str, action: str, body: Any = None) -> Any:

@@ -53,8 +53,15 @@ class InProcessRuntime(Runtime):
         """The host of (role, shard), started on first use."""
         host = self._hosts.get((role, shard))
         if host is None:
-            host = Host(self.role(role), shard, self.shards(role), self.data_dir, self, self.services,
-                        self.idle_seconds)
+            host = Host(
+                self.role(role),
+                shard,
+                self.shards(role),
+                self.data_dir,
+                self,
+                self.services,
+                self.idle_seconds,
+            )
             host.start(recover=True)
             self._hosts[(role, shard)] = host
         return host

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -38,9 +39,9 @@ STEP_TIMEOUT_S = 60.0
 class Instance:
     """A logical actor hosted by a `Host`.
 
-    Commands are committed to ``foundry_mailbox`` before the sender is acknowledged (enqueues that
-    arrive together share one transaction), then run one at a time, each in one transaction together
-    with its completion row, so effects on local state happen exactly once.
+    Commands are committed to ``foundry_mailbox`` before the sender is acknowledged, then run one at
+    a time, each in one transaction together with its completion row, so effects on local state
+    happen exactly once.
     """
 
     def __init__(self, host: Host, key: str, path: Path) -> None:
@@ -54,8 +55,7 @@ class Instance:
         self.last_used = asyncio.get_running_loop().time()
         self._queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
         self._waiters: dict[str, list[asyncio.Future[Outcome]]] = {}
-        self._pending_enqueues: list[tuple[str, str, str, asyncio.Future[tuple[str, Any]]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._mailbox_conn: sqlite3.Connection | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._running_command: str | None = None
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -96,7 +96,7 @@ class Instance:
 
     async def close(self) -> None:
         """Stop the loop and jobs and release the database (its thread and file handles)."""
-        tasks = [t for t in (self._loop_task, self._flusher, self._outbox_task) if t is not None]
+        tasks = [t for t in (self._loop_task, self._outbox_task) if t is not None]
         tasks.extend(self._jobs.values())
         for task in tasks:
             task.cancel()
@@ -111,6 +111,9 @@ class Instance:
             for fut in futures:
                 if not fut.done():
                     fut.cancel()
+        if self._mailbox_conn is not None:
+            self._mailbox_conn.close()
+            self._mailbox_conn = None
         await self.engine.dispose()
 
     def quiescent(self) -> bool:
@@ -120,7 +123,6 @@ class Instance:
             and self._queue.empty()
             and self._running_command is None
             and not self._waiters
-            and not self._pending_enqueues
             and not self._jobs
             and not self._outbox_dirty
             and not self.write_lock.locked()
@@ -174,54 +176,37 @@ class Instance:
             self._waiters.pop(command_id, None)
 
     async def _enqueue(self, command_id: str, name: str, body_json: str) -> tuple[str, Any]:
-        ack: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending_enqueues.append((command_id, name, body_json, ack))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_enqueues())
-        return await ack
+        # The mailbox row goes through a plain sqlite3 connection on the loop thread: tens of
+        # microseconds instead of ~0.8 ms for three aiosqlite thread hops (research B). It can never
+        # block the loop on SQLite's lock because every writer of this file holds `write_lock`.
+        async with self.write_lock:
+            outcome = self._insert_command(command_id, name, body_json)
+            if outcome[0] == "new":
+                # Enqueued under the lock: queue order equals seq order.
+                self._queue.put_nowait((command_id, name, body_json))
+        return outcome
 
-    async def _flush_enqueues(self) -> None:
-        # Group commit: every send that arrived while the previous batch was committing goes into
-        # the next transaction (10x cheaper acks for a burst, research B).
-        mailbox = self._tables["foundry_mailbox"]
-        while self._pending_enqueues:
-            batch, self._pending_enqueues = self._pending_enqueues, []
-            try:
-                async with self.write_lock:
-                    ids = [item[0] for item in batch]
-                    now = self.host.services.clock.now_ms()
-                    async with self.engine.begin() as conn:
-                        rows = await conn.execute(
-                            sa.select(mailbox.c.command_id, mailbox.c.status, mailbox.c.result, mailbox.c.error)
-                            .where(mailbox.c.command_id.in_(ids))
-                        )
-                        existing: dict[str, tuple[str, Any, Any]] = {r[0]: (r[1], r[2], r[3]) for r in rows}
-                        new_rows: list[dict[str, Any]] = []
-                        outcomes: list[tuple[str, Any]] = []
-                        for command_id, name, body_json, _ack in batch:
-                            if command_id in existing:
-                                outcomes.append(("duplicate", existing[command_id]))
-                                continue
-                            existing[command_id] = ("pending", None, None)
-                            new_rows.append(
-                                {"command_id": command_id, "name": name, "body": body_json,
-                                 "status": "pending", "created_at": now}
-                            )
-                            outcomes.append(("new", None))
-                        if new_rows:
-                            await conn.execute(sqlite_insert(mailbox), new_rows)
-                    # Enqueue while still holding the lock: queue order equals seq order.
-                    for row in new_rows:
-                        self._queue.put_nowait((row["command_id"], row["name"], row["body"]))
-            except Exception as exc:
-                log.exception("enqueue failed for %s/%s (%d commands)", self.role.name, self.key, len(batch))
-                for *_, ack in batch:
-                    if not ack.done():
-                        ack.set_exception(exc)
-                continue
-            for (*_, ack), outcome in zip(batch, outcomes, strict=True):
-                if not ack.done():
-                    ack.set_result(outcome)
+    def _insert_command(self, command_id: str, name: str, body_json: str) -> tuple[str, Any]:
+        conn = self._mailbox_db()
+        with conn:
+            inserted = conn.execute(
+                "INSERT OR IGNORE INTO foundry_mailbox(command_id, name, body, status, created_at) "
+                "VALUES (?, ?, ?, 'pending', ?)",
+                (command_id, name, body_json, self.host.services.clock.now_ms()),
+            ).rowcount
+        if inserted == 1:
+            return ("new", None)
+        row = conn.execute(
+            "SELECT status, result, error FROM foundry_mailbox WHERE command_id = ?", (command_id,)
+        ).fetchone()
+        return ("duplicate", (row[0], row[1], row[2]))
+
+    def _mailbox_db(self) -> sqlite3.Connection:
+        if self._mailbox_conn is None:
+            conn = sqlite3.connect(self.path, isolation_level="DEFERRED", timeout=5.0)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._mailbox_conn = conn
+        return self._mailbox_conn
 
     async def _run_loop(self) -> None:
         while True:
@@ -249,10 +234,13 @@ class Instance:
                         result = await handler.fn(ctx, model)
                     result_json = json.dumps(to_jsonable(result))
                     events = await self._stage(conn, ctx)
-                    await conn.execute(
-                        mailbox.update()
-                        .where(mailbox.c.command_id == command_id)
-                        .values(status="done", result=result_json, finished_at=self.host.services.clock.now_ms())
+                    # Through the driver connection, inside the same transaction: one thread hop
+                    # where SQLAlchemy's aiosqlite cursor takes three.
+                    raw = await conn.get_raw_connection()
+                    await raw.driver_connection.execute(  # type: ignore[union-attr]
+                        "UPDATE foundry_mailbox SET status='done', result=?, finished_at=? "
+                        "WHERE command_id=?",
+                        (result_json, self.host.services.clock.now_ms(), command_id),
                     )
                 self._committed(ctx, events)
             return ("ok", json.loads(result_json))
@@ -269,8 +257,11 @@ class Instance:
                 await conn.execute(
                     mailbox.update()
                     .where(mailbox.c.command_id == command_id)
-                    .values(status="failed", error=json.dumps(payload),
-                            finished_at=self.host.services.clock.now_ms())
+                    .values(
+                        status="failed",
+                        error=json.dumps(payload),
+                        finished_at=self.host.services.clock.now_ms(),
+                    )
                 )
             return ("err", payload)
 
@@ -326,8 +317,14 @@ class Instance:
             await conn.execute(
                 sqlite_insert(self._tables["foundry_outbox"]).on_conflict_do_nothing(),
                 [
-                    {"role": s.role, "key": s.key, "name": s.name, "body": json.dumps(s.body),
-                     "command_id": s.command_id, "created_at": now}
+                    {
+                        "role": s.role,
+                        "key": s.key,
+                        "name": s.name,
+                        "body": json.dumps(s.body),
+                        "command_id": s.command_id,
+                        "created_at": now,
+                    }
                     for s in ctx._sends
                 ],
             )
@@ -367,10 +364,13 @@ class Instance:
                 except FoundryError as exc:
                     if exc.code in ("invalid_input", "not_found", "payload_too_large"):
                         # The receiver refused it for good; retrying would loop forever.
-                        log.error("outbox send %s to %s/%s refused, dropped: %s", row.name, row.role, row.key, exc)
+                        log.error(
+                            "outbox send %s to %s/%s refused, dropped: %s", row.name, row.role, row.key, exc
+                        )
                     else:
-                        log.warning("outbox send %s to %s/%s failed, will retry: %s",
-                                    row.name, row.role, row.key, exc)
+                        log.warning(
+                            "outbox send %s to %s/%s failed, will retry: %s", row.name, row.role, row.key, exc
+                        )
                         self._outbox_dirty = True
                         break
                 except Exception:

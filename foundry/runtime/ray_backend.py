@@ -73,8 +73,12 @@ class HostActor:
 
     async def info(self) -> dict[str, Any]:
         """Process id and counters, for ``foundry actors ls`` and crash tests."""
-        return {"pid": os.getpid(), "awake": len(self.host.awake_keys()), "sleeps": self.host.sleeps,
-                "subscribers": self.host.hub.subscriber_count}
+        return {
+            "pid": os.getpid(),
+            "awake": len(self.host.awake_keys()),
+            "sleeps": self.host.sleeps,
+            "subscribers": self.host.hub.subscriber_count,
+        }
 
     async def recovered(self) -> int:
         return await self.host.recovered()
@@ -107,8 +111,11 @@ class RayRuntime(Runtime):
             if address is None:
                 # "local" starts a fresh cluster even when another one runs on this machine
                 # (plain ray.init() would silently join it).
-                kwargs.update(address="local", num_cpus=os.cpu_count() or 2,
-                              object_store_memory=self.settings.runtime.object_store_bytes)
+                kwargs.update(
+                    address="local",
+                    num_cpus=os.cpu_count() or 2,
+                    object_store_memory=self.settings.runtime.object_store_bytes,
+                )
             else:
                 kwargs["address"] = address
             await asyncio.to_thread(ray.init, **kwargs)
@@ -178,7 +185,7 @@ class RayRuntime(Runtime):
 
     async def awake(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for (role, shard) in list(self._handles):
+        for role, shard in list(self._handles):
             out[host_name(role, shard)] = await self._with_retry(role, shard, "awake")
         return out
 

@@ -84,7 +84,9 @@ def validate_body(handler: Handler, body: Any, role: str) -> BaseModel:
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise InvalidInput(f"{role}.{handler.name}: body must be an object, got {type(body).__name__}", ["body"])
+        raise InvalidInput(
+            f"{role}.{handler.name}: body must be an object, got {type(body).__name__}", ["body"]
+        )
     try:
         return handler.model.model_validate(body)
     except ValidationError as exc:

@@ -46,15 +46,21 @@ async def test_duplicate_command_id_never_reruns_the_handler(runtime: InProcessR
 async def test_duplicate_of_a_pending_command_waits_for_the_same_outcome(runtime: InProcessRuntime) -> None:
     ref = runtime.actor("counter", "dup-pending")
     await ref.send("slow", {"seconds": 0.2})
-    results = await asyncio.gather(*(ref.send("incr", {"by": 1}, wait=True, command_id="x") for _ in range(5)))
+    results = await asyncio.gather(
+        *(ref.send("incr", {"by": 1}, wait=True, command_id="x") for _ in range(5))
+    )
     assert results == [{"value": 1}] * 5
 
 
-async def test_wait_timeout_raises_a_clear_error_and_the_command_still_runs(runtime: InProcessRuntime) -> None:
+async def test_wait_timeout_raises_a_clear_error_and_the_command_still_runs(
+    runtime: InProcessRuntime,
+) -> None:
     ref = runtime.actor("counter", "timeout")
     with pytest.raises(CommandTimeout, match=r"did not finish within 0.1s; it stays queued"):
         await ref.send("slow", {"seconds": 0.5}, wait=True, timeout=0.1, command_id="slow-1")
-    assert await ref.send("slow", {"seconds": 0.5}, wait=True, timeout=5, command_id="slow-1") == {"slept": 0.5}
+    assert await ref.send("slow", {"seconds": 0.5}, wait=True, timeout=5, command_id="slow-1") == {
+        "slept": 0.5
+    }
 
 
 async def test_handler_error_reaches_the_caller_with_its_message_and_rolls_back(
@@ -148,7 +154,7 @@ async def test_instance_does_not_sleep_while_it_has_work(runtime: InProcessRunti
 
 async def test_pending_commands_resume_after_a_host_restart(runtime: InProcessRuntime) -> None:
     ref = runtime.actor("counter", "crashy")
-    await ref.send("slow", {"seconds": 5})
+    await ref.send("slow", {"seconds": 0.5})
     for i in range(20):
         await ref.send("incr", {"tag": f"r{i}"})
     # Losing the host mid-command: the slow command's transaction never committed.
@@ -172,14 +178,18 @@ async def test_the_mailbox_row_is_committed_before_the_ack(runtime: InProcessRun
         row = conn.execute(
             "SELECT name, body, status FROM foundry_mailbox WHERE command_id=?", (ack["commandId"],)
         ).fetchone()
-    assert row[0] == "incr" and json.loads(row[1])["by"] == 1 and row[2] == "pending"
+    assert row[0] == "incr"
+    assert json.loads(row[1])["by"] == 1
+    assert row[2] == "pending"
 
 
 async def test_outbox_delivers_to_another_actor_exactly_once(runtime: InProcessRuntime) -> None:
-    await runtime.actor("counter", "sender").send("forward", {"to": "receiver", "by": 3}, wait=True,
-                                                  command_id="f1")
-    await runtime.actor("counter", "sender").send("forward", {"to": "receiver", "by": 3}, wait=True,
-                                                  command_id="f1")
+    await runtime.actor("counter", "sender").send(
+        "forward", {"to": "receiver", "by": 3}, wait=True, command_id="f1"
+    )
+    await runtime.actor("counter", "sender").send(
+        "forward", {"to": "receiver", "by": 3}, wait=True, command_id="f1"
+    )
     for _ in range(100):
         if (await runtime.actor("counter", "receiver").call("get"))["value"] == 3:
             break

@@ -1,0 +1,461 @@
+"""The ``local`` sandbox provider: one real ``sandbox-agent server`` process per sandbox.
+
+Layout of a sandbox ``<root_dir>/<sandbox_id>/``::
+
+    repo/                     the workdir (the task's checkout); the server's cwd
+    .local/share/             XDG_DATA_HOME: sandbox-agent/bin/agent_processes/<agent>-acp launchers
+    tmp/                      TMPDIR
+    sandbox-agent.log         the server's log (stdout + stderr, appended across restarts)
+
+The server binds 127.0.0.1 on a free port with its own random bearer token and ``--no-telemetry``.
+Its environment is an allowlist — ``PATH``, ``LANG``, ``HOME=<sandbox dir>`` and the sandbox's own
+XDG/TMP paths — plus exactly what the caller passes to `LocalSandboxProvider.create`; the backend's own
+secrets never reach it (spec §7 bug 23). Agents started by the server inherit that environment.
+
+Each server runs in its own process group so that `destroy` can stop the agents it spawned as well.
+A supervisor task awaits every process; an exit that was not asked for is reported through
+``on_exit(sandbox_id, returncode, reason)`` with the tail of the server's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import inspect
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from foundry.drivers.sandbox import (
+    ExitCallback,
+    SandboxEndpoint,
+    SandboxError,
+    SandboxState,
+    SandboxStatus,
+)
+from foundry.drivers.sandbox.binary import find_binary
+
+__all__ = ["LocalSandboxProvider"]
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+LOG_FILE = "sandbox-agent.log"
+WORKDIR = "repo"
+_SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The server's environment is built from scratch; only these are copied from the backend's own.
+_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
+_RESERVED = frozenset({"HOME", "XDG_DATA_HOME", "TMPDIR"})
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_START_ATTEMPTS = 3
+_LOG_TAIL_LINES = 20
+_LOG_TAIL_BYTES = 16_384
+
+
+@dataclass
+class _Sandbox:
+    sandbox_id: str
+    directory: Path
+    endpoint: SandboxEndpoint
+    process: asyncio.subprocess.Process
+    state: SandboxState = SandboxState.PENDING
+    stopping: bool = False
+    returncode: int | None = None
+    detail: str = ""
+    supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / LOG_FILE
+
+
+def _free_port(host: str) -> int:
+    # Another process may take the port between this probe and the server's bind; `create` retries
+    # on "address in use".
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _read_log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - _LOG_TAIL_BYTES))
+            data = handle.read()
+    except FileNotFoundError:
+        return "(no log file)"
+    text = data.decode("utf-8", errors="replace").rstrip()
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+
+def _describe_returncode(returncode: int | None) -> str:
+    if returncode is None:
+        return "is still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+def _prepare_directory(directory: Path, launchers: Mapping[str, str]) -> IO[bytes]:
+    """Create the sandbox layout, (re)write the agent launchers, and open the log for appending."""
+    (directory / WORKDIR).mkdir(parents=True, exist_ok=True)
+    (directory / "tmp").mkdir(exist_ok=True)
+    processes = directory / ".local" / "share" / "sandbox-agent" / "bin" / "agent_processes"
+    processes.mkdir(parents=True, exist_ok=True)
+    for agent_id, script in launchers.items():
+        path = processes / f"{agent_id}-acp"
+        path.write_text(script, encoding="utf-8")
+        path.chmod(0o755)
+    handle = (directory / LOG_FILE).open("ab")
+    handle.write(f"--- foundry: starting sandbox-agent at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
+    handle.flush()
+    return handle
+
+
+def _remove_tree(directory: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(directory)
+
+
+class LocalSandboxProvider:
+    """Runs each sandbox as a local ``sandbox-agent server`` process (see the module docstring).
+
+    Safe to use from one event loop with concurrent calls: operations on one sandbox are serialized by
+    a per-sandbox lock, different sandboxes proceed in parallel.
+
+    Args:
+        root_dir: directory holding one sub-directory per sandbox (created if missing).
+        binary: the ``sandbox-agent`` executable; ``None`` locates it with `find_binary` on first use.
+        agent_launchers: agent id → launcher script text, written to
+            ``agent_processes/<agent>-acp`` in every sandbox (e.g. ``{"mock": launcher_script()}`` from
+            `foundry.demo_agent.launcher` runs the demo agent for ``?agent=mock``).
+        on_exit: called as ``on_exit(sandbox_id, returncode, reason)`` when a server stops on its own.
+        health_timeout: seconds to wait for ``GET /v1/health`` after a start (the research saw 15 s
+            starts on a busy machine, hence 30 s).
+        stop_grace: seconds between SIGTERM and SIGKILL in `destroy`.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        root_dir: str | os.PathLike[str],
+        binary: str | os.PathLike[str] | None = None,
+        agent_launchers: Mapping[str, str] | None = None,
+        *,
+        on_exit: ExitCallback | None = None,
+        health_timeout: float = 30.0,
+        stop_grace: float = 5.0,
+    ) -> None:
+        self.root_dir = Path(root_dir).resolve()
+        self._binary = Path(binary) if binary is not None else None
+        self._launchers = dict(agent_launchers or {})
+        for agent_id in self._launchers:
+            if not re.fullmatch(r"[a-z0-9_-]+", agent_id):
+                raise SandboxError(f"invalid agent id {agent_id!r} for a launcher; use [a-z0-9_-]")
+        self.on_exit: ExitCallback | None = on_exit
+        self._health_timeout = health_timeout
+        self._stop_grace = stop_grace
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._notifications: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------------------------ public API
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        """The directory of ``sandbox_id`` (whether or not it exists)."""
+        return self.root_dir / self._checked_id(sandbox_id)
+
+    def process_id(self, sandbox_id: str) -> int | None:
+        """PID of the sandbox's server while this provider runs it, else ``None``."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None or sandbox.process.returncode is not None:
+            return None
+        return sandbox.process.pid
+
+    async def create(self, sandbox_id: str, *, env: Mapping[str, str] | None = None) -> SandboxEndpoint:
+        """Start the sandbox's server (or return the running one) and wait until it is healthy.
+
+        Idempotent: a running sandbox's endpoint is returned as is (``env`` is then ignored); an exited
+        or not-yet-started sandbox gets a new server (new port and token) over its existing directory,
+        so the checkout in ``repo/`` survives crashes and backend restarts.
+
+        Raises:
+            SandboxError: invalid id, or the server exited or stayed unhealthy for ``health_timeout``
+                seconds (the message carries the tail of its log).
+            SandboxBinaryNotFound: no binary was given and none is installed.
+        """
+        self._checked_id(sandbox_id)
+        async with self._lock(sandbox_id):
+            current = self._sandboxes.get(sandbox_id)
+            if (
+                current is not None
+                and current.state is SandboxState.RUNNING
+                and current.process.returncode is None
+            ):
+                return current.endpoint
+            if current is not None:
+                # An exited server: forget it, keep its directory.
+                await self._stop(current)
+                self._sandboxes.pop(sandbox_id, None)
+            binary = self._binary if self._binary is not None else await asyncio.to_thread(find_binary)
+            self._binary = binary
+            last_error: SandboxError | None = None
+            for attempt in range(1, _START_ATTEMPTS + 1):
+                try:
+                    sandbox = await self._start(sandbox_id, binary, env or {})
+                except _PortTaken as exc:
+                    log.warning("sandbox port taken, retrying sandbox_id=%s attempt=%d", sandbox_id, attempt)
+                    last_error = exc.error
+                    continue
+                self._sandboxes[sandbox_id] = sandbox
+                return sandbox.endpoint
+            assert last_error is not None
+            raise last_error
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop the server (SIGTERM to its process group, SIGKILL after ``stop_grace`` s) and delete the
+        sandbox directory. Idempotent; ``on_exit`` is not called.
+
+        Raises:
+            SandboxError: the directory could not be removed.
+        """
+        directory = self.sandbox_dir(sandbox_id)
+        async with self._lock(sandbox_id):
+            sandbox = self._sandboxes.pop(sandbox_id, None)
+            if sandbox is not None:
+                await self._stop(sandbox)
+            try:
+                await asyncio.to_thread(_remove_tree, directory)
+            except OSError as exc:
+                raise SandboxError(f"could not remove sandbox directory {directory}: {exc}") from exc
+        log.info("sandbox destroyed sandbox_id=%s", sandbox_id)
+
+    async def status(self, sandbox_id: str) -> SandboxStatus:
+        """The sandbox's state: ``running``/``pending`` while served, ``exited`` after a crash (or when
+        only its directory is left, e.g. after a backend restart), ``destroyed`` when unknown."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is not None:
+            endpoint = sandbox.endpoint if sandbox.state is SandboxState.RUNNING else None
+            return SandboxStatus(sandbox_id, sandbox.state, endpoint, sandbox.returncode, sandbox.detail)
+        exists = await asyncio.to_thread(self.sandbox_dir(sandbox_id).is_dir)
+        if exists:
+            return SandboxStatus(sandbox_id, SandboxState.EXITED, detail="not running; its directory is kept")
+        return SandboxStatus(sandbox_id, SandboxState.DESTROYED)
+
+    async def aclose(self) -> None:
+        """Stop every server this provider started; directories are kept. Idempotent."""
+        sandboxes = list(self._sandboxes.values())
+        self._sandboxes.clear()
+        await asyncio.gather(*(self._stop(sandbox) for sandbox in sandboxes))
+
+    # ------------------------------------------------------------------------------------- internals
+
+    def _checked_id(self, sandbox_id: str) -> str:
+        if not _SANDBOX_ID.match(sandbox_id):
+            raise SandboxError(f"invalid sandbox id {sandbox_id!r}: use 1-128 characters of [A-Za-z0-9._-]")
+        return sandbox_id
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def _environment(self, directory: Path, extra: Mapping[str, str]) -> dict[str, str]:
+        env = {key: os.environ[key] for key in _PASSTHROUGH if os.environ.get(key)}
+        env.setdefault("PATH", _DEFAULT_PATH)
+        env.setdefault("LANG", "C.UTF-8")
+        # Logs to stdout (our log file) instead of $XDG_DATA_HOME/sandbox-agent/logs; never download
+        # agents at runtime: a sandbox only runs the launchers we installed (or what the image has).
+        env["SANDBOX_AGENT_LOG_STDOUT"] = "1"
+        env["SANDBOX_AGENT_REQUIRE_PREINSTALL"] = "1"
+        # The server fails ACP requests after 120 s by default; a real agent turn (session/prompt) can
+        # legitimately run much longer, and Stop is an explicit session/cancel anyway.
+        env["SANDBOX_AGENT_ACP_REQUEST_TIMEOUT_MS"] = str(60 * 60 * 1000)
+        for key, value in extra.items():
+            if key in _RESERVED:
+                log.warning("ignoring reserved sandbox env key=%s", key)
+                continue
+            env[key] = value
+        env["HOME"] = str(directory)
+        env["XDG_DATA_HOME"] = str(directory / ".local" / "share")
+        env["TMPDIR"] = str(directory / "tmp")
+        return env
+
+    async def _start(self, sandbox_id: str, binary: Path, extra_env: Mapping[str, str]) -> _Sandbox:
+        directory = self.root_dir / sandbox_id
+        log_handle = await asyncio.to_thread(_prepare_directory, directory, self._launchers)
+        port = _free_port(HOST)
+        token = secrets.token_urlsafe(32)
+        # `--token=<t>` in one argument: a token starting with "-" would otherwise parse as a flag.
+        args = ["server", f"--host={HOST}", f"--port={port}", f"--token={token}", "--no-telemetry"]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                str(binary),
+                *args,
+                cwd=str(directory / WORKDIR),
+                env=self._environment(directory, extra_env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_handle,
+                stderr=asyncio.subprocess.STDOUT,
+                # Own process group: destroy() signals the server *and* the agents it spawned.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxError(
+                f"could not start sandbox-agent ({binary}) for sandbox {sandbox_id}: {exc}"
+            ) from exc
+        finally:
+            await asyncio.to_thread(log_handle.close)
+        endpoint = SandboxEndpoint(
+            base_url=f"http://{HOST}:{port}", token=token, workdir=str(directory / WORKDIR)
+        )
+        sandbox = _Sandbox(sandbox_id, directory, endpoint, process)
+        sandbox.supervisor = asyncio.create_task(
+            self._supervise(sandbox), name=f"sandbox-supervisor:{sandbox_id}"
+        )
+        log.info("sandbox starting sandbox_id=%s pid=%d port=%d", sandbox_id, process.pid, port)
+        try:
+            await self._wait_healthy(sandbox)
+        except BaseException:
+            await self._stop(sandbox)
+            raise
+        sandbox.state = SandboxState.RUNNING
+        return sandbox
+
+    async def _wait_healthy(self, sandbox: _Sandbox) -> None:
+        started = time.monotonic()
+        deadline = started + self._health_timeout
+        delay = 0.05
+        last_problem = "no answer yet"
+        url = f"{sandbox.endpoint.base_url}/v1/health"
+        async with httpx.AsyncClient(headers=sandbox.endpoint.headers(), timeout=2.0) as http:
+            while True:
+                if sandbox.process.returncode is not None or (
+                    sandbox.supervisor is not None and sandbox.supervisor.done()
+                ):
+                    await self._raise_start_failure(sandbox, "before becoming healthy")
+                try:
+                    response = await http.get(url)
+                except httpx.TransportError as exc:
+                    last_problem = f"{type(exc).__name__}: {exc}"
+                else:
+                    if response.status_code == 200:
+                        log.info(
+                            "sandbox healthy sandbox_id=%s seconds=%.2f",
+                            sandbox.sandbox_id,
+                            time.monotonic() - started,
+                        )
+                        return
+                    last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                if time.monotonic() >= deadline:
+                    await self._raise_start_failure(
+                        sandbox, f"not healthy after {self._health_timeout:.0f} s ({last_problem})"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    async def _raise_start_failure(self, sandbox: _Sandbox, what: str) -> None:
+        if sandbox.process.returncode is not None:
+            what = f"{_describe_returncode(sandbox.process.returncode)} {what}"
+        tail = await asyncio.to_thread(_read_log_tail, sandbox.log_path)
+        error = SandboxError(
+            f"sandbox-agent for sandbox {sandbox.sandbox_id} {what}; last log lines:\n{tail}"
+        )
+        if sandbox.process.returncode is not None and (
+            "address already in use" in tail.lower() or os.strerror(errno.EADDRINUSE).lower() in tail.lower()
+        ):
+            raise _PortTaken(error)
+        raise error
+
+    async def _supervise(self, sandbox: _Sandbox) -> None:
+        returncode = await sandbox.process.wait()
+        sandbox.returncode = returncode
+        if sandbox.stopping or sandbox.state is SandboxState.PENDING:
+            # destroy()/aclose() asked for it, or create() is failing and reports it itself.
+            return
+        sandbox.state = SandboxState.EXITED
+        tail = await asyncio.to_thread(_read_log_tail, sandbox.log_path)
+        reason = (
+            f"sandbox-agent for sandbox {sandbox.sandbox_id} {_describe_returncode(returncode)} "
+            f"unexpectedly; last log lines:\n{tail}"
+        )
+        sandbox.detail = reason
+        log.warning("sandbox exited unexpectedly sandbox_id=%s returncode=%s", sandbox.sandbox_id, returncode)
+        # Reap the agents it spawned too; with the server gone they only wait for stdin EOF.
+        self._signal_group(sandbox, signal.SIGKILL)
+        if self.on_exit is not None:
+            # Its own task: the callback may well call create()/destroy() for this sandbox, which wait
+            # for this supervisor to finish.
+            task = asyncio.create_task(
+                self._notify_exit(self.on_exit, sandbox.sandbox_id, returncode, reason),
+                name=f"sandbox-on-exit:{sandbox.sandbox_id}",
+            )
+            self._notifications.add(task)
+            task.add_done_callback(self._notifications.discard)
+
+    async def _notify_exit(
+        self, callback: ExitCallback, sandbox_id: str, returncode: int | None, reason: str
+    ) -> None:
+        try:
+            result = callback(sandbox_id, returncode, reason)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("sandbox on_exit callback failed sandbox_id=%s", sandbox_id)
+
+    def _signal_group(self, sandbox: _Sandbox, sig: signal.Signals) -> None:
+        try:
+            os.killpg(sandbox.process.pid, sig)
+        except ProcessLookupError:
+            pass  # the whole group is gone already
+        except PermissionError:
+            log.warning(
+                "cannot signal sandbox process group sandbox_id=%s pid=%d signal=%s",
+                sandbox.sandbox_id,
+                sandbox.process.pid,
+                sig.name,
+            )
+
+    async def _stop(self, sandbox: _Sandbox) -> None:
+        sandbox.stopping = True
+        supervisor = sandbox.supervisor
+        if sandbox.process.returncode is None:
+            self._signal_group(sandbox, signal.SIGTERM)
+            if supervisor is not None:
+                _, pending = await asyncio.wait({supervisor}, timeout=self._stop_grace)
+                if pending:
+                    log.warning(
+                        "sandbox ignored SIGTERM, killing sandbox_id=%s grace=%s",
+                        sandbox.sandbox_id,
+                        self._stop_grace,
+                    )
+        # Always finish with SIGKILL to the group: agents may outlive a server that exited on SIGTERM.
+        self._signal_group(sandbox, signal.SIGKILL)
+        if supervisor is not None:
+            await supervisor
+        sandbox.state = SandboxState.DESTROYED
+
+
+class _PortTaken(Exception):
+    """Internal: the chosen port was taken before the server could bind it; `create` retries."""
+
+    def __init__(self, error: SandboxError) -> None:
+        super().__init__(error.detail)
+        self.error = error
