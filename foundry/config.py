@@ -39,6 +39,33 @@ class RuntimeSettings(BaseModel):
         return max(1, int(self.shards.get(role, self.default_shards)))
 
 
+class GitHubSettings(BaseModel):
+    """The GitHub App (repository access, webhooks) and its OAuth client (sign-in)."""
+
+    app_id: int = 0
+    private_key: SecretStr = SecretStr("")
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    webhook_secret: SecretStr = SecretStr("")
+    api_url: str = "https://api.github.com"
+    web_url: str = "https://github.com"
+    #: PyGithub's own pacing between requests; off against the local fake.
+    throttle: bool = True
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.app_id and self.private_key.get_secret_value() and self.client_id)
+
+
+class AuthSettings(BaseModel):
+    """Sessions and cookies."""
+
+    session_ttl_seconds: int = 14 * 24 * 3600
+    cookie_name: str = "foundry_session"
+    #: Allowed browser origins for writes besides the app URL (comma-free list).
+    extra_origins: list[str] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """All of Foundry's configuration."""
 
@@ -54,6 +81,10 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr("")
     log_level: str = "INFO"
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    github: GitHubSettings = Field(default_factory=GitHubSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    #: Largest JSON request body the API accepts (webhooks have their own, larger limit).
+    max_body_bytes: int = 1024 * 1024
 
     @field_validator("data_dir")
     @classmethod
@@ -86,6 +117,16 @@ class Settings(BaseSettings):
             missing.append("FOUNDRY_SECRET_KEY")
         if not self.app_url:
             missing.append("FOUNDRY_APP_URL")
+        gh = self.github
+        for name, value in (
+            ("APP_ID", gh.app_id),
+            ("PRIVATE_KEY", gh.private_key.get_secret_value()),
+            ("CLIENT_ID", gh.client_id),
+            ("CLIENT_SECRET", gh.client_secret.get_secret_value()),
+            ("WEBHOOK_SECRET", gh.webhook_secret.get_secret_value()),
+        ):
+            if not value:
+                missing.append(f"FOUNDRY_GITHUB__{name}")
         return missing
 
 

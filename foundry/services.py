@@ -30,5 +30,20 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    """The services of one process for the given settings."""
-    return Services(settings=settings)
+    """The services of one process for the given settings: drivers whose settings are present."""
+    services = Services(settings=settings)
+    gh = settings.github
+    if gh.configured:
+        from foundry.drivers.github.pygithub import PyGithubDriver
+
+        services.drivers["github"] = PyGithubDriver(
+            gh.app_id,
+            gh.private_key.get_secret_value(),
+            gh.client_id,
+            gh.client_secret.get_secret_value(),
+            base_url=gh.api_url,
+            web_url=gh.web_url,
+            throttle=gh.throttle,
+            clock=services.clock,
+        )
+    return services

@@ -10,33 +10,98 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.middleware.sessions import SessionMiddleware
 
 from foundry import __version__
+from foundry.auth.cookies import SessionCookies
+from foundry.auth.signin import SignInService
 from foundry.config import Settings
+from foundry.http.errors import install_error_handlers
+from foundry.http.routes import app as app_routes
+from foundry.http.routes import auth as auth_routes
+from foundry.http.routes import organizations as organization_routes
 from foundry.runtime.client import Runtime
+from foundry.services import build_services
 from foundry.wiring import build_runtime
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
-    """A Foundry app for ``settings``; pass ``runtime`` to share one already started (tests)."""
+def _oauth_client(settings: Settings) -> Any:
+    """The authlib client for GitHub sign-in (None when GitHub is not configured)."""
+    if not settings.github.configured:
+        return None
+    from authlib.integrations.starlette_client import OAuth
+
+    gh = settings.github
+    oauth = OAuth()
+    oauth.register(
+        "github",
+        client_id=gh.client_id,
+        client_secret=gh.client_secret.get_secret_value(),
+        authorize_url=f"{gh.web_url.rstrip('/')}/login/oauth/authorize",
+        access_token_url=f"{gh.web_url.rstrip('/')}/login/oauth/access_token",
+        api_base_url=gh.api_url.rstrip("/") + "/",
+        client_kwargs={"scope": auth_routes.GITHUB_SCOPES},
+    )
+    return oauth
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: Any = None) -> FastAPI:
+    """A Foundry app for ``settings``.
+
+    Pass ``runtime`` (and ``fake_github``) to share ones already started, as tests do; otherwise the
+    lifespan builds them: in mock mode it first starts the seeded fake GitHub so that every process,
+    Ray hosts included, is configured to talk to it.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own = runtime is None
+        nonlocal settings
+        fake = fake_github
+        if fake is None and settings.mode == "mock" and not settings.github.configured:
+            from foundry.mock import start_fake_github
+
+            fake, settings = start_fake_github(settings)
+            log.info("mock mode: fake GitHub at %s", fake.base_url)
+        own_runtime = runtime is None
         rt = runtime or build_runtime(settings)
-        if own:
+        if own_runtime:
             await rt.start()
+        services = build_services(settings)
+        app.state.settings = settings
         app.state.runtime = rt
+        app.state.services = services
+        app.state.fake_github = fake
+        app.state.oauth = _oauth_client(settings)
+        app.state.cookies = SessionCookies(settings)
+        app.state.signin = SignInService(settings, rt, services.drivers.get("github"), services.clock)
         try:
             yield
         finally:
-            if own:
+            if own_runtime:
                 await rt.close()
+            if fake is not None and fake_github is None:
+                fake.stop()
 
-    app = FastAPI(title="Foundry", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="Foundry", version=__version__, lifespan=lifespan, max_body_size=settings.max_body_bytes
+    )
     app.state.settings = settings
+    install_error_handlers(app)
+    # authlib keeps the OAuth state in this signed cookie (never in a database row that a retried
+    # callback could find consumed, bug 1).
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.effective_secret_key(),
+        session_cookie="foundry_oauth",
+        max_age=600,
+        same_site="lax",
+        https_only=settings.base_url.startswith("https://"),
+    )
+    app.include_router(auth_routes.router)
+    app.include_router(app_routes.router)
+    app.include_router(organization_routes.router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

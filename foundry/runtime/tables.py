@@ -7,6 +7,7 @@ environment creates and checks them like any other table.
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 def add_runtime_tables(metadata: sa.MetaData) -> None:
@@ -46,3 +47,13 @@ def add_runtime_tables(metadata: sa.MetaData) -> None:
         sa.Column("topic", sa.String, primary_key=True),
         sa.Column("seq", sa.Integer, nullable=False),
     )
+
+
+async def current_seq(conn: AsyncConnection, topic: str) -> int:
+    """The last seq published on ``topic`` by this instance (0 before the first event).
+
+    Snapshot actions read it in the same read as their data, so a subscriber can drop every live
+    event the snapshot already contains.
+    """
+    result = await conn.execute(sa.text("SELECT seq FROM foundry_topic_seq WHERE topic = :t"), {"t": topic})
+    return int(result.scalar() or 0)

@@ -217,6 +217,13 @@ class GitHubDriver(Protocol):
         ...
 
     # User level (user OAuth token)
+    async def exchange_oauth_code(self, code: str) -> str:
+        """Exchange a web-flow OAuth ``code`` for a user token (an alternative to authlib's exchange).
+
+        Codes are single use: a used, unknown or expired code raises `DriverError` with status 401.
+        """
+        ...
+
     async def get_authenticated_user(self, token: str) -> GitHubUser:
         """The account behind ``token`` (``GET /user``, plus ``/user/emails`` when the email is private)."""
         ...

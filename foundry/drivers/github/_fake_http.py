@@ -25,6 +25,8 @@ DEFAULT_PER_PAGE = 30
 
 @dataclass
 class Request:
+    """A parsed request; ``headers`` keys are lower case, ``query`` keeps the last value of a key."""
+
     method: str
     path: str
     query: dict[str, str]
@@ -33,6 +35,7 @@ class Request:
     body: bytes
 
     def json(self) -> Any:
+        """The JSON body (``{}`` when empty); malformed JSON is GitHub's 400."""
         if not self.body:
             return {}
         try:
@@ -55,6 +58,8 @@ class Request:
 
 @dataclass
 class Response:
+    """What a route answers; the server adds ``Content-Length``."""
+
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)

@@ -44,6 +44,8 @@ def load_examples() -> dict[str, Any]:
 
 @dataclass
 class Account:
+    """A user or an organization (GitHub ids share one space)."""
+
     login: str
     id: int
     type: AccountType
@@ -56,6 +58,8 @@ class Account:
 
 @dataclass
 class Installation:
+    """The App installed on an account."""
+
     id: int
     account_login: str
     suspended: bool
@@ -65,6 +69,8 @@ class Installation:
 
 @dataclass
 class Repo:
+    """A repository; ``installation_id`` is the installation that can see it, if any."""
+
     id: int
     owner: str
     name: str
@@ -84,6 +90,8 @@ class Repo:
 
 @dataclass
 class Pull:
+    """A pull request; ``repo`` is the repository's full name."""
+
     number: int
     id: int
     repo: str
@@ -126,6 +134,7 @@ class AppIdentity:
 
 
 def ts(value: datetime | None) -> str | None:
+    """GitHub's timestamp format: ISO 8601 in UTC with a ``Z``."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
 
 
@@ -135,6 +144,7 @@ def node_id(kind: str, ident: int) -> str:
 
 
 def sha(*parts: object) -> str:
+    """A stable fake commit sha derived from ``parts``."""
     return hashlib.sha1(":".join(map(str, parts)).encode()).hexdigest()
 
 
@@ -178,6 +188,7 @@ class Renderer:
         self._examples = load_examples()
 
     def template(self, operation_id: str) -> JSON:
+        """A deep copy of GitHub's example body for ``operation_id`` (the first item of a list)."""
         example = self._examples[operation_id]
         if isinstance(example, list):
             example = example[0]

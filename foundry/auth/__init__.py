@@ -1,0 +1,1 @@
+"""Sign-in with GitHub, sessions and request authentication."""

@@ -1,0 +1,154 @@
+"""Request dependencies: who is calling, may they touch this organization, is the write same-site."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import Depends, Path, Request
+
+from foundry.auth.cookies import SessionCookies
+from foundry.auth.signin import SignInService
+from foundry.config import Settings
+from foundry.errors import Forbidden, FoundryError, NotFound, Unauthorized
+from foundry.ids import APP_SHELL_ID
+from foundry.runtime.client import Runtime
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def get_cookies(request: Request) -> SessionCookies:
+    cookies: SessionCookies = request.app.state.cookies
+    return cookies
+
+
+def get_signin(request: Request) -> SignInService:
+    signin: SignInService = request.app.state.signin
+    return signin
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+CookiesDep = Annotated[SessionCookies, Depends(get_cookies)]
+SignInDep = Annotated[SignInService, Depends(get_signin)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The signed-in user of a request."""
+
+    user_id: str
+    session_id: str
+
+
+async def authenticate(runtime: Runtime, cookies: SessionCookies, conn: Any) -> Caller:
+    """The caller behind a request's (or websocket's) session cookie.
+
+    Raises:
+        Unauthorized: no cookie, a tampered one, or a session that is unknown, expired or revoked
+            (the detail says which).
+    """
+    ref = cookies.read(conn)
+    if ref is None:
+        raise Unauthorized("sign in first: no valid session cookie")
+    try:
+        await runtime.call("user", ref.user_id, "get_session", {"sessionId": ref.session_id})
+    except NotFound:
+        raise Unauthorized("session is not valid; sign in again") from None
+    except FoundryError as exc:
+        if exc.code == "invalid_input":  # a signed cookie naming a key that cannot exist
+            raise Unauthorized("session is not valid; sign in again") from None
+        raise
+    return Caller(ref.user_id, ref.session_id)
+
+
+async def optional_caller(request: Request, runtime: RuntimeDep, cookies: CookiesDep) -> Caller | None:
+    try:
+        return await authenticate(runtime, cookies, request)
+    except Unauthorized:
+        return None
+
+
+async def require_caller(request: Request, runtime: RuntimeDep, cookies: CookiesDep) -> Caller:
+    return await authenticate(runtime, cookies, request)
+
+
+OptionalCaller = Annotated[Caller | None, Depends(optional_caller)]
+CurrentCaller = Annotated[Caller, Depends(require_caller)]
+
+
+def allowed_origins(settings: Settings, request: Request) -> set[str]:
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    return {settings.base_url.rstrip("/"), own, *(o.rstrip("/") for o in settings.auth.extra_origins)}
+
+
+async def same_site_write(request: Request, settings: SettingsDep) -> None:
+    """Refuse cross-site writes: the browser's Sec-Fetch-Site and Origin headers must agree with us.
+
+    Non-browser clients send neither header and carry no ambient cookies, so they pass.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site})")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != "null":
+        parts = urlsplit(origin)
+        if f"{parts.scheme}://{parts.netloc}" not in allowed_origins(settings, request):
+            raise Forbidden(f"cross-site request refused (Origin: {origin})")
+    elif origin == "null":
+        raise Forbidden("cross-site request refused (Origin: null)")
+
+
+SameSiteWrite = Depends(same_site_write)
+
+
+@dataclass(frozen=True)
+class Membership:
+    """A caller who is a member of the organization in the path."""
+
+    caller: Caller
+    organization_id: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+OrgPath = Annotated[str, Path(alias="org", min_length=1, max_length=200, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+
+
+async def require_member(org: OrgPath, caller: CurrentCaller, runtime: RuntimeDep) -> Membership:
+    """The caller's membership of ``{org}``; a non-member gets the same 404 as a missing org."""
+    if org == APP_SHELL_ID:
+        raise NotFound(f"organization {org!r} not found")
+    # The caller's own list first: a made-up organization name never wakes (or creates) an actor.
+    app = await runtime.call("user", caller.user_id, "app_snapshot")
+    if org not in {o["id"] for o in app["organizations"]}:
+        raise NotFound(f"organization {org!r} not found")
+    # The organization's member list (from GitHub) is the authority on the role.
+    result = await runtime.call("organization", org, "member_role", {"userId": caller.user_id})
+    if result.get("role") is None:
+        raise NotFound(f"organization {org!r} not found")
+    return Membership(caller, org, str(result["role"]))
+
+
+Member = Annotated[Membership, Depends(require_member)]
+
+
+async def require_admin(member: Member) -> Membership:
+    if not member.is_admin:
+        raise Forbidden(f"only admins of {member.organization_id!r} may do this")
+    return member
+
+
+Admin = Annotated[Membership, Depends(require_admin)]

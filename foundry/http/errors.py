@@ -1,0 +1,100 @@
+"""The one mapping from errors to HTTP responses: always ``{"error": code, "detail": sentence}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from foundry import errors
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[errors.FoundryError], int] = {
+    errors.InvalidInput: 422,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.RateLimited: 429,
+    errors.CommandTimeout: 504,
+    errors.ActorUnavailable: 503,
+    errors.DriverError: 502,
+    errors.CommandFailed: 500,
+}
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "rate_limited",
+}
+
+
+def status_for(exc: errors.FoundryError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"error": code, "detail": detail, **extra}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that render every failure as ``{"error","detail"}``."""
+
+    @app.exception_handler(errors.FoundryError)
+    async def _foundry(request: Request, exc: errors.FoundryError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        extra: dict[str, Any] = {}
+        if isinstance(exc, errors.InvalidInput) and exc.fields:
+            extra["fields"] = exc.fields
+        return JSONResponse(error_body(exc.code, exc.detail, **extra), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields: list[str] = []
+        problems: list[str] = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ())]
+            if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+                loc = loc[1:] if len(loc) > 1 else loc
+            name = ".".join(loc) or "body"
+            fields.append(name)
+            problems.append(f"{name}: {err.get('msg')}")
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            detail = "request body is not valid JSON"
+        else:
+            detail = "invalid request: " + "; ".join(problems)
+        return JSONResponse(error_body("invalid_input", detail, fields=sorted(set(fields))), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}"
+        return JSONResponse(error_body(code, detail), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s crashed", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal_error", f"unexpected {type(exc).__name__}; see the server log"),
+            status_code=500,
+        )

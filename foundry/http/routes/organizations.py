@@ -1,0 +1,66 @@
+"""Organization snapshot, settings, members and audit log; every route checks membership."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from foundry.http.deps import Admin, Member, RuntimeDep, SameSiteWrite
+
+router = APIRouter(prefix="/v1/organizations/{org}", tags=["organizations"])
+
+
+@router.get("", summary="Organization snapshot")
+async def get_organization(member: Member, runtime: RuntimeDep) -> dict[str, Any]:
+    result: dict[str, Any] = await runtime.call("organization", member.organization_id, "get")
+    result["viewerRole"] = member.role
+    return result
+
+
+class SettingsPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    display_name: str | None = Field(default=None, alias="displayName", min_length=1, max_length=200)
+    default_model: str | None = Field(default=None, alias="defaultModel", min_length=1, max_length=100)
+
+
+@router.patch("/settings", summary="Change settings (admins)", dependencies=[SameSiteWrite])
+async def patch_settings(body: SettingsPatch, admin: Admin, runtime: RuntimeDep) -> dict[str, Any]:
+    payload = body.model_dump(by_alias=True, exclude_none=True)
+    payload["actorUserId"] = admin.caller.user_id
+    result: dict[str, Any] = await runtime.actor("organization", admin.organization_id).send(
+        "update_settings", payload, wait=True
+    )
+    return result
+
+
+@router.get("/members", summary="Members with their GitHub roles")
+async def get_members(member: Member, runtime: RuntimeDep) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = await runtime.call("organization", member.organization_id, "members")
+    return result
+
+
+@router.get("/audit-log", summary="Audit events, newest first")
+async def get_audit_log(
+    member: Member,
+    runtime: RuntimeDep,
+    repo_id: Annotated[str | None, Query(alias="repoId", max_length=200)] = None,
+    task_id: Annotated[str | None, Query(alias="taskId", max_length=200)] = None,
+    branch: Annotated[str | None, Query(max_length=300)] = None,
+    kind: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, Query(alias="beforeId", ge=1)] = None,
+) -> list[dict[str, Any]]:
+    filters = {
+        "repoId": repo_id,
+        "taskId": task_id,
+        "branch": branch,
+        "kind": kind,
+        "limit": limit,
+        "beforeId": before_id,
+    }
+    result: list[dict[str, Any]] = await runtime.call(
+        "audit-log", member.organization_id, "list", {k: v for k, v in filters.items() if v is not None}
+    )
+    return result

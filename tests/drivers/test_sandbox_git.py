@@ -1,0 +1,203 @@
+"""Git inside a real sandbox (through sandbox-agent's process API) against a local bare repository.
+
+The "GitHub remote" is ``git init --bare`` used through ``file://`` (real-peers.md §5); the demo agent
+makes the edits, as a coding agent would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from foundry.demo_agent import NOTES_FILE
+from foundry.demo_agent.launcher import launcher_script
+from foundry.drivers.sandbox import GitError, SandboxEndpoint
+from foundry.drivers.sandbox import git as sgit
+from foundry.drivers.sandbox.binary import find_binary
+from foundry.drivers.sandbox.client import SandboxAgentClient
+from foundry.drivers.sandbox.local import LocalSandboxProvider
+from foundry.errors import InvalidInput
+
+BRANCH = "foundry/task-1"
+TOKEN = "ghs_test_token_never_persisted"
+AUTHOR = sgit.GitAuthor("Foundry Bot", "bot@foundry.test")
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run git on the test machine (the "GitHub side") with an isolated configuration."""
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "Remote User",
+        "GIT_AUTHOR_EMAIL": "remote@example.com",
+        "GIT_COMMITTER_NAME": "Remote User",
+        "GIT_COMMITTER_EMAIL": "remote@example.com",
+    }
+    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """A bare repository with one commit on ``main``."""
+    bare = tmp_path / "origin.git"
+    seed = tmp_path / "seed"
+    git("init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+    git("clone", "-q", bare.as_uri(), str(seed), cwd=tmp_path)
+    (seed / "README.md").write_text("# Demo repo\n")
+    git("add", "README.md", cwd=seed)
+    git("commit", "-q", "-m", "Initial commit", cwd=seed)
+    git("push", "-q", "origin", "HEAD:main", cwd=seed)
+    return bare
+
+
+@pytest.fixture
+async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxEndpoint]:
+    provider = LocalSandboxProvider(tmp_path / "sandboxes", find_binary(), {"mock": launcher_script()})
+    yield await provider.create("task-1", env={"FOUNDRY_DEMO_AGENT_DELAY": "0"})
+    await provider.aclose()
+
+
+@pytest.fixture
+async def client(sandbox: SandboxEndpoint) -> AsyncIterator[SandboxAgentClient]:
+    async with SandboxAgentClient(sandbox) as client:
+        yield client
+
+
+async def agent_edit(client: SandboxAgentClient, prompt: str) -> None:
+    """One real turn of the demo agent in the workdir (it appends to NOTES.md)."""
+    conn = client.acp("agent", "mock")
+    await conn.initialize()
+    session_id = await conn.new_session(client.endpoint.workdir)
+    assert await conn.prompt(session_id, prompt) == "end_turn"
+    await conn.close()
+
+
+async def test_clone_edit_diff_commit_push(
+    client: SandboxAgentClient, sandbox: SandboxEndpoint, remote: Path
+):
+    seed_sha = git("rev-parse", "main", cwd=remote)
+
+    head = await sgit.clone(client, remote.as_uri(), BRANCH, TOKEN)
+
+    assert head == seed_sha
+    assert await sgit.current_branch(client) == BRANCH
+    assert not await sgit.has_unpushed_work(client)
+    assert TOKEN not in Path(sandbox.workdir, ".git", "config").read_text()
+
+    await agent_edit(client, "Document the release")
+
+    changes = await sgit.status(client)
+    assert [(c.path, c.kind) for c in changes] == [(NOTES_FILE, "A")]
+    patch = await sgit.diff(client)
+    assert f"+++ b/{NOTES_FILE}" in patch
+    assert "+- Document the release" in patch
+    assert await sgit.file_tree(client) == [NOTES_FILE, "README.md"]
+    assert await sgit.has_unpushed_work(client)
+
+    sha = await sgit.commit_all(client, "Add release notes", AUTHOR)
+    assert sha is not None
+    assert sha == await sgit.head_sha(client)
+    assert await sgit.commit_all(client, "nothing left", AUTHOR) is None
+    assert await sgit.diff(client) == ""
+    assert await sgit.has_unpushed_work(client), "committed but not pushed"
+
+    await sgit.push(client, BRANCH, TOKEN)
+    await sgit.push(client, BRANCH, TOKEN)  # idempotent
+
+    assert git("rev-parse", BRANCH, cwd=remote) == sha
+    assert (
+        git("log", "-1", "--format=%an <%ae>|%s", BRANCH, cwd=remote)
+        == "Foundry Bot <bot@foundry.test>|Add release notes"
+    )
+    assert not await sgit.has_unpushed_work(client)
+    assert TOKEN not in Path(sandbox.workdir, ".git", "config").read_text()
+
+
+async def test_clone_is_idempotent_and_keeps_local_commits(client: SandboxAgentClient, remote: Path):
+    await sgit.clone(client, remote.as_uri(), BRANCH)
+    await agent_edit(client, "local work")
+    local = await sgit.commit_all(client, "local work", AUTHOR)
+
+    assert await sgit.clone(client, remote.as_uri(), BRANCH) == local
+
+    with pytest.raises(GitError, match="checkout of"):
+        await sgit.clone(client, "file:///some/other/repo.git", BRANCH)
+
+
+async def test_clone_tracks_an_existing_remote_branch(
+    client: SandboxAgentClient, remote: Path, tmp_path: Path
+):
+    other = tmp_path / "other"
+    git("clone", "-q", remote.as_uri(), str(other), cwd=tmp_path)
+    git("checkout", "-q", "-b", BRANCH, cwd=other)
+    (other / "feature.txt").write_text("from the PR\n")
+    git("add", "-A", cwd=other)
+    git("commit", "-q", "-m", "PR work", cwd=other)
+    git("push", "-q", "origin", BRANCH, cwd=other)
+
+    head = await sgit.clone(client, remote.as_uri(), BRANCH)
+
+    assert head == git("rev-parse", "HEAD", cwd=other)
+    assert "feature.txt" in await sgit.file_tree(client)
+
+
+async def test_push_rejected_explains_what_to_do(client: SandboxAgentClient, remote: Path, tmp_path: Path):
+    await sgit.clone(client, remote.as_uri(), BRANCH)
+    await agent_edit(client, "first")
+    await sgit.commit_all(client, "first", AUTHOR)
+    await sgit.push(client, BRANCH, TOKEN)
+    # Someone else pushes to the same branch meanwhile.
+    other = tmp_path / "other"
+    git("clone", "-q", "-b", BRANCH, remote.as_uri(), str(other), cwd=tmp_path)
+    (other / "theirs.txt").write_text("their change\n")
+    git("add", "-A", cwd=other)
+    git("commit", "-q", "-m", "theirs", cwd=other)
+    git("push", "-q", "origin", BRANCH, cwd=other)
+    await agent_edit(client, "second")
+    await sgit.commit_all(client, "second", AUTHOR)
+
+    with pytest.raises(GitError) as caught:
+        await sgit.push(client, BRANCH, TOKEN)
+
+    error = caught.value
+    assert error.detail.startswith("git push was rejected: the remote branch has new commits;")
+    assert f"origin/{BRANCH}" in error.detail
+    assert "rejected" in error.stderr_tail
+    assert error.exit_code == 1
+    assert TOKEN not in error.detail
+
+
+async def test_errors_are_actionable(client: SandboxAgentClient, tmp_path: Path):
+    with pytest.raises(GitError, match="not a git checkout; clone the repository first"):
+        await sgit.status(client)
+    with pytest.raises(GitError, match="not a git checkout"):
+        await sgit.has_unpushed_work(client)
+
+    with pytest.raises(GitError, match="remote repository was not found"):
+        await sgit.clone(client, (tmp_path / "missing.git").as_uri(), BRANCH)
+
+    with pytest.raises(InvalidInput):
+        await sgit.checkout_new_branch(client, "-bad..name")
+
+
+async def test_credential_helper_answers_with_the_token_from_the_run_env(client: SandboxAgentClient):
+    # What git would ask an HTTPS remote's helper; the token only exists in this run's environment.
+    script = (
+        'printf "protocol=https\\nhost=github.com\\n\\n" | '
+        'git -c credential.helper= -c "credential.helper=$HELPER" credential fill'
+    )
+    result = await client.run_process(
+        "sh",
+        ["-c", script],
+        env={"HELPER": sgit._CREDENTIAL_HELPER, sgit.TOKEN_ENV: TOKEN, "GIT_TERMINAL_PROMPT": "0"},
+    )
+
+    assert result.ok, result.stderr
+    assert "username=x-access-token" in result.stdout
+    assert f"password={TOKEN}" in result.stdout

@@ -1,0 +1,93 @@
+"""The HTTP tier: a real uvicorn server on a free port, the in-process runtime, the fake GitHub."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from foundry.clock import FakeClock
+from foundry.config import Settings
+from foundry.drivers.github.fake import FakeGitHub, seed_mock
+from foundry.http.app import create_app
+from foundry.mock import start_fake_github
+from foundry.runtime.inprocess import InProcessRuntime
+from foundry.services import build_services
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running Foundry: its URL, settings, runtime, fake GitHub and runtime clock."""
+
+    url: str
+    settings: Settings
+    runtime: InProcessRuntime
+    github: FakeGitHub
+    clock: FakeClock
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=10, **kwargs)
+
+    @asynccontextmanager
+    async def signed_in(self, login: str) -> AsyncIterator[httpx.AsyncClient]:
+        """A client holding ``login``'s session cookie, with organization discovery finished."""
+        async with self.client() as client:
+            response = await client.post("/v1/auth/mock/sign-in", json={"login": login})
+            assert response.status_code == 200, response.text
+            for _ in range(500):
+                app = (await client.get("/v1/app")).json()
+                if app["organizationSync"]["status"] in ("synced", "error"):
+                    break
+                await asyncio.sleep(0.02)
+            assert app["organizationSync"]["status"] == "synced", app
+            yield client
+
+
+@pytest.fixture
+def fake_github() -> Iterator[FakeGitHub]:
+    fake = seed_mock(FakeGitHub()).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    port = free_port()
+    base = Settings(data_dir=tmp_path / "data", mode="mock", port=port, runtime={"backend": "inprocess"})  # type: ignore[arg-type]
+    fake, settings = start_fake_github(base)
+    clock = FakeClock()
+    services = build_services(settings)
+    services.clock = clock
+    runtime = InProcessRuntime(settings.data_dir, services, idle_seconds=3600)
+    app = create_app(settings, runtime=runtime, fake_github=fake)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio", lifespan="on"
+    )
+    uv = uvicorn.Server(config)
+    task = asyncio.create_task(uv.serve())
+    for _ in range(200):
+        if uv.started:
+            break
+        await asyncio.sleep(0.02)
+    assert uv.started
+    try:
+        yield Server(f"http://127.0.0.1:{port}", settings, runtime, fake, clock)
+    finally:
+        uv.should_exit = True
+        await task
+        await runtime.close()
+        fake.stop()
