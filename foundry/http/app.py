@@ -11,11 +11,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp
 
 from foundry import __version__
 from foundry.auth.cookies import SessionCookies
 from foundry.auth.signin import SignInService
 from foundry.config import Settings
+from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.errors import install_error_handlers
 from foundry.http.routes import app as app_routes
 from foundry.http.routes import auth as auth_routes
@@ -45,6 +47,13 @@ def _oauth_client(settings: Settings) -> Any:
         client_kwargs={"scope": auth_routes.GITHUB_SCOPES},
     )
     return oauth
+
+
+class _FoundryApp(FastAPI):
+    """FastAPI whose outermost layer renders body-limit refusals as JSON like every other error."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return JsonContentTooLarge(super().build_middleware_stack(), self.max_body_size or 0)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: Any = None) -> FastAPI:
@@ -84,7 +93,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
             if fake is not None and fake_github is None:
                 fake.stop()
 
-    app = FastAPI(
+    app = _FoundryApp(
         title="Foundry", version=__version__, lifespan=lifespan, max_body_size=settings.max_body_bytes
     )
     app.state.settings = settings

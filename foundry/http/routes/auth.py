@@ -15,7 +15,6 @@ from foundry.errors import DriverError, InvalidInput, NotFound, Unauthorized
 from foundry.http.deps import (
     CookiesDep,
     CurrentCaller,
-    OptionalCaller,
     RuntimeDep,
     SameSiteWrite,
     SettingsDep,
@@ -60,9 +59,8 @@ async def callback_github(
     if oauth is None:
         raise NotFound("GitHub sign-in is not configured on this server")
     if request.query_params.get("error"):
-        raise Unauthorized(
-            f"GitHub sign-in was refused: {request.query_params.get('error_description') or request.query_params['error']}"
-        )
+        reason = request.query_params.get("error_description") or request.query_params["error"]
+        raise Unauthorized(f"GitHub sign-in was refused: {reason}")
     state = request.query_params.get("state")
     if not state or not request.query_params.get("code"):
         raise InvalidInput("the callback needs both 'code' and 'state' query parameters", ["code", "state"])

@@ -1,0 +1,25 @@
+"""Realtime: actor events streamed to browsers over websockets (DESIGN §5).
+
+`RealtimeGateway` holds one event stream per actor host and fans it out to sockets;
+`TopicRegistry` says which actor owns a topic; `make_websocket_route` is the ``WS /v1/realtime``
+endpoint.
+"""
+
+from foundry.realtime.endpoint import CLOSE_UNAUTHENTICATED, Authenticate, make_websocket_route
+from foundry.realtime.gateway import CLOSE_SLOW_CONSUMER, SNAPSHOT_ACTION, Authorize, RealtimeGateway
+from foundry.realtime.topics import InvalidTopic, TopicRegistry, TopicRoute, TopicSpec, standard_registry
+
+__all__ = [
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_UNAUTHENTICATED",
+    "SNAPSHOT_ACTION",
+    "Authenticate",
+    "Authorize",
+    "InvalidTopic",
+    "RealtimeGateway",
+    "TopicRegistry",
+    "TopicRoute",
+    "TopicSpec",
+    "make_websocket_route",
+    "standard_registry",
+]

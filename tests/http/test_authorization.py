@@ -1,0 +1,116 @@
+"""Authorization on every organization route: members only, admins for settings, 401 without a session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.http.conftest import Server
+
+# (method, path template, JSON body) for every /v1/organizations/{org}/... route.
+ORG_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/v1/organizations/{org}", None),
+    ("PATCH", "/v1/organizations/{org}/settings", {"displayName": "Renamed"}),
+    ("GET", "/v1/organizations/{org}/members", None),
+    ("GET", "/v1/organizations/{org}/audit-log", None),
+]
+
+
+async def _status(server: Server, login: str | None, method: str, path: str, body: Any) -> int:
+    if login is None:
+        async with server.client() as client:
+            return (await client.request(method, path, json=body)).status_code
+    async with server.signed_in(login) as client:
+        return (await client.request(method, path, json=body)).status_code
+
+
+@pytest.mark.parametrize(("method", "template", "body"), ORG_ROUTES)
+async def test_members_of_one_organization_never_reach_another(
+    server: Server, method: str, template: str, body: Any
+) -> None:
+    async with (
+        server.signed_in("alice") as alice,
+        server.signed_in("bob") as bob,
+        server.signed_in("carol") as carol,
+    ):
+        for client, org in ((alice, "globex"), (bob, "acme")):
+            response = await client.request(method, template.format(org=org), json=body)
+            assert response.status_code == 404, (org, response.text)
+            assert response.json() == {"error": "not_found", "detail": f"organization {org!r} not found"}
+        for org in ("acme", "globex"):
+            response = await carol.request(method, template.format(org=org), json=body)
+            expected = 403 if (method == "PATCH" and org == "globex") else 200  # carol is admin of acme only
+            assert response.status_code == expected, (org, response.text)
+        # A made-up organization looks exactly like one you are not in.
+        missing = await carol.request(method, template.format(org="initech"), json=body)
+        assert missing.status_code == 404
+    async with server.client() as anonymous:
+        response = await anonymous.request(method, template.format(org="acme"), json=body)
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+
+
+async def test_settings_need_an_admin_and_land_in_the_audit_log(server: Server) -> None:
+    async with server.signed_in("alice") as alice, server.signed_in("carol") as carol:
+        refused = await alice.patch("/v1/organizations/acme/settings", json={"displayName": "Nope"})
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "forbidden"
+        done = await carol.patch(
+            "/v1/organizations/acme/settings", json={"displayName": "ACME Rockets", "defaultModel": "opus"}
+        )
+        assert done.status_code == 200, done.text
+        assert done.json() == {"displayName": "ACME Rockets", "defaultModel": "opus"}
+        org = (await alice.get("/v1/organizations/acme")).json()
+        assert org["settings"] == {"displayName": "ACME Rockets", "defaultModel": "opus"}
+        assert org["viewerRole"] == "member"
+        events = []
+        for _ in range(100):
+            events = (
+                await alice.get(
+                    "/v1/organizations/acme/audit-log", params={"kind": "organization.settings_updated"}
+                )
+            ).json()
+            if events:
+                break
+        assert events[0]["actorUserId"] == (await carol.get("/v1/app")).json()["user"]["id"]
+        assert events[0]["payload"]["changed"] == {"display_name": "ACME Rockets", "default_model": "opus"}
+
+
+async def test_members_carry_github_roles(server: Server) -> None:
+    async with server.signed_in("alice") as alice:
+        members = (await alice.get("/v1/organizations/acme/members")).json()
+    assert {m["login"]: m["role"] for m in members} == {"alice": "member", "carol": "admin"}
+
+
+async def test_cross_site_writes_are_refused(server: Server) -> None:
+    async with server.signed_in("carol") as carol:
+        evil = await carol.patch(
+            "/v1/organizations/acme/settings",
+            json={"displayName": "Pwned"},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert evil.status_code == 403
+        assert "cross-site" in evil.json()["detail"]
+        fetch = await carol.patch(
+            "/v1/organizations/acme/settings",
+            json={"displayName": "Pwned"},
+            headers={"Sec-Fetch-Site": "cross-site"},
+        )
+        assert fetch.status_code == 403
+        same = await carol.patch(
+            "/v1/organizations/acme/settings",
+            json={"displayName": "Fine"},
+            headers={"Origin": server.url, "Sec-Fetch-Site": "same-origin"},
+        )
+        assert same.status_code == 200
+
+
+async def test_active_organization_only_among_your_own(server: Server) -> None:
+    async with server.signed_in("carol") as carol:
+        assert (await carol.get("/v1/app")).json()["activeOrganizationId"] is None  # two orgs: no default
+        chosen = await carol.post("/v1/app/active-organization", json={"organizationId": "globex"})
+        assert chosen.json()["activeOrganizationId"] == "globex"
+    async with server.signed_in("alice") as alice:
+        refused = await alice.post("/v1/app/active-organization", json={"organizationId": "globex"})
+        assert refused.status_code == 404

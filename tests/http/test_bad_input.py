@@ -1,0 +1,98 @@
+"""Bad input on every route is a clear 4xx JSON error and changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.http.conftest import Server
+
+WRITE_ROUTES = [
+    ("PATCH", "/v1/organizations/acme/settings"),
+    ("POST", "/v1/app/active-organization"),
+    ("POST", "/v1/auth/mock/sign-in"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), WRITE_ROUTES)
+async def test_malformed_json_is_422(server: Server, method: str, path: str) -> None:
+    async with server.signed_in("carol") as carol:
+        response = await carol.request(
+            method, path, content=b'{"displayName": ', headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_input"
+    assert response.json()["detail"] == "request body is not valid JSON"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "fields"),
+    [
+        ("PATCH", "/v1/organizations/acme/settings", {"displayName": 5}, ["displayName"]),
+        ("PATCH", "/v1/organizations/acme/settings", {"displayName": "x", "bogus": 1}, ["bogus"]),
+        ("PATCH", "/v1/organizations/acme/settings", {"defaultModel": "gpt-0"}, ["defaultModel"]),
+        ("PATCH", "/v1/organizations/acme/settings", {"displayName": ""}, ["displayName"]),
+        ("POST", "/v1/app/active-organization", {"organizationId": ["acme"]}, ["organizationId"]),
+        ("POST", "/v1/app/active-organization", {}, ["organizationId"]),
+        ("POST", "/v1/auth/mock/sign-in", {"login": "../../etc"}, ["login"]),
+        ("POST", "/v1/auth/mock/sign-in", {"login": "alice", "admin": True}, ["admin"]),
+    ],
+)
+async def test_wrong_types_and_unknown_fields_name_the_fields(
+    server: Server, method: str, path: str, body: object, fields: list[str]
+) -> None:
+    async with server.signed_in("carol") as carol:
+        before = (await carol.get("/v1/organizations/acme")).json()
+        response = await carol.request(method, path, json=body)
+        after = (await carol.get("/v1/organizations/acme")).json()
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid_input"
+    assert response.json()["fields"] == sorted(fields)
+    assert before == after
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "fields"),
+    [
+        ("/v1/organizations/acme/audit-log", {"limit": "lots"}, ["limit"]),
+        ("/v1/organizations/acme/audit-log", {"limit": "0"}, ["limit"]),
+        ("/v1/organizations/acme/audit-log", {"beforeId": "-1"}, ["beforeId"]),
+    ],
+)
+async def test_bad_query_parameters(
+    server: Server, path: str, params: dict[str, str], fields: list[str]
+) -> None:
+    async with server.signed_in("alice") as alice:
+        response = await alice.get(path, params=params)
+    assert response.status_code == 422
+    assert response.json()["fields"] == fields
+
+
+@pytest.mark.parametrize(("method", "path"), WRITE_ROUTES)
+async def test_oversized_bodies_are_413(server: Server, method: str, path: str) -> None:
+    big = b'{"displayName": "' + b"x" * (server.settings.max_body_bytes + 10) + b'"}'
+    async with server.signed_in("carol") as carol:
+        response = await carol.request(
+            method, path, content=big, headers={"Content-Type": "application/json"}
+        )
+
+        async def chunks():  # no Content-Length: the limit must hold while streaming
+            yield big[:1000]
+            yield big[1000:]
+
+        chunked = await carol.request(
+            method, path, content=chunks(), headers={"Content-Type": "application/json"}
+        )
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+    assert chunked.status_code == 413
+
+
+async def test_bad_organization_names_and_unknown_routes(server: Server) -> None:
+    async with server.signed_in("alice") as alice:
+        assert (await alice.get("/v1/organizations/..%2F..%2Fetc")).status_code in (404, 422)
+        weird = await alice.get("/v1/organizations/UPPER_case")
+        assert weird.status_code == 422
+        assert weird.json()["fields"] == ["org"]
+        unknown = await alice.get("/v1/nothing-here")
+        assert unknown.status_code == 404
+        assert unknown.json()["error"] == "not_found"
