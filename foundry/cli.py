@@ -172,31 +172,37 @@ def actors() -> None:
 @actors.command("ls")
 @click.option("--address", default="auto", help="Ray cluster address (default: the local one).")
 def actors_ls(address: str) -> None:
-    """Which instances are awake on which host."""
+    """Which instances are awake on which host (looks hosts up; never creates one)."""
     import ray
 
-    from foundry.runtime.ray_backend import RayRuntime
+    from foundry.runtime.ray_backend import host_name
+    from foundry.runtime.role import available_roles
 
     settings = get_settings()
-    settings.runtime.ray_address = address
+    namespace = settings.runtime.namespace
 
     async def _run() -> dict[str, object]:
-        runtime = RayRuntime(settings)
-        await runtime.start()
         out: dict[str, object] = {}
-        for role, shard in list(runtime._handles):
-            info = await runtime.host_info(role, shard)
-            keys = await runtime.host_call(role, shard, "awake")
-            out[f"foundry.{role}.{shard}"] = {"pid": info["pid"], "awake": keys}
+        for role in available_roles():
+            for shard in range(settings.runtime.shards_for(role)):
+                name = host_name(role, shard)
+                try:
+                    handle = ray.get_actor(name, namespace=namespace)
+                except ValueError:
+                    out[name] = {"running": False}
+                    continue
+                info = await handle.info.remote()
+                out[name] = {"running": True, "pid": info["pid"], "awake": await handle.awake.remote()}
         return out
 
     try:
-        result = asyncio.run(_run())
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
     except ConnectionError as exc:
         raise click.ClickException(f"no running Foundry Ray cluster found at {address!r}: {exc}") from exc
+    try:
+        result = asyncio.run(_run())
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
+        ray.shutdown()
     click.echo(json.dumps(result, indent=2))
 
 

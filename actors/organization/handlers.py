@@ -13,7 +13,7 @@ from actors.organization.state import (
     assert_app_shell,
     assert_real_organization,
     load_profile,
-    publish_snapshot,
+    publish_header,
     require_profile,
 )
 from foundry.errors import InvalidInput
@@ -94,7 +94,7 @@ async def handle_sync_from_github(ctx: CommandContext, cmd: SyncFromGitHub) -> d
             },
             command_id=ctx.derived_id("installation"),
         )
-    await publish_snapshot(ctx, ctx.conn)
+    await publish_header(ctx, ctx.conn)
     return {"organizationId": ctx.key, "created": existing is None}
 
 
@@ -122,7 +122,7 @@ async def handle_update_settings(ctx: CommandContext, cmd: UpdateSettings) -> di
             },
             command_id=ctx.derived_id("audit"),
         )
-        await publish_snapshot(ctx, ctx.conn)
+        await publish_header(ctx, ctx.conn)
     updated = await require_profile(ctx.conn, ctx.key)
     return {"displayName": updated.display_name, "defaultModel": updated.default_model}
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.organization.schema import members, profile
+from actors.organization.schema import members, profile, repos, task_summaries
 from foundry.errors import InvalidInput, NotFound
 from foundry.ids import APP_SHELL_ID
 from foundry.runtime.context import InstanceContext
@@ -52,10 +53,58 @@ async def list_members(conn: AsyncConnection) -> list[dict[str, Any]]:
     ]
 
 
-async def build_snapshot(conn: AsyncConnection, organization_id: str) -> dict[str, Any]:
-    """The organization summary of the ``organization:<id>`` topic."""
+def task_summary_json(row: sa.Row[Any]) -> dict[str, Any]:
+    """One sidebar row (spec §2.4) as clients see it."""
+    pull_request = None
+    if row.pr_number is not None:
+        pull_request = {
+            "number": row.pr_number,
+            "state": row.pr_state,
+            "url": row.pr_url,
+            "title": row.pr_title,
+            "authorLogin": row.pr_author_login,
+            "headSha": row.pr_head_sha,
+            "updatedAt": row.pr_updated_at,
+        }
+    return {
+        "taskId": row.task_id,
+        "repoId": row.repo_id,
+        "repoFullName": row.repo_full_name,
+        "title": row.title,
+        "status": row.status,
+        "isVirtual": bool(row.is_virtual),
+        "branch": row.branch,
+        "pullRequest": pull_request,
+        "ciState": row.ci_state,
+        "ownerUserId": row.owner_user_id,
+        "ownerLogin": row.owner_login,
+        "sessions": json.loads(row.sessions_json),
+        "error": row.error,
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+        "archivedAt": row.archived_at,
+    }
+
+
+async def build_header(conn: AsyncConnection, organization_id: str) -> dict[str, Any]:
+    """Everything of the organization summary except the task list (event ``organizationUpdated``)."""
     row = await require_profile(conn, organization_id)
-    member_rows = await list_members(conn)
+    member_count = (await conn.execute(sa.select(sa.func.count()).select_from(members))).scalar() or 0
+    activity = {
+        r.repo_id: (r.count, r.latest)
+        for r in (
+            await conn.execute(
+                sa.select(
+                    task_summaries.c.repo_id,
+                    sa.func.count().label("count"),
+                    sa.func.max(task_summaries.c.updated_at).label("latest"),
+                )
+                .where(task_summaries.c.archived_at.is_(None))
+                .group_by(task_summaries.c.repo_id)
+            )
+        ).all()
+    }
+    repo_rows = (await conn.execute(sa.select(repos).order_by(repos.c.full_name))).all()
     return {
         "organizationId": organization_id,
         "profile": {
@@ -65,11 +114,71 @@ async def build_snapshot(conn: AsyncConnection, organization_id: str) -> dict[st
             "avatarUrl": row.avatar_url,
         },
         "settings": {"displayName": row.display_name, "defaultModel": row.default_model},
-        "github": {"installationId": row.installation_id, "installationStatus": row.installation_status},
-        "memberCount": len(member_rows),
+        "github": {
+            "installationId": row.installation_id,
+            "installationStatus": row.installation_status,
+            "syncStatus": row.sync_status,
+            "syncPhase": row.sync_phase,
+            "syncGeneration": row.sync_generation,
+            "processedCount": row.sync_processed,
+            "totalCount": row.sync_total,
+            "syncError": row.sync_error,
+            "lastSyncAt": row.last_sync_at,
+            "lastWebhookAt": row.last_webhook_at,
+            "lastWebhookEvent": row.last_webhook_event,
+        },
+        "repos": [
+            {
+                "id": r.repo_id,
+                "fullName": r.full_name,
+                "defaultBranch": r.default_branch,
+                "private": r.private,
+                "archived": r.archived,
+                "taskCount": activity.get(r.repo_id, (0, None))[0],
+                "latestActivityMs": activity.get(r.repo_id, (0, None))[1],
+            }
+            for r in repo_rows
+        ],
+        "memberCount": member_count,
         "updatedAt": row.updated_at,
     }
 
 
-async def publish_snapshot(ctx: InstanceContext, conn: AsyncConnection) -> None:
-    ctx.publish(organization_topic(ctx.key), "organizationUpdated", await build_snapshot(conn, ctx.key))
+async def list_task_summaries(conn: AsyncConnection, include_archived: bool = False) -> list[dict[str, Any]]:
+    stmt = sa.select(task_summaries).order_by(task_summaries.c.updated_at.desc(), task_summaries.c.task_id)
+    if not include_archived:
+        stmt = stmt.where(task_summaries.c.archived_at.is_(None))
+    return [task_summary_json(r) for r in (await conn.execute(stmt)).all()]
+
+
+async def build_snapshot(conn: AsyncConnection, organization_id: str) -> dict[str, Any]:
+    """The full organization summary of the ``organization:<id>`` topic: header plus open tasks."""
+    snapshot = await build_header(conn, organization_id)
+    snapshot["taskSummaries"] = await list_task_summaries(conn)
+    return snapshot
+
+
+async def publish_header(ctx: InstanceContext, conn: AsyncConnection) -> None:
+    """Publish ``organizationUpdated`` (profile, settings, GitHub status, repos) in the transaction."""
+    ctx.publish(organization_topic(ctx.key), "organizationUpdated", await build_header(conn, ctx.key))
+
+
+async def publish_task_changes(
+    ctx: InstanceContext, conn: AsyncConnection, task_ids: list[str], removed: list[str] | None = None
+) -> None:
+    """Publish one ``taskSummariesUpdated`` for a batch of changed tasks (one broadcast per batch).
+
+    ``upserted`` carries the current rows of ``task_ids``; archived ones are listed in ``removed`` so
+    sidebars drop them.
+    """
+    rows = (await conn.execute(sa.select(task_summaries).where(task_summaries.c.task_id.in_(task_ids)))).all()
+    upserted = [task_summary_json(r) for r in rows if r.archived_at is None]
+    gone = sorted({*(removed or []), *(r.task_id for r in rows if r.archived_at is not None)})
+    if upserted or gone:
+        ctx.publish(
+            organization_topic(ctx.key), "taskSummariesUpdated", {"upserted": upserted, "removed": gone}
+        )
+
+
+# Kept for callers that publish a whole refresh (profile changes).
+publish_snapshot = publish_header

@@ -33,3 +33,34 @@ def test_every_role_ships_runtime_tables() -> None:
     for role_name in available_roles():
         tables = load_role(role_name).metadata.tables
         assert {"foundry_mailbox", "foundry_outbox", "foundry_topic_seq"} <= set(tables), role_name
+
+
+async def test_organization_upgrade_from_0001_keeps_existing_data(tmp_path: Path) -> None:
+    """Forward-only migrations are tested on upgrade, not just on fresh files (bug 26)."""
+    from alembic import command
+
+    from foundry.db.migrate import alembic_config
+
+    role = load_role("organization")
+    path = tmp_path / "old.sqlite3"
+    cfg = alembic_config(role.migrations_location)
+    cfg.set_main_option("sqlalchemy.url", f"sqlite:///{path}")
+    try:
+        command.upgrade(cfg, "0001")
+    finally:
+        cfg.set_main_option("sqlalchemy.url", "")
+    engine = make_engine(path)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text(
+                "INSERT INTO profile(id, organization_id, kind, github_login, github_account_id, display_name, "
+                "installation_status, default_model, created_at, updated_at) "
+                "VALUES (1, 'acme', 'organization', 'acme', 7, 'ACME', 'connected', 'opus', 1, 1)"
+            ))
+        assert await ensure_schema(engine, role.migrations_location) is True
+        assert await schema_diff(engine, role.metadata) == []
+        async with engine.connect() as conn:
+            row = (await conn.execute(sa.text("SELECT display_name, sync_status FROM profile"))).one()
+        assert tuple(row) == ("ACME", "pending")
+    finally:
+        await engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -49,8 +50,15 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         assert ready.status_code == 200, (tmp_path / "serve.log").read_text()[-3000:]
         assert ready.json()["checks"]["runtime"]["ok"] is True
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
-        # The audit-log host answers through Ray.
         assert (tmp_path / "data").is_dir()
+        # An operator can see the hosts of the running server.
+        listing = subprocess.run(
+            [sys.executable, "-m", "foundry", "actors", "ls"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert listing.returncode == 0, listing.stderr[-2000:]
+        hosts = json.loads(listing.stdout)
+        assert hosts["foundry.user.0"]["running"] is True
+        assert hosts["foundry.organization.0"]["running"] is True
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
