@@ -178,7 +178,3 @@ async def publish_task_changes(
         ctx.publish(
             organization_topic(ctx.key), "taskSummariesUpdated", {"upserted": upserted, "removed": gone}
         )
-
-
-# Kept for callers that publish a whole refresh (profile changes).
-publish_snapshot = publish_header
