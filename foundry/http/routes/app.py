@@ -12,7 +12,7 @@ from foundry.runtime.role import to_jsonable
 
 router = APIRouter(prefix="/v1/app", tags=["app"])
 
-SIGNED_OUT = {
+SIGNED_OUT: dict[str, Any] = {
     "auth": {"status": "signed_out", "currentUserId": None},
     "user": None,
     "activeOrganizationId": None,

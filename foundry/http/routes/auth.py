@@ -116,7 +116,10 @@ async def mock_sign_in(
 
 @router.get("/session", summary="The current session")
 async def get_session(caller: CurrentCaller, runtime: RuntimeDep) -> dict[str, Any]:
-    return await runtime.call("user", caller.user_id, "get_session", {"sessionId": caller.session_id})
+    session: dict[str, Any] = await runtime.call(
+        "user", caller.user_id, "get_session", {"sessionId": caller.session_id}
+    )
+    return session
 
 
 @router.post("/sign-out", summary="Revoke the session and clear the cookie", dependencies=[SameSiteWrite])
