@@ -32,7 +32,7 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
     """The realtime gateway's snapshot of ``organization:<id>``."""
     if cmd.topic != organization_topic(ctx.key):
         raise NotFound(f"organization {ctx.key!r} does not own topic {cmd.topic!r}")
-    async with ctx.read() as conn:
+    async with ctx.read(consistent=True) as conn:
         return {"seq": await current_seq(conn, cmd.topic), "data": await build_snapshot(conn, ctx.key)}
 
 

@@ -77,7 +77,7 @@ async def publish_app(ctx: InstanceContext, conn: AsyncConnection) -> None:
 
 
 async def app_snapshot_with_seq(ctx: InstanceContext) -> dict[str, Any]:
-    async with ctx.read() as conn:
+    async with ctx.read(consistent=True) as conn:
         row = await load_profile(conn)
         seq = await current_seq(conn, app_topic(ctx.key))
     return {"seq": seq, "data": build_app_snapshot(row, ctx.key)}

@@ -18,9 +18,13 @@ Frame protocol (JSON text frames)::
       {"op": "pong"}
       {"op": "error", "topic": T?, "error": code, "detail": sentence}
 
-Per topic and socket the gateway guarantees: no gaps, no duplicates, never an older seq after a newer
-one. It relies on the runtime's seqs being contiguous per topic (each publish adds exactly 1), so
-a missing seq is *detected* and healed with a fresh snapshot (or a replay) instead of being trusted.
+Per topic and socket the gateway guarantees: no gaps, no event twice, never an older seq after a
+newer one. Event frames carry strictly increasing seqs; a ``snapshot`` frame carries a seq at least
+the last one sent (equal only in the fresh snapshot after a lost host stream, see below), and the
+events it contains are not sent again. The gateway relies on the runtime's seqs being contiguous per
+topic (each publish adds exactly 1): a missing seq is *detected* and healed with a fresh snapshot
+(or a replay) instead of being passed on. ``since`` on a full-state topic skips the snapshot when the
+client already holds that seq.
 
 Subscribing: the subscription is registered on the host's pump first (its live events buffer), then
 the owner's ``snapshot`` action is called with ``{"topic", "since"}``. It answers either
@@ -34,6 +38,13 @@ Host failures: when a host stream breaks (`ActorUnavailable`, the host restartin
 with backoff and every subscriber of that host gets a fresh snapshot (even at an unchanged seq: it
 tells the client it is live again) or the replay of what it missed. The runtime's overflow marker
 (this process fell behind on the host) triggers the same resync on the stream that is still open.
+
+Why a snapshot is sometimes read twice: `Runtime.subscribe` cannot say when the host has actually
+registered a new stream (a Ray actor call is merely *submitted*), and an event published between
+the snapshot read and that registration would be lost without a trace if it were the topic's last.
+So snapshots read on a stream that is not yet *confirmed* are read once more when it is: when its
+first batch arrives, or ``verify_delay`` after the host answered (an idle host). A topic that has
+had an event through the stream needs no second reading: gap detection covers it.
 
 Slow clients: a socket with more than ``queue_limit`` live frames waiting is sent an error frame
 ``slow_consumer`` and closed with code 1013 (try again later); its backlog is dropped. Memory per
@@ -156,6 +167,12 @@ class _Topic:
         #: Subscribers that need a snapshot/replay; served together by one `sync_task`.
         self.waiting: set[_Sub] = set()
         self.sync_task: asyncio.Task[None] | None = None
+        #: An event of this topic came through the current stream. The stream was registered on
+        #: the host before it was published, and seq-gap detection covers what came before: a
+        #: snapshot of this topic needs no second reading (`_Pump.confirmed`).
+        self.heard = False
+        #: The last seq a gap was logged at (one line per gap, not one per subscriber).
+        self.gap_logged = -1
 
 
 class _Pump:
@@ -171,7 +188,8 @@ class _Pump:
         #: The stream has been requested from the host: snapshots may be read now.
         self.attached = False
         #: The host is known to have registered the stream (a batch arrived, or `verify_delay`
-        #: passed since it answered a snapshot). Snapshots read before that are read again.
+        #: passed since it answered a snapshot). Topics snapshotted before that and not `heard`
+        #: since are read again (see the module docstring).
         self.confirmed = False
         self.unverified: set[str] = set()
         self.verify_task: asyncio.Task[None] | None = None
@@ -424,7 +442,7 @@ class RealtimeGateway:
             return
         try:
             message = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested arrays
             self._error(sock, "bad_json", f"the frame is not valid JSON: {exc}")
             return
         if not isinstance(message, dict):
@@ -456,7 +474,8 @@ class RealtimeGateway:
             return
         existing = sock.subs.get(route.topic)
         if existing is not None:
-            if existing.pump is not None:  # still authorizing: that one will answer
+            # Already held: acknowledge (unless still being authorized: that answer will come).
+            if existing.pump is not None:
                 self._push(sock, _control("subscribed", topic=route.topic), live=False)
             return
         if len(sock.subs) >= self._max_subscriptions:
@@ -587,7 +606,10 @@ class RealtimeGateway:
                 # Closing the generator cancels it on the host (`RayRuntime.subscribe`'s finally).
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
-                    await aclose()
+                    try:
+                        await aclose()
+                    except Exception:
+                        log.exception("realtime: closing the stream of %s failed", pump.name)
             self._counters["stream_breaks"] += 1
             self._on_broken(pump)
             if received:
@@ -617,6 +639,7 @@ class RealtimeGateway:
         for topic in pump.topics.values():
             self._cancel(topic.sync_task)
             topic.sync_task = None
+            topic.heard = False
             for sub in topic.subs:
                 sub.syncing = True
                 sub.force = True
@@ -626,9 +649,13 @@ class RealtimeGateway:
                 self._start_round(pump, topic)
 
     def _on_batch(self, pump: _Pump, batch: list[Event]) -> None:
-        if not pump.confirmed:
-            self._confirm(pump)
         topics = pump.topics
+        if not pump.confirmed:
+            for event in batch:
+                if event.topic in topics:
+                    topics[event.topic].heard = True
+                    pump.unverified.discard(event.topic)
+            self._confirm(pump)
         for event in batch:
             if event.topic == OVERFLOW_TOPIC:
                 log.warning("realtime: %s dropped events for this process; resyncing its topics", pump.name)
@@ -637,6 +664,7 @@ class RealtimeGateway:
             topic = topics.get(event.topic)
             if topic is None:
                 continue
+            topic.heard = True
             try:
                 text = _event_frame(event.topic, event.event, event.seq, event.data)
             except (TypeError, ValueError):
@@ -647,6 +675,11 @@ class RealtimeGateway:
                 if sub.syncing:
                     if len(sub.pending) >= self._queue_limit:
                         # Bounded like the socket queue; the gap this leaves is detected at drain.
+                        log.info(
+                            "realtime: %s buffered %d events during a resync; dropped them",
+                            topic.name,
+                            len(sub.pending),
+                        )
                         sub.pending.clear()
                     sub.pending.append((event.seq, text))
                 else:
@@ -658,13 +691,12 @@ class RealtimeGateway:
             return  # already sent (in the snapshot or replay)
         if last is not None and seq != last + 1:
             self._counters["gaps"] += 1
-            log.info(
-                "realtime: %s jumped from seq %d to %d for socket %d; resyncing",
-                sub.topic,
-                last,
-                seq,
-                sub.socket.id,
-            )
+            topic = sub.state
+            if topic is not None and topic.gap_logged != seq:
+                topic.gap_logged = seq
+                log.info(
+                    "realtime: %s jumped from seq %d to %d (events lost); resyncing", sub.topic, last, seq
+                )
             sub.pending.append((seq, text))
             self._request_sync(sub)
             return
@@ -706,15 +738,14 @@ class RealtimeGateway:
     async def _sync_round(self, pump: _Pump, topic: _Topic) -> None:
         """Serve every waiting subscriber of a topic, with one snapshot call per round."""
         delay = 0.2
-        rounds = 0
+        repeats = 0  # rounds asked for again right after a complete one
         try:
             while topic.waiting and not pump.stopped:
-                rounds += 1
-                if rounds > 3:
+                if repeats > 3:
                     # Subscribers keep finding gaps right after a snapshot: the owner's snapshot seq
                     # lags its events (a role bug). Slow down instead of spinning on actor calls.
-                    log.warning("realtime: %s needed %d snapshots in a row", topic.name, rounds)
-                    await asyncio.sleep(min(0.05 * 2 ** (rounds - 3), 2.0))
+                    log.warning("realtime: %s needed %d snapshots in a row", topic.name, repeats)
+                    await asyncio.sleep(min(0.05 * 2 ** (repeats - 3), 2.0))
                 batch = [s for s in topic.waiting if not s.closed]
                 topic.waiting.clear()
                 if not batch:
@@ -743,6 +774,7 @@ class RealtimeGateway:
                         self._end_subscription(sub, "internal_error", "could not read this topic's snapshot")
                     continue
                 delay = 0.2
+                repeats = repeats + 1 if snap.complete else 0
                 for sub in batch:
                     if sub.closed:
                         continue
@@ -753,7 +785,7 @@ class RealtimeGateway:
                         self._request_sync(sub)  # the rest of a capped replay
                         continue
                     self._drain(sub)
-                if unconfirmed:
+                if unconfirmed and not topic.heard:
                     if pump.confirmed:
                         for sub in batch:
                             self._request_sync(sub)

@@ -76,8 +76,16 @@ class InstanceContext:
         return self.actor(self.role, self.key)
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads; runs beside the mailbox loop."""
+    async def read(self, *, consistent: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; runs beside the mailbox loop.
+
+        With ``consistent``, no write can commit while the block runs, so several statements see one
+        state (a snapshot and its topic seq, say). Cheap, but it waits for a running command.
+        """
+        if consistent:
+            async with self._instance.write_lock, self._instance.engine.connect() as conn:
+                yield conn
+            return
         async with self._instance.engine.connect() as conn:
             yield conn
 

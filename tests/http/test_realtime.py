@@ -1,0 +1,109 @@
+"""WS /v1/realtime as a browser uses it: cookie authentication, topic authorization, live updates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.http.conftest import Server
+
+
+@asynccontextmanager
+async def socket(server: Server, cookie: str | None, origin: str | None = None) -> AsyncIterator[Any]:
+    headers = {}
+    if cookie:
+        headers["Cookie"] = f"foundry_session={cookie}"
+    if origin:
+        headers["Origin"] = origin
+    url = server.url.replace("http://", "ws://") + "/v1/realtime"
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        yield ws
+
+
+async def frame(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))  # type: ignore[no-any-return]
+
+
+async def subscribe(ws: Any, topic: str) -> list[dict[str, Any]]:
+    """Subscribe and return the frames up to the snapshot (or the error)."""
+    await ws.send(json.dumps({"op": "subscribe", "topic": topic}))
+    frames = []
+    while True:
+        f = await frame(ws)
+        frames.append(f)
+        if f.get("event") == "snapshot" or f.get("op") == "error":
+            return frames
+
+
+@pytest.mark.parametrize(
+    ("login", "topic", "allowed"),
+    [
+        ("alice", "organization:acme", True),
+        ("alice", "organization:globex", False),
+        ("bob", "organization:acme", False),
+        ("bob", "organization:globex", True),
+        ("carol", "organization:acme", True),
+        ("carol", "organization:globex", True),
+        ("alice", "task:globex:t1", False),
+        ("bob", "session:acme:t1:s1", False),
+        ("alice", "organization:app", False),
+    ],
+)
+async def test_subscribe_authorization_matrix(server: Server, login: str, topic: str, allowed: bool) -> None:
+    async with server.signed_in(login) as client:
+        cookie = client.cookies["foundry_session"]
+    async with socket(server, cookie) as ws:
+        frames = await subscribe(ws, topic)
+    last = frames[-1]
+    if allowed:
+        assert last["event"] == "snapshot"
+        assert last["topic"] == topic
+    else:
+        assert last == {"op": "error", "topic": topic, "error": "forbidden", "detail": last["detail"]}
+
+
+async def test_app_topic_only_for_its_own_user(server: Server) -> None:
+    async with server.signed_in("alice") as alice, server.signed_in("bob") as bob:
+        alice_id = (await alice.get("/v1/app")).json()["user"]["id"]
+        bob_cookie = bob.cookies["foundry_session"]
+        alice_cookie = alice.cookies["foundry_session"]
+    async with socket(server, bob_cookie) as ws:
+        assert (await subscribe(ws, f"app:{alice_id}"))[-1]["error"] == "forbidden"
+    async with socket(server, alice_cookie) as ws:
+        snap = (await subscribe(ws, f"app:{alice_id}"))[-1]
+    assert snap["data"]["user"]["githubLogin"] == "alice"
+
+
+async def test_unauthenticated_and_cross_site_sockets_are_refused(server: Server) -> None:
+    async with socket(server, None) as ws:
+        refused = await frame(ws)
+        assert refused["error"] == "unauthorized"
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await frame(ws)
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 4401
+    async with server.signed_in("alice") as alice:
+        cookie = alice.cookies["foundry_session"]
+    async with socket(server, cookie, origin="https://evil.example") as ws:
+        assert (await frame(ws))["error"] == "unauthorized"
+
+
+async def test_settings_change_reaches_subscribers_live(server: Server) -> None:
+    async with server.signed_in("carol") as carol, server.signed_in("alice") as alice:
+        cookie = alice.cookies["foundry_session"]
+        async with socket(server, cookie) as ws:
+            snap = (await subscribe(ws, "organization:acme"))[-1]
+            assert snap["data"]["settings"]["displayName"]
+            response = await carol.patch("/v1/organizations/acme/settings", json={"displayName": "Live ACME"})
+            assert response.status_code == 200
+            update = await frame(ws)
+    assert update["topic"] == "organization:acme"
+    assert update["event"] == "organizationUpdated"
+    assert update["seq"] > snap["seq"]
+    assert update["data"]["settings"]["displayName"] == "Live ACME"

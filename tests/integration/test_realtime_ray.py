@@ -1,0 +1,77 @@
+"""The realtime gateway on real Ray: a websocket survives a kill -9 of the host that owns its topic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import connect
+
+from foundry.config import Settings
+from foundry.realtime import RealtimeGateway
+from foundry.runtime.ray_backend import RayRuntime
+from tests.realtime import snapshot_role
+from tests.realtime.helpers import ROLE, Client, make_registry, running_server, settled, ws_url
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+async def realtime_ray_runtime(ray_settings: Settings) -> AsyncIterator[RayRuntime]:
+    # The session's settings plus the snapshot test role (host processes import it by name).
+    runtime_settings = ray_settings.runtime.model_copy(
+        update={"extra_roles": {**ray_settings.runtime.extra_roles, ROLE: snapshot_role.MODULE}}
+    )
+    rt = RayRuntime(ray_settings.model_copy(update={"runtime": runtime_settings}))
+    await rt.start()
+    yield rt
+    await rt.close()
+
+
+async def test_kill_9_of_the_owning_host_resyncs_the_websocket_by_itself(
+    realtime_ray_runtime: RayRuntime,
+) -> None:
+    runtime = realtime_ray_runtime
+    key = f"kill-{uuid.uuid4().hex[:6]}"
+    topic = f"board:{key}"
+    ref = runtime.actor(ROLE, key)
+    await ref.send("bump", {"times": 2}, wait=True)
+    gateway = RealtimeGateway(runtime, make_registry())
+    await gateway.start()
+    async with running_server(gateway) as port, connect(ws_url(port)) as conn:
+        client = Client(conn)
+        await client.subscribe(topic)
+        assert await client.recv(timeout=30) == {
+            "topic": topic,
+            "event": "snapshot",
+            "seq": 2,
+            "data": {"value": 2},
+        }
+        await settled(gateway)
+        await ref.send("bump", {}, wait=True)
+        assert (await client.recv())["seq"] == 3
+
+        shard = runtime.shard_for(ROLE, key)
+        pid = (await runtime.host_info(ROLE, shard))["pid"]
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        # No client action: the gateway reconnects to the restarted host and resends the state.
+        fresh = await client.recv(timeout=30)
+        assert fresh == {"topic": topic, "event": "snapshot", "seq": 3, "data": {"value": 3}}
+        resynced_s = time.monotonic() - killed_at
+        assert (await runtime.host_info(ROLE, shard))["pid"] != pid
+        assert gateway.stats()["hosts"][f"{ROLE}/{shard}"]["streams_opened"] >= 2
+
+        await settled(gateway, timeout=10)
+        await ref.send("bump", {"times": 2}, wait=True)
+        frames = await client.recv_n(2)
+        assert [(f["event"], f["seq"], f["data"]["value"]) for f in frames] == [
+            ("boardUpdated", 4, 4),
+            ("boardUpdated", 5, 5),
+        ]
+        await client.assert_quiet()
+    print(f"resynced {resynced_s:.2f}s after kill -9")
