@@ -48,6 +48,9 @@ def serve(host: str | None, port: int | None) -> None:
         host=settings.host,
         port=settings.port,
         ws="websockets-sansio",
+        # Frames are small JSON fanned out to many sockets; per-socket deflate costs CPU on every
+        # frame for every subscriber and buys little.
+        ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
     )
 

@@ -66,6 +66,28 @@ class AuthSettings(BaseModel):
     extra_origins: list[str] = Field(default_factory=list)
 
 
+class SandboxSettings(BaseModel):
+    """Where tasks' sandboxes run (DESIGN §7): the provider and what every sandbox gets."""
+
+    #: ``local`` runs one sandbox-agent process per sandbox; ``docker`` and ``e2b`` are to follow.
+    provider: Literal["local"] = "local"
+    #: Directory of the local provider's sandboxes; empty means ``<data_dir>/sandboxes``.
+    root_dir: str = ""
+    #: The sandbox-agent executable; empty looks in ``.tools/`` (scripts/bootstrap.sh) and on PATH.
+    binary: str = ""
+    #: Agent and model of sessions that name neither; empty: ``mock``/``demo`` in mock mode, else the
+    #: organization's default model.
+    default_agent: str = ""
+    default_model: str = ""
+    #: Ship Foundry's demo agent as the ``mock`` agent; None means "in mock mode".
+    demo_agent: bool | None = None
+    #: Extra environment for every sandbox (never the backend's own secrets, bug 23), e.g.
+    #: ``{"FOUNDRY_DEMO_AGENT_DELAY": "0"}``.
+    agent_env: dict[str, str] = Field(default_factory=dict)
+    #: Seconds to wait for a new sandbox's ``/v1/health``.
+    health_timeout: float = 30.0
+
+
 class Settings(BaseSettings):
     """All of Foundry's configuration."""
 
@@ -83,6 +105,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     #: Largest JSON request body the API accepts (webhooks have their own, larger limit).
     max_body_bytes: int = 1024 * 1024
 
@@ -90,6 +113,18 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_data_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @property
+    def sandbox_root(self) -> Path:
+        """The local provider's sandbox directory (``<data_dir>/sandboxes`` unless configured)."""
+        if self.sandbox.root_dir:
+            return Path(self.sandbox.root_dir).expanduser()
+        return self.data_dir / "sandboxes"
+
+    @property
+    def demo_agent_enabled(self) -> bool:
+        """Whether sandboxes get Foundry's demo agent as their ``mock`` agent."""
+        return self.mode == "mock" if self.sandbox.demo_agent is None else self.sandbox.demo_agent
 
     @property
     def base_url(self) -> str:

@@ -1,20 +1,38 @@
-"""Mock mode: a seeded fake GitHub in this process, spoken to by the real driver."""
+"""Mock mode: a seeded fake GitHub in this process, spoken to by the real driver.
+
+Besides the fake GitHub API, mock mode needs somewhere to clone from and push to: every seeded
+repository gets a local bare git repository under ``<data_dir>/mock-remotes/`` (one commit on its
+default branch) and the fake's ``clone_url`` points at it (``file://``), so tasks clone, push and open
+pull requests end to end without the network. Sandboxes get Foundry's demo agent as ``mock``.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
+import subprocess
+import sys
+from pathlib import Path
 
 from foundry.config import GitHubSettings, Settings
 from foundry.drivers.github.fake import FakeGitHub, seed_mock
+
+log = logging.getLogger(__name__)
+
+#: A fixed identity and date, so a mock remote's first commit is the same on every machine.
+_MOCK_COMMIT_AUTHOR = "Foundry Mock <mock@foundry.invalid> 1767605400 +0000"
 
 
 def start_fake_github(settings: Settings) -> tuple[FakeGitHub, Settings]:
     """Start the seeded fake GitHub and return settings pointing every GitHub call at it.
 
     Seed: organizations ``acme`` and ``globex`` with the App installed, users ``alice`` (acme),
-    ``bob`` (globex) and ``carol`` (both; admin of acme), a few repositories and open PRs.
+    ``bob`` (globex) and ``carol`` (both; admin of acme), a few repositories and open PRs. Every
+    repository's clone URL is a local bare repository (`seed_mock_remotes`).
     """
     fake = seed_mock(FakeGitHub()).start()
+    seed_mock_remotes(fake, settings.data_dir / "mock-remotes")
     github = GitHubSettings(
         app_id=fake.app_id,
         private_key=fake.private_key_pem,  # type: ignore[arg-type]
@@ -26,3 +44,73 @@ def start_fake_github(settings: Settings) -> tuple[FakeGitHub, Settings]:
         throttle=False,
     )
     return fake, settings.model_copy(update={"github": github})
+
+
+def demo_agent_launchers(python: str = sys.executable) -> dict[str, str]:
+    """Agent launchers every sandbox gets in mock mode: the demo agent answers as ``mock``."""
+    from foundry.demo_agent.launcher import launcher_script
+
+    return {"mock": launcher_script(python)}
+
+
+def seed_mock_remotes(fake: FakeGitHub, root: Path) -> dict[str, str]:
+    """Give every repository of ``fake`` a local bare remote under ``root`` and point its clone URL there.
+
+    Idempotent: an existing remote is kept as it is (with whatever branches tasks pushed to it), so a
+    restarted mock server finds its pushed work again. Returns ``{full_name: clone_url}``.
+    """
+    # The fake has no listing API for its own state: read its world under its lock.
+    with fake._lock:
+        repos = list(fake._world.repos.values())
+    urls: dict[str, str] = {}
+    for repo in repos:
+        bare = root / repo.owner / f"{repo.name}.git"
+        if not (bare / "HEAD").exists():
+            readme = f"# {repo.full_name}\n\n{repo.description or 'A mock repository.'}\n"
+            _create_bare_repo(bare, repo.default_branch, readme)
+        url = bare.resolve().as_uri()
+        fake.add_repo(
+            repo.installation_id,
+            repo.owner,
+            repo.name,
+            private=repo.private,
+            default_branch=repo.default_branch,
+            archived=repo.archived,
+            description=repo.description,
+            updated_at=repo.updated_at,
+            id=repo.id,
+            clone_url=url,
+        )
+        urls[repo.full_name] = url
+    return urls
+
+
+def _create_bare_repo(bare: Path, branch: str, readme: str) -> None:
+    """``git init --bare`` plus one commit holding README.md, written by ``git fast-import``."""
+    env = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "LC_ALL": "C",
+    }
+    bare.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["git", "init", "-q", "--bare", "-b", branch, str(bare)], env=env, check=True, capture_output=True
+    )
+    content = readme.encode()
+    message = b"Initial commit\n"
+    stream = (
+        f"commit refs/heads/{branch}\n"
+        f"author {_MOCK_COMMIT_AUTHOR}\ncommitter {_MOCK_COMMIT_AUTHOR}\n".encode()
+        + f"data {len(message)}\n".encode()
+        + message
+        + f"M 644 inline README.md\ndata {len(content)}\n".encode()
+        + content
+        + b"\n"
+    )
+    done = subprocess.run(
+        ["git", "fast-import", "--quiet"], cwd=bare, env=env, input=stream, capture_output=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"could not seed mock remote {bare}: {done.stderr.decode(errors='replace')}")
+    log.info("mock remote created path=%s branch=%s", bare, branch)

@@ -46,4 +46,26 @@ def build_services(settings: Settings) -> Services:
             throttle=gh.throttle,
             clock=services.clock,
         )
+    services.drivers["sandbox"] = build_sandbox_provider(settings)
     return services
+
+
+def build_sandbox_provider(settings: Settings) -> Any:
+    """The configured sandbox provider (`foundry.drivers.sandbox.SandboxProvider`).
+
+    Cheap: nothing starts until the first ``create``. In the sandbox role's host process the
+    sandbox-agent servers are children of this provider; other processes never call ``create``.
+    """
+    from foundry.drivers.sandbox.local import LocalSandboxProvider
+
+    launchers: dict[str, str] = {}
+    if settings.demo_agent_enabled:
+        from foundry.mock import demo_agent_launchers
+
+        launchers.update(demo_agent_launchers())
+    return LocalSandboxProvider(
+        settings.sandbox_root,
+        settings.sandbox.binary or None,
+        launchers,
+        health_timeout=settings.sandbox.health_timeout,
+    )

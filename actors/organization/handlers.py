@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from actors.organization.commands import RegisterInstallation, SyncFromGitHub, UpdateSettings
+from actors.organization.github import request_sync_after_commit
 from actors.organization.schema import installations, members, profile
 from actors.organization.state import (
     assert_app_shell,
@@ -82,6 +83,13 @@ async def handle_sync_from_github(ctx: CommandContext, cmd: SyncFromGitHub) -> d
             },
             command_id=ctx.derived_id("audit"),
         )
+    if status == "connected" and (
+        existing is None
+        or existing.installation_status != "connected"
+        or existing.installation_id != cmd.installation_id
+    ):
+        # First sight of a connected installation (or a new one): mirror its repositories and PRs.
+        request_sync_after_commit(ctx, "installation connected")
     if cmd.installation_id is not None:
         ctx.send_after_commit(
             "organization",

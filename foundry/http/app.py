@@ -13,15 +13,21 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp
 
+from actors.github_data.client import start_installation_reconciliation
 from foundry import __version__
 from foundry.auth.cookies import SessionCookies
 from foundry.auth.signin import SignInService
 from foundry.config import Settings
+from foundry.drivers.sandbox.binary import check_binary
 from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.errors import install_error_handlers
+from foundry.http.realtime import RealtimeAccess, build_registry, mount_realtime
+from foundry.realtime.gateway import RealtimeGateway
 from foundry.http.routes import app as app_routes
 from foundry.http.routes import auth as auth_routes
+from foundry.http.routes import github as github_routes
 from foundry.http.routes import organizations as organization_routes
+from foundry.http.routes import tasks as task_routes
 from foundry.runtime.client import Runtime
 from foundry.services import build_services
 from foundry.wiring import build_runtime
@@ -85,9 +91,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
         app.state.oauth = _oauth_client(settings)
         app.state.cookies = SessionCookies(settings)
         app.state.signin = SignInService(settings, rt, services.drivers.get("github"), services.clock)
+        registry = build_registry()
+        app.state.gateway = RealtimeGateway(rt, registry)
+        await app.state.gateway.start()
+        app.state.realtime_access = RealtimeAccess(settings, rt, app.state.cookies, registry)
+        if own_runtime and settings.github.configured:
+            # Rebuild the installation index and recreate wiped organizations from GitHub (bug 32).
+            await start_installation_reconciliation(rt)
         try:
             yield
         finally:
+            await app.state.gateway.close()
             if own_runtime:
                 await rt.close()
             if fake is not None and fake_github is None:
@@ -108,9 +122,12 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
         same_site="lax",
         https_only=settings.base_url.startswith("https://"),
     )
+    mount_realtime(app)
     app.include_router(auth_routes.router)
     app.include_router(app_routes.router)
     app.include_router(organization_routes.router)
+    app.include_router(github_routes.router)
+    app.include_router(task_routes.router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -129,6 +146,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
             log.warning("readiness: runtime check failed: %s", exc)
             checks["runtime"] = {"ok": False, "detail": f"actor runtime not answering: {exc}"}
             ok = False
+        # Tasks need the sandbox-agent binary; the detail names the fix (scripts/bootstrap.sh).
+        binary = app.state.settings.sandbox.binary or None
+        binary_ok, binary_detail = await asyncio.to_thread(check_binary, binary)
+        checks["sandboxAgent"] = {"ok": binary_ok, "detail": binary_detail}
+        ok = ok and binary_ok
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
         )

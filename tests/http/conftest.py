@@ -54,7 +54,21 @@ class Server:
                     break
                 await asyncio.sleep(0.02)
             assert app["organizationSync"]["status"] == "synced", app
+            await self.github_settled([o["id"] for o in app["organizations"]])
             yield client
+
+    async def github_settled(self, organization_ids: list[str]) -> None:
+        """Wait until the GitHub sync that a first sign-in starts has finished for these
+        organizations, so tests see a stable organization summary."""
+        for org in organization_ids:
+            for _ in range(500):
+                status = await self.runtime.call("organization", org, "github_status")
+                if status.get("installationStatus") != "connected" or status.get("syncStatus") in (
+                    "synced",
+                    "error",
+                ):
+                    break
+                await asyncio.sleep(0.02)
 
 
 @pytest.fixture
