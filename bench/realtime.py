@@ -182,7 +182,11 @@ async def run_server(args: argparse.Namespace) -> list[dict[str, Any]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, ws="websockets-sansio", ws_per_message_deflate=False, lifespan="off", log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, ws="websockets-sansio", ws_per_message_deflate=False, lifespan="off", log_level="warning"
+        )
+    )
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)

@@ -44,5 +44,6 @@ ROLE = Role(
         Handler("get_oauth_callback", OAuthCallbackResult, actions.get_oauth_callback),
         Handler("github_status", Empty, github.github_status),
         Handler("task_summary", tasks.TaskRef, tasks.task_summary),
+        Handler("create_task", tasks.CreateTask, tasks.create_task),
     ),
 )

@@ -227,21 +227,27 @@ class Instance:
         try:
             handler: Handler = self.role.command(name)
             model = handler.model.model_validate_json(body_json)
+            ctx: CommandContext | None = None
             async with self.write_lock:
-                async with self.engine.begin() as conn:
-                    ctx = CommandContext(self, conn, command_id)
-                    async with asyncio.timeout(STEP_TIMEOUT_S):
-                        result = await handler.fn(ctx, model)
-                    result_json = json.dumps(to_jsonable(result))
-                    events = await self._stage(conn, ctx)
-                    # Through the driver connection, inside the same transaction: one thread hop
-                    # where SQLAlchemy's aiosqlite cursor takes three.
-                    raw = await conn.get_raw_connection()
-                    await raw.driver_connection.execute(  # type: ignore[union-attr]
-                        "UPDATE foundry_mailbox SET status='done', result=?, finished_at=? "
-                        "WHERE command_id=?",
-                        (result_json, self.host.services.clock.now_ms(), command_id),
-                    )
+                try:
+                    async with self.engine.begin() as conn:
+                        ctx = CommandContext(self, conn, command_id)
+                        async with asyncio.timeout(STEP_TIMEOUT_S):
+                            result = await handler.fn(ctx, model)
+                        result_json = json.dumps(to_jsonable(result))
+                        events = await self._stage(conn, ctx)
+                        # Through the driver connection, inside the same transaction: one thread
+                        # hop where SQLAlchemy's aiosqlite cursor takes three.
+                        raw = await conn.get_raw_connection()
+                        await raw.driver_connection.execute(  # type: ignore[union-attr]
+                            "UPDATE foundry_mailbox SET status='done', result=?, finished_at=? "
+                            "WHERE command_id=?",
+                            (result_json, self.host.services.clock.now_ms(), command_id),
+                        )
+                except BaseException:
+                    if ctx is not None:
+                        self._discard(ctx)
+                    raise
                 self._committed(ctx, events)
             return ("ok", json.loads(result_json))
         except asyncio.CancelledError:
@@ -280,15 +286,21 @@ class Instance:
     @asynccontextmanager
     async def transaction(self, ctx: InstanceContext) -> AsyncIterator[AsyncConnection]:
         """A write transaction for an action or job context; serialized with the mailbox loop."""
-        async with self.write_lock:
-            async with self.engine.begin() as conn:
-                ctx._conn = conn
-                try:
-                    yield conn
-                    events = await self._stage(conn, ctx)
-                finally:
-                    ctx._conn = None
-            self._committed(ctx, events)
+        committed = False
+        try:
+            async with self.write_lock:
+                async with self.engine.begin() as conn:
+                    ctx._conn = conn
+                    try:
+                        yield conn
+                        events = await self._stage(conn, ctx)
+                    finally:
+                        ctx._conn = None
+                committed = True
+                self._committed(ctx, events)
+        finally:
+            if not committed:
+                self._discard(ctx)
 
     async def _stage(self, conn: AsyncConnection, ctx: InstanceContext) -> list[Event]:
         """Inside the transaction: stamp event seqs and write outbox rows."""
@@ -341,6 +353,21 @@ class Instance:
             self._schedule_outbox()
         ctx._publishes = []
         ctx._sends = []
+
+    def _discard(self, ctx: InstanceContext) -> None:
+        """After a transaction that failed or was cancelled: forget what it staged.
+
+        A cancellation can land after SQLite committed, so the cached topic seqs may be behind the
+        database: drop the cache (it reloads from ``foundry_topic_seq``) and look at the outbox
+        again, so no seq is ever reused and no committed send is left waiting for the next wake.
+        """
+        had_sends = bool(ctx._sends)
+        ctx._publishes = []
+        ctx._sends = []
+        ctx._pending_seqs = None
+        self._topic_seq.clear()
+        if had_sends:
+            self._schedule_outbox()
 
     # ----------------------------------------------------------------------------- outbox
 

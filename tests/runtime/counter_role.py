@@ -123,6 +123,14 @@ async def bump_direct(ctx: InstanceContext, cmd: Incr) -> dict[str, int]:
     return {"value": value}
 
 
+async def bump_then_fail(ctx: InstanceContext, cmd: Incr) -> None:
+    """Stages an event, then fails: nothing of it may leak into a later write."""
+    async with ctx.write() as conn:
+        await conn.execute(sa.text("UPDATE counters SET value = value + 1000 WHERE id = 1"))
+        ctx.publish(f"counter:{ctx.key}", "counterUpdated", {"value": -1})
+        raise ValueError("boom")
+
+
 ROLE = Role(
     name="counter",
     package="counter",
@@ -135,5 +143,9 @@ ROLE = Role(
         Handler("forward", Forward, forward),
         Handler("start_job", StartJob, start_job),
     ),
-    actions=(Handler("get", Empty, get), Handler("bump", Incr, bump_direct)),
+    actions=(
+        Handler("get", Empty, get),
+        Handler("bump", Incr, bump_direct),
+        Handler("bump_then_fail", Incr, bump_then_fail),
+    ),
 )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from foundry.errors import CommandFailed
 from foundry.runtime.events import Event
 from foundry.runtime.inprocess import InProcessRuntime
 
@@ -41,3 +44,16 @@ async def test_seq_survives_sleep_and_failed_commands_publish_nothing(runtime: I
     await ref.send("incr", {"publish": True}, wait=True)
     await asyncio.wait_for(collector, 5)
     assert [e.seq for e in received] == [1, 2]
+
+
+async def test_a_failed_write_publishes_nothing_and_leaves_no_gap(runtime: InProcessRuntime) -> None:
+    received: list[Event] = []
+    collector = asyncio.create_task(_collect(runtime, 2, received))
+    await asyncio.sleep(0)
+    ref = runtime.actor("counter", "ev3")
+    await ref.call("bump", {"by": 1})
+    with pytest.raises(CommandFailed, match="boom"):
+        await ref.call("bump_then_fail", {})
+    await ref.call("bump", {"by": 1})
+    await asyncio.wait_for(collector, 5)
+    assert [(e.seq, e.data["value"]) for e in received] == [(1, 1), (2, 2)]

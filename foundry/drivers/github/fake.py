@@ -300,6 +300,11 @@ class FakeGitHub:
                 self.add_user(login)
             self._world.members[org][login] = role
 
+    def remove_member(self, org: str, login: str) -> None:
+        """Remove ``login`` from ``org`` (as leaving or being removed on GitHub). Idempotent."""
+        with self._lock:
+            self._world.members.get(org, {}).pop(login, None)
+
     def add_installation(
         self,
         id: int,

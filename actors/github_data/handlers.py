@@ -1,0 +1,357 @@
+"""Mailbox commands of github-data: webhook ingest and processing, installation reconciliation
+(and ``sync``, in `actors.github_data.sync`).
+
+A delivery takes two steps through the mailbox. ``ingest_webhook`` (one per delivery, enqueued by the
+HTTP tier before it answers 202) only records it ``queued`` and makes sure a ``process_deliveries``
+command follows, through the outbox, so the kick survives a crash. ``process_deliveries`` applies
+queued deliveries in arrival order, a few per transaction, and tells the organization what changed
+in one ``github_event``: the organization gets one command and one broadcast per batch instead of
+one per delivery, which is what lets ingest keep up with hundreds of deliveries per second.
+
+Key ``app`` (the app shell's id) is the github-data instance of no organization: deliveries whose
+installation Foundry does not know, or that name none (``ping`` of a repository hook), are recorded
+there. It is a github-data instance rather than the app shell itself so webhook traffic never queues
+in front of sign-in work on the app shell's mailbox (bug 2), and so every delivery, routed or not,
+lands in the same ``webhook_deliveries`` table with the same dedupe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from actors.github_data.commands import Empty, IngestWebhook
+from actors.github_data.schema import webhook_deliveries
+from actors.github_data.state import ensure_meta, load_meta, update_meta
+from actors.github_data.sync import replace_members, start_sync
+from actors.github_data.webhooks import Delivery, Effects, MissingField, dispatch
+from foundry.errors import FoundryError, InvalidInput, NotFound
+from foundry.ids import APP_SHELL_ID, organization_id_for
+from foundry.runtime.context import CommandContext, InstanceContext
+
+log = logging.getLogger(__name__)
+
+MEMBERS_JOB = "refresh-members"
+RECONCILE_JOB = "reconcile-installations"
+#: The organization learns "a webhook arrived" (shown in its summary) at most this often, with or
+#: without changes: 200 deliveries/s must not mean 200 profile writes/s.
+RECEIPT_EVERY_MS = 5_000
+#: Deliveries applied per ``process_deliveries`` command. Small on purpose: the command holds the
+#: instance's write lock, and every acknowledgement of a new delivery waits for it.
+BATCH = 10
+#: A kick older than this whose command never ran (it failed) is sent again by the next delivery.
+KICK_STALE_MS = 30_000
+#: When each organization was last told about a receipt, in this process. Only a throttle: after a
+#: restart the next delivery simply reports one again.
+_last_receipt: dict[str, int] = {}
+#: Organizations whose member list changed (an event) since their running refresh started reading.
+_members_stale: set[str] = set()
+
+
+async def handle_ingest_webhook(ctx: CommandContext, cmd: IngestWebhook) -> dict[str, Any]:
+    """Record one delivery (``queued``) and make sure a ``process_deliveries`` command will apply it.
+
+    Kept to a couple of statements: it runs once per delivery, at hundreds per second. The sender's
+    command id is ``github-delivery:<X-GitHub-Delivery>``, so the mailbox answers a redelivery with
+    the stored outcome without running this again; the unique ``delivery_id`` is the same guarantee
+    beyond the mailbox's retention.
+    """
+    now = ctx.now_ms()
+    inserted = await ctx.conn.execute(
+        sqlite_insert(webhook_deliveries)
+        .values(
+            delivery_id=cmd.delivery_id,
+            event=cmd.event,
+            action=cmd.action,
+            installation_id=cmd.installation_id,
+            status="queued",
+            payload_json=json.dumps(cmd.payload),
+            applied_count=0,
+            received_at=cmd.received_at,
+        )
+        .on_conflict_do_nothing(index_elements=["delivery_id"])
+    )
+    if inserted.rowcount == 0:
+        return {"status": "duplicate"}
+    meta = await ensure_meta(ctx.conn, now)
+    stale = meta.process_kicked_at is None or now - meta.process_kicked_at > KICK_STALE_MS
+    if not meta.process_pending or stale:
+        # Durable through the outbox: after a crash the recovery scan finds the kick (or the command).
+        await update_meta(ctx.conn, now, process_pending=True, process_kicked_at=now)
+        ctx.send_after_commit(
+            "github-data", ctx.key, "process_deliveries", {}, command_id=ctx.derived_id("process")
+        )
+    return {"status": "queued"}
+
+
+async def handle_process_deliveries(ctx: CommandContext, _: Empty) -> dict[str, Any]:
+    """Apply up to `BATCH` queued deliveries, in arrival order, in this one transaction.
+
+    Each delivery runs in a savepoint: one that lacks a field its handler needs, or hits a bug, is
+    rolled back alone and recorded ``failed`` with the reason (never retried in a loop). What the
+    batch changed reaches the organization as ONE ``github_event`` (one broadcast per batch). More
+    queued deliveries → the command queues itself again, behind the deliveries that arrived
+    meanwhile, so the mailbox stays fair to ingest (and its acknowledgements) under load.
+    """
+    now = ctx.now_ms()
+    rows = (
+        await ctx.conn.execute(
+            sa.select(webhook_deliveries)
+            .where(webhook_deliveries.c.status == "queued")
+            .order_by(webhook_deliveries.c.seq)
+            .limit(BATCH + 1)
+        )
+    ).all()
+    batch = _batch_of(rows)
+    more = len(rows) > len(batch)
+    # A write first: under pysqlite the transaction only opens at the first write, and a SAVEPOINT
+    # opening it would make its RELEASE a COMMIT.
+    await update_meta(ctx.conn, now, process_pending=more, process_kicked_at=now)
+    merged = _OrganizationBatch()
+    for row in batch:
+        cmd = IngestWebhook(
+            deliveryId=row.delivery_id,
+            event=row.event,
+            action=row.action,
+            installationId=row.installation_id,
+            receivedAt=row.received_at,
+            payload=json.loads(row.payload_json or "{}"),
+        )
+        effects = await _apply_one(ctx, cmd, now)
+        await ctx.conn.execute(
+            webhook_deliveries.update()
+            .where(webhook_deliveries.c.seq == row.seq)
+            .values(
+                status=effects.status,
+                reason=effects.reason,
+                payload_json=None,
+                applied_count=webhook_deliveries.c.applied_count + 1,
+                processed_at=now,
+            )
+        )
+        if effects.forward_to is not None:
+            ctx.send_after_commit(
+                "github-data",
+                effects.forward_to,
+                "ingest_webhook",
+                cmd.model_dump(by_alias=True),
+                command_id=f"github-delivery:{cmd.delivery_id}",
+            )
+        merged.add(cmd, effects)
+    if ctx.key != APP_SHELL_ID:
+        await _apply_batch(ctx, merged, now)
+    if more:
+        ctx.send_after_commit(
+            "github-data", ctx.key, "process_deliveries", {}, command_id=ctx.derived_id("next")
+        )
+    return {"processed": len(batch), "more": more}
+
+
+def _batch_of(rows: Sequence[Any]) -> list[Any]:
+    """At most `BATCH` rows; an ``installation`` delivery is a batch of its own, so every status
+    change (suspend, then unsuspend) reaches the organization in order."""
+    batch: list[Any] = []
+    for row in rows[:BATCH]:
+        if row.event == "installation" and batch:
+            break
+        batch.append(row)
+        if row.event == "installation":
+            break
+    return batch
+
+
+async def _apply_one(ctx: CommandContext, cmd: IngestWebhook, now: int) -> Effects:
+    try:
+        async with ctx.conn.begin_nested():
+            if ctx.key == APP_SHELL_ID:
+                return await _unrouted(ctx, cmd)
+            return await dispatch(Delivery(cmd, ctx.conn, now))
+    except MissingField as exc:
+        log.warning(
+            "github delivery %s (%s.%s) for %s failed: %s",
+            cmd.delivery_id,
+            cmd.event,
+            cmd.action,
+            ctx.key,
+            exc,
+        )
+        return Effects("failed", str(exc))
+    except Exception as exc:
+        log.exception(
+            "github delivery %s (%s.%s) for %s crashed", cmd.delivery_id, cmd.event, cmd.action, ctx.key
+        )
+        return Effects("failed", f"internal error while applying it: {type(exc).__name__}: {exc}")
+
+
+class _OrganizationBatch:
+    """The organization's view of one batch of deliveries: the last state of each pull request,
+    repository and CI signal, merged into one ``github_event``."""
+
+    def __init__(self) -> None:
+        self.installation: dict[str, Any] | None = None
+        self.repos: dict[str, dict[str, Any] | None] = {}  # id -> state, or None: removed
+        self.members_changed = False
+        self.pulls: dict[tuple[str, int], dict[str, Any]] = {}
+        self.ci: dict[tuple[str, int], dict[str, Any]] = {}
+        self.touched: dict[tuple[str, int], dict[str, Any]] = {}
+        self.sync_reason: str | None = None
+        self.refresh_members = False
+        self.last: IngestWebhook | None = None
+
+    def add(self, cmd: IngestWebhook, effects: Effects) -> None:
+        self.last = cmd
+        org = effects.org
+        if org.get("installation"):
+            self.installation = org["installation"]
+        for repo in org.get("reposUpserted", []):
+            self.repos[repo["repoId"]] = repo
+        for repo_id in org.get("reposRemoved", []):
+            self.repos[repo_id] = None
+        self.members_changed |= bool(org.get("membersChanged"))
+        for pull in org.get("pulls", []):
+            self.pulls[(pull["repoId"], pull["number"])] = pull
+        for change in org.get("ci", []):
+            self.ci[(change["repoId"], change["number"])] = change
+        for touch in org.get("touched", []):
+            key = (touch["repoId"], touch["number"])
+            if key not in self.touched or touch["at"] > self.touched[key]["at"]:
+                self.touched[key] = touch
+        self.sync_reason = effects.sync_reason or self.sync_reason
+        self.refresh_members |= effects.refresh_members
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if self.installation is not None:
+            body["installation"] = self.installation
+        upserted = [r for r in self.repos.values() if r is not None]
+        removed = [repo_id for repo_id, r in self.repos.items() if r is None]
+        for name, value in (
+            ("reposUpserted", upserted),
+            ("reposRemoved", removed),
+            ("pulls", list(self.pulls.values())),
+            ("ci", list(self.ci.values())),
+            ("touched", list(self.touched.values())),
+        ):
+            if value:
+                body[name] = value
+        if self.members_changed:
+            body["membersChanged"] = True
+        return body
+
+
+async def _apply_batch(ctx: CommandContext, merged: _OrganizationBatch, now: int) -> None:
+    body = merged.body()
+    last = _last_receipt.get(ctx.key)
+    if merged.last is not None and (last is None or now - last >= RECEIPT_EVERY_MS):
+        # "Last webhook received" is shown to members, at most this fresh: not one write per delivery.
+        cmd = merged.last
+        name = f"{cmd.event}.{cmd.action}" if cmd.action else cmd.event
+        body["webhook"] = {"event": name[:100], "receivedAt": cmd.received_at}
+        _last_receipt[ctx.key] = now
+    if body:
+        ctx.send_after_commit("organization", ctx.key, "github_event", body, command_id=ctx.derived_id("org"))
+    if merged.sync_reason is not None:
+        await start_sync(ctx, ctx.conn, merged.sync_reason)
+    if merged.refresh_members or merged.members_changed:
+        # A list read before these deliveries is stale now: a running refresh reads again.
+        _members_stale.add(ctx.key)
+    if merged.refresh_members:
+        ctx.start_job(MEMBERS_JOB, refresh_members_job)
+
+
+async def _unrouted(ctx: CommandContext, cmd: IngestWebhook) -> Effects:
+    if cmd.installation_id is None:
+        if cmd.event == "ping":
+            return Effects("applied", "ping of a hook that names no installation")
+        return Effects("ignored", "the delivery names no GitHub App installation")
+    # The installation may have been registered since the HTTP tier looked (a race with a sign-in):
+    # look again and forward under the same command id, so the delivery still applies once.
+    try:
+        found = await ctx.actor("organization", APP_SHELL_ID).call(
+            "organization_for_installation", {"installationId": cmd.installation_id}
+        )
+    except NotFound:
+        return Effects("ignored", f"installation {cmd.installation_id} is not known to this Foundry")
+    organization_id = str(found["organizationId"])
+    return Effects(
+        "forwarded",
+        f"installation {cmd.installation_id} belongs to {organization_id}",
+        forward_to=organization_id,
+    )
+
+
+async def refresh_members_job(ctx: InstanceContext) -> None:
+    """Re-read the organization's members from GitHub and tell the organization if they changed.
+
+    A member event that arrives while the list is being read makes that list stale: it is then not
+    written (the check runs inside the write transaction, which the mailbox cannot interleave) and
+    the list is read again, so a removed member is never re-added by an older read.
+    """
+    async with ctx.read() as conn:
+        meta = await load_meta(conn)
+    if meta is None or meta.kind != "organization" or meta.installation_id is None or not meta.github_login:
+        log.info("github-data %s: no organization installation known yet; member refresh skipped", ctx.key)
+        return
+    for _ in range(5):
+        _members_stale.discard(ctx.key)
+        try:
+            team = await ctx.services.driver("github").list_org_members(
+                meta.installation_id, meta.github_login
+            )
+        except FoundryError as exc:
+            log.warning("github-data %s: member refresh failed: %s", ctx.key, exc)
+            return
+        async with ctx.write() as conn:
+            if ctx.key in _members_stale:
+                continue
+            changed = await replace_members(conn, team, int(meta.generation))
+        if changed:
+            await ctx.actor("organization", ctx.key).send("github_event", {"membersChanged": True})
+        return
+    log.warning("github-data %s: member list kept changing during 5 refreshes; next event retries", ctx.key)
+
+
+async def handle_reconcile_installations(ctx: CommandContext, _: Empty) -> dict[str, Any]:
+    """Rebuild the installation index and recreate missing organizations from GitHub (bug 32).
+
+    Runs on key ``app`` at server start: ``GET /app/installations`` with the App JWT, then one
+    ``github_event`` per installation to its organization, which registers the installation with
+    the app shell, creates the organization if its state was wiped and then syncs it.
+    """
+    if ctx.key != APP_SHELL_ID:
+        raise InvalidInput("reconcile_installations only runs on github-data key 'app'")
+    return {"started": ctx.start_job(RECONCILE_JOB, reconcile_job)}
+
+
+async def reconcile_job(ctx: InstanceContext) -> None:
+    try:
+        installations = await ctx.services.driver("github").list_installations()
+    except (FoundryError, RuntimeError) as exc:
+        log.warning("github installation reconciliation failed: %s", exc)
+        return
+    run = uuid.uuid4().hex[:12]
+    for inst in installations:
+        kind = "personal" if inst.account_type == "User" else "organization"
+        organization_id = organization_id_for(kind, inst.account_login)
+        body = {
+            "installation": {
+                "installationId": inst.id,
+                "status": "suspended" if inst.suspended else "connected",
+                "accountLogin": inst.account_login,
+                "accountId": inst.account_id,
+                "accountType": inst.account_type,
+            }
+        }
+        try:
+            await ctx.actor("organization", organization_id).send(
+                "github_event", body, command_id=f"reconcile:{run}:{inst.id}"
+            )
+        except FoundryError as exc:
+            log.warning("reconciliation of installation %s (%s) failed: %s", inst.id, organization_id, exc)
+    log.info("github installation reconciliation: %d installation(s)", len(installations))

@@ -1,0 +1,560 @@
+"""What each GitHub webhook delivery does to the cache, and what it tells the organization (spec §4.4).
+
+Every handler reads the trimmed payload (`foundry.webhooks.github.trim_payload`), writes github-data's
+own tables inside the ``process_deliveries`` command's transaction and returns `Effects`: the
+delivery's outcome plus the parts of one ``github_event`` command for the organization. Handlers
+never call GitHub; work that needs it (a resync, a member-list refresh) is started as a job.
+
+Out-of-order deliveries are expected (GitHub does not order them): pull requests and review items
+carry GitHub's ``updated_at`` and an older version never overwrites a newer one.
+
+Handlers run inside a savepoint per delivery (`actors.github_data.handlers`), so one that fails with
+`MissingField` (or a bug) leaves no partial write behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from actors.github_data.commands import IngestWebhook
+from actors.github_data.schema import branches, ci_checks, members, pr_items, pull_requests, repositories
+from actors.github_data.state import (
+    aggregate_ci,
+    check_state,
+    ci_state_of,
+    ensure_meta,
+    iso,
+    iso_ms,
+    load_pull,
+    pr_state,
+    pull_json,
+    repo_json,
+    update_meta,
+)
+
+log = logging.getLogger(__name__)
+
+_COMMIT_STATES = {"pending", "success", "failure", "error"}
+_INSTALLATION_STATUS = {
+    "created": "connected",
+    "unsuspend": "connected",
+    "new_permissions_accepted": "connected",
+    "suspend": "suspended",
+    "deleted": "install_required",
+}
+
+
+class MissingField(Exception):
+    """The delivery lacks a field its handler needs; it is recorded as failed with this reason."""
+
+
+@dataclass
+class Effects:
+    """The outcome of one delivery.
+
+    Attributes:
+        status: ``applied`` | ``ignored`` | ``failed`` | ``forwarded``.
+        reason: why it was ignored or failed (or a note), stored with the delivery.
+        org: parts of the organization's ``github_event`` command (empty: nothing to tell).
+        sync_reason: start a full sync for this reason.
+        refresh_members: re-read the member list from GitHub.
+        forward_to: hand the delivery to this organization's github-data (unrouted deliveries).
+    """
+
+    status: str = "applied"
+    reason: str | None = None
+    org: dict[str, Any] = field(default_factory=dict)
+    sync_reason: str | None = None
+    refresh_members: bool = False
+    forward_to: str | None = None
+
+
+@dataclass
+class Delivery:
+    """What a handler gets: the command, its payload, the transaction and the time."""
+
+    cmd: IngestWebhook
+    conn: AsyncConnection
+    now: int
+    _meta: Any = None
+
+    async def meta(self) -> Any:
+        """The cache's meta row, read once per delivery and only by handlers that need it (every
+        statement costs a thread hop; 200 deliveries/s leave a few milliseconds each)."""
+        if self._meta is None:
+            self._meta = await ensure_meta(self.conn, self.now)
+        return self._meta
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.cmd.payload
+
+    def need(self, *path: str) -> Any:
+        """The value at ``path``, or `MissingField` naming the dotted path."""
+        value: Any = self.payload
+        for i, part in enumerate(path):
+            if not isinstance(value, dict) or value.get(part) is None:
+                raise MissingField(f"payload field {'.'.join(path[: i + 1])} is missing")
+            value = value[part]
+        return value
+
+    def opt(self, *path: str) -> Any:
+        try:
+            return self.need(*path)
+        except MissingField:
+            return None
+
+    def need_int(self, *path: str) -> int:
+        value = self.need(*path)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MissingField(f"payload field {'.'.join(path)} must be an integer, got {value!r}")
+        return value
+
+    def repo_id(self) -> str:
+        return str(self.need_int("repository", "id"))
+
+
+Handler = Callable[[Delivery], Awaitable[Effects]]
+
+
+# ------------------------------------------------------------------------------------ installation
+
+
+async def on_ping(d: Delivery) -> Effects:
+    return Effects("applied", f"ping from hook {d.opt('hook_id')}: {d.opt('zen') or ''}".strip())
+
+
+async def on_installation(d: Delivery) -> Effects:
+    action = d.cmd.action or ""
+    status = _INSTALLATION_STATUS.get(action)
+    if status is None:
+        return Effects("ignored", f"installation.{action} changes nothing Foundry mirrors")
+    installation_id = d.need_int("installation", "id")
+    account = {
+        "installationId": installation_id,
+        "status": status,
+        "accountLogin": d.need("installation", "account", "login"),
+        "accountId": d.need_int("installation", "account", "id"),
+        "accountType": "User" if d.need("installation", "account", "type") == "User" else "Organization",
+        "avatarUrl": d.opt("installation", "account", "avatar_url"),
+        # New permissions may make members or more repositories readable: read everything again.
+        "resync": action == "new_permissions_accepted",
+    }
+    await update_meta(d.conn, d.now, installation_id=installation_id, installation_status=status)
+    if status == "install_required":
+        # Without the App nothing of the mirror can be refreshed or acted on (spec §4.4 clearState).
+        for table in (pull_requests, repositories, ci_checks, branches):
+            await d.conn.execute(table.delete())
+    return Effects("applied", org={"installation": account})
+
+
+async def on_installation_repositories(d: Delivery) -> Effects:
+    d.need_int("installation", "id")
+    action = d.cmd.action or "changed"
+    return Effects("applied", sync_reason=f"installation_repositories.{action}")
+
+
+# ------------------------------------------------------------------------------------ repositories
+
+
+def _repo_values(d: Delivery) -> dict[str, Any]:
+    return {
+        "full_name": d.need("repository", "full_name"),
+        "name": d.need("repository", "name"),
+        "owner_login": d.need("repository", "owner", "login"),
+        "private": bool(d.opt("repository", "private")),
+        "default_branch": d.need("repository", "default_branch"),
+        "archived": bool(d.opt("repository", "archived")),
+        "clone_url": d.need("repository", "clone_url"),
+        "html_url": d.opt("repository", "html_url"),
+        "gh_updated_at": iso(d.opt("repository", "updated_at")),
+    }
+
+
+async def _current_generation(d: Delivery) -> int:
+    return int((await d.meta()).generation)
+
+
+async def _upsert_repo(d: Delivery) -> dict[str, Any]:
+    repo_id = d.repo_id()
+    values = _repo_values(d)
+    generation = await _current_generation(d)
+    stmt = sqlite_insert(repositories).values(
+        repo_id=repo_id, **values, changed_generation=generation, written_at=d.now
+    )
+    await d.conn.execute(
+        stmt.on_conflict_do_update(index_elements=["repo_id"], set_={**values, "written_at": d.now})
+    )
+    # A rename changes the name every pull request row shows.
+    await d.conn.execute(
+        pull_requests.update()
+        .where(pull_requests.c.repo_id == repo_id, pull_requests.c.repo_full_name != values["full_name"])
+        .values(repo_full_name=values["full_name"])
+    )
+    row = (await d.conn.execute(sa.select(repositories).where(repositories.c.repo_id == repo_id))).one()
+    return repo_json(row)
+
+
+async def _known_repo(d: Delivery, repo_id: str) -> bool:
+    found = await d.conn.execute(sa.select(repositories.c.repo_id).where(repositories.c.repo_id == repo_id))
+    return found.first() is not None
+
+
+async def on_repository(d: Delivery) -> Effects:
+    action = d.cmd.action or ""
+    repo_id = d.repo_id()
+    meta = await d.meta()
+    owner = str(d.opt("repository", "owner", "login") or "")
+    moved_away = action == "transferred" and meta.github_login and owner.lower() != meta.github_login.lower()
+    if action == "deleted" or moved_away:
+        await d.conn.execute(repositories.delete().where(repositories.c.repo_id == repo_id))
+        await d.conn.execute(
+            pull_requests.update()
+            .where(pull_requests.c.repo_id == repo_id, pull_requests.c.state.in_(("open", "draft")))
+            .values(state="closed", written_at=d.now)
+        )
+        return Effects("applied", org={"reposRemoved": [repo_id]})
+    return Effects("applied", org={"reposUpserted": [await _upsert_repo(d)]})
+
+
+# ------------------------------------------------------------------------------------ members
+
+
+async def on_member_list_change(d: Delivery) -> Effects:
+    """``member`` (repository collaborators) and ``membership`` (teams) cannot add or remove anyone
+    from the organization, but they mean its people changed: re-read the authoritative member list
+    (with roles) from GitHub instead of guessing from the event."""
+    meta = await d.meta()
+    if meta.kind == "personal":
+        return Effects("ignored", "a personal account's only member is its owner")
+    d.need("member", "login")
+    return Effects("applied", refresh_members=True)
+
+
+async def on_organization(d: Delivery) -> Effects:
+    action = d.cmd.action or ""
+    if action not in ("member_added", "member_removed"):
+        return Effects("ignored", f"organization.{action} changes no membership")
+    github_id = d.need_int("membership", "user", "id")
+    if action == "member_removed":
+        await d.conn.execute(members.delete().where(members.c.github_id == github_id))
+    else:
+        values = {
+            "login": d.need("membership", "user", "login"),
+            "avatar_url": d.opt("membership", "user", "avatar_url"),
+            "role": "admin" if d.opt("membership", "role") == "admin" else "member",
+        }
+        generation = await _current_generation(d)
+        stmt = sqlite_insert(members).values(github_id=github_id, changed_generation=generation, **values)
+        await d.conn.execute(stmt.on_conflict_do_update(index_elements=["github_id"], set_=values))
+    return Effects("applied", org={"membersChanged": True})
+
+
+# ------------------------------------------------------------------------------------ pull requests
+
+
+async def _upsert_pull(
+    d: Delivery, pr_path: str = "pull_request"
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Store the payload's pull request unless an equal or newer version is stored.
+
+    Returns (the parts of the organization's event — the PR, and its repository if it was new —
+    or None, the reason it changed nothing).
+    """
+    repo_id = d.repo_id()
+    number = d.need_int(pr_path, "number")
+    merged = bool(d.opt(pr_path, "merged")) or d.opt(pr_path, "merged_at") is not None
+    values = {
+        "github_id": d.opt(pr_path, "id"),
+        "repo_full_name": d.need("repository", "full_name"),
+        "title": d.need(pr_path, "title"),
+        "state": pr_state(d.need(pr_path, "state"), bool(d.opt(pr_path, "draft")), merged),
+        "head_ref": d.need(pr_path, "head", "ref"),
+        "head_sha": d.need(pr_path, "head", "sha"),
+        "base_ref": d.opt(pr_path, "base", "ref"),
+        "author_login": d.opt(pr_path, "user", "login"),
+        "html_url": d.opt(pr_path, "html_url"),
+        "gh_updated_at": iso(d.need(pr_path, "updated_at")),
+    }
+    if values["gh_updated_at"] is None:
+        raise MissingField(f"payload field {pr_path}.updated_at is not a timestamp")
+    stored = await load_pull(d.conn, repo_id, number)
+    if stored is not None:
+        if values["gh_updated_at"] < stored.gh_updated_at:
+            return None, f"{pr_path} #{number} is older than the stored version"
+        if all(getattr(stored, k) == v for k, v in values.items()):
+            return None, f"{pr_path} #{number} is unchanged"
+    org: dict[str, Any] = {}
+    if stored is None and not await _known_repo(d, repo_id):
+        try:
+            org["reposUpserted"] = [await _upsert_repo(d)]
+        except MissingField as exc:
+            # The catalog learns the repository at the next sync; the PR is mirrored all the same.
+            log.info("delivery %s: repository %s not catalogued yet: %s", d.cmd.delivery_id, repo_id, exc)
+    generation = stored.changed_generation if stored is not None else await _current_generation(d)
+    stmt = sqlite_insert(pull_requests).values(
+        repo_id=repo_id, number=number, **values, changed_generation=generation, written_at=d.now
+    )
+    await d.conn.execute(
+        stmt.on_conflict_do_update(index_elements=["repo_id", "number"], set_={**values, "written_at": d.now})
+    )
+    row = SimpleNamespace(repo_id=repo_id, number=number, **values)
+    org["pulls"] = [pull_json(row, await ci_state_of(d.conn, repo_id, row.head_sha))]
+    return org, None
+
+
+async def on_pull_request(d: Delivery) -> Effects:
+    org, why_not = await _upsert_pull(d)
+    if org is None:
+        return Effects("ignored", why_not)
+    return Effects("applied", org=org)
+
+
+_ITEM_KINDS = {
+    "pull_request_review": ("review", "review"),
+    "pull_request_review_comment": ("review_comment", "comment"),
+    "issue_comment": ("comment", "comment"),
+}
+
+
+async def on_pr_item(d: Delivery) -> Effects:
+    """A review, a review comment or a conversation comment on a pull request: stored as an item of
+    that PR (deduped by GitHub's id) for the agent and the UI; the task row's activity time moves."""
+    kind, path = _ITEM_KINDS[d.cmd.event]
+    repo_id = d.repo_id()
+    if d.cmd.event == "issue_comment":
+        if d.opt("issue", "pull_request") is None:
+            return Effects("ignored", "a comment on an issue, not on a pull request")
+        number = d.need_int("issue", "number")
+    else:
+        number = d.need_int("pull_request", "number")
+    item_id = d.need_int(path, "id")
+    deleted = d.cmd.action == "deleted"
+    updated = iso(d.opt(path, "updated_at") or d.opt(path, "submitted_at"))
+    values: dict[str, Any] = {
+        "repo_id": repo_id,
+        "number": number,
+        "author_login": d.opt(path, "user", "login"),
+        "body": None if deleted else d.opt(path, "body"),
+        "state": d.opt(path, "state"),
+        "path": d.opt(path, "path"),
+        "line": d.opt(path, "line"),
+        "html_url": d.opt(path, "html_url"),
+        "gh_created_at": iso(d.opt(path, "created_at") or d.opt(path, "submitted_at")),
+        "gh_updated_at": updated,
+        "deleted": deleted,
+    }
+    if d.cmd.event == "pull_request_review" and d.cmd.action == "dismissed":
+        values["state"] = "dismissed"
+    stored = (
+        await d.conn.execute(
+            sa.select(pr_items.c.gh_updated_at, pr_items.c.deleted).where(
+                pr_items.c.kind == kind, pr_items.c.item_id == item_id
+            )
+        )
+    ).first()
+    if stored is not None and (stored.deleted or (updated or "") < (stored.gh_updated_at or "")):
+        return Effects("ignored", f"{kind} {item_id} is older than the stored version")
+    stmt = sqlite_insert(pr_items).values(kind=kind, item_id=item_id, **values)
+    await d.conn.execute(stmt.on_conflict_do_update(index_elements=["kind", "item_id"], set_=values))
+    org: dict[str, Any] = {"touched": [{"repoId": repo_id, "number": number, "at": iso_ms(updated) or d.now}]}
+    if d.cmd.event != "issue_comment":
+        # Review payloads carry the pull request too: keep its state current as a side effect.
+        try:
+            pull_parts, _ = await _upsert_pull(d)
+        except MissingField as exc:
+            log.info("delivery %s: pull request not updated from the review: %s", d.cmd.delivery_id, exc)
+            pull_parts = None
+        org.update(pull_parts or {})
+    return Effects("applied", org=org)
+
+
+# ------------------------------------------------------------------------------------ CI
+
+
+async def _record_ci(d: Delivery, sha: str, source: str, state: str, numbers: list[int]) -> Effects:
+    repo_id = d.repo_id()
+    signals = {
+        r.source: r.state
+        for r in await d.conn.execute(
+            sa.select(ci_checks.c.source, ci_checks.c.state).where(
+                ci_checks.c.repo_id == repo_id, ci_checks.c.sha == sha
+            )
+        )
+    }
+    if signals.get(source) == state:
+        return Effects("applied", f"CI of {sha[:12]} unchanged ({aggregate_ci(signals.values())})")
+    before = aggregate_ci(signals.values())
+    stmt = sqlite_insert(ci_checks).values(
+        repo_id=repo_id, sha=sha, source=source, state=state, updated_at=d.now
+    )
+    await d.conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["repo_id", "sha", "source"], set_={"state": state, "updated_at": d.now}
+        )
+    )
+    after = aggregate_ci({**signals, source: state}.values())
+    heads = await d.conn.execute(
+        sa.select(pull_requests.c.number).where(
+            pull_requests.c.repo_id == repo_id,
+            pull_requests.c.head_sha == sha,
+            pull_requests.c.state.in_(("open", "draft")),
+        )
+    )
+    targets = sorted({*numbers, *(r.number for r in heads)})
+    if before == after or not targets:
+        return Effects("applied", f"CI of {sha[:12]} is {after}; no pull request changed")
+    return Effects(
+        "applied",
+        org={"ci": [{"repoId": repo_id, "number": n, "headSha": sha, "state": after} for n in targets]},
+    )
+
+
+def _pr_numbers(d: Delivery, path: str, sha: str) -> list[int]:
+    listed = d.opt(path, "pull_requests") or []
+    return [
+        int(p["number"])
+        for p in listed
+        if isinstance(p, dict)
+        and isinstance(p.get("number"), int)
+        and (p.get("head") or {}).get("sha") == sha
+    ]
+
+
+async def on_check_suite(d: Delivery) -> Effects:
+    sha = d.need("check_suite", "head_sha")
+    app = (
+        d.opt("check_suite", "app", "slug")
+        or d.opt("check_suite", "app", "id")
+        or d.need("check_suite", "id")
+    )
+    state = check_state(d.need("check_suite", "status"), d.opt("check_suite", "conclusion"))
+    return await _record_ci(d, sha, f"suite:{app}", state, _pr_numbers(d, "check_suite", sha))
+
+
+async def on_check_run(d: Delivery) -> Effects:
+    sha = d.need("check_run", "head_sha")
+    name = d.need("check_run", "name")
+    state = check_state(d.need("check_run", "status"), d.opt("check_run", "conclusion"))
+    return await _record_ci(d, sha, f"run:{name}", state, _pr_numbers(d, "check_run", sha))
+
+
+async def on_status(d: Delivery) -> Effects:
+    sha = d.need("sha")
+    state = d.need("state")
+    if state not in _COMMIT_STATES:
+        raise MissingField(f"payload field state must be one of {sorted(_COMMIT_STATES)}, got {state!r}")
+    return await _record_ci(d, sha, f"status:{d.opt('context') or 'default'}", state, [])
+
+
+# ------------------------------------------------------------------------------------ branches
+
+
+def _branch_of(d: Delivery) -> str | None:
+    ref = str(d.need("ref"))
+    if ref.startswith("refs/heads/"):
+        return ref[len("refs/heads/") :]
+    if ref.startswith("refs/"):
+        return None
+    return ref  # create/delete send the bare name with ref_type
+
+
+async def on_push(d: Delivery) -> Effects:
+    branch = _branch_of(d)
+    if branch is None:
+        return Effects("ignored", f"push to {d.need('ref')} is not a branch")
+    repo_id = d.repo_id()
+    if d.opt("deleted"):
+        await d.conn.execute(
+            branches.delete().where(branches.c.repo_id == repo_id, branches.c.name == branch)
+        )
+        return Effects("applied", f"branch {branch} deleted")
+    sha = str(d.need("after"))
+    stmt = sqlite_insert(branches).values(repo_id=repo_id, name=branch, head_sha=sha, updated_at=d.now)
+    await d.conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["repo_id", "name"], set_={"head_sha": sha, "updated_at": d.now}
+        )
+    )
+    # An open pull request from this branch now has a new head (its `synchronize` may come later).
+    rows = (
+        await d.conn.execute(
+            sa.select(pull_requests).where(
+                pull_requests.c.repo_id == repo_id,
+                pull_requests.c.head_ref == branch,
+                pull_requests.c.state.in_(("open", "draft")),
+                pull_requests.c.head_sha != sha,
+            )
+        )
+    ).all()
+    views = []
+    for row in rows:
+        await d.conn.execute(
+            pull_requests.update()
+            .where(pull_requests.c.repo_id == repo_id, pull_requests.c.number == row.number)
+            .values(head_sha=sha, written_at=d.now)
+        )
+        fresh = SimpleNamespace(**{**row._asdict(), "head_sha": sha})
+        views.append(pull_json(fresh, await ci_state_of(d.conn, repo_id, sha)))
+    return Effects("applied", org={"pulls": views} if views else {})
+
+
+async def on_create_or_delete(d: Delivery) -> Effects:
+    if d.need("ref_type") != "branch":
+        return Effects("ignored", f"{d.cmd.event} of a {d.need('ref_type')}, not a branch")
+    branch = _branch_of(d)
+    repo_id = d.repo_id()
+    if branch is None:
+        return Effects("ignored", f"{d.need('ref')} is not a branch")
+    if d.cmd.event == "delete":
+        await d.conn.execute(
+            branches.delete().where(branches.c.repo_id == repo_id, branches.c.name == branch)
+        )
+    else:
+        stmt = sqlite_insert(branches).values(repo_id=repo_id, name=branch, head_sha=None, updated_at=d.now)
+        await d.conn.execute(stmt.on_conflict_do_nothing())
+    return Effects("applied", f"branch {branch} {'deleted' if d.cmd.event == 'delete' else 'created'}")
+
+
+HANDLERS: dict[str, Handler] = {
+    "ping": on_ping,
+    "installation": on_installation,
+    "installation_repositories": on_installation_repositories,
+    "repository": on_repository,
+    "member": on_member_list_change,
+    "membership": on_member_list_change,
+    "organization": on_organization,
+    "pull_request": on_pull_request,
+    "pull_request_review": on_pr_item,
+    "pull_request_review_comment": on_pr_item,
+    "issue_comment": on_pr_item,
+    "check_suite": on_check_suite,
+    "check_run": on_check_run,
+    "status": on_status,
+    "push": on_push,
+    "create": on_create_or_delete,
+    "delete": on_create_or_delete,
+}
+
+
+async def dispatch(d: Delivery) -> Effects:
+    """Run the handler of the delivery's event; unknown events are recorded and ignored.
+
+    Raises:
+        MissingField: the delivery lacks a field its handler needs (the caller records it failed
+            and rolls back whatever the handler wrote).
+    """
+    handler = HANDLERS.get(d.cmd.event)
+    if handler is None:
+        return Effects("ignored", f"event {d.cmd.event!r} is not used by Foundry")
+    if d.payload.get("_trimmed"):
+        return Effects("failed", str(d.payload["_trimmed"]))
+    return await handler(d)

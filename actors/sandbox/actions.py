@@ -1,0 +1,182 @@
+"""Direct actions of the sandbox role.
+
+``ensure`` and ``destroy`` do their provider work (starting a process, waiting up to 30 s for its
+health) outside any transaction and record the outcome with short writes, so they never hold the
+actor's loop. The provider serializes operations on one sandbox, which makes concurrent ``ensure``
+calls safe: the second one gets the endpoint the first one started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from actors.sandbox.commands import Destroy, Empty, Ensure
+from actors.sandbox.schema import sandbox
+from actors.sandbox.supervision import exit_router, reap_orphan
+from foundry.drivers.sandbox import SandboxEndpoint, SandboxError, SandboxState
+from foundry.drivers.sandbox.binary import find_binary
+from foundry.errors import Conflict
+from foundry.runtime.context import InstanceContext
+
+log = logging.getLogger(__name__)
+
+
+def provider_sandbox_id(actor_key: str) -> str:
+    """The provider's id of the sandbox of actor ``<orgId>:<taskId>``: the task id (spec §1.6)."""
+    return actor_key.rsplit(":", 1)[-1]
+
+
+async def load(conn: AsyncConnection) -> sa.Row[Any] | None:
+    return (await conn.execute(sa.select(sandbox).where(sandbox.c.id == 1))).first()
+
+
+async def _record(ctx: InstanceContext, **values: Any) -> None:
+    now = ctx.now_ms()
+    provider = ctx.services.driver("sandbox")
+    async with ctx.write() as conn:
+        stmt = sqlite_insert(sandbox).values(
+            id=1,
+            sandbox_id=provider_sandbox_id(ctx.key),
+            provider=str(getattr(provider, "name", "local")),
+            created_at=now,
+            updated_at=now,
+            **values,
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(index_elements=["id"], set_={"updated_at": now, **values})
+        )
+
+
+def _known_pid(provider: Any, sandbox_id: str) -> int | None:
+    """The pid of the server this process's provider runs for the sandbox (local provider only)."""
+    process_id = getattr(provider, "process_id", None)
+    return process_id(sandbox_id) if process_id is not None else None
+
+
+async def _reap_previous(provider: Any, sandbox_id: str, row: sa.Row[Any] | None) -> None:
+    """A server started by an earlier host process that died keeps running (and could keep editing
+    the checkout) beside a new one: kill it before starting or destroying."""
+    sandbox_dir = getattr(provider, "sandbox_dir", None)
+    if row is None or row.pid is None or sandbox_dir is None or _known_pid(provider, sandbox_id) is not None:
+        return
+    await reap_orphan(row.pid, sandbox_dir(sandbox_id))
+
+
+def _endpoint_json(
+    endpoint: SandboxEndpoint, sandbox_id: str, *, started: bool, generation: int
+) -> dict[str, Any]:
+    return {
+        "sandboxId": sandbox_id,
+        "generation": generation,
+        "baseUrl": endpoint.base_url,
+        "token": endpoint.token,
+        "workdir": endpoint.workdir,
+        "started": started,
+    }
+
+
+async def ensure(ctx: InstanceContext, _: Ensure) -> dict[str, Any]:
+    """Return ``{sandboxId, generation, baseUrl, token, workdir, started}`` of a running sandbox,
+    starting it first when it is not running (first use, or after a crash: "restarted on next use").
+
+    ``generation`` counts the servers started so far; a crash report names the generation that died,
+    so a task can ignore the report of a server it already replaced.
+
+    Only the task that owns this sandbox calls it (DESIGN §4). The endpoint's token is the
+    per-sandbox bearer token; it is never stored.
+
+    Raises:
+        Conflict: the sandbox was destroyed (its task is archived).
+        SandboxBinaryNotFound: sandbox-agent is not installed (the message names the fix).
+        SandboxError: the server did not start or stay healthy (with the tail of its log).
+    """
+    provider = ctx.services.driver("sandbox")
+    sandbox_id = provider_sandbox_id(ctx.key)
+    router = exit_router(provider, ctx.self_ref.runtime)
+    async with ctx.read() as conn:
+        row = await load(conn)
+    if row is not None and row.state == "destroyed":
+        raise Conflict(f"the sandbox of task {sandbox_id} was destroyed when the task was archived")
+    status = await provider.status(sandbox_id)
+    if status.state is SandboxState.RUNNING and status.endpoint is not None:
+        router.track(sandbox_id, ctx.key, _known_pid(provider, sandbox_id))
+        if row is None or row.state != "running":
+            await _record(ctx, state="running", error=None)
+        generation = int(row.starts) if row is not None else 0
+        return _endpoint_json(status.endpoint, sandbox_id, started=False, generation=generation)
+    await _reap_previous(provider, sandbox_id, row)
+    await _record(ctx, state="pending")
+    try:
+        configured = ctx.services.settings.sandbox.binary
+        if configured:
+            # The provider would only report "no such file"; this names the fix (settings, bootstrap).
+            await asyncio.to_thread(find_binary, configured)
+        endpoint = await provider.create(sandbox_id, env=dict(ctx.services.settings.sandbox.agent_env))
+    except SandboxError as exc:
+        log.warning("sandbox start failed key=%s: %s", ctx.key, exc.detail)
+        await _record(ctx, state="error", error=exc.detail)
+        raise
+    pid = _known_pid(provider, sandbox_id)
+    exit_router(provider, ctx.self_ref.runtime).track(sandbox_id, ctx.key, pid)
+    async with ctx.write() as conn:
+        current = await load(conn)
+        # Two concurrent ensures of a stopped sandbox share one start (the provider serializes them).
+        fresh = current is None or current.pid != pid or current.state != "running"
+        generation = (int(current.starts) if current is not None else 0) + (1 if fresh else 0)
+        await conn.execute(
+            sandbox.update()
+            .where(sandbox.c.id == 1)
+            .values(
+                state="running",
+                pid=pid,
+                base_url=endpoint.base_url,
+                workdir=endpoint.workdir,
+                error=None,
+                starts=generation,
+                updated_at=ctx.now_ms(),
+            )
+        )
+    log.info("sandbox running key=%s pid=%s url=%s", ctx.key, pid, endpoint.base_url)
+    return _endpoint_json(endpoint, sandbox_id, started=True, generation=generation)
+
+
+async def destroy(ctx: InstanceContext, cmd: Destroy) -> dict[str, Any]:
+    """Stop the sandbox's server and delete the sandbox with its checkout. Idempotent.
+
+    The task checks for unpushed work before asking (archive, spec §4.12); this action does not.
+    """
+    provider = ctx.services.driver("sandbox")
+    sandbox_id = provider_sandbox_id(ctx.key)
+    async with ctx.read() as conn:
+        row = await load(conn)
+    if row is not None and row.state == "destroyed":
+        return {"destroyed": True, "already": True}
+    await _reap_previous(provider, sandbox_id, row)
+    await provider.destroy(sandbox_id)
+    await _record(ctx, state="destroyed", destroyed_at=ctx.now_ms(), pid=None, base_url=None, error=None)
+    log.info("sandbox destroyed key=%s reason=%s", ctx.key, cmd.reason)
+    return {"destroyed": True, "already": False}
+
+
+async def get_status(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
+    """``{state, error, starts, crashes, providerState}`` (``state`` ``none`` before the first start)."""
+    provider = ctx.services.driver("sandbox")
+    async with ctx.read() as conn:
+        row = await load(conn)
+    live = await provider.status(provider_sandbox_id(ctx.key))
+    if row is None:
+        return {"state": "none", "error": None, "starts": 0, "crashes": 0, "providerState": live.state.value}
+    return {
+        "state": row.state,
+        "error": row.error,
+        "starts": row.starts,
+        "crashes": row.crashes,
+        "providerState": live.state.value,
+        "pid": row.pid,
+    }

@@ -1,0 +1,24 @@
+"""The sandbox role, keyed like its task (``<orgId>:<taskId>``; sandboxId == taskId, spec §1.6).
+
+The provider runs inside this role's host process: sandbox-agent servers are its children. Only the
+task creates (``ensure``) and destroys its sandbox (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from actors.sandbox import actions, handlers
+from actors.sandbox.commands import Destroy, Empty, Ensure, Exited
+from actors.sandbox.schema import metadata
+from foundry.runtime.role import Handler, Role
+
+ROLE = Role(
+    name="sandbox",
+    package="sandbox",
+    metadata=metadata,
+    commands=(Handler("exited", Exited, handlers.handle_exited),),
+    actions=(
+        Handler("ensure", Ensure, actions.ensure),
+        Handler("destroy", Destroy, actions.destroy),
+        Handler("status", Empty, actions.get_status),
+    ),
+)

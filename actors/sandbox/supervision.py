@@ -1,0 +1,86 @@
+"""Connecting the provider's crash notifications to sandbox actors, and reaping orphaned servers.
+
+The provider is one object per host process (built by `foundry.services`); its ``on_exit`` callback
+is a single function. `ExitRouter` is that function: it remembers which actor owns each provider
+sandbox id and turns a crash into a durable ``exited`` command for that actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from foundry.errors import FoundryError
+from foundry.runtime.client import Runtime
+
+log = logging.getLogger(__name__)
+
+ROLE_NAME = "sandbox"
+
+
+class ExitRouter:
+    """The provider's ``on_exit``: routes a crashed sandbox to its actor's ``exited`` command."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.keys: dict[str, tuple[str, int | None]] = {}
+
+    def track(self, sandbox_id: str, actor_key: str, pid: int | None = None) -> None:
+        """Route exits of ``sandbox_id`` to ``actor_key``; ``pid`` is its current server's pid."""
+        self.keys[sandbox_id] = (actor_key, pid)
+
+    async def __call__(self, sandbox_id: str, returncode: int | None, reason: str) -> None:
+        tracked = self.keys.get(sandbox_id)
+        if tracked is None:
+            log.warning("sandbox exited but no actor tracks it sandbox_id=%s", sandbox_id)
+            return
+        key, pid = tracked
+        try:
+            await self.runtime.send(
+                ROLE_NAME, key, "exited", {"returncode": returncode, "reason": reason[-20_000:], "pid": pid}
+            )
+        except FoundryError:
+            log.exception("could not report the exit of sandbox %s to its actor %s", sandbox_id, key)
+
+
+def exit_router(provider: Any, runtime: Runtime) -> ExitRouter:
+    """The provider's `ExitRouter`, installed on first use (one per provider, i.e. per process)."""
+    current = getattr(provider, "on_exit", None)
+    if isinstance(current, ExitRouter):
+        return current
+    router = ExitRouter(runtime)
+    provider.on_exit = router
+    return router
+
+
+def _is_server_in(pid: int, directory: Path) -> bool:
+    """True when ``pid`` runs with its cwd inside ``directory`` (our sandbox-agent, not a reused pid)."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return False
+    return cwd == directory or directory in cwd.parents
+
+
+def _reap(pid: int, directory: Path) -> bool:
+    if not _is_server_in(pid, directory):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        # The local provider starts each server as the leader of its own process group.
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+async def reap_orphan(pid: int | None, directory: Path) -> None:
+    """Kill a sandbox server left running by a previous host process (it was started in its own
+    session, so it outlives a killed host). Only a process whose cwd is inside this sandbox's
+    directory is touched."""
+    if pid is None:
+        return
+    if await asyncio.to_thread(_reap, pid, directory):
+        log.warning("reaped an orphaned sandbox server pid=%d dir=%s", pid, directory)

@@ -1,0 +1,438 @@
+"""Mailbox commands of the task role.
+
+Each one records intent in one transaction and starts a job for anything slow or external (bug 17),
+so a running agent turn never blocks Stop, rename or another message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from functools import partial
+from typing import Any
+
+import sqlalchemy as sa
+
+from actors.task.commands import (
+    AnswerPermission,
+    ChangeOwner,
+    CreateSession,
+    Initialize,
+    Rename,
+    RenameSession,
+    SandboxExited,
+    SendMessage,
+    SessionRef,
+)
+from actors.task.jobs import (
+    cancel_job,
+    close_job,
+    kick_session,
+    permission_job,
+    request_provisioning,
+)
+from actors.task.naming import check_branch_name, resolve_agent_model, split_task_key
+from actors.task.schema import messages, permission_requests, sessions, task
+from actors.task.state import (
+    append_events,
+    assert_not_archived,
+    audit,
+    load_task,
+    refresh,
+    require_open_session,
+    require_task,
+)
+from foundry.errors import Conflict, InvalidInput, NotFound
+from foundry.runtime.context import CommandContext
+
+log = logging.getLogger(__name__)
+
+
+def new_session_id() -> str:
+    """A new UI session id: ``session-<uuid hex>`` (spec §4.6)."""
+    return f"session-{uuid.uuid4().hex}"
+
+
+async def _insert_session(
+    ctx: CommandContext,
+    *,
+    agent: str,
+    model: str,
+    name: str | None,
+    user_id: str | None,
+    session_id: str | None = None,
+) -> str:
+    count = (await ctx.conn.execute(sa.select(sa.func.count()).select_from(sessions))).scalar() or 0
+    session_id = session_id or new_session_id()
+    now = ctx.now_ms()
+    await ctx.conn.execute(
+        sessions.insert().values(
+            session_id=session_id,
+            name=name or f"Session {count + 1}",
+            agent=agent,
+            model=model,
+            status="pending",
+            created_by=user_id,
+            created_at=now + count,  # distinct and ordered even with a frozen test clock
+            updated_at=now,
+        )
+    )
+    await append_events(
+        ctx,
+        ctx.conn,
+        session_id,
+        [("sessionCreated", {"name": name or f"Session {count + 1}", "agent": agent, "model": model})],
+    )
+    return session_id
+
+
+async def _queue_message(ctx: CommandContext, session_id: str, text: str, user_id: str | None) -> int:
+    result = await ctx.conn.execute(
+        messages.insert().values(
+            session_id=session_id, text=text, user_id=user_id, status="queued", created_at=ctx.now_ms()
+        )
+    )
+    message_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+    await append_events(
+        ctx,
+        ctx.conn,
+        session_id,
+        [("userMessage", {"messageId": message_id, "text": text, "userId": user_id})],
+    )
+    return message_id
+
+
+async def handle_initialize(ctx: CommandContext, cmd: Initialize) -> dict[str, Any]:
+    """Create the task from the organization's decision (title, branch, repository, owner).
+
+    With a prompt, Session 1 is opened with the prompt queued as its first message (bug 16: it is
+    sent once the agent session is ready, never lost) and provisioning starts at once. A task
+    materialized from a pull request has no prompt: its sandbox starts with its first session.
+    Idempotent: a second ``initialize`` returns the existing task.
+    """
+    organization_id, task_id = split_task_key(ctx.key)
+    if (cmd.organization_id, cmd.task_id) != (organization_id, task_id):
+        raise InvalidInput(
+            f"initialize for {cmd.organization_id}:{cmd.task_id} sent to task {ctx.key}", ["taskId"]
+        )
+    existing = await load_task(ctx.conn)
+    if existing is not None:
+        return {"taskId": existing.task_id, "created": False}
+    check_branch_name(cmd.branch)
+    now = ctx.now_ms()
+    pr = cmd.pull_request or {}
+    await ctx.conn.execute(
+        task.insert().values(
+            id=1,
+            organization_id=organization_id,
+            task_id=task_id,
+            repo_id=cmd.repo_id,
+            repo_full_name=cmd.repo_full_name,
+            clone_url=cmd.clone_url,
+            default_branch=cmd.default_branch,
+            installation_id=cmd.installation_id,
+            title=cmd.title,
+            prompt=cmd.prompt,
+            branch=cmd.branch,
+            default_agent=cmd.agent,
+            default_model=cmd.model,
+            provision_state="pending" if cmd.prompt else "none",
+            status="provisioning" if cmd.prompt else "idle",
+            owner_user_id=cmd.owner_user_id,
+            owner_login=cmd.owner_login,
+            created_by=cmd.owner_user_id,
+            pr_number=pr.get("number"),
+            pr_url=pr.get("url"),
+            pr_state=pr.get("state"),
+            pr_title=pr.get("title"),
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    session_id = None
+    if cmd.prompt:
+        session_id = await _insert_session(
+            ctx,
+            agent=cmd.agent,
+            model=cmd.model,
+            name=None,
+            user_id=cmd.owner_user_id,
+            session_id=cmd.session_id,
+        )
+        await _queue_message(ctx, session_id, cmd.prompt, cmd.owner_user_id)
+    row = await require_task(ctx.conn, ctx.key)
+    audit(
+        ctx,
+        row,
+        "task.initialized",
+        {"sandboxProviderId": ctx.services.settings.sandbox.provider, "fromPullRequest": cmd.prompt is None},
+        user_id=cmd.owner_user_id,
+        command_id=ctx.derived_id("audit"),
+    )
+    await refresh(ctx, ctx.conn)
+    if cmd.prompt:
+        await request_provisioning(ctx, ctx.conn)
+    return {"taskId": task_id, "created": True, "sessionId": session_id}
+
+
+async def _open_task(ctx: CommandContext) -> sa.Row[Any]:
+    row = await require_task(ctx.conn, ctx.key)
+    assert_not_archived(row)
+    return row
+
+
+async def handle_create_session(ctx: CommandContext, cmd: CreateSession) -> dict[str, Any]:
+    """Open a new session (agent and model from the catalog, ``/v1/agents`` of the sandbox decides if
+    it runs); its agent starts in the background. An optional first prompt is queued."""
+    row = await _open_task(ctx)
+    agent, model = resolve_agent_model(cmd.agent, cmd.model, row.default_model)
+    session_id = await _insert_session(ctx, agent=agent, model=model, name=cmd.name, user_id=cmd.user_id)
+    if cmd.prompt:
+        await _queue_message(ctx, session_id, cmd.prompt, cmd.user_id)
+    audit(
+        ctx,
+        row,
+        "task.session_created",
+        {"sessionId": session_id, "agent": agent, "model": model},
+        user_id=cmd.user_id,
+        command_id=ctx.derived_id("audit"),
+    )
+    await refresh(ctx, ctx.conn)
+    await kick_session(ctx, ctx.conn, session_id)
+    created = (
+        await ctx.conn.execute(sa.select(sessions.c.name).where(sessions.c.session_id == session_id))
+    ).scalar()
+    return {"sessionId": session_id, "name": created, "agent": agent, "model": model}
+
+
+async def handle_send_message(ctx: CommandContext, cmd: SendMessage) -> dict[str, Any]:
+    """Queue a message; the session's loop sends it when the agent is free (202 semantics).
+
+    Raises:
+        Conflict: the session is closed or the task archived.
+    """
+    await _open_task(ctx)
+    session = await require_open_session(ctx.conn, cmd.session_id)
+    message_id = await _queue_message(ctx, session.session_id, cmd.text, cmd.user_id)
+    position = (
+        await ctx.conn.execute(
+            sa.select(sa.func.count()).where(
+                messages.c.session_id == cmd.session_id, messages.c.status == "queued"
+            )
+        )
+    ).scalar() or 1
+    await refresh(ctx, ctx.conn)
+    await kick_session(ctx, ctx.conn, session.session_id)
+    return {"messageId": message_id, "sessionId": cmd.session_id, "queuePosition": int(position)}
+
+
+async def handle_stop_session(ctx: CommandContext, cmd: SessionRef) -> dict[str, Any]:
+    """Stop: cancel the running turn (ACP ``session/cancel``, in a job: never waiting on the turn,
+    bug 17) and drop messages still queued behind it."""
+    await require_task(ctx.conn, ctx.key)
+    session = await require_open_session(ctx.conn, cmd.session_id)
+    dropped = await ctx.conn.execute(
+        messages.update()
+        .where(messages.c.session_id == cmd.session_id, messages.c.status == "queued")
+        .values(status="cancelled", stop_reason="cancelled", finished_at=ctx.now_ms())
+    )
+    running = session.status == "running"
+    await ctx.conn.execute(
+        messages.update()
+        .where(messages.c.session_id == cmd.session_id, messages.c.status == "running")
+        .values(stop_requested_at=ctx.now_ms())
+    )
+    await append_events(
+        ctx,
+        ctx.conn,
+        cmd.session_id,
+        [
+            (
+                "stopRequested",
+                {"userId": cmd.user_id, "turnRunning": running, "droppedQueued": dropped.rowcount},
+            )
+        ],
+    )
+    await refresh(ctx, ctx.conn)
+    if running:
+        ctx.start_job(f"cancel:{cmd.session_id}", partial(cancel_job, session_id=cmd.session_id))
+    return {"stopping": running, "droppedQueued": dropped.rowcount}
+
+
+async def handle_rename_session(ctx: CommandContext, cmd: RenameSession) -> dict[str, Any]:
+    await _open_task(ctx)
+    await require_open_session(ctx.conn, cmd.session_id)
+    name = " ".join(cmd.name.split())
+    if not name:
+        raise InvalidInput("session name is required", ["name"])
+    await ctx.conn.execute(
+        sessions.update()
+        .where(sessions.c.session_id == cmd.session_id)
+        .values(name=name, updated_at=ctx.now_ms())
+    )
+    await append_events(ctx, ctx.conn, cmd.session_id, [("sessionRenamed", {"name": name})])
+    await refresh(ctx, ctx.conn)
+    return {"sessionId": cmd.session_id, "name": name}
+
+
+async def handle_close_session(ctx: CommandContext, cmd: SessionRef) -> dict[str, Any]:
+    """Close a session: its turn is cancelled and its agent shut down in the background; its
+    transcript stays readable. Idempotent."""
+    row = await require_task(ctx.conn, ctx.key)
+    session = (
+        await ctx.conn.execute(sa.select(sessions).where(sessions.c.session_id == cmd.session_id))
+    ).first()
+    if session is None:
+        raise NotFound(f"session {cmd.session_id!r} not found in this task")
+    if session.status == "closed":
+        return {"sessionId": cmd.session_id, "closed": True, "already": True}
+    now = ctx.now_ms()
+    await ctx.conn.execute(
+        messages.update()
+        .where(messages.c.session_id == cmd.session_id, messages.c.status == "queued")
+        .values(status="cancelled", stop_reason="closed", finished_at=now)
+    )
+    await ctx.conn.execute(
+        sessions.update()
+        .where(sessions.c.session_id == cmd.session_id)
+        .values(status="closed", closed_at=now, updated_at=now)
+    )
+    await append_events(ctx, ctx.conn, cmd.session_id, [("sessionClosed", {"userId": cmd.user_id})])
+    audit(
+        ctx,
+        row,
+        "task.session_closed",
+        {"sessionId": cmd.session_id},
+        user_id=cmd.user_id,
+        command_id=ctx.derived_id("audit"),
+    )
+    await refresh(ctx, ctx.conn)
+    if session.acp_server_id is not None:
+        ctx.start_job(f"close:{cmd.session_id}", partial(close_job, session_id=cmd.session_id))
+    return {"sessionId": cmd.session_id, "closed": True, "already": False}
+
+
+async def handle_answer_permission(ctx: CommandContext, cmd: AnswerPermission) -> dict[str, Any]:
+    """Answer an agent's permission request (shown as a ``permissionRequested`` event).
+
+    Raises:
+        NotFound: no such request; Conflict: it was already answered or its turn ended;
+        InvalidInput: ``optionId`` is not one of the offered options.
+    """
+    await _open_task(ctx)
+    await require_open_session(ctx.conn, cmd.session_id)
+    request = (
+        await ctx.conn.execute(
+            sa.select(permission_requests).where(
+                permission_requests.c.session_id == cmd.session_id,
+                permission_requests.c.request_id == cmd.request_id,
+            )
+        )
+    ).first()
+    if request is None:
+        raise NotFound(f"no permission request {cmd.request_id!r} in session {cmd.session_id!r}")
+    if request.status != "pending":
+        raise Conflict(f"permission request {cmd.request_id!r} is already {request.status}")
+    options = json.loads(request.options_json)
+    offered = [str(o.get("optionId")) for o in options if isinstance(o, dict)]
+    if cmd.option_id is not None and cmd.option_id not in offered:
+        raise InvalidInput(
+            f"option {cmd.option_id!r} was not offered; choose one of: {', '.join(offered)}", ["optionId"]
+        )
+    await ctx.conn.execute(
+        permission_requests.update()
+        .where(
+            permission_requests.c.session_id == cmd.session_id,
+            permission_requests.c.request_id == cmd.request_id,
+        )
+        .values(status="answered", option_id=cmd.option_id, answered_by=cmd.user_id, answered_at=ctx.now_ms())
+    )
+    await append_events(
+        ctx,
+        ctx.conn,
+        cmd.session_id,
+        [
+            (
+                "permissionAnswered",
+                {"requestId": cmd.request_id, "optionId": cmd.option_id, "userId": cmd.user_id},
+            )
+        ],
+    )
+    await refresh(ctx, ctx.conn)
+    ctx.start_job(
+        f"permission:{cmd.session_id}:{cmd.request_id}",
+        partial(permission_job, session_id=cmd.session_id, request_id=cmd.request_id),
+    )
+    return {"requestId": cmd.request_id, "optionId": cmd.option_id}
+
+
+async def handle_rename(ctx: CommandContext, cmd: Rename) -> dict[str, Any]:
+    """Rename the task (the branch never changes, spec §4.6)."""
+    row = await _open_task(ctx)
+    title = " ".join(cmd.title.split())
+    if not title:
+        raise InvalidInput("task title is required", ["title"])
+    if title != row.title:
+        await ctx.conn.execute(task.update().where(task.c.id == 1).values(title=title))
+        audit(
+            ctx,
+            row,
+            "task.renamed",
+            {"from": row.title, "to": title},
+            user_id=cmd.user_id,
+            command_id=ctx.derived_id("audit"),
+        )
+        await refresh(ctx, ctx.conn)
+    return {"taskId": row.task_id, "title": title}
+
+
+async def handle_change_owner(ctx: CommandContext, cmd: ChangeOwner) -> dict[str, Any]:
+    """Make another member the task owner (the organization route checked membership)."""
+    row = await _open_task(ctx)
+    if cmd.owner_user_id != row.owner_user_id:
+        await ctx.conn.execute(
+            task.update()
+            .where(task.c.id == 1)
+            .values(owner_user_id=cmd.owner_user_id, owner_login=cmd.owner_login)
+        )
+        audit(
+            ctx,
+            row,
+            "task.owner_changed",
+            {"from": row.owner_user_id, "to": cmd.owner_user_id},
+            user_id=cmd.user_id,
+            command_id=ctx.derived_id("audit"),
+        )
+        await refresh(ctx, ctx.conn)
+    return {"ownerUserId": cmd.owner_user_id, "ownerLogin": cmd.owner_login}
+
+
+async def handle_sandbox_exited(ctx: CommandContext, cmd: SandboxExited) -> dict[str, Any]:
+    """The sandbox died: the task shows ``error`` with the reason until the next message restarts it.
+
+    Agent sessions died with it; a running turn records its own failure. A report about a server
+    that was already replaced (older generation) is ignored.
+    """
+    row = await load_task(ctx.conn)
+    if row is None or row.archived_at is not None or cmd.generation < row.sandbox_generation:
+        return {"recorded": False}
+    reason = f"the sandbox stopped unexpectedly; send a message to restart it ({cmd.reason})"
+    await ctx.conn.execute(task.update().where(task.c.id == 1).values(sandbox_error=reason))
+    idle = (
+        await ctx.conn.execute(
+            sa.select(sessions.c.session_id).where(
+                sessions.c.status.in_(["idle", "pending"]), sessions.c.acp_server_id.is_not(None)
+            )
+        )
+    ).all()
+    await ctx.conn.execute(
+        sessions.update()
+        .where(sessions.c.status.in_(["idle", "pending", "error"]))
+        .values(acp_server_id=None, acp_session_id=None, last_event_id=None)
+    )
+    for (session_id,) in idle:
+        await append_events(ctx, ctx.conn, session_id, [("sandboxExited", {"reason": cmd.reason})])
+    audit(ctx, row, "task.error", {"step": "sandbox", "detail": reason}, command_id=ctx.derived_id("audit"))
+    await refresh(ctx, ctx.conn)
+    return {"recorded": True}

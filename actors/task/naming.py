@@ -1,0 +1,134 @@
+"""Pure rules for naming tasks: keys, titles, branch names and agent/model choice (spec §4.6, §4.7).
+
+The organization uses them when it creates a task (title and branch are decided there, in one
+transaction with the uniqueness check); they have no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Container
+
+from foundry.errors import InvalidInput
+from foundry.models_catalog import KNOWN_MODELS, MODEL_GROUPS, agent_for_model
+
+#: Longest prompt a task or message accepts (the issue's bad-input rule: longer → 422).
+MAX_PROMPT_CHARS = 100_000
+BRANCH_PREFIX = "foundry/"
+RESCUE_PREFIX = "foundry/rescue/"
+_TITLE_TYPES = ("feat", "fix", "docs", "refactor")
+_TITLE_MAX = 62
+_SLUG_MAX = 40
+# A conservative subset of `git check-ref-format --branch`: what a task branch may be called.
+_BRANCH_RE = re.compile(
+    r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)(?!.*/\.)[A-Za-z0-9._/+-]{1,200}(?<!\.lock)(?<![./])$"
+)
+TASK_ID_RE = re.compile(r"^(?:[0-9a-f]{32}|pr-[0-9]+-[0-9]+)$")
+
+
+def new_task_id() -> str:
+    """A new task id: a UUID4 in hex (spec §4.6)."""
+    return uuid.uuid4().hex
+
+
+def task_key(organization_id: str, task_id: str) -> str:
+    """The actor key of a task (and of its sandbox): ``<orgId>:<taskId>``."""
+    return f"{organization_id}:{task_id}"
+
+
+def split_task_key(key: str) -> tuple[str, str]:
+    """``(organization_id, task_id)`` of a task key."""
+    organization_id, _, task_id = key.rpartition(":")
+    return organization_id, task_id
+
+
+def derive_title(prompt: str, explicit: str | None = None) -> str:
+    """The task title: ``<type>: <summary>`` from an explicit title or the prompt (spec §4.7 step 5).
+
+    The source is the explicit title, else the first non-empty line of the prompt, else "update task".
+    A leading ``feat:``/``fix:``/``docs:``/``refactor:`` is kept; otherwise the type is guessed from
+    the words (fix/bug → fix, doc/readme → docs, refactor → refactor, else feat). The summary keeps
+    letters, digits, spaces and dashes, collapsed and cut to 62 characters.
+    """
+    if explicit is not None and explicit.strip():
+        return " ".join(explicit.split())[:200]
+    source = next((line.strip() for line in prompt.splitlines() if line.strip()), "update task")
+    kind = None
+    match = re.match(r"^\s*(feat|fix|docs|refactor)\s*:\s*(.*)$", source, re.IGNORECASE)
+    if match:
+        kind, source = match.group(1).lower(), match.group(2)
+    lowered = source.lower()
+    if kind is None:
+        if "fix" in lowered or "bug" in lowered:
+            kind = "fix"
+        elif "doc" in lowered or "readme" in lowered:
+            kind = "docs"
+        elif "refactor" in lowered:
+            kind = "refactor"
+        else:
+            kind = "feat"
+    summary = " ".join(re.sub(r"[^A-Za-z0-9 -]", " ", source).split())[:_TITLE_MAX].strip()
+    return f"{kind}: {summary or 'update task'}"
+
+
+def _slug(title: str) -> str:
+    summary = title.split(":", 1)[1] if ":" in title and title.split(":", 1)[0] in _TITLE_TYPES else title
+    slug = re.sub(r"[^a-z0-9]+", "-", summary.lower()).strip("-")[:_SLUG_MAX].strip("-")
+    return slug or "task"
+
+
+def check_branch_name(branch: str) -> str:
+    """Return ``branch`` if git accepts it as a branch name, else raise `InvalidInput`."""
+    if not _BRANCH_RE.match(branch):
+        raise InvalidInput(
+            f"invalid branch name {branch!r}: use letters, digits and ._/+- (no '..', no leading '-', "
+            "no trailing '/' or '.lock')",
+            ["branch"],
+        )
+    return branch
+
+
+def unique_branch(title: str, taken: Container[str]) -> str:
+    """``foundry/<slug>-<n>`` with the smallest ``n >= 1`` not in ``taken``."""
+    base = f"{BRANCH_PREFIX}{_slug(title)}"
+    n = 1
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
+def rescue_branch(task_id: str, now_ms: int) -> str:
+    """The branch an archive with ``force`` pushes unpushed work to: ``foundry/rescue/<taskId>-<ts>``."""
+    return f"{RESCUE_PREFIX}{task_id}-{now_ms}"
+
+
+def agents() -> list[str]:
+    """Agent ids of the catalog, in order."""
+    return [str(group["agent"]) for group in MODEL_GROUPS]
+
+
+def resolve_agent_model(agent: str | None, model: str | None, fallback_model: str) -> tuple[str, str]:
+    """``(agent, model)`` for a new session: the given model (and its agent), else the first model of
+    the given agent, else ``fallback_model``.
+
+    Raises:
+        InvalidInput: an unknown model or agent, or a model that the given agent does not run.
+    """
+    if model is not None:
+        if model not in KNOWN_MODELS:
+            raise InvalidInput(
+                f"unknown model {model!r}; known: {', '.join(sorted(KNOWN_MODELS))}", ["model"]
+            )
+        model_agent = agent_for_model(model)
+        if agent is not None and agent != model_agent:
+            raise InvalidInput(f"model {model!r} runs on agent {model_agent!r}, not {agent!r}", ["agent"])
+        return model_agent, model
+    if agent is not None:
+        for group in MODEL_GROUPS:
+            if group["agent"] == agent:
+                return agent, str(group["models"][0])  # type: ignore[index]
+        raise InvalidInput(f"unknown agent {agent!r}; known: {', '.join(agents())}", ["agent"])
+    if fallback_model not in KNOWN_MODELS:
+        raise InvalidInput(f"the default model {fallback_model!r} is not in the catalog", ["model"])
+    return agent_for_model(fallback_model), fallback_model

@@ -1,0 +1,413 @@
+"""Reads and writes of a task's tables shared by its commands, actions and jobs.
+
+Two topics belong to a task (DESIGN §5):
+
+* ``task:<org>:<task>`` — ``taskUpdated`` with the full task detail (spec §2.5) after every change a
+  viewer of the task page would notice; the snapshot action answers ``{"seq", "data"}``.
+* ``session:<org>:<task>:<session>`` — the session's append-only transcript. Every row of
+  ``session_events`` is published with the same seq as its row, so ``since`` means the same thing
+  for the HTTP page and for the websocket replay.
+
+`refresh` is the one place that derives the task status (bug 15), publishes the detail and pushes the
+summary to the organization (task → organization, which broadcasts; DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from actors.task.naming import split_task_key
+from actors.task.schema import messages, permission_requests, session_events, sessions, task
+from foundry.errors import Conflict, NotFound
+from foundry.runtime.context import InstanceContext
+from foundry.runtime.tables import current_seq
+
+log = logging.getLogger(__name__)
+
+ORGANIZATION_ROLE = "organization"
+AUDIT_ROLE = "audit-log"
+SANDBOX_ROLE = "sandbox"
+USER_ROLE = "user"
+
+#: Seconds an action waits for ``initialize`` when a request overtakes it (it is queued first).
+INIT_WAIT_S = 15.0
+
+
+def task_topic(organization_id: str, task_id: str) -> str:
+    return f"task:{organization_id}:{task_id}"
+
+
+def session_topic(organization_id: str, task_id: str, session_id: str) -> str:
+    return f"session:{organization_id}:{task_id}:{session_id}"
+
+
+def turn_job_name(session_id: str) -> str:
+    return f"turn:{session_id}"
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+async def load_task(conn: AsyncConnection) -> sa.Row[Any] | None:
+    return (await conn.execute(sa.select(task).where(task.c.id == 1))).first()
+
+
+class TaskNotInitialized(NotFound):
+    """The task actor has not received ``initialize`` yet (it is on its way from the organization's
+    outbox, or the task does not exist). Callers that know the task exists retry."""
+
+
+async def require_task(conn: AsyncConnection, key: str) -> sa.Row[Any]:
+    row = await load_task(conn)
+    if row is None:
+        raise TaskNotInitialized(f"task {split_task_key(key)[1]!r} not found (not initialized)")
+    return row
+
+
+async def wait_for_task(ctx: InstanceContext) -> sa.Row[Any]:
+    """The task row, waiting briefly when the caller overtook ``initialize`` (which is already queued:
+    the organization's create returns only once it is)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + INIT_WAIT_S
+    while True:
+        async with ctx.read() as conn:
+            row = await load_task(conn)
+        if row is not None:
+            return row
+        if loop.time() >= deadline:
+            raise TaskNotInitialized(f"task {split_task_key(ctx.key)[1]!r} not found (not initialized)")
+        await asyncio.sleep(0.02)
+
+
+def assert_not_archived(row: sa.Row[Any]) -> None:
+    if row.archived_at is not None:
+        raise Conflict(f"task {row.task_id!r} is archived; its sandbox was destroyed")
+
+
+async def load_session(conn: AsyncConnection, session_id: str) -> sa.Row[Any] | None:
+    return (await conn.execute(sa.select(sessions).where(sessions.c.session_id == session_id))).first()
+
+
+async def require_session(conn: AsyncConnection, session_id: str) -> sa.Row[Any]:
+    row = await load_session(conn, session_id)
+    if row is None:
+        raise NotFound(f"session {session_id!r} not found in this task")
+    return row
+
+
+async def require_open_session(conn: AsyncConnection, session_id: str) -> sa.Row[Any]:
+    row = await require_session(conn, session_id)
+    if row.status == "closed":
+        raise Conflict(f"session {session_id!r} is closed; open a new session to continue")
+    return row
+
+
+async def next_queued_message(conn: AsyncConnection, session_id: str) -> sa.Row[Any] | None:
+    return (
+        await conn.execute(
+            sa.select(messages)
+            .where(messages.c.session_id == session_id, messages.c.status == "queued")
+            .order_by(messages.c.id)
+            .limit(1)
+        )
+    ).first()
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+async def append_events(
+    ctx: InstanceContext, conn: AsyncConnection, session_id: str, items: list[tuple[str, dict[str, Any]]]
+) -> list[int]:
+    """Append events to a session's transcript and publish each with the seq of its row.
+
+    Must run inside the transaction (``conn``) that ``ctx`` publishes from. Returns the seqs.
+    """
+    if not items:
+        return []
+    organization_id, task_id = split_task_key(ctx.key)
+    topic = session_topic(organization_id, task_id, session_id)
+    # The runtime stamps seq = last committed seq + 1 for each publish of this transaction, in order;
+    # publishes to this topic earlier in the same transaction count too.
+    already = sum(1 for p in ctx._publishes if p.topic == topic)
+    seq = await current_seq(conn, topic) + already
+    # Defensive: never reuse a row's seq, even if the topic's counter were ever behind the log.
+    last_row = (
+        await conn.execute(
+            sa.select(sa.func.max(session_events.c.seq)).where(session_events.c.session_id == session_id)
+        )
+    ).scalar()
+    if last_row is not None and last_row > seq:
+        log.error(
+            "session %s: topic seq %d is behind its log (%d); continuing after the log", topic, seq, last_row
+        )
+        seq = last_row
+    now = ctx.now_ms()
+    rows = []
+    seqs = []
+    for event, data in items:
+        seq += 1
+        seqs.append(seq)
+        rows.append(
+            {
+                "session_id": session_id,
+                "seq": seq,
+                "event": event,
+                "data": json.dumps(data),
+                "created_at": now,
+            }
+        )
+        ctx.publish(topic, event, data)
+    await conn.execute(session_events.insert(), rows)
+    return seqs
+
+
+async def events_after(
+    conn: AsyncConnection, organization_id: str, task_id: str, session_id: str, since: int, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """``(topic seq, events after since)`` read consistently: the seq first, so a client never drops
+    a live event as already contained (events past that seq may be included; the gateway copes)."""
+    seq = await current_seq(conn, session_topic(organization_id, task_id, session_id))
+    rows = (
+        await conn.execute(
+            sa.select(session_events)
+            .where(session_events.c.session_id == session_id, session_events.c.seq > since)
+            .order_by(session_events.c.seq)
+            .limit(limit)
+        )
+    ).all()
+    return seq, [
+        {"seq": r.seq, "event": r.event, "data": json.loads(r.data), "createdAt": r.created_at} for r in rows
+    ]
+
+
+# ------------------------------------------------------------------------------------------ reads
+
+
+def derive_status(
+    row: sa.Row[Any], session_rows: list[sa.Row[Any]], queued: dict[str, int] | None = None
+) -> tuple[str, str | None]:
+    """``(status, error)`` of a task (bug 15: derived after initialization, never stuck).
+
+    archived (terminal) → provisioning (sandbox not ready or repository not cloned yet) → error
+    (provisioning failed or the sandbox died) → running (a turn runs, or a healthy session has
+    messages waiting for its agent) → error (a session failed) → idle. ``error`` is the reason to
+    show, including the last failed git operation (bug 22).
+    """
+    queued = queued or {}
+    if row.archived_at is not None:
+        return "archived", None
+    if row.provision_state in ("pending", "provisioning"):
+        return "provisioning", None
+    if row.provision_state == "error":
+        return "error", row.provision_error
+    if row.sandbox_error:
+        return "error", row.sandbox_error
+    open_sessions = [s for s in session_rows if s.status != "closed"]
+    if any(
+        s.status == "running" or (s.status in ("pending", "idle") and queued.get(s.session_id, 0) > 0)
+        for s in open_sessions
+    ):
+        return "running", row.last_error
+    failed = [s for s in open_sessions if s.status == "error"]
+    if failed:
+        return "error", failed[0].error
+    return "idle", row.last_error
+
+
+async def _session_rows(conn: AsyncConnection) -> list[sa.Row[Any]]:
+    return list(
+        (await conn.execute(sa.select(sessions).order_by(sessions.c.created_at, sessions.c.name))).all()
+    )
+
+
+async def _session_extras(
+    conn: AsyncConnection,
+) -> tuple[dict[str, int], dict[str, int], dict[str, list[Any]]]:
+    queued = {
+        r[0]: int(r[1])
+        for r in (
+            await conn.execute(
+                sa.select(messages.c.session_id, sa.func.count())
+                .where(messages.c.status == "queued")
+                .group_by(messages.c.session_id)
+            )
+        ).all()
+    }
+    last_seq = {
+        r[0]: int(r[1])
+        for r in (
+            await conn.execute(
+                sa.select(session_events.c.session_id, sa.func.max(session_events.c.seq)).group_by(
+                    session_events.c.session_id
+                )
+            )
+        ).all()
+    }
+    pending: dict[str, list[Any]] = {}
+    for r in (
+        await conn.execute(
+            sa.select(permission_requests)
+            .where(permission_requests.c.status == "pending")
+            .order_by(permission_requests.c.created_at)
+        )
+    ).all():
+        pending.setdefault(r.session_id, []).append(
+            {"requestId": r.request_id, "options": json.loads(r.options_json)}
+        )
+    return queued, last_seq, pending
+
+
+def session_json(
+    row: sa.Row[Any], queued: int = 0, last_seq: int = 0, pending: list[Any] | None = None
+) -> dict[str, Any]:
+    """One session as task detail shows it (spec §2.4 ``WorkspaceSessionSummary``, without viewer state)."""
+    return {
+        "sessionId": row.session_id,
+        "name": row.name,
+        "agent": row.agent,
+        "model": row.model,
+        "status": row.status,
+        "error": row.error,
+        "thinkingSinceMs": row.thinking_since,
+        "agentTitle": row.agent_title,
+        "queuedMessages": queued,
+        "lastSeq": last_seq,
+        "pendingPermissions": pending or [],
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+        "closedAt": row.closed_at,
+    }
+
+
+def pull_request_json(row: sa.Row[Any]) -> dict[str, Any] | None:
+    if row.pr_number is None:
+        return None
+    return {"number": row.pr_number, "url": row.pr_url, "state": row.pr_state, "title": row.pr_title}
+
+
+async def build_detail(conn: AsyncConnection, row: sa.Row[Any]) -> dict[str, Any]:
+    """The task detail (spec §2.5) as every viewer sees it; per-user state is merged by the caller."""
+    session_rows = await _session_rows(conn)
+    queued, last_seq, pending = await _session_extras(conn)
+    status, error = derive_status(row, session_rows, queued)
+    return {
+        "taskId": row.task_id,
+        "organizationId": row.organization_id,
+        "repoId": row.repo_id,
+        "repoFullName": row.repo_full_name,
+        "title": row.title,
+        "status": status,
+        "error": error,
+        "branch": row.branch,
+        "defaultBranch": row.default_branch,
+        "prompt": row.prompt,
+        "agent": row.default_agent,
+        "model": row.default_model,
+        "provisioning": {"state": row.provision_state, "error": row.provision_error},
+        "sandboxError": row.sandbox_error,
+        "lastError": row.last_error,
+        "owner": {"userId": row.owner_user_id, "login": row.owner_login},
+        "pullRequest": pull_request_json(row),
+        "pushedSha": row.pushed_sha,
+        "pushedAt": row.pushed_at,
+        "sessions": [
+            session_json(
+                s, queued.get(s.session_id, 0), last_seq.get(s.session_id, 0), pending.get(s.session_id)
+            )
+            for s in session_rows
+        ],
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+        "archivedAt": row.archived_at,
+    }
+
+
+def summary_from_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """What the task pushes to the organization's ``task_summaries`` row (spec §2.4)."""
+    return {
+        "taskId": detail["taskId"],
+        "title": detail["title"],
+        "status": detail["status"],
+        "branch": detail["branch"],
+        "error": detail["error"],
+        "ownerUserId": detail["owner"]["userId"],
+        "ownerLogin": detail["owner"]["login"],
+        "archived": detail["archivedAt"] is not None,
+        "pullRequest": detail["pullRequest"],
+        "sessions": [
+            {
+                "sessionId": s["sessionId"],
+                "name": s["name"],
+                "agent": s["agent"],
+                "model": s["model"],
+                "status": s["status"],
+                "thinkingSinceMs": s["thinkingSinceMs"],
+                "error": s["error"],
+            }
+            for s in detail["sessions"]
+            if s["status"] != "closed"
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------------ writes
+
+
+async def refresh(ctx: InstanceContext, conn: AsyncConnection) -> dict[str, Any]:
+    """After a change: store the derived status, publish ``taskUpdated``, push the summary up.
+
+    Runs inside the caller's transaction. The organization gets the summary through the outbox (never
+    lost), and only when something in it changed.
+    """
+    row = await require_task(conn, ctx.key)
+    detail = await build_detail(conn, row)
+    now = ctx.now_ms()
+    summary = summary_from_detail(detail)
+    summary_json = json.dumps(summary, sort_keys=True)
+    changes: dict[str, Any] = {}
+    if detail["status"] != row.status:
+        changes["status"] = detail["status"]
+    if summary_json != row.pushed_summary:
+        changes["pushed_summary"] = summary_json
+        changes["updated_at"] = now
+        detail["updatedAt"] = now
+        ctx.send_after_commit(
+            ORGANIZATION_ROLE, row.organization_id, "task_summary_updated", {**summary, "updatedAt": now}
+        )
+    if changes:
+        await conn.execute(task.update().where(task.c.id == 1).values(**changes))
+    ctx.publish(task_topic(row.organization_id, row.task_id), "taskUpdated", detail)
+    return detail
+
+
+def audit(
+    ctx: InstanceContext,
+    row: sa.Row[Any],
+    kind: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    user_id: str | None = None,
+    command_id: str | None = None,
+) -> None:
+    """Append an audit event once the current transaction commits (durable, DESIGN §4)."""
+    ctx.send_after_commit(
+        AUDIT_ROLE,
+        row.organization_id,
+        "append",
+        {
+            "kind": kind,
+            "repoId": row.repo_id,
+            "taskId": row.task_id,
+            "branchName": row.branch,
+            "actorUserId": user_id,
+            "payload": payload or {},
+        },
+        command_id=command_id,
+    )

@@ -1,0 +1,386 @@
+"""GitHub mirror figures; prints one JSON object.
+
+    .venv/bin/python bench/github_sync.py [--backend ray|inprocess] [--repos 1000] [--prs 5000]
+        [--members 200] [--rate 200] [--seconds 30]
+
+Against the fake GitHub, through the real PyGithub driver (throttling off), on the chosen runtime
+(``ray``, as ``foundry serve`` runs, by default):
+
+* ``full_sync_s``: a first sync of an organization with ``--repos`` repositories, ``--prs`` open pull
+  requests and ``--members`` members — from the installation showing up to the organization holding
+  every repository and virtual task;
+* ``resync_s`` and ``task_summary_writes``: a second sync with nothing changed on GitHub; writes are
+  the organization's ``task_summaries`` row writes (its own count), cross-checked by comparing the
+  rows before and after and by counting ``taskSummariesUpdated`` events (``task_summary_events``);
+* webhook ingest at ``--rate`` deliveries/s for ``--seconds`` s through the real HTTP endpoint, from a
+  separate load-generator process, open loop (sends are scheduled, not waiting for answers): a mix of
+  review comments, PR synchronizes, check runs and pushes on the synced PRs, plus ~5 % redeliveries
+  of earlier deliveries. ``webhook_ack_ms_p50/p99`` are the 202 latencies seen by the sender;
+  ``delivered`` counts distinct deliveries acknowledged; ``lost`` those never recorded by github-data;
+  ``applied_twice`` deliveries whose handler ran more than once plus redeliveries not recognised as
+  duplicates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ORG = "bench-org"
+INSTALLATION = 5001
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))], 2) if ordered else 0.0
+
+
+# ------------------------------------------------------------------------------------------ load generator
+
+
+def _payloads(
+    repos: list[tuple[int, str]], prs_per_repo: int, count: int, seed: int
+) -> list[tuple[str, str, bytes]]:
+    """(event, delivery id, body) for ``count`` deliveries, ~5 % of them redeliveries."""
+    from tests.fakes.webhooks import dumps, example
+
+    rng = random.Random(seed)
+    templates = {
+        "comment": example("pull_request_review_comment", "created"),
+        "pull": example("pull_request", "synchronize"),
+        "check": example("check_run", "completed", 1),
+        "push": example("push", None, 4),
+    }
+    out: list[tuple[str, str, bytes]] = []
+    for i in range(count):
+        if out and rng.random() < 0.05:
+            out.append(out[rng.randrange(len(out))])  # GitHub redelivers: same id, same body
+            continue
+        repo_id, full_name = repos[rng.randrange(len(repos))]
+        number = rng.randrange(1, prs_per_repo + 1)
+        roll = rng.random()
+        kind = "comment" if roll < 0.4 else "pull" if roll < 0.6 else "check" if roll < 0.8 else "push"
+        payload: dict[str, Any] = json.loads(json.dumps(templates[kind]))
+        payload["installation"] = {"id": INSTALLATION}
+        payload["repository"].update(id=repo_id, full_name=full_name, name=full_name.split("/")[1])
+        sha = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+        if kind == "comment":
+            payload["pull_request"].update(number=number, head={"ref": f"feature-{number}", "sha": sha})
+            payload["pull_request"]["updated_at"] = "2020-01-01T00:00:00Z"  # older: the item is the news
+            payload["comment"]["id"] = 1_000_000 + i
+            event = "pull_request_review_comment"
+        elif kind == "pull":
+            payload["number"] = number
+            payload["pull_request"].update(number=number, title=f"Bench PR {number} rev {i}")
+            payload["pull_request"]["head"].update(ref=f"feature-{number}", sha=sha)
+            payload["pull_request"]["updated_at"] = (
+                f"2030-01-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"
+            )
+            event = "pull_request"
+        elif kind == "check":
+            payload["check_run"].update(head_sha=sha, pull_requests=[])
+            event = "check_run"
+        else:
+            payload.update(ref=f"refs/heads/feature-{number}", after=sha)
+            event = "push"
+        out.append((event, str(uuid.uuid4()), dumps(payload)))
+    return out
+
+
+class _Connections:
+    """A pool of keep-alive HTTP/1.1 connections speaking just enough HTTP for this endpoint.
+
+    httpx costs more CPU per request than the endpoint itself, and on a 2-core machine the load
+    generator competes with the server it measures; its pool also degrades badly under a backlog.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def post(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        reader, writer = conn
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode()
+            + body
+        )
+        status_line = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        payload = await reader.readexactly(length)
+        self.idle.append(conn)
+        return int(status_line.split()[1]), payload
+
+
+async def _load(args: argparse.Namespace) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    from tests.fakes.webhooks import signed_headers
+
+    layout = json.loads(Path(args.layout).read_text())
+    plan = _payloads([tuple(r) for r in layout["repos"]], layout["prsPerRepo"], args.rate * args.seconds, 7)
+    signed = [
+        (event, delivery, body, signed_headers(args.secret, body, event, delivery))
+        for event, delivery, body in plan
+    ]
+    url = urlsplit(args.url)
+    pool = _Connections(url.hostname or "127.0.0.1", url.port or 80)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    acked: set[str] = set()
+    not_deduped = 0
+    seen: set[str] = set()
+    loop = asyncio.get_running_loop()
+
+    async def send(
+        scheduled: float, event: str, delivery: str, body: bytes, headers: dict[str, str], redelivery: bool
+    ) -> None:
+        nonlocal not_deduped
+        try:
+            status, answer = await pool.post("/v1/webhooks/github", headers, body)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            statuses[-1] = statuses.get(-1, 0) + 1
+            print(f"send failed: {exc!r}", file=sys.stderr)
+            return
+        # From the moment the delivery was due: client-side delays count against the server.
+        latencies.append((loop.time() - scheduled) * 1000)
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == 202:
+            acked.add(delivery)
+            if redelivery and not json.loads(answer).get("duplicate"):
+                # Only a redelivery whose first delivery was already acknowledged must dedupe.
+                not_deduped += 1
+
+    tasks = []
+    start = loop.time()
+    for i, (event, delivery, body, headers) in enumerate(signed):
+        due = start + i / args.rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        redelivery = delivery in seen and delivery in acked
+        seen.add(delivery)
+        tasks.append(asyncio.create_task(send(due, event, delivery, body, headers, redelivery)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    return {
+        "latencies": latencies,
+        "statuses": statuses,
+        "acked": sorted(acked),
+        "not_deduped": not_deduped,
+        "elapsed_s": elapsed,
+        "sent": len(plan),
+    }
+
+
+# ------------------------------------------------------------------------------------------ the bench
+
+
+async def _wait(probe: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await probe()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    import uvicorn
+
+    from foundry.config import Settings
+    from foundry.drivers.github.fake import FakeGitHub
+    from foundry.http.app import create_app
+    from foundry.mock import start_fake_github
+    from foundry.wiring import build_runtime
+    from tests.http.conftest import free_port
+
+    data_dir = Path(tempfile.mkdtemp(prefix="foundry-bench-github-"))
+    port = free_port()
+    base = Settings(
+        data_dir=data_dir,
+        port=port,
+        log_level="WARNING",
+        runtime={"backend": args.backend, "namespace": f"bench-{uuid.uuid4().hex[:6]}", "idle_seconds": 3600},  # type: ignore[arg-type]
+    )
+    fake, settings = start_fake_github(base)
+    # The benchmark's own organization, next to the mock seed.
+    fake.add_org(ORG, 8001)
+    fake.add_installation(INSTALLATION, ORG)
+    prs_per_repo = max(1, args.prs // args.repos)
+    repos: list[tuple[int, str]] = []
+    for r in range(args.repos):
+        repo_id = fake.add_repo(INSTALLATION, ORG, f"repo-{r:04d}", id=3_000_000 + r)
+        repos.append((repo_id, f"{ORG}/repo-{r:04d}"))
+        for n in range(1, prs_per_repo + 1):
+            fake.add_pull(f"{ORG}/repo-{r:04d}", n, f"Change {n} of repo {r}", f"feature-{n}", author=ORG)
+    for m in range(args.members):
+        fake.add_member(ORG, f"member-{m:03d}", "admin" if m < 5 else "member")
+
+    runtime = build_runtime(settings)
+    await runtime.start()
+    result: dict[str, Any] = {"backend": args.backend, "repos": args.repos, "prs": prs_per_repo * args.repos}
+    server_task: asyncio.Task[None] | None = None
+    try:
+        org = runtime.actor("organization", ORG)
+
+        async def synced(generation: int) -> bool:
+            status = await runtime.call("organization", ORG, "github_status")
+            if status.get("syncGeneration", 0) < generation:
+                return False
+            data = await runtime.call("github-data", ORG, "status")
+            return bool(data["syncStatus"] == "synced" and data["generation"] >= generation)
+
+        # ---- full sync: the installation shows up (as discovery reports it), the sync runs
+        started = time.perf_counter()
+        await org.send(
+            "sync_from_github",
+            {
+                "kind": "organization",
+                "githubLogin": ORG,
+                "githubAccountId": 8001,
+                "displayName": "Bench Org",
+                "installationId": INSTALLATION,
+                "members": [],
+            },
+            wait=True,
+            timeout=60,
+        )
+        await _wait(lambda: synced(1), 600, "the full sync")
+        result["full_sync_s"] = round(time.perf_counter() - started, 2)
+        snapshot = await runtime.call("organization", ORG, "get")
+        result["synced_repos"] = len(snapshot["repos"])
+        result["synced_tasks"] = len(snapshot["taskSummaries"])
+        result["synced_members"] = len(await runtime.call("organization", ORG, "members"))
+        first = json.loads((await runtime.call("github-data", ORG, "status"))["lastSyncStats"])
+        result["full_sync_phases_s"] = {k: first[k] for k in ("fetchS", "storeS", "applyS")}
+
+        # ---- resync with nothing changed
+        events: list[str] = []
+
+        async def watch() -> None:
+            shard = runtime.shard_for("organization", ORG)
+            async for batch in runtime.subscribe("organization", shard):
+                events.extend(e.event for e in batch if e.topic == f"organization:{ORG}")
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(1.0)  # the stream attaches
+        started = time.perf_counter()
+        await runtime.actor("github-data", ORG).send("sync", {"reason": "bench"}, wait=True)
+        await _wait(lambda: synced(2), 600, "the resync")
+        result["resync_s"] = round(time.perf_counter() - started, 2)
+        await asyncio.sleep(0.5)
+        watcher.cancel()
+        stats = json.loads((await runtime.call("github-data", ORG, "status"))["lastSyncStats"])
+        result["task_summary_writes"] = stats["taskSummaryWrites"]
+        result["resync_phases_s"] = {k: stats[k] for k in ("fetchS", "storeS", "applyS")}
+        result["task_summary_events"] = events.count("taskSummariesUpdated")
+        after = await runtime.call("organization", ORG, "get")
+        result["task_rows_unchanged"] = after["taskSummaries"] == snapshot["taskSummaries"]
+
+        # ---- webhook ingest
+        app = create_app(settings, runtime=runtime, fake_github=fake)
+        uv = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        )
+        server_task = asyncio.create_task(uv.serve())
+        await _wait(lambda: asyncio.sleep(0, uv.started), 30, "uvicorn")
+        layout = data_dir / "layout.json"
+        layout.write_text(json.dumps({"repos": repos, "prsPerRepo": prs_per_repo}))
+        secret = settings.github.webhook_secret.get_secret_value()
+        before = await runtime.call("github-data", ORG, "status")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--loadgen",
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--secret",
+            secret,
+            "--layout",
+            str(layout),
+            "--rate",
+            str(args.rate),
+            "--seconds",
+            str(args.seconds),
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        out, _ = await proc.communicate()
+        load = json.loads(out)
+        delivered = len(load["acked"])
+        expected = before["deliveryCount"] + delivered
+
+        async def drained() -> dict[str, Any] | None:
+            status: dict[str, Any] = await runtime.call("github-data", ORG, "status")
+            processed = status["deliveryCount"] - status["deliveriesQueued"]
+            return status if processed >= expected else None
+
+        drain_started = time.perf_counter()
+        try:
+            final = await _wait(drained, 300, "every delivery processed")
+        except TimeoutError:
+            final = await runtime.call("github-data", ORG, "status")
+        result.update(
+            webhook_ack_ms_p50=_pct(load["latencies"], 0.50),
+            webhook_ack_ms_p99=_pct(load["latencies"], 0.99),
+            webhook_rate_per_s=round(load["sent"] / load["elapsed_s"], 1),
+            sent=load["sent"],
+            delivered=delivered,
+            lost=expected - (final["deliveryCount"] - final["deliveriesQueued"]),
+            applied_twice=final["deliveriesAppliedTwice"] + load["not_deduped"],
+            non_202=sum(v for k, v in load["statuses"].items() if k != "202"),
+            drain_after_load_s=round(time.perf_counter() - drain_started, 2),
+        )
+    finally:
+        if server_task is not None:
+            uv.should_exit = True
+            await server_task
+        await runtime.close()
+        await asyncio.to_thread(FakeGitHub.stop, fake)
+    return result
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=["ray", "inprocess"], default="ray")
+    parser.add_argument("--repos", type=int, default=1000)
+    parser.add_argument("--prs", type=int, default=5000)
+    parser.add_argument("--members", type=int, default=200)
+    parser.add_argument("--rate", type=int, default=200)
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--secret", help=argparse.SUPPRESS)
+    parser.add_argument("--layout", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.install()  # as `foundry serve` (uvicorn.run) runs
+    cli = _parse()
+    if cli.loadgen:
+        print(json.dumps(asyncio.run(_load(cli))))
+    else:
+        print(json.dumps(asyncio.run(main(cli)), indent=2))

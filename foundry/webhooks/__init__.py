@@ -1,0 +1,1 @@
+"""Inbound webhooks: verified at the edge, deduped by delivery id, handed to actors' mailboxes."""

@@ -1,0 +1,3 @@
+from foundry.db.alembic_env import run
+
+run("actors.task.schema")

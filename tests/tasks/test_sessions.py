@@ -1,0 +1,198 @@
+"""Sessions: Stop cancels the running turn while other commands keep flowing, permission requests,
+agent failures, rename and close (sandbox-agent's DELETE bug), queued messages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from foundry.demo_agent import FAILURE_REASON, NOTES_FILE
+from foundry.drivers.sandbox.client import SandboxAgentClient
+from tests.tasks.conftest import TaskServer, create_task, events, idle_session, task_detail, wait_task
+
+
+def base(task_id: str, session_id: str) -> str:
+    return f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}"
+
+
+async def test_stop_cancels_the_running_turn_while_other_commands_flow(tasks_server: TaskServer):
+    async with tasks_server.signed_in("alice") as client, tasks_server.websocket(client) as ws:
+        created = await create_task(client, prompt="Take it slow please")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        topic = f"session:acme:{task_id}:{session_id}"
+        await ws.subscribe(topic)
+        await ws.until(
+            lambda f: f.get("event") == "agentUpdate" and f["data"]["kind"] == "agent_message_chunk"
+        )
+        detail = await task_detail(client, task_id)
+        assert detail["status"] == "running"
+        assert detail["sessions"][0]["thinkingSinceMs"] is not None
+
+        # The task's loop is free during the turn (bug 17): a rename and a queued message go through.
+        started = time.monotonic()
+        renamed = await client.patch(base(task_id, session_id), json={"name": "Slow one"})
+        queued = await client.post(
+            base(task_id, session_id) + "/messages", json={"text": "after the slow one"}
+        )
+        assert renamed.status_code == 200
+        assert queued.status_code == 202
+        assert queued.json()["queuePosition"] == 1
+        assert time.monotonic() - started < 5  # never behind the ~10 s turn
+
+        stop_started = time.monotonic()
+        response = await client.post(base(task_id, session_id) + "/stop")
+        assert response.status_code == 202, response.text
+        assert response.json() == {"stopping": True, "droppedQueued": 1}
+        ended = await ws.until(lambda f: f.get("event") in ("turnEnded", "turnFailed"))
+        assert ended["event"] == "turnEnded"
+        assert ended["data"]["stopReason"] == "cancelled"
+        assert "forced" not in ended["data"]  # ACP session/cancel, not a kill
+        assert time.monotonic() - stop_started < 8  # the slow turn alone would take ~10 s
+
+        detail = await wait_task(client, task_id, idle_session)
+        session = detail["sessions"][0]
+        assert session["name"] == "Slow one"
+        assert session["queuedMessages"] == 0
+        # Cancelled before editing: nothing changed in the checkout.
+        diff = (await client.get(f"/v1/organizations/acme/tasks/{task_id}/diff")).json()
+        assert diff["files"] == []
+        # The same agent session keeps working after a Stop.
+        response = await client.post(base(task_id, session_id) + "/messages", json={"text": "Quick note"})
+        assert response.status_code == 202
+        detail = await wait_task(
+            client,
+            task_id,
+            lambda d: idle_session(d) and d["sessions"][0]["lastSeq"] > session["lastSeq"] + 3,
+        )
+        kinds = [e["event"] for e in await events(client, task_id, session_id)]
+        assert kinds.count("turnEnded") == 2
+        assert "stopRequested" in kinds
+        assert "sessionRenamed" in kinds
+
+
+async def test_permission_request_is_an_event_answered_through_the_api(tasks_server: TaskServer):
+    async with tasks_server.signed_in("alice") as client:
+        created = await create_task(client, prompt="Edit with permission")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        detail = await wait_task(client, task_id, lambda d: d["sessions"][0]["pendingPermissions"])
+        [request] = detail["sessions"][0]["pendingPermissions"]
+        log = await events(client, task_id, session_id)
+        asked = next(e for e in log if e["event"] == "permissionRequested")
+        assert asked["data"]["requestId"] == request["requestId"]
+        assert [o["optionId"] for o in asked["data"]["options"]] == ["allow", "reject"]
+
+        url = base(task_id, session_id) + f"/permissions/{request['requestId']}"
+        bad = await client.post(url, json={"optionId": "maybe"})
+        assert bad.status_code == 422
+        assert "allow, reject" in bad.json()["detail"]
+        missing = await client.post(
+            base(task_id, session_id) + "/permissions/999", json={"optionId": "allow"}
+        )
+        assert missing.status_code == 404
+        response = await client.post(url, json={"optionId": "allow"})
+        assert response.status_code == 202, response.text
+        again = await client.post(url, json={"optionId": "allow"})
+        assert again.status_code == 409
+
+        detail = await wait_task(client, task_id, idle_session)
+        assert detail["sessions"][0]["pendingPermissions"] == []
+        diff = (await client.get(f"/v1/organizations/acme/tasks/{task_id}/diff")).json()
+        assert [f["path"] for f in diff["files"]] == [NOTES_FILE]
+        kinds = [e["event"] for e in await events(client, task_id, session_id)]
+        assert (
+            kinds.index("permissionRequested") < kinds.index("permissionAnswered") < kinds.index("turnEnded")
+        )
+
+
+async def test_agent_failure_is_shown_and_the_next_message_works(tasks_server: TaskServer):
+    async with tasks_server.signed_in("alice") as client:
+        created = await create_task(client, prompt="Please fail loudly")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        detail = await wait_task(client, task_id, lambda d: d["status"] == "error")
+        assert FAILURE_REASON in detail["error"]
+        assert detail["sessions"][0]["status"] == "error"
+        assert FAILURE_REASON in detail["sessions"][0]["error"]
+        log = await events(client, task_id, session_id)
+        failed = next(e for e in log if e["event"] == "turnFailed")
+        assert FAILURE_REASON in failed["data"]["error"]
+        org = (await client.get("/v1/organizations/acme")).json()
+        row = next(t for t in org["taskSummaries"] if t["taskId"] == task_id)
+        assert row["status"] == "error"
+        assert FAILURE_REASON in row["error"]
+
+        response = await client.post(base(task_id, session_id) + "/messages", json={"text": "Now succeed"})
+        assert response.status_code == 202
+        detail = await wait_task(client, task_id, idle_session)
+        assert detail["error"] is None
+        assert detail["sessions"][0]["error"] is None
+
+
+async def test_sessions_open_rename_close_and_refuse_messages_once_closed(tasks_server: TaskServer):
+    async with tasks_server.signed_in("alice") as client:
+        created = await create_task(client, prompt="First session work")
+        task_id = created["taskId"]
+        await wait_task(client, task_id, idle_session)
+        response = await client.post(
+            f"/v1/organizations/acme/tasks/{task_id}/sessions", json={"name": "Second", "model": "demo"}
+        )
+        assert response.status_code == 201, response.text
+        second = response.json()
+        assert second["name"] == "Second"
+        assert second["agent"] == "mock"
+        detail = await wait_task(client, task_id, lambda d: idle_session(d, 1))
+        assert [s["name"] for s in detail["sessions"]] == ["Session 1", "Second"]
+        assert detail["activeSessionId"] == second["sessionId"]
+
+        # Close while the agent runs: sandbox-agent 0.4.2's DELETE would hang; the route does not.
+        busy = await client.post(base(task_id, second["sessionId"]) + "/messages", json={"text": "slow work"})
+        assert busy.status_code == 202
+        await wait_task(client, task_id, lambda d: d["sessions"][1]["status"] == "running")
+        started = time.monotonic()
+        closed = await client.delete(base(task_id, second["sessionId"]))
+        assert closed.status_code == 200, closed.text
+        assert time.monotonic() - started < 5  # sandbox-agent's own DELETE would hang
+        refused = await client.post(base(task_id, second["sessionId"]) + "/messages", json={"text": "hello?"})
+        assert refused.status_code == 409
+        assert "closed" in refused.json()["detail"]
+        detail = await wait_task(client, task_id, idle_session)
+        assert detail["sessions"][1]["status"] == "closed"
+        # Its agent process is gone from the sandbox (the DELETE workaround confirmed it).
+        status = await tasks_server.provider.status(task_id)
+        async with SandboxAgentClient(status.endpoint) as sandbox:
+            for _ in range(200):
+                servers = [s["serverId"] for s in await sandbox.list_acp_servers()]
+                if not any(s.startswith(second["sessionId"]) for s in servers):
+                    break
+                await asyncio.sleep(0.05)
+            assert any(s.startswith(created["sessionId"]) for s in servers), servers
+            assert not any(s.startswith(second["sessionId"]) for s in servers), servers
+        log = await events(client, task_id, second["sessionId"])
+        assert log[-1]["event"] in ("sessionClosed", "turnEnded", "sessionStatus", "turnFailed")
+        assert "sessionClosed" in [e["event"] for e in log]
+        # Unknown sessions and bad bodies.
+        assert (
+            await client.post(base(task_id, "session-nope") + "/messages", json={"text": "x"})
+        ).status_code == 404
+        assert (
+            await client.post(base(task_id, created["sessionId"]) + "/messages", json={"text": ""})
+        ).status_code == 422
+        unknown_model = await client.post(
+            f"/v1/organizations/acme/tasks/{task_id}/sessions", json={"model": "gpt-0"}
+        )
+        assert unknown_model.status_code == 422
+        assert "unknown model" in unknown_model.json()["detail"]
+
+
+async def test_an_agent_the_sandbox_lacks_is_named_with_the_installed_ones(tasks_server: TaskServer):
+    async with tasks_server.signed_in("alice") as client:
+        created = await create_task(client, prompt="Warm up")
+        task_id = created["taskId"]
+        await wait_task(client, task_id, idle_session)
+        response = await client.post(
+            f"/v1/organizations/acme/tasks/{task_id}/sessions", json={"model": "sonnet"}
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["agent"] == "claude"
+        detail = await wait_task(client, task_id, lambda d: d["sessions"][1]["status"] == "error")
+        error = detail["sessions"][1]["error"]
+        assert "'claude' is not installed in this sandbox (installed: mock)" in error

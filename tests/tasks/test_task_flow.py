@@ -1,0 +1,179 @@
+"""A task from creation to pull request, as a user drives it: HTTP, the websocket, a real
+sandbox-agent running the demo agent, and a local bare repository as the GitHub remote."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from foundry.demo_agent import NOTES_FILE
+from tests.tasks.conftest import (
+    ACME_ROCKET,
+    TaskServer,
+    create_task,
+    events,
+    idle_session,
+    task_detail,
+    wait_task,
+)
+
+
+def git(remote, *args: str) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", str(remote), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server: TaskServer):
+    async with tasks_server.signed_in("alice") as client, tasks_server.websocket(client) as ws:
+        started = time.monotonic()
+        created = await create_task(client, prompt="Document the launch procedure")
+        create_ms = (time.monotonic() - started) * 1000
+        task_id, session_id = created["taskId"], created["sessionId"]
+        # Named at once, in the organization, before the task actor even ran (spec §4.7).
+        assert created["title"] == "docs: Document the launch procedure"
+        assert created["branchName"] == "foundry/document-the-launch-procedure-1"
+        assert create_ms < 1000
+
+        session_topic = f"session:acme:{task_id}:{session_id}"
+        task_topic = f"task:acme:{task_id}"
+        await ws.subscribe(task_topic)
+        await ws.subscribe(session_topic)
+        # The first prompt is never lost (bug 16): it runs as soon as the agent is ready.
+        first = await ws.until(lambda f: f.get("topic") == session_topic and f.get("event") == "agentUpdate")
+        assert first["seq"] > 1
+        ended = await ws.until(lambda f: f.get("topic") == session_topic and f.get("event") == "turnEnded")
+        assert ended["data"]["stopReason"] == "end_turn"
+
+        # Every event, in order, with the same seqs as the HTTP transcript.
+        detail = await wait_task(client, task_id, idle_session)
+        log = await events(client, task_id, session_id)
+        streamed = ws.events(session_topic)
+        assert [(e["seq"], e["event"]) for e in streamed] == [(e["seq"], e["event"]) for e in log][
+            : len(streamed)
+        ]
+        assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
+        kinds = [e["event"] for e in log]
+        assert kinds[:2] == ["sessionCreated", "userMessage"]
+        assert kinds.index("turnStarted") < kinds.index("agentUpdate") < kinds.index("turnEnded")
+        assert {e["data"]["kind"] for e in log if e["event"] == "agentUpdate"} >= {
+            "plan",
+            "agent_message_chunk",
+            "tool_call",
+            "tool_call_update",
+        }
+        # The task went provisioning → running → idle (bug 15), as seen live on its topic.
+        await ws.until(lambda f: f.get("topic") == task_topic and f["data"]["status"] == "idle")
+        statuses = [f["data"]["status"] for f in ws.events(task_topic)]
+        assert statuses[0] in ("provisioning", "running")
+        assert "running" in statuses
+        assert statuses[-1] == "idle"
+        assert statuses.index("running") < len(statuses) - 1 - statuses[::-1].index("idle")
+
+        # The organization broadcasts the pushed summary.
+        org = (await client.get("/v1/organizations/acme")).json()
+        row = next(t for t in org["taskSummaries"] if t["taskId"] == task_id)
+        assert row["status"] == "idle"
+        assert row["branch"] == created["branchName"]
+        assert row["sessions"][0]["sessionId"] == session_id
+        assert row["ownerLogin"] == "alice"
+
+        # The agent's change, untracked file included.
+        diff = (await client.get(f"/v1/organizations/acme/tasks/{task_id}/diff")).json()
+        assert diff["files"] == [{"path": NOTES_FILE, "kind": "A", "origPath": None}]
+        assert "+- Document the launch procedure" in diff["diff"]
+        tree = (await client.get(f"/v1/organizations/acme/tasks/{task_id}/files")).json()
+        assert tree["paths"] == [NOTES_FILE, "README.md"]
+
+        # Push, then a pull request against the fake GitHub.
+        response = await client.post(f"/v1/organizations/acme/tasks/{task_id}/pull-request", json={})
+        assert response.status_code == 200, response.text
+        pr = response.json()
+        assert pr["created"] is True
+        assert pr["pullRequest"]["state"] == "open"
+        remote = tasks_server.remote("acme/rocket")
+        assert git(remote, "rev-parse", created["branchName"]) == pr["pushedSha"]
+        assert git(remote, "show", f"{created['branchName']}:{NOTES_FILE}").endswith(
+            "- Document the launch procedure"
+        )
+        [post] = tasks_server.github.requests_to("/repos/acme/rocket/pulls", "POST")
+        # Opened with the installation's token, never a member's (bug 12).
+        assert "ghs_" in post.headers["authorization"]
+        detail = await task_detail(client, task_id)
+        assert detail["pullRequest"]["number"] == pr["pullRequest"]["number"]
+        assert detail["lastError"] is None
+        # Pushing again is harmless and does not open a second PR.
+        again = (await client.post(f"/v1/organizations/acme/tasks/{task_id}/pull-request", json={})).json()
+        assert again["created"] is False
+        audit = (await client.get("/v1/organizations/acme/audit-log", params={"taskId": task_id})).json()
+        kinds = {e["kind"] for e in audit}
+        assert {
+            "task.created",
+            "task.initialized",
+            "task.provisioned",
+            "task.push",
+            "task.pull_request_created",
+        } <= kinds
+
+
+async def test_websocket_resubscribe_with_since_gets_exactly_the_gap(tasks_server: TaskServer):
+    async with tasks_server.signed_in("alice") as client:
+        created = await create_task(client, prompt="First note")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        topic = f"session:acme:{task_id}:{session_id}"
+        async with tasks_server.websocket(client) as ws:
+            await ws.subscribe(topic)
+            await ws.until(lambda f: f.get("event") == "turnEnded")
+            seen = ws.events(topic)
+        last = seen[-1]["seq"]
+        await wait_task(client, task_id, idle_session)
+        # While nobody listens: a second turn.
+        response = await client.post(
+            f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/messages",
+            json={"text": "Second note"},
+        )
+        assert response.status_code == 202
+        await wait_task(client, task_id, lambda d: idle_session(d) and d["sessions"][0]["lastSeq"] > last + 3)
+        log = await events(client, task_id, session_id)
+        async with tasks_server.websocket(client) as ws:
+            await ws.subscribe(topic, since=last)
+            await ws.until(lambda f: f.get("seq") == log[-1]["seq"])
+            gap = ws.events(topic)
+        assert [(e["seq"], e["event"]) for e in gap] == [
+            (e["seq"], e["event"]) for e in log if e["seq"] > last
+        ]
+        assert gap[0]["seq"] == last + 1
+        # The HTTP page agrees.
+        page = (
+            await client.get(
+                f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/events",
+                params={"since": last, "limit": 3},
+            )
+        ).json()
+        assert [e["seq"] for e in page["events"]] == [last + 1, last + 2, last + 3]
+        assert page["more"] is True
+        assert page["nextSince"] == last + 3
+
+
+async def test_virtual_pull_request_task_materializes_on_first_interaction(tasks_server: TaskServer):
+    async with tasks_server.signed_in("alice") as client:
+        org = (await client.get("/v1/organizations/acme")).json()
+        virtual = next(t for t in org["taskSummaries"] if t["isVirtual"] and t["repoId"] == ACME_ROCKET)
+        assert virtual["status"] == "virtual"
+        detail = await task_detail(client, virtual["taskId"])
+        # Materialized by id (bug 9): the PR's branch and title, no session and no sandbox yet.
+        assert detail["branch"] == virtual["branch"]
+        assert detail["title"] == virtual["title"]
+        assert detail["status"] == "idle"
+        assert detail["sessions"] == []
+        assert detail["pullRequest"]["number"] == virtual["pullRequest"]["number"]
+        org = (await client.get("/v1/organizations/acme")).json()
+        row = next(t for t in org["taskSummaries"] if t["taskId"] == virtual["taskId"])
+        assert row["isVirtual"] is False
+        # The first session provisions the sandbox on the PR's branch.
+        response = await client.post(
+            f"/v1/organizations/acme/tasks/{virtual['taskId']}/sessions", json={"prompt": "Review this"}
+        )
+        assert response.status_code == 201, response.text
+        detail = await wait_task(client, virtual["taskId"], idle_session)
+        assert detail["provisioning"]["state"] == "ready"
