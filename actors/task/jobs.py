@@ -579,26 +579,20 @@ async def finish_turn(
         if outcome.error is not None:
             audit(ctx, row, "task.error", {"step": "turn", "sessionId": session_id, "detail": outcome.error})
         await refresh(ctx, conn)
-        owner = row.owner_user_id
-    if owner:
-        await _mark_unread(ctx, owner, session_id)
+        if row.owner_user_id:
+            _mark_unread(ctx, row.owner_user_id, session_id)
 
 
-async def _mark_unread(ctx: InstanceContext, user_id: str, session_id: str) -> None:
-    """A finished turn is unread for the task owner (bug 19); per-user state lives on the user actor."""
+def _mark_unread(ctx: InstanceContext, user_id: str, session_id: str) -> None:
+    """A finished turn is unread for the task owner (bug 19); per-user state lives on the user actor.
+
+    Sent through the outbox of the transaction that ends the turn, so it is never lost.
+    """
     from actors.task.naming import split_task_key
 
     organization_id, task_id = split_task_key(ctx.key)
     body = {"organizationId": organization_id, "taskId": task_id, "sessionId": session_id, "unread": True}
-    for attempt in range(3):
-        try:
-            await ctx.actor(USER_ROLE, user_id).call("update_session_state", body)
-            return
-        except FoundryError as exc:
-            log.warning(
-                "could not mark session %s unread for %s (attempt %d): %s", session_id, user_id, attempt, exc
-            )
-            await asyncio.sleep(0.2 * (attempt + 1))
+    ctx.send_after_commit(USER_ROLE, user_id, "update_session_state", body)
 
 
 async def _close_quietly(acp: AcpConnection) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.user.commands import (
     CreateSession,
@@ -34,7 +35,7 @@ from actors.user.state import (
 )
 from foundry.auth.crypto import decrypt, encrypt
 from foundry.errors import Forbidden, InvalidInput, NotFound, Unauthorized
-from foundry.runtime.context import InstanceContext
+from foundry.runtime.context import CommandContext, InstanceContext
 
 
 async def upsert_from_github(ctx: InstanceContext, cmd: UpsertFromGitHub) -> dict[str, Any]:
@@ -185,37 +186,49 @@ async def get_task_state(ctx: InstanceContext, cmd: TaskRef) -> dict[str, Any]:
     }
 
 
-async def update_session_state(ctx: InstanceContext, cmd: UpdateSessionState) -> dict[str, Any]:
-    """Change unread/draft for one session (only given fields) and optionally make it active."""
-    if cmd.unread is None and cmd.draft_text is None and not cmd.make_active:
-        raise InvalidInput("nothing to change: give unread, draftText or makeActive", ["body"])
-    now = ctx.now_ms()
-    async with ctx.write() as conn:
-        changes: dict[str, Any] = {"updated_at": now}
-        if cmd.unread is not None:
-            changes["unread"] = cmd.unread
-        if cmd.draft_text is not None:
-            changes["draft_text"] = cmd.draft_text
-            changes["draft_updated_at"] = now
-        stmt = sqlite_insert(session_state).values(
-            organization_id=cmd.organization_id, task_id=cmd.task_id, session_id=cmd.session_id, **changes
+async def write_session_state(conn: AsyncConnection, cmd: UpdateSessionState, now: int) -> None:
+    """Apply an `UpdateSessionState` inside an open transaction (shared by the action and command)."""
+    changes: dict[str, Any] = {"updated_at": now}
+    if cmd.unread is not None:
+        changes["unread"] = cmd.unread
+    if cmd.draft_text is not None:
+        changes["draft_text"] = cmd.draft_text
+        changes["draft_updated_at"] = now
+    stmt = sqlite_insert(session_state).values(
+        organization_id=cmd.organization_id, task_id=cmd.task_id, session_id=cmd.session_id, **changes
+    )
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=["organization_id", "task_id", "session_id"], set_=changes)
+    )
+    if cmd.make_active:
+        stmt2 = sqlite_insert(task_state).values(
+            organization_id=cmd.organization_id,
+            task_id=cmd.task_id,
+            active_session_id=cmd.session_id,
+            updated_at=now,
         )
         await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["organization_id", "task_id", "session_id"], set_=changes
+            stmt2.on_conflict_do_update(
+                index_elements=["organization_id", "task_id"],
+                set_={"active_session_id": cmd.session_id, "updated_at": now},
             )
         )
-        if cmd.make_active:
-            stmt2 = sqlite_insert(task_state).values(
-                organization_id=cmd.organization_id,
-                task_id=cmd.task_id,
-                active_session_id=cmd.session_id,
-                updated_at=now,
-            )
-            await conn.execute(
-                stmt2.on_conflict_do_update(
-                    index_elements=["organization_id", "task_id"],
-                    set_={"active_session_id": cmd.session_id, "updated_at": now},
-                )
-            )
+
+
+def _require_change(cmd: UpdateSessionState) -> None:
+    if cmd.unread is None and cmd.draft_text is None and not cmd.make_active:
+        raise InvalidInput("nothing to change: give unread, draftText or makeActive", ["body"])
+
+
+async def update_session_state(ctx: InstanceContext, cmd: UpdateSessionState) -> dict[str, Any]:
+    """Change unread/draft for one session (only given fields) and optionally make it active."""
+    _require_change(cmd)
+    async with ctx.write() as conn:
+        await write_session_state(conn, cmd, ctx.now_ms())
     return await get_task_state(ctx, TaskRef(organizationId=cmd.organization_id, taskId=cmd.task_id))
+
+
+async def handle_update_session_state(ctx: CommandContext, cmd: UpdateSessionState) -> None:
+    """The durable form, for other actors' outboxes (e.g. a task marking a finished turn unread)."""
+    _require_change(cmd)
+    await write_session_state(ctx.conn, cmd, ctx.now_ms())

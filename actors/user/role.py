@@ -26,6 +26,7 @@ ROLE = Role(
         Handler(
             "organizations_discovered", OrganizationsDiscovered, handlers.handle_organizations_discovered
         ),
+        Handler("update_session_state", UpdateSessionState, actions.handle_update_session_state),
     ),
     actions=(
         Handler("upsert_from_github", UpsertFromGitHub, actions.upsert_from_github),

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket
 
+from actors.task.naming import task_key
 from foundry.auth.cookies import SessionCookies
 from foundry.config import Settings
 from foundry.errors import InvalidInput, Unauthorized
@@ -18,11 +19,6 @@ from foundry.realtime.topics import TopicRegistry, standard_registry
 from foundry.runtime.client import Runtime
 
 log = logging.getLogger(__name__)
-
-
-def task_key(organization_id: str, task_id: str) -> str:
-    """The task actor's key for a task of an organization."""
-    return f"{organization_id}:{task_id}"
 
 
 def build_registry() -> TopicRegistry:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import subprocess
 from pathlib import Path
 
@@ -94,8 +96,13 @@ async def test_two_users_on_one_task_see_their_own_unread_draft_and_active_sessi
         base = f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}"
         await wait_task(alice, task_id, idle_session)
 
-        # The finished turn is unread for the owner (bug 19), not for everyone.
-        mine = await task_detail(alice, task_id)
+        # The finished turn is unread for the owner (bug 19), not for everyone. It travels through
+        # the task's outbox to the user actor, so it lands moments after the turn ends.
+        for _ in range(100):
+            mine = await task_detail(alice, task_id)
+            if mine["sessions"][0]["unread"]:
+                break
+            await asyncio.sleep(0.05)
         theirs = await task_detail(carol, task_id)
         assert mine["sessions"][0]["unread"] is True
         assert mine["unread"] is True
