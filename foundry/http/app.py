@@ -22,12 +22,12 @@ from foundry.drivers.sandbox.binary import check_binary
 from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.errors import install_error_handlers
 from foundry.http.realtime import RealtimeAccess, build_registry, mount_realtime
-from foundry.realtime.gateway import RealtimeGateway
 from foundry.http.routes import app as app_routes
 from foundry.http.routes import auth as auth_routes
 from foundry.http.routes import github as github_routes
 from foundry.http.routes import organizations as organization_routes
 from foundry.http.routes import tasks as task_routes
+from foundry.realtime.gateway import RealtimeGateway
 from foundry.runtime.client import Runtime
 from foundry.services import build_services
 from foundry.wiring import build_runtime

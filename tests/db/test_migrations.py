@@ -52,11 +52,13 @@ async def test_organization_upgrade_from_0001_keeps_existing_data(tmp_path: Path
     engine = make_engine(path)
     try:
         async with engine.begin() as conn:
-            await conn.execute(sa.text(
-                "INSERT INTO profile(id, organization_id, kind, github_login, github_account_id, display_name, "
-                "installation_status, default_model, created_at, updated_at) "
-                "VALUES (1, 'acme', 'organization', 'acme', 7, 'ACME', 'connected', 'opus', 1, 1)"
-            ))
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO profile(id, organization_id, kind, github_login, github_account_id, display_name, "
+                    "installation_status, default_model, created_at, updated_at) "
+                    "VALUES (1, 'acme', 'organization', 'acme', 7, 'ACME', 'connected', 'opus', 1, 1)"
+                )
+            )
         assert await ensure_schema(engine, role.migrations_location) is True
         assert await schema_diff(engine, role.metadata) == []
         async with engine.connect() as conn:

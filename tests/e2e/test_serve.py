@@ -53,7 +53,11 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         assert (tmp_path / "data").is_dir()
         # An operator can see the hosts of the running server.
         listing = subprocess.run(
-            [sys.executable, "-m", "foundry", "actors", "ls"], env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "foundry", "actors", "ls"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert listing.returncode == 0, listing.stderr[-2000:]
         hosts = json.loads(listing.stdout)
