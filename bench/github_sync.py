@@ -112,7 +112,29 @@ class _Connections:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def post(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
-        conn = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        """POST on an idle connection; one the server closed meanwhile (uvicorn's keep-alive
+        timeout) is replaced and the request sent again — safe, deliveries dedupe by id."""
+        for attempt in (1, 2):
+            fresh = attempt == 2 or not self.idle
+            conn = await asyncio.open_connection(self.host, self.port) if fresh else self.idle.pop()
+            try:
+                answer = await self._exchange(conn, path, headers, body)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                conn[1].close()
+                if fresh or attempt == 2:
+                    raise
+                continue
+            self.idle.append(conn)
+            return answer
+        raise AssertionError("unreachable")
+
+    async def _exchange(
+        self,
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> tuple[int, bytes]:
         reader, writer = conn
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         writer.write(
@@ -120,14 +142,14 @@ class _Connections:
             + body
         )
         status_line = await reader.readline()
+        if not status_line:
+            raise ConnectionResetError("the server closed the connection")
         length = 0
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode().partition(":")
             if name.lower() == "content-length":
                 length = int(value)
-        payload = await reader.readexactly(length)
-        self.idle.append(conn)
-        return int(status_line.split()[1]), payload
+        return int(status_line.split()[1]), await reader.readexactly(length)
 
 
 async def _load(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,7 +178,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
         nonlocal not_deduped
         try:
             status, answer = await pool.post("/v1/webhooks/github", headers, body)
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             statuses[-1] = statuses.get(-1, 0) + 1
             print(f"send failed: {exc!r}", file=sys.stderr)
             return

@@ -17,6 +17,8 @@ lands in the same ``webhook_deliveries`` table with the same dedupe.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
 import uuid
@@ -27,9 +29,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from actors.github_data.commands import Empty, IngestWebhook
+from actors.github_data.schema import meta as meta_table
 from actors.github_data.schema import webhook_deliveries
 from actors.github_data.state import ensure_meta, load_meta, update_meta
-from actors.github_data.sync import replace_members, start_sync
+from actors.github_data.sync import replace_members, resume_sync, start_sync
 from actors.github_data.webhooks import Delivery, Effects, MissingField, dispatch
 from foundry.errors import FoundryError, InvalidInput, NotFound
 from foundry.ids import APP_SHELL_ID, organization_id_for
@@ -42,9 +45,13 @@ RECONCILE_JOB = "reconcile-installations"
 #: The organization learns "a webhook arrived" (shown in its summary) at most this often, with or
 #: without changes: 200 deliveries/s must not mean 200 profile writes/s.
 RECEIPT_EVERY_MS = 5_000
-#: Deliveries applied per ``process_deliveries`` command. Small on purpose: the command holds the
-#: instance's write lock, and every acknowledgement of a new delivery waits for it.
-BATCH = 10
+#: Deliveries applied per ``process_deliveries`` command, at most. Small on purpose: the command holds
+#: the instance's write lock, and every acknowledgement of a new delivery waits for it ...
+BATCH = 20
+#: ... and at most about this long (seconds): acknowledgements of new deliveries wait for the lock,
+#: so the batch adapts to how loaded the machine is (measured: 10 fixed deliveries per command put
+#: the ack p99 at ~100 ms on a busy 2-core box, a ~10 ms budget keeps it near 30 ms).
+BATCH_BUDGET_S = 0.010
 #: A kick older than this whose command never ran (it failed) is sent again by the next delivery.
 KICK_STALE_MS = 30_000
 #: When each organization was last told about a receipt, in this process. Only a throttle: after a
@@ -52,6 +59,9 @@ KICK_STALE_MS = 30_000
 _last_receipt: dict[str, int] = {}
 #: Organizations whose member list changed (an event) since their running refresh started reading.
 _members_stale: set[str] = set()
+#: Instances with a delivery-processing job in this process, by the job's token.
+_processors: dict[str, int] = {}
+_processor_ids = itertools.count(1)
 
 
 async def handle_ingest_webhook(ctx: CommandContext, cmd: IngestWebhook) -> dict[str, Any]:
@@ -79,25 +89,66 @@ async def handle_ingest_webhook(ctx: CommandContext, cmd: IngestWebhook) -> dict
     )
     if inserted.rowcount == 0:
         return {"status": "duplicate"}
+    seq = inserted.inserted_primary_key[0] if inserted.inserted_primary_key else now
     meta = await ensure_meta(ctx.conn, now)
     stale = meta.process_kicked_at is None or now - meta.process_kicked_at > KICK_STALE_MS
     if not meta.process_pending or stale:
-        # Durable through the outbox: after a crash the recovery scan finds the kick (or the command).
+        # The durable kick, through the outbox: after a crash the recovery scan finds it (or the
+        # command it became) and processing resumes without a caller.
         await update_meta(ctx.conn, now, process_pending=True, process_kicked_at=now)
         ctx.send_after_commit(
-            "github-data", ctx.key, "process_deliveries", {}, command_id=ctx.derived_id("process")
+            "github-data", ctx.key, "process_deliveries", {}, command_id=f"process-deliveries:q{seq}"
         )
+    # The fast path: a job that keeps sending ``process_deliveries`` while deliveries are queued.
+    _ensure_processor(ctx)
     return {"status": "queued"}
 
 
+def _ensure_processor(ctx: InstanceContext) -> None:
+    """Start the processing job of this instance unless one runs (checked under the write lock,
+    so it cannot miss the end of the previous one: see `handle_process_deliveries`)."""
+    if ctx.key in _processors:
+        return
+    token = next(_processor_ids)
+    _processors[ctx.key] = token
+
+    async def job(job_ctx: InstanceContext) -> None:
+        await process_deliveries_job(job_ctx, token)
+
+    ctx.start_job(f"process-deliveries-{token}", job)
+
+
+async def process_deliveries_job(ctx: InstanceContext, token: int) -> None:
+    """Send ``process_deliveries`` until nothing is queued, and hand each batch's organization
+    event over directly (same command id as its outbox copy, which then arrives as a duplicate):
+    the outbox stays the durable path, this one is the fast path."""
+    try:
+        while True:
+            result = await ctx.self_ref.send("process_deliveries", {}, wait=True, timeout=120)
+            event = result.get("organizationEvent")
+            if event is not None:
+                await ctx.actor("organization", ctx.key).send(
+                    "github_event", event["body"], command_id=event["commandId"]
+                )
+            if not result.get("more"):
+                return
+    except FoundryError as exc:
+        # The durable kick (outbox) and the wake check take over; nothing is lost.
+        log.warning("github-data %s: delivery processing paused: %s", ctx.key, exc)
+    finally:
+        if _processors.get(ctx.key) == token:
+            del _processors[ctx.key]
+
+
 async def handle_process_deliveries(ctx: CommandContext, _: Empty) -> dict[str, Any]:
-    """Apply up to `BATCH` queued deliveries, in arrival order, in this one transaction.
+    """Apply queued deliveries in arrival order, in this one transaction: up to `BATCH` of them,
+    for about `BATCH_BUDGET_S`.
 
     Each delivery runs in a savepoint: one that lacks a field its handler needs, or hits a bug, is
     rolled back alone and recorded ``failed`` with the reason (never retried in a loop). What the
-    batch changed reaches the organization as ONE ``github_event`` (one broadcast per batch). More
-    queued deliveries → the command queues itself again, behind the deliveries that arrived
-    meanwhile, so the mailbox stays fair to ingest (and its acknowledgements) under load.
+    batch changed reaches the organization as ONE ``github_event`` (one broadcast per batch),
+    returned too so the processing job can deliver it at once. Small batches, each its own
+    command, keep the mailbox fair to ingest (and its acknowledgements) under load.
     """
     now = ctx.now_ms()
     rows = (
@@ -109,12 +160,17 @@ async def handle_process_deliveries(ctx: CommandContext, _: Empty) -> dict[str, 
         )
     ).all()
     batch = _batch_of(rows)
-    more = len(rows) > len(batch)
     # A write first: under pysqlite the transaction only opens at the first write, and a SAVEPOINT
     # opening it would make its RELEASE a COMMIT.
-    await update_meta(ctx.conn, now, process_pending=more, process_kicked_at=now)
+    await ctx.conn.execute(meta_table.update().where(meta_table.c.id == 1).values(process_kicked_at=now))
     merged = _OrganizationBatch()
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + BATCH_BUDGET_S
+    done = 0
     for row in batch:
+        if done and clock() > deadline:
+            break
+        done += 1
         cmd = IngestWebhook(
             deliveryId=row.delivery_id,
             event=row.event,
@@ -144,13 +200,17 @@ async def handle_process_deliveries(ctx: CommandContext, _: Empty) -> dict[str, 
                 command_id=f"github-delivery:{cmd.delivery_id}",
             )
         merged.add(cmd, effects)
-    if ctx.key != APP_SHELL_ID:
-        await _apply_batch(ctx, merged, now)
+    more = len(rows) > done
+    if not more:
+        await ctx.conn.execute(meta_table.update().where(meta_table.c.id == 1).values(process_pending=False))
+    event = await _apply_batch(ctx, merged, now) if ctx.key != APP_SHELL_ID else None
     if more:
-        ctx.send_after_commit(
-            "github-data", ctx.key, "process_deliveries", {}, command_id=ctx.derived_id("next")
-        )
-    return {"processed": len(batch), "more": more}
+        _ensure_processor(ctx)
+    elif _processors.get(ctx.key) is not None:
+        # Nothing left: the job ends after this; the next delivery (which runs after this
+        # transaction, under the same lock) starts a new one.
+        del _processors[ctx.key]
+    return {"processed": done, "more": more, "organizationEvent": event}
 
 
 def _batch_of(rows: Sequence[Any]) -> list[Any]:
@@ -245,7 +305,8 @@ class _OrganizationBatch:
         return body
 
 
-async def _apply_batch(ctx: CommandContext, merged: _OrganizationBatch, now: int) -> None:
+async def _apply_batch(ctx: CommandContext, merged: _OrganizationBatch, now: int) -> dict[str, Any] | None:
+    """Record the batch's organization event in the outbox (and return it) and start what it needs."""
     body = merged.body()
     last = _last_receipt.get(ctx.key)
     if merged.last is not None and (last is None or now - last >= RECEIPT_EVERY_MS):
@@ -254,8 +315,12 @@ async def _apply_batch(ctx: CommandContext, merged: _OrganizationBatch, now: int
         name = f"{cmd.event}.{cmd.action}" if cmd.action else cmd.event
         body["webhook"] = {"event": name[:100], "receivedAt": cmd.received_at}
         _last_receipt[ctx.key] = now
+    event = None
     if body:
-        ctx.send_after_commit("organization", ctx.key, "github_event", body, command_id=ctx.derived_id("org"))
+        command_id = ctx.send_after_commit(
+            "organization", ctx.key, "github_event", body, command_id=ctx.derived_id("org")
+        )
+        event = {"body": body, "commandId": command_id}
     if merged.sync_reason is not None:
         await start_sync(ctx, ctx.conn, merged.sync_reason)
     if merged.refresh_members or merged.members_changed:
@@ -263,6 +328,7 @@ async def _apply_batch(ctx: CommandContext, merged: _OrganizationBatch, now: int
         _members_stale.add(ctx.key)
     if merged.refresh_members:
         ctx.start_job(MEMBERS_JOB, refresh_members_job)
+    return event
 
 
 async def _unrouted(ctx: CommandContext, cmd: IngestWebhook) -> Effects:
@@ -284,6 +350,40 @@ async def _unrouted(ctx: CommandContext, cmd: IngestWebhook) -> Effects:
         f"installation {cmd.installation_id} belongs to {organization_id}",
         forward_to=organization_id,
     )
+
+
+async def on_wake(ctx: InstanceContext) -> None:
+    """Resume an interrupted sync and make sure queued deliveries get processed."""
+    await resume_sync(ctx)
+    await resume_deliveries(ctx)
+
+
+async def resume_deliveries(ctx: InstanceContext) -> None:
+    """At wake: queued deliveries whose ``process_deliveries`` command was lost (it failed, or its
+    kick went stale) get a new one. Normally the kick is still in the outbox or the mailbox."""
+    async with ctx.read() as conn:
+        meta = await load_meta(conn)
+        queued = (
+            await conn.execute(
+                sa.select(webhook_deliveries.c.seq).where(webhook_deliveries.c.status == "queued").limit(1)
+            )
+        ).first()
+    if queued is None or meta is None:
+        return
+    now = ctx.now_ms()
+    kicked = meta.process_kicked_at
+    if meta.process_pending and kicked is not None and now - kicked <= KICK_STALE_MS:
+        return
+    log.warning("github-data %s: queued deliveries had no processing command; kicking", ctx.key)
+    async with ctx.write() as conn:
+        await update_meta(conn, now, process_pending=True, process_kicked_at=now)
+        ctx.send_after_commit(
+            "github-data",
+            ctx.key,
+            "process_deliveries",
+            {},
+            command_id=f"process-deliveries:w{queued.seq}-{now}",
+        )
 
 
 async def refresh_members_job(ctx: InstanceContext) -> None:

@@ -33,5 +33,5 @@ ROLE = Role(
         Handler("branches", RepoRef, actions.list_branches),
         Handler("deliveries", ListDeliveries, actions.list_deliveries),
     ),
-    on_wake=sync.resume_sync,
+    on_wake=handlers.on_wake,
 )

@@ -54,8 +54,8 @@ async def test_organization_upgrade_from_0001_keeps_existing_data(tmp_path: Path
         async with engine.begin() as conn:
             await conn.execute(
                 sa.text(
-                    "INSERT INTO profile(id, organization_id, kind, github_login, github_account_id, display_name, "
-                    "installation_status, default_model, created_at, updated_at) "
+                    "INSERT INTO profile(id, organization_id, kind, github_login, github_account_id, "
+                    "display_name, installation_status, default_model, created_at, updated_at) "
                     "VALUES (1, 'acme', 'organization', 'acme', 7, 'ACME', 'connected', 'opus', 1, 1)"
                 )
             )
