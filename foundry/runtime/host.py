@@ -56,6 +56,8 @@ class Host:
         self.shard = shard
         self.shards = shards
         self.root = Path(data_dir) / role.name
+        #: One empty file per instance with pending commands or undelivered sends (recovery index).
+        self.pending_dir = self.root / ".pending"
         self.runtime = runtime
         self.services = services
         self.idle_seconds = idle_seconds
@@ -161,6 +163,9 @@ class Host:
         if shard_of(key, self.shards) != self.shard:
             raise InvalidInput(f"key {key!r} belongs to shard {shard_of(key, self.shards)}, not {self.shard}")
 
+    def pending_marker(self, key: str) -> Path:
+        return self.pending_dir / key
+
     def path_for(self, key: str) -> Path:
         return self.root / partition_dir_name(partition_of(key)) / f"{key}.sqlite3"
 
@@ -174,7 +179,7 @@ class Host:
             instance = self._instances.get(key)
             if instance is None:
                 path = self.path_for(key)
-                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+                await asyncio.to_thread(_make_dirs, path.parent, self.pending_dir)
                 instance = Instance(self, key, path)
                 await instance.wake()
                 self._instances[key] = instance
@@ -232,6 +237,12 @@ class Host:
         return len(keys)
 
     def _scan_pending(self) -> list[str]:
+        if self.pending_dir.is_dir():
+            return sorted(
+                p.name for p in self.pending_dir.iterdir() if shard_of(p.name, self.shards) == self.shard
+            )
+        # No index yet (data written before it existed): open every file once, then keep the index.
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
         found: list[str] = []
         for partition in range(PARTITIONS):
             if partition % self.shards != self.shard:
@@ -243,6 +254,11 @@ class Host:
                 if _has_pending_work(path):
                     found.append(path.name[: -len(".sqlite3")])
         return found
+
+
+def _make_dirs(*paths: Path) -> None:
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
 
 
 def _has_pending_work(path: Path) -> bool:

@@ -62,6 +62,8 @@ class Instance:
         self._topic_seq: dict[str, int] = {}
         self._outbox_task: asyncio.Task[None] | None = None
         self._outbox_dirty = False
+        self._marker = host.pending_marker(key)
+        self._marked = False
         self._tables = self.role.metadata.tables
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -85,6 +87,11 @@ class Instance:
                     self._queue.put_nowait((command_id, name, body))
                 outbox = self._tables["foundry_outbox"]
                 has_outbox = (await conn.execute(sa.select(sa.func.count()).select_from(outbox))).scalar()
+            if has_outbox or not self._queue.empty():
+                self._mark_pending()
+            else:
+                self._marked = True  # a leftover marker from before a crash: remove it
+                self._unmark_if_drained()
             self._loop_task = asyncio.create_task(self._run_loop(), name=f"loop:{self.role.name}/{self.key}")
             if has_outbox:
                 self._schedule_outbox()
@@ -180,6 +187,7 @@ class Instance:
         # microseconds instead of ~0.8 ms for three aiosqlite thread hops (research B). It can never
         # block the loop on SQLite's lock because every writer of this file holds `write_lock`.
         async with self.write_lock:
+            self._mark_pending()
             outcome = self._insert_command(command_id, name, body_json)
             if outcome[0] == "new":
                 # Enqueued under the lock: queue order equals seq order.
@@ -220,6 +228,7 @@ class Instance:
             for fut in self._waiters.pop(command_id, []):
                 if not fut.done():
                     fut.set_result(outcome)
+            self._unmark_if_drained()
 
     async def _execute(self, command_id: str, name: str, body_json: str) -> Outcome:
         mailbox = self._tables["foundry_mailbox"]
@@ -325,6 +334,7 @@ class Instance:
             )
             ctx._pending_seqs = new_seqs
         if ctx._sends:
+            self._mark_pending()
             now = self.host.services.clock.now_ms()
             await conn.execute(
                 sqlite_insert(self._tables["foundry_outbox"]).on_conflict_do_nothing(),
@@ -369,6 +379,30 @@ class Instance:
         if had_sends:
             self._schedule_outbox()
 
+    # ----------------------------------------------------------------------------- pending marker
+
+    def _mark_pending(self) -> None:
+        """Note on disk, before the row commits, that this instance has work a restart must resume.
+
+        The host's recovery scan lists these markers instead of opening every database file (about
+        2 ms a file: 2 s for a shard of 1,000 instances).
+        """
+        if not self._marked:
+            self._marker.touch()
+            self._marked = True
+
+    def _unmark_if_drained(self, *, outbox_done: bool = False) -> None:
+        outbox_idle = outbox_done or self._outbox_task is None or self._outbox_task.done()
+        if (
+            self._marked
+            and self._queue.empty()
+            and self._running_command is None
+            and not self._outbox_dirty
+            and outbox_idle
+        ):
+            self._marker.unlink(missing_ok=True)
+            self._marked = False
+
     # ----------------------------------------------------------------------------- outbox
 
     def _schedule_outbox(self) -> None:
@@ -409,6 +443,7 @@ class Instance:
             if self._outbox_dirty:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._unmark_if_drained(outbox_done=True)
 
     # ----------------------------------------------------------------------------- jobs
 

@@ -208,3 +208,15 @@ async def test_background_job_keeps_the_loop_free(runtime: InProcessRuntime) -> 
             break
         await asyncio.sleep(0.02)
     assert (await ref.call("get"))["value"] == 101
+
+
+async def test_recovery_index_marks_exactly_the_instances_with_pending_work(runtime: InProcessRuntime) -> None:
+    host = runtime.host("counter", 0)
+    busy, done = runtime.actor("counter", "busy-idx"), runtime.actor("counter", "done-idx")
+    await done.send("incr", {}, wait=True)
+    await busy.send("slow", {"seconds": 0.5})
+    await busy.send("incr", {})
+    assert host.pending_marker("busy-idx").exists()
+    assert not host.pending_marker("done-idx").exists()
+    await busy.send("incr", {}, wait=True, timeout=5)
+    assert not host.pending_marker("busy-idx").exists()
