@@ -2,11 +2,19 @@
 (and ``sync``, in `actors.github_data.sync`).
 
 A delivery takes two steps through the mailbox. ``ingest_webhook`` (one per delivery, enqueued by the
-HTTP tier before it answers 202) only records it ``queued`` and makes sure a ``process_deliveries``
-command follows, through the outbox, so the kick survives a crash. ``process_deliveries`` applies
-queued deliveries in arrival order, a few per transaction, and tells the organization what changed
-in one ``github_event``: the organization gets one command and one broadcast per batch instead of
-one per delivery, which is what lets ingest keep up with hundreds of deliveries per second.
+HTTP tier before it answers 202) only records it ``queued``. ``process_deliveries`` applies queued
+deliveries in arrival order, a few per transaction (bounded in time, since acknowledgements wait for
+the instance's write lock), and tells the organization what changed in one ``github_event``: one
+organization command and one broadcast per batch instead of per delivery. Measured on 2 cores, per
+delivery commands cost ~14 ms of CPU each across the tiers (~2.8 cores at 200/s); batches let
+ingest keep up.
+
+Who sends ``process_deliveries``: a job of the instance (the fast path), and — durably, once per
+busy period — the ingest command through the outbox, so that after a crash the recovery scan finds
+the kick and processing resumes without a caller. The job also forwards each batch's organization
+event at once under the command id of its outbox copy: the outbox delays deliveries under steady
+traffic (its retry backoff also applies when new sends arrive during a pass), and the duplicate it
+delivers later is a no-op.
 
 Key ``app`` (the app shell's id) is the github-data instance of no organization: deliveries whose
 installation Foundry does not know, or that name none (``ping`` of a repository hook), are recorded
@@ -54,6 +62,9 @@ BATCH = 20
 BATCH_BUDGET_S = 0.010
 #: A kick older than this whose command never ran (it failed) is sent again by the next delivery.
 KICK_STALE_MS = 30_000
+#: Processed deliveries are forgotten after this long, checked every PRUNE_EVERY deliveries.
+DELIVERY_RETENTION_MS = 30 * 24 * 3600 * 1000
+PRUNE_EVERY = 1000
 #: When each organization was last told about a receipt, in this process. Only a throttle: after a
 #: restart the next delivery simply reports one again.
 _last_receipt: dict[str, int] = {}
@@ -90,6 +101,14 @@ async def handle_ingest_webhook(ctx: CommandContext, cmd: IngestWebhook) -> dict
     if inserted.rowcount == 0:
         return {"status": "duplicate"}
     seq = inserted.inserted_primary_key[0] if inserted.inserted_primary_key else now
+    if isinstance(seq, int) and seq % PRUNE_EVERY == 0:
+        # Outcomes are kept well beyond the mailbox's 7 days (GitHub redelivers by hand, any time).
+        await ctx.conn.execute(
+            webhook_deliveries.delete().where(
+                webhook_deliveries.c.status != "queued",
+                webhook_deliveries.c.received_at < now - DELIVERY_RETENTION_MS,
+            )
+        )
     meta = await ensure_meta(ctx.conn, now)
     stale = meta.process_kicked_at is None or now - meta.process_kicked_at > KICK_STALE_MS
     if not meta.process_pending or stale:

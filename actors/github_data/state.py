@@ -16,9 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.github_data.schema import ci_checks, meta, pull_requests
 
-#: Virtual task ids are deterministic so every sync and webhook addresses the same row (DESIGN §4).
-VIRTUAL_PREFIX = "pr"
-
 #: Precedence when several CI signals disagree on one commit: one failure fails the commit.
 _CI_RANK = {"failure": 4, "error": 3, "pending": 2, "success": 1}
 _CHECK_SUCCESS = {"success", "neutral", "skipped"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -16,39 +17,42 @@ class JsonContentTooLarge:
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
-        self.body = json.dumps(
-            {
-                "error": "payload_too_large",
-                "detail": f"request body is larger than the limit of {limit} bytes",
-            }
-        ).encode()
+        self.limit = limit
+
+    def _body(self, scope: Scope) -> bytes:
+        # The route's own limit (webhooks accept more than the API) while Starlette still has it.
+        limit = scope.get(MAX_BODY_SIZE_SCOPE_KEY) or self.limit
+        detail = f"request body is larger than the limit of {limit} bytes"
+        return json.dumps({"error": "payload_too_large", "detail": detail}).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         rewriting = False
+        body = b""
 
         async def wrapped_send(message: Message) -> None:
-            nonlocal rewriting
+            nonlocal rewriting, body
             if message["type"] == "http.response.start" and message["status"] == 413:
                 headers = dict(message.get("headers", []))
                 if headers.get(b"content-type", b"").startswith(b"text/plain"):
                     rewriting = True
+                    body = self._body(scope)
                     await send(
                         {
                             "type": "http.response.start",
                             "status": 413,
                             "headers": [
                                 (b"content-type", b"application/json"),
-                                (b"content-length", str(len(self.body)).encode()),
+                                (b"content-length", str(len(body)).encode()),
                             ],
                         }
                     )
                     return
             if rewriting and message["type"] == "http.response.body":
                 if not message.get("more_body", False):
-                    await send({"type": "http.response.body", "body": self.body})
+                    await send({"type": "http.response.body", "body": body})
                 return
             await send(message)
 

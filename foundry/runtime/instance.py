@@ -415,6 +415,7 @@ class Instance:
         delay = 0.05
         while self._outbox_dirty:
             self._outbox_dirty = False
+            failed = False
             async with self.engine.connect() as conn:
                 rows = (await conn.execute(sa.select(outbox).order_by(outbox.c.id))).all()
             for row in rows:
@@ -432,17 +433,20 @@ class Instance:
                         log.warning(
                             "outbox send %s to %s/%s failed, will retry: %s", row.name, row.role, row.key, exc
                         )
-                        self._outbox_dirty = True
+                        failed = self._outbox_dirty = True
                         break
                 except Exception:
                     log.exception("outbox send %s to %s/%s failed, will retry", row.name, row.role, row.key)
-                    self._outbox_dirty = True
+                    failed = self._outbox_dirty = True
                     break
                 async with self.write_lock, self.engine.begin() as conn:
                     await conn.execute(outbox.delete().where(outbox.c.id == row.id))
-            if self._outbox_dirty:
+            # Back off only after a failed send; new sends arriving meanwhile go out at once.
+            if failed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                delay = 0.05
         self._unmark_if_drained(outbox_done=True)
 
     # ----------------------------------------------------------------------------- jobs

@@ -145,8 +145,12 @@ async def test_reviews_and_comments_are_items_of_the_tasks_pr(
     assert found["review_comment"]["body"] == "On second thought: fine."
     assert found["comment"]["deleted"] is True
     assert found["comment"]["body"] is None
-    # Activity moved the task up the sidebar.
-    assert (await github.task(TASK) or {})["updatedAt"] > before
+    # Activity (the edit, newer than the PR's own update) moved the task up the sidebar.
+
+    async def bumped() -> bool:
+        return bool((await github.task(TASK) or {})["updatedAt"] > before)
+
+    await eventually(bumped, what="the task's activity time")
 
 
 async def test_checks_and_statuses_set_the_ci_state_of_the_task(
@@ -286,26 +290,37 @@ async def test_repository_events_keep_the_catalog_current(
     async def repos() -> dict[str, dict[str, Any]]:
         return {r["id"]: r for r in (await acme.get("/v1/organizations/acme")).json()["repos"]}
 
+    async def catalog_shows(repo_id: str, **expected: Any) -> None:
+        """The organization applies what github-data recorded a moment later: wait for it."""
+
+        async def probe() -> bool:
+            repo = (await repos()).get(repo_id)
+            if not expected:
+                return repo is None
+            return repo is not None and all(repo[k] == v for k, v in expected.items())
+
+        await eventually(probe, what=f"repository {repo_id} with {expected or 'none'}")
+
     renamed = hook("repository", "renamed")
     created = hook("repository", "created", 1)
     old_name = renamed["changes"]["repository"]["name"]["from"]
     created["repository"].update(name=old_name, full_name=f"Octocoders/{old_name}")  # before the rename
     await github.send("repository", created)
-    assert (await repos())["186853261"]["fullName"] == f"Octocoders/{old_name}"
+    await catalog_shows("186853261", fullName=f"Octocoders/{old_name}")
     await github.send("repository", renamed)
-    assert (await repos())["186853261"]["fullName"] == renamed["repository"]["full_name"]
+    await catalog_shows("186853261", fullName=renamed["repository"]["full_name"])
     archived = hook("repository", "edited")
     archived["action"] = "archived"  # no `archived` example: an edited repository, now archived
     archived["repository"]["archived"] = True
     await github.send("repository", archived)
-    assert (await repos())["186853261"]["archived"] is True
+    await catalog_shows("186853261", archived=True)
 
     await github.send("pull_request", pr_hook("opened", 1))  # a PR on Codertocat/Hello-World
     await eventually(lambda: github.task(TASK))
     deleted = hook("repository", "publicized")
     deleted["action"] = "deleted"  # no `deleted` example: the same repository, deleted
     await github.send("repository", deleted)
-    assert HELLO_WORLD_ID not in await repos()
+    await catalog_shows(HELLO_WORLD_ID)
 
     async def archived_task() -> bool:
         return (await github.task(TASK) or {}).get("archivedAt") is not None
