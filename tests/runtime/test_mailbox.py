@@ -210,7 +210,7 @@ async def test_background_job_keeps_the_loop_free(runtime: InProcessRuntime) -> 
     assert (await ref.call("get"))["value"] == 101
 
 
-async def test_recovery_index_marks_exactly_the_instances_with_pending_work(runtime: InProcessRuntime) -> None:
+async def test_recovery_index_marks_only_instances_with_pending_work(runtime: InProcessRuntime) -> None:
     host = runtime.host("counter", 0)
     busy, done = runtime.actor("counter", "busy-idx"), runtime.actor("counter", "done-idx")
     await done.send("incr", {}, wait=True)
