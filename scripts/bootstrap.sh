@@ -17,11 +17,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.foundry-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing Python packages" >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # constraints.txt pins every transitive package to the versions the test suite passed with;
+  # regenerate it with `.venv/bin/pip freeze --exclude-editable > constraints.txt` after an upgrade.
+  .venv/bin/python -m pip install --progress-bar on -c constraints.txt -e ".[dev]" \
+    | sed -E '/^(Requirement already satisfied|  Using cached)/d'
   echo "$want" > "$stamp"
 fi
 
