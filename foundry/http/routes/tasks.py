@@ -19,11 +19,13 @@ from actors.task.naming import MAX_PROMPT_CHARS, task_key
 from actors.task.state import INIT_WAIT_S, TaskNotInitialized
 from foundry.errors import FoundryError, InvalidInput
 from foundry.http.deps import Member, Membership, RuntimeDep, SameSiteWrite
+from foundry.http.strict_body import StrictJsonRoute
 from foundry.runtime.client import Runtime
+from foundry.strict_json import MAX_INT
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/organizations/{org}/tasks", tags=["tasks"])
+router = APIRouter(prefix="/v1/organizations/{org}/tasks", tags=["tasks"], route_class=StrictJsonRoute)
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 TaskId = Annotated[str, Path(alias="taskId", min_length=1, max_length=100)]
@@ -363,7 +365,7 @@ async def get_events(
     session_id: SessionId,
     member: Member,
     runtime: RuntimeDep,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> dict[str, Any]:
     """Events with ``seq > since`` in order; page on with ``since=nextSince`` while ``more``."""
