@@ -210,12 +210,20 @@ async def create_task_in(ctx: InstanceContext, conn: AsyncConnection, cmd: Creat
 
     Raises:
         NotFound: the repository is not in this organization's catalog.
-        Conflict: the repository is archived, or the requested branch belongs to another task.
+        Conflict: the GitHub App installation is suspended, the repository is archived, or the
+            requested branch belongs to another task.
         InvalidInput: a bad branch name, or an unknown agent/model.
     """
     assert_real_organization(ctx.key)
     profile = await require_profile(conn, ctx.key)
     owner = await _member(conn, ctx.key, cmd.user_id)
+    if profile.installation_status == "suspended":
+        # GitHub refuses a suspended installation's tokens: the clone, the push and the pull request
+        # would all fail later, one by one. Say so now, with the fix.
+        raise Conflict(
+            f"the GitHub App installation of {ctx.key!r} is suspended on GitHub; "
+            "an owner of the GitHub account must unsuspend it before tasks can be created"
+        )
     repo = (await conn.execute(sa.select(repos).where(repos.c.repo_id == cmd.repo_id))).first()
     if repo is None:
         raise NotFound(f"repository {cmd.repo_id!r} not found in organization {ctx.key!r}")
