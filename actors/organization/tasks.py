@@ -174,6 +174,19 @@ def _audit(
     )
 
 
+def first_session_summary(session_id: str, agent: str, model: str) -> dict[str, Any]:
+    """Session 1 as a task summary lists it (the task's own pushes replace it once it is running)."""
+    return {
+        "sessionId": session_id,
+        "name": "Session 1",
+        "agent": agent,
+        "model": model,
+        "status": "pending",
+        "thinkingSinceMs": None,
+        "error": None,
+    }
+
+
 def _default_model(ctx: InstanceContext, organization_model: str) -> str:
     settings = ctx.services.settings
     if settings.sandbox.default_model:
@@ -266,7 +279,9 @@ async def create_task_in(ctx: InstanceContext, conn: AsyncConnection, cmd: Creat
             branch=branch,
             owner_user_id=owner.user_id,
             owner_login=owner.login,
-            sessions_json="[]",
+            # Session 1 is named here, not only once the task initializes: a client that subscribes
+            # to it (or reads it) right away is answered from this row while initialize is on its way.
+            sessions_json=json.dumps([first_session_summary(session_id, agent, model)]),
             created_at=now,
             updated_at=now,
         )

@@ -19,9 +19,11 @@ import sqlalchemy as sa
 from actors.task.commands import Archive, Empty, EventsPage, PullRequestRequest, Snapshot
 from actors.task.gitwork import file_tree, unpushed_work
 from actors.task.naming import rescue_branch, split_task_key
+from actors.task.provisional import lists_session, provisional_detail
 from actors.task.sandbox_access import author_for, client_for, ensure_sandbox, installation_token
-from actors.task.schema import messages, permission_requests, sessions, task
+from actors.task.schema import early_archive, messages, permission_requests, sessions, task
 from actors.task.state import (
+    AUDIT_ROLE,
     ORGANIZATION_ROLE,
     SANDBOX_ROLE,
     append_events,
@@ -35,7 +37,6 @@ from actors.task.state import (
     require_task,
     session_topic,
     task_topic,
-    wait_for_task,
 )
 from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.client import SandboxAgentClient
@@ -61,11 +62,33 @@ def _git_lock(key: str) -> asyncio.Lock:
 # ------------------------------------------------------------------------------------------ reads
 
 
-async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
-    """The task detail (spec §2.5) without per-user state; the HTTP layer merges the caller's own."""
-    await wait_for_task(ctx)
+async def _listed(ctx: InstanceContext) -> dict[str, Any]:
+    """The organization's row of this task (`NotFound` when the organization does not list it)."""
+    organization_id, task_id = split_task_key(ctx.key)
+    summary: dict[str, Any] = await ctx.actor(ORGANIZATION_ROLE, organization_id).call(
+        "task_summary", {"taskId": task_id}
+    )
+    return summary
+
+
+async def _early_archived_at(ctx: InstanceContext) -> int | None:
     async with ctx.read() as conn:
-        return await build_detail(conn, await require_task(conn, ctx.key))
+        row = (await conn.execute(sa.select(early_archive.c.archived_at))).first()
+    return None if row is None else int(row.archived_at)
+
+
+async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
+    """The task detail (spec §2.5) without per-user state; the HTTP layer merges the caller's own.
+
+    Before ``initialize`` has arrived, the detail is built from the organization's row (status
+    ``provisioning``, or ``archived``): a task the organization lists is always readable.
+    """
+    async with ctx.read() as conn:
+        row = await load_task(conn)
+        if row is not None:
+            return await build_detail(conn, row)
+    summary = await _listed(ctx)
+    return provisional_detail(split_task_key(ctx.key)[0], summary, archived_at=await _early_archived_at(ctx))
 
 
 async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
@@ -74,11 +97,7 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
     async with ctx.read() as conn:
         row = await load_task(conn)
     if row is None:
-        # Subscribed right after creation (initialize is on its way), or to a task that does not
-        # exist: only the organization knows which, and only the first is worth waiting for.
-        organization_id, task_id = split_task_key(ctx.key)
-        await ctx.actor(ORGANIZATION_ROLE, organization_id).call("task_summary", {"taskId": task_id})
-        row = await wait_for_task(ctx)
+        return await _provisional_snapshot(ctx, cmd)
     organization_id, task_id = row.organization_id, row.task_id
     async with ctx.read() as conn:
         if cmd.topic == task_topic(organization_id, task_id):
@@ -94,13 +113,36 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
     raise NotFound(f"task {ctx.key!r} does not own topic {cmd.topic!r}")
 
 
+async def _provisional_snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
+    """The snapshot of a listed task whose ``initialize`` is still on its way: its detail from the
+    organization's row, or the (empty) transcript of a session that row names. The seqs are the
+    topics' current ones (0), so the events ``initialize`` publishes follow without a gap."""
+    organization_id, task_id = split_task_key(ctx.key)
+    summary = await _listed(ctx)
+    async with ctx.read(consistent=True) as conn:
+        if cmd.topic == task_topic(organization_id, task_id):
+            seq = await current_seq(conn, cmd.topic)
+            archived_at = (await conn.execute(sa.select(early_archive.c.archived_at))).scalar()
+            return {"seq": seq, "data": provisional_detail(organization_id, summary, archived_at=archived_at)}
+        prefix = session_topic(organization_id, task_id, "")
+        if cmd.topic.startswith(prefix) and lists_session(summary, cmd.topic[len(prefix) :]):
+            return {"seq": await current_seq(conn, cmd.topic), "events": []}
+    raise NotFound(f"no {cmd.topic!r} in task {task_id!r}")
+
+
 async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any]:
     """A page of a session transcript after ``since`` (``GET …/events?since=``).
 
     Returns ``{sessionId, seq, events, nextSince, more}``: ``seq`` is the last seq of the log, so a
     client pages with ``since=nextSince`` while ``more``.
     """
-    row = await wait_for_task(ctx)
+    async with ctx.read() as conn:
+        row = await load_task(conn)
+    if row is None:
+        # Not initialized yet: the sessions the organization's row names have no events so far.
+        if not lists_session(await _listed(ctx), cmd.session_id):
+            raise NotFound(f"session {cmd.session_id!r} not found in this task")
+        return {"sessionId": cmd.session_id, "seq": 0, "events": [], "nextSince": cmd.since, "more": False}
     async with ctx.read() as conn:
         await require_session(conn, cmd.session_id)
         seq, page = await events_after(
@@ -120,7 +162,16 @@ async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any]:
 
 
 async def _ready_task(ctx: InstanceContext) -> sa.Row[Any]:
-    row = await wait_for_task(ctx)
+    async with ctx.read() as conn:
+        row = await load_task(conn)
+    if row is None:
+        _, task_id = split_task_key(ctx.key)
+        if await _early_archived_at(ctx) is not None:
+            raise Conflict(f"task {task_id!r} is archived; its sandbox was destroyed")
+        raise Conflict(
+            f"task {task_id!r} is still provisioning: its sandbox and checkout are not set up yet; "
+            "try again once its status is no longer 'provisioning'"
+        )
     assert_not_archived(row)
     if row.provision_state != "ready":
         state = row.provision_state
@@ -282,6 +333,63 @@ def _pr(row: sa.Row[Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ archive
 
 
+async def _archive_before_initialize(ctx: InstanceContext, cmd: Archive) -> dict[str, Any] | None:
+    """Archive a listed task whose ``initialize`` has not arrived: record it (``initialize`` will
+    then set the task up archived, with no session and no sandbox), tell the organization and the
+    audit log. Nothing was started, so there is no work to lose or sandbox to stop. Returns None when
+    ``initialize`` landed in the meantime (the caller archives the ordinary way).
+    """
+    summary = await _listed(ctx)
+    organization_id, task_id = split_task_key(ctx.key)
+    now = ctx.now_ms()
+    async with ctx.write() as conn:
+        if await load_task(conn) is not None:
+            return None
+        if (await conn.execute(sa.select(early_archive.c.id))).first() is not None:
+            return {"archived": True, "already": True, "rescueBranch": None}
+        await conn.execute(
+            early_archive.insert().values(id=1, archived_at=now, reason=cmd.reason, user_id=cmd.user_id)
+        )
+        ctx.send_after_commit(
+            ORGANIZATION_ROLE,
+            organization_id,
+            "task_summary_updated",
+            {
+                "taskId": task_id,
+                "title": summary["title"],
+                "status": "archived",
+                "branch": summary.get("branch"),
+                "ownerUserId": summary.get("ownerUserId"),
+                "ownerLogin": summary.get("ownerLogin"),
+                "archived": True,
+                "sessions": [],
+                "updatedAt": now,
+            },
+        )
+        ctx.send_after_commit(
+            AUDIT_ROLE,
+            organization_id,
+            "append",
+            {
+                "kind": "task.archive",
+                "repoId": summary.get("repoId"),
+                "taskId": task_id,
+                "branchName": summary.get("branch"),
+                "actorUserId": cmd.user_id,
+                "payload": {
+                    "reason": cmd.reason,
+                    "force": cmd.force,
+                    "rescueBranch": None,
+                    "beforeInitialize": True,
+                },
+            },
+            command_id=f"{ctx.key}:task.archive",
+        )
+        detail = provisional_detail(organization_id, summary, archived_at=now)
+        ctx.publish(task_topic(organization_id, task_id), "taskUpdated", detail)
+    return {"archived": True, "already": False, "rescueBranch": None, "inspected": False}
+
+
 async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
     """Archive the task: refused while the sandbox holds unpushed commits or uncommitted changes,
     unless ``force`` — then they are pushed to ``foundry/rescue/<taskId>-<ts>`` first. Then running
@@ -292,7 +400,14 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
         Conflict: unpushed work without ``force`` (the message names it).
         GitError / SandboxError: the work could not be inspected or rescued (nothing is destroyed).
     """
-    row = await wait_for_task(ctx)
+    async with ctx.read() as conn:
+        row = await load_task(conn)
+    if row is None:
+        early = await _archive_before_initialize(ctx, cmd)
+        if early is not None:
+            return early
+        async with ctx.read() as conn:  # initialize landed meanwhile: archive it the ordinary way
+            row = await require_task(conn, ctx.key)
     if row.archived_at is not None:
         return {"archived": True, "already": True, "rescueBranch": None}
     async with _git_lock(ctx.key):
