@@ -97,8 +97,10 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
     async with ctx.read() as conn:
         row = await load_task(conn)
     if row is None:
-        return await _provisional_snapshot(ctx, cmd)
-    organization_id, task_id = row.organization_id, row.task_id
+        provisional = await _provisional_snapshot(ctx, cmd)
+        if provisional is not None:
+            return provisional
+    organization_id, task_id = split_task_key(ctx.key)
     async with ctx.read() as conn:
         if cmd.topic == task_topic(organization_id, task_id):
             # The seq first: data read after it is at least as new, so no live event is skipped.
@@ -113,13 +115,17 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
     raise NotFound(f"task {ctx.key!r} does not own topic {cmd.topic!r}")
 
 
-async def _provisional_snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
+async def _provisional_snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any] | None:
     """The snapshot of a listed task whose ``initialize`` is still on its way: its detail from the
     organization's row, or the (empty) transcript of a session that row names. The seqs are the
-    topics' current ones (0), so the events ``initialize`` publishes follow without a gap."""
+    topics' current ones (0), so the events ``initialize`` publishes follow without a gap. None
+    when ``initialize`` has committed meanwhile (the caller reads the real snapshot): checked in
+    the same consistent read as the seqs, or a subscriber would skip the events it published."""
     organization_id, task_id = split_task_key(ctx.key)
     summary = await _listed(ctx)
     async with ctx.read(consistent=True) as conn:
+        if await load_task(conn) is not None:
+            return None
         if cmd.topic == task_topic(organization_id, task_id):
             seq = await current_seq(conn, cmd.topic)
             archived_at = (await conn.execute(sa.select(early_archive.c.archived_at))).scalar()
