@@ -2,8 +2,9 @@
 
 Every route: the caller must be a member of ``{org}`` (else 404, as for a missing organization),
 writes must be same-site, and the task must belong to ``{org}`` (its summary row is there; else 404).
-A virtual PR-backed task is materialized by its first interaction (bug 9). Per-user state — unread,
-drafts, the active session — lives on the caller's user actor and is merged into task detail here.
+A virtual PR-backed task is materialized by its first write (bug 9); reads never create it.
+Per-user state — unread, drafts, the active session — lives on the caller's user actor and is
+merged into task detail here.
 """
 
 from __future__ import annotations
