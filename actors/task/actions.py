@@ -19,12 +19,17 @@ import sqlalchemy as sa
 from actors.task.commands import Archive, Empty, EventsPage, PullRequestRequest, Snapshot
 from actors.task.gitwork import file_tree, unpushed_work
 from actors.task.naming import rescue_branch, split_task_key
-from actors.task.provisional import lists_session, provisional_detail
+from actors.task.provisional import (
+    archive_before_initialize,
+    early_archived_at,
+    listed_summary,
+    lists_session,
+    provisional_detail,
+    provisional_snapshot,
+)
 from actors.task.sandbox_access import author_for, client_for, ensure_sandbox, installation_token
-from actors.task.schema import early_archive, messages, permission_requests, sessions, task
+from actors.task.schema import messages, permission_requests, sessions, task
 from actors.task.state import (
-    AUDIT_ROLE,
-    ORGANIZATION_ROLE,
     SANDBOX_ROLE,
     append_events,
     assert_not_archived,
@@ -62,21 +67,6 @@ def _git_lock(key: str) -> asyncio.Lock:
 # ------------------------------------------------------------------------------------------ reads
 
 
-async def _listed(ctx: InstanceContext) -> dict[str, Any]:
-    """The organization's row of this task (`NotFound` when the organization does not list it)."""
-    organization_id, task_id = split_task_key(ctx.key)
-    summary: dict[str, Any] = await ctx.actor(ORGANIZATION_ROLE, organization_id).call(
-        "task_summary", {"taskId": task_id}
-    )
-    return summary
-
-
-async def _early_archived_at(ctx: InstanceContext) -> int | None:
-    async with ctx.read() as conn:
-        row = (await conn.execute(sa.select(early_archive.c.archived_at))).first()
-    return None if row is None else int(row.archived_at)
-
-
 async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
     """The task detail (spec §2.5) without per-user state; the HTTP layer merges the caller's own.
 
@@ -87,8 +77,8 @@ async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
         row = await load_task(conn)
         if row is not None:
             return await build_detail(conn, row)
-    summary = await _listed(ctx)
-    return provisional_detail(split_task_key(ctx.key)[0], summary, archived_at=await _early_archived_at(ctx))
+    summary = await listed_summary(ctx)
+    return provisional_detail(split_task_key(ctx.key)[0], summary, archived_at=await early_archived_at(ctx))
 
 
 async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
@@ -97,7 +87,7 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
     async with ctx.read() as conn:
         row = await load_task(conn)
     if row is None:
-        provisional = await _provisional_snapshot(ctx, cmd)
+        provisional = await provisional_snapshot(ctx, cmd)
         if provisional is not None:
             return provisional
     organization_id, task_id = split_task_key(ctx.key)
@@ -115,27 +105,6 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
     raise NotFound(f"task {ctx.key!r} does not own topic {cmd.topic!r}")
 
 
-async def _provisional_snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any] | None:
-    """The snapshot of a listed task whose ``initialize`` is still on its way: its detail from the
-    organization's row, or the (empty) transcript of a session that row names. The seqs are the
-    topics' current ones (0), so the events ``initialize`` publishes follow without a gap. None
-    when ``initialize`` has committed meanwhile (the caller reads the real snapshot): checked in
-    the same consistent read as the seqs, or a subscriber would skip the events it published."""
-    organization_id, task_id = split_task_key(ctx.key)
-    summary = await _listed(ctx)
-    async with ctx.read(consistent=True) as conn:
-        if await load_task(conn) is not None:
-            return None
-        if cmd.topic == task_topic(organization_id, task_id):
-            seq = await current_seq(conn, cmd.topic)
-            archived_at = (await conn.execute(sa.select(early_archive.c.archived_at))).scalar()
-            return {"seq": seq, "data": provisional_detail(organization_id, summary, archived_at=archived_at)}
-        prefix = session_topic(organization_id, task_id, "")
-        if cmd.topic.startswith(prefix) and lists_session(summary, cmd.topic[len(prefix) :]):
-            return {"seq": await current_seq(conn, cmd.topic), "events": []}
-    raise NotFound(f"no {cmd.topic!r} in task {task_id!r}")
-
-
 async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any]:
     """A page of a session transcript after ``since`` (``GET …/events?since=``).
 
@@ -146,7 +115,7 @@ async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any]:
         row = await load_task(conn)
     if row is None:
         # Not initialized yet: the sessions the organization's row names have no events so far.
-        if not lists_session(await _listed(ctx), cmd.session_id):
+        if not lists_session(await listed_summary(ctx), cmd.session_id):
             raise NotFound(f"session {cmd.session_id!r} not found in this task")
         return {"sessionId": cmd.session_id, "seq": 0, "events": [], "nextSince": cmd.since, "more": False}
     async with ctx.read() as conn:
@@ -172,7 +141,7 @@ async def _ready_task(ctx: InstanceContext) -> sa.Row[Any]:
         row = await load_task(conn)
     if row is None:
         _, task_id = split_task_key(ctx.key)
-        if await _early_archived_at(ctx) is not None:
+        if await early_archived_at(ctx) is not None:
             raise Conflict(f"task {task_id!r} is archived; its sandbox was destroyed")
         raise Conflict(
             f"task {task_id!r} is still provisioning: its sandbox and checkout are not set up yet; "
@@ -339,63 +308,6 @@ def _pr(row: sa.Row[Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ archive
 
 
-async def _archive_before_initialize(ctx: InstanceContext, cmd: Archive) -> dict[str, Any] | None:
-    """Archive a listed task whose ``initialize`` has not arrived: record it (``initialize`` will
-    then set the task up archived, with no session and no sandbox), tell the organization and the
-    audit log. Nothing was started, so there is no work to lose or sandbox to stop. Returns None when
-    ``initialize`` landed in the meantime (the caller archives the ordinary way).
-    """
-    summary = await _listed(ctx)
-    organization_id, task_id = split_task_key(ctx.key)
-    now = ctx.now_ms()
-    async with ctx.write() as conn:
-        if await load_task(conn) is not None:
-            return None
-        if (await conn.execute(sa.select(early_archive.c.id))).first() is not None:
-            return {"archived": True, "already": True, "rescueBranch": None}
-        await conn.execute(
-            early_archive.insert().values(id=1, archived_at=now, reason=cmd.reason, user_id=cmd.user_id)
-        )
-        ctx.send_after_commit(
-            ORGANIZATION_ROLE,
-            organization_id,
-            "task_summary_updated",
-            {
-                "taskId": task_id,
-                "title": summary["title"],
-                "status": "archived",
-                "branch": summary.get("branch"),
-                "ownerUserId": summary.get("ownerUserId"),
-                "ownerLogin": summary.get("ownerLogin"),
-                "archived": True,
-                "sessions": [],
-                "updatedAt": now,
-            },
-        )
-        ctx.send_after_commit(
-            AUDIT_ROLE,
-            organization_id,
-            "append",
-            {
-                "kind": "task.archive",
-                "repoId": summary.get("repoId"),
-                "taskId": task_id,
-                "branchName": summary.get("branch"),
-                "actorUserId": cmd.user_id,
-                "payload": {
-                    "reason": cmd.reason,
-                    "force": cmd.force,
-                    "rescueBranch": None,
-                    "beforeInitialize": True,
-                },
-            },
-            command_id=f"{ctx.key}:task.archive",
-        )
-        detail = provisional_detail(organization_id, summary, archived_at=now)
-        ctx.publish(task_topic(organization_id, task_id), "taskUpdated", detail)
-    return {"archived": True, "already": False, "rescueBranch": None, "inspected": False}
-
-
 async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
     """Archive the task: refused while the sandbox holds unpushed commits or uncommitted changes,
     unless ``force`` — then they are pushed to ``foundry/rescue/<taskId>-<ts>`` first. Then running
@@ -409,7 +321,7 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
     async with ctx.read() as conn:
         row = await load_task(conn)
     if row is None:
-        early = await _archive_before_initialize(ctx, cmd)
+        early = await archive_before_initialize(ctx, cmd)
         if early is not None:
             return early
         async with ctx.read() as conn:  # initialize landed meanwhile: archive it the ordinary way
