@@ -557,4 +557,30 @@ async def dispatch(d: Delivery) -> Effects:
         return Effects("ignored", f"event {d.cmd.event!r} is not used by Foundry")
     if d.payload.get("_trimmed"):
         return Effects("failed", str(d.payload["_trimmed"]))
+    foreign = await _foreign_repository(d)
+    if foreign is not None:
+        log.warning("delivery %s (%s) ignored: %s", d.cmd.delivery_id, d.cmd.event, foreign)
+        return Effects("ignored", foreign)
     return await handler(d)
+
+
+async def _foreign_repository(d: Delivery) -> str | None:
+    """Why the delivery's repository must not touch this account's mirror, or None.
+
+    An installation only ever grants repositories of its own account, so a repository owned by
+    anyone else (a stray or crafted payload, or one routed by an installation id that another
+    account's event reused) would attach another organization's code and pull requests to this
+    one. A repository transferred *away* is the exception: its new owner differs by definition, and
+    its handler removes it.
+    """
+    owner = d.opt("repository", "owner", "login")
+    if not isinstance(owner, str):
+        return None
+    if d.cmd.event == "repository" and d.cmd.action == "transferred":
+        return None
+    meta = await d.meta()
+    expected = meta.github_login or d.opt("installation", "account", "login")
+    if not isinstance(expected, str) or owner.lower() == expected.lower():
+        return None
+    name = d.opt("repository", "full_name") or owner
+    return f"repository {name} belongs to {owner!r}, not to this installation's account {expected!r}"

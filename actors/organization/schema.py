@@ -114,6 +114,7 @@ oauth_callbacks = sa.Table(
     # sha256 of the OAuth state: a retried callback finds the sign-in it already completed (bug 1).
     sa.Column("state_hash", sa.String, primary_key=True),
     sa.Column("user_id", sa.String, nullable=False),
+    # Encrypted with the app secret (foundry.auth.signin): the plain id is a cookie's bearer secret.
     sa.Column("session_id", sa.String, nullable=False),
     sa.Column("session_expires_at", sa.Integer, nullable=False),
     sa.Column("expires_at", sa.Integer, nullable=False),

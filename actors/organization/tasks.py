@@ -174,6 +174,19 @@ def _audit(
     )
 
 
+def first_session_summary(session_id: str, agent: str, model: str) -> dict[str, Any]:
+    """Session 1 as a task summary lists it (the task's own pushes replace it once it is running)."""
+    return {
+        "sessionId": session_id,
+        "name": "Session 1",
+        "agent": agent,
+        "model": model,
+        "status": "pending",
+        "thinkingSinceMs": None,
+        "error": None,
+    }
+
+
 def _default_model(ctx: InstanceContext, organization_model: str) -> str:
     settings = ctx.services.settings
     if settings.sandbox.default_model:
@@ -210,12 +223,20 @@ async def create_task_in(ctx: InstanceContext, conn: AsyncConnection, cmd: Creat
 
     Raises:
         NotFound: the repository is not in this organization's catalog.
-        Conflict: the repository is archived, or the requested branch belongs to another task.
+        Conflict: the GitHub App installation is suspended, the repository is archived, or the
+            requested branch belongs to another task.
         InvalidInput: a bad branch name, or an unknown agent/model.
     """
     assert_real_organization(ctx.key)
     profile = await require_profile(conn, ctx.key)
     owner = await _member(conn, ctx.key, cmd.user_id)
+    if profile.installation_status == "suspended":
+        # GitHub refuses a suspended installation's tokens: the clone, the push and the pull request
+        # would all fail later, one by one. Say so now, with the fix.
+        raise Conflict(
+            f"the GitHub App installation of {ctx.key!r} is suspended on GitHub; "
+            "an owner of the GitHub account must unsuspend it before tasks can be created"
+        )
     repo = (await conn.execute(sa.select(repos).where(repos.c.repo_id == cmd.repo_id))).first()
     if repo is None:
         raise NotFound(f"repository {cmd.repo_id!r} not found in organization {ctx.key!r}")
@@ -258,7 +279,9 @@ async def create_task_in(ctx: InstanceContext, conn: AsyncConnection, cmd: Creat
             branch=branch,
             owner_user_id=owner.user_id,
             owner_login=owner.login,
-            sessions_json="[]",
+            # Session 1 is named here, not only once the task initializes: a client that subscribes
+            # to it (or reads it) right away is answered from this row while initialize is on its way.
+            sessions_json=json.dumps([first_session_summary(session_id, agent, model)]),
             created_at=now,
             updated_at=now,
         )

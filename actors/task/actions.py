@@ -19,10 +19,17 @@ import sqlalchemy as sa
 from actors.task.commands import Archive, Empty, EventsPage, PullRequestRequest, Snapshot
 from actors.task.gitwork import file_tree, unpushed_work
 from actors.task.naming import rescue_branch, split_task_key
+from actors.task.provisional import (
+    archive_before_initialize,
+    early_archived_at,
+    listed_summary,
+    lists_session,
+    provisional_detail,
+    provisional_snapshot,
+)
 from actors.task.sandbox_access import author_for, client_for, ensure_sandbox, installation_token
 from actors.task.schema import messages, permission_requests, sessions, task
 from actors.task.state import (
-    ORGANIZATION_ROLE,
     SANDBOX_ROLE,
     append_events,
     assert_not_archived,
@@ -35,7 +42,6 @@ from actors.task.state import (
     require_task,
     session_topic,
     task_topic,
-    wait_for_task,
 )
 from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.client import SandboxAgentClient
@@ -62,10 +68,17 @@ def _git_lock(key: str) -> asyncio.Lock:
 
 
 async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
-    """The task detail (spec §2.5) without per-user state; the HTTP layer merges the caller's own."""
-    await wait_for_task(ctx)
+    """The task detail (spec §2.5) without per-user state; the HTTP layer merges the caller's own.
+
+    Before ``initialize`` has arrived, the detail is built from the organization's row (status
+    ``provisioning``, or ``archived``): a task the organization lists is always readable.
+    """
     async with ctx.read() as conn:
-        return await build_detail(conn, await require_task(conn, ctx.key))
+        row = await load_task(conn)
+        if row is not None:
+            return await build_detail(conn, row)
+    summary = await listed_summary(ctx)
+    return provisional_detail(split_task_key(ctx.key)[0], summary, archived_at=await early_archived_at(ctx))
 
 
 async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
@@ -74,12 +87,10 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
     async with ctx.read() as conn:
         row = await load_task(conn)
     if row is None:
-        # Subscribed right after creation (initialize is on its way), or to a task that does not
-        # exist: only the organization knows which, and only the first is worth waiting for.
-        organization_id, task_id = split_task_key(ctx.key)
-        await ctx.actor(ORGANIZATION_ROLE, organization_id).call("task_summary", {"taskId": task_id})
-        row = await wait_for_task(ctx)
-    organization_id, task_id = row.organization_id, row.task_id
+        provisional = await provisional_snapshot(ctx, cmd)
+        if provisional is not None:
+            return provisional
+    organization_id, task_id = split_task_key(ctx.key)
     async with ctx.read() as conn:
         if cmd.topic == task_topic(organization_id, task_id):
             # The seq first: data read after it is at least as new, so no live event is skipped.
@@ -100,7 +111,13 @@ async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any]:
     Returns ``{sessionId, seq, events, nextSince, more}``: ``seq`` is the last seq of the log, so a
     client pages with ``since=nextSince`` while ``more``.
     """
-    row = await wait_for_task(ctx)
+    async with ctx.read() as conn:
+        row = await load_task(conn)
+    if row is None:
+        # Not initialized yet: the sessions the organization's row names have no events so far.
+        if not lists_session(await listed_summary(ctx), cmd.session_id):
+            raise NotFound(f"session {cmd.session_id!r} not found in this task")
+        return {"sessionId": cmd.session_id, "seq": 0, "events": [], "nextSince": cmd.since, "more": False}
     async with ctx.read() as conn:
         await require_session(conn, cmd.session_id)
         seq, page = await events_after(
@@ -120,7 +137,16 @@ async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any]:
 
 
 async def _ready_task(ctx: InstanceContext) -> sa.Row[Any]:
-    row = await wait_for_task(ctx)
+    async with ctx.read() as conn:
+        row = await load_task(conn)
+    if row is None:
+        _, task_id = split_task_key(ctx.key)
+        if await early_archived_at(ctx) is not None:
+            raise Conflict(f"task {task_id!r} is archived; its sandbox was destroyed")
+        raise Conflict(
+            f"task {task_id!r} is still provisioning: its sandbox and checkout are not set up yet; "
+            "try again once its status is no longer 'provisioning'"
+        )
     assert_not_archived(row)
     if row.provision_state != "ready":
         state = row.provision_state
@@ -292,7 +318,14 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
         Conflict: unpushed work without ``force`` (the message names it).
         GitError / SandboxError: the work could not be inspected or rescued (nothing is destroyed).
     """
-    row = await wait_for_task(ctx)
+    async with ctx.read() as conn:
+        row = await load_task(conn)
+    if row is None:
+        early = await archive_before_initialize(ctx, cmd)
+        if early is not None:
+            return early
+        async with ctx.read() as conn:  # initialize landed meanwhile: archive it the ordinary way
+            row = await require_task(conn, ctx.key)
     if row.archived_at is not None:
         return {"archived": True, "already": True, "rescueBranch": None}
     async with _git_lock(ctx.key):

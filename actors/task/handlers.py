@@ -33,7 +33,7 @@ from actors.task.jobs import (
     request_provisioning,
 )
 from actors.task.naming import check_branch_name, resolve_agent_model, split_task_key
-from actors.task.schema import messages, permission_requests, sessions, task
+from actors.task.schema import early_archive, messages, permission_requests, sessions, task
 from actors.task.state import (
     append_events,
     assert_not_archived,
@@ -121,6 +121,8 @@ async def handle_initialize(ctx: CommandContext, cmd: Initialize) -> dict[str, A
         return {"taskId": existing.task_id, "created": False}
     check_branch_name(cmd.branch)
     now = ctx.now_ms()
+    # Archived while this command was on its way: record the task as archived and start nothing.
+    early = (await ctx.conn.execute(sa.select(early_archive))).first()
     pr = cmd.pull_request or {}
     await ctx.conn.execute(
         task.insert().values(
@@ -137,8 +139,8 @@ async def handle_initialize(ctx: CommandContext, cmd: Initialize) -> dict[str, A
             branch=cmd.branch,
             default_agent=cmd.agent,
             default_model=cmd.model,
-            provision_state="pending" if cmd.prompt else "none",
-            status="provisioning" if cmd.prompt else "idle",
+            provision_state="pending" if cmd.prompt and early is None else "none",
+            status="archived" if early is not None else ("provisioning" if cmd.prompt else "idle"),
             owner_user_id=cmd.owner_user_id,
             owner_login=cmd.owner_login,
             created_by=cmd.owner_user_id,
@@ -148,8 +150,12 @@ async def handle_initialize(ctx: CommandContext, cmd: Initialize) -> dict[str, A
             pr_title=pr.get("title"),
             created_at=now,
             updated_at=now,
+            archived_at=early.archived_at if early is not None else None,
         )
     )
+    if early is not None:
+        await refresh(ctx, ctx.conn)
+        return {"taskId": task_id, "created": True, "sessionId": None, "archived": True}
     session_id = None
     if cmd.prompt:
         session_id = await _insert_session(

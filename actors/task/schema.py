@@ -130,3 +130,16 @@ permission_requests = sa.Table(
     sa.Column("created_at", sa.Integer, nullable=False),
     sa.Column("answered_at", sa.Integer, nullable=True),
 )
+
+early_archive = sa.Table(
+    "early_archive",
+    metadata,
+    # The task was archived before its ``initialize`` arrived (the organization lists a task at once,
+    # its actor is created a moment later). ``initialize`` then records the task as archived and
+    # starts nothing: no session, no sandbox.
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("archived_at", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String, nullable=False),
+    sa.Column("user_id", sa.String, nullable=True),
+    sa.CheckConstraint("id = 1", name="early_archive_singleton"),
+)

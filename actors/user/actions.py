@@ -6,6 +6,7 @@ background work in a command queue (upstream bug 2).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from typing import Any
@@ -69,15 +70,25 @@ async def upsert_from_github(ctx: InstanceContext, cmd: UpsertFromGitHub) -> dic
     return {"userId": ctx.key, "created": existing is None}
 
 
+def session_digest(session_id: str) -> str:
+    """What the database keeps of a session id: its SHA-256 (hex).
+
+    The id is the bearer secret inside the session cookie. Stored as a digest, a copy of the
+    database file (a backup, a support bundle) signs nobody in; the id itself is 256 random bits,
+    so an unsalted fast hash is enough to make it unrecoverable.
+    """
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
 async def create_session(ctx: InstanceContext, cmd: CreateSession) -> dict[str, Any]:
-    """A new server-side session; its id goes into the signed cookie."""
+    """A new server-side session; its id goes into the signed cookie and only its digest is stored."""
     session_id = secrets.token_urlsafe(32)
     now = ctx.now_ms()
     async with ctx.write() as conn:
         await require_profile(conn, ctx.key)
         await conn.execute(
             sessions.insert().values(
-                id=session_id,
+                id=session_digest(session_id),
                 created_at=now,
                 expires_at=now + cmd.ttl_seconds * 1000,
                 user_agent=cmd.user_agent,
@@ -90,12 +101,14 @@ async def create_session(ctx: InstanceContext, cmd: CreateSession) -> dict[str, 
 async def get_session(ctx: InstanceContext, cmd: SessionRef) -> dict[str, Any]:
     """The live session, or `Unauthorized` when it is unknown, expired or revoked."""
     async with ctx.read() as conn:
-        row = (await conn.execute(sa.select(sessions).where(sessions.c.id == cmd.session_id))).first()
+        row = (
+            await conn.execute(sa.select(sessions).where(sessions.c.id == session_digest(cmd.session_id)))
+        ).first()
     if row is None or row.revoked_at is not None:
         raise Unauthorized("session is not valid; sign in again")
     if row.expires_at <= ctx.now_ms():
         raise Unauthorized("session expired; sign in again")
-    return {"userId": ctx.key, "sessionId": row.id, "expiresAt": row.expires_at}
+    return {"userId": ctx.key, "sessionId": cmd.session_id, "expiresAt": row.expires_at}
 
 
 async def revoke_session(ctx: InstanceContext, cmd: SessionRef) -> dict[str, bool]:
@@ -103,7 +116,7 @@ async def revoke_session(ctx: InstanceContext, cmd: SessionRef) -> dict[str, boo
     async with ctx.write() as conn:
         result = await conn.execute(
             sessions.update()
-            .where(sessions.c.id == cmd.session_id, sessions.c.revoked_at.is_(None))
+            .where(sessions.c.id == session_digest(cmd.session_id), sessions.c.revoked_at.is_(None))
             .values(revoked_at=ctx.now_ms())
         )
     return {"revoked": result.rowcount == 1}

@@ -48,6 +48,8 @@ oauth_accounts = sa.Table(
 sessions = sa.Table(
     "sessions",
     metadata,
+    # SHA-256 (hex) of the session id the cookie carries, never the id itself
+    # (`actors.user.actions.session_digest`).
     sa.Column("id", sa.String, primary_key=True),
     sa.Column("created_at", sa.Integer, nullable=False),
     sa.Column("expires_at", sa.Integer, nullable=False),

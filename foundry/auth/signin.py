@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from foundry.auth.crypto import decrypt, encrypt
 from foundry.clock import Clock
 from foundry.config import Settings
 from foundry.errors import DriverError, Unauthorized
@@ -117,7 +118,9 @@ class SignInService:
                 {
                     "stateHash": key,
                     "userId": result.user_id,
-                    "sessionId": result.session_id,
+                    # Encrypted: the session id is the cookie's bearer secret, and this record
+                    # only has to give it back to a retried callback of this same server.
+                    "sessionId": encrypt(self.settings.effective_secret_key(), result.session_id),
                     "sessionExpiresAt": result.expires_at,
                     "ttlSeconds": CALLBACK_TTL_S,
                 },
@@ -139,7 +142,8 @@ class SignInService:
         )
         if not found.get("found"):
             return None
-        return SignedIn(found["userId"], found["sessionId"], found["sessionExpiresAt"])
+        session_id = decrypt(self.settings.effective_secret_key(), found["sessionId"])
+        return SignedIn(found["userId"], session_id, found["sessionExpiresAt"])
 
     async def _wait_for_stored(self, key: str, seconds: float = 10.0) -> SignedIn | None:
         deadline = asyncio.get_running_loop().time() + seconds

@@ -28,6 +28,7 @@ from foundry.http.routes import auth as auth_routes
 from foundry.http.routes import github as github_routes
 from foundry.http.routes import organizations as organization_routes
 from foundry.http.routes import tasks as task_routes
+from foundry.http.unexpected import UnexpectedErrorsAsJson
 from foundry.realtime.gateway import RealtimeGateway
 from foundry.runtime.client import Runtime
 from foundry.services import build_services
@@ -127,6 +128,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
         same_site="lax",
         https_only=settings.base_url.startswith("https://"),
     )
+    # Added last, so it is the outermost of ours: nothing an endpoint or a middleware raises escapes
+    # to Starlette's error middleware, which would close the keep-alive connection.
+    app.add_middleware(UnexpectedErrorsAsJson)
     mount_realtime(app)
     app.include_router(auth_routes.router)
     app.include_router(app_routes.router)

@@ -77,8 +77,11 @@ def install_error_handlers(app: FastAPI) -> None:
             name = ".".join(loc) or "body"
             fields.append(name)
             problems.append(f"{name}: {err.get('msg')}")
-        if any(e.get("type") == "json_invalid" for e in exc.errors()):
-            detail = "request body is not valid JSON"
+        syntax = [e for e in exc.errors() if e.get("type") == "json_invalid"]
+        if syntax:
+            why = (syntax[0].get("ctx") or {}).get("error")
+            detail = "request body is not valid JSON" + (f": {why}" if why else "")
+            fields = ["body"]
         else:
             detail = "invalid request: " + "; ".join(problems)
         return JSONResponse(error_body("invalid_input", detail, fields=sorted(set(fields))), status_code=422)
@@ -91,10 +94,5 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"no route {request.method} {request.url.path}"
         return JSONResponse(error_body(code, detail), status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s crashed", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal_error", f"unexpected {type(exc).__name__}; see the server log"),
-            status_code=500,
-        )
+    # Anything else is answered by `foundry.http.unexpected.UnexpectedErrorsAsJson`, which (unlike an
+    # ``Exception`` handler here) does not re-raise, so the connection survives.

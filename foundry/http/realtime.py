@@ -10,7 +10,7 @@ from fastapi import FastAPI, WebSocket
 from actors.task.naming import task_key
 from foundry.auth.cookies import SessionCookies
 from foundry.config import Settings
-from foundry.errors import InvalidInput, Unauthorized
+from foundry.errors import Conflict, InvalidInput, Unauthorized
 from foundry.http.deps import authenticate
 from foundry.ids import APP_SHELL_ID
 from foundry.realtime.endpoint import make_websocket_route
@@ -56,7 +56,15 @@ class RealtimeAccess:
         return caller.user_id
 
     async def authorize(self, user_id: str, topic: str) -> bool:
-        """``app:<user>`` only for that user; organization, task and session topics for members."""
+        """``app:<user>`` only for that user; organization, task and session topics for members.
+
+        Task and session topics also need a task the organization lists: the owner of the topic is
+        woken only after that (a made-up task id must never create a task database).
+
+        Raises:
+            NotFound: the organization lists no such task.
+            Conflict: the task is a pull request nobody has started yet (it has no actor to read).
+        """
         try:
             route = self.registry.resolve(topic)
         except InvalidInput:
@@ -70,7 +78,18 @@ class RealtimeAccess:
         if organization_id not in {o["id"] for o in app["organizations"]}:
             return False
         role = await self.runtime.call("organization", organization_id, "member_role", {"userId": user_id})
-        return role.get("role") is not None
+        if role.get("role") is None:
+            return False
+        if route.role == "task":
+            summary = await self.runtime.call(
+                "organization", organization_id, "task_summary", {"taskId": route.ids[1]}
+            )
+            if summary.get("isVirtual"):
+                raise Conflict(
+                    f"task {route.ids[1]!r} is a pull request nobody has opened a session on yet; "
+                    f"follow it on organization:{organization_id} until it starts"
+                )
+        return True
 
 
 def mount_realtime(app: FastAPI) -> None:

@@ -65,6 +65,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
+from foundry import strict_json
 from foundry.errors import ActorUnavailable, CommandFailed, FoundryError
 from foundry.realtime.topics import InvalidTopic, TopicRegistry, TopicRoute
 from foundry.runtime.client import Runtime
@@ -441,8 +442,8 @@ class RealtimeGateway:
             )
             return
         try:
-            message = json.loads(text)
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested arrays
+            message = strict_json.loads(text)
+        except strict_json.BadJson as exc:  # nesting, NaN, huge numbers and lone surrogates too
             self._error(sock, "bad_json", f"the frame is not valid JSON: {exc}")
             return
         if not isinstance(message, dict):
@@ -469,8 +470,12 @@ class RealtimeGateway:
             self._error(sock, exc.code, exc.detail, echo)
             return
         since = message.get("since")
-        if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
-            self._error(sock, "invalid_input", "since must be a non-negative integer or null", route.topic)
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= strict_json.MAX_INT
+        ):
+            self._error(
+                sock, "invalid_input", "since must be a non-negative 64-bit integer or null", route.topic
+            )
             return
         existing = sock.subs.get(route.topic)
         if existing is not None:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from foundry import strict_json
 from foundry.clock import Clock
 from foundry.errors import InvalidInput, NotFound
 from foundry.ids import APP_SHELL_ID, organization_id_for
@@ -218,7 +219,8 @@ def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
     for hooks configured as ``application/x-www-form-urlencoded``).
 
     Raises:
-        WebhookRejected: 400 for malformed JSON or anything but a JSON object.
+        WebhookRejected: 400 for malformed or hostile JSON (see `foundry.strict_json`) or anything
+            but a JSON object.
     """
     text: bytes | str = body
     if content_type.startswith("application/x-www-form-urlencoded"):
@@ -227,8 +229,10 @@ def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
             raise WebhookRejected(400, "bad_request", "form-encoded delivery without a payload field")
         text = fields["payload"][0]
     try:
-        payload = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # Strict: GitHub never sends NaN, out-of-range integers, lone surrogates or 64 levels of
+        # nesting, and any of them would fail later, inside the actors, as a 500.
+        payload = strict_json.loads(text)
+    except strict_json.BadJson as exc:
         raise WebhookRejected(400, "bad_request", f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise WebhookRejected(400, "bad_request", "request body must be a JSON object")

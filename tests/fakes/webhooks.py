@@ -71,6 +71,16 @@ def example(event: str, action: str | None = None, index: int = 0) -> dict[str, 
     return copy.deepcopy(candidates[index])
 
 
+def owned_by(payload: dict[str, Any], login: str) -> dict[str, Any]:
+    """``payload`` with its repository owned by ``login``, as for a delivery of that account's
+    installation (the examples were recorded on other accounts, and Foundry ignores deliveries whose
+    repository belongs to an account other than the installation's). Changes it in place."""
+    repository = payload.get("repository")
+    if isinstance(repository, dict):
+        repository.setdefault("owner", {})["login"] = login
+    return payload
+
+
 def dumps(payload: dict[str, Any]) -> bytes:
     """Serialise a payload as GitHub does (compact JSON, UTF-8). Sign exactly these bytes."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()

@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 ACME_INSTALLATION = 1001
+ACME_LOGIN = "acme"  # the GitHub login of the account behind ACME_INSTALLATION
 HELLO_WORLD_ID = "186853002"  # the repository of every @octokit example (Codertocat/Hello-World)
 
 

@@ -12,15 +12,15 @@ from typing import Any
 
 import httpx
 
-from tests.fakes.webhooks import example
-from tests.github.conftest import ACME_INSTALLATION, HELLO_WORLD_ID, GitHub, eventually
+from tests.fakes.webhooks import example, owned_by
+from tests.github.conftest import ACME_INSTALLATION, ACME_LOGIN, HELLO_WORLD_ID, GitHub, eventually
 from tests.http.conftest import Server
 
 TASK = f"pr-{HELLO_WORLD_ID}-2"  # PR #2 of Codertocat/Hello-World, the PR of every example
 
 
 def hook(event: str, action: str | None = None, index: int = 0, installation: int = ACME_INSTALLATION) -> Any:
-    payload = example(event, action, index)
+    payload = owned_by(example(event, action, index), ACME_LOGIN)
     payload["installation"] = {**(payload.get("installation") or {}), "id": installation}
     return payload
 

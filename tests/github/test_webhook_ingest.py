@@ -11,13 +11,13 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.fakes.webhooks import dumps, example, signature_256
-from tests.github.conftest import ACME_INSTALLATION, HELLO_WORLD_ID, GitHub, eventually
+from tests.fakes.webhooks import dumps, example, owned_by, signature_256
+from tests.github.conftest import ACME_INSTALLATION, ACME_LOGIN, HELLO_WORLD_ID, GitHub, eventually
 from tests.http.conftest import Server
 
 
 def comment_hook() -> dict[str, Any]:
-    payload = example("pull_request_review_comment", "created")
+    payload = owned_by(example("pull_request_review_comment", "created"), ACME_LOGIN)
     payload["installation"] = {"id": ACME_INSTALLATION}
     return payload
 
@@ -117,7 +117,7 @@ async def test_a_large_delivery_is_trimmed_and_applied(
 async def test_a_delivery_missing_needed_fields_is_recorded_as_failed(
     server: Server, github: GitHub, acme: httpx.AsyncClient
 ) -> None:
-    payload = example("pull_request", "opened")
+    payload = owned_by(example("pull_request", "opened"), ACME_LOGIN)
     payload["installation"] = {"id": ACME_INSTALLATION}
     del payload["pull_request"]["head"]
     delivery = str(uuid.uuid4())
@@ -237,7 +237,7 @@ async def test_a_delivery_that_crashes_its_handler_is_isolated(
     payload is handed to the mailbox directly, as a bug upstream of the handler would.)"""
     from foundry.webhooks.github import trim_payload
 
-    broken = example("pull_request", "opened")
+    broken = owned_by(example("pull_request", "opened"), ACME_LOGIN)
     broken["repository"].update(id=999_001, full_name="acme/ghost", name="ghost")
     trimmed = trim_payload("pull_request", broken)
     trimmed["pull_request"]["title"] = ["not", "a", "string"]

@@ -21,7 +21,8 @@ async def test_malformed_json_is_422(server: Server, method: str, path: str) -> 
         )
     assert response.status_code == 422
     assert response.json()["error"] == "invalid_input"
-    assert response.json()["detail"] == "request body is not valid JSON"
+    assert response.json()["detail"].startswith("request body is not valid JSON: Expecting value")
+    assert response.json()["fields"] == ["body"]
 
 
 @pytest.mark.parametrize(

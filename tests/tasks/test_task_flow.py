@@ -161,19 +161,23 @@ async def test_virtual_pull_request_task_materializes_on_first_interaction(tasks
         virtual = next(t for t in org["taskSummaries"] if t["isVirtual"] and t["repoId"] == ACME_ROCKET)
         assert virtual["status"] == "virtual"
         detail = await task_detail(client, virtual["taskId"])
-        # Materialized by id (bug 9): the PR's branch and title, no session and no sandbox yet.
+        # Readable as it is: the PR's branch and title, no session. A read creates nothing.
         assert detail["branch"] == virtual["branch"]
         assert detail["title"] == virtual["title"]
-        assert detail["status"] == "idle"
+        assert detail["status"] == "virtual"
         assert detail["sessions"] == []
         assert detail["pullRequest"]["number"] == virtual["pullRequest"]["number"]
         org = (await client.get("/v1/organizations/acme")).json()
         row = next(t for t in org["taskSummaries"] if t["taskId"] == virtual["taskId"])
-        assert row["isVirtual"] is False
-        # The first session provisions the sandbox on the PR's branch.
+        assert row["isVirtual"] is True
+        # The first write materializes it by id (bug 9); the first session provisions the sandbox
+        # on the PR's branch.
         response = await client.post(
             f"/v1/organizations/acme/tasks/{virtual['taskId']}/sessions", json={"prompt": "Review this"}
         )
         assert response.status_code == 201, response.text
+        org = (await client.get("/v1/organizations/acme")).json()
+        row = next(t for t in org["taskSummaries"] if t["taskId"] == virtual["taskId"])
+        assert row["isVirtual"] is False
         detail = await wait_task(client, virtual["taskId"], idle_session)
         assert detail["provisioning"]["state"] == "ready"

@@ -8,9 +8,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from foundry.http.deps import CurrentCaller, OptionalCaller, RuntimeDep, SameSiteWrite
+from foundry.http.strict_body import StrictJsonRoute
 from foundry.runtime.role import to_jsonable
 
-router = APIRouter(prefix="/v1/app", tags=["app"])
+router = APIRouter(prefix="/v1/app", tags=["app"], route_class=StrictJsonRoute)
 
 SIGNED_OUT: dict[str, Any] = {
     "auth": {"status": "signed_out", "currentUserId": None},

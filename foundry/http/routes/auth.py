@@ -20,9 +20,10 @@ from foundry.http.deps import (
     SettingsDep,
     SignInDep,
 )
+from foundry.http.strict_body import StrictJsonRoute
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/auth", tags=["auth"])
+router = APIRouter(prefix="/v1/auth", tags=["auth"], route_class=StrictJsonRoute)
 
 #: Repository access comes from the App's installation tokens, never from a user's ``repo`` scope.
 GITHUB_SCOPES = "read:user user:email read:org"

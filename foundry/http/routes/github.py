@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse
 from foundry.config import Settings
 from foundry.http.deps import Member, RuntimeDep, SameSiteWrite
 from foundry.http.errors import error_body
+from foundry.http.strict_body import StrictJsonRoute
 from foundry.webhooks.github import MAX_WEBHOOK_BYTES, GitHubWebhookIngest, WebhookRejected
 
-router = APIRouter(tags=["github"])
+router = APIRouter(tags=["github"], route_class=StrictJsonRoute)
 
 
 def _ingest(request: Request) -> GitHubWebhookIngest:

@@ -8,8 +8,10 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from foundry.http.deps import Admin, Member, RuntimeDep, SameSiteWrite
+from foundry.http.strict_body import StrictJsonRoute
+from foundry.strict_json import MAX_INT
 
-router = APIRouter(prefix="/v1/organizations/{org}", tags=["organizations"])
+router = APIRouter(prefix="/v1/organizations/{org}", tags=["organizations"], route_class=StrictJsonRoute)
 
 
 @router.get("", summary="Organization snapshot")
@@ -50,7 +52,7 @@ async def get_audit_log(
     branch: Annotated[str | None, Query(max_length=300)] = None,
     kind: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[int | None, Query(alias="beforeId", ge=1)] = None,
+    before_id: Annotated[int | None, Query(alias="beforeId", ge=1, le=MAX_INT)] = None,
 ) -> list[dict[str, Any]]:
     filters = {
         "repoId": repo_id,

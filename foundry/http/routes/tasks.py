@@ -2,8 +2,9 @@
 
 Every route: the caller must be a member of ``{org}`` (else 404, as for a missing organization),
 writes must be same-site, and the task must belong to ``{org}`` (its summary row is there; else 404).
-A virtual PR-backed task is materialized by its first interaction (bug 9). Per-user state — unread,
-drafts, the active session — lives on the caller's user actor and is merged into task detail here.
+A virtual PR-backed task is materialized by its first write (bug 9); reads never create it.
+Per-user state — unread, drafts, the active session — lives on the caller's user actor and is
+merged into task detail here.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.task.naming import MAX_PROMPT_CHARS, task_key
+from actors.task.naming import MAX_PROMPT_CHARS, split_task_key, task_key
+from actors.task.provisional import provisional_detail
 from actors.task.state import INIT_WAIT_S, TaskNotInitialized
-from foundry.errors import FoundryError, InvalidInput
+from foundry.errors import Conflict, FoundryError, InvalidInput, NotFound
 from foundry.http.deps import Member, Membership, RuntimeDep, SameSiteWrite
+from foundry.http.strict_body import StrictJsonRoute
 from foundry.runtime.client import Runtime
+from foundry.strict_json import MAX_INT
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/organizations/{org}/tasks", tags=["tasks"])
+router = APIRouter(prefix="/v1/organizations/{org}/tasks", tags=["tasks"], route_class=StrictJsonRoute)
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 TaskId = Annotated[str, Path(alias="taskId", min_length=1, max_length=100)]
@@ -97,23 +101,35 @@ class PermissionBody(BaseModel):
 # ------------------------------------------------------------------------------------------ helpers
 
 
-async def _task_of(member: Membership, task_id: str, runtime: Runtime) -> tuple[str, dict[str, Any]]:
+async def _task_of(
+    member: Membership, task_id: str, runtime: Runtime, *, materialize: bool = True
+) -> tuple[str, dict[str, Any]]:
     """The task's actor key and its organization summary; 404 unless it belongs to ``{org}``.
 
-    A virtual PR-backed task is materialized here: this is its first interaction.
+    With ``materialize`` (writes), a virtual PR-backed task is materialized here: this is its first
+    interaction. Reads never materialize: they must not create state.
     """
     org = member.organization_id
     summary: dict[str, Any] = await runtime.call("organization", org, "task_summary", {"taskId": task_id})
-    if summary.get("isVirtual"):
+    if materialize and summary.get("isVirtual"):
         await runtime.actor("organization", org).send(
             "materialize_task", {"taskId": task_id, "userId": member.caller.user_id}, wait=True
         )
+        summary["isVirtual"] = False
     return task_key(org, task_id), summary
+
+
+def _not_started(summary: dict[str, Any]) -> Conflict:
+    return Conflict(
+        f"task {summary['taskId']!r} is a pull request nobody has opened a session on yet; "
+        "open a session (or send a message) to start it"
+    )
 
 
 async def _task_command(runtime: Runtime, key: str, name: str, body: dict[str, Any]) -> Any:
     """Run a task command. The task exists (its organization row said so); if its ``initialize`` is
-    still on the way (the organization's outbox delivers it just after creation), try again."""
+    still on the way (the organization's outbox delivers it just after creation), try again, and
+    answer 409 if it is still not there: the task is being set up, it is not missing."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + INIT_WAIT_S
     delay = 0.01
@@ -122,7 +138,9 @@ async def _task_command(runtime: Runtime, key: str, name: str, body: dict[str, A
             return await runtime.actor("task", key).send(name, body, wait=True, timeout=15)
         except TaskNotInitialized:
             if loop.time() >= deadline:
-                raise
+                raise Conflict(
+                    f"task {split_task_key(key)[1]!r} is still being set up; try again in a moment"
+                ) from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
@@ -179,8 +197,12 @@ async def create_task(body: CreateTaskBody, member: Member, runtime: RuntimeDep)
 
 @router.get("/{taskId}", summary="Task detail with the caller's own unread/draft/active session")
 async def get_task(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
-    key, summary = await _task_of(member, task_id, runtime)
-    detail: dict[str, Any] = await runtime.call("task", key, "get")
+    key, summary = await _task_of(member, task_id, runtime, materialize=False)
+    if summary.get("isVirtual"):
+        # No task actor yet, and a read must not create one: the organization's row is the task.
+        detail = provisional_detail(member.organization_id, summary)
+    else:
+        detail = await runtime.call("task", key, "get")
     state = await runtime.call(
         "user",
         member.caller.user_id,
@@ -240,14 +262,18 @@ async def create_pull_request(
 
 @router.get("/{taskId}/diff", summary="Changes in the sandbox, untracked files included")
 async def get_diff(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
+    key, summary = await _task_of(member, task_id, runtime, materialize=False)
+    if summary.get("isVirtual"):
+        raise _not_started(summary)
     result: dict[str, Any] = await runtime.call("task", key, "diff", {})
     return result
 
 
 @router.get("/{taskId}/files", summary="File tree of the sandbox checkout")
 async def get_files(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
+    key, summary = await _task_of(member, task_id, runtime, materialize=False)
+    if summary.get("isVirtual"):
+        raise _not_started(summary)
     result: dict[str, Any] = await runtime.call("task", key, "files", {})
     return result
 
@@ -363,11 +389,13 @@ async def get_events(
     session_id: SessionId,
     member: Member,
     runtime: RuntimeDep,
-    since: Annotated[int, Query(ge=0)] = 0,
+    since: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> dict[str, Any]:
     """Events with ``seq > since`` in order; page on with ``since=nextSince`` while ``more``."""
-    key, _ = await _task_of(member, task_id, runtime)
+    key, summary = await _task_of(member, task_id, runtime, materialize=False)
+    if summary.get("isVirtual"):
+        raise NotFound(f"session {session_id!r} not found in this task")
     result: dict[str, Any] = await runtime.call(
         "task", key, "events", {"sessionId": session_id, "since": since, "limit": limit}
     )
@@ -380,7 +408,9 @@ async def get_events(
 async def put_draft(
     task_id: TaskId, session_id: SessionId, body: DraftBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
+    key, summary = await _task_of(member, task_id, runtime, materialize=False)
+    if summary.get("isVirtual"):
+        raise NotFound(f"session {session_id!r} not found in this task")
     await runtime.call("task", key, "events", {"sessionId": session_id, "since": 0, "limit": 1})  # exists?
     return await _user_state(runtime, member, task_id, session_id, draftText=body.text)
 
@@ -393,7 +423,9 @@ async def put_draft(
 async def mark_read(
     task_id: TaskId, session_id: SessionId, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
+    key, summary = await _task_of(member, task_id, runtime, materialize=False)
+    if summary.get("isVirtual"):
+        raise NotFound(f"session {session_id!r} not found in this task")
     await runtime.call("task", key, "events", {"sessionId": session_id, "since": 0, "limit": 1})  # exists?
     return await _user_state(runtime, member, task_id, session_id, unread=False, makeActive=True)
 

@@ -1,0 +1,122 @@
+"""One JSON parser for everything that arrives from outside: HTTP bodies, webhooks, websocket frames.
+
+Python's `json.loads` accepts things Foundry cannot store or pass on safely, and fails on others
+with exceptions that are not `ValueError`:
+
+* ``NaN``/``Infinity`` and floats that overflow to infinity are not JSON and break re-serialization;
+* integers beyond SQLite's signed 64-bit range raise `OverflowError` at the first query;
+* lone UTF-16 surrogates (``"\\ud800"``) are valid JSON escapes but cannot be encoded as UTF-8, so
+  the first write of such a string fails deep inside a handler;
+* deeply nested arrays raise `RecursionError`;
+* bytes that are not UTF-8 raise `UnicodeDecodeError`.
+
+`loads` turns every one of these into `BadJson` (a `ValueError`) with a sentence saying what was
+wrong, so each edge maps it to a 4xx (or an error frame) instead of a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+#: SQLite integers are signed 64-bit.
+MAX_INT = 2**63 - 1
+MIN_INT = -(2**63)
+#: Deeper documents are refused before parsing; no Foundry input nests anywhere near this.
+MAX_DEPTH = 64
+
+# A "\uD800"-"\uDFFF" escape: only documents containing one need the (slower) surrogate check.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class BadJson(ValueError):
+    """A document that is not acceptable JSON; the message says why."""
+
+
+def _int(text: str) -> int:
+    # Checked on the literal first: converting a 100,000-digit literal is itself slow.
+    if len(text.lstrip("-")) > 19:
+        raise BadJson(f"integer {text[:24]}… is out of range (at most 64-bit signed)")
+    value = int(text)
+    if not MIN_INT <= value <= MAX_INT:
+        raise BadJson(f"integer {text} is out of range (at most 64-bit signed)")
+    return value
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadJson(f"number {text[:24]} is too large")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise BadJson(f"{name} is not valid JSON")
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _depth_exceeds(text: str, limit: int) -> bool:
+    """True when brackets nest deeper than ``limit``. Strings are removed and the brackets left are
+    counted in one pass; both steps run in C except the walk over the (few) brackets."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    depth = 0
+    for ch in brackets:
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _check_strings(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadJson("a string contains a lone UTF-16 surrogate escape (\\ud800-\\udfff)") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse ``data`` strictly (see the module docstring).
+
+    Raises:
+        BadJson: not UTF-8, not JSON, nested deeper than ``max_depth``, NaN/Infinity, a number out
+            of range, or a lone surrogate.
+    """
+    if isinstance(data, bytes | bytearray):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadJson(f"the body is not UTF-8 (byte {exc.start})") from None
+    else:
+        text = data
+    if _depth_exceeds(text, max_depth):
+        raise BadJson(f"JSON nested deeper than {max_depth} levels")
+    try:
+        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except BadJson:
+        raise
+    except RecursionError:
+        raise BadJson(f"JSON nested deeper than {max_depth} levels") from None
+    except ValueError as exc:  # json.JSONDecodeError, and int() over the digit limit
+        raise BadJson(str(exc)) from None
+    if _SURROGATE_ESCAPE.search(text):
+        _check_strings(value)
+    return value

@@ -1,0 +1,32 @@
+"""early_archive: a task archived before it initialized
+
+Revision ID: 0002_edge
+Revises: 0001
+Create Date: 2026-12-01 13:00:00
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision = '0002_edge'
+down_revision = '0001'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        'early_archive',
+        sa.Column('id', sa.Integer(), nullable=False),
+        sa.Column('archived_at', sa.Integer(), nullable=False),
+        sa.Column('reason', sa.String(), nullable=False),
+        sa.Column('user_id', sa.String(), nullable=True),
+        sa.CheckConstraint('id = 1', name='early_archive_singleton'),
+        sa.PrimaryKeyConstraint('id'),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table('early_archive')
