@@ -83,6 +83,7 @@ def _endpoint_json(
         "token": endpoint.token,
         "workdir": endpoint.workdir,
         "started": started,
+        "running": True,
     }
 
 
@@ -97,7 +98,8 @@ async def ensure(ctx: InstanceContext, cmd: Ensure) -> dict[str, Any]:
 
     With ``lease`` the caller holds the sandbox for ``leaseSeconds`` (renew with ``renew``, end with
     ``release``); a leased sandbox is never reclaimed. Without ``wait`` a sandbox that cannot start
-    at once is not queued (``position`` 0).
+    at once is not queued (``position`` 0). Without ``start`` a sandbox that is not running is only
+    reported (``{running: false}``).
 
     Only the task that owns this sandbox calls it (DESIGN §4). The endpoint's token is the
     per-sandbox bearer token; it is never stored.
@@ -126,6 +128,8 @@ async def ensure(ctx: InstanceContext, cmd: Ensure) -> dict[str, Any]:
                 await _record(ctx, state="running", error=None)
             generation = int(row.starts) if row is not None else 0
             return _endpoint_json(status.endpoint, sandbox_id, started=False, generation=generation)
+        if not cmd.start:
+            return {"sandboxId": sandbox_id, "running": False}
         ticket = await admission.admit(sandbox_id, ctx.key, QUEUE_WAIT_S if cmd.wait else 0.0)
         if ticket is Ticket.ADMITTED:
             break

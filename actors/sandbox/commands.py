@@ -20,6 +20,8 @@ class Ensure(BaseModel):
     lease_seconds: float = Field(default=30.0, gt=0, le=3600, alias="leaseSeconds")
     #: Wait in the FIFO queue (and keep the place) when no slot is free.
     wait: bool = True
+    #: False: only report a running sandbox (``running: false`` otherwise), never start one.
+    start: bool = True
 
 
 class Lease(BaseModel):

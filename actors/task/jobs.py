@@ -24,7 +24,13 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.task.sandbox_access import client_for, ensure_sandbox, installation_token
+from actors.task.sandbox_access import (
+    SandboxLease,
+    client_for,
+    ensure_sandbox,
+    installation_token,
+    running_sandbox,
+)
 from actors.task.schema import messages, permission_requests, sessions, task
 from actors.task.state import (
     USER_ROLE,
@@ -113,8 +119,9 @@ async def provision_job(ctx: InstanceContext) -> None:
         )
         await refresh(ctx, conn)
     step = "start the sandbox"
+    lease = SandboxLease(ctx, PROVISION_JOB)
     try:
-        endpoint = await ensure_sandbox(ctx)
+        endpoint = (await lease.acquire()).endpoint
         step = f"get a GitHub token for {row.repo_full_name}"
         token = await installation_token(ctx, row)
         step = f"clone {row.repo_full_name} into the sandbox"
@@ -125,11 +132,21 @@ async def provision_job(ctx: InstanceContext) -> None:
         log.warning("provisioning failed key=%s step=%s: %s", ctx.key, step, exc.detail)
         async with ctx.write() as conn:
             await conn.execute(
-                task.update().where(task.c.id == 1).values(provision_state="error", provision_error=message)
+                task.update()
+                .where(task.c.id == 1)
+                .values(
+                    provision_state="error",
+                    provision_error=message,
+                    sandbox_queue_position=None,
+                    sandbox_queue_reason=None,
+                )
             )
             audit(ctx, row, "task.error", {"step": "provision", "detail": message})
             await refresh(ctx, conn)
         return
+    finally:
+        # Released with a grace period: the session jobs started below take the sandbox over.
+        await lease.close()
     async with ctx.write() as conn:
         current = await load_task(conn)
         if current is None or current.archived_at is not None:
@@ -145,8 +162,15 @@ async def provision_job(ctx: InstanceContext) -> None:
 
 async def session_job(ctx: InstanceContext, session_id: str) -> None:
     """The loop of one session: open the agent session if there is none, then run the queued
-    messages one turn at a time until none is left."""
+    messages one turn at a time until none is left.
+
+    The loop holds a lease on the sandbox while it runs, so the sandbox is not reclaimed under a
+    turn. An agent session opened in an earlier sandbox generation (the sandbox-agent was restarted
+    since: a crash, idle reclamation, a Foundry restart) is unknown to the current server, so it is
+    resumed first (`_open_agent_session`), transparently for the user.
+    """
     client: SandboxAgentClient | None = None
+    lease = SandboxLease(ctx, turn_job_name(session_id))
     try:
         while True:
             # A write (not a read): it waits for the transaction of whoever started this job to
@@ -164,23 +188,24 @@ async def session_job(ctx: InstanceContext, session_id: str) -> None:
             if message is None and (session.acp_session_id is not None or session.status == "error"):
                 return
             try:
-                endpoint = await ensure_sandbox(ctx)
+                info = await lease.acquire()
             except FoundryError as exc:
                 await _session_failed(
                     ctx, session_id, f"the sandbox is not available: {exc.detail}", sandbox=True
                 )
                 return
-            if client is None or client.endpoint != endpoint:
+            if client is None or client.endpoint != info.endpoint:
                 if client is not None:
                     await client.aclose()
-                client = client_for(endpoint)
-            if session.acp_session_id is None:
-                if not await _open_agent_session(ctx, client, session):
+                client = client_for(info.endpoint)
+            if session.acp_session_id is None or session.acp_sandbox_generation != info.generation:
+                if not await _open_agent_session(ctx, client, session, info.generation):
                     return
                 continue
             assert message is not None
             await _run_turn(ctx, client, session, message)
     finally:
+        await lease.close()
         if client is not None:
             await client.aclose()
 
@@ -203,15 +228,47 @@ async def _session_failed(
         await refresh(ctx, conn)
 
 
-async def _open_agent_session(ctx: InstanceContext, client: SandboxAgentClient, session: sa.Row[Any]) -> bool:
-    """Start the session's agent (one ACP server per session) and its ACP session in the checkout."""
+#: The transcript event that tells the user an agent was started again for an existing session.
+AGENT_RESTARTED = "agentRestarted"
+RESTORED_TEXT = "agent restarted; earlier context was restored"
+NOT_RESTORED_TEXT = "agent restarted; earlier context was not restored"
+#: How long to look for the end of a loaded session's replayed history in the event stream.
+HISTORY_SCAN_S = 10.0
+
+
+async def _open_agent_session(
+    ctx: InstanceContext, client: SandboxAgentClient, session: sa.Row[Any], sandbox_generation: int
+) -> bool:
+    """Start the session's agent (one ACP server per session) and its ACP session in the checkout.
+
+    For a session that had an agent before (it crashed, or its sandbox-agent was restarted), the
+    earlier ACP session is loaded (``session/load``) when the agent advertises ``loadSession`` and
+    the id is still known; otherwise a new ACP session starts. Either way the transcript is kept and
+    gets an ``agentRestarted`` event saying whether the earlier context was restored.
+    """
     generation = session.acp_generation + 1
     server_id = f"{session.session_id}-{generation}"
     acp = client.acp(server_id, session.agent)
+    restarted = session.acp_generation > 0
+    loaded = False
+    last_event_id: int | None = None
     try:
         await _check_installed(client, session.agent)
-        await acp.initialize()
-        acp_session_id = await acp.new_session(client.endpoint.workdir)
+        answer = await acp.initialize()
+        capabilities = answer.get("agentCapabilities")
+        can_load = isinstance(capabilities, dict) and bool(capabilities.get("loadSession"))
+        acp_session_id = session.acp_session_id
+        if restarted and acp_session_id and can_load:
+            try:
+                await acp.load_session(acp_session_id, client.endpoint.workdir)
+                loaded = True
+                last_event_id = await _history_end(acp, acp.last_request_id)
+            except AcpError as exc:
+                log.info(
+                    "session/load refused key=%s session=%s: %s", ctx.key, session.session_id, exc.detail
+                )
+        if not loaded:
+            acp_session_id = await acp.new_session(client.endpoint.workdir)
     except FoundryError as exc:
         message = f"could not start the {session.agent!r} agent in the sandbox: {exc.detail}"
         log.warning("agent start failed key=%s session=%s: %s", ctx.key, session.session_id, exc.detail)
@@ -220,43 +277,90 @@ async def _open_agent_session(ctx: InstanceContext, client: SandboxAgentClient, 
             await conn.execute(
                 sessions.update()
                 .where(sessions.c.session_id == session.session_id)
-                .values(acp_generation=generation)
+                .values(acp_generation=generation, acp_server_id=None, acp_session_id=None)
             )
         await _session_failed(ctx, session.session_id, message)
         return False
+    assert acp_session_id is not None
     async with ctx.write() as conn:
         current = await load_session(conn, session.session_id)
         closed = current is None or current.status == "closed"
         if not closed:
-            await _record_agent_session(ctx, conn, session.session_id, server_id, acp_session_id, generation)
+            events: list[tuple[str, dict[str, Any]]] = []
+            if restarted:
+                text = RESTORED_TEXT if loaded else NOT_RESTORED_TEXT
+                events.append((AGENT_RESTARTED, {"loaded": loaded, "text": text}))
+            await _record_agent_session(
+                ctx,
+                conn,
+                session.session_id,
+                AgentSession(server_id, acp_session_id, generation, sandbox_generation, last_event_id),
+                events,
+            )
     if closed:
         await _close_quietly(acp)  # the session was closed meanwhile
         return False
+    log.info(
+        "agent session %s key=%s session=%s sandbox_generation=%d",
+        "resumed" if loaded else ("restarted" if restarted else "opened"),
+        ctx.key,
+        session.session_id,
+        sandbox_generation,
+    )
     return True
+
+
+async def _history_end(acp: AcpConnection, load_request_id: int) -> int | None:
+    """The event id of the mirror of our ``session/load`` answer: the replayed history comes before
+    it, so a turn that resumes the stream after it records only new events."""
+    last_seen: int | None = None
+    stream = cast("AsyncGenerator[tuple[int, dict[str, Any]], None]", acp.events(None))
+    try:
+        async with asyncio.timeout(HISTORY_SCAN_S):
+            async for event_id, envelope in stream:
+                last_seen = event_id
+                if envelope.get("id") == load_request_id and "method" not in envelope:
+                    return event_id
+    except TimeoutError:
+        log.warning("no end of the replayed history of %s; resuming after event %s", acp.server_id, last_seen)
+    finally:
+        await stream.aclose()
+    return last_seen
+
+
+@dataclass(frozen=True)
+class AgentSession:
+    """A session's ACP identity: server, ACP session, and which sandbox generation it lives in."""
+
+    server_id: str
+    acp_session_id: str
+    acp_generation: int
+    sandbox_generation: int
+    last_event_id: int | None = None
 
 
 async def _record_agent_session(
     ctx: InstanceContext,
     conn: AsyncConnection,
     session_id: str,
-    server_id: str,
-    acp_session_id: str,
-    generation: int,
+    agent: AgentSession,
+    events: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> None:
     await conn.execute(
         sessions.update()
         .where(sessions.c.session_id == session_id)
         .values(
-            acp_server_id=server_id,
-            acp_session_id=acp_session_id,
-            acp_generation=generation,
-            last_event_id=None,
+            acp_server_id=agent.server_id,
+            acp_session_id=agent.acp_session_id,
+            acp_generation=agent.acp_generation,
+            acp_sandbox_generation=agent.sandbox_generation,
+            last_event_id=agent.last_event_id,
             status="idle",
             error=None,
             updated_at=ctx.now_ms(),
         )
     )
-    await append_events(ctx, conn, session_id, [("sessionStatus", {"status": "idle"})])
+    await append_events(ctx, conn, session_id, [*(events or []), ("sessionStatus", {"status": "idle"})])
     await refresh(ctx, conn)
 
 
@@ -687,13 +791,15 @@ async def close_job(ctx: InstanceContext, session_id: str) -> None:
         return
     server_id = session.acp_server_id
     try:
-        endpoint = await ensure_sandbox(ctx)
-        async with client_for(endpoint) as client:
-            acp = client.acp(server_id, session.agent)
-            if session.acp_session_id:
-                with contextlib.suppress(FoundryError):
-                    await acp.cancel(session.acp_session_id)
-            await _close_quietly(acp)
+        # A sandbox that is not running (or was restarted since) has no agent of this session left.
+        info = await running_sandbox(ctx)
+        if info is not None and info.generation == session.acp_sandbox_generation:
+            async with client_for(info.endpoint) as client:
+                acp = client.acp(server_id, session.agent)
+                if session.acp_session_id:
+                    with contextlib.suppress(FoundryError):
+                        await acp.cancel(session.acp_session_id)
+                await _close_quietly(acp)
     except FoundryError as exc:
         log.info("closing the agent of session %s failed: %s", session_id, exc)
     async with ctx.write() as conn:
@@ -705,13 +811,16 @@ async def close_job(ctx: InstanceContext, session_id: str) -> None:
 
 
 async def close_servers_job(ctx: InstanceContext, servers: list[tuple[str, str]]) -> None:
-    """Shut down ACP servers no session refers to any more (best effort)."""
+    """Shut down ACP servers no session refers to any more (best effort; nothing to do when the
+    sandbox is not running: its agents stopped with it)."""
     try:
-        endpoint = await ensure_sandbox(ctx)
+        info = await running_sandbox(ctx)
     except FoundryError as exc:
         log.info("no sandbox to close orphaned agents of %s in: %s", ctx.key, exc)
         return
-    async with client_for(endpoint) as client:
+    if info is None:
+        return
+    async with client_for(info.endpoint) as client:
         for server_id, agent in servers:
             await _close_quietly(client.acp(server_id, agent))
 
