@@ -53,6 +53,7 @@ class _Waiter:
     key: str
     queued_at: float  # wall clock, for the order across restarts
     last_poll: float  # monotonic
+    reported: bool = False
 
 
 @dataclass
@@ -120,6 +121,10 @@ class Admission:
                 await self._evict_for_waiters()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                waiter = self.queue[sandbox_id]
+                if not waiter.reported:
+                    waiter.reported = True
+                    log.info("sandbox queued sandbox_id=%s position=%d", sandbox_id, len(self.queue))
                 return Ticket.QUEUED
             await self._wait_change(min(remaining, _RECHECK_S))
 
@@ -165,7 +170,7 @@ class Admission:
         waiter = _Waiter(key, time.time(), now)
         self.queue[sandbox_id] = waiter
         self._write_queue_file(sandbox_id, waiter)
-        log.info("sandbox queued sandbox_id=%s position=%d", sandbox_id, len(self.queue))
+        log.debug("sandbox asks for a slot sandbox_id=%s position=%d", sandbox_id, len(self.queue))
 
     def _dequeue(self, sandbox_id: str) -> None:
         if self.queue.pop(sandbox_id, None) is not None:

@@ -229,10 +229,12 @@ class LocalSandboxProvider:
         """
         self._checked_id(sandbox_id)
         async with self._lock(sandbox_id):
-            sandbox = self._sandboxes.pop(sandbox_id, None)
+            sandbox = self._sandboxes.get(sandbox_id)
             if sandbox is None:
                 return False
+            # Forgotten only once its processes are gone, so that it counts against the caps until then.
             await self._stop(sandbox)
+            self._sandboxes.pop(sandbox_id, None)
         log.info("sandbox stopped sandbox_id=%s", sandbox_id)
         return True
 
