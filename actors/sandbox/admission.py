@@ -124,7 +124,8 @@ class Admission:
                 waiter = self.queue[sandbox_id]
                 if not waiter.reported:
                     waiter.reported = True
-                    log.info("sandbox queued sandbox_id=%s position=%d", sandbox_id, len(self.queue))
+                    place = self.position(sandbox_id)
+                    log.info("sandbox queued sandbox_id=%s position=%d", sandbox_id, place)
                 return Ticket.QUEUED
             await self._wait_change(min(remaining, _RECHECK_S))
 
