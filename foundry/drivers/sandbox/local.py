@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from foundry.drivers.sandbox import (
     SandboxStatus,
 )
 from foundry.drivers.sandbox.binary import find_binary
+from foundry.drivers.sandbox.launch import TOKEN_FLAG
 from foundry.drivers.sandbox.layout import (
     LOG_FILE,
     WORKDIR,
@@ -73,6 +75,8 @@ class _Sandbox:
     endpoint: SandboxEndpoint
     process: asyncio.subprocess.Process
     owner: str = ""
+    #: The sandbox-agent process itself (``process`` is its launcher, the process group's leader).
+    server_pid: int | None = None
     state: SandboxState = SandboxState.PENDING
     stopping: bool = False
     returncode: int | None = None
@@ -135,11 +139,11 @@ class LocalSandboxProvider:
         return self.root_dir / self._checked_id(sandbox_id)
 
     def process_id(self, sandbox_id: str) -> int | None:
-        """PID of the sandbox's server while this provider runs it, else ``None``."""
+        """PID of the sandbox's ``sandbox-agent`` server while this provider runs it, else ``None``."""
         sandbox = self._sandboxes.get(sandbox_id)
         if sandbox is None or sandbox.process.returncode is not None:
             return None
-        return sandbox.process.pid
+        return sandbox.server_pid or sandbox.process.pid
 
     async def create(
         self, sandbox_id: str, *, env: Mapping[str, str] | None = None, owner: str = ""
@@ -310,20 +314,30 @@ class LocalSandboxProvider:
         port = free_port(HOST)
         token = secrets.token_urlsafe(32)
         # `--token=<t>` in one argument: a token starting with "-" would otherwise parse as a flag.
-        args = ["server", f"--host={HOST}", f"--port={port}", f"--token={token}", "--no-telemetry"]
+        # The token never goes on a command line (any local user can read those): the launcher
+        # gets it on stdin and hands it to the server without it showing (see `launch`).
+        placeholder = f"{TOKEN_FLAG}{'*' * len(token)}"
+        args = ["server", f"--host={HOST}", f"--port={port}", placeholder, "--no-telemetry"]
         try:
             process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-m",
+                "foundry.drivers.sandbox.launch",
                 str(binary),
                 *args,
                 cwd=str(directory / WORKDIR),
                 env=self._environment(directory, extra_env),
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=log_handle,
                 stderr=asyncio.subprocess.STDOUT,
                 # Own process group: destroy() signals the server *and* the agents it spawned.
                 start_new_session=True,
             )
-        except OSError as exc:
+            assert process.stdin is not None
+            process.stdin.write(f"{token}\n".encode())
+            await process.stdin.drain()
+        except (OSError, ConnectionError) as exc:
             raise SandboxError(
                 f"could not start sandbox-agent ({binary}) for sandbox {sandbox_id}: {exc}"
             ) from exc
@@ -344,7 +358,20 @@ class LocalSandboxProvider:
             await self._stop(sandbox)
             raise
         sandbox.state = SandboxState.RUNNING
+        sandbox.server_pid = await asyncio.to_thread(_child_of, process.pid)
+        await self._tell_launcher_healthy(process)
         return sandbox
+
+    async def _tell_launcher_healthy(self, process: asyncio.subprocess.Process) -> None:
+        # The server parsed its token long ago: the launcher may now scrub it from its environment.
+        if process.stdin is None:
+            return
+        try:
+            process.stdin.write(b"healthy\n")
+            await process.stdin.drain()
+            process.stdin.close()
+        except (OSError, ConnectionError) as exc:
+            log.warning("could not tell the sandbox launcher pid=%d it is healthy: %s", process.pid, exc)
 
     async def _wait_healthy(self, sandbox: _Sandbox) -> None:
         started = time.monotonic()
@@ -460,6 +487,20 @@ class LocalSandboxProvider:
             await supervisor
         sandbox.state = SandboxState.DESTROYED
         await asyncio.to_thread(self.registry.remove, sandbox.sandbox_id, sandbox.process.pid)
+
+
+def _child_of(pid: int) -> int | None:
+    """The (single) child of ``pid``: the server under its launcher."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    return int(entry)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 class _PortTaken(Exception):
