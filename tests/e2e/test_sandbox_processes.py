@@ -123,6 +123,21 @@ def signed_in(url: str) -> Iterator[httpx.Client]:
         yield client
 
 
+def create_task(client: httpx.Client, prompt: str) -> dict[str, Any]:
+    """Create a task once the organization's repositories are synced (404 until then)."""
+
+    def attempt() -> dict[str, Any] | None:
+        response = client.post("/v1/organizations/acme/tasks", json={"repoId": ACME_ROCKET, "prompt": prompt})
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+    result: dict[str, Any] = wait_for(attempt, 60, "the repositories to be synced")
+    return result
+
+
 def idle(client: httpx.Client, task_id: str) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         detail: dict[str, Any] = client.get(f"/v1/organizations/acme/tasks/{task_id}").json()
@@ -141,9 +156,7 @@ def test_a_killed_server_leaves_sandboxes_that_the_next_start_reaps(tmp_path: Pa
     root = data / "sandboxes"
     log = tmp_path / "serve.log"
     with serve(data, log, "inprocess") as (proc, url), signed_in(url) as client:
-        created = client.post(
-            "/v1/organizations/acme/tasks", json={"repoId": ACME_ROCKET, "prompt": "First note"}
-        ).json()
+        created = create_task(client, "First note")
         task_id, session_id = created["taskId"], created["sessionId"]
         idle(client, task_id)
         leftovers = sandbox_processes(root)
@@ -177,9 +190,7 @@ def test_a_clean_stop_on_ray_leaves_no_sandbox_process(tmp_path: Path) -> None:
     data = tmp_path / "data"
     root = data / "sandboxes"
     with serve(data, tmp_path / "serve.log", "ray") as (proc, url), signed_in(url) as client:
-        created = client.post(
-            "/v1/organizations/acme/tasks", json={"repoId": ACME_ROCKET, "prompt": "A note on Ray"}
-        ).json()
+        created = create_task(client, "A note on Ray")
         idle(client, created["taskId"])
         running = sandbox_processes(root)
         assert "sandbox-agent" in running.values(), running
