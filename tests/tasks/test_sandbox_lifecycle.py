@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 
 from foundry.demo_agent import NOTES_FILE
 from tests.tasks.conftest import (
+    TaskServer,
     create_task,
     events,
     idle_session,
@@ -256,3 +259,36 @@ async def test_a_task_queued_for_a_sandbox_still_starts_after_a_restart(tmp_path
         assert detail["sandboxQueue"] is None
         log = await events(client, second["taskId"], second["sessionId"])
         assert [e for e in log if e["event"] == "turnEnded"]
+
+
+# ------------------------------------------------------------------------------------------ session/load
+
+
+def use_loadable_agent(server: TaskServer) -> None:
+    """Sandboxes started from now on run the test agent that supports ``session/load`` as ``mock``."""
+    script = Path(__file__).with_name("loadable_agent.py")
+    server.provider._launchers["mock"] = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -I {script} "$@"\n'
+
+
+async def test_an_agent_that_can_load_sessions_gets_its_session_back_after_a_crash(tmp_path: Path):
+    async with running_server(tmp_path) as server, server.signed_in("alice") as client:
+        use_loadable_agent(server)
+        created = await create_task(client, prompt="Remember this")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        await wait_task(client, task_id, idle_session)
+        pid = server.provider.process_id(task_id)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_task(client, task_id, lambda d: d["sandboxError"] is not None)
+
+        detail = await send_and_settle(client, task_id, session_id, "And this")
+        assert detail["sessions"][0]["status"] == "idle", detail["sessions"][0]
+        log = await events(client, task_id, session_id)
+        restarted = [e for e in log if e["event"] == "agentRestarted"]
+        assert [e["data"] for e in restarted] == [
+            {"loaded": True, "text": "agent restarted; earlier context was restored"}
+        ]
+        assert len([e for e in log if e["event"] == "turnEnded"]) == 2
+        # The history the agent replayed while loading is not recorded a second time.
+        kinds = [e["data"].get("kind") for e in log if e["event"] == "agentUpdate"]
+        assert "user_message_chunk" not in kinds
