@@ -124,6 +124,11 @@ async def ensure(ctx: InstanceContext, cmd: Ensure) -> dict[str, Any]:
             # Before any await: a reclaim running beside this sees the lease.
             _hold(admission, sandbox_id, cmd)
             router.track(sandbox_id, ctx.key, _known_pid(provider, sandbox_id))
+            # A start running beside this one records its generation before it leaves `starting`;
+            # then read the row again, so the generation returned is the running server's.
+            await admission.wait_started(sandbox_id)
+            async with ctx.read() as conn:
+                row = await load(conn)
             if row is None or row.state != "running":
                 await _record(ctx, state="running", error=None)
             generation = int(row.starts) if row is not None else 0
@@ -133,6 +138,10 @@ async def ensure(ctx: InstanceContext, cmd: Ensure) -> dict[str, Any]:
         ticket = await admission.admit(sandbox_id, ctx.key, QUEUE_WAIT_S if cmd.wait else 0.0)
         if ticket is Ticket.ADMITTED:
             break
+        if ticket is Ticket.RETRY:
+            # Somebody else is starting or stopping it right now: look again in a moment.
+            await asyncio.sleep(0.05)
+            continue
         if ticket is Ticket.QUEUED:
             position = admission.position(sandbox_id)
             if not cmd.wait:

@@ -129,6 +129,10 @@ class Admission:
                 return Ticket.QUEUED
             await self._wait_change(min(remaining, _RECHECK_S))
 
+    async def wait_started(self, sandbox_id: str, timeout: float = 60.0) -> None:
+        """Wait while a start of ``sandbox_id`` is in progress (its outcome is then recorded)."""
+        await self._wait_until_started(sandbox_id, time.monotonic() + timeout)
+
     def started(self, sandbox_id: str) -> None:
         """The admitted start is over (it succeeded or failed): free the start slot."""
         self.starting.discard(sandbox_id)
