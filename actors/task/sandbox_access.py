@@ -46,7 +46,7 @@ async def acquire_sandbox(
     restart) if needed, waiting in the node's FIFO queue when the sandbox caps are reached.
 
     While queued the task shows ``queued`` with its position and the reason. A successful start
-    clears a recorded sandbox crash (the task leaves ``error``, bug 15).
+    clears a recorded sandbox crash (the task leaves ``error``).
 
     Args:
         lease: hold the sandbox under this lease id (see `SandboxLease`); otherwise a short one.

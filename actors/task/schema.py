@@ -39,7 +39,7 @@ task = sa.Table(
     sa.Column("sandbox_queue_reason", sa.Text, nullable=True),
     # The last failed git/PR operation, with an actionable message (bug 22); cleared on success.
     sa.Column("last_error", sa.Text, nullable=True),
-    # Derived (bug 15): queued | provisioning | running | idle | error | archived. Stored for summaries.
+    # Derived: queued | provisioning | running | idle | error | archived. Stored for summaries.
     sa.Column("status", sa.String, nullable=False),
     sa.Column("owner_user_id", sa.String, nullable=True),
     sa.Column("owner_login", sa.String, nullable=True),

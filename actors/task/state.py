@@ -198,7 +198,7 @@ def derive_status(
     archived (terminal) → queued (waiting for a sandbox slot) → provisioning (sandbox not ready or
     repository not cloned yet) → error (provisioning failed or the sandbox died) → running (a turn
     runs, or a healthy session has messages waiting for its agent) → error (a session failed) →
-    idle. ``error`` is the reason to show, including the last failed git operation (bug 22).
+    idle. ``error`` is the reason to show, including the last failed git operation.
     """
     queued = queued or {}
     if row.archived_at is not None:
