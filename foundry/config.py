@@ -86,6 +86,15 @@ class SandboxSettings(BaseModel):
     agent_env: dict[str, str] = Field(default_factory=dict)
     #: Seconds to wait for a new sandbox's ``/v1/health``.
     health_timeout: float = 30.0
+    #: Per sandbox host process (one per node with the default single sandbox shard): how many
+    #: sandboxes may be starting at once (CPU-bound: spawn, health, agent start), and how many may run
+    #: at once (memory-bound: a server plus its agents). Beyond either, tasks wait in a FIFO queue and
+    #: show ``queued`` with their position. Defaults suit a 2-core / 24 GB machine.
+    max_starting: int = Field(default=3, ge=1)
+    max_running: int = Field(default=24, ge=1)
+    #: A sandbox with no running turn or other use for this long is stopped (its directory is kept;
+    #: the next message restarts it and resumes its sessions).
+    idle_minutes: float = Field(default=15.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -12,9 +12,31 @@ class Empty(BaseModel):
 
 
 class Ensure(BaseModel):
-    """Start the sandbox if it is not running and return how to reach it."""
+    """Start the sandbox if it is not running and return how to reach it (or its queue position)."""
 
     model_config = _STRICT
+    #: Hold the sandbox under this lease id (renew it; release it when done).
+    lease: str | None = Field(default=None, max_length=200)
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600, alias="leaseSeconds")
+    #: Wait in the FIFO queue (and keep the place) when no slot is free.
+    wait: bool = True
+    #: False: only report a running sandbox (``running: false`` otherwise), never start one.
+    start: bool = True
+
+
+class Lease(BaseModel):
+    """Renew or release a lease taken with ``ensure``."""
+
+    model_config = _STRICT
+    lease: str = Field(min_length=1, max_length=200)
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600, alias="leaseSeconds")
+
+
+class Reclaim(BaseModel):
+    """Stop the sandbox (keeping its directory) unless it is in use."""
+
+    model_config = _STRICT
+    reason: str = Field(default="", max_length=500)
 
 
 class Destroy(BaseModel):

@@ -29,6 +29,9 @@ async def handle_exited(ctx: CommandContext, cmd: Exited) -> dict[str, bool]:
         .values(state="error", error=cmd.reason, crashes=sandbox.c.crashes + 1, updated_at=ctx.now_ms())
     )
     log.warning("sandbox crashed key=%s returncode=%s", ctx.key, cmd.returncode)
+    admission = getattr(ctx.services.driver("sandbox"), "admission", None)
+    if admission is not None:
+        admission.notify()  # its slot is free
     ctx.send_after_commit(
         TASK_ROLE,
         ctx.key,

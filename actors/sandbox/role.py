@@ -6,8 +6,8 @@ task creates (``ensure``) and destroys its sandbox (DESIGN §4).
 
 from __future__ import annotations
 
-from actors.sandbox import actions, handlers
-from actors.sandbox.commands import Destroy, Empty, Ensure, Exited
+from actors.sandbox import actions, handlers, supervision
+from actors.sandbox.commands import Destroy, Empty, Ensure, Exited, Lease, Reclaim
 from actors.sandbox.schema import metadata
 from foundry.runtime.role import Handler, Role
 
@@ -20,5 +20,10 @@ ROLE = Role(
         Handler("ensure", Ensure, actions.ensure),
         Handler("destroy", Destroy, actions.destroy),
         Handler("status", Empty, actions.get_status),
+        Handler("renew", Lease, actions.renew),
+        Handler("release", Lease, actions.release),
+        Handler("reclaim", Reclaim, actions.reclaim),
     ),
+    on_host_start=supervision.on_host_start,
+    on_host_stop=supervision.on_host_stop,
 )

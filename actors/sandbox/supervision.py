@@ -1,8 +1,13 @@
-"""Connecting the provider's crash notifications to sandbox actors, and reaping orphaned servers.
+"""The sandbox host's process-level duties: crash routing, start-up reaping, shutdown.
 
 The provider is one object per host process (built by `foundry.services`); its ``on_exit`` callback
 is a single function. `ExitRouter` is that function: it remembers which actor owns each provider
 sandbox id and turns a crash into a durable ``exited`` command for that actor.
+
+Every process Foundry starts is owned: `on_host_start` kills the servers (and agents) that a killed
+or crashed earlier host process left running, identified by pid *and* start time from the provider's
+registry, and wakes the tasks that were queued for a sandbox; `on_host_stop` stops every server this
+process runs when the host closes (a clean ``foundry serve`` stop closes every host first).
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from actors.sandbox.admission import admission_for
 from foundry.errors import FoundryError
 from foundry.runtime.client import Runtime
+from foundry.runtime.keys import shard_of
 
 log = logging.getLogger(__name__)
 
 ROLE_NAME = "sandbox"
+TASK_ROLE = "task"
 
 
 class ExitRouter:
@@ -84,3 +92,45 @@ async def reap_orphan(pid: int | None, directory: Path) -> None:
         return
     if await asyncio.to_thread(_reap, pid, directory):
         log.warning("reaped an orphaned sandbox server pid=%d dir=%s", pid, directory)
+
+
+async def on_host_start(host: Any) -> None:
+    """Reap leftovers of this host's shard, then rebuild the queue and wake the queued tasks."""
+    provider = host.services.drivers.get("sandbox")
+    if provider is None:
+        return  # this process has no sandbox driver (a test harness): nothing to reap
+
+    def belongs(key: str) -> bool:
+        try:
+            return bool(shard_of(key, host.shards) == host.shard)
+        except FoundryError:
+            return False
+
+    try:
+        reaped = await provider.reap_leftovers(belongs)
+        if reaped:
+            log.warning("%s: killed %d leftover sandbox servers: %s", host.name, len(reaped), reaped)
+        admission = admission_for(provider, host.runtime, host.services.settings)
+        keys = admission.restore_queue(belongs)
+    except Exception:
+        log.exception("%s: sandbox start-up sweep failed", host.name)
+        return
+    for key in keys:
+        try:
+            # Waking the task resumes its provisioning or waiting sessions, which ask for the sandbox
+            # again and so keep their restored place in the queue.
+            await host.runtime.call(TASK_ROLE, key, "get", {})
+        except FoundryError as exc:
+            log.warning("%s: could not wake queued task %s: %s", host.name, key, exc)
+
+
+async def on_host_stop(host: Any) -> None:
+    """Stop every sandbox server (and its agents) this process runs; their directories are kept."""
+    provider = host.services.drivers.get("sandbox")
+    if provider is None:
+        return
+    admission = getattr(provider, "admission", None)
+    if admission is not None:
+        await admission.close()
+    await provider.aclose()
+    log.info("%s: stopped its sandboxes", host.name)

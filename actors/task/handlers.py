@@ -432,10 +432,12 @@ async def handle_sandbox_exited(ctx: CommandContext, cmd: SandboxExited) -> dict
             )
         )
     ).all()
+    # Their ACP servers died with it. The agent's session id is kept: the next turn sees that it
+    # belongs to an older sandbox generation and resumes it (``session/load`` where supported).
     await ctx.conn.execute(
         sessions.update()
         .where(sessions.c.status.in_(["idle", "pending", "error"]))
-        .values(acp_server_id=None, acp_session_id=None, last_event_id=None)
+        .values(acp_server_id=None, last_event_id=None)
     )
     for (session_id,) in idle:
         await append_events(ctx, ctx.conn, session_id, [("sandboxExited", {"reason": cmd.reason})])

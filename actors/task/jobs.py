@@ -24,7 +24,16 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.task.sandbox_access import client_for, ensure_sandbox, installation_token
+from actors.task.agent_session import close_quietly as _close_quietly
+from actors.task.agent_session import open_agent_session as _open_agent_session
+from actors.task.agent_session import session_failed as _session_failed
+from actors.task.sandbox_access import (
+    SandboxLease,
+    client_for,
+    ensure_sandbox,
+    installation_token,
+    running_sandbox,
+)
 from actors.task.schema import messages, permission_requests, sessions, task
 from actors.task.state import (
     USER_ROLE,
@@ -113,8 +122,9 @@ async def provision_job(ctx: InstanceContext) -> None:
         )
         await refresh(ctx, conn)
     step = "start the sandbox"
+    lease = SandboxLease(ctx, PROVISION_JOB)
     try:
-        endpoint = await ensure_sandbox(ctx)
+        endpoint = (await lease.acquire()).endpoint
         step = f"get a GitHub token for {row.repo_full_name}"
         token = await installation_token(ctx, row)
         step = f"clone {row.repo_full_name} into the sandbox"
@@ -125,11 +135,21 @@ async def provision_job(ctx: InstanceContext) -> None:
         log.warning("provisioning failed key=%s step=%s: %s", ctx.key, step, exc.detail)
         async with ctx.write() as conn:
             await conn.execute(
-                task.update().where(task.c.id == 1).values(provision_state="error", provision_error=message)
+                task.update()
+                .where(task.c.id == 1)
+                .values(
+                    provision_state="error",
+                    provision_error=message,
+                    sandbox_queue_position=None,
+                    sandbox_queue_reason=None,
+                )
             )
             audit(ctx, row, "task.error", {"step": "provision", "detail": message})
             await refresh(ctx, conn)
         return
+    finally:
+        # Released with a grace period: the session jobs started below take the sandbox over.
+        await lease.close()
     async with ctx.write() as conn:
         current = await load_task(conn)
         if current is None or current.archived_at is not None:
@@ -145,8 +165,15 @@ async def provision_job(ctx: InstanceContext) -> None:
 
 async def session_job(ctx: InstanceContext, session_id: str) -> None:
     """The loop of one session: open the agent session if there is none, then run the queued
-    messages one turn at a time until none is left."""
+    messages one turn at a time until none is left.
+
+    The loop holds a lease on the sandbox while it runs, so the sandbox is not reclaimed under a
+    turn. An agent session opened in an earlier sandbox generation (the sandbox-agent was restarted
+    since: a crash, idle reclamation, a Foundry restart) is unknown to the current server, so it is
+    resumed first (`_open_agent_session`), transparently for the user.
+    """
     client: SandboxAgentClient | None = None
+    lease = SandboxLease(ctx, turn_job_name(session_id))
     try:
         while True:
             # A write (not a read): it waits for the transaction of whoever started this job to
@@ -164,113 +191,26 @@ async def session_job(ctx: InstanceContext, session_id: str) -> None:
             if message is None and (session.acp_session_id is not None or session.status == "error"):
                 return
             try:
-                endpoint = await ensure_sandbox(ctx)
+                info = await lease.acquire()
             except FoundryError as exc:
                 await _session_failed(
                     ctx, session_id, f"the sandbox is not available: {exc.detail}", sandbox=True
                 )
                 return
-            if client is None or client.endpoint != endpoint:
+            if client is None or client.endpoint != info.endpoint:
                 if client is not None:
                     await client.aclose()
-                client = client_for(endpoint)
-            if session.acp_session_id is None:
-                if not await _open_agent_session(ctx, client, session):
+                client = client_for(info.endpoint)
+            if session.acp_session_id is None or session.acp_sandbox_generation != info.generation:
+                if not await _open_agent_session(ctx, client, session, info.generation):
                     return
                 continue
             assert message is not None
             await _run_turn(ctx, client, session, message)
     finally:
+        await lease.close()
         if client is not None:
             await client.aclose()
-
-
-async def _session_failed(
-    ctx: InstanceContext, session_id: str, error: str, *, sandbox: bool = False
-) -> None:
-    async with ctx.write() as conn:
-        session = await load_session(conn, session_id)
-        if session is None or session.status == "closed":
-            return
-        await conn.execute(
-            sessions.update()
-            .where(sessions.c.session_id == session_id)
-            .values(status="error", error=error, thinking_since=None, updated_at=ctx.now_ms())
-        )
-        if sandbox:
-            await conn.execute(task.update().where(task.c.id == 1).values(sandbox_error=error))
-        await append_events(ctx, conn, session_id, [("sessionStatus", {"status": "error", "error": error})])
-        await refresh(ctx, conn)
-
-
-async def _open_agent_session(ctx: InstanceContext, client: SandboxAgentClient, session: sa.Row[Any]) -> bool:
-    """Start the session's agent (one ACP server per session) and its ACP session in the checkout."""
-    generation = session.acp_generation + 1
-    server_id = f"{session.session_id}-{generation}"
-    acp = client.acp(server_id, session.agent)
-    try:
-        await _check_installed(client, session.agent)
-        await acp.initialize()
-        acp_session_id = await acp.new_session(client.endpoint.workdir)
-    except FoundryError as exc:
-        message = f"could not start the {session.agent!r} agent in the sandbox: {exc.detail}"
-        log.warning("agent start failed key=%s session=%s: %s", ctx.key, session.session_id, exc.detail)
-        await _close_quietly(acp)
-        async with ctx.write() as conn:
-            await conn.execute(
-                sessions.update()
-                .where(sessions.c.session_id == session.session_id)
-                .values(acp_generation=generation)
-            )
-        await _session_failed(ctx, session.session_id, message)
-        return False
-    async with ctx.write() as conn:
-        current = await load_session(conn, session.session_id)
-        closed = current is None or current.status == "closed"
-        if not closed:
-            await _record_agent_session(ctx, conn, session.session_id, server_id, acp_session_id, generation)
-    if closed:
-        await _close_quietly(acp)  # the session was closed meanwhile
-        return False
-    return True
-
-
-async def _record_agent_session(
-    ctx: InstanceContext,
-    conn: AsyncConnection,
-    session_id: str,
-    server_id: str,
-    acp_session_id: str,
-    generation: int,
-) -> None:
-    await conn.execute(
-        sessions.update()
-        .where(sessions.c.session_id == session_id)
-        .values(
-            acp_server_id=server_id,
-            acp_session_id=acp_session_id,
-            acp_generation=generation,
-            last_event_id=None,
-            status="idle",
-            error=None,
-            updated_at=ctx.now_ms(),
-        )
-    )
-    await append_events(ctx, conn, session_id, [("sessionStatus", {"status": "idle"})])
-    await refresh(ctx, conn)
-
-
-async def _check_installed(client: SandboxAgentClient, agent: str) -> None:
-    """Fail with the list of usable agents when ``agent`` is not installed in the sandbox
-    (``GET /v1/agents``; sandboxes never download agents at run time)."""
-    agents = await client.list_agents()
-    if any(a.get("id") == agent and a.get("installed") for a in agents):
-        return
-    installed = sorted(str(a.get("id")) for a in agents if a.get("installed"))
-    raise SandboxError(
-        f"agent {agent!r} is not installed in this sandbox (installed: {', '.join(installed) or 'none'}); "
-        "choose another model or install the agent in the sandbox image"
-    )
 
 
 @dataclass
@@ -595,14 +535,6 @@ def _mark_unread(ctx: InstanceContext, user_id: str, session_id: str) -> None:
     ctx.send_after_commit(USER_ROLE, user_id, "update_session_state", body)
 
 
-async def _close_quietly(acp: AcpConnection) -> None:
-    """Shut an ACP server down (with the DELETE workaround); failures are only logged."""
-    try:
-        await acp.close(gone_timeout=5.0)
-    except FoundryError as exc:
-        log.info("could not close ACP server %s: %s", acp.server_id, exc)
-
-
 # ------------------------------------------------------------------------------------------ control
 
 
@@ -687,13 +619,15 @@ async def close_job(ctx: InstanceContext, session_id: str) -> None:
         return
     server_id = session.acp_server_id
     try:
-        endpoint = await ensure_sandbox(ctx)
-        async with client_for(endpoint) as client:
-            acp = client.acp(server_id, session.agent)
-            if session.acp_session_id:
-                with contextlib.suppress(FoundryError):
-                    await acp.cancel(session.acp_session_id)
-            await _close_quietly(acp)
+        # A sandbox that is not running (or was restarted since) has no agent of this session left.
+        info = await running_sandbox(ctx)
+        if info is not None and info.generation == session.acp_sandbox_generation:
+            async with client_for(info.endpoint) as client:
+                acp = client.acp(server_id, session.agent)
+                if session.acp_session_id:
+                    with contextlib.suppress(FoundryError):
+                        await acp.cancel(session.acp_session_id)
+                await _close_quietly(acp)
     except FoundryError as exc:
         log.info("closing the agent of session %s failed: %s", session_id, exc)
     async with ctx.write() as conn:
@@ -705,13 +639,16 @@ async def close_job(ctx: InstanceContext, session_id: str) -> None:
 
 
 async def close_servers_job(ctx: InstanceContext, servers: list[tuple[str, str]]) -> None:
-    """Shut down ACP servers no session refers to any more (best effort)."""
+    """Shut down ACP servers no session refers to any more (best effort; nothing to do when the
+    sandbox is not running: its agents stopped with it)."""
     try:
-        endpoint = await ensure_sandbox(ctx)
+        info = await running_sandbox(ctx)
     except FoundryError as exc:
         log.info("no sandbox to close orphaned agents of %s in: %s", ctx.key, exc)
         return
-    async with client_for(endpoint) as client:
+    if info is None:
+        return
+    async with client_for(info.endpoint) as client:
         for server_id, agent in servers:
             await _close_quietly(client.acp(server_id, agent))
 

@@ -34,9 +34,12 @@ task = sa.Table(
     sa.Column("sandbox_error", sa.Text, nullable=True),
     # The generation of the sandbox server last seen running (crash reports of older ones are stale).
     sa.Column("sandbox_generation", sa.Integer, nullable=False, server_default="0"),
+    # While the sandbox waits for a slot (per-node caps): its 1-based place in the queue and why.
+    sa.Column("sandbox_queue_position", sa.Integer, nullable=True),
+    sa.Column("sandbox_queue_reason", sa.Text, nullable=True),
     # The last failed git/PR operation, with an actionable message (bug 22); cleared on success.
     sa.Column("last_error", sa.Text, nullable=True),
-    # Derived (bug 15): provisioning | running | idle | error | archived. Stored for summaries.
+    # Derived: queued | provisioning | running | idle | error | archived. Stored for summaries.
     sa.Column("status", sa.String, nullable=False),
     sa.Column("owner_user_id", sa.String, nullable=True),
     sa.Column("owner_login", sa.String, nullable=True),
@@ -70,6 +73,9 @@ sessions = sa.Table(
     sa.Column("acp_server_id", sa.String, nullable=True),
     sa.Column("acp_session_id", sa.String, nullable=True),
     sa.Column("acp_generation", sa.Integer, nullable=False, server_default="0"),
+    # The sandbox generation (server start) the ACP ids belong to: a different current generation
+    # means the sandbox-agent was restarted and never heard of them, so the session is resumed.
+    sa.Column("acp_sandbox_generation", sa.Integer, nullable=True),
     # The last SSE event id of the ACP server already recorded (resume with Last-Event-ID).
     sa.Column("last_event_id", sa.Integer, nullable=True),
     sa.Column("thinking_since", sa.Integer, nullable=True),

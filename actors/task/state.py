@@ -195,14 +195,17 @@ def derive_status(
 ) -> tuple[str, str | None]:
     """``(status, error)`` of a task (bug 15: derived after initialization, never stuck).
 
-    archived (terminal) → provisioning (sandbox not ready or repository not cloned yet) → error
-    (provisioning failed or the sandbox died) → running (a turn runs, or a healthy session has
-    messages waiting for its agent) → error (a session failed) → idle. ``error`` is the reason to
-    show, including the last failed git operation (bug 22).
+    archived (terminal) → queued (waiting for a sandbox slot) → provisioning (sandbox not ready or
+    repository not cloned yet) → error (provisioning failed or the sandbox died) → running (a turn
+    runs, or a healthy session has messages waiting for its agent) → error (a session failed) →
+    idle. ``error`` is the reason to show, including the last failed git operation.
     """
     queued = queued or {}
     if row.archived_at is not None:
         return "archived", None
+    if row.sandbox_queue_position is not None:
+        # Waiting for a sandbox slot (per-node caps); the detail's ``sandboxQueue`` says where.
+        return "queued", None
     if row.provision_state in ("pending", "provisioning"):
         return "provisioning", None
     if row.provision_state == "error":
@@ -312,6 +315,11 @@ async def build_detail(conn: AsyncConnection, row: sa.Row[Any]) -> dict[str, Any
         "model": row.default_model,
         "provisioning": {"state": row.provision_state, "error": row.provision_error},
         "sandboxError": row.sandbox_error,
+        "sandboxQueue": (
+            {"position": row.sandbox_queue_position, "reason": row.sandbox_queue_reason}
+            if row.sandbox_queue_position is not None
+            else None
+        ),
         "lastError": row.last_error,
         "owner": {"userId": row.owner_user_id, "login": row.owner_login},
         "pullRequest": pull_request_json(row),

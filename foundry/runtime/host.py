@@ -67,6 +67,8 @@ class Host:
         self._key_locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[int] | None = None
+        self._role_start: asyncio.Future[None] | None = None
+        self._closed = False
         self.sleeps = 0
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -77,13 +79,16 @@ class Host:
             self._reaper = asyncio.create_task(self._reap_idle(), name=f"reaper:{self.name}")
         if recover and self._recovery is None:
             self._recovery = asyncio.create_task(self.recover(), name=f"recover:{self.name}")
+        if self.role.on_host_start is not None and self._role_start is None:
+            self._role_start = asyncio.ensure_future(self.role.on_host_start(self))
 
     async def recovered(self) -> int:
         """Wait for the recovery scan; returns how many instances it woke."""
         return await self._recovery if self._recovery is not None else 0
 
     async def close(self) -> None:
-        for task in (self._reaper, self._recovery):
+        """Stop background work, close every instance, then let the role release its resources."""
+        for task in (self._reaper, self._recovery, self._role_start):
             if task is not None:
                 task.cancel()
                 try:
@@ -95,6 +100,12 @@ class Host:
         for key in list(self._instances):
             instance = self._instances.pop(key)
             await instance.close()
+        if self.role.on_host_stop is not None and not self._closed:
+            self._closed = True
+            try:
+                await self.role.on_host_stop(self)
+            except Exception:
+                log.exception("%s: the role's stop hook failed", self.name)
 
     def awake_keys(self) -> list[str]:
         return sorted(self._instances)

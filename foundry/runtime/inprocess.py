@@ -13,7 +13,7 @@ from typing import Any
 from foundry.runtime.client import Runtime
 from foundry.runtime.events import Event
 from foundry.runtime.host import Host
-from foundry.runtime.role import Role, load_role
+from foundry.runtime.role import Role, available_roles, load_role
 from foundry.services import Services
 
 
@@ -82,6 +82,13 @@ class InProcessRuntime(Runtime):
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:
         async for batch in self.host(role, shard).subscribe():
             yield _roundtrip(batch)
+
+    async def start(self) -> None:
+        """Start every role's hosts now, as the Ray backend does, so that their start hooks (the
+        recovery scan, the sandbox role's reaping of leftovers) run at start-up, not at first use."""
+        for role in [*available_roles(), *self._extra_role_modules]:
+            for shard in range(self.shards(role)):
+                self.host(role, shard)
 
     async def awake(self) -> dict[str, list[str]]:
         return {host.name: host.awake_keys() for host in self._hosts.values()}

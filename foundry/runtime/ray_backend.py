@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: How long a caller keeps retrying a host that is restarting (a kill -9 restart takes 1-2 s here).
 RETRY_WINDOW_S = 30.0
+#: How long a clean stop waits for each host to close (the sandbox host stops its processes).
+HOST_SHUTDOWN_S = 30.0
 
 
 def host_name(role: str, shard: int) -> str:
@@ -86,6 +88,12 @@ class HostActor:
     async def sleep_idle(self, older_than: float = 0.0) -> int:
         return await self.host.sleep_idle(older_than)
 
+    async def shutdown(self) -> None:
+        """Close the host before its process goes away: instances, then the role's resources (the
+        sandbox role stops its sandbox-agent processes, which live in their own process groups and
+        would otherwise outlive a killed worker)."""
+        await self.host.close()
+
 
 _RemoteHost = ray.remote(HostActor)
 
@@ -125,9 +133,26 @@ class RayRuntime(Runtime):
                 self.handle(role, shard)
 
     async def close(self) -> None:
+        """Disconnect; when this process started the local Ray, first close every host in it.
+
+        Hosts are detached actors, so only the process that owns the cluster shuts them down: a
+        ``foundry serve`` that joined an existing cluster leaves its hosts (and their sandboxes) to it.
+        """
         if self._started_ray:
+            await self._shutdown_hosts()
             await asyncio.to_thread(ray.shutdown)
             self._started_ray = False
+
+    async def _shutdown_hosts(self) -> None:
+        handles = list(self._handles.items())
+
+        async def one(name: str, handle: Any) -> None:
+            try:
+                await asyncio.wait_for(handle.shutdown.remote(), HOST_SHUTDOWN_S)
+            except Exception:
+                log.exception("host %s did not shut down cleanly", name)
+
+        await asyncio.gather(*(one(host_name(role, shard), handle) for (role, shard), handle in handles))
 
     def handle(self, role: str, shard: int, *, refresh: bool = False) -> Any:
         """The Ray handle of host (role, shard), created if it does not exist yet."""

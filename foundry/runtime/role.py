@@ -40,6 +40,10 @@ class Role:
         commands: mailbox commands, run one at a time in a transaction.
         actions: direct calls, concurrent, for reads and cheap writes.
         on_wake: called once an instance is awake (to restart background jobs, for instance).
+        on_host_start: called with the `Host` once it starts (in the background, beside recovery);
+            for per-process resources of the role, e.g. reaping what a crashed process left behind.
+        on_host_stop: called with the `Host` when it closes, after its instances closed; releases
+            those per-process resources (e.g. stops the processes the role started).
     """
 
     name: str
@@ -50,6 +54,8 @@ class Role:
     commands: tuple[Handler, ...] = ()
     actions: tuple[Handler, ...] = ()
     on_wake: Callable[[Any], Awaitable[None]] | None = None
+    on_host_start: Callable[[Any], Awaitable[None]] | None = None
+    on_host_stop: Callable[[Any], Awaitable[None]] | None = None
     _commands: dict[str, Handler] = field(init=False, repr=False, compare=False)
     _actions: dict[str, Handler] = field(init=False, repr=False, compare=False)
 

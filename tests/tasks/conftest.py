@@ -91,7 +91,14 @@ class WsClient:
 
 
 @asynccontextmanager
-async def running_server(tmp_path: Path, **sandbox: Any) -> AsyncIterator[TaskServer]:
+async def running_server(
+    tmp_path: Path, *, close_provider: bool = True, **sandbox: Any
+) -> AsyncIterator[TaskServer]:
+    """A Foundry on ``tmp_path / "data"``; entering it again on the same path is a restart.
+
+    At exit the runtime closes (which, like a clean ``foundry serve`` stop, stops the sandboxes);
+    ``close_provider`` then also closes the provider directly, as a safety net for other tests.
+    """
     port = free_port()
     base = Settings(
         data_dir=tmp_path / "data",
@@ -105,6 +112,9 @@ async def running_server(tmp_path: Path, **sandbox: Any) -> AsyncIterator[TaskSe
     services.clock = SystemClock()
     provider: LocalSandboxProvider = services.driver("sandbox")
     runtime = InProcessRuntime(settings.data_dir, services, idle_seconds=3600)
+    # Every host starts now, as in `foundry serve`: the sandbox host reaps leftovers and wakes tasks
+    # that were queued for a sandbox before a restart.
+    await runtime.start()
     app = create_app(settings, runtime=runtime, fake_github=fake)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio")
     uv = uvicorn.Server(config)
@@ -128,7 +138,8 @@ async def running_server(tmp_path: Path, **sandbox: Any) -> AsyncIterator[TaskSe
         uv.should_exit = True
         await serving
         await runtime.close()
-        await provider.aclose()
+        if close_provider:
+            await provider.aclose()
         fake.stop()
 
 

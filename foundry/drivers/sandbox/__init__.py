@@ -217,7 +217,9 @@ class SandboxProvider(Protocol):
     """Notified when a sandbox stops on its own (a crash), never for `destroy`. Assignable after
     construction so that the wiring module can connect it to whoever owns the sandboxes."""
 
-    async def create(self, sandbox_id: str, *, env: Mapping[str, str] | None = None) -> SandboxEndpoint:
+    async def create(
+        self, sandbox_id: str, *, env: Mapping[str, str] | None = None, owner: str = ""
+    ) -> SandboxEndpoint:
         """Create the sandbox (or return the running one) and wait until its server is healthy.
 
         Idempotent: calling it again for a running sandbox returns the same endpoint; for an exited one
@@ -227,6 +229,8 @@ class SandboxProvider(Protocol):
             sandbox_id: stable id (the task id); ``[A-Za-z0-9._-]``, at most 128 characters.
             env: extra environment for the server and thus for agents and processes it runs. This is
                 the *only* caller-controlled environment a sandbox receives.
+            owner: the owning actor's key, recorded with the process so that after a crash the
+                right host reaps it.
 
         Raises:
             SandboxError: invalid id, or the server did not become healthy in time (the message carries
@@ -246,6 +250,20 @@ class SandboxProvider(Protocol):
     async def status(self, sandbox_id: str) -> SandboxStatus:
         """Return the sandbox's current state; unknown ids are reported as ``destroyed``. Never raises
         for an unknown id."""
+        ...
+
+    async def stop(self, sandbox_id: str) -> bool:
+        """Stop the sandbox's server and agents but keep the sandbox (idle reclamation); the next
+        `create` starts it again over the same workdir. False when it was not running. Idempotent."""
+        ...
+
+    def running_ids(self) -> list[str]:
+        """Ids of the sandboxes this provider object runs (or is starting)."""
+        ...
+
+    async def reap_leftovers(self, belongs: Callable[[str], bool] | None = None) -> list[str]:
+        """Kill servers an earlier backend process started and left behind (only provably ours;
+        ``belongs(owner)`` picks the caller's). Returns the sandbox ids reaped."""
         ...
 
     async def aclose(self) -> None:

@@ -340,6 +340,8 @@ class AcpConnection:
         self.server_id = server_id
         self.agent = agent
         self._ids = itertools.count(1)
+        #: The JSON-RPC id of the latest request (to find its mirror in the event stream).
+        self.last_request_id = 0
 
     @property
     def _path(self) -> str:
@@ -359,6 +361,7 @@ class AcpConnection:
             SandboxError: the server is unreachable or did not answer within ``answer_timeout``.
         """
         request_id = next(self._ids)
+        self.last_request_id = request_id
         payload = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": dict(params or {})}
         http_timeout = httpx.Timeout(self.client._timeout, read=answer_timeout)
         response = await self.client.request(
@@ -414,6 +417,21 @@ class AcpConnection:
         if not session_id:
             raise AcpError(f"agent returned no sessionId for session/new: {result!r}")
         return str(session_id)
+
+    async def load_session(
+        self, session_id: str, cwd: str, *, mcp_servers: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
+        """``session/load``: reopen an earlier session of this agent (only when its ``initialize``
+        answer advertises ``agentCapabilities.loadSession``). The agent replays the conversation as
+        ``session/update`` notifications before it answers.
+
+        Raises:
+            AcpError: the agent refused (e.g. it no longer knows the session).
+        """
+        await self.request(
+            "session/load",
+            {"sessionId": session_id, "cwd": cwd, "mcpServers": [dict(s) for s in mcp_servers]},
+        )
 
     async def prompt(self, session_id: str, text: str) -> str:
         """Run one turn with a text prompt and return its ``stopReason`` (``end_turn``, ``cancelled``…).

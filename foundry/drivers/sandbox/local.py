@@ -20,21 +20,18 @@ A supervisor task awaits every process; an exit that was not asked for is report
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import inspect
 import logging
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import httpx
 
@@ -46,22 +43,29 @@ from foundry.drivers.sandbox import (
     SandboxStatus,
 )
 from foundry.drivers.sandbox.binary import find_binary
+from foundry.drivers.sandbox.launch import TOKEN_FLAG
+from foundry.drivers.sandbox.layout import (
+    LOG_FILE,
+    WORKDIR,
+    describe_returncode,
+    free_port,
+    prepare_directory,
+    read_log_tail,
+    remove_tree,
+)
+from foundry.drivers.sandbox.procs import ProcessRecord, Registry, boot_id, reap_leftovers, start_ticks
 
 __all__ = ["LocalSandboxProvider"]
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-LOG_FILE = "sandbox-agent.log"
-WORKDIR = "repo"
 _SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # The server's environment is built from scratch; only these are copied from the backend's own.
 _PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
 _RESERVED = frozenset({"HOME", "XDG_DATA_HOME", "TMPDIR"})
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _START_ATTEMPTS = 3
-_LOG_TAIL_LINES = 20
-_LOG_TAIL_BYTES = 16_384
 
 
 @dataclass
@@ -70,6 +74,9 @@ class _Sandbox:
     directory: Path
     endpoint: SandboxEndpoint
     process: asyncio.subprocess.Process
+    owner: str = ""
+    #: The sandbox-agent process itself (``process`` is its launcher, the process group's leader).
+    server_pid: int | None = None
     state: SandboxState = SandboxState.PENDING
     stopping: bool = False
     returncode: int | None = None
@@ -79,60 +86,6 @@ class _Sandbox:
     @property
     def log_path(self) -> Path:
         return self.directory / LOG_FILE
-
-
-def _free_port(host: str) -> int:
-    # Another process may take the port between this probe and the server's bind; `create` retries
-    # on "address in use".
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _read_log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - _LOG_TAIL_BYTES))
-            data = handle.read()
-    except FileNotFoundError:
-        return "(no log file)"
-    text = data.decode("utf-8", errors="replace").rstrip()
-    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
-
-
-def _describe_returncode(returncode: int | None) -> str:
-    if returncode is None:
-        return "is still running"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"was killed by {name}"
-    return f"exited with code {returncode}"
-
-
-def _prepare_directory(directory: Path, launchers: Mapping[str, str]) -> IO[bytes]:
-    """Create the sandbox layout, (re)write the agent launchers, and open the log for appending."""
-    (directory / WORKDIR).mkdir(parents=True, exist_ok=True)
-    (directory / "tmp").mkdir(exist_ok=True)
-    processes = directory / ".local" / "share" / "sandbox-agent" / "bin" / "agent_processes"
-    processes.mkdir(parents=True, exist_ok=True)
-    for agent_id, script in launchers.items():
-        path = processes / f"{agent_id}-acp"
-        path.write_text(script, encoding="utf-8")
-        path.chmod(0o755)
-    handle = (directory / LOG_FILE).open("ab")
-    handle.write(f"--- foundry: starting sandbox-agent at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
-    handle.flush()
-    return handle
-
-
-def _remove_tree(directory: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(directory)
 
 
 class LocalSandboxProvider:
@@ -177,6 +130,7 @@ class LocalSandboxProvider:
         self._sandboxes: dict[str, _Sandbox] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._notifications: set[asyncio.Task[None]] = set()
+        self.registry = Registry(self.root_dir)
 
     # ------------------------------------------------------------------------------------ public API
 
@@ -185,18 +139,22 @@ class LocalSandboxProvider:
         return self.root_dir / self._checked_id(sandbox_id)
 
     def process_id(self, sandbox_id: str) -> int | None:
-        """PID of the sandbox's server while this provider runs it, else ``None``."""
+        """PID of the sandbox's ``sandbox-agent`` server while this provider runs it, else ``None``."""
         sandbox = self._sandboxes.get(sandbox_id)
         if sandbox is None or sandbox.process.returncode is not None:
             return None
-        return sandbox.process.pid
+        return sandbox.server_pid or sandbox.process.pid
 
-    async def create(self, sandbox_id: str, *, env: Mapping[str, str] | None = None) -> SandboxEndpoint:
+    async def create(
+        self, sandbox_id: str, *, env: Mapping[str, str] | None = None, owner: str = ""
+    ) -> SandboxEndpoint:
         """Start the sandbox's server (or return the running one) and wait until it is healthy.
 
         Idempotent: a running sandbox's endpoint is returned as is (``env`` is then ignored); an exited
         or not-yet-started sandbox gets a new server (new port and token) over its existing directory,
-        so the checkout in ``repo/`` survives crashes and backend restarts.
+        so the checkout in ``repo/`` survives crashes and backend restarts. ``owner`` (the owning
+        actor's key) is kept in the process registry so that a restarted backend knows which of its
+        hosts must reap a leftover server.
 
         Raises:
             SandboxError: invalid id, or the server exited or stayed unhealthy for ``health_timeout``
@@ -221,7 +179,7 @@ class LocalSandboxProvider:
             last_error: SandboxError | None = None
             for attempt in range(1, _START_ATTEMPTS + 1):
                 try:
-                    sandbox = await self._start(sandbox_id, binary, env or {})
+                    sandbox = await self._start(sandbox_id, binary, env or {}, owner)
                 except _PortTaken as exc:
                     log.warning("sandbox port taken, retrying sandbox_id=%s attempt=%d", sandbox_id, attempt)
                     last_error = exc.error
@@ -244,7 +202,7 @@ class LocalSandboxProvider:
             if sandbox is not None:
                 await self._stop(sandbox)
             try:
-                await asyncio.to_thread(_remove_tree, directory)
+                await asyncio.to_thread(remove_tree, directory)
             except OSError as exc:
                 raise SandboxError(f"could not remove sandbox directory {directory}: {exc}") from exc
         log.info("sandbox destroyed sandbox_id=%s", sandbox_id)
@@ -267,7 +225,57 @@ class LocalSandboxProvider:
         self._sandboxes.clear()
         await asyncio.gather(*(self._stop(sandbox) for sandbox in sandboxes))
 
+    async def stop(self, sandbox_id: str) -> bool:
+        """Stop the sandbox's server and its agents but keep its directory (idle reclamation).
+
+        The next `create` starts a new server over the same checkout. ``on_exit`` is not called.
+        Returns False when it was not running. Idempotent.
+        """
+        self._checked_id(sandbox_id)
+        async with self._lock(sandbox_id):
+            sandbox = self._sandboxes.get(sandbox_id)
+            if sandbox is None:
+                return False
+            # Forgotten only once its processes are gone, so that it counts against the caps until then.
+            await self._stop(sandbox)
+            self._sandboxes.pop(sandbox_id, None)
+        log.info("sandbox stopped sandbox_id=%s", sandbox_id)
+        return True
+
+    def running_ids(self) -> list[str]:
+        """Sandboxes whose server this provider runs or is starting."""
+        return [
+            sandbox_id
+            for sandbox_id, sandbox in self._sandboxes.items()
+            if sandbox.process.returncode is None and sandbox.state is not SandboxState.DESTROYED
+        ]
+
+    async def reap_leftovers(self, belongs: Callable[[str], bool] | None = None) -> list[str]:
+        """Kill sandbox servers (and their agents) left behind by an earlier backend process.
+
+        A server is a leftover when the registry lists it but this provider does not run it; it is
+        killed only when it provably is the recorded process (pid and start time match). Processes
+        working inside a sandbox directory that no registry entry accounts for (a crash between the
+        spawn and its record) are killed too once older than a few seconds. ``belongs(owner)`` limits
+        the sweep to the sandboxes of one host (the actor key's shard); records of other hosts are
+        left alone. Returns the ids of the sandboxes reaped.
+        """
+        reaped = await asyncio.to_thread(
+            reap_leftovers, self.registry, self.root_dir, set(self._sandboxes), belongs
+        )
+        for sandbox_id in reaped:
+            log.warning("reaped a leftover sandbox server sandbox_id=%s", sandbox_id)
+        return reaped
+
     # ------------------------------------------------------------------------------------- internals
+
+    async def _register(self, sandbox: _Sandbox) -> None:
+        pid = sandbox.process.pid
+        ticks = await asyncio.to_thread(start_ticks, pid)
+        if ticks is None:
+            return  # already gone; the supervisor reports it
+        record = ProcessRecord(sandbox.sandbox_id, sandbox.owner, pid, ticks, boot_id())
+        await asyncio.to_thread(self.registry.write, record)
 
     def _checked_id(self, sandbox_id: str) -> str:
         if not _SANDBOX_ID.match(sandbox_id):
@@ -298,26 +306,38 @@ class LocalSandboxProvider:
         env["TMPDIR"] = str(directory / "tmp")
         return env
 
-    async def _start(self, sandbox_id: str, binary: Path, extra_env: Mapping[str, str]) -> _Sandbox:
+    async def _start(
+        self, sandbox_id: str, binary: Path, extra_env: Mapping[str, str], owner: str
+    ) -> _Sandbox:
         directory = self.root_dir / sandbox_id
-        log_handle = await asyncio.to_thread(_prepare_directory, directory, self._launchers)
-        port = _free_port(HOST)
+        log_handle = await asyncio.to_thread(prepare_directory, directory, self._launchers)
+        port = free_port(HOST)
         token = secrets.token_urlsafe(32)
         # `--token=<t>` in one argument: a token starting with "-" would otherwise parse as a flag.
-        args = ["server", f"--host={HOST}", f"--port={port}", f"--token={token}", "--no-telemetry"]
+        # The token never goes on a command line (any local user can read those): the launcher
+        # gets it on stdin and hands it to the server without it showing (see `launch`).
+        placeholder = f"{TOKEN_FLAG}{'*' * len(token)}"
+        args = ["server", f"--host={HOST}", f"--port={port}", placeholder, "--no-telemetry"]
         try:
             process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-I",
+                "-m",
+                "foundry.drivers.sandbox.launch",
                 str(binary),
                 *args,
                 cwd=str(directory / WORKDIR),
                 env=self._environment(directory, extra_env),
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=log_handle,
                 stderr=asyncio.subprocess.STDOUT,
                 # Own process group: destroy() signals the server *and* the agents it spawned.
                 start_new_session=True,
             )
-        except OSError as exc:
+            assert process.stdin is not None
+            process.stdin.write(f"{token}\n".encode())
+            await process.stdin.drain()
+        except (OSError, ConnectionError) as exc:
             raise SandboxError(
                 f"could not start sandbox-agent ({binary}) for sandbox {sandbox_id}: {exc}"
             ) from exc
@@ -326,7 +346,8 @@ class LocalSandboxProvider:
         endpoint = SandboxEndpoint(
             base_url=f"http://{HOST}:{port}", token=token, workdir=str(directory / WORKDIR)
         )
-        sandbox = _Sandbox(sandbox_id, directory, endpoint, process)
+        sandbox = _Sandbox(sandbox_id, directory, endpoint, process, owner)
+        await self._register(sandbox)
         sandbox.supervisor = asyncio.create_task(
             self._supervise(sandbox), name=f"sandbox-supervisor:{sandbox_id}"
         )
@@ -337,7 +358,20 @@ class LocalSandboxProvider:
             await self._stop(sandbox)
             raise
         sandbox.state = SandboxState.RUNNING
+        sandbox.server_pid = await asyncio.to_thread(_child_of, process.pid)
+        await self._tell_launcher_healthy(process)
         return sandbox
+
+    async def _tell_launcher_healthy(self, process: asyncio.subprocess.Process) -> None:
+        # The server parsed its token long ago: the launcher may now scrub it from its environment.
+        if process.stdin is None:
+            return
+        try:
+            process.stdin.write(b"healthy\n")
+            await process.stdin.drain()
+            process.stdin.close()
+        except (OSError, ConnectionError) as exc:
+            log.warning("could not tell the sandbox launcher pid=%d it is healthy: %s", process.pid, exc)
 
     async def _wait_healthy(self, sandbox: _Sandbox) -> None:
         started = time.monotonic()
@@ -373,8 +407,8 @@ class LocalSandboxProvider:
 
     async def _raise_start_failure(self, sandbox: _Sandbox, what: str) -> None:
         if sandbox.process.returncode is not None:
-            what = f"{_describe_returncode(sandbox.process.returncode)} {what}"
-        tail = await asyncio.to_thread(_read_log_tail, sandbox.log_path)
+            what = f"{describe_returncode(sandbox.process.returncode)} {what}"
+        tail = await asyncio.to_thread(read_log_tail, sandbox.log_path)
         error = SandboxError(
             f"sandbox-agent for sandbox {sandbox.sandbox_id} {what}; last log lines:\n{tail}"
         )
@@ -391,15 +425,16 @@ class LocalSandboxProvider:
             # destroy()/aclose() asked for it, or create() is failing and reports it itself.
             return
         sandbox.state = SandboxState.EXITED
-        tail = await asyncio.to_thread(_read_log_tail, sandbox.log_path)
+        tail = await asyncio.to_thread(read_log_tail, sandbox.log_path)
         reason = (
-            f"sandbox-agent for sandbox {sandbox.sandbox_id} {_describe_returncode(returncode)} "
+            f"sandbox-agent for sandbox {sandbox.sandbox_id} {describe_returncode(returncode)} "
             f"unexpectedly; last log lines:\n{tail}"
         )
         sandbox.detail = reason
         log.warning("sandbox exited unexpectedly sandbox_id=%s returncode=%s", sandbox.sandbox_id, returncode)
         # Reap the agents it spawned too; with the server gone they only wait for stdin EOF.
         self._signal_group(sandbox, signal.SIGKILL)
+        await asyncio.to_thread(self.registry.remove, sandbox.sandbox_id, sandbox.process.pid)
         if self.on_exit is not None:
             # Its own task: the callback may well call create()/destroy() for this sandbox, which wait
             # for this supervisor to finish.
@@ -451,6 +486,21 @@ class LocalSandboxProvider:
         if supervisor is not None:
             await supervisor
         sandbox.state = SandboxState.DESTROYED
+        await asyncio.to_thread(self.registry.remove, sandbox.sandbox_id, sandbox.process.pid)
+
+
+def _child_of(pid: int) -> int | None:
+    """The (single) child of ``pid``: the server under its launcher."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    return int(entry)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
 
 
 class _PortTaken(Exception):

@@ -1,0 +1,177 @@
+"""Start ``sandbox-agent server`` without its bearer token ever appearing on a command line.
+
+``sandbox-agent`` 0.4.2 takes its token only as ``--token`` (no environment variable, no file), and a
+process's arguments are world-readable (``ps``, ``/proc/<pid>/cmdline``). So this small launcher,
+run as ``python -I -m foundry.drivers.sandbox.launch <binary> <args…>`` with a ``--token=`` argument
+made of ``*`` placeholders and the real token on its stdin:
+
+1. forks; the child asks to be traced and execs the binary with the placeholder argument and the
+   real ``--token=<token>`` in one environment variable (environments are readable by the owner
+   only);
+2. stopped at the exec, before a single instruction of the binary ran, the launcher points that
+   argument's ``argv`` slot at the environment string, so the server's argument parser reads the
+   real token while ``/proc/<pid>/cmdline`` keeps showing the placeholder; then it lets it run;
+3. when the provider says the server is healthy (a second line on stdin, the token was parsed long
+   before), it overwrites the token in the server's environment, so that agents the server starts
+   later do not inherit it;
+4. forwards SIGTERM/SIGINT/SIGHUP to the server and exits as the server did (same code, or killed by
+   the same signal).
+
+It fails closed: if the argument cannot be rewritten it kills the child and exits with code 70, and
+the provider reports a failed start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+
+TOKEN_ENV = "FOUNDRY_SANDBOX_AGENT_TOKEN"
+TOKEN_FLAG = "--token="
+EXIT_SETUP_FAILED = 70
+_PTRACE_TRACEME = 0
+_PTRACE_DETACH = 17
+_WORD = 8
+
+
+class _SetupError(Exception):
+    pass
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
+def _field(fields: list[str], number: int) -> int:
+    # ``fields`` starts at field 3 (state); ``number`` is the 1-based field of proc(5).
+    return int(fields[number - 3])
+
+
+def _redirect_token_argument(pid: int) -> None:
+    """Point the placeholder's ``argv`` slot of the stopped ``pid`` at the value of `TOKEN_ENV`.
+
+    The placeholder is found by content, not position: an interpreter (a ``#!`` script) shifts it.
+    """
+    fields = _stat(pid)
+    start_stack = _field(fields, 28)
+    arg_start, arg_end = _field(fields, 48), _field(fields, 49)
+    env_start, env_end = _field(fields, 50), _field(fields, 51)
+    with open(f"/proc/{pid}/mem", "rb+", buffering=0) as mem:
+        mem.seek(start_stack)
+        argc = int.from_bytes(mem.read(_WORD), "little")
+        mem.seek(arg_start)
+        args = mem.read(arg_end - arg_start).split(b"\0")[:argc]
+        found = [i for i, arg in enumerate(args) if _is_placeholder(arg)]
+        if len(found) != 1:
+            raise _SetupError(f"expected one token placeholder among {argc} arguments, found {len(found)}")
+        token_index = found[0]
+        expected = arg_start + sum(len(arg) + 1 for arg in args[:token_index])
+        slot = start_stack + _WORD * (1 + token_index)
+        mem.seek(slot)
+        if int.from_bytes(mem.read(_WORD), "little") != expected:
+            raise _SetupError("argv does not point where expected")
+        mem.seek(env_start)
+        environment = mem.read(env_end - env_start)
+        marker = f"{TOKEN_ENV}=".encode()
+        if environment.startswith(marker):
+            offset = 0
+        else:
+            at = environment.find(b"\0" + marker)
+            if at < 0:
+                raise _SetupError("the token is missing from the environment")
+            offset = at + 1
+        mem.seek(slot)
+        mem.write((env_start + offset + len(marker)).to_bytes(_WORD, "little"))
+
+
+def _is_placeholder(arg: bytes) -> bool:
+    value = arg[len(TOKEN_FLAG) :]
+    return arg.startswith(TOKEN_FLAG.encode()) and bool(value) and set(value) == {ord("*")}
+
+
+def _scrub_token(pid: int, token: str) -> None:
+    """Overwrite the token in ``pid``'s environment (best effort: the owner can read it anyway)."""
+    fields = _stat(pid)
+    env_start, env_end = _field(fields, 50), _field(fields, 51)
+    needle = f"{TOKEN_ENV}={TOKEN_FLAG}{token}".encode()
+    with open(f"/proc/{pid}/mem", "rb+", buffering=0) as mem:
+        mem.seek(env_start)
+        environment = mem.read(env_end - env_start)
+        at = environment.find(needle)
+        if at >= 0:
+            value_at = env_start + at + len(f"{TOKEN_ENV}=")
+            mem.seek(value_at)
+            mem.write(b"x" * (len(needle) - len(f"{TOKEN_ENV}=")))
+
+
+def _child(binary: str, args: list[str], env: dict[str, str]) -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.ptrace(_PTRACE_TRACEME, 0, None, None) != 0:
+            os.write(2, f"launch: ptrace not permitted (errno {ctypes.get_errno()})\n".encode())
+            os._exit(EXIT_SETUP_FAILED)
+        os.execve(binary, [binary, *args], env)
+    except OSError as exc:
+        os.write(2, f"launch: cannot run {binary}: {exc}\n".encode())
+    os._exit(127)
+
+
+def main(argv: list[str]) -> int:
+    binary, args = argv[0], argv[1:]
+    token = sys.stdin.readline().rstrip("\n")
+    if not token or sum(_is_placeholder(arg.encode()) for arg in args) != 1:
+        print("launch: expected one --token= placeholder and the token on stdin", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    env = {**os.environ, TOKEN_ENV: f"{TOKEN_FLAG}{token}"}
+    pid = os.fork()
+    if pid == 0:
+        _child(binary, args, env)
+    _, status = os.waitpid(pid, 0)
+    if not os.WIFSTOPPED(status):
+        return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else EXIT_SETUP_FAILED
+    try:
+        _redirect_token_argument(pid)
+    except (OSError, ValueError, _SetupError) as exc:
+        print(f"launch: could not keep the token off the command line: {exc}", file=sys.stderr)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return EXIT_SETUP_FAILED
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace(_PTRACE_DETACH, pid, None, None)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+
+    def scrub_when_told() -> None:
+        if sys.stdin.readline():
+            try:
+                _scrub_token(pid, token)
+            except OSError as exc:
+                print(f"launch: could not scrub the token from the environment: {exc}", file=sys.stderr)
+
+    threading.Thread(target=scrub_when_told, daemon=True).start()
+    while True:
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status):
+            return os.WEXITSTATUS(status)
+        if os.WIFSIGNALED(status):
+            killed_by = os.WTERMSIG(status)
+            with contextlib.suppress(OSError, ValueError):  # SIGKILL's disposition is fixed
+                signal.signal(killed_by, signal.SIG_DFL)
+            os.kill(os.getpid(), killed_by)  # die the way the server died
+            return 128 + killed_by
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,80 @@
+"""The on-disk layout of a local sandbox and small helpers around its server process.
+
+``<root_dir>/<sandbox_id>/``::
+
+    repo/                     the workdir (the task's checkout); the server's cwd
+    .local/share/             XDG_DATA_HOME: sandbox-agent/bin/agent_processes/<agent>-acp launchers
+    tmp/                      TMPDIR
+    sandbox-agent.log         the server's log (stdout + stderr, appended across restarts)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+LOG_FILE = "sandbox-agent.log"
+WORKDIR = "repo"
+_LOG_TAIL_LINES = 20
+_LOG_TAIL_BYTES = 16_384
+
+
+def free_port(host: str) -> int:
+    # Another process may take the port between this probe and the server's bind; `create` retries
+    # on "address in use".
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def read_log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - _LOG_TAIL_BYTES))
+            data = handle.read()
+    except FileNotFoundError:
+        return "(no log file)"
+    text = data.decode("utf-8", errors="replace").rstrip()
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+
+def describe_returncode(returncode: int | None) -> str:
+    if returncode is None:
+        return "is still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+def prepare_directory(directory: Path, launchers: Mapping[str, str]) -> IO[bytes]:
+    """Create the sandbox layout, (re)write the agent launchers, and open the log for appending."""
+    (directory / WORKDIR).mkdir(parents=True, exist_ok=True)
+    (directory / "tmp").mkdir(exist_ok=True)
+    processes = directory / ".local" / "share" / "sandbox-agent" / "bin" / "agent_processes"
+    processes.mkdir(parents=True, exist_ok=True)
+    for agent_id, script in launchers.items():
+        path = processes / f"{agent_id}-acp"
+        path.write_text(script, encoding="utf-8")
+        path.chmod(0o755)
+    handle = (directory / LOG_FILE).open("ab")
+    handle.write(f"--- foundry: starting sandbox-agent at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
+    handle.flush()
+    return handle
+
+
+def remove_tree(directory: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(directory)
