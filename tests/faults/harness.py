@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from tests.faults.checks import Findings, exactly_once, sessions_usable, settle
-from tests.faults.load import ORG, Client, Ledger, Subscriber
+from tests.faults.load import ORG, REPOS, Client, Ledger, Subscriber
 from tests.faults.procs import Proc, ServerProcess
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class RunResult:
     dead_sessions: int = 0
     orphans: int = 0
     unexpected_5xx: int = 0
+    unexpected_4xx: int = 0
     max_recovery_s: float = 0.0
     max_boot_s: float = 0.0
     faults: list[Fault] = field(default_factory=list)
@@ -199,9 +200,13 @@ class Run:
                     raise RuntimeError("mock sign-in kept failing")
                 await asyncio.sleep(0.5)
         while True:
+            # The organization row can exist before its first sync has brought its repositories:
+            # wait for those, so the load starts on a synced organization.
             response = await self.clients[0].request("warmup", "GET", f"/v1/organizations/{ORG}")
             if response is not None and response.status_code == 200:
-                return
+                synced = {str(r["id"]) for r in response.json().get("repos", [])}
+                if set(REPOS) <= synced:
+                    return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"organization {ORG} never synced")
             await asyncio.sleep(0.5)
@@ -253,6 +258,7 @@ class Run:
                         f"SIGTERM did not stop the server within 45s (fault at {fault.at_s:.1f}s)"
                     )
                 fault.boot_s = round(await self._boot(), 2)
+                self.ledger.restarts.append(time.time())
                 # Recovery counts from readiness: a server that says it is ready must serve at once.
                 started = time.monotonic()
             else:
@@ -356,6 +362,12 @@ class Run:
         unexpected = self.ledger.unexpected_5xx()
         r.unexpected_5xx = len(unexpected)
         for call in unexpected[:20]:
+            r.problems.append(
+                f"unexpected {call.status} on {call.method} {call.path} ({call.kind}): {call.body}"
+            )
+        rejected = self.ledger.unexpected_4xx()
+        r.unexpected_4xx = len(rejected)
+        for call in rejected[:20]:
             r.problems.append(
                 f"unexpected {call.status} on {call.method} {call.path} ({call.kind}): {call.body}"
             )

@@ -62,9 +62,11 @@ class Ledger:
     #: text → (taskId, sessionId) of acknowledged messages; texts sent without an answer.
     messages: dict[str, tuple[str, str]] = field(default_factory=dict)
     messages_unacked: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: PR numbers whose `pull_request.opened` delivery was acknowledged / unanswered.
-    webhooks: set[int] = field(default_factory=set)
+    #: PR numbers whose `pull_request.opened` delivery was acknowledged (→ when) / unanswered.
+    webhooks: dict[int, float] = field(default_factory=dict)
     webhooks_unacked: set[int] = field(default_factory=set)
+    #: When the server came back from each whole-server restart (`time.time()`).
+    restarts: list[float] = field(default_factory=list)
     #: Set while a fault is being injected or recovered from: 503s and refused connections are
     #: expected then.
     in_fault: bool = False
@@ -78,6 +80,15 @@ class Ledger:
 
     def non_2xx(self) -> list[Call]:
         return [c for c in self.calls if c.status is None or not 200 <= c.status < 300]
+
+    def unexpected_4xx(self) -> list[Call]:
+        """4xx to the well-formed requests of the load (the organization's 404 before its first sync
+        and the 401 that makes a client sign in again after a restart are expected)."""
+        return [
+            c
+            for c in self.calls
+            if c.status is not None and 400 <= c.status < 500 and c.kind != "warmup" and c.status != 401
+        ]
 
     def unexpected_5xx(self) -> list[Call]:
         """5xx other than a 503 while a fault (restart, host kill) was being recovered from."""
@@ -186,7 +197,7 @@ class Client:
         headers = signed_headers(self.secret, body, "pull_request")
         response = await self.request("webhook", "POST", "/v1/webhooks/github", content=body, headers=headers)
         if response is not None and response.status_code == 202:
-            self.ledger.webhooks.add(number)
+            self.ledger.webhooks[number] = time.time()
         elif response is None or response.status_code >= 500:
             self.ledger.webhooks_unacked.add(number)
 
