@@ -323,7 +323,11 @@ class Run:
     async def _check(self, settle_bound: float, probe_bound: float) -> None:
         checker = Client("check", self.server.url, self.ledger, random.Random(0), self.server.webhook_secret)
         try:
-            assert await checker.sign_in(), "sign-in for the checks failed"
+            deadline = time.monotonic() + 60
+            while not await checker.sign_in():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("sign-in for the checks kept failing for 60 s")
+                await asyncio.sleep(1)
             findings = Findings()
             details = await settle(checker, settle_bound, findings)
             await exactly_once(checker, self.ledger, details, findings)

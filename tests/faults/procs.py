@@ -244,8 +244,16 @@ class ServerProcess:
         return [p for p in self.snapshot_processes() if is_host(p)]
 
     def other_ray_workers(self) -> list[Proc]:
-        """Ray worker processes that are not hosts (idle pool workers and the like)."""
-        return [p for p in self.snapshot_processes() if p.cmdline.startswith("ray::") and not is_host(p)]
+        """Ray worker processes that are not hosts (idle pool workers and the like).
+
+        Ray's per-node agents (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``) are not workers:
+        the raylet shares their fate, so killing one takes the whole local node down.
+        """
+        return [
+            p
+            for p in self.snapshot_processes()
+            if p.cmdline.startswith("ray::") and not is_host(p) and "Agent" not in p.cmdline.split(" ")[0]
+        ]
 
     def sandbox_servers(self) -> list[Proc]:
         return [
