@@ -104,16 +104,25 @@ class RunResult:
 
 
 def schedule(
-    seed: int, duration: float, count: int | None = None, kinds: tuple[str, ...] = FAULT_KINDS
+    seed: int,
+    duration: float,
+    count: int | None = None,
+    kinds: tuple[str, ...] = FAULT_KINDS,
+    ordered: bool = False,
 ) -> list[Fault]:
-    """The seeded fault plan: kinds and offsets (at least 4 s apart, none in the first 3 s)."""
+    """The seeded fault plan: kinds and offsets (at least 4 s apart, none in the first 3 s).
+
+    Kinds are drawn from ``kinds``; with ``ordered`` fault i is ``kinds[i % len(kinds)]`` instead,
+    so a short run is sure to cover each kind it names.
+    """
     rng = random.Random(seed)
     count = count if count is not None else max(1, int(duration // 10))
     slots = sorted(rng.uniform(3, max(4.0, duration - 2)) for _ in range(count))
     at, out = 0.0, []
-    for slot in slots:
+    for i, slot in enumerate(slots):
         at = max(slot, at + 4)
-        out.append(Fault(rng.choice(kinds), at))
+        kind = kinds[i % len(kinds)] if ordered else rng.choice(kinds)
+        out.append(Fault(kind, at))
     return out
 
 
@@ -397,7 +406,8 @@ async def run_once(
     kinds: tuple[str, ...] = FAULT_KINDS,
     settle_bound: float = 90,
     probe_bound: float = 60,
+    ordered: bool = False,
 ) -> RunResult:
-    """One seeded run in ``workdir`` (created); see the module docstring."""
-    plan = schedule(seed, duration, faults, kinds)
+    """One seeded run in ``workdir`` (created); see the module docstring and `schedule`."""
+    plan = schedule(seed, duration, faults, kinds, ordered)
     return await Run(seed, workdir, duration, plan).run(settle_bound, probe_bound)
