@@ -271,7 +271,16 @@ class Run:
                 # Recovery counts from readiness: a server that says it is ready must serve at once.
                 started = time.monotonic()
             else:
-                victim = await asyncio.to_thread(self._victim, fault)
+                # Agents and sandboxes come and go with the load: give the drawn kind a few seconds
+                # to have a process before hitting another kind instead.
+                victim = None
+                wait_until = time.monotonic() + 10
+                while victim is None and time.monotonic() < wait_until:
+                    victim = await asyncio.to_thread(self._victim, fault, False)
+                    if victim is None:
+                        await asyncio.sleep(0.5)
+                if victim is None:
+                    victim = await asyncio.to_thread(self._victim, fault, True)
                 if victim is None:
                     fault.note = "nothing to kill"
                     return
@@ -283,14 +292,14 @@ class Run:
             await asyncio.sleep(2)  # in-flight answers to requests sent during the fault land now
             self.ledger.in_fault = False
 
-    def _victim(self, fault: Fault) -> Proc | None:
+    def _victim(self, fault: Fault, fallback: bool) -> Proc | None:
         finders = {
             "host": self.server.hosts,
             "ray_worker": self.server.other_ray_workers,
             "sandbox": self.server.sandbox_servers,
             "agent": self.server.agents,
         }
-        for kind in (fault.kind, *FALLBACK):
+        for kind in (fault.kind, *FALLBACK) if fallback else (fault.kind,):
             candidates = finders[kind]()
             if candidates:
                 victim = self.rng.choice(candidates)
