@@ -11,6 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import await_
 
+#: Execution option of engines and connections that only read (see `read_only`).
+READ_ONLY_OPTION = "foundry_read_only"
+
 # WAL lets readers run beside the single writer; NORMAL is durable across process crashes (a power
 # loss may drop the last transactions), measured at ~0.02 ms per commit here against 0.15 ms for FULL.
 _PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=ON")
@@ -48,7 +51,20 @@ def make_engine(path: Path) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            return
         # Straight to aiosqlite: one thread hop, where SQLAlchemy's cursor path takes three.
         await_(conn.connection.driver_connection.execute("BEGIN"))  # type: ignore[union-attr]
 
     return engine
+
+
+def read_only(engine: AsyncEngine) -> AsyncEngine:
+    """A view of ``engine`` (same pool) for connections that only read.
+
+    They skip BEGIN, which saves a thread hop on the hot read path: each SELECT is then atomic on its
+    own, as it was under the driver's legacy mode. Never write through it: without BEGIN every
+    statement commits on its own. Reads that must see one state across statements use the engine
+    itself (or hold the instance's write lock).
+    """
+    return engine.execution_options(**{READ_ONLY_OPTION: True})

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations as _migrations_package  # the top-level package that holds the environments
+from foundry.db.engine import read_only
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def _move_aside(path: Path, stamp: str) -> Path:
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as conn:
+    async with read_only(engine).connect() as conn:
         try:
             result = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
         except sa.exc.OperationalError:

@@ -176,7 +176,7 @@ class Host:
         except Exception as exc:
             return ("err", self._wake_failed(key, exc).to_payload())
         try:
-            async with instance.engine.connect() as conn:
+            async with instance.read_engine.connect() as conn:
                 return ("ok", await dead_letters(conn))
         finally:
             self._release(instance)

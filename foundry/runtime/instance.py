@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from foundry.db.engine import make_engine
+from foundry.db.engine import make_engine, read_only
 from foundry.db.migrate import ensure_schema
 from foundry.errors import CommandFailed, CommandTimeout, FoundryError
 from foundry.runtime.context import CommandContext, InstanceContext
@@ -51,6 +51,8 @@ class Instance:
         self.key = key
         self.path = path
         self.engine: AsyncEngine = make_engine(path)
+        #: The same pool, for connections that only read (no BEGIN; see `read_only`).
+        self.read_engine: AsyncEngine = read_only(self.engine)
         self.write_lock = asyncio.Lock()
         self.active = 0
         self.last_used = asyncio.get_running_loop().time()

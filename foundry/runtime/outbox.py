@@ -161,7 +161,7 @@ class Outbox:
     async def _load(self) -> tuple[list[_Row], set[Target]]:
         t = self._table
         now = self._instance.host.services.clock.now_ms()
-        async with self._instance.engine.connect() as conn:
+        async with self._instance.read_engine.connect() as conn:
             result = await conn.execute(
                 sa.select(
                     t.c.id,
@@ -363,7 +363,7 @@ class Outbox:
 
     async def refresh_dead_count(self) -> int:
         """Count the dead letters again and update the marker file ``foundry actors ls`` reads."""
-        async with self._instance.engine.connect() as conn:
+        async with self._instance.read_engine.connect() as conn:
             count = (
                 await conn.execute(
                     sa.select(sa.func.count()).select_from(self._table).where(self._table.c.status == "dead")
