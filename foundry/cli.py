@@ -7,12 +7,16 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from foundry.config import ROLE_NAMES, Settings, get_settings
 from foundry.logging import configure_logging
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -172,41 +176,110 @@ def actors() -> None:
     """Inspect the actor runtime of a running Foundry."""
 
 
+def _roles_of(settings: Settings) -> list[str]:
+    from foundry.runtime.role import available_roles
+
+    return available_roles() + [r for r in settings.runtime.extra_roles if r not in available_roles()]
+
+
+def _on_ray(address: str, settings: Settings, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Join the running Foundry's Ray cluster, run ``work``, and leave."""
+    import ray
+
+    try:
+        ray.init(address=address, namespace=settings.runtime.namespace, log_to_driver=False)
+    except ConnectionError as exc:
+        raise click.ClickException(f"no running Foundry Ray cluster found at {address!r}: {exc}") from exc
+    try:
+        return asyncio.run(work())
+    finally:
+        ray.shutdown()
+
+
 @actors.command("ls")
 @click.option("--address", default="auto", help="Ray cluster address (default: the local one).")
 def actors_ls(address: str) -> None:
-    """Which instances are awake on which host (looks hosts up; never creates one)."""
+    """Which instances are awake on which host, and which instances hold dead letters.
+
+    Per host: ``awake`` (keys), and ``deadLetters``: ``total`` and ``instances`` (key → count, asleep
+    instances included). Looks hosts up; never creates one.
+    """
     import ray
 
     from foundry.runtime.ray_backend import host_name
-    from foundry.runtime.role import available_roles
 
     settings = get_settings()
-    namespace = settings.runtime.namespace
 
     async def _run() -> dict[str, object]:
         out: dict[str, object] = {}
-        for role in available_roles():
+        for role in _roles_of(settings):
             for shard in range(settings.runtime.shards_for(role)):
                 name = host_name(role, shard)
                 try:
-                    handle = ray.get_actor(name, namespace=namespace)
+                    handle = ray.get_actor(name, namespace=settings.runtime.namespace)
                 except ValueError:
                     out[name] = {"running": False}
                     continue
                 info = await handle.info.remote()
-                out[name] = {"running": True, "pid": info["pid"], "awake": await handle.awake.remote()}
+                dead: dict[str, int] = info.get("deadLetters", {})
+                out[name] = {
+                    "running": True,
+                    "pid": info["pid"],
+                    "awake": await handle.awake.remote(),
+                    "deadLetters": {"total": sum(dead.values()), "instances": dead},
+                }
         return out
 
+    click.echo(json.dumps(_on_ray(address, settings, _run), indent=2))
+
+
+def _instance_op(address: str, role: str, key: str, method: str) -> object:
+    """Run a host's operator action on one instance and return its result (or exit with its error)."""
+    import ray
+
+    from foundry.errors import FoundryError
+    from foundry.runtime.client import unwrap
+    from foundry.runtime.keys import shard_of, validate_key
+    from foundry.runtime.ray_backend import host_name
+
+    settings = get_settings()
+    if role not in _roles_of(settings):
+        raise click.BadParameter(f"unknown role {role!r}; choose from {', '.join(_roles_of(settings))}")
     try:
-        ray.init(address=address, namespace=namespace, log_to_driver=False)
-    except ConnectionError as exc:
-        raise click.ClickException(f"no running Foundry Ray cluster found at {address!r}: {exc}") from exc
-    try:
-        result = asyncio.run(_run())
-    finally:
-        ray.shutdown()
-    click.echo(json.dumps(result, indent=2))
+        validate_key(key)
+    except FoundryError as exc:
+        raise click.BadParameter(str(exc), param_hint="--key") from exc
+    name = host_name(role, shard_of(key, settings.runtime.shards_for(role)))
+
+    async def _run() -> object:
+        try:
+            handle = ray.get_actor(name, namespace=settings.runtime.namespace)
+        except ValueError:
+            raise click.ClickException(f"host {name} is not running") from None
+        try:
+            return unwrap(await getattr(handle, method).remote(key))
+        except FoundryError as exc:
+            raise click.ClickException(f"{exc.code}: {exc}") from exc
+
+    return _on_ray(address, settings, _run)
+
+
+@actors.command("dead")
+@click.option("--role", required=True, help="Role of the instance whose outbox to read.")
+@click.option("--key", required=True, help="Key of the instance.")
+@click.option("--address", default="auto", help="Ray cluster address (default: the local one).")
+def actors_dead(role: str, key: str, address: str) -> None:
+    """List an instance's dead letters: sends that failed too often and are no longer retried."""
+    click.echo(json.dumps(_instance_op(address, role, key, "dead_letters"), indent=2))
+
+
+@actors.command("retry-dead")
+@click.option("--role", required=True, help="Role of the instance whose dead letters to retry.")
+@click.option("--key", required=True, help="Key of the instance.")
+@click.option("--address", default="auto", help="Ray cluster address (default: the local one).")
+def actors_retry_dead(role: str, key: str, address: str) -> None:
+    """Deliver an instance's dead letters again, in order, with fresh attempt counts."""
+    click.echo(json.dumps(_instance_op(address, role, key, "retry_dead_letters")))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ class RuntimeSettings(BaseModel):
     object_store_bytes: int = 256 * 1024 * 1024
     #: Extra roles by name → module defining ``ROLE`` (tests add their own roles this way).
     extra_roles: dict[str, str] = Field(default_factory=dict)
+    #: A send to another actor that failed this many times becomes a dead letter: kept in the
+    #: sender's outbox, no longer retried until an operator asks (``foundry actors retry-dead``).
+    outbox_max_attempts: int = Field(default=20, ge=1)
+    #: Delay before the second attempt of a send; it doubles per failure up to the cap (with jitter).
+    outbox_backoff_base_s: float = Field(default=0.1, gt=0)
+    outbox_backoff_cap_s: float = Field(default=30.0, gt=0)
 
     def shards_for(self, role: str) -> int:
         return max(1, int(self.shards.get(role, self.default_shards)))

@@ -12,6 +12,7 @@ from actors.organization.schema import members, profile, repos, task_summaries
 from foundry.errors import InvalidInput, NotFound
 from foundry.ids import APP_SHELL_ID
 from foundry.runtime.context import InstanceContext
+from foundry.runtime.tables import dead_letters
 
 
 def organization_topic(organization_id: str) -> str:
@@ -152,9 +153,15 @@ async def list_task_summaries(conn: AsyncConnection, include_archived: bool = Fa
 
 
 async def build_snapshot(conn: AsyncConnection, organization_id: str) -> dict[str, Any]:
-    """The full organization summary of the ``organization:<id>`` topic: header plus open tasks."""
+    """The full organization summary of the ``organization:<id>`` topic: header plus open tasks.
+
+    ``deadLetters`` (``{"count", "items"}``, the oldest 20) are this organization's sends to other
+    actors (task creation, audit entries...) that failed too often and wait for an operator's
+    ``foundry actors retry-dead``. They come with every snapshot; no live event carries them.
+    """
     snapshot = await build_header(conn, organization_id)
     snapshot["taskSummaries"] = await list_task_summaries(conn)
+    snapshot["deadLetters"] = await dead_letters(conn, limit=20)
     return snapshot
 
 

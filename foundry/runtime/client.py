@@ -72,6 +72,18 @@ class Runtime(abc.ABC):
         """Run a direct action on actor (role, key) and return its result (or raise its error)."""
         return unwrap(await self._call(role, key, action, to_jsonable(body)))
 
+    async def dead_letters(self, role: str, key: str) -> dict[str, Any]:
+        """The dead letters in actor (role, key)'s outbox: ``{"count": N, "items": [...]}``."""
+        return unwrap(await self._host_op(role, validate_key(key), "dead_letters"))  # type: ignore[no-any-return]
+
+    async def retry_dead_letters(self, role: str, key: str) -> int:
+        """Deliver actor (role, key)'s dead letters again with fresh attempt counts; returns how many."""
+        return int(unwrap(await self._host_op(role, validate_key(key), "retry_dead_letters"))["retried"])
+
+    @abc.abstractmethod
+    async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
+        """Run `Host` method ``method(key)`` (an operator action on one instance) on its host."""
+
     @abc.abstractmethod
     async def _send(
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str

@@ -83,10 +83,10 @@ class InstanceContext:
         state (a snapshot and its topic seq, say). Cheap, but it waits for a running command.
         """
         if consistent:
-            async with self._instance.write_lock, self._instance.engine.connect() as conn:
+            async with self._instance.write_lock, self._instance.read_engine.connect() as conn:
                 yield conn
             return
-        async with self._instance.engine.connect() as conn:
+        async with self._instance.read_engine.connect() as conn:
             yield conn
 
     @asynccontextmanager

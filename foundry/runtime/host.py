@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foundry.errors import CommandFailed, FoundryError, InvalidInput, PayloadTooLarge
+from foundry.errors import ActorUnavailable, CommandFailed, FoundryError, InvalidInput, PayloadTooLarge
 from foundry.runtime.events import Event, EventHub
 from foundry.runtime.instance import Instance, Outcome
 from foundry.runtime.keys import PARTITIONS, partition_dir_name, partition_of, shard_of, validate_key
 from foundry.runtime.role import Role, to_jsonable, validate_body
+from foundry.runtime.tables import dead_letters
 
 if TYPE_CHECKING:
     from foundry.runtime.client import Runtime
@@ -58,6 +59,8 @@ class Host:
         self.root = Path(data_dir) / role.name
         #: One empty file per instance with pending commands or undelivered sends (recovery index).
         self.pending_dir = self.root / ".pending"
+        #: One file per instance with dead letters, holding their count (for ``foundry actors ls``).
+        self.dead_dir = self.root / ".dead"
         self.runtime = runtime
         self.services = services
         self.idle_seconds = idle_seconds
@@ -138,6 +141,8 @@ class Host:
             instance = await self._acquire(key)
         except FoundryError as exc:
             return ("err", exc.to_payload())
+        except Exception as exc:
+            return ("err", self._wake_failed(key, exc).to_payload())
         try:
             return await instance.send(name, body_json, wait=wait, timeout=timeout, command_id=command_id)
         except Exception as exc:
@@ -157,10 +162,79 @@ class Host:
             instance = await self._acquire(key)
         except FoundryError as exc:
             return ("err", exc.to_payload())
+        except Exception as exc:
+            return ("err", self._wake_failed(key, exc).to_payload())
         try:
             return await instance.call(handler, model)
         finally:
             self._release(instance)
+
+    def _wake_failed(self, key: str, exc: Exception) -> FoundryError:
+        # A database that cannot be opened or migrated is an unavailable actor, not a crash of the
+        # caller: callers (and outboxes) get a clear error and retry later.
+        log.exception("%s: instance %s could not wake", self.name, key)
+        return ActorUnavailable(f"{self.role.name}/{key} could not wake: {type(exc).__name__}: {exc}")
+
+    # ----------------------------------------------------------------------------- dead letters
+
+    async def dead_letters(self, key: str) -> Outcome:
+        """The dead letters in instance ``key``'s outbox: ``{"count", "items"}``."""
+        try:
+            self._check_key(key)
+            instance = await self._acquire(key)
+        except FoundryError as exc:
+            return ("err", exc.to_payload())
+        except Exception as exc:
+            return ("err", self._wake_failed(key, exc).to_payload())
+        try:
+            async with instance.read_engine.connect() as conn:
+                return ("ok", await dead_letters(conn))
+        finally:
+            self._release(instance)
+
+    async def retry_dead_letters(self, key: str) -> Outcome:
+        """Deliver instance ``key``'s dead letters again, with fresh attempt counts; ``{"retried": N}``."""
+        try:
+            self._check_key(key)
+            instance = await self._acquire(key)
+        except FoundryError as exc:
+            return ("err", exc.to_payload())
+        except Exception as exc:
+            return ("err", self._wake_failed(key, exc).to_payload())
+        try:
+            return ("ok", {"retried": await instance.outbox.retry_dead()})
+        finally:
+            self._release(instance)
+
+    def write_dead_marker(self, key: str, count: int) -> None:
+        marker = self.dead_dir / key
+        if count:
+            marker.write_text(str(count))
+        else:
+            marker.unlink(missing_ok=True)
+
+    async def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters per instance of this shard, asleep ones included (from the marker files)."""
+        counts = await asyncio.to_thread(self._read_dead_markers)
+        for key, instance in self._instances.items():  # awake instances know their exact count
+            if instance.outbox.dead_count:
+                counts[key] = instance.outbox.dead_count
+            else:
+                counts.pop(key, None)
+        return dict(sorted(counts.items()))
+
+    def _read_dead_markers(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        if not self.dead_dir.is_dir():
+            return counts
+        for path in self.dead_dir.iterdir():
+            if shard_of(path.name, self.shards) != self.shard:
+                continue
+            try:
+                counts[path.name] = int(path.read_text() or 0)
+            except (OSError, ValueError) as exc:
+                log.warning("%s: unreadable dead-letter marker %s: %s", self.name, path, exc)
+        return counts
 
     async def subscribe(self) -> AsyncIterator[list[Event]]:
         """Every event published by this host's instances, in order, in batches."""
@@ -190,7 +264,7 @@ class Host:
             instance = self._instances.get(key)
             if instance is None:
                 path = self.path_for(key)
-                await asyncio.to_thread(_make_dirs, path.parent, self.pending_dir)
+                await asyncio.to_thread(_make_dirs, path.parent, self.pending_dir, self.dead_dir)
                 instance = Instance(self, key, path)
                 await instance.wake()
                 self._instances[key] = instance
@@ -280,7 +354,11 @@ def _has_pending_work(path: Path) -> bool:
         return False
     try:
         pending = conn.execute("SELECT 1 FROM foundry_mailbox WHERE status='pending' LIMIT 1").fetchone()
-        outbox = conn.execute("SELECT 1 FROM foundry_outbox LIMIT 1").fetchone()
+        try:
+            outbox = conn.execute("SELECT 1 FROM foundry_outbox WHERE status='pending' LIMIT 1").fetchone()
+        except sqlite3.OperationalError:
+            # Written before outbox rows had a status: every row there is pending.
+            outbox = conn.execute("SELECT 1 FROM foundry_outbox LIMIT 1").fetchone()
         return bool(pending or outbox)
     except sqlite3.OperationalError as exc:
         # A file that was never migrated has no mailbox yet, so nothing can be pending in it.

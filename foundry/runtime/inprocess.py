@@ -79,6 +79,10 @@ class InProcessRuntime(Runtime):
         host = self.host(role, self.shard_for(role, key))
         return _roundtrip(await host.call(key, action, _roundtrip(body)))  # type: ignore[no-any-return]
 
+    async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
+        host = self.host(role, self.shard_for(role, key))
+        return _roundtrip(await getattr(host, method)(key))  # type: ignore[no-any-return]
+
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:
         async for batch in self.host(role, shard).subscribe():
             yield _roundtrip(batch)

@@ -15,11 +15,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from foundry.db.engine import make_engine
+from foundry.db.engine import make_engine, read_only
 from foundry.db.migrate import ensure_schema
 from foundry.errors import CommandFailed, CommandTimeout, FoundryError
 from foundry.runtime.context import CommandContext, InstanceContext
 from foundry.runtime.events import Event
+from foundry.runtime.outbox import Outbox
 from foundry.runtime.role import Handler, Role, to_jsonable
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class Instance:
         self.key = key
         self.path = path
         self.engine: AsyncEngine = make_engine(path)
+        #: The same pool, for connections that only read (no BEGIN; see `read_only`).
+        self.read_engine: AsyncEngine = read_only(self.engine)
         self.write_lock = asyncio.Lock()
         self.active = 0
         self.last_used = asyncio.get_running_loop().time()
@@ -60,8 +63,7 @@ class Instance:
         self._running_command: str | None = None
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._topic_seq: dict[str, int] = {}
-        self._outbox_task: asyncio.Task[None] | None = None
-        self._outbox_dirty = False
+        self.outbox = Outbox(self)
         self._marker = host.pending_marker(key)
         self._marked = False
         self._tables = self.role.metadata.tables
@@ -86,7 +88,16 @@ class Instance:
                 for command_id, name, body in pending:
                     self._queue.put_nowait((command_id, name, body))
                 outbox = self._tables["foundry_outbox"]
-                has_outbox = (await conn.execute(sa.select(sa.func.count()).select_from(outbox))).scalar()
+                by_status: dict[str, int] = dict(
+                    (
+                        await conn.execute(
+                            sa.select(outbox.c.status, sa.func.count()).group_by(outbox.c.status)
+                        )
+                    ).all()
+                )
+            has_outbox = by_status.get("pending", 0) > 0
+            # Dead letters alone are no pending work: recovery must not wake this instance for them.
+            self.outbox.set_dead_count(by_status.get("dead", 0))
             if has_outbox or not self._queue.empty():
                 self._mark_pending()
             else:
@@ -94,7 +105,7 @@ class Instance:
                 self._unmark_if_drained()
             self._loop_task = asyncio.create_task(self._run_loop(), name=f"loop:{self.role.name}/{self.key}")
             if has_outbox:
-                self._schedule_outbox()
+                self.outbox.schedule()
             if self.role.on_wake is not None:
                 await self.role.on_wake(InstanceContext(self))
         except BaseException:
@@ -103,7 +114,8 @@ class Instance:
 
     async def close(self) -> None:
         """Stop the loop and jobs and release the database (its thread and file handles)."""
-        tasks = [t for t in (self._loop_task, self._outbox_task) if t is not None]
+        await self.outbox.close()
+        tasks = [t for t in (self._loop_task,) if t is not None]
         tasks.extend(self._jobs.values())
         for task in tasks:
             task.cancel()
@@ -131,7 +143,7 @@ class Instance:
             and self._running_command is None
             and not self._waiters
             and not self._jobs
-            and not self._outbox_dirty
+            and self.outbox.idle()
             and not self.write_lock.locked()
         )
 
@@ -184,7 +196,7 @@ class Instance:
 
     async def _enqueue(self, command_id: str, name: str, body_json: str) -> tuple[str, Any]:
         # The mailbox row goes through a plain sqlite3 connection on the loop thread: tens of
-        # microseconds instead of ~0.8 ms for three aiosqlite thread hops (research B). It can never
+        # microseconds instead of ~0.8 ms for three aiosqlite thread hops (measured). It can never
         # block the loop on SQLite's lock because every writer of this file holds `write_lock`.
         async with self.write_lock:
             self._mark_pending()
@@ -360,7 +372,7 @@ class Instance:
         if events:
             self.host.hub.publish(events)
         if ctx._sends:
-            self._schedule_outbox()
+            self.outbox.schedule()
         ctx._publishes = []
         ctx._sends = []
 
@@ -377,7 +389,7 @@ class Instance:
         ctx._pending_seqs = None
         self._topic_seq.clear()
         if had_sends:
-            self._schedule_outbox()
+            self.outbox.schedule()
 
     # ----------------------------------------------------------------------------- pending marker
 
@@ -391,63 +403,10 @@ class Instance:
             self._marker.touch()
             self._marked = True
 
-    def _unmark_if_drained(self, *, outbox_done: bool = False) -> None:
-        outbox_idle = outbox_done or self._outbox_task is None or self._outbox_task.done()
-        if (
-            self._marked
-            and self._queue.empty()
-            and self._running_command is None
-            and not self._outbox_dirty
-            and outbox_idle
-        ):
+    def _unmark_if_drained(self) -> None:
+        if self._marked and self._queue.empty() and self._running_command is None and self.outbox.idle():
             self._marker.unlink(missing_ok=True)
             self._marked = False
-
-    # ----------------------------------------------------------------------------- outbox
-
-    def _schedule_outbox(self) -> None:
-        self._outbox_dirty = True
-        if self._outbox_task is None or self._outbox_task.done():
-            self._outbox_task = asyncio.create_task(self._deliver_outbox())
-
-    async def _deliver_outbox(self) -> None:
-        outbox = self._tables["foundry_outbox"]
-        delay = 0.05
-        while self._outbox_dirty:
-            self._outbox_dirty = False
-            failed = False
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(sa.select(outbox).order_by(outbox.c.id))).all()
-            for row in rows:
-                try:
-                    await self.host.runtime.send(
-                        row.role, row.key, row.name, json.loads(row.body), command_id=row.command_id
-                    )
-                except FoundryError as exc:
-                    if exc.code in ("invalid_input", "not_found", "payload_too_large"):
-                        # The receiver refused it for good; retrying would loop forever.
-                        log.error(
-                            "outbox send %s to %s/%s refused, dropped: %s", row.name, row.role, row.key, exc
-                        )
-                    else:
-                        log.warning(
-                            "outbox send %s to %s/%s failed, will retry: %s", row.name, row.role, row.key, exc
-                        )
-                        failed = self._outbox_dirty = True
-                        break
-                except Exception:
-                    log.exception("outbox send %s to %s/%s failed, will retry", row.name, row.role, row.key)
-                    failed = self._outbox_dirty = True
-                    break
-                async with self.write_lock, self.engine.begin() as conn:
-                    await conn.execute(outbox.delete().where(outbox.c.id == row.id))
-            # Back off only after a failed send; new sends arriving meanwhile go out at once.
-            if failed:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            else:
-                delay = 0.05
-        self._unmark_if_drained(outbox_done=True)
 
     # ----------------------------------------------------------------------------- jobs
 

@@ -74,13 +74,24 @@ class HostActor:
         return self.host.awake_keys()
 
     async def info(self) -> dict[str, Any]:
-        """Process id and counters, for ``foundry actors ls`` and crash tests."""
+        """Process id and counters, for ``foundry actors ls`` and crash tests.
+
+        ``deadLetters`` maps each instance of this shard that has dead letters (asleep or awake) to
+        their count.
+        """
         return {
             "pid": os.getpid(),
             "awake": len(self.host.awake_keys()),
             "sleeps": self.host.sleeps,
             "subscribers": self.host.hub.subscriber_count,
+            "deadLetters": await self.host.dead_letter_counts(),
         }
+
+    async def dead_letters(self, key: str) -> tuple[str, Any]:
+        return await self.host.dead_letters(key)
+
+    async def retry_dead_letters(self, key: str) -> tuple[str, Any]:
+        return await self.host.retry_dead_letters(key)
 
     async def recovered(self) -> int:
         return await self.host.recovered()
@@ -196,6 +207,10 @@ class RayRuntime(Runtime):
     async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
         shard = self.shard_for(role, key)
         return await self._with_retry(role, shard, "call", key, action, body)  # type: ignore[no-any-return]
+
+    async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
+        shard = self.shard_for(role, key)
+        return await self._with_retry(role, shard, method, key)  # type: ignore[no-any-return]
 
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:
         """One streaming generator on the host; ends with `ActorUnavailable` if the host dies."""

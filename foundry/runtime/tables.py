@@ -6,6 +6,8 @@ environment creates and checks them like any other table.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,6 +42,14 @@ def add_runtime_tables(metadata: sa.MetaData) -> None:
         sa.Column("body", sa.Text, nullable=False),
         sa.Column("command_id", sa.String, nullable=False, unique=True),
         sa.Column("created_at", sa.Integer, nullable=False),
+        # "pending" rows are delivered; "dead" rows gave up after too many failed attempts and wait
+        # for an operator's retry (`foundry actors retry-dead`).
+        sa.Column("status", sa.String, nullable=False, server_default="pending"),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("last_error", sa.Text, nullable=True),
+        #: Wall-clock ms before which the next attempt is not made (backoff survives restarts).
+        sa.Column("next_attempt_at", sa.Integer, nullable=True),
+        sa.Index("ix_foundry_outbox_status", "status"),
     )
     sa.Table(
         "foundry_topic_seq",
@@ -47,6 +57,40 @@ def add_runtime_tables(metadata: sa.MetaData) -> None:
         sa.Column("topic", sa.String, primary_key=True),
         sa.Column("seq", sa.Integer, nullable=False),
     )
+
+
+async def dead_letters(conn: AsyncConnection, limit: int = 100) -> dict[str, Any]:
+    """This instance's dead letters: ``{"count": N, "items": [...]}`` with the oldest ``limit`` rows.
+
+    A dead letter is an outgoing send that failed too many times; it stays in the outbox until an
+    operator retries it.
+    """
+    count = (
+        await conn.execute(sa.text("SELECT count(*) FROM foundry_outbox WHERE status = 'dead'"))
+    ).scalar() or 0
+    rows = (
+        await conn.execute(
+            sa.text(
+                "SELECT id, role, key, name, command_id, attempts, last_error, created_at "
+                "FROM foundry_outbox WHERE status = 'dead' ORDER BY id LIMIT :limit"
+            ),
+            {"limit": limit},
+        )
+    ).all()
+    items = [
+        {
+            "id": r.id,
+            "role": r.role,
+            "key": r.key,
+            "name": r.name,
+            "commandId": r.command_id,
+            "attempts": r.attempts,
+            "lastError": r.last_error,
+            "createdAt": r.created_at,
+        }
+        for r in rows
+    ]
+    return {"count": int(count), "items": items}
 
 
 async def current_seq(conn: AsyncConnection, topic: str) -> int:

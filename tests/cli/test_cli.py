@@ -37,3 +37,9 @@ def test_unknown_role_is_a_clear_error(tmp_path: Path) -> None:
     result = _foundry("db", "upgrade", "--role", "billing", data_dir=tmp_path)
     assert result.returncode == 2
     assert "unknown role 'billing'" in result.stderr
+
+
+def test_retry_dead_refuses_a_bad_key_before_looking_for_a_cluster(tmp_path: Path) -> None:
+    result = _foundry("actors", "retry-dead", "--role", "task", "--key", "../etc", data_dir=tmp_path)
+    assert result.returncode == 2
+    assert "actor key" in result.stderr

@@ -58,6 +58,20 @@ class Forward(BaseModel):
     by: int = 1
 
 
+class OutgoingSend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str
+    name: str = "incr"
+    body: dict[str, Any] = Field(default_factory=dict)
+
+
+class SendMany(BaseModel):
+    """Sends to other counters, all staged in one transaction (an organization fanning out)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sends: list[OutgoingSend]
+
+
 class StartJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seconds: float = 0.2
@@ -95,6 +109,14 @@ async def fail(ctx: CommandContext, cmd: Fail) -> None:
 async def forward(ctx: CommandContext, cmd: Forward) -> dict[str, str]:
     cid = ctx.send_after_commit("counter", cmd.to, "incr", {"by": cmd.by}, command_id=ctx.derived_id("fwd"))
     return {"commandId": cid}
+
+
+async def send_many(ctx: CommandContext, cmd: SendMany) -> dict[str, list[str]]:
+    ids = [
+        ctx.send_after_commit("counter", s.to, s.name, s.body, command_id=ctx.derived_id(f"send-{i}"))
+        for i, s in enumerate(cmd.sends)
+    ]
+    return {"commandIds": ids}
 
 
 async def start_job(ctx: CommandContext, cmd: StartJob) -> dict[str, bool]:
@@ -141,6 +163,7 @@ ROLE = Role(
         Handler("slow", Slow, slow),
         Handler("fail", Fail, fail),
         Handler("forward", Forward, forward),
+        Handler("send_many", SendMany, send_many),
         Handler("start_job", StartJob, start_job),
     ),
     actions=(

@@ -1,7 +1,7 @@
 """early_archive: a task archived before it initialized
 
-Revision ID: 0002_edge
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-01 13:00:00
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision = '0002_edge'
-down_revision = '0001'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """sandbox queue position on the task; sandbox generation of a session's ACP ids
 
-Revision ID: 0002_sandbox
-Revises: 0001
+Revision ID: 0004
+Revises: 0003
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_sandbox"
-down_revision = "0002_edge"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

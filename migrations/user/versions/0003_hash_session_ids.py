@@ -1,7 +1,7 @@
 """store session ids as their SHA-256 digest
 
-Revision ID: 0002_edge
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-01 12:55:00
 
 The sessions table used to hold the cookie's bearer value itself. Existing rows are hashed in place
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision = '0002_edge'
-down_revision = '0001'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
