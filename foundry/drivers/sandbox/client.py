@@ -346,19 +346,27 @@ class AcpConnection:
         return f"/v1/acp/{self.server_id}"
 
     async def request(
-        self, method: str, params: Mapping[str, Any] | None = None, *, answer_timeout: float | None = 60.0
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        answer_timeout: float | None = 60.0,
+        request_id: int | str | None = None,
     ) -> Any:
         """Send a JSON-RPC request and return its ``result``.
 
         Args:
             answer_timeout: seconds to wait for the answer; ``None`` waits as long as the agent needs.
+            request_id: the JSON-RPC id; by default the next number of this connection's counter. A
+                caller that must recognise the answer's mirror on the event stream passes its own.
 
         Raises:
             AcpError: the agent answered with a JSON-RPC error.
             SandboxApiError: sandbox-agent refused the request (e.g. 500 ``install_failed``).
             SandboxError: the server is unreachable or did not answer within ``answer_timeout``.
         """
-        request_id = next(self._ids)
+        if request_id is None:
+            request_id = next(self._ids)
         payload = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": dict(params or {})}
         http_timeout = httpx.Timeout(self.client._timeout, read=answer_timeout)
         response = await self.client.request(
@@ -415,11 +423,12 @@ class AcpConnection:
             raise AcpError(f"agent returned no sessionId for session/new: {result!r}")
         return str(session_id)
 
-    async def prompt(self, session_id: str, text: str) -> str:
+    async def prompt(self, session_id: str, text: str, *, request_id: int | str | None = None) -> str:
         """Run one turn with a text prompt and return its ``stopReason`` (``end_turn``, ``cancelled``…).
 
         Blocks until the turn ends — there is no client-side timeout; stream progress with `events` and
-        stop the turn with `cancel`.
+        stop the turn with `cancel`. The event stream carries a mirror of the answer (with the same
+        JSON-RPC ``request_id``) as the turn's last event.
 
         Raises:
             AcpError: the agent failed the turn (message and ``data.reason`` included).
@@ -428,6 +437,7 @@ class AcpConnection:
             "session/prompt",
             {"sessionId": session_id, "prompt": [{"type": "text", "text": text}]},
             answer_timeout=None,
+            request_id=request_id,
         )
         return str((result or {}).get("stopReason", ""))
 
@@ -455,10 +465,12 @@ class AcpConnection:
         """Stream ``(event_id, envelope)`` from the server's SSE feed, oldest first.
 
         The feed starts with the buffered history (after ``last_event_id`` when given, sent as
-        ``Last-Event-ID``) and then follows live; envelopes are raw JSON-RPC messages (agent
-        notifications and requests, and mirrors of responses). It ends when the ACP server is closed
-        (or sandbox-agent stops); consume it in a task and close the iterator
-        (``contextlib.aclosing``) when done early.
+        ``Last-Event-ID``; sandbox-agent 0.4.2 keeps only the last 1,024 events) and then follows
+        live. Ids are consecutive per ACP server, but a reader that falls behind can miss some: use
+        `foundry.drivers.sandbox.feed.AcpEventFeed` to follow a server without losing any. Envelopes
+        are raw JSON-RPC messages (agent notifications and requests, and mirrors of responses). It
+        ends when the ACP server is closed (or sandbox-agent stops); consume it in a task and close
+        the iterator (``contextlib.aclosing``) when done early.
 
         Raises:
             SandboxApiError: e.g. 404 ``session_not_found`` for an unknown server id.
