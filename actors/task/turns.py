@@ -367,6 +367,13 @@ async def run_turn(
             outcome = TurnOutcome(error=f"the turn failed: {type(exc).__name__}: {exc}", agent_gone=True)
         if _LIVE.get(key) is turn:
             del _LIVE[key]
+        log.info(
+            "turn %s recorded %d events in %d batches key=%s",
+            turn.request_id,
+            turn.recorder.recorded,
+            turn.recorder.batches,
+            ctx.key,
+        )
         if outcome.agent_gone:
             await close_quietly(turn.acp)
         await _finish_safely(

@@ -168,7 +168,8 @@ async def test_sessions_open_rename_close_and_refuse_messages_once_closed(tasks_
             assert any(s.startswith(created["sessionId"]) for s in servers), servers
             assert not any(s.startswith(second["sessionId"]) for s in servers), servers
         log = await events(client, task_id, second["sessionId"])
-        assert log[-1]["event"] in ("sessionClosed", "turnEnded", "sessionStatus", "turnFailed", "turnCancelled")
+        ends = ("sessionClosed", "turnEnded", "sessionStatus", "turnFailed", "turnCancelled")
+        assert log[-1]["event"] in ends
         assert "sessionClosed" in [e["event"] for e in log]
         # Unknown sessions and bad bodies.
         assert (
