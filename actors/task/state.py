@@ -239,13 +239,13 @@ async def _session_extras(
             )
         ).all()
     }
+    # Every event of a session topic is a transcript row with the topic's seq, so the topic seqs are
+    # the transcripts' last seqs: a lookup in a small table instead of a scan of every event.
     last_seq = {
-        r[0]: int(r[1])
+        str(r[0]).rsplit(":", 1)[1]: int(r[1])
         for r in (
             await conn.execute(
-                sa.select(session_events.c.session_id, sa.func.max(session_events.c.seq)).group_by(
-                    session_events.c.session_id
-                )
+                sa.text("SELECT topic, seq FROM foundry_topic_seq WHERE topic LIKE 'session:%'")
             )
         ).all()
     }
