@@ -4,7 +4,8 @@ It speaks ACP over stdio like a real coding agent; each prompt's text is a small
 per whitespace-separated group (several may follow each other):
 
 * ``flood N`` - open tool call ``flood-<turn>``, stream N message chunks ``#1 `` … ``#N `` as fast as
-  the pipe takes them, then complete the tool call. ``session/cancel`` stops it between chunks (the
+  the pipe takes them, then complete the tool call (its ``rawOutput.doneAtMs`` is the wall-clock time
+  the last chunk was sent). ``session/cancel`` stops it between chunks (the
   tool call is then left ``in_progress``, as a real agent leaves it).
 * ``pause MS`` - sleep MS milliseconds (cancellable).
 * ``crash`` - exit the process at once with status 3 (the prompt is never answered).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from typing import Any, cast
 
@@ -113,7 +115,11 @@ class ScriptedAgent:
             await self._conn.session_update(session_id, acp.update_agent_message_text(f"#{n} "))
             if n % 50 == 0:
                 await asyncio.sleep(0)  # let session/cancel in
-        await self._conn.session_update(session_id, acp.update_tool_call(call_id, status="completed"))
+        # When the last chunk left the agent (wall clock, same machine): the bench's reference point.
+        done = {"doneAtMs": int(time.time() * 1000)}
+        await self._conn.session_update(
+            session_id, acp.update_tool_call(call_id, status="completed", raw_output=done)
+        )
 
 
 def main() -> None:
