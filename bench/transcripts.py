@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -47,6 +48,12 @@ AGENT = Path(__file__).resolve().parents[1] / "tests" / "transcripts" / "scripte
 CHUNK = re.compile(r"^#(\d+) $")
 TERMINAL = ("turnEnded", "turnFailed", "turnCancelled")
 ROCKET = "910001"
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _chunks(events: list[dict[str, Any]]) -> list[int]:
@@ -190,6 +197,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await sock.open(topics[i : i + 5])
                 sockets.append(sock)
             # 1. Every session floods at once (each after a short pause, so all are queued first).
+            host_pid = await _host_pid(runtime, "task")
+            cpu_before = _cpu_s(host_pid)
             for session_id in sessions:
                 sent = await client.post(
                     f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/messages",
@@ -202,6 +211,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 lambda d: all(s["status"] != "running" and s["queuedMessages"] == 0 for s in d["sessions"]),
                 600,
             )
+            host_cpu = _cpu_s(host_pid) - cpu_before
             lost = duplicated = stuck = recorded = 0
             first_chunk_ms, last_end_ms, done_to_recorded = [], [], []
             for i, session_id in enumerate(sessions):
@@ -229,6 +239,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         done_to_recorded.append(ends[0]["createdAt"] - done[-1])
             window_s = max(0.001, (max(last_end_ms) - min(first_chunk_ms)) / 1000) if last_end_ms else 0
             out["events_per_s_one_host"] = round(recorded / window_s) if window_s else 0
+            # The same host's capacity, independent of how busy the machine is: events per CPU second
+            # it spent reading the streams, recording, publishing (and answering the bench's polls).
+            out["events_per_host_cpu_s"] = round(recorded / host_cpu) if host_cpu else None
+            out["host_cpu_s"] = round(host_cpu, 2)
+            out["load_average_1m"] = os.getloadavg()[0]
             out["lost"] = lost
             out["duplicated"] = duplicated
             out["stuck_turns"] = stuck

@@ -21,8 +21,8 @@ type, title and detail; an unreachable server raises `SandboxError`; a JSON-RPC 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -41,6 +41,7 @@ from foundry.drivers.sandbox import (
     SandboxEndpoint,
     SandboxError,
 )
+from foundry.drivers.sandbox.sse import StreamBroke, open_event_stream
 
 __all__ = [
     "ACP_PROTOCOL_VERSION",
@@ -476,22 +477,21 @@ class AcpConnection:
             SandboxApiError: e.g. 404 ``session_not_found`` for an unknown server id.
             SandboxError: the server is unreachable.
         """
-        headers = {"Accept": "text/event-stream"}
+        headers = {**self.client.endpoint.headers(), "Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
-        timeout = httpx.Timeout(self.client._timeout, read=None)
         action = f"GET {self._path} (events)"
         try:
-            async with self.client._http.stream(
-                "GET", self._path, headers=headers, timeout=timeout
-            ) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise _problem_error(response, action)
-                async for event in _parse_sse(response.aiter_lines()):
+            refused, stream = await open_event_stream(
+                self.client.endpoint.base_url, self._path, headers, connect_timeout=self.client._timeout
+            )
+            if refused is not None:
+                raise _problem_error(refused, action)
+            async with contextlib.aclosing(stream):
+                async for event in stream:
                     yield event
-        except httpx.TransportError as exc:
-            raise SandboxError(f"sandbox-agent event stream {action} broke: {exc}") from exc
+        except (OSError, TimeoutError, StreamBroke, asyncio.IncompleteReadError) as exc:
+            raise SandboxError(f"sandbox-agent event stream {action} broke: {exc!r}") from exc
 
     async def close(self, *, delete_timeout: float = 0.5, gone_timeout: float = 10.0) -> None:
         """Shut the ACP server (and its agent process) down. Idempotent.
@@ -535,41 +535,3 @@ class AcpConnection:
                 )
             log.info("acp server still listed after delete, retrying server_id=%s", self.server_id)
             attempt_timeout = min(attempt_timeout * 2, 2.0)
-
-
-async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-    """Parse ``text/event-stream`` lines into ``(id, json data)`` for ``message`` events."""
-    event_type = "message"
-    event_id: str | None = None
-    data: list[str] = []
-    async for line in lines:
-        if line == "":
-            if data and event_type == "message":
-                parsed = _decode_event(event_id, "\n".join(data))
-                if parsed is not None:
-                    yield parsed
-            event_type, event_id, data = "message", None, []
-            continue
-        if line.startswith(":"):
-            continue  # comment / keep-alive
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event_type = value
-        elif name == "id":
-            event_id = value
-        elif name == "data":
-            data.append(value)
-
-
-def _decode_event(event_id: str | None, data: str) -> tuple[int, dict[str, Any]] | None:
-    try:
-        number = int(event_id) if event_id is not None else None
-        envelope = json.loads(data)
-    except ValueError:
-        log.warning("skipping malformed sse event id=%r data=%r", event_id, data[:200])
-        return None
-    if number is None or not isinstance(envelope, dict):
-        log.warning("skipping sse event without id or object id=%r", event_id)
-        return None
-    return number, envelope
