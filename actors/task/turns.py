@@ -242,6 +242,8 @@ class Turn:
         if prompt.done() and not prompt.cancelled() and prompt.exception() is None:
             outcome = self._from_prompt(prompt)
             outcome.open_tool_calls = open_calls
+            # Answered, but the stream ended before the answer's mirror: its tail may be missing.
+            outcome.lost_from = (self.recorder.last_recorded_id or 0) + 1
             return outcome
         feed_end = end.feed_end or FeedEnded(None)
         detail = feed_end.error.detail if feed_end.error is not None else "the event stream ended"

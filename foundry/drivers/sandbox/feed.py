@@ -9,8 +9,9 @@ ids — sandbox-agent drops events for a lagging subscriber — so `AcpEventFeed
 * checks every id against the last one delivered: replays of ids already delivered are skipped; a
   jump is repaired by reconnecting with ``Last-Event-ID`` (the server replays the missing range if it
   still has it), and what is truly gone is delivered as `EventsLost` so the consumer can say so;
-* reopens a stream that broke while sandbox-agent is healthy, and delivers `FeedEnded` when the stream
-  ends for good (the ACP server was closed, or sandbox-agent is gone).
+* reopens a stream that broke while sandbox-agent is healthy, or that sandbox-agent ended while the
+  ACP server still exists (it ends the stream of a subscriber that fell too far behind), and delivers
+  `FeedEnded` when the stream ends for good (the ACP server was closed, or sandbox-agent is gone).
 """
 
 from __future__ import annotations
@@ -123,6 +124,18 @@ class AcpEventFeed:
             self._reader = asyncio.create_task(self._follow())
             try:
                 await self._reader
+                # sandbox-agent also ends the stream of a subscriber that fell too far behind: only a
+                # closed ACP server ends the feed; otherwise resume after the last id (what is gone by
+                # then is reported by the gap check).
+                progressed = self.delivered > delivered_before
+                if (progressed or reconnects < self._max_reconnects) and await self._server_listed():
+                    reconnects = 0 if progressed else reconnects + 1
+                    log.warning(
+                        "event stream of %s ended while the server runs; resuming after event %s",
+                        self.acp.server_id,
+                        self.last_id,
+                    )
+                    continue
                 self.queue.put_nowait(FeedEnded(None))
                 return
             except _Resync:
@@ -177,6 +190,14 @@ class AcpEventFeed:
                 self.queue.put_nowait(AcpEvent(event_id, envelope))
         finally:
             await stream.aclose()
+
+    async def _server_listed(self) -> bool:
+        try:
+            servers = await self.acp.client.list_acp_servers()
+        except FoundryError as exc:
+            log.info("could not list the ACP servers of %s: %s", self.acp.server_id, exc)
+            return False
+        return any(server.get("serverId") == self.acp.server_id for server in servers)
 
     async def _server_alive(self) -> bool:
         try:
