@@ -90,6 +90,9 @@ class SandboxSettings(BaseModel):
     #: Extra environment for every sandbox (never the backend's own secrets, bug 23), e.g.
     #: ``{"FOUNDRY_DEMO_AGENT_DELAY": "0"}``.
     agent_env: dict[str, str] = Field(default_factory=dict)
+    #: Extra agents for every sandbox: agent id → shell command that runs an ACP agent on stdio. Each
+    #: becomes sandbox-agent's launcher for that id (a ``mock`` entry replaces the demo agent).
+    agent_commands: dict[str, str] = Field(default_factory=dict)
     #: Seconds to wait for a new sandbox's ``/v1/health``.
     health_timeout: float = 30.0
     #: Per sandbox host process (one per node with the default single sandbox shard): how many

@@ -63,6 +63,8 @@ def build_sandbox_provider(settings: Settings) -> Any:
         from foundry.mock import demo_agent_launchers
 
         launchers.update(demo_agent_launchers())
+    for agent_id, command in settings.sandbox.agent_commands.items():
+        launchers[agent_id] = f'#!/bin/sh\nexec {command} "$@"\n'
     return LocalSandboxProvider(
         settings.sandbox_root,
         settings.sandbox.binary or None,

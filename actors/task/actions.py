@@ -371,11 +371,24 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
                     )
                 )
             ).all()
+            # Their turns end here (the job that ran them finds them no longer running).
+            turns = (
+                await conn.execute(
+                    sa.select(messages.c.id, messages.c.session_id).where(messages.c.status == "running")
+                )
+            ).all()
             await conn.execute(
                 messages.update()
                 .where(messages.c.status.in_(["queued", "running"]))
                 .values(status="cancelled", stop_reason="archived", finished_at=now)
             )
+            for message_id, session_id in turns:
+                await append_events(
+                    ctx,
+                    conn,
+                    session_id,
+                    [("turnCancelled", {"messageId": message_id, "stopReason": "archived"})],
+                )
             await conn.execute(
                 permission_requests.update()
                 .where(permission_requests.c.status == "pending")

@@ -125,7 +125,7 @@ async def open_agent_session(
     return True
 
 
-async def _history_end(acp: AcpConnection, load_request_id: int) -> int | None:
+async def _history_end(acp: AcpConnection, load_request_id: int | str) -> int | None:
     """The event id of the mirror of our ``session/load`` answer: the replayed history comes before
     it, so a turn that resumes the stream after it records only new events."""
     last_seen: int | None = None

@@ -26,7 +26,6 @@ from actors.task.commands import (
     SessionRef,
 )
 from actors.task.jobs import (
-    cancel_job,
     close_job,
     kick_session,
     permission_job,
@@ -43,6 +42,7 @@ from actors.task.state import (
     require_open_session,
     require_task,
 )
+from actors.task.turns import cancel_job
 from foundry.errors import Conflict, InvalidInput, NotFound
 from foundry.runtime.context import CommandContext
 
@@ -85,6 +85,12 @@ async def _insert_session(
         [("sessionCreated", {"name": name or f"Session {count + 1}", "agent": agent, "model": model})],
     )
     return session_id
+
+
+def _require_text(text: str, field: str) -> None:
+    """An agent is never sent a message with nothing to read in it."""
+    if not text.strip():
+        raise InvalidInput(f"{field} must contain more than whitespace", [field])
 
 
 async def _queue_message(ctx: CommandContext, session_id: str, text: str, user_id: str | None) -> int:
@@ -192,6 +198,8 @@ async def handle_create_session(ctx: CommandContext, cmd: CreateSession) -> dict
     """Open a new session (agent and model from the catalog, ``/v1/agents`` of the sandbox decides if
     it runs); its agent starts in the background. An optional first prompt is queued."""
     row = await _open_task(ctx)
+    if cmd.prompt is not None:
+        _require_text(cmd.prompt, "prompt")
     agent, model = resolve_agent_model(cmd.agent, cmd.model, row.default_model)
     session_id = await _insert_session(ctx, agent=agent, model=model, name=cmd.name, user_id=cmd.user_id)
     if cmd.prompt:
@@ -218,6 +226,7 @@ async def handle_send_message(ctx: CommandContext, cmd: SendMessage) -> dict[str
     Raises:
         Conflict: the session is closed or the task archived.
     """
+    _require_text(cmd.text, "text")
     await _open_task(ctx)
     session = await require_open_session(ctx.conn, cmd.session_id)
     message_id = await _queue_message(ctx, session.session_id, cmd.text, cmd.user_id)
@@ -238,12 +247,21 @@ async def handle_stop_session(ctx: CommandContext, cmd: SessionRef) -> dict[str,
     bug 17) and drop messages still queued behind it."""
     await require_task(ctx.conn, ctx.key)
     session = await require_open_session(ctx.conn, cmd.session_id)
+    running = session.status == "running"
+    queued = (
+        await ctx.conn.execute(
+            sa.select(sa.func.count()).where(
+                messages.c.session_id == cmd.session_id, messages.c.status == "queued"
+            )
+        )
+    ).scalar()
+    if not running and not queued:
+        return {"stopping": False, "droppedQueued": 0}  # nothing to stop: no event, no job
     dropped = await ctx.conn.execute(
         messages.update()
         .where(messages.c.session_id == cmd.session_id, messages.c.status == "queued")
         .values(status="cancelled", stop_reason="cancelled", finished_at=ctx.now_ms())
     )
-    running = session.status == "running"
     await ctx.conn.execute(
         messages.update()
         .where(messages.c.session_id == cmd.session_id, messages.c.status == "running")

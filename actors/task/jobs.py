@@ -1,4 +1,6 @@
-"""A task's background jobs: provisioning, agent turns, Stop, permission answers, closing sessions.
+"""A task's background jobs: provisioning, session loops, permission answers, closing sessions.
+
+Agent turns and Stop live in `actors.task.turns` (the session loop runs one turn per queued message).
 
 Commands only record intent and start these jobs, so the task's mailbox loop never waits on the
 network or on an agent (bug 17): Stop, rename, another message… are processed while a turn runs.
@@ -12,14 +14,11 @@ committed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -36,7 +35,6 @@ from actors.task.sandbox_access import (
 )
 from actors.task.schema import messages, permission_requests, sessions, task
 from actors.task.state import (
-    USER_ROLE,
     append_events,
     audit,
     load_session,
@@ -45,22 +43,15 @@ from actors.task.state import (
     refresh,
     turn_job_name,
 )
-from foundry.drivers.sandbox import AcpError, SandboxError
+from actors.task.turns import run_turn as _run_turn
 from foundry.drivers.sandbox import git as sgit
-from foundry.drivers.sandbox.client import AcpConnection, SandboxAgentClient
+from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.errors import FoundryError
 from foundry.runtime.context import InstanceContext
 
 log = logging.getLogger(__name__)
 
 PROVISION_JOB = "provision"
-#: How long Stop waits for the agent to honour ``session/cancel`` before it ends the turn itself.
-CANCEL_GRACE_S = 10.0
-#: How often a turn reopens a broken event stream of a healthy sandbox-agent.
-STREAM_RECONNECTS = 3
-#: After a turn's prompt answered, how long to wait for the stream to deliver the turn's last events
-#: (a healthy server always sends them, ending with the mirror of the answer; a loaded one late).
-STREAM_TAIL_S = 30.0
 
 
 # ------------------------------------------------------------------------------------------ kicking
@@ -213,372 +204,7 @@ async def session_job(ctx: InstanceContext, session_id: str) -> None:
             await client.aclose()
 
 
-@dataclass
-class TurnOutcome:
-    """How a turn ended: a stop reason, or an error; ``agent_gone`` when its ACP server is unusable.
-
-    A dead sandbox is reported separately by the sandbox actor (``sandbox_exited``, with the tail of
-    its log), so ``sandbox_gone`` only explains the error here.
-    """
-
-    stop_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    error: str | None = None
-    agent_gone: bool = False
-    sandbox_gone: bool = False
-
-
-@dataclass
-class _Turn:
-    """One running turn: the prompt request and the event stream that records its progress."""
-
-    ctx: InstanceContext
-    acp: AcpConnection
-    session: sa.Row[Any]
-    last_event_id: int | None
-    end: asyncio.Future[tuple[str, Any]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    agent_title: str | None = None
-
-    def _finish(self, kind: str, value: Any) -> None:
-        if not self.end.done():
-            self.end.set_result((kind, value))
-
-    async def consume(self) -> None:
-        """Record every event of the ACP server's stream as it arrives, until the turn ends.
-
-        A stream that breaks while sandbox-agent is still healthy is reopened with ``Last-Event-ID``
-        (the server replays what came after it), so nothing is lost or recorded twice.
-        """
-        reconnects = 0
-        while True:
-            stream = cast(
-                "AsyncGenerator[tuple[int, dict[str, Any]], None]", self.acp.events(self.last_event_id)
-            )
-            try:
-                try:
-                    async for event_id, envelope in stream:
-                        # Shielded: this task is cancelled when the turn ends, and a cancel landing
-                        # between a commit and the runtime's bookkeeping would desync the topic seqs.
-                        await asyncio.shield(self._record(event_id, envelope))
-                        self.last_event_id = event_id
-                finally:
-                    await stream.aclose()
-                self._finish("stream_closed", None)
-                return
-            except FoundryError as exc:
-                if reconnects >= STREAM_RECONNECTS or not await self._server_alive():
-                    self._finish("stream_error", exc)
-                    return
-                reconnects += 1
-                log.warning(
-                    "event stream of %s broke (%s); resuming after event %s",
-                    self.acp.server_id,
-                    exc,
-                    self.last_event_id,
-                )
-                await asyncio.sleep(0.2 * reconnects)
-
-    async def _server_alive(self) -> bool:
-        try:
-            await self.acp.client.health()
-        except FoundryError:
-            return False
-        return True
-
-    async def _record(self, event_id: int, envelope: dict[str, Any]) -> None:
-        method = envelope.get("method")
-        raw_params = envelope.get("params")
-        params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
-        items: list[tuple[str, dict[str, Any]]] = []
-        permission: dict[str, Any] | None = None
-        if method == "session/update":
-            raw_update = params.get("update")
-            update: dict[str, Any] = raw_update if isinstance(raw_update, dict) else {}
-            if update.get("sessionUpdate") == "session_info_update" and update.get("title"):
-                self.agent_title = str(update["title"])[:300]
-            items.append(("agentUpdate", {"kind": update.get("sessionUpdate"), "update": update}))
-        elif method == "session/request_permission" and "id" in envelope:
-            rpc_id = envelope["id"]
-            permission = {
-                "requestId": str(rpc_id),
-                "rpcIdJson": json.dumps(rpc_id),
-                "toolCall": params.get("toolCall"),
-                "options": params.get("options") or [],
-            }
-            items.append(
-                (
-                    "permissionRequested",
-                    {
-                        "requestId": permission["requestId"],
-                        "toolCall": permission["toolCall"],
-                        "options": permission["options"],
-                    },
-                )
-            )
-        async with self.ctx.write() as conn:
-            await conn.execute(
-                sessions.update()
-                .where(sessions.c.session_id == self.session.session_id)
-                .values(last_event_id=event_id)
-            )
-            if permission is not None:
-                await conn.execute(
-                    permission_requests.insert().prefix_with("OR IGNORE"),
-                    {
-                        "session_id": self.session.session_id,
-                        "request_id": permission["requestId"],
-                        "rpc_id_json": permission["rpcIdJson"],
-                        "acp_server_id": self.session.acp_server_id,
-                        "options_json": json.dumps(permission["options"]),
-                        "status": "pending",
-                        "created_at": self.ctx.now_ms(),
-                    },
-                )
-            await append_events(self.ctx, conn, self.session.session_id, items)
-            if permission is not None:
-                await refresh(self.ctx, conn)
-        if method == "_adapter/agent_exited":
-            self._finish("agent_exited", params)
-        elif "id" in envelope and method is None:
-            result = envelope.get("result")
-            # The mirror of our prompt's answer is the last event of the turn (research §4). Older
-            # answers (initialize, session/new) carry no stopReason.
-            if envelope.get("error") is not None or (isinstance(result, dict) and "stopReason" in result):
-                self._finish("answered", envelope)
-
-    async def run(self, text: str) -> TurnOutcome:
-        consumer = asyncio.create_task(self.consume(), name=f"turn-events:{self.session.session_id}")
-        prompt = asyncio.create_task(self.acp.prompt(self.session.acp_session_id, text))
-        try:
-            waiting: set[asyncio.Future[Any]] = {prompt, self.end}
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if prompt in done:
-                # Let the stream deliver the turn's last events before the turn is declared over.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.end), STREAM_TAIL_S)
-                return self._from_prompt(prompt)
-            kind, value = self.end.result()
-            if kind == "answered":
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(prompt), STREAM_TAIL_S)
-                if prompt.done():
-                    return self._from_prompt(prompt)
-                return _outcome_from_envelope(value)
-            if kind == "agent_exited":
-                code = value.get("code") if isinstance(value, dict) else None
-                return TurnOutcome(
-                    error=f"the {self.session.agent!r} agent process exited unexpectedly"
-                    + (f" (exit code {code})" if code is not None else "")
-                    + "; send the message again to start a new agent",
-                    agent_gone=True,
-                )
-            # The stream broke or ended: sandbox-agent went away, or the ACP server was closed.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(prompt), 2.0)
-            if prompt.done() and not prompt.cancelled() and prompt.exception() is None:
-                return self._from_prompt(prompt)
-            detail = value.detail if isinstance(value, FoundryError) else "the event stream ended"
-            return TurnOutcome(
-                error=f"lost the connection to the agent: {detail}", agent_gone=True, sandbox_gone=True
-            )
-        finally:
-            for pending in (prompt, consumer):
-                if not pending.done():
-                    pending.cancel()
-            await asyncio.gather(prompt, consumer, return_exceptions=True)
-
-    def _from_prompt(self, prompt: asyncio.Task[str]) -> TurnOutcome:
-        exc = prompt.exception()
-        if exc is None:
-            return TurnOutcome(stop_reason=prompt.result())
-        if isinstance(exc, AcpError):
-            return TurnOutcome(error=exc.detail)
-        if isinstance(exc, SandboxError):
-            return TurnOutcome(
-                error=f"lost the connection to the agent: {exc.detail}", agent_gone=True, sandbox_gone=True
-            )
-        if isinstance(exc, FoundryError):
-            return TurnOutcome(error=exc.detail, agent_gone=True)
-        raise exc
-
-
-def _outcome_from_envelope(envelope: dict[str, Any]) -> TurnOutcome:
-    if envelope.get("error") is not None:
-        error = envelope["error"]
-        data = error.get("data") if isinstance(error, dict) else None
-        reason = data.get("reason") if isinstance(data, dict) else None
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        return TurnOutcome(
-            error=f"agent error in session/prompt: {message}" + (f": {reason}" if reason else "")
-        )
-    result = envelope.get("result") or {}
-    return TurnOutcome(stop_reason=str(result.get("stopReason") or ""), usage=result.get("usage"))
-
-
-async def _run_turn(
-    ctx: InstanceContext, client: SandboxAgentClient, session: sa.Row[Any], message: sa.Row[Any]
-) -> None:
-    """Run one queued message as a turn and record its outcome."""
-    now = ctx.now_ms()
-    async with ctx.write() as conn:
-        current = await conn.execute(sa.select(messages.c.status).where(messages.c.id == message.id))
-        if current.scalar() != "queued":
-            return  # cancelled by Stop meanwhile
-        await conn.execute(
-            messages.update().where(messages.c.id == message.id).values(status="running", started_at=now)
-        )
-        await conn.execute(
-            sessions.update()
-            .where(sessions.c.session_id == session.session_id)
-            .values(status="running", error=None, thinking_since=now, updated_at=now)
-        )
-        await append_events(
-            ctx,
-            conn,
-            session.session_id,
-            [("turnStarted", {"messageId": message.id}), ("sessionStatus", {"status": "running"})],
-        )
-        await refresh(ctx, conn)
-        session = await load_session(conn, session.session_id)  # type: ignore[assignment]
-    turn = _Turn(ctx, client.acp(session.acp_server_id, session.agent), session, session.last_event_id)
-    try:
-        outcome = await turn.run(message.text)
-    except asyncio.CancelledError:
-        # The instance is closing (sleep or host restart): `resume_after_wake` reports the turn.
-        raise
-    except Exception as exc:
-        log.exception("turn failed key=%s session=%s", ctx.key, session.session_id)
-        outcome = TurnOutcome(error=f"the turn failed: {type(exc).__name__}: {exc}", agent_gone=True)
-    if outcome.agent_gone:
-        await _close_quietly(turn.acp)
-    await finish_turn(ctx, session.session_id, message.id, outcome, agent_title=turn.agent_title)
-
-
-async def finish_turn(
-    ctx: InstanceContext,
-    session_id: str,
-    message_id: int,
-    outcome: TurnOutcome,
-    *,
-    agent_title: str | None = None,
-    forced: bool = False,
-) -> None:
-    """Record a turn's end: the message, the session's status, the transcript, unread for the owner."""
-    now = ctx.now_ms()
-    async with ctx.write() as conn:
-        row = await load_task(conn)
-        session = await load_session(conn, session_id)
-        if row is None or session is None:
-            return
-        stop_requested = (
-            await conn.execute(sa.select(messages.c.stop_requested_at).where(messages.c.id == message_id))
-        ).scalar() is not None
-        if outcome.error is not None and stop_requested:
-            # Stop shut down an agent that ignored session/cancel: the user asked for this end.
-            log.info("turn ended by Stop after: %s", outcome.error)
-            outcome = TurnOutcome(stop_reason="cancelled", agent_gone=outcome.agent_gone)
-            forced = True
-        if outcome.error is not None:
-            msg_values: dict[str, Any] = {"status": "failed", "error": outcome.error}
-            events: list[tuple[str, dict[str, Any]]] = [
-                ("turnFailed", {"messageId": message_id, "error": outcome.error})
-            ]
-            status = "error"
-        else:
-            cancelled = outcome.stop_reason == "cancelled"
-            msg_values = {"status": "cancelled" if cancelled else "done", "stop_reason": outcome.stop_reason}
-            turn_ended: dict[str, Any] = {"messageId": message_id, "stopReason": outcome.stop_reason}
-            if outcome.usage:
-                turn_ended["usage"] = outcome.usage
-            if forced:
-                turn_ended["forced"] = True
-            events = [("turnEnded", turn_ended)]
-            status = "idle"
-        await conn.execute(
-            messages.update().where(messages.c.id == message_id).values(finished_at=now, **msg_values)
-        )
-        values: dict[str, Any] = {"thinking_since": None, "updated_at": now}
-        if session.status != "closed":
-            values |= {"status": status, "error": outcome.error}
-            events.append(
-                ("sessionStatus", {"status": status, **({"error": outcome.error} if outcome.error else {})})
-            )
-        if agent_title:
-            values["agent_title"] = agent_title
-        if outcome.agent_gone:
-            values |= {"acp_server_id": None, "acp_session_id": None, "last_event_id": None}
-        await conn.execute(sessions.update().where(sessions.c.session_id == session_id).values(**values))
-        await conn.execute(
-            permission_requests.update()
-            .where(permission_requests.c.session_id == session_id, permission_requests.c.status == "pending")
-            .values(status="cancelled", answered_at=now)
-        )
-        await append_events(ctx, conn, session_id, events)
-        if outcome.error is not None:
-            audit(ctx, row, "task.error", {"step": "turn", "sessionId": session_id, "detail": outcome.error})
-        await refresh(ctx, conn)
-        if row.owner_user_id:
-            _mark_unread(ctx, row.owner_user_id, session_id)
-
-
-def _mark_unread(ctx: InstanceContext, user_id: str, session_id: str) -> None:
-    """A finished turn is unread for the task owner (bug 19); per-user state lives on the user actor.
-
-    Sent through the outbox of the transaction that ends the turn, so it is never lost.
-    """
-    from actors.task.naming import split_task_key
-
-    organization_id, task_id = split_task_key(ctx.key)
-    body = {"organizationId": organization_id, "taskId": task_id, "sessionId": session_id, "unread": True}
-    ctx.send_after_commit(USER_ROLE, user_id, "update_session_state", body)
-
-
 # ------------------------------------------------------------------------------------------ control
-
-
-async def cancel_job(ctx: InstanceContext, session_id: str) -> None:
-    """Stop: send ACP ``session/cancel`` for the running turn (bug 17: a cancel, not a destroy) and
-    wait for the turn to end with ``cancelled``. An agent that ignores it for `CANCEL_GRACE_S` is shut
-    down (its ACP server closed); the turn then ends on its own and is recorded as cancelled (forced).
-    """
-    async with ctx.write() as conn:
-        session = await load_session(conn, session_id)
-    if session is None or session.status != "running" or session.acp_server_id is None:
-        return
-    try:
-        endpoint = await ensure_sandbox(ctx)
-        async with client_for(endpoint) as client:
-            await client.acp(session.acp_server_id, session.agent).cancel(session.acp_session_id)
-    except FoundryError as exc:
-        log.warning("session/cancel failed key=%s session=%s: %s", ctx.key, session_id, exc)
-    if await _turn_ended(ctx, session_id, CANCEL_GRACE_S):
-        return
-    log.warning(
-        "agent ignored session/cancel for %.0f s; shutting it down key=%s session=%s",
-        CANCEL_GRACE_S,
-        ctx.key,
-        session_id,
-    )
-    try:
-        endpoint = await ensure_sandbox(ctx)
-        async with client_for(endpoint) as client:
-            await _close_quietly(client.acp(session.acp_server_id, session.agent))
-    except FoundryError as exc:
-        log.warning("could not shut down the agent of session %s: %s", session_id, exc)
-
-
-async def _turn_ended(ctx: InstanceContext, session_id: str, timeout: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        async with ctx.read() as conn:
-            current = await load_session(conn, session_id)
-        if current is None or current.status != "running":
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def permission_job(ctx: InstanceContext, session_id: str, request_id: str) -> None:

@@ -43,11 +43,11 @@ async def test_stop_cancels_the_running_turn_while_other_commands_flow(tasks_ser
         response = await client.post(base(task_id, session_id) + "/stop")
         assert response.status_code == 202, response.text
         assert response.json() == {"stopping": True, "droppedQueued": 1}
-        ended = await ws.until(lambda f: f.get("event") in ("turnEnded", "turnFailed"))
-        assert ended["event"] == "turnEnded"
+        ended = await ws.until(lambda f: f.get("event") in ("turnEnded", "turnFailed", "turnCancelled"))
+        assert ended["event"] == "turnCancelled"
         assert ended["data"]["stopReason"] == "cancelled"
         assert "forced" not in ended["data"]  # ACP session/cancel, not a kill
-        assert time.monotonic() - stop_started < 8  # the slow turn alone would take ~10 s
+        assert time.monotonic() - stop_started < 2  # the slow turn alone would take ~10 s
 
         detail = await wait_task(client, task_id, idle_session)
         session = detail["sessions"][0]
@@ -65,7 +65,8 @@ async def test_stop_cancels_the_running_turn_while_other_commands_flow(tasks_ser
             lambda d: idle_session(d) and d["sessions"][0]["lastSeq"] > session["lastSeq"] + 3,
         )
         kinds = [e["event"] for e in await events(client, task_id, session_id)]
-        assert kinds.count("turnEnded") == 2
+        assert kinds.count("turnCancelled") == 1
+        assert kinds.count("turnEnded") == 1
         assert "stopRequested" in kinds
         assert "sessionRenamed" in kinds
 
@@ -167,7 +168,8 @@ async def test_sessions_open_rename_close_and_refuse_messages_once_closed(tasks_
             assert any(s.startswith(created["sessionId"]) for s in servers), servers
             assert not any(s.startswith(second["sessionId"]) for s in servers), servers
         log = await events(client, task_id, second["sessionId"])
-        assert log[-1]["event"] in ("sessionClosed", "turnEnded", "sessionStatus", "turnFailed")
+        ends = ("sessionClosed", "turnEnded", "sessionStatus", "turnFailed", "turnCancelled")
+        assert log[-1]["event"] in ends
         assert "sessionClosed" in [e["event"] for e in log]
         # Unknown sessions and bad bodies.
         assert (

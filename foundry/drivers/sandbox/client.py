@@ -21,8 +21,8 @@ type, title and detail; an unreachable server raises `SandboxError`; a JSON-RPC 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -41,6 +41,7 @@ from foundry.drivers.sandbox import (
     SandboxEndpoint,
     SandboxError,
 )
+from foundry.drivers.sandbox.sse import StreamBroke, open_event_stream
 
 __all__ = [
     "ACP_PROTOCOL_VERSION",
@@ -341,26 +342,34 @@ class AcpConnection:
         self.agent = agent
         self._ids = itertools.count(1)
         #: The JSON-RPC id of the latest request (to find its mirror in the event stream).
-        self.last_request_id = 0
+        self.last_request_id: int | str = 0
 
     @property
     def _path(self) -> str:
         return f"/v1/acp/{self.server_id}"
 
     async def request(
-        self, method: str, params: Mapping[str, Any] | None = None, *, answer_timeout: float | None = 60.0
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        answer_timeout: float | None = 60.0,
+        request_id: int | str | None = None,
     ) -> Any:
         """Send a JSON-RPC request and return its ``result``.
 
         Args:
             answer_timeout: seconds to wait for the answer; ``None`` waits as long as the agent needs.
+            request_id: the JSON-RPC id; by default the next number of this connection's counter. A
+                caller that must recognise the answer's mirror on the event stream passes its own.
 
         Raises:
             AcpError: the agent answered with a JSON-RPC error.
             SandboxApiError: sandbox-agent refused the request (e.g. 500 ``install_failed``).
             SandboxError: the server is unreachable or did not answer within ``answer_timeout``.
         """
-        request_id = next(self._ids)
+        if request_id is None:
+            request_id = next(self._ids)
         self.last_request_id = request_id
         payload = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": dict(params or {})}
         http_timeout = httpx.Timeout(self.client._timeout, read=answer_timeout)
@@ -433,11 +442,12 @@ class AcpConnection:
             {"sessionId": session_id, "cwd": cwd, "mcpServers": [dict(s) for s in mcp_servers]},
         )
 
-    async def prompt(self, session_id: str, text: str) -> str:
+    async def prompt(self, session_id: str, text: str, *, request_id: int | str | None = None) -> str:
         """Run one turn with a text prompt and return its ``stopReason`` (``end_turn``, ``cancelled``…).
 
         Blocks until the turn ends — there is no client-side timeout; stream progress with `events` and
-        stop the turn with `cancel`.
+        stop the turn with `cancel`. The event stream carries a mirror of the answer (with the same
+        JSON-RPC ``request_id``) as the turn's last event.
 
         Raises:
             AcpError: the agent failed the turn (message and ``data.reason`` included).
@@ -446,6 +456,7 @@ class AcpConnection:
             "session/prompt",
             {"sessionId": session_id, "prompt": [{"type": "text", "text": text}]},
             answer_timeout=None,
+            request_id=request_id,
         )
         return str((result or {}).get("stopReason", ""))
 
@@ -473,31 +484,32 @@ class AcpConnection:
         """Stream ``(event_id, envelope)`` from the server's SSE feed, oldest first.
 
         The feed starts with the buffered history (after ``last_event_id`` when given, sent as
-        ``Last-Event-ID``) and then follows live; envelopes are raw JSON-RPC messages (agent
-        notifications and requests, and mirrors of responses). It ends when the ACP server is closed
-        (or sandbox-agent stops); consume it in a task and close the iterator
-        (``contextlib.aclosing``) when done early.
+        ``Last-Event-ID``; sandbox-agent 0.4.2 keeps only the last 1,024 events) and then follows
+        live. Ids are consecutive per ACP server, but a reader that falls behind can miss some: use
+        `foundry.drivers.sandbox.feed.AcpEventFeed` to follow a server without losing any. Envelopes
+        are raw JSON-RPC messages (agent notifications and requests, and mirrors of responses). It
+        ends when the ACP server is closed (or sandbox-agent stops); consume it in a task and close
+        the iterator (``contextlib.aclosing``) when done early.
 
         Raises:
             SandboxApiError: e.g. 404 ``session_not_found`` for an unknown server id.
             SandboxError: the server is unreachable.
         """
-        headers = {"Accept": "text/event-stream"}
+        headers = {**self.client.endpoint.headers(), "Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
-        timeout = httpx.Timeout(self.client._timeout, read=None)
         action = f"GET {self._path} (events)"
         try:
-            async with self.client._http.stream(
-                "GET", self._path, headers=headers, timeout=timeout
-            ) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise _problem_error(response, action)
-                async for event in _parse_sse(response.aiter_lines()):
+            refused, stream = await open_event_stream(
+                self.client.endpoint.base_url, self._path, headers, connect_timeout=self.client._timeout
+            )
+            if refused is not None:
+                raise _problem_error(refused, action)
+            async with contextlib.aclosing(stream):
+                async for event in stream:
                     yield event
-        except httpx.TransportError as exc:
-            raise SandboxError(f"sandbox-agent event stream {action} broke: {exc}") from exc
+        except (OSError, TimeoutError, StreamBroke, asyncio.IncompleteReadError) as exc:
+            raise SandboxError(f"sandbox-agent event stream {action} broke: {exc!r}") from exc
 
     async def close(self, *, delete_timeout: float = 0.5, gone_timeout: float = 10.0) -> None:
         """Shut the ACP server (and its agent process) down. Idempotent.
@@ -541,41 +553,3 @@ class AcpConnection:
                 )
             log.info("acp server still listed after delete, retrying server_id=%s", self.server_id)
             attempt_timeout = min(attempt_timeout * 2, 2.0)
-
-
-async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-    """Parse ``text/event-stream`` lines into ``(id, json data)`` for ``message`` events."""
-    event_type = "message"
-    event_id: str | None = None
-    data: list[str] = []
-    async for line in lines:
-        if line == "":
-            if data and event_type == "message":
-                parsed = _decode_event(event_id, "\n".join(data))
-                if parsed is not None:
-                    yield parsed
-            event_type, event_id, data = "message", None, []
-            continue
-        if line.startswith(":"):
-            continue  # comment / keep-alive
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event_type = value
-        elif name == "id":
-            event_id = value
-        elif name == "data":
-            data.append(value)
-
-
-def _decode_event(event_id: str | None, data: str) -> tuple[int, dict[str, Any]] | None:
-    try:
-        number = int(event_id) if event_id is not None else None
-        envelope = json.loads(data)
-    except ValueError:
-        log.warning("skipping malformed sse event id=%r data=%r", event_id, data[:200])
-        return None
-    if number is None or not isinstance(envelope, dict):
-        log.warning("skipping sse event without id or object id=%r", event_id)
-        return None
-    return number, envelope

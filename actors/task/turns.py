@@ -1,0 +1,587 @@
+"""Agent turns: run a queued message, record its events, end it exactly once; Stop.
+
+A turn is the ``session/prompt`` request plus the ACP server's event stream. Its events are read by
+an `AcpEventFeed` (never blocked by the database, checked for gaps) and written in batches by a
+`TranscriptRecorder`. The turn ends when the stream delivers the mirror of the prompt's answer — the
+last event sandbox-agent sends for it — and never because a timer ran out while events were still
+coming.
+
+Every turn ends in exactly one of ``turnEnded``, ``turnFailed`` or ``turnCancelled``, whatever fails
+in between: a reader error, an agent that exits, a sandbox that dies, Stop, an exception in Foundry's
+own code (recorded as ``turnFailed``), or a host restart (`resume_after_wake` reports the turn).
+
+Stop ends a turn within about a second even when thousands of events are still in flight: it sends
+ACP ``session/cancel``, waits briefly for the agent's answer, then records what has already arrived
+and ends the turn as cancelled. The rest is skipped (and reported as ``eventsLost``) before the
+session runs its next message; an agent that ignores the cancel is shut down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from actors.task.agent_session import close_quietly
+from actors.task.recorder import RecordedEnd, TranscriptRecorder
+from actors.task.sandbox_access import client_for, ensure_sandbox
+from actors.task.schema import messages, permission_requests, sessions
+from actors.task.state import (
+    USER_ROLE,
+    append_events,
+    audit,
+    load_session,
+    load_task,
+    refresh,
+    turn_job_name,
+)
+from foundry.drivers.sandbox import AcpError, SandboxError
+from foundry.drivers.sandbox.client import AcpConnection, SandboxAgentClient
+from foundry.drivers.sandbox.feed import AcpEvent, AcpEventFeed, FeedEnded
+from foundry.errors import FoundryError
+from foundry.runtime.context import InstanceContext
+
+log = logging.getLogger(__name__)
+
+#: How long Stop waits for the agent to honour ``session/cancel`` before it shuts the agent down.
+CANCEL_GRACE_S = 10.0
+#: After Stop, how long the turn waits for the agent's ``cancelled`` answer to arrive on the stream…
+STOP_ANSWER_WAIT_S = 0.4
+#: …and by when (after Stop) it has recorded what arrived and ended the turn.
+STOP_END_S = 0.8
+#: How often a running turn checks on its stream and its agent.
+WATCH_INTERVAL_S = 0.5
+#: After the prompt was answered over HTTP, how long the stream may stay silent before it is reopened
+#: (once), and then before the turn ends without the stream's last events (reported as lost).
+STREAM_STALL_S = 3.0
+#: How long the stream may stay silent during a turn before sandbox-agent is asked whether the
+#: turn's ACP server still exists.
+AGENT_CHECK_S = 5.0
+
+
+@dataclass
+class TurnOutcome:
+    """How a turn ended: a stop reason, or an error; ``agent_gone`` when its ACP server is unusable.
+
+    A dead sandbox is reported separately by the sandbox actor (``sandbox_exited``, with the tail of
+    its log), so ``sandbox_gone`` only explains the error here. ``open_tool_calls`` are the tool
+    calls the agent left unfinished (marked cancelled when the turn was cancelled).
+    """
+
+    stop_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    error: str | None = None
+    agent_gone: bool = False
+    sandbox_gone: bool = False
+    open_tool_calls: list[str] = field(default_factory=list)
+    #: The stream's events from this id on were not recorded (the stream stalled after the answer).
+    lost_from: int | None = None
+
+
+# Turns running in this process, by (services, task key, session id): Stop finds its turn here.
+_LIVE: dict[tuple[int, str, str], Turn] = {}
+
+
+def _live_key(ctx: InstanceContext, session_id: str) -> tuple[int, str, str]:
+    return (id(ctx.services), ctx.key, session_id)
+
+
+def live_turn(ctx: InstanceContext, session_id: str) -> Turn | None:
+    """The turn of ``session_id`` running in this process, if any."""
+    return _LIVE.get(_live_key(ctx, session_id))
+
+
+class Turn:
+    """One running turn: the prompt request, the event feed and the recorder."""
+
+    def __init__(
+        self, ctx: InstanceContext, acp: AcpConnection, session: sa.Row[Any], message_id: int
+    ) -> None:
+        self.ctx = ctx
+        self.acp = acp
+        self.session = session
+        self.message_id = message_id
+        # Unique per task database, so the answer's mirror is never confused with another turn's.
+        self.request_id = f"foundry-turn-{message_id}"
+        self.feed = AcpEventFeed(acp, session.last_event_id)
+        self.recorder = TranscriptRecorder(
+            ctx, session.session_id, session.acp_server_id, self.feed, self.request_id
+        )
+        self.stop_at: float | None = None
+        self._wake = asyncio.Event()
+        self._cancel_task: asyncio.Task[None] | None = None
+        #: Set when Stop ended the turn before its last event arrived: the rest must be skipped.
+        self.cut_short: tuple[int, int] | None = None
+
+    def request_stop(self) -> None:
+        """Stop: send ``session/cancel`` and end the turn within `STOP_END_S` whatever the agent does."""
+        if self.stop_at is not None:
+            return
+        self.stop_at = asyncio.get_running_loop().time()
+        self._cancel_task = asyncio.create_task(self._send_cancel())
+        self._wake.set()
+
+    async def _send_cancel(self) -> None:
+        try:
+            await self.acp.cancel(self.session.acp_session_id)
+        except FoundryError as exc:
+            log.warning(
+                "session/cancel failed key=%s session=%s: %s", self.ctx.key, self.session.session_id, exc
+            )
+
+    async def run(self, text: str) -> TurnOutcome:
+        """Send the prompt and record the stream until the turn's last event; the outcome."""
+        self.feed.start()
+        recording = asyncio.create_task(self.recorder.run(), name=f"turn-record:{self.session.session_id}")
+        prompt = asyncio.create_task(
+            self.acp.prompt(self.session.acp_session_id, text, request_id=self.request_id)
+        )
+        try:
+            end = await self._watch(recording, prompt)
+            return await self._outcome(end, prompt)
+        finally:
+            if not recording.done():
+                # Only on an error in this coroutine or its cancellation (instance closing).
+                recording.cancel()
+            for pending in (prompt, self._cancel_task):
+                if pending is not None and not pending.done():
+                    pending.cancel()
+            await asyncio.gather(
+                recording, prompt, *([self._cancel_task] if self._cancel_task else []), return_exceptions=True
+            )
+
+    async def _watch(self, recording: asyncio.Task[RecordedEnd], prompt: asyncio.Task[str]) -> RecordedEnd:
+        loop = asyncio.get_running_loop()
+        progress_at = loop.time()
+        delivered = self.feed.delivered
+        resynced = False
+        draining = False
+        while not recording.done():
+            self._wake.clear()
+            waker = asyncio.create_task(self._wake.wait())
+            try:
+                await asyncio.wait(
+                    {recording, waker}, timeout=WATCH_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waker.cancel()
+            if recording.done() or draining:
+                continue
+            now = loop.time()
+            if self.stop_at is not None:
+                if now >= self.stop_at + STOP_ANSWER_WAIT_S:
+                    self.recorder.drain(self.stop_at + STOP_END_S)
+                    draining = True
+                else:
+                    # Come back when the answer wait is over.
+                    loop.call_at(self.stop_at + STOP_ANSWER_WAIT_S, self._wake.set)
+                continue
+            if self.feed.delivered != delivered:
+                delivered, progress_at = self.feed.delivered, now
+                continue
+            silent = now - progress_at
+            if prompt.done() and silent >= STREAM_STALL_S:
+                if not resynced:
+                    log.warning("turn %s answered but its stream is silent; reopening it", self.request_id)
+                    self.feed.resync()
+                    resynced, progress_at = True, now
+                else:
+                    self.recorder.drain(now)
+                    draining = True
+            elif not prompt.done() and silent >= AGENT_CHECK_S:
+                progress_at = now
+                if not await self._server_listed():
+                    log.warning("ACP server %s is gone during turn %s", self.acp.server_id, self.request_id)
+                    self.recorder.drain(now)
+                    draining = True
+        return recording.result()
+
+    async def _server_listed(self) -> bool:
+        try:
+            servers = await self.acp.client.list_acp_servers()
+        except FoundryError as exc:
+            log.info("could not list ACP servers: %s", exc)
+            return True  # unknown: the feed reports an unreachable sandbox-agent itself
+        return any(s.get("serverId") == self.acp.server_id for s in servers)
+
+    async def _outcome(self, end: RecordedEnd, prompt: asyncio.Task[str]) -> TurnOutcome:
+        open_calls = self.recorder.open_tool_calls()
+        if end.kind == "answered":
+            return _outcome_from_envelope(end.envelope, open_calls)
+        if end.kind == "agent_exited":
+            code = end.envelope.get("code")
+            return TurnOutcome(
+                error=f"the {self.session.agent!r} agent process exited unexpectedly"
+                + (f" (exit code {code})" if code is not None else "")
+                + "; send the message again to start a new agent",
+                agent_gone=True,
+                open_tool_calls=open_calls,
+            )
+        if end.kind == "drained" and self.stop_at is not None:
+            last = self.recorder.last_recorded_id
+            self.cut_short = end.unrecorded or ((last or 0) + 1, (last or 0) + 1)
+            return TurnOutcome(stop_reason="cancelled", open_tool_calls=open_calls)
+        if end.kind == "drained" and prompt.done():
+            # The answer came over HTTP, but the stream never delivered the turn's last events.
+            outcome = self._from_prompt(prompt)
+            outcome.lost_from = (self.recorder.last_recorded_id or 0) + 1
+            outcome.open_tool_calls = open_calls
+            return outcome
+        if end.kind == "drained":
+            return TurnOutcome(
+                error="the agent's ACP server disappeared from the sandbox",
+                agent_gone=True,
+                open_tool_calls=open_calls,
+            )
+        # The stream ended: sandbox-agent went away, or the ACP server was closed.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(prompt), 2.0)
+        if prompt.done() and not prompt.cancelled() and prompt.exception() is None:
+            outcome = self._from_prompt(prompt)
+            outcome.open_tool_calls = open_calls
+            # Answered, but the stream ended before the answer's mirror: its tail may be missing.
+            outcome.lost_from = (self.recorder.last_recorded_id or 0) + 1
+            return outcome
+        feed_end = end.feed_end or FeedEnded(None)
+        detail = feed_end.error.detail if feed_end.error is not None else "the event stream ended"
+        return TurnOutcome(
+            error=f"lost the connection to the agent: {detail}",
+            agent_gone=True,
+            sandbox_gone=True,
+            open_tool_calls=open_calls,
+        )
+
+    def _from_prompt(self, prompt: asyncio.Task[str]) -> TurnOutcome:
+        exc = prompt.exception()
+        if exc is None:
+            return TurnOutcome(stop_reason=prompt.result())
+        if isinstance(exc, AcpError):
+            return TurnOutcome(error=exc.detail)
+        if isinstance(exc, SandboxError):
+            return TurnOutcome(
+                error=f"lost the connection to the agent: {exc.detail}", agent_gone=True, sandbox_gone=True
+            )
+        if isinstance(exc, FoundryError):
+            return TurnOutcome(error=exc.detail, agent_gone=True)
+        raise exc
+
+    async def skip_rest(self) -> bool:
+        """After Stop cut the turn short: read (without recording) up to the agent's answer, so the next
+        turn starts after it, and report the skipped range as ``eventsLost``. False when the agent
+        never answered within `CANCEL_GRACE_S` (it ignores cancel; the caller shuts it down)."""
+        assert self.cut_short is not None
+        assert self.stop_at is not None
+        first, last = self.cut_short
+        loop = asyncio.get_running_loop()
+        deadline = self.stop_at + CANCEL_GRACE_S
+        answered_at: int | None = None
+        while answered_at is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                item = await asyncio.wait_for(self.feed.queue.get(), remaining)
+            except TimeoutError:
+                break
+            if isinstance(item, FeedEnded):
+                break
+            if isinstance(item, AcpEvent):
+                last = max(last, item.id)
+                if item.envelope.get("method") is None and item.envelope.get("id") == self.request_id:
+                    answered_at = item.id
+        async with self.ctx.write() as conn:
+            if answered_at is not None:
+                await conn.execute(
+                    sessions.update()
+                    .where(sessions.c.session_id == self.session.session_id)
+                    .values(last_event_id=answered_at)
+                )
+            await append_events(
+                self.ctx,
+                conn,
+                self.session.session_id,
+                [("eventsLost", {"from": first, "to": last, "reason": "stopped"})],
+            )
+        return answered_at is not None
+
+    async def aclose(self) -> None:
+        await self.feed.aclose()
+
+
+def _outcome_from_envelope(envelope: dict[str, Any], open_calls: list[str]) -> TurnOutcome:
+    if envelope.get("error") is not None:
+        error = envelope["error"]
+        data = error.get("data") if isinstance(error, dict) else None
+        reason = data.get("reason") if isinstance(data, dict) else None
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        return TurnOutcome(
+            error=f"agent error in session/prompt: {message}" + (f": {reason}" if reason else ""),
+            open_tool_calls=open_calls,
+        )
+    result = envelope.get("result") or {}
+    return TurnOutcome(
+        stop_reason=str(result.get("stopReason") or ""), usage=result.get("usage"), open_tool_calls=open_calls
+    )
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+async def run_turn(
+    ctx: InstanceContext, client: SandboxAgentClient, session: sa.Row[Any], message: sa.Row[Any]
+) -> None:
+    """Run one queued message as a turn and record its outcome (exactly one terminal event)."""
+    now = ctx.now_ms()
+    async with ctx.write() as conn:
+        current = await conn.execute(sa.select(messages.c.status).where(messages.c.id == message.id))
+        if current.scalar() != "queued":
+            return  # cancelled by Stop meanwhile
+        await conn.execute(
+            messages.update().where(messages.c.id == message.id).values(status="running", started_at=now)
+        )
+        await conn.execute(
+            sessions.update()
+            .where(sessions.c.session_id == session.session_id)
+            .values(status="running", error=None, thinking_since=now, updated_at=now)
+        )
+        await append_events(
+            ctx,
+            conn,
+            session.session_id,
+            [("turnStarted", {"messageId": message.id}), ("sessionStatus", {"status": "running"})],
+        )
+        await refresh(ctx, conn)
+        session = await load_session(conn, session.session_id)  # type: ignore[assignment]
+    turn = Turn(ctx, client.acp(session.acp_server_id, session.agent), session, message.id)
+    key = _live_key(ctx, session.session_id)
+    _LIVE[key] = turn
+    try:
+        try:
+            outcome = await turn.run(message.text)
+        except asyncio.CancelledError:
+            # The instance is closing (sleep or host restart): `resume_after_wake` reports the turn.
+            raise
+        except Exception as exc:
+            log.exception("turn failed key=%s session=%s", ctx.key, session.session_id)
+            outcome = TurnOutcome(error=f"the turn failed: {type(exc).__name__}: {exc}", agent_gone=True)
+        if _LIVE.get(key) is turn:
+            del _LIVE[key]
+        log.info(
+            "turn %s recorded %d events in %d batches key=%s",
+            turn.request_id,
+            turn.recorder.recorded,
+            turn.recorder.batches,
+            ctx.key,
+        )
+        if outcome.agent_gone:
+            await close_quietly(turn.acp)
+        await _finish_safely(
+            ctx, session.session_id, message.id, outcome, agent_title=turn.recorder.agent_title
+        )
+        if turn.cut_short is not None and not await turn.skip_rest():
+            log.warning(
+                "agent ignored session/cancel for %.0f s; shutting it down key=%s session=%s",
+                CANCEL_GRACE_S,
+                ctx.key,
+                session.session_id,
+            )
+            await close_quietly(turn.acp)
+            await forget_agent(ctx, session.session_id, session.acp_server_id)
+    finally:
+        if _LIVE.get(key) is turn:
+            del _LIVE[key]
+        await turn.aclose()
+
+
+async def forget_agent(ctx: InstanceContext, session_id: str, server_id: str) -> None:
+    """The session's ACP server is unusable: the next message starts a new agent."""
+    async with ctx.write() as conn:
+        await conn.execute(
+            sessions.update()
+            .where(sessions.c.session_id == session_id, sessions.c.acp_server_id == server_id)
+            .values(acp_server_id=None, acp_session_id=None, last_event_id=None)
+        )
+
+
+async def _finish_safely(
+    ctx: InstanceContext, session_id: str, message_id: int, outcome: TurnOutcome, *, agent_title: str | None
+) -> None:
+    """`finish_turn`, and should that fail, a minimal ``turnFailed`` so the turn never stays running."""
+    try:
+        await finish_turn(ctx, session_id, message_id, outcome, agent_title=agent_title)
+        return
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("recording the end of a turn failed key=%s session=%s", ctx.key, session_id)
+        error = f"the turn could not be recorded: {type(exc).__name__}: {exc}"
+    await finish_turn(ctx, session_id, message_id, TurnOutcome(error=error, agent_gone=outcome.agent_gone))
+
+
+async def finish_turn(
+    ctx: InstanceContext,
+    session_id: str,
+    message_id: int,
+    outcome: TurnOutcome,
+    *,
+    agent_title: str | None = None,
+    forced: bool = False,
+) -> None:
+    """Record a turn's end: the message, the session's status, the transcript, unread for the owner.
+
+    Idempotent per message: a turn already ended (its message is no longer running) is left alone, so
+    a turn never gets two terminal events.
+    """
+    now = ctx.now_ms()
+    async with ctx.write() as conn:
+        row = await load_task(conn)
+        session = await load_session(conn, session_id)
+        message = (
+            await conn.execute(
+                sa.select(messages.c.status, messages.c.stop_requested_at).where(messages.c.id == message_id)
+            )
+        ).first()
+        if row is None or session is None or message is None or message.status != "running":
+            return
+        stop_requested = message.stop_requested_at is not None
+        if outcome.error is not None and stop_requested:
+            # Stop shut down an agent that ignored session/cancel: the user asked for this end.
+            log.info("turn ended by Stop after: %s", outcome.error)
+            outcome = TurnOutcome(
+                stop_reason="cancelled",
+                agent_gone=outcome.agent_gone,
+                open_tool_calls=outcome.open_tool_calls,
+            )
+            forced = True
+        events: list[tuple[str, dict[str, Any]]] = []
+        if outcome.lost_from is not None:
+            events.append(("eventsLost", {"from": outcome.lost_from, "to": None, "reason": "stream stalled"}))
+        if outcome.error is not None:
+            msg_values: dict[str, Any] = {"status": "failed", "error": outcome.error}
+            events.append(("turnFailed", {"messageId": message_id, "error": outcome.error}))
+            status = "error"
+        else:
+            cancelled = outcome.stop_reason == "cancelled"
+            msg_values = {"status": "cancelled" if cancelled else "done", "stop_reason": outcome.stop_reason}
+            ended: dict[str, Any] = {"messageId": message_id, "stopReason": outcome.stop_reason}
+            if outcome.usage:
+                ended["usage"] = outcome.usage
+            if forced:
+                ended["forced"] = True
+            if cancelled:
+                events.extend(_cancelled_tool_calls(outcome.open_tool_calls))
+            events.append(("turnCancelled" if cancelled else "turnEnded", ended))
+            status = "idle"
+        await conn.execute(
+            messages.update().where(messages.c.id == message_id).values(finished_at=now, **msg_values)
+        )
+        values: dict[str, Any] = {"thinking_since": None, "updated_at": now}
+        if session.status != "closed":
+            values |= {"status": status, "error": outcome.error}
+            events.append(
+                ("sessionStatus", {"status": status, **({"error": outcome.error} if outcome.error else {})})
+            )
+        if agent_title:
+            values["agent_title"] = agent_title
+        if outcome.agent_gone:
+            values |= {"acp_server_id": None, "acp_session_id": None, "last_event_id": None}
+        await conn.execute(sessions.update().where(sessions.c.session_id == session_id).values(**values))
+        await conn.execute(
+            permission_requests.update()
+            .where(permission_requests.c.session_id == session_id, permission_requests.c.status == "pending")
+            .values(status="cancelled", answered_at=now)
+        )
+        await append_events(ctx, conn, session_id, events)
+        if outcome.error is not None:
+            audit(ctx, row, "task.error", {"step": "turn", "sessionId": session_id, "detail": outcome.error})
+        await refresh(ctx, conn)
+        if row.owner_user_id:
+            _mark_unread(ctx, row.owner_user_id, session_id)
+
+
+def _cancelled_tool_calls(calls: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Tool calls the agent left open when the turn was cancelled, marked cancelled (ACP has no such
+    status; the update says it comes from Foundry)."""
+    return [
+        (
+            "agentUpdate",
+            {
+                "kind": "tool_call_update",
+                "update": {"sessionUpdate": "tool_call_update", "toolCallId": call, "status": "cancelled"},
+                "origin": "foundry",
+            },
+        )
+        for call in calls
+    ]
+
+
+def _mark_unread(ctx: InstanceContext, user_id: str, session_id: str) -> None:
+    """A finished turn is unread for the task owner; per-user state lives on the user actor.
+
+    Sent through the outbox of the transaction that ends the turn, so it is never lost.
+    """
+    from actors.task.naming import split_task_key
+
+    organization_id, task_id = split_task_key(ctx.key)
+    body = {"organizationId": organization_id, "taskId": task_id, "sessionId": session_id, "unread": True}
+    ctx.send_after_commit(USER_ROLE, user_id, "update_session_state", body)
+
+
+# ------------------------------------------------------------------------------------------ Stop
+
+
+async def cancel_job(ctx: InstanceContext, session_id: str) -> None:
+    """Stop: cancel the running turn (ACP ``session/cancel``, not a destroy) and end it within about a
+    second. A turn with no live job (its job died) is repaired: ended as cancelled."""
+    async with ctx.write() as conn:
+        session = await load_session(conn, session_id)
+    if session is None or session.status != "running":
+        return
+    turn = live_turn(ctx, session_id)
+    if turn is not None:
+        turn.request_stop()
+        return
+    if session.acp_server_id is not None and session.acp_session_id is not None:
+        try:
+            endpoint = await ensure_sandbox(ctx)
+            async with client_for(endpoint) as client:
+                await client.acp(session.acp_server_id, session.agent).cancel(session.acp_session_id)
+        except FoundryError as exc:
+            log.warning("session/cancel failed key=%s session=%s: %s", ctx.key, session_id, exc)
+    await repair_running_session(ctx, session_id)
+
+
+async def repair_running_session(ctx: InstanceContext, session_id: str) -> bool:
+    """End a session's ``running`` turn that has no live turn job (the watchdog's repair).
+
+    Returns True when it ended one. The turn is reported cancelled when Stop was requested, failed
+    otherwise.
+    """
+    if live_turn(ctx, session_id) is not None or ctx.job_running(turn_job_name(session_id)):
+        return False
+    async with ctx.read() as conn:
+        running = (
+            await conn.execute(
+                sa.select(messages.c.id).where(
+                    messages.c.session_id == session_id, messages.c.status == "running"
+                )
+            )
+        ).all()
+    for (message_id,) in running:
+        log.warning(
+            "repairing a turn with no live job key=%s session=%s message=%s", ctx.key, session_id, message_id
+        )
+        await finish_turn(
+            ctx,
+            session_id,
+            message_id,
+            TurnOutcome(
+                error="the turn stopped without an answer from the agent; send the message again",
+                agent_gone=True,
+            ),
+        )
+    return bool(running)

@@ -1,0 +1,304 @@
+"""Live transcripts at agent speed; prints one JSON object.
+
+    .venv/bin/python bench/transcripts.py [--backend ray|inprocess] [--sessions 20] [--chunks 2000]
+                                          [--stops 5]
+
+Runs the real stack in mock mode (uvicorn, the actor runtime, the fake GitHub, one real sandbox-agent)
+with the scripted test agent (``tests/transcripts/scripted_agent.py``) as ``mock``. One task opens
+``--sessions`` sessions; each floods ``--chunks`` message chunks at once, all sessions together, so one
+task host records them all. Then ``--stops`` floods of 10,000 chunks are stopped right after their first
+chunk. Figures:
+
+* ``events_per_s_one_host``: transcript rows recorded per second, first flood chunk to last turn end;
+* ``lost`` / ``duplicated``: chunks missing from, or repeated in, the transcripts (events API) and the
+  websocket streams; ``stuck_turns``: turns without exactly one terminal event;
+* ``agent_done_to_recorded_ms_p50``: the agent sent its last chunk → the turn's end was recorded;
+* ``stop_to_ended_ms_p50``: ``POST …/stop`` → ``turnCancelled`` on the websocket;
+* ``host_rss_mb``: RSS of the task host process at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from websockets.asyncio.client import connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.task_flow import _free_port, _host_pid, _kill_sandboxes_under, _pct, _rss_kb, _sign_in
+from foundry.config import Settings
+from foundry.http.app import create_app
+from foundry.mock import start_fake_github
+from foundry.wiring import build_runtime
+
+AGENT = Path(__file__).resolve().parents[1] / "tests" / "transcripts" / "scripted_agent.py"
+CHUNK = re.compile(r"^#(\d+) $")
+TERMINAL = ("turnEnded", "turnFailed", "turnCancelled")
+ROCKET = "910001"
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _chunks(events: list[dict[str, Any]]) -> list[int]:
+    out = []
+    for e in events:
+        if e["event"] == "agentUpdate" and e["data"]["kind"] == "agent_message_chunk":
+            match = CHUNK.match(e["data"]["update"]["content"]["text"])
+            if match:
+                out.append(int(match.group(1)))
+    return out
+
+
+def _lost_and_duplicated(numbers: list[int], expected: int) -> tuple[int, int]:
+    return len(set(range(1, expected + 1)) - set(numbers)), len(numbers) - len(set(numbers))
+
+
+async def _log(client: httpx.AsyncClient, task_id: str, session_id: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        page = (
+            await client.get(
+                f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/events",
+                params={"since": since, "limit": 5000},
+            )
+        ).json()
+        out.extend(page["events"])
+        if not page["more"]:
+            return out
+        since = page["nextSince"]
+
+
+async def _wait_detail(
+    client: httpx.AsyncClient, task_id: str, predicate: Any, timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        detail = (await client.get(f"/v1/organizations/acme/tasks/{task_id}")).json()
+        if predicate(detail) or time.monotonic() > deadline:
+            return dict(detail)
+        await asyncio.sleep(0.2)
+
+
+class Socket:
+    """One websocket reading a few session topics in the background."""
+
+    def __init__(self, url: str, cookie: str) -> None:
+        self.url, self.cookie = url, cookie
+        self.frames: dict[str, list[dict[str, Any]]] = {}
+        self.arrived: dict[tuple[str, str], float] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self, topics: list[str]) -> None:
+        self.ws = await self._stack.enter_async_context(
+            connect(self.url, additional_headers={"Cookie": self.cookie}, max_queue=None)
+        )
+        for topic in topics:
+            self.frames[topic] = []
+            await self.ws.send(json.dumps({"op": "subscribe", "topic": topic}))
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for raw in self.ws:
+            frame = json.loads(raw)
+            topic = frame.get("topic")
+            if "seq" in frame and topic in self.frames:
+                self.frames[topic].append(frame)
+                if frame["event"] in TERMINAL:
+                    self.arrived.setdefault((topic, frame["event"]), time.monotonic())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._stack.aclose()
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    data_dir = Path(tempfile.mkdtemp(prefix="foundry-transcripts-bench-"))
+    port = _free_port()
+    base = Settings(
+        data_dir=data_dir,
+        mode="mock",
+        port=port,
+        log_level="WARNING",
+        runtime={"backend": args.backend, "namespace": f"bench-{uuid.uuid4().hex[:6]}", "idle_seconds": 3600},  # type: ignore[arg-type]
+        sandbox={"agent_commands": {"mock": f"{sys.executable} -I {AGENT}"}},  # type: ignore[arg-type]
+    )
+    fake, settings = start_fake_github(base)
+    runtime = build_runtime(settings)
+    await runtime.start()
+    app = create_app(settings, runtime=runtime, fake_github=fake)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    out: dict[str, Any] = {
+        "backend": args.backend,
+        "sessions": args.sessions,
+        "chunks_per_session": args.chunks,
+    }
+    sockets: list[Socket] = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            await _sign_in(client, runtime, "alice")
+            created = (
+                await client.post(
+                    "/v1/organizations/acme/tasks", json={"repoId": ROCKET, "prompt": "flood 1"}
+                )
+            ).json()
+            task_id = created["taskId"]
+            sessions = [created["sessionId"]]
+            await _wait_detail(client, task_id, lambda d: d["sessions"][0]["status"] == "idle", 120)
+            # Agents start a few at a time (each is a process that sandbox-agent spawns).
+            while len(sessions) < args.sessions:
+                batch = min(4, args.sessions - len(sessions))
+                answers = await asyncio.gather(
+                    *(
+                        client.post(f"/v1/organizations/acme/tasks/{task_id}/sessions", json={})
+                        for _ in range(batch)
+                    )
+                )
+                sessions += [a.json()["sessionId"] for a in answers]
+                count = len(sessions)
+                await _wait_detail(
+                    client,
+                    task_id,
+                    lambda d, count=count: sum(s["status"] == "idle" for s in d["sessions"]) >= count,
+                    120,
+                )
+            cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+            ws_url = url.replace("http://", "ws://") + "/v1/realtime"
+            topics = [f"session:acme:{task_id}:{s}" for s in sessions]
+            for i in range(0, len(topics), 5):
+                sock = Socket(ws_url, cookie)
+                await sock.open(topics[i : i + 5])
+                sockets.append(sock)
+            # 1. Every session floods at once (each after a short pause, so all are queued first).
+            host_pid = await _host_pid(runtime, "task")
+            cpu_before = _cpu_s(host_pid)
+            for session_id in sessions:
+                sent = await client.post(
+                    f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/messages",
+                    json={"text": f"pause 1500 flood {args.chunks}"},
+                )
+                assert sent.status_code == 202, sent.text
+            await _wait_detail(
+                client,
+                task_id,
+                lambda d: all(s["status"] != "running" and s["queuedMessages"] == 0 for s in d["sessions"]),
+                600,
+            )
+            host_cpu = _cpu_s(host_pid) - cpu_before
+            lost = duplicated = stuck = recorded = 0
+            first_chunk_ms, last_end_ms, done_to_recorded = [], [], []
+            for i, session_id in enumerate(sessions):
+                log = await _log(client, task_id, session_id)
+                turn = log[max(i for i, e in enumerate(log) if e["event"] == "turnStarted") :]
+                ends = [e for e in turn if e["event"] in TERMINAL]
+                stuck += 0 if len(ends) == 1 and ends[0]["event"] == "turnEnded" else 1
+                numbers = _chunks(turn)
+                missing, repeated = _lost_and_duplicated(numbers, args.chunks)
+                live = [f for f in sockets[i // 5].frames[topics[i]] if f["seq"] >= turn[0]["seq"]]
+                live_missing, live_repeated = _lost_and_duplicated(_chunks(live), args.chunks)
+                lost += missing + live_missing
+                duplicated += repeated + live_repeated + (len(live) - len({f["seq"] for f in live}))
+                recorded += len(turn)
+                chunk_rows = [e for e in turn if e["event"] == "agentUpdate"]
+                if chunk_rows and ends:
+                    first_chunk_ms.append(chunk_rows[0]["createdAt"])
+                    last_end_ms.append(ends[0]["createdAt"])
+                    done = [
+                        e["data"]["update"].get("rawOutput", {}).get("doneAtMs")
+                        for e in chunk_rows
+                        if e["data"]["kind"] == "tool_call_update"
+                    ]
+                    if done and done[-1]:
+                        done_to_recorded.append(ends[0]["createdAt"] - done[-1])
+            window_s = max(0.001, (max(last_end_ms) - min(first_chunk_ms)) / 1000) if last_end_ms else 0
+            out["events_per_s_one_host"] = round(recorded / window_s) if window_s else 0
+            # The same host's capacity, independent of how busy the machine is: events per CPU second
+            # it spent reading the streams, recording, publishing (and answering the bench's polls).
+            out["events_per_host_cpu_s"] = round(recorded / host_cpu) if host_cpu else None
+            out["host_cpu_s"] = round(host_cpu, 2)
+            out["load_average_1m"] = os.getloadavg()[0]
+            out["lost"] = lost
+            out["duplicated"] = duplicated
+            out["stuck_turns"] = stuck
+            out["agent_done_to_recorded_ms_p50"] = _pct(done_to_recorded, 0.5) if done_to_recorded else None
+            # 2. Stop during a flood of 10,000 chunks, right after the first chunk is on the websocket.
+            stop_ms: list[float] = []
+            for n in range(args.stops):
+                session_id, topic, sock = sessions[n % len(sessions)], topics[n % len(sessions)], sockets[0]
+                if topic not in sock.frames:
+                    sock = sockets[(n % len(sessions)) // 5]
+                seen = len(sock.frames[topic])
+                await client.post(
+                    f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/messages",
+                    json={"text": "flood 10000"},
+                )
+                while not _chunks(sock.frames[topic][seen:]):
+                    await asyncio.sleep(0.005)
+                sock.arrived.pop((topic, "turnCancelled"), None)
+                stopped = time.monotonic()
+                await client.post(f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/stop")
+                deadline = stopped + 30
+                while (topic, "turnCancelled") not in sock.arrived and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                if (topic, "turnCancelled") in sock.arrived:
+                    stop_ms.append((sock.arrived[(topic, "turnCancelled")] - stopped) * 1000)
+                await _wait_detail(
+                    client,
+                    task_id,
+                    lambda d, s=session_id: all(x["status"] != "running" for x in d["sessions"]),
+                    60,
+                )
+            out["stop_to_ended_ms_p50"] = _pct(stop_ms, 0.5) if stop_ms else None
+            out["stops_ended"] = len(stop_ms)
+            out["host_rss_mb"] = round(_rss_kb(await _host_pid(runtime, "task")) / 1024, 1)
+    finally:
+        for sock in sockets:
+            await sock.close()
+        server.should_exit = True
+        await serving
+        services = getattr(runtime, "services", None)
+        if services is not None:
+            with contextlib.suppress(Exception):
+                await services.driver("sandbox").aclose()
+        await runtime.close()
+        _kill_sandboxes_under(settings.sandbox_root)
+        fake.stop()
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", choices=["ray", "inprocess"], default="ray")
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--chunks", type=int, default=2000)
+    parser.add_argument("--stops", type=int, default=5)
+    print(json.dumps(asyncio.run(main(parser.parse_args()))))

@@ -1,0 +1,208 @@
+"""Follow one ACP server's event stream without losing, repeating or silently skipping events.
+
+sandbox-agent numbers the events of each ACP server 1, 2, 3… and replays the ones after
+``Last-Event-ID`` (from a buffer of its last 1,024 events). A reader that falls behind can still miss
+ids — sandbox-agent drops events for a lagging subscriber — so `AcpEventFeed`:
+
+* reads the SSE stream in its own task into an unbounded queue, so the reader never waits on whoever
+  consumes the events (a database, say) and never lags because of it;
+* checks every id against the last one delivered: replays of ids already delivered are skipped; a
+  jump is repaired by reconnecting with ``Last-Event-ID`` (the server replays the missing range if it
+  still has it), and what is truly gone is delivered as `EventsLost` so the consumer can say so;
+* reopens a stream that broke while sandbox-agent is healthy, or that sandbox-agent ended while the
+  ACP server still exists (it ends the stream of a subscriber that fell too far behind), and delivers
+  `FeedEnded` when the stream ends for good (the ACP server was closed, or sandbox-agent is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from foundry.errors import FoundryError
+
+if TYPE_CHECKING:
+    from foundry.drivers.sandbox.client import AcpConnection
+
+__all__ = ["AcpEvent", "AcpEventFeed", "EventsLost", "FeedEnded", "FeedItem"]
+
+log = logging.getLogger(__name__)
+
+#: How often a broken stream of a healthy sandbox-agent is reopened before the feed gives up.
+MAX_RECONNECTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class AcpEvent:
+    """One event of the stream: its sandbox-agent id and the JSON-RPC envelope."""
+
+    id: int
+    envelope: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventsLost:
+    """Ids ``first``..``last`` (inclusive) were skipped by sandbox-agent and could not be re-read."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEnded:
+    """The stream ended for good: ``error`` is None when the server closed it (ACP server closed)."""
+
+    error: FoundryError | None = None
+
+
+FeedItem = AcpEvent | EventsLost | FeedEnded
+
+
+class _Resync(Exception):
+    """Internal: reopen the stream after the last delivered id."""
+
+
+class AcpEventFeed:
+    """Follows an ACP server's events after ``after`` (None: from its first event) into `queue`.
+
+    Items arrive in id order, each id at most once, with `EventsLost` in place of missing ids and one
+    `FeedEnded` last. Call `start` once and `aclose` when done (idempotent).
+    """
+
+    def __init__(
+        self, acp: AcpConnection, after: int | None, *, max_reconnects: int = MAX_RECONNECTS
+    ) -> None:
+        self.acp = acp
+        self.queue: asyncio.Queue[FeedItem] = asyncio.Queue()
+        #: The last id put in the queue (or given as ``after``).
+        self.last_id = after
+        #: Items delivered so far; the consumer's progress watchdog compares it over time.
+        self.delivered = 0
+        self._max_reconnects = max_reconnects
+        self._task: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._resync_requested = False
+        # The id seen beyond a gap while the missing range is being re-read.
+        self._jump: int | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"acp-feed:{self.acp.server_id}")
+
+    def resync(self) -> None:
+        """Reopen the stream after the last delivered id (the consumer suspects it stalled)."""
+        reader = self._reader
+        if reader is not None and not reader.done():
+            self._resync_requested = True
+            reader.cancel()
+
+    @property
+    def ended(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if (current := asyncio.current_task()) is not None and current.cancelling():
+                raise
+        except Exception:
+            log.exception("event feed of %s failed", self.acp.server_id)
+
+    async def _run(self) -> None:
+        reconnects = 0
+        while True:
+            delivered_before = self.delivered
+            self._reader = asyncio.create_task(self._follow())
+            try:
+                await self._reader
+                # sandbox-agent also ends the stream of a subscriber that fell too far behind: only a
+                # closed ACP server ends the feed; otherwise resume after the last id (what is gone by
+                # then is reported by the gap check).
+                progressed = self.delivered > delivered_before
+                if (progressed or reconnects < self._max_reconnects) and await self._server_listed():
+                    reconnects = 0 if progressed else reconnects + 1
+                    log.warning(
+                        "event stream of %s ended while the server runs; resuming after event %s",
+                        self.acp.server_id,
+                        self.last_id,
+                    )
+                    continue
+                self.queue.put_nowait(FeedEnded(None))
+                return
+            except _Resync:
+                continue
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if self._resync_requested and (current is None or not current.cancelling()):
+                    # Our own `resync` cancelled the read, not someone cancelling the feed.
+                    self._resync_requested = False
+                    log.info("event feed of %s resyncing after event %s", self.acp.server_id, self.last_id)
+                    continue
+                self._reader.cancel()
+                raise
+            except FoundryError as exc:
+                if self.delivered > delivered_before:
+                    reconnects = 0  # it made progress: count failures in a row only
+                if reconnects >= self._max_reconnects or not await self._server_alive():
+                    self.queue.put_nowait(FeedEnded(exc))
+                    return
+                reconnects += 1
+                log.warning(
+                    "event stream of %s broke (%s); resuming after event %s",
+                    self.acp.server_id,
+                    exc,
+                    self.last_id,
+                )
+                await asyncio.sleep(0.1 * reconnects)
+
+    async def _follow(self) -> None:
+        stream = cast("AsyncGenerator[tuple[int, dict[str, Any]], None]", self.acp.events(self.last_id))
+        try:
+            async for event_id, envelope in stream:
+                expected = (self.last_id or 0) + 1
+                if event_id < expected:
+                    continue  # replayed: already delivered
+                if event_id > expected:
+                    if self._jump is None:
+                        log.warning(
+                            "event stream of %s skipped from %d to %d; re-reading the range",
+                            self.acp.server_id,
+                            expected,
+                            event_id,
+                        )
+                        self._jump = event_id
+                        raise _Resync
+                    # Re-read and still missing: sandbox-agent no longer has them.
+                    log.error("events %d..%d of %s are lost", expected, event_id - 1, self.acp.server_id)
+                    self.queue.put_nowait(EventsLost(expected, event_id - 1))
+                self._jump = None
+                self.last_id = event_id
+                self.delivered += 1
+                self.queue.put_nowait(AcpEvent(event_id, envelope))
+        finally:
+            await stream.aclose()
+
+    async def _server_listed(self) -> bool:
+        try:
+            servers = await self.acp.client.list_acp_servers()
+        except FoundryError as exc:
+            log.info("could not list the ACP servers of %s: %s", self.acp.server_id, exc)
+            return False
+        return any(server.get("serverId") == self.acp.server_id for server in servers)
+
+    async def _server_alive(self) -> bool:
+        try:
+            await self.acp.client.health()
+        except FoundryError as exc:
+            log.info("sandbox-agent of %s is not healthy: %s", self.acp.server_id, exc)
+            return False
+        return True

@@ -1,0 +1,156 @@
+"""Event ids checked for gaps (repaired, or reported as lost), Stop within a second during a flood,
+an agent that crashes or ignores cancel, and every turn ending exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.tasks.conftest import TaskServer, idle_session, wait_task
+from tests.transcripts.conftest import (
+    SseProxy,
+    TopicCollector,
+    assert_seqs_dense,
+    chunks,
+    route_through,
+    session_log,
+    start_task,
+    terminal,
+    wait_turns,
+)
+
+# ACP server ids 1 and 2 are the answers to initialize and session/new, 3 and 4 open the flood's tool
+# call, so chunk #n is event n + 4: dropping ids 200..399 drops chunks #196..#395.
+DROPPED = range(200, 400)
+MISSING_CHUNKS = range(196, 396)
+
+
+def base(task_id: str, session_id: str) -> str:
+    return f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}"
+
+
+async def test_a_gap_in_event_ids_is_re_read_and_repaired(scripted_server: TaskServer):
+    # Under 1,024 events in all: sandbox-agent still holds the missing ones when they are re-read.
+    async with SseProxy(drop=DROPPED, once=True).serving() as proxy:
+        route_through(scripted_server, proxy)
+        async with scripted_server.signed_in("alice") as client:
+            task_id, session_id = await start_task(client, "flood 800")
+            log = await wait_turns(client, task_id, session_id, 1)
+    assert proxy.dropped[:1] == [DROPPED.start]  # the gap really happened
+    assert proxy.streams >= 2  # …and was re-read
+    assert chunks(log) == list(range(1, 801))
+    assert terminal(log) == ["turnEnded"]
+    assert not [e for e in log if e["event"] == "eventsLost"]
+    assert_seqs_dense(log)
+
+
+async def test_events_that_cannot_be_re_read_are_reported_lost(scripted_server: TaskServer):
+    async with SseProxy(drop=DROPPED, once=False).serving() as proxy:
+        route_through(scripted_server, proxy)
+        async with scripted_server.signed_in("alice") as client:
+            task_id, session_id = await start_task(client, "flood 800")
+            log = await wait_turns(client, task_id, session_id, 1)
+    lost = [e for e in log if e["event"] == "eventsLost"]
+    assert [e["data"] for e in lost] == [{"from": DROPPED.start, "to": DROPPED.stop - 1}]
+    assert chunks(log) == [n for n in range(1, 801) if n not in MISSING_CHUNKS]
+    # The report sits where the missing events were.
+    kinds = [e["event"] for e in log]
+    assert chunks(log[: kinds.index("eventsLost")]) == list(range(1, MISSING_CHUNKS.start))
+    assert terminal(log) == ["turnEnded"]
+    assert_seqs_dense(log)
+
+
+async def test_stop_during_a_10000_chunk_flood_ends_the_turn_within_a_second(scripted_server: TaskServer):
+    async with scripted_server.signed_in("alice") as client, scripted_server.websocket(client) as ws:
+        task_id, session_id = await start_task(client, "pause 3000 flood 10000")
+        topic = f"session:acme:{task_id}:{session_id}"
+        collector = TopicCollector(ws)
+        await collector.subscribe([topic])
+        try:
+            while not chunks(collector.frames[topic]):
+                await asyncio.sleep(0.01)
+            stopped = time.monotonic()
+            response = await client.post(base(task_id, session_id) + "/stop")
+            assert response.status_code == 202, response.text
+            assert response.json()["stopping"] is True
+            live = await collector.until_terminal(topic, timeout=10)
+            elapsed = time.monotonic() - stopped
+        finally:
+            await collector.aclose()
+        assert terminal(live) == ["turnCancelled"]
+        assert elapsed <= 1.0, f"Stop took {elapsed:.2f}s"
+        # The flood's tool call was left open by the agent: it is marked cancelled before the end.
+        kinds = [e["event"] for e in live]
+        cancelled_call = live[kinds.index("turnCancelled") - 1]
+        assert cancelled_call["data"]["update"] == {
+            "sessionUpdate": "tool_call_update",
+            "toolCallId": "flood-1",
+            "status": "cancelled",
+        }
+        await wait_task(client, task_id, idle_session, timeout=30)
+        log = await session_log(client, task_id, session_id)
+        numbers = chunks(log)
+        assert numbers == list(range(1, len(numbers) + 1))  # what was recorded, once and in order
+        assert terminal(log) == ["turnCancelled"]
+
+        # The next turn starts after the cancelled one: none of its leftovers are recorded in it.
+        sent = await client.post(base(task_id, session_id) + "/messages", json={"text": "flood 5"})
+        assert sent.status_code == 202
+        log = await wait_turns(client, task_id, session_id, 2)
+        second = log[[e["event"] for e in log].index("turnCancelled") + 1 :]
+        assert chunks(second) == [1, 2, 3, 4, 5]
+        assert terminal(log) == ["turnCancelled", "turnEnded"]
+        assert_seqs_dense(log)
+
+
+async def test_an_agent_that_ignores_stop_is_ended_then_replaced(scripted_server: TaskServer):
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await start_task(client, "deaf pause 20000")
+        await wait_task(client, task_id, lambda d: d["sessions"][0]["status"] == "running", timeout=60)
+        stopped = time.monotonic()
+        assert (await client.post(base(task_id, session_id) + "/stop")).status_code == 202
+        log = await wait_turns(client, task_id, session_id, 1, timeout=10)
+        assert time.monotonic() - stopped <= 1.5
+        assert terminal(log) == ["turnCancelled"]
+        # Its agent is shut down after the grace period; the next message starts a new one.
+        sent = await client.post(base(task_id, session_id) + "/messages", json={"text": "flood 3"})
+        assert sent.status_code == 202
+        log = await wait_turns(client, task_id, session_id, 2, timeout=60)
+        assert terminal(log) == ["turnCancelled", "turnEnded"]
+        assert chunks(log) == [1, 2, 3]
+
+
+async def test_an_agent_crash_mid_flood_fails_the_turn_once(scripted_server: TaskServer):
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await start_task(client, "flood 3000 crash")
+        log = await wait_turns(client, task_id, session_id, 1, timeout=60)
+        assert terminal(log) == ["turnFailed"]
+        assert chunks(log) == list(range(1, 3001))  # everything it said before dying
+        detail = await wait_task(client, task_id, lambda d: d["sessions"][0]["status"] == "error")
+        assert "exited" in detail["sessions"][0]["error"] or "connection" in detail["sessions"][0]["error"]
+        # A new agent takes the next message.
+        sent = await client.post(base(task_id, session_id) + "/messages", json={"text": "flood 2"})
+        assert sent.status_code == 202
+        log = await wait_turns(client, task_id, session_id, 2, timeout=60)
+        assert terminal(log) == ["turnFailed", "turnEnded"]
+        assert_seqs_dense(log)
+
+
+async def test_stop_while_idle_is_a_no_op_and_blank_messages_are_refused(scripted_server: TaskServer):
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await start_task(client, "flood 1")
+        await wait_task(client, task_id, idle_session, timeout=60)
+        before = await session_log(client, task_id, session_id)
+        response = await client.post(base(task_id, session_id) + "/stop")
+        assert response.status_code == 202
+        assert response.json() == {"stopping": False, "droppedQueued": 0}
+        assert await session_log(client, task_id, session_id) == before  # no event
+        for text in (" ", "\n\t  "):
+            refused = await client.post(base(task_id, session_id) + "/messages", json={"text": text})
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"] == "invalid_input"
+        blank_session = await client.post(
+            f"/v1/organizations/acme/tasks/{task_id}/sessions", json={"prompt": "   "}
+        )
+        assert blank_session.status_code == 422, blank_session.text
+        assert await session_log(client, task_id, session_id) == before
