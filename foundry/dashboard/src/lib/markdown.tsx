@@ -1,0 +1,127 @@
+// A small Markdown renderer that builds virtual DOM nodes, never HTML strings.
+//
+// Agent output is untrusted: every piece of text becomes a text node, so markup in it is shown,
+// not run. Links are rendered only for http(s) URLs. Supported: headings, paragraphs, fenced code
+// (highlighted), inline code, bold, italics, links, lists, block quotes and rules.
+import type { ComponentChildren, VNode } from "preact";
+import { safeUrl } from "./format";
+import { highlight } from "./highlight";
+
+type Inline = ComponentChildren;
+
+const INLINE = /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|\b_([^_\s][^_]*)_\b|\[([^\]]+)\]\(([^)\s]+)\)/g;
+
+function inline(text: string, key = 0): Inline[] {
+  const out: Inline[] = [];
+  let last = 0;
+  // A regex per call: inline() recurses, and a shared global regex would lose its place.
+  const re = new RegExp(INLINE.source, "g");
+  for (let m = re.exec(text); m; m = re.exec(text)) {
+    if (m.index > last) out.push(text.slice(last, m.index));
+    const k = `${key}-${m.index}`;
+    if (m[1]) out.push(<code key={k}>{m[2].trim() || m[2]}</code>);
+    else if (m[3] || m[4]) out.push(<strong key={k}>{inline(m[3] ?? m[4], key + 1)}</strong>);
+    else if (m[5] || m[6]) out.push(<em key={k}>{inline(m[5] ?? m[6], key + 1)}</em>);
+    else if (m[7]) {
+      const href = safeUrl(m[8]);
+      out.push(
+        href ? (
+          <a key={k} href={href} target="_blank" rel="noopener noreferrer nofollow">
+            {inline(m[7], key + 1)}
+          </a>
+        ) : (
+          m[0]
+        ),
+      );
+    }
+    last = re.lastIndex;
+  }
+  if (last < text.length) out.push(text.slice(last));
+  return out;
+}
+
+const FENCE = /^\s{0,3}(```+|~~~+)\s*([\w+#.-]*)/;
+const HEADING = /^\s{0,3}(#{1,6})\s+(.*)$/;
+const BULLET = /^\s{0,3}([-*+])\s+(.*)$/;
+const ORDERED = /^\s{0,3}(\d{1,9})[.)]\s+(.*)$/;
+const QUOTE = /^\s{0,3}>\s?(.*)$/;
+const RULE = /^\s{0,3}([-*_])(\s*\1){2,}\s*$/;
+
+export function renderMarkdown(source: string): VNode[] {
+  const lines = source.replace(/\r\n?/g, "\n").split("\n");
+  const blocks: VNode[] = [];
+  let i = 0;
+  while (i < lines.length) {
+    const line = lines[i];
+    const key = blocks.length;
+    if (!line.trim()) {
+      i++;
+      continue;
+    }
+    const fence = FENCE.exec(line);
+    if (fence) {
+      const body: string[] = [];
+      i++;
+      while (i < lines.length && !lines[i].trim().startsWith(fence[1])) body.push(lines[i++]);
+      i++;
+      const lang = fence[2].toLowerCase();
+      blocks.push(
+        <pre key={key} class="code" data-lang={lang || undefined}>
+          <code>{highlight(body.join("\n"), lang)}</code>
+        </pre>,
+      );
+      continue;
+    }
+    const heading = HEADING.exec(line);
+    if (heading) {
+      // Headings inside agent output are styled, but stay below the page's own h1/h2 outline.
+      const level = Math.min(6, heading[1].length + 2);
+      const Tag = `h${level}` as "h3";
+      blocks.push(
+        <Tag key={key} class={`md-h md-h${heading[1].length}`}>
+          {inline(heading[2])}
+        </Tag>,
+      );
+      i++;
+      continue;
+    }
+    if (RULE.test(line)) {
+      blocks.push(<hr key={key} />);
+      i++;
+      continue;
+    }
+    if (QUOTE.test(line)) {
+      const body: string[] = [];
+      while (i < lines.length && QUOTE.test(lines[i])) body.push(QUOTE.exec(lines[i++])![1]);
+      blocks.push(<blockquote key={key}>{renderMarkdown(body.join("\n"))}</blockquote>);
+      continue;
+    }
+    const listRe = BULLET.test(line) ? BULLET : ORDERED.test(line) ? ORDERED : null;
+    if (listRe) {
+      const items: string[] = [];
+      while (i < lines.length && lines[i].trim()) {
+        const item = listRe.exec(lines[i]);
+        if (item) items.push(item[2]);
+        else if (items.length) items[items.length - 1] += "\n" + lines[i].trim();
+        i++;
+      }
+      const children = items.map((t, n) => <li key={n}>{inline(t)}</li>);
+      blocks.push(listRe === BULLET ? <ul key={key}>{children}</ul> : <ol key={key}>{children}</ol>);
+      continue;
+    }
+    const para: string[] = [];
+    while (
+      i < lines.length &&
+      lines[i].trim() &&
+      !FENCE.test(lines[i]) &&
+      !HEADING.test(lines[i]) &&
+      !BULLET.test(lines[i]) &&
+      !ORDERED.test(lines[i]) &&
+      !QUOTE.test(lines[i])
+    ) {
+      para.push(lines[i++]);
+    }
+    blocks.push(<p key={key}>{inline(para.join("\n"))}</p>);
+  }
+  return blocks;
+}
