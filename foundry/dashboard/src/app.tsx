@@ -32,6 +32,12 @@ export function App() {
 
   const snap = state.snapshot!;
   if (loc.path === "/" || loc.path === "/sign-in") {
+    const discovering = !snap.organizations.length && ["idle", "syncing"].includes(snap.organizationSync.status);
+    if (discovering && !loc.query.get("next")) {
+      // Right after the first sign-in the organizations are still being read from GitHub; the app
+      // snapshot arrives live and this page moves on by itself.
+      return <main class="center-page" aria-busy="true"><p class="muted">Finding your organizations…</p></main>;
+    }
     const next = loc.query.get("next");
     const target = next && next.startsWith("/") && !next.startsWith("//") ? next : snap.activeOrganizationId ? `/o/${encodeURIComponent(snap.activeOrganizationId)}` : "/orgs";
     navigate(target, true);

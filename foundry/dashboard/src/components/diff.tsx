@@ -3,6 +3,8 @@ import { useEffect, useState } from "preact/hooks";
 import { api, errorText } from "../lib/api";
 import { ErrorNote } from "./common";
 
+const KIND_LABEL: Record<string, string> = { A: "added", M: "modified", D: "deleted", R: "renamed" };
+
 interface DiffAnswer {
   files: { path: string; kind: string; origPath: string | null }[];
   diff: string;
@@ -60,7 +62,7 @@ export function DiffView({ base, version, ready }: { base: string; version: numb
           <section key={f.path} class="diff-file" aria-label={`Changes in ${f.path}`}>
             <div class="diff-file-head">
               <code>{f.origPath ? `${f.origPath} → ${f.path}` : f.path}</code>
-              <span class={`badge kind-${f.kind}`}>{f.kind}</span>
+              <span class={`badge kind-${f.kind}`}>{KIND_LABEL[f.kind] ?? f.kind}</span>
             </div>
             {lines && lines.length ? (
               <pre class="diff" tabIndex={0}>
