@@ -8,6 +8,8 @@ import { Transcript, type Item } from "../lib/transcript";
 import type { SessionInfo } from "../pages/task";
 import { ErrorNote } from "./common";
 
+const MIN_RENDER_MS = 50;
+
 /** Follows `session:<org>:<task>:<sid>` and re-renders at most once per animation frame. */
 function useTranscript(orgId: string, taskId: string, sessionId: string, onTurnEnd: () => void): Transcript {
   const model = useRef(new Transcript()).current;
@@ -16,19 +18,34 @@ function useTranscript(orgId: string, taskId: string, sessionId: string, onTurnE
   ended.current = onTurnEnd;
   useEffect(() => {
     let frame = 0;
+    let timer: number | undefined;
+    let last = 0;
     const flush = () => {
       frame = 0;
+      last = performance.now();
       setVersion(model.version);
+    };
+    const schedule = () => {
+      if (frame || timer !== undefined) return;
+      // Many events per frame (a fast agent, or a replay) cost one render, not one each; and a
+      // streaming reply re-renders at most every MIN_RENDER_MS (each render lays out its text).
+      const wait = MIN_RENDER_MS - (performance.now() - last);
+      if (wait <= 0) frame = requestAnimationFrame(flush);
+      else
+        timer = window.setTimeout(() => {
+          timer = undefined;
+          frame = requestAnimationFrame(flush);
+        }, wait);
     };
     const stop = realtime.subscribe(`session:${orgId}:${taskId}:${sessionId}`, (e) => {
       model.apply(e);
       if (e.event === "turnEnded" || e.event === "turnFailed") ended.current();
-      // Many events per frame (a fast agent, or a replay) cost one render, not one each.
-      if (!frame) frame = requestAnimationFrame(flush);
+      schedule();
     });
     return () => {
       stop();
       if (frame) cancelAnimationFrame(frame);
+      window.clearTimeout(timer);
     };
   }, [orgId, taskId, sessionId]);
   return model;

@@ -11,13 +11,36 @@ type Inline = ComponentChildren;
 
 const INLINE = /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\*\*([^*]+)\*\*|__([^_]+)__|\*([^*\s][^*]*)\*|\b_([^_\s][^_]*)_\b|\[([^\]]+)\]\(([^)\s]+)\)/g;
 
+/** Long plain text as several text nodes cut at stable offsets: while a reply streams, the text
+ * before the last cut stays byte-identical, so its DOM nodes (and the browser's shaping of them)
+ * are kept and only the tail is laid out again. */
+const SEGMENT = 512;
+function segments(text: string): string[] {
+  if (text.length <= SEGMENT) return [text];
+  const out: string[] = [];
+  let start = 0;
+  while (text.length - start > SEGMENT) {
+    // Cut after the first space past the window, so a cut never changes as text is appended.
+    const space = text.indexOf(" ", start + SEGMENT);
+    if (space < 0) break;
+    out.push(text.slice(start, space + 1));
+    start = space + 1;
+  }
+  out.push(text.slice(start));
+  return out;
+}
+
+function pushText(out: Inline[], text: string): void {
+  for (const piece of segments(text)) out.push(piece);
+}
+
 function inline(text: string, key = 0): Inline[] {
   const out: Inline[] = [];
   let last = 0;
   // A regex per call: inline() recurses, and a shared global regex would lose its place.
   const re = new RegExp(INLINE.source, "g");
   for (let m = re.exec(text); m; m = re.exec(text)) {
-    if (m.index > last) out.push(text.slice(last, m.index));
+    if (m.index > last) pushText(out, text.slice(last, m.index));
     const k = `${key}-${m.index}`;
     if (m[1]) out.push(<code key={k}>{m[2].trim() || m[2]}</code>);
     else if (m[3] || m[4]) out.push(<strong key={k}>{inline(m[3] ?? m[4], key + 1)}</strong>);
@@ -36,7 +59,7 @@ function inline(text: string, key = 0): Inline[] {
     }
     last = re.lastIndex;
   }
-  if (last < text.length) out.push(text.slice(last));
+  if (last < text.length) pushText(out, text.slice(last));
   return out;
 }
 
