@@ -125,9 +125,7 @@ class DashboardSite:
 
     def index_response(self, app: Any) -> Response:
         if not self._load():
-            return JSONResponse(
-                {"error": "dashboard_not_built", "detail": NOT_BUILT_DETAIL}, status_code=503
-            )
+            return JSONResponse({"error": "dashboard_not_built", "detail": NOT_BUILT_DETAIL}, status_code=503)
         assert self._index is not None
         tag = f'<script id="foundry-config" type="application/json">{self.page_config(app)}</script>'
         return Response(
@@ -147,7 +145,11 @@ class DashboardSite:
         asset = self._assets.get(name)
         if asset is None:
             return None
-        headers = {"cache-control": _IMMUTABLE, "x-content-type-options": "nosniff", "vary": "accept-encoding"}
+        headers = {
+            "cache-control": _IMMUTABLE,
+            "x-content-type-options": "nosniff",
+            "vary": "accept-encoding",
+        }
         if asset.gzipped is not None and "gzip" in accept_encoding:
             headers["content-encoding"] = "gzip"
             return Response(asset.gzipped, media_type=asset.media_type, headers=headers)

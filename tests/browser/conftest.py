@@ -79,7 +79,9 @@ class People:
         self.base_url = base_url
         self.contexts: list[BrowserContext] = []
 
-    def page(self, login: str | None, *, width: int = 1280, height: int = 800, bypass_csp: bool = False) -> Page:
+    def page(
+        self, login: str | None, *, width: int = 1280, height: int = 800, bypass_csp: bool = False
+    ) -> Page:
         ctx = self.browser.new_context(
             base_url=self.base_url, viewport={"width": width, "height": height}, bypass_csp=bypass_csp
         )

@@ -31,7 +31,9 @@ def test_alice_and_carol_see_each_others_tasks_live(people: People, shots: Path)
 
     # alice opens it and hands it back to herself; carol's view follows.
     row.click()
-    expect(alice.get_by_role("log", name="Transcript")).to_contain_text("Working on: Carol adds release notes")
+    expect(alice.get_by_role("log", name="Transcript")).to_contain_text(
+        "Working on: Carol adds release notes"
+    )
     alice.get_by_label("Owner").select_option(label="alice")
     expect(carol.get_by_label("Owner")).to_have_value(re.compile(".+"))
     expect(carol.locator("#owner-select option:checked")).to_have_text("alice", timeout=30_000)
@@ -52,7 +54,14 @@ def test_non_member_urls_show_the_same_not_found_as_made_up_ones(people: People,
 
     bob = people.page("bob")  # a member of globex only
     texts = []
-    for path in ("/o/acme", task_href, "/o/acme/settings", "/o/no-such-org", "/o/globex/t/no-such-task", "/nowhere"):
+    for path in (
+        "/o/acme",
+        task_href,
+        "/o/acme/settings",
+        "/o/no-such-org",
+        "/o/globex/t/no-such-task",
+        "/nowhere",
+    ):
         bob.goto(path)
         page_text = bob.get_by_test_id("not-found")
         expect(page_text).to_be_visible(timeout=30_000)

@@ -52,7 +52,8 @@ def test_the_app_never_shadows_the_api_docs_or_health(http: httpx.Client) -> Non
     unknown = http.get("/v1/no-such-route")
     assert unknown.status_code == 404
     assert unknown.json()["error"] == "not_found"
-    assert http.get("/v1").status_code == 404 and http.get("/v1").json()["error"] == "not_found"
+    assert http.get("/v1").status_code == 404
+    assert http.get("/v1").json()["error"] == "not_found"
     assert http.post("/v1/no-such-route", json={}).json()["error"] == "not_found"
     assert http.get("/assets/app-NOPE.js").json()["error"] == "not_found"  # never index.html
     assert http.get("/healthz").json() == {"status": "ok"}

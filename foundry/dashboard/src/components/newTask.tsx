@@ -5,9 +5,9 @@ import type { OrgSnapshot } from "../org";
 import { config } from "../session";
 import { Modal } from "./common";
 
-export function ModelSelect({ id, value, onChange, allowDefault, defaultLabel }: { id: string; value: string; onChange: (v: string) => void; allowDefault: boolean; defaultLabel?: string }) {
+export function ModelSelect({ id, value, onChange, allowDefault, defaultLabel, disabled }: { id: string; value: string; onChange: (v: string) => void; allowDefault: boolean; defaultLabel?: string; disabled?: boolean }) {
   return (
-    <select id={id} value={value} onChange={(e) => onChange((e.currentTarget as HTMLSelectElement).value)}>
+    <select id={id} value={value} disabled={disabled} onChange={(e) => onChange((e.currentTarget as HTMLSelectElement).value)}>
       {allowDefault && <option value="">{defaultLabel ?? "Default"}</option>}
       {config.modelGroups.map((g) => (
         <optgroup key={g.provider} label={g.provider}>

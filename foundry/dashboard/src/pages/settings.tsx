@@ -52,7 +52,7 @@ export function SettingsPage({ org, viewerRole }: { org: OrgSnapshot; viewerRole
           </div>
           <div class="field">
             <label for="set-model">Default model</label>
-            <ModelSelect id="set-model" value={model} onChange={setModel} allowDefault={false} />
+            <ModelSelect id="set-model" value={model} onChange={setModel} allowDefault={false} disabled={!admin} />
           </div>
           {admin && (
             <div class="actions left">
