@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import People
@@ -27,63 +26,66 @@ def axe_violations(page: Page) -> list[dict[str, object]]:
     ]
 
 
+SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+
+
 def check(page: Page, name: str, shots: Path, problems: dict[str, object]) -> None:
-    page.wait_for_timeout(300)  # let the last live update paint
-    page.screenshot(path=shots / f"{name}.png", full_page=True)
-    found = axe_violations(page)
-    if found:
-        problems[name] = found
+    """axe at every size, with a full-page screenshot of each."""
+    for size, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(300)  # let the layout and the last live update settle
+        page.screenshot(path=shots / f"{size}-{name}.png", full_page=True)
+        found = axe_violations(page)
+        if found:
+            problems[f"{size}-{name}"] = found
+    page.set_viewport_size({"width": SIZES["desktop"][0], "height": SIZES["desktop"][1]})
 
 
-@pytest.mark.parametrize(("width", "height"), [(1280, 800), (390, 844)], ids=["desktop", "phone"])
-def test_every_page_has_no_serious_accessibility_violation(
-    people: People, shots: Path, width: int, height: int
-) -> None:
-    size = "desktop" if width > 600 else "phone"
+def test_every_page_has_no_serious_accessibility_violation(people: People, shots: Path) -> None:
     problems: dict[str, object] = {}
     # axe-core is injected as an inline script, which the server's CSP rightly forbids.
-    page = people.page(None, width=width, height=height, bypass_csp=True)
+    page = people.page(None, bypass_csp=True)
     page.goto("/")
     expect(page.get_by_role("heading", name="Sign in to Foundry")).to_be_visible()
-    check(page, f"{size}-sign-in", shots, problems)
+    check(page, "sign-in", shots, problems)
 
     page.get_by_role("button", name=re.compile("Continue as carol")).click()
     expect(page.get_by_test_id("current-user")).to_have_text("carol")
     page.goto("/orgs")
     expect(page.get_by_role("heading", name="Choose an organization")).to_be_visible()
-    check(page, f"{size}-organizations", shots, problems)
+    check(page, "organizations", shots, problems)
 
     page.goto("/o/acme")
     expect(page.get_by_role("navigation", name="Tasks")).to_be_visible()
-    check(page, f"{size}-workspace", shots, problems)
+    check(page, "workspace", shots, problems)
 
     page.get_by_role("button", name="New task").click()
     dialog = page.get_by_role("dialog", name="New task")
     expect(dialog).to_be_visible()
-    dialog.get_by_label("What should the agent do?").fill(f"Check the {size} layout")
+    dialog.get_by_label("What should the agent do?").fill("Check the layout")
     dialog.get_by_label("Model").select_option("demo")
-    check(page, f"{size}-new-task", shots, problems)
+    check(page, "new-task", shots, problems)
     dialog.get_by_role("button", name="Create task").click()
     expect(page.get_by_role("log", name="Transcript")).to_contain_text("Working on", timeout=60_000)
     expect(page.locator("article.task")).to_have_attribute("data-status", "idle", timeout=60_000)
-    check(page, f"{size}-task", shots, problems)
+    check(page, "task", shots, problems)
     page.get_by_role("tab", name="Changes").click()
-    check(page, f"{size}-task-changes", shots, problems)
+    check(page, "task-changes", shots, problems)
     page.get_by_role("tab", name="Activity").click()
     expect(page.get_by_test_id("audit-list")).to_be_visible()
-    check(page, f"{size}-task-activity", shots, problems)
+    check(page, "task-activity", shots, problems)
 
     page.goto("/o/acme/settings")
     expect(page.get_by_role("heading", name="Organization settings")).to_be_visible()
     expect(page.get_by_role("heading", name="Members")).to_be_visible()
-    check(page, f"{size}-settings", shots, problems)
+    check(page, "settings", shots, problems)
 
     page.goto("/o/acme/billing")
     expect(page.get_by_role("heading", name="Billing")).to_be_visible()
-    check(page, f"{size}-billing", shots, problems)
+    check(page, "billing", shots, problems)
 
     page.goto("/o/acme/nothing-here")
     expect(page.get_by_test_id("not-found")).to_be_visible()
-    check(page, f"{size}-not-found", shots, problems)
+    check(page, "not-found", shots, problems)
 
     assert problems == {}

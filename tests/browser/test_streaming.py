@@ -46,7 +46,7 @@ def test_after_a_network_drop_the_transcript_has_no_gap_and_no_duplicate(
 ) -> None:
     page = people.page("alice")
     expect(page).to_have_url(re.compile(r"/o/acme$"))
-    task_id = open_new_task(page, "flood 1500")
+    task_id = open_new_task(page, "flood 800")
     log = page.get_by_role("log", name="Transcript")
     expect(log).to_contain_text(" w100", timeout=60_000)
 
@@ -57,11 +57,11 @@ def test_after_a_network_drop_the_transcript_has_no_gap_and_no_duplicate(
     proxy.restore()
 
     expect(page.get_by_test_id("reconnecting")).to_be_hidden(timeout=30_000)
-    expect(log).to_contain_text(" w1500", timeout=120_000)
+    expect(log).to_contain_text(" w800", timeout=120_000)
     wait_idle(page)
     final_seq = server_seq(page, task_id)
     assert final_seq > seq_before
     expect(log).to_have_attribute("data-last-seq", str(final_seq))
     # Every chunk exactly once, in order: what the server holds is what the page shows.
-    assert flood_text(1500) in first_agent_text(page)
-    assert first_agent_text(page).count(" w1500") == 1
+    assert flood_text(800) in first_agent_text(page)
+    assert first_agent_text(page).count(" w800") == 1

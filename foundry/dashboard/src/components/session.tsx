@@ -8,7 +8,7 @@ import { Transcript, type Item } from "../lib/transcript";
 import type { SessionInfo } from "../pages/task";
 import { ErrorNote } from "./common";
 
-const MIN_RENDER_MS = 50;
+const MIN_RENDER_MS = 80;
 
 /** Follows `session:<org>:<task>:<sid>` and re-renders at most once per animation frame. */
 function useTranscript(orgId: string, taskId: string, sessionId: string, onTurnEnd: () => void): Transcript {

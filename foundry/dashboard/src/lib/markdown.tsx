@@ -30,6 +30,24 @@ function segments(text: string): string[] {
   return out;
 }
 
+const BLOCK = 4096;
+function blockPieces(text: string): string[] {
+  if (text.length <= BLOCK) return [text];
+  const out: string[] = [];
+  let start = 0;
+  while (text.length - start > BLOCK) {
+    // Prefer the end of a sentence, else a space, after the window: cuts never move as text grows.
+    const sentence = text.indexOf(". ", start + BLOCK);
+    const space = text.indexOf(" ", start + BLOCK);
+    const cut = sentence >= 0 && sentence - start < BLOCK * 1.5 ? sentence + 1 : space;
+    if (cut < 0) break;
+    out.push(text.slice(start, cut + 1));
+    start = cut + 1;
+  }
+  out.push(text.slice(start));
+  return out;
+}
+
 function pushText(out: Inline[], text: string): void {
   for (const piece of segments(text)) out.push(piece);
 }
@@ -144,7 +162,16 @@ export function renderMarkdown(source: string): VNode[] {
     ) {
       para.push(lines[i++]);
     }
-    blocks.push(<p key={key}>{inline(para.join("\n"))}</p>);
+    // A very long paragraph (a run-on stream) is laid out as several blocks cut at stable places,
+    // so each new chunk re-lays out only the last block, not everything streamed so far.
+    const pieces = blockPieces(para.join("\n"));
+    pieces.forEach((piece, n) =>
+      blocks.push(
+        <p key={`${key}.${n}`} class={n ? "cont" : undefined}>
+          {inline(piece)}
+        </p>,
+      ),
+    );
   }
   return blocks;
 }
