@@ -4,12 +4,17 @@ deep links load the app, and the app never shadows the API, its docs or the heal
 from __future__ import annotations
 
 import gzip
+import json
 import re
+from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
+from foundry.http.dashboard import install_dashboard
 from tests.browser.conftest import People
 from tests.browser.support import DIST, Server
 
@@ -73,3 +78,34 @@ def test_workspace_first_load_is_under_a_second(people: People) -> None:
     # The app marks the moment the workspace first shows its tasks (ms since navigation start).
     ready = page.evaluate("() => performance.getEntriesByName('foundry:workspace-ready')[0].startTime")
     assert ready < 1000, ready
+
+
+def test_without_a_build_the_root_names_the_fix(tmp_path: Path) -> None:
+    app = FastAPI()
+
+    @app.get("/v1/ping")
+    async def ping() -> dict[str, str]:
+        return {"pong": "yes"}
+
+    install_dashboard(app, tmp_path / "dist")
+    client = TestClient(app)
+    answer = client.get("/o/acme")
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "dashboard_not_built"
+    assert "scripts/bootstrap.sh" in answer.json()["detail"]
+    assert app.state.dashboard.status()["ok"] is False
+    assert client.get("/v1/ping").json() == {"pong": "yes"}
+    assert client.get("/v1/pong").status_code == 404
+
+    # Built afterwards: served without a restart, with the page config escaped for a <script>.
+    (tmp_path / "dist" / "assets").mkdir(parents=True)
+    (tmp_path / "dist" / "assets" / "app-X1.js").write_text("console.log(1)")
+    (tmp_path / "dist" / "index.html").write_text("<head><!--foundry-config--></head>")
+    page = client.get("/o/acme")
+    assert page.status_code == 200
+    config = re.search(r'<script id="foundry-config" type="application/json">(.*?)</script>', page.text)
+    assert config is not None
+    assert json.loads(config.group(1))["modelGroups"][0]["models"]
+    assert page.text.count("</script>") == 1
+    assert client.get("/assets/app-X1.js").text == "console.log(1)"
+    assert app.state.dashboard.status()["ok"] is True
