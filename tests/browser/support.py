@@ -148,6 +148,15 @@ class CuttableProxy:
         self._loop.call_soon_threadsafe(setattr, self, "blocked", False)
 
     def close(self) -> None:
-        self.cut()
+        async def shutdown() -> None:
+            self.blocked = True
+            for w in list(self._writers):
+                w.transport.abort()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)

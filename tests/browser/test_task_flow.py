@@ -49,8 +49,22 @@ def test_task_from_prompt_to_archive(people: People, shots: Path) -> None:
     expect(sidebar_row).to_contain_text("Idle")
     page.screenshot(path=shots / "task-transcript.png")
 
-    # A long turn, sent from the composer with Ctrl+Enter, then stopped.
+    # The draft is kept per user and session: it survives a reload.
     composer = page.get_by_label("Message to the agent")
+    with page.expect_response(lambda r: r.url.endswith("/draft") and r.request.method == "PUT"):
+        composer.fill("half-written thought")
+    page.reload()
+    expect(composer).to_have_value("half-written thought")
+
+    # The agent asks before editing: the request shows its options, and the answer is recorded.
+    composer.fill("Edit with permission")
+    page.get_by_role("button", name="Send").click()
+    prompt = log.get_by_role("group", name="Permission request")
+    prompt.get_by_role("button", name="Allow once").click(timeout=30_000)
+    expect(prompt).to_contain_text("Answered: Allow once")
+    wait_idle(page)
+
+    # A long turn, sent from the composer with Ctrl+Enter, then stopped.
     composer.fill("Now go slow please")
     composer.press("Control+Enter")
     expect(composer).to_have_value("")
