@@ -11,7 +11,6 @@ const SEEDED = [
 export function SignInPage({ message }: { message: string | null }) {
   const [busy, setBusy] = useState<string | null>(null);
   const [error, setError] = useState<string | null>(null);
-  const next = new URLSearchParams(location.search).get("next");
 
   async function mockSignIn(login: string) {
     setBusy(login);
@@ -33,7 +32,7 @@ export function SignInPage({ message }: { message: string | null }) {
         <p class="muted">Coding agents for your team, on your own infrastructure.</p>
         {message && <p class="notice" role="status" data-testid="signin-message">{message}</p>}
         {config.githubSignIn && (
-          <a class="btn btn-primary btn-block" href={`/v1/auth/sign-in/github${next ? "" : ""}`}>Sign in with GitHub</a>
+          <a class="btn btn-primary btn-block" href="/v1/auth/sign-in/github">Sign in with GitHub</a>
         )}
         {config.mockSignIn && (
           <section aria-labelledby="mock-users">
