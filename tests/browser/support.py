@@ -34,6 +34,7 @@ class Server:
 
     def __init__(self, data_dir: Path, agent_delay: str = "0.002") -> None:
         self.port = free_port()
+        self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / "serve.log"
         env = {
@@ -82,6 +83,27 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self._log.close()
+        reap_sandboxes(self.data_dir)
+
+
+def reap_sandboxes(data_dir: Path) -> list[int]:
+    """Kills what is left of this server's sandboxes (``sandbox-agent`` and its agents run in
+    sessions of their own, and ``foundry serve`` does not stop them when it exits); returns their
+    pids. They are found by their ``HOME``, which the local provider sets to the sandbox directory."""
+    marker = f"HOME={data_dir / 'sandboxes'}/".encode()
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(entry.startswith(marker) for entry in environ.split(b"\0")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+    return killed
 
 
 class CuttableProxy:
