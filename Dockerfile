@@ -34,6 +34,12 @@ RUN npm install --prefix /opt/sandbox-agent --omit=dev --no-audit --no-fund --ca
  && sandbox-agent --version
 
 COPY . /src
+# The browser dashboard: pinned npm packages from the lockfile, then the bundle into
+# foundry/dashboard/dist, which the wheel ships as package data (build tools are not kept).
+RUN cd /src/foundry/dashboard \
+ && npm ci --no-audit --no-fund --cache /tmp/npm-cache \
+ && npm run build \
+ && rm -rf node_modules /tmp/npm-cache
 # Non-editable install. The role migrations (migrations/<role>/) are not part of the wheel, and
 # foundry.db.migrate looks for them beside the installed packages (<site-packages>/migrations),
 # so they are copied there.

@@ -42,3 +42,46 @@ if [ ! -f "$npm_stamp" ] || [ "$(cat "$npm_stamp")" != "$npm_want" ]; then
   chmod +x .tools/node_modules/@sandbox-agent/cli-linux-*/bin/sandbox-agent 2>/dev/null || true
   echo "$npm_want" > "$npm_stamp"
 fi
+
+# The browser dashboard (foundry/dashboard): pinned npm packages (npm ci, from the lockfile), then a
+# type-check and an esbuild bundle into foundry/dashboard/dist, which `foundry serve` serves at /.
+dash=foundry/dashboard
+if ! command -v npm >/dev/null 2>&1; then
+  echo "bootstrap: npm is required to build the dashboard (install Node.js 20+)" >&2
+  exit 1
+fi
+deps_stamp=$dash/node_modules/.foundry-installed
+deps_want=$(cat $dash/package.json $dash/package-lock.json | sha256sum | cut -d' ' -f1)
+if [ ! -f "$deps_stamp" ] || [ "$(cat "$deps_stamp")" != "$deps_want" ]; then
+  echo "bootstrap: installing the dashboard's npm packages" >&2
+  npm ci --silent --no-audit --no-fund --prefix $dash
+  echo "$deps_want" > "$deps_stamp"
+fi
+build_stamp=$dash/dist/.foundry-built
+build_want=$( (echo "$deps_want"; find $dash/src $dash/build.mjs $dash/tsconfig.json -type f | sort | xargs cat) \
+  | sha256sum | cut -d' ' -f1)
+if [ ! -f "$build_stamp" ] || [ "$(cat "$build_stamp")" != "$build_want" ]; then
+  echo "bootstrap: building the dashboard" >&2
+  npm run --silent --prefix $dash build
+  echo "$build_want" > "$build_stamp"
+fi
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    as_root=(sudo -n)
+  else
+    as_root=
+  fi
+  if [ -n "${as_root+set}" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing chromium (for the browser tests)" >&2
+    "${as_root[@]}" apt-get install -y -q chromium >/dev/null \
+      || { "${as_root[@]}" apt-get update -q >/dev/null && "${as_root[@]}" apt-get install -y -q chromium >/dev/null; } \
+      || echo "bootstrap: could not install chromium; the browser tests (tests/browser) will fail" >&2
+  else
+    echo "bootstrap: /usr/bin/chromium is missing and cannot be installed here (needs root or" \
+      "passwordless sudo, and apt-get); install Debian's chromium package for the browser tests" >&2
+  fi
+fi

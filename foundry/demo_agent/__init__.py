@@ -12,6 +12,8 @@ Keywords in the prompt select a scenario (case-insensitive, several may be combi
   and the turn still ends with ``end_turn``.
 * ``fail`` - answer the prompt with a JSON-RPC error (``data.reason`` explains it) before editing.
 * ``slow`` - stream a chunk every ~0.2 s for ~10 s before editing, so that Stop can be exercised.
+* ``flood <N>`` - stream N extra message chunks (at most 20,000) at the normal delay before editing,
+  to load-test whatever renders the transcript.
 
 ``session/cancel`` stops a running turn promptly; the prompt then answers ``stopReason: "cancelled"``.
 The delay between ordinary chunks comes from ``FOUNDRY_DEMO_AGENT_DELAY`` (seconds, default 0.02).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +69,8 @@ DEFAULT_DELAY_SECONDS = 0.02
 # "slow" streams 50 chunks 0.2 s apart: ~10 s, long enough for a human to press Stop in the demo.
 SLOW_CHUNKS = 50
 SLOW_INTERVAL_SECONDS = 0.2
+FLOOD_RE = re.compile(r"\bflood\s+(\d{1,6})\b")
+MAX_FLOOD_CHUNKS = 20_000
 ALLOW_OPTION_ID = "allow"
 REJECT_OPTION_ID = "reject"
 
@@ -229,6 +234,11 @@ class DemoAgent:
         if "slow" in lowered:
             for index in range(SLOW_CHUNKS):
                 await self._say(session_id, f" .{index + 1}", pause=SLOW_INTERVAL_SECONDS)
+
+        flood = FLOOD_RE.search(lowered)
+        if flood:
+            for index in range(min(int(flood.group(1)), MAX_FLOOD_CHUNKS)):
+                await self._say(session_id, f" w{index + 1}")
 
         notes = session.cwd / NOTES_FILE
         tool_call_id = f"call_{session.turns}"

@@ -21,6 +21,7 @@ from foundry.auth.signin import SignInService
 from foundry.config import Settings
 from foundry.drivers.sandbox.binary import check_binary
 from foundry.http.body_limit import JsonContentTooLarge
+from foundry.http.dashboard import install_dashboard
 from foundry.http.errors import install_error_handlers
 from foundry.http.realtime import RealtimeAccess, build_registry, mount_realtime
 from foundry.http.routes import app as app_routes
@@ -160,8 +161,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
         binary_ok, binary_detail = await asyncio.to_thread(check_binary, binary)
         checks["sandboxAgent"] = {"ok": binary_ok, "detail": binary_detail}
         ok = ok and binary_ok
+        # Reported, not required: the API serves without the browser dashboard.
+        checks["dashboard"] = app.state.dashboard.status()
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
         )
 
+    install_dashboard(app)  # last: it is the fallback for paths no API route matches
     return app

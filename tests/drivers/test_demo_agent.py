@@ -139,6 +139,21 @@ async def test_cancel_stops_a_slow_turn_promptly(agent: Any, client: RecordingCl
     assert not (tmp_path / NOTES_FILE).exists()
 
 
+async def test_flood_streams_the_requested_number_of_chunks(
+    agent: Any, client: RecordingClient, tmp_path: Path
+):
+    conn, _ = agent
+    session_id = await _session(conn, tmp_path)
+
+    answer = await conn.prompt(session_id=session_id, prompt=[acp.text_block("Flood 300 please")])
+
+    assert answer.stop_reason == "end_turn"
+    chunks = [u.content.text for u in client.updates if u.session_update == "agent_message_chunk"]
+    flood = [c for c in chunks if c.startswith(" w")]
+    assert flood == [f" w{i}" for i in range(1, 301)]
+    assert (tmp_path / NOTES_FILE).exists()  # the turn still edits the file afterwards
+
+
 async def test_exits_on_stdin_eof(agent: Any):
     _, process = agent
     process.stdin.close()

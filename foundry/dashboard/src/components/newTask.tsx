@@ -1,0 +1,92 @@
+import { useState } from "preact/hooks";
+import { api, enc, errorText } from "../lib/api";
+import { navigate } from "../lib/router";
+import type { OrgSnapshot } from "../org";
+import { config } from "../session";
+import { Modal } from "./common";
+
+export function ModelSelect({ id, value, onChange, allowDefault, defaultLabel, disabled }: { id: string; value: string; onChange: (v: string) => void; allowDefault: boolean; defaultLabel?: string; disabled?: boolean }) {
+  return (
+    <select id={id} value={value} disabled={disabled} onChange={(e) => onChange((e.currentTarget as HTMLSelectElement).value)}>
+      {allowDefault && <option value="">{defaultLabel ?? "Default"}</option>}
+      {config.modelGroups.map((g) => (
+        <optgroup key={g.provider} label={g.provider}>
+          {g.models.map((m) => <option key={m} value={m}>{m}</option>)}
+        </optgroup>
+      ))}
+    </select>
+  );
+}
+
+export function agentOf(model: string): string | undefined {
+  return config.modelGroups.find((g) => g.models.includes(model))?.agent;
+}
+
+export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () => void }) {
+  const [repoId, setRepoId] = useState(org.repos[0]?.id ?? "");
+  const [prompt, setPrompt] = useState("");
+  const [model, setModel] = useState("");
+  const [title, setTitle] = useState("");
+  const [branch, setBranch] = useState("");
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+
+  async function submit(e: Event) {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    const body: Record<string, string> = { repoId, prompt };
+    if (model) {
+      body.model = model;
+      const agent = agentOf(model);
+      if (agent) body.agent = agent;
+    }
+    if (title.trim()) body.title = title.trim();
+    if (branch.trim()) body.branch = branch.trim();
+    try {
+      const created = await api<{ taskId: string }>("POST", `/v1/organizations/${enc(org.organizationId)}/tasks`, body);
+      onClose();
+      navigate(`/o/${enc(org.organizationId)}/t/${enc(created.taskId)}`);
+    } catch (err) {
+      setError(errorText(err));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <Modal title="New task" onClose={onClose}>
+      <form class="form" onSubmit={submit}>
+        <div class="field">
+          <label for="nt-repo">Repository</label>
+          <select id="nt-repo" value={repoId} required onChange={(e) => setRepoId((e.currentTarget as HTMLSelectElement).value)}>
+            {org.repos.map((r) => <option key={r.id} value={r.id}>{r.fullName}</option>)}
+          </select>
+        </div>
+        <div class="field">
+          <label for="nt-prompt">What should the agent do?</label>
+          <textarea id="nt-prompt" rows={5} required value={prompt} onInput={(e) => setPrompt((e.currentTarget as HTMLTextAreaElement).value)} />
+        </div>
+        <div class="field">
+          <label for="nt-model">Model</label>
+          <ModelSelect id="nt-model" value={model} onChange={setModel} allowDefault defaultLabel="Default model" />
+        </div>
+        <div class="field-row">
+          <div class="field">
+            <label for="nt-title">Title <span class="muted">(optional)</span></label>
+            <input id="nt-title" class="input" value={title} onInput={(e) => setTitle((e.currentTarget as HTMLInputElement).value)} />
+          </div>
+          <div class="field">
+            <label for="nt-branch">Branch <span class="muted">(optional)</span></label>
+            <input id="nt-branch" class="input" value={branch} onInput={(e) => setBranch((e.currentTarget as HTMLInputElement).value)} />
+          </div>
+        </div>
+        {error && <p class="error-note" role="alert">{error}</p>}
+        <div class="actions">
+          <button type="button" class="btn" onClick={onClose}>Cancel</button>
+          <button type="submit" class="btn btn-primary" disabled={busy || !repoId || !prompt.trim()}>{busy ? "Creating…" : "Create task"}</button>
+        </div>
+      </form>
+    </Modal>
+  );
+}

@@ -1,0 +1,300 @@
+// One agent session: the live transcript, pending permission prompts, the composer and Stop.
+import { Component } from "preact";
+import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
+import { api, enc, errorText } from "../lib/api";
+import { renderMarkdown } from "../lib/markdown";
+import { realtime } from "../lib/realtime";
+import { Transcript, type Item } from "../lib/transcript";
+import type { SessionInfo } from "../pages/task";
+import { ErrorNote } from "./common";
+
+const MIN_RENDER_MS = 80;
+
+/** Follows `session:<org>:<task>:<sid>` and re-renders at most once per animation frame. */
+function useTranscript(orgId: string, taskId: string, sessionId: string, onTurnEnd: () => void): Transcript {
+  const model = useRef(new Transcript()).current;
+  const [, setVersion] = useState(0);
+  const ended = useRef(onTurnEnd);
+  ended.current = onTurnEnd;
+  useEffect(() => {
+    let frame = 0;
+    let timer: number | undefined;
+    let last = 0;
+    const flush = () => {
+      frame = 0;
+      last = performance.now();
+      setVersion(model.version);
+    };
+    const schedule = () => {
+      if (frame || timer !== undefined) return;
+      // Many events per frame (a fast agent, or a replay) cost one render, not one each; and a
+      // streaming reply re-renders at most every MIN_RENDER_MS (each render lays out its text).
+      const wait = MIN_RENDER_MS - (performance.now() - last);
+      if (wait <= 0) frame = requestAnimationFrame(flush);
+      else
+        timer = window.setTimeout(() => {
+          timer = undefined;
+          frame = requestAnimationFrame(flush);
+        }, wait);
+    };
+    const stop = realtime.subscribe(`session:${orgId}:${taskId}:${sessionId}`, (e) => {
+      model.apply(e);
+      if (e.event === "turnEnded" || e.event === "turnFailed") ended.current();
+      schedule();
+    });
+    return () => {
+      stop();
+      if (frame) cancelAnimationFrame(frame);
+      window.clearTimeout(timer);
+    };
+  }, [orgId, taskId, sessionId]);
+  return model;
+}
+
+export function SessionPane({ orgId, taskId, session, base, draft, archived, taskStatus }: { orgId: string; taskId: string; session: SessionInfo; base: string; draft: string; archived: boolean; taskStatus: string }) {
+  const sbase = `${base}/sessions/${enc(session.sessionId)}`;
+  const markRead = () => {
+    if (document.visibilityState === "visible") api("POST", `${sbase}/read`).catch((e) => console.warn("mark read", e));
+  };
+  const model = useTranscript(orgId, taskId, session.sessionId, markRead);
+  useEffect(markRead, [session.sessionId]);
+  const running = session.status === "running";
+  return (
+    <div class="session-pane">
+      <TranscriptView model={model} sbase={sbase} />
+      <div class="session-foot">
+        <span class="muted small" data-testid="session-info">
+          {session.agent} · {session.model}
+          {model.usage && ` · context ${model.usage.used.toLocaleString()} / ${model.usage.size.toLocaleString()} tokens`}
+          {session.queuedMessages > 0 && ` · ${session.queuedMessages} queued`}
+        </span>
+      </div>
+      <Composer sbase={sbase} initialDraft={draft} session={session} archived={archived} taskStatus={taskStatus} running={running} />
+    </div>
+  );
+}
+
+function TranscriptView({ model, sbase }: { model: Transcript; sbase: string }) {
+  const scroller = useRef<HTMLDivElement>(null);
+  const pinned = useRef(true);
+  useLayoutEffect(() => {
+    const el = scroller.current;
+    if (el && pinned.current) el.scrollTop = el.scrollHeight;
+  });
+  return (
+    <div
+      class="transcript"
+      ref={scroller}
+      tabIndex={0}
+      role="log"
+      aria-label="Transcript"
+      aria-live="off"
+      data-last-seq={model.lastSeq}
+      data-running={model.running ? "true" : "false"}
+      onScroll={(e) => {
+        const el = e.currentTarget as HTMLDivElement;
+        pinned.current = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
+      }}
+    >
+      {model.items.length === 0 && <p class="muted">No messages yet.</p>}
+      {model.items.map((it) => <ItemView key={it.key} item={it} rev={it.rev} sbase={sbase} />)}
+      {model.running && <p class="thinking muted" aria-live="polite">The agent is working…</p>}
+    </div>
+  );
+}
+
+/** Re-renders only when the item changed (its rev): a long transcript costs one item per frame. */
+class ItemView extends Component<{ item: Item; rev: number; sbase: string }> {
+  shouldComponentUpdate(next: { item: Item; rev: number }): boolean {
+    return next.item !== this.props.item || next.rev !== this.props.rev;
+  }
+  render() {
+    const { item, sbase } = this.props;
+    switch (item.kind) {
+      case "user":
+        return <div class="msg msg-user" data-kind="user"><div class="msg-role">You</div><div class="msg-body prose">{renderMarkdown(item.text)}</div></div>;
+      case "text":
+        return (
+          <div class={`msg msg-${item.role}`} data-kind={item.role}>
+            <div class="msg-role">{item.role === "agent" ? "Agent" : "Thinking"}</div>
+            <div class="msg-body prose" data-testid={item.role === "agent" ? "agent-text" : undefined}>{renderMarkdown(item.text)}</div>
+          </div>
+        );
+      case "plan":
+        return (
+          <div class="plan" data-kind="plan">
+            <div class="msg-role">Plan</div>
+            <ol>
+              {item.entries.map((p, n) => (
+                <li key={n} class={`plan-${p.status}`}>
+                  <span class="plan-mark" aria-hidden="true">{p.status === "completed" ? "✓" : p.status === "in_progress" ? "◐" : "○"}</span>
+                  {p.content} <span class="sr-only">({p.status})</span>
+                </li>
+              ))}
+            </ol>
+          </div>
+        );
+      case "tool":
+        return <ToolView item={item} />;
+      case "permission":
+        return <PermissionView item={item} sbase={sbase} />;
+      case "notice":
+        return <p class={`notice-line tone-${item.tone}`} role={item.tone === "error" ? "alert" : undefined}>{item.text}</p>;
+    }
+  }
+}
+
+function ToolView({ item }: { item: Extract<Item, { kind: "tool" }> }) {
+  return (
+    <details class={`tool tool-${item.status}`} data-kind="tool" open={item.status === "failed" || undefined}>
+      <summary>
+        <span class={`dot status-${item.status === "completed" ? "idle" : item.status === "failed" ? "error" : "running"}`} aria-hidden="true" />
+        <span class="tool-title">{item.title}</span>
+        <span class="badge" data-testid="tool-status">{item.status}</span>
+      </summary>
+      {item.content.map((c, n) => <ToolContent key={n} c={c} />)}
+      {item.rawOutput != null && <pre class="code small">{JSON.stringify(item.rawOutput, null, 2)}</pre>}
+    </details>
+  );
+}
+
+function ToolContent({ c }: { c: any }) {
+  if (c?.type === "diff") {
+    const oldLines = String(c.oldText ?? "").split("\n");
+    const newLines = String(c.newText ?? "").split("\n");
+    let start = 0;
+    while (start < oldLines.length && start < newLines.length && oldLines[start] === newLines[start]) start++;
+    let endOld = oldLines.length;
+    let endNew = newLines.length;
+    while (endOld > start && endNew > start && oldLines[endOld - 1] === newLines[endNew - 1]) {
+      endOld--;
+      endNew--;
+    }
+    return (
+      <div class="diff-file">
+        <div class="diff-file-head"><code>{c.path}</code></div>
+        <pre class="diff">
+          {oldLines.slice(start, endOld).map((l, n) => <span key={`d${n}`} class="del">-{l}{"\n"}</span>)}
+          {newLines.slice(start, endNew).map((l, n) => <span key={`a${n}`} class="add">+{l}{"\n"}</span>)}
+        </pre>
+      </div>
+    );
+  }
+  if (c?.type === "content" && c.content?.type === "text") return <pre class="code small">{String(c.content.text)}</pre>;
+  if (c?.type === "terminal") return <p class="muted small">Terminal {String(c.terminalId)}</p>;
+  return null;
+}
+
+function PermissionView({ item, sbase }: { item: Extract<Item, { kind: "permission" }>; sbase: string }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const answer = async (optionId: string | null) => {
+    setBusy(true);
+    setError(null);
+    try {
+      await api("POST", `${sbase}/permissions/${enc(item.requestId)}`, { optionId });
+    } catch (e) {
+      setError(errorText(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  const chosen = item.options.find((o) => o.optionId === item.optionId);
+  return (
+    <div class="permission" role="group" aria-label="Permission request" data-kind="permission" data-state={item.state}>
+      <p><strong>Permission requested:</strong> {item.title}</p>
+      {item.state === "pending" ? (
+        <div class="actions left">
+          {item.options.map((o) => (
+            <button key={o.optionId} class={`btn ${o.kind?.startsWith("allow") ? "btn-primary" : ""}`} disabled={busy} onClick={() => void answer(o.optionId)}>{o.name}</button>
+          ))}
+          <button class="btn btn-ghost" disabled={busy} onClick={() => void answer(null)}>Dismiss</button>
+        </div>
+      ) : (
+        <p class="muted small">{item.state === "answered" ? `Answered: ${chosen?.name ?? item.optionId}` : "No longer pending."}</p>
+      )}
+      <ErrorNote error={error ?? item.error} />
+    </div>
+  );
+}
+
+function Composer({ sbase, initialDraft, session, archived, taskStatus, running }: { sbase: string; initialDraft: string; session: SessionInfo; archived: boolean; taskStatus: string; running: boolean }) {
+  const [text, setText] = useState(initialDraft);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const timer = useRef<number | undefined>(undefined);
+  const saved = useRef(initialDraft);
+
+  const saveDraft = (value: string) => {
+    window.clearTimeout(timer.current);
+    timer.current = window.setTimeout(() => {
+      if (value === saved.current) return;
+      saved.current = value;
+      api("PUT", `${sbase}/draft`, { text: value }).catch((e) => console.warn("draft not saved", e));
+    }, 500);
+  };
+  useEffect(() => () => window.clearTimeout(timer.current), []);
+
+  const reason = archived
+    ? "This task is archived."
+    : session.status === "closed"
+      ? "This session is closed."
+      : taskStatus === "error" && session.status === "error"
+        ? null
+        : null;
+  const canSend = !reason && !busy && text.trim().length > 0;
+
+  async function send() {
+    if (!canSend) return;
+    setBusy(true);
+    setError(null);
+    window.clearTimeout(timer.current);
+    try {
+      await api("POST", `${sbase}/messages`, { text });
+      setText("");
+      saved.current = "";
+    } catch (e) {
+      setError(errorText(e));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  return (
+    <form
+      class="composer"
+      onSubmit={(e) => {
+        e.preventDefault();
+        void send();
+      }}
+    >
+      <label for="composer-text" class="sr-only">Message to the agent</label>
+      <textarea
+        id="composer-text"
+        rows={3}
+        value={text}
+        disabled={!!reason}
+        placeholder={reason ?? (running ? "The agent is working; your message runs when it is free. Ctrl+Enter to send" : "Message the agent… Ctrl+Enter to send")}
+        onInput={(e) => {
+          const v = (e.currentTarget as HTMLTextAreaElement).value;
+          setText(v);
+          saveDraft(v);
+        }}
+        onKeyDown={(e) => {
+          if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+            e.preventDefault();
+            void send();
+          }
+        }}
+      />
+      <div class="composer-actions">
+        <span class="muted small" id="composer-hint">{reason ?? (text.trim() ? "" : "Write a message to send.")}</span>
+        {running && (
+          <button type="button" class="btn" onClick={() => api("POST", `${sbase}/stop`).catch((e) => setError(errorText(e)))}>Stop</button>
+        )}
+        <button type="submit" class="btn btn-primary" disabled={!canSend} aria-describedby="composer-hint">{busy ? "Sending…" : "Send"}</button>
+      </div>
+      <ErrorNote error={error} />
+    </form>
+  );
+}

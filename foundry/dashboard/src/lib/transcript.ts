@@ -1,0 +1,232 @@
+// The transcript of one agent session, built from its append-only event log.
+//
+// Events are applied in seq order (the realtime client guarantees it). Consecutive text chunks are
+// merged into one growing item, so a 2,000-chunk reply is one item whose text grows, not 2,000
+// nodes; `rev` changes on every mutation so views re-render only the items that changed.
+import type { RtEvent } from "./realtime";
+
+export interface PermissionOption {
+  optionId: string;
+  name: string;
+  kind?: string;
+}
+
+export type Item =
+  | { kind: "user"; key: string; rev: number; text: string; userId: string | null }
+  | { kind: "text"; key: string; rev: number; role: "agent" | "thought"; text: string }
+  | { kind: "plan"; key: string; rev: number; entries: { content: string; status: string; priority?: string }[] }
+  | {
+      kind: "tool";
+      key: string;
+      rev: number;
+      toolCallId: string;
+      title: string;
+      toolKind: string;
+      status: string;
+      content: any[];
+      rawInput: unknown;
+      rawOutput: unknown;
+    }
+  | {
+      kind: "permission";
+      key: string;
+      rev: number;
+      requestId: string;
+      title: string;
+      options: PermissionOption[];
+      state: "pending" | "answered" | "cancelled";
+      optionId: string | null;
+      error: string | null;
+    }
+  | { kind: "notice"; key: string; rev: number; tone: "info" | "error" | "muted"; text: string };
+
+export class Transcript {
+  items: Item[] = [];
+  version = 0;
+  lastSeq = 0;
+  usage: { used: number; size: number } | null = null;
+  agentTitle: string | null = null;
+  running = false;
+  private tools = new Map<string, Extract<Item, { kind: "tool" }>>();
+  private permissions = new Map<string, Extract<Item, { kind: "permission" }>>();
+
+  apply(e: RtEvent): void {
+    this.lastSeq = e.seq;
+    this.version++;
+    const d = e.data ?? {};
+    const key = String(e.seq);
+    switch (e.event) {
+      case "sessionCreated":
+        this.notice(key, "muted", `Session “${d.name ?? ""}” opened · ${d.agent ?? "agent"} / ${d.model ?? "model"}`);
+        break;
+      case "userMessage":
+        this.items.push({ kind: "user", key, rev: 0, text: String(d.text ?? ""), userId: d.userId ?? null });
+        break;
+      case "turnStarted":
+        this.running = true;
+        break;
+      case "turnEnded":
+        this.running = false;
+        if (d.stopReason === "cancelled") this.notice(key, "info", d.forced ? "Stopped (the agent was shut down)." : "Stopped.");
+        else if (d.stopReason && d.stopReason !== "end_turn") this.notice(key, "info", `Turn ended: ${d.stopReason}`);
+        this.cancelPending();
+        break;
+      case "turnFailed":
+        this.running = false;
+        this.notice(key, "error", `The turn failed: ${d.error ?? "unknown error"}`);
+        this.cancelPending();
+        break;
+      case "sessionStatus":
+        this.running = d.status === "running";
+        if (d.status === "error" && d.error) this.notice(key, "error", `Session error: ${d.error}`);
+        break;
+      case "stopRequested":
+        this.notice(key, "muted", d.turnRunning ? "Stop requested…" : "Stop requested (no turn was running).");
+        break;
+      case "sessionRenamed":
+        this.notice(key, "muted", `Renamed to “${d.name}”`);
+        break;
+      case "sessionClosed":
+        this.running = false;
+        this.notice(key, "muted", d.reason === "archived" ? "Session closed: the task was archived." : "Session closed.");
+        break;
+      case "sandboxExited":
+        this.notice(key, "error", `The sandbox stopped: ${d.reason ?? "unknown reason"}`);
+        break;
+      case "permissionRequested": {
+        const item: Extract<Item, { kind: "permission" }> = {
+          kind: "permission",
+          key,
+          rev: 0,
+          requestId: String(d.requestId),
+          title: d.toolCall?.title ?? "The agent asks for permission",
+          options: Array.isArray(d.options) ? d.options : [],
+          state: "pending",
+          optionId: null,
+          error: null,
+        };
+        this.permissions.set(item.requestId, item);
+        this.items.push(item);
+        break;
+      }
+      case "permissionAnswered": {
+        const item = this.permissions.get(String(d.requestId));
+        if (item) {
+          item.state = d.optionId == null ? "cancelled" : "answered";
+          item.optionId = d.optionId ?? null;
+          item.rev++;
+        }
+        break;
+      }
+      case "permissionAnswerFailed": {
+        const item = this.permissions.get(String(d.requestId));
+        if (item) {
+          item.error = String(d.error ?? "the answer could not be delivered");
+          item.rev++;
+        }
+        break;
+      }
+      case "agentUpdate":
+        this.agentUpdate(key, d.update ?? {});
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** The text of the last agent reply (for tests and accessibility announcements). */
+  get lastAgentText(): string {
+    for (let i = this.items.length - 1; i >= 0; i--) {
+      const it = this.items[i];
+      if (it.kind === "text" && it.role === "agent") return it.text;
+    }
+    return "";
+  }
+
+  private notice(key: string, tone: "info" | "error" | "muted", text: string): void {
+    this.items.push({ kind: "notice", key, rev: 0, tone, text });
+  }
+
+  private cancelPending(): void {
+    for (const p of this.permissions.values()) {
+      if (p.state === "pending") {
+        p.state = "cancelled";
+        p.rev++;
+      }
+    }
+  }
+
+  private appendText(key: string, role: "agent" | "thought", text: string): void {
+    const last = this.items[this.items.length - 1];
+    if (last && last.kind === "text" && last.role === role) {
+      last.text += text;
+      last.rev++;
+    } else {
+      this.items.push({ kind: "text", key, rev: 0, role, text });
+    }
+  }
+
+  private agentUpdate(key: string, u: any): void {
+    switch (u.sessionUpdate) {
+      case "agent_message_chunk":
+        this.appendText(key, "agent", contentText(u.content));
+        break;
+      case "agent_thought_chunk":
+        this.appendText(key, "thought", contentText(u.content));
+        break;
+      case "user_message_chunk":
+        break; // the user's own message is already shown from `userMessage`
+      case "plan": {
+        const entries = Array.isArray(u.entries) ? u.entries : [];
+        const last = this.items[this.items.length - 1];
+        if (last && last.kind === "plan") {
+          last.entries = entries;
+          last.rev++;
+        } else this.items.push({ kind: "plan", key, rev: 0, entries });
+        break;
+      }
+      case "tool_call": {
+        const item: Extract<Item, { kind: "tool" }> = {
+          kind: "tool",
+          key,
+          rev: 0,
+          toolCallId: String(u.toolCallId),
+          title: String(u.title ?? "Tool call"),
+          toolKind: String(u.kind ?? "other"),
+          status: String(u.status ?? "pending"),
+          content: Array.isArray(u.content) ? u.content : [],
+          rawInput: u.rawInput,
+          rawOutput: u.rawOutput,
+        };
+        this.tools.set(item.toolCallId, item);
+        this.items.push(item);
+        break;
+      }
+      case "tool_call_update": {
+        const item = this.tools.get(String(u.toolCallId));
+        if (!item) break;
+        if (u.title) item.title = String(u.title);
+        if (u.status) item.status = String(u.status);
+        if (Array.isArray(u.content)) item.content = u.content;
+        if (u.rawOutput !== undefined && u.rawOutput !== null) item.rawOutput = u.rawOutput;
+        item.rev++;
+        break;
+      }
+      case "usage_update":
+        if (typeof u.used === "number") this.usage = { used: u.used, size: Number(u.size) || 0 };
+        break;
+      case "session_info_update":
+        if (u.title) this.agentTitle = String(u.title);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+function contentText(c: any): string {
+  if (!c) return "";
+  if (c.type === "text") return String(c.text ?? "");
+  if (c.type === "resource_link") return `[${c.name ?? c.uri}]`;
+  return "";
+}

@@ -1,0 +1,297 @@
+// One task: header and actions, session tabs with the live transcript, changes, files, activity.
+import { useEffect, useState } from "preact/hooks";
+import { Avatar, ErrorNote, Modal, PrBadge, StatusBadge } from "../components/common";
+import { AuditList } from "../components/audit";
+import { DiffView, FilesView } from "../components/diff";
+import { SessionPane } from "../components/session";
+import { api, ApiError, enc, errorText } from "../lib/api";
+import { linkClick, navigate } from "../lib/router";
+import { realtime } from "../lib/realtime";
+import type { Member, OrgSnapshot } from "../org";
+import { NotFoundPage } from "./notfound";
+
+export interface SessionInfo {
+  sessionId: string;
+  name: string;
+  agent: string;
+  model: string;
+  status: string;
+  error: string | null;
+  queuedMessages: number;
+  lastSeq: number;
+  pendingPermissions: { requestId: string; options: unknown[] }[];
+  closedAt: number | null;
+}
+
+export interface TaskDetail {
+  taskId: string;
+  organizationId: string;
+  repoId: string;
+  repoFullName: string;
+  title: string;
+  status: string;
+  error: string | null;
+  branch: string | null;
+  defaultBranch: string | null;
+  owner: { userId: string | null; login: string | null };
+  pullRequest: { number: number; url: string | null; state: string | null; title?: string | null } | null;
+  sessions: SessionInfo[];
+  updatedAt: number;
+  archivedAt: number | null;
+}
+
+interface Viewer {
+  activeSessionId: string | null;
+  drafts: Record<string, string>;
+  unread: Record<string, boolean>;
+}
+
+type TaskState = { state: "loading" } | { state: "notfound" } | { state: "error"; detail: string } | { state: "ready"; detail: TaskDetail; viewer: Viewer };
+
+function useTask(orgId: string, taskId: string): TaskState {
+  const [st, setSt] = useState<TaskState>({ state: "loading" });
+  useEffect(() => {
+    let alive = true;
+    let detail: TaskDetail | null = null;
+    let viewer: Viewer | null = null;
+    const publish = () => alive && detail && viewer && setSt({ state: "ready", detail, viewer });
+    api<Omit<TaskDetail, "sessions"> & { activeSessionId: string | null; sessions: (SessionInfo & { unread: boolean; draft: { text: string } })[] }>(
+      "GET",
+      `/v1/organizations/${enc(orgId)}/tasks/${enc(taskId)}`,
+    )
+      .then((d) => {
+        viewer = {
+          activeSessionId: d.activeSessionId,
+          drafts: Object.fromEntries(d.sessions.map((s) => [s.sessionId, s.draft?.text ?? ""])),
+          unread: Object.fromEntries(d.sessions.map((s) => [s.sessionId, s.unread])),
+        };
+        detail = detail ?? (d as TaskDetail);
+        publish();
+      })
+      .catch((e) => {
+        if (!alive) return;
+        if (e instanceof ApiError && e.status === 404) setSt({ state: "notfound" });
+        else setSt({ state: "error", detail: errorText(e) });
+      });
+    const stop = realtime.subscribe(`task:${orgId}:${taskId}`, (e) => {
+      if (e.event === "snapshot" || e.event === "taskUpdated") {
+        detail = e.data as TaskDetail;
+        publish();
+      }
+    });
+    return () => {
+      alive = false;
+      stop();
+    };
+  }, [orgId, taskId]);
+  return st;
+}
+
+type Tab = "agent" | "changes" | "files" | "activity";
+
+export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole: string; taskId: string; query: URLSearchParams }) {
+  const st = useTask(org.organizationId, taskId);
+  const [tab, setTab] = useState<Tab>((query.get("tab") as Tab) || "agent");
+  const [picked, setPicked] = useState<string | null>(null);
+  if (st.state === "loading") return <p class="muted pad" aria-busy="true">Loading task…</p>;
+  if (st.state === "notfound") return <NotFoundPage />;
+  if (st.state === "error") return <p class="error-note pad" role="alert">{st.detail}</p>;
+  const { detail, viewer } = st;
+  const open = detail.sessions.filter((s) => s.status !== "closed");
+  const active = open.find((s) => s.sessionId === picked) ?? open.find((s) => s.sessionId === viewer.activeSessionId) ?? open[0] ?? null;
+  const base = `/v1/organizations/${enc(org.organizationId)}/tasks/${enc(taskId)}`;
+  return (
+    <article class="task" aria-labelledby="task-title" data-status={detail.status}>
+      <a class="back-link" href={`/o/${enc(org.organizationId)}`} onClick={linkClick}>← Tasks</a>
+      <TaskHeader org={org} detail={detail} base={base} />
+      <div class="tabs" role="tablist" aria-label="Task views">
+        {(["agent", "changes", "files", "activity"] as Tab[]).map((t) => (
+          <button key={t} role="tab" id={`tab-${t}`} aria-selected={tab === t} aria-controls={`panel-${t}`} class="tab" onClick={() => setTab(t)}>
+            {{ agent: "Agent", changes: "Changes", files: "Files", activity: "Activity" }[t]}
+          </button>
+        ))}
+      </div>
+      <section role="tabpanel" id={`panel-${tab}`} aria-labelledby={`tab-${tab}`} class="tab-panel">
+        {tab === "agent" && (
+          <SessionTabs detail={detail} viewer={viewer} active={active} base={base} onPick={setPicked} orgId={org.organizationId} />
+        )}
+        {tab === "changes" && <DiffView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} />}
+        {tab === "files" && <FilesView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} />}
+        {tab === "activity" && <AuditList orgId={org.organizationId} filters={{ taskId }} version={detail.updatedAt} compact />}
+      </section>
+    </article>
+  );
+}
+
+function TaskHeader({ org, detail, base }: { org: OrgSnapshot; detail: TaskDetail; base: string }) {
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState<string | null>(null);
+  const [archiveConflict, setArchiveConflict] = useState<string | null>(null);
+  const [confirmArchive, setConfirmArchive] = useState(false);
+  const [members, setMembers] = useState<Member[] | null>(null);
+  const archived = detail.archivedAt !== null;
+
+  async function run(label: string, fn: () => Promise<unknown>) {
+    setBusy(label);
+    setError(null);
+    try {
+      await fn();
+    } catch (e) {
+      setError(errorText(e));
+    } finally {
+      setBusy(null);
+    }
+  }
+
+  async function archive(force: boolean) {
+    setBusy("archive");
+    setError(null);
+    try {
+      await api("POST", `${base}/archive`, { force });
+      setArchiveConflict(null);
+      setConfirmArchive(false);
+      navigate(`/o/${enc(org.organizationId)}`);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 409) {
+        setConfirmArchive(false);
+        setArchiveConflict(e.detail);
+      } else setError(errorText(e));
+    } finally {
+      setBusy(null);
+    }
+  }
+
+  useEffect(() => {
+    api<Member[]>("GET", `/v1/organizations/${enc(org.organizationId)}/members`).then(setMembers, (e) => console.warn("members", e));
+  }, [org.organizationId, org.memberCount]);
+
+  return (
+    <header class="task-head">
+      <div class="task-title-row">
+        <h1 id="task-title" class="task-title">{detail.title}</h1>
+        <StatusBadge status={detail.status} />
+      </div>
+      <p class="task-meta">
+        <span>{detail.repoFullName}</span>
+        {detail.branch && <> · <code>{detail.branch}</code></>}
+        {detail.pullRequest && <> · <PrBadge pr={detail.pullRequest} /></>}
+      </p>
+      {detail.error && <p class="error-note" role="alert" data-testid="task-error">{detail.error}</p>}
+      <div class="task-actions">
+        <div class="owner-field">
+          <Avatar url={members?.find((m) => m.userId === detail.owner.userId)?.avatarUrl} login={detail.owner.login} />
+          <label for="owner-select">Owner</label>
+          <select
+            id="owner-select"
+            value={detail.owner.userId ?? ""}
+            disabled={archived || !members || busy !== null}
+            onChange={(e) => {
+              const userId = (e.currentTarget as HTMLSelectElement).value;
+              void run("owner", () => api("POST", `${base}/owner`, { userId }));
+            }}
+          >
+            {!detail.owner.userId && <option value="">No owner</option>}
+            {(members ?? (detail.owner.userId ? [{ userId: detail.owner.userId, login: detail.owner.login ?? "" } as Member] : [])).map((m) => (
+              <option key={m.userId} value={m.userId}>{m.login}</option>
+            ))}
+          </select>
+        </div>
+        {!detail.pullRequest && !archived && (
+          <button class="btn" disabled={busy !== null || detail.status === "provisioning"} onClick={() => void run("pr", () => api("POST", `${base}/pull-request`, {}))}>
+            {busy === "pr" ? "Creating pull request…" : "Create pull request"}
+          </button>
+        )}
+        {!archived && (
+          <button class="btn btn-danger" disabled={busy !== null} onClick={() => setConfirmArchive(true)}>Archive</button>
+        )}
+      </div>
+      <ErrorNote error={error} />
+      {confirmArchive && (
+        <Modal title="Archive this task?" onClose={() => setConfirmArchive(false)}>
+          <p>The sandbox is destroyed and running agents stop. The transcript stays readable.</p>
+          <div class="actions">
+            <button class="btn" onClick={() => setConfirmArchive(false)}>Cancel</button>
+            <button class="btn btn-danger" disabled={busy !== null} onClick={() => void archive(false)}>{busy === "archive" ? "Archiving…" : "Archive"}</button>
+          </div>
+        </Modal>
+      )}
+      {archiveConflict && (
+        <Modal title="Unpushed work would be lost" onClose={() => setArchiveConflict(null)}>
+          <p data-testid="archive-conflict">{archiveConflict}</p>
+          <p>Foundry can push this work to a rescue branch first, then archive.</p>
+          <div class="actions">
+            <button class="btn" onClick={() => setArchiveConflict(null)}>Keep the task</button>
+            <button class="btn btn-danger" disabled={busy !== null} onClick={() => void archive(true)}>{busy === "archive" ? "Pushing…" : "Push to a rescue branch and archive"}</button>
+          </div>
+        </Modal>
+      )}
+    </header>
+  );
+}
+
+function SessionTabs({ detail, viewer, active, base, onPick, orgId }: { detail: TaskDetail; viewer: Viewer; active: SessionInfo | null; base: string; onPick: (id: string) => void; orgId: string }) {
+  const [error, setError] = useState<string | null>(null);
+  const [renaming, setRenaming] = useState<SessionInfo | null>(null);
+  const [name, setName] = useState("");
+  const open = detail.sessions.filter((s) => s.status !== "closed");
+  const archived = detail.archivedAt !== null;
+
+  async function newSession() {
+    setError(null);
+    try {
+      const s = await api<{ sessionId: string }>("POST", `${base}/sessions`, {});
+      onPick(s.sessionId);
+    } catch (e) {
+      setError(errorText(e));
+    }
+  }
+
+  return (
+    <div class="sessions">
+      <div class="session-tabs" role="group" aria-label="Agent sessions">
+        {open.map((s) => (
+          <div key={s.sessionId} class={`session-tab${active?.sessionId === s.sessionId ? " active" : ""}`}>
+            <button aria-pressed={active?.sessionId === s.sessionId} class="session-tab-main" onClick={() => onPick(s.sessionId)} data-session-id={s.sessionId}>
+              <span class={`dot status-${s.status}`} aria-hidden="true" />
+              {s.name}
+              {viewer.unread[s.sessionId] && active?.sessionId !== s.sessionId && <span class="unread-dot" title="Unread"><span class="sr-only">(unread)</span></span>}
+            </button>
+            {!archived && (
+              <>
+                <button class="icon-btn" aria-label={`Rename session ${s.name}`} onClick={() => { setRenaming(s); setName(s.name); }}>✎</button>
+                <button class="icon-btn" aria-label={`Close session ${s.name}`} onClick={() => api("DELETE", `${base}/sessions/${enc(s.sessionId)}`).catch((e) => setError(errorText(e)))}>✕</button>
+              </>
+            )}
+          </div>
+        ))}
+        {!archived && <button class="btn btn-small" onClick={() => void newSession()}>+ New session</button>}
+      </div>
+      <ErrorNote error={error} />
+      {active ? (
+        <SessionPane key={active.sessionId} orgId={orgId} taskId={detail.taskId} session={active} base={base} draft={viewer.drafts[active.sessionId] ?? ""} archived={archived} taskStatus={detail.status} />
+      ) : (
+        <p class="muted pad">{archived ? "This task is archived." : "No open session. Start one with “New session”."}</p>
+      )}
+      {renaming && (
+        <Modal title="Rename session" onClose={() => setRenaming(null)}>
+          <form
+            class="form"
+            onSubmit={(e) => {
+              e.preventDefault();
+              api("PATCH", `${base}/sessions/${enc(renaming.sessionId)}`, { name: name.trim() }).then(() => setRenaming(null), (err) => setError(errorText(err)));
+            }}
+          >
+            <div class="field">
+              <label for="session-name">Session name</label>
+              <input id="session-name" class="input" value={name} required onInput={(e) => setName((e.currentTarget as HTMLInputElement).value)} />
+            </div>
+            <div class="actions">
+              <button type="button" class="btn" onClick={() => setRenaming(null)}>Cancel</button>
+              <button type="submit" class="btn btn-primary" disabled={!name.trim()}>Rename</button>
+            </div>
+          </form>
+        </Modal>
+      )}
+    </div>
+  );
+}

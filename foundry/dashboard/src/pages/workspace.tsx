@@ -1,0 +1,126 @@
+// The workspace: the live task sidebar (grouped by repository) and the selected task.
+import { useEffect, useMemo, useState } from "preact/hooks";
+import { Avatar, StatusBadge } from "../components/common";
+import { NewTaskDialog } from "../components/newTask";
+import { api, errorText } from "../lib/api";
+import { linkClick } from "../lib/router";
+import type { OrgSnapshot, TaskSummary } from "../org";
+import { TaskView } from "./task";
+
+export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot; viewerRole: string; taskId: string | null; query: URLSearchParams }) {
+  const [filter, setFilter] = useState("");
+  const [creating, setCreating] = useState(false);
+  const groups = useMemo(() => group(org.taskSummaries, filter), [org.taskSummaries, filter]);
+  const base = `/o/${encodeURIComponent(org.organizationId)}`;
+  useEffect(() => {
+    // Load time as a person sees it (read by the browser tests and bench/dashboard.py).
+    if (!performance.getEntriesByName("foundry:workspace-ready").length) performance.mark("foundry:workspace-ready");
+  }, []);
+  return (
+    <div class={`workspace${taskId ? " has-task" : ""}`}>
+      <nav class="sidebar" aria-label="Tasks">
+        <div class="sidebar-head">
+          <h1 class="sidebar-title">{org.profile.displayName}</h1>
+          <button class="btn btn-primary" onClick={() => setCreating(true)}>New task</button>
+        </div>
+        <label class="sr-only" for="task-filter">Filter tasks</label>
+        <input id="task-filter" class="input" type="search" placeholder="Filter tasks…" value={filter} onInput={(e) => setFilter((e.currentTarget as HTMLInputElement).value)} />
+        <SyncStatus org={org} />
+        {groups.length === 0 && <p class="muted small">{filter ? "No task matches the filter." : "No tasks yet. Start one with “New task”."}</p>}
+        {groups.map(([repo, tasks]) => (
+          <section key={repo} class="repo-group" aria-label={repo}>
+            <h2 class="repo-name">{repo}</h2>
+            <ul class="task-list">
+              {tasks.map((t) => (
+                <li key={t.taskId}>
+                  <a
+                    href={`${base}/t/${encodeURIComponent(t.taskId)}`}
+                    onClick={linkClick}
+                    class={`task-row${t.taskId === taskId ? " selected" : ""}`}
+                    aria-current={t.taskId === taskId ? "page" : undefined}
+                    data-task-id={t.taskId}
+                  >
+                    <span class="task-row-title">{t.title}</span>
+                    <span class="task-row-meta">
+                      <StatusBadge status={t.isVirtual ? "pr" : t.status} />
+                      {t.pullRequest && <span class={`badge pr-${t.pullRequest.state ?? "unknown"}`}>#{t.pullRequest.number} {t.pullRequest.state}</span>}
+                      {t.ownerLogin && (
+                        <span class="owner" title={`Owner: ${t.ownerLogin}`}>
+                          <Avatar url={null} login={t.ownerLogin} size={16} />
+                          <span class="sr-only">Owner {t.ownerLogin}</span>
+                        </span>
+                      )}
+                    </span>
+                  </a>
+                </li>
+              ))}
+            </ul>
+          </section>
+        ))}
+      </nav>
+      <main class="task-pane" id="task-pane">
+        {taskId ? (
+          <TaskView key={taskId} org={org} viewerRole={viewerRole} taskId={taskId} query={query} />
+        ) : (
+          <div class="empty-state">
+            <h2>Select a task</h2>
+            <p class="muted">Pick a task on the left, or start a new one: Foundry opens a sandbox, clones the repository and runs the agent.</p>
+          </div>
+        )}
+      </main>
+      {creating && <NewTaskDialog org={org} onClose={() => setCreating(false)} />}
+    </div>
+  );
+}
+
+function group(tasks: TaskSummary[], filter: string): [string, TaskSummary[]][] {
+  const f = filter.trim().toLowerCase();
+  const out = new Map<string, TaskSummary[]>();
+  for (const t of tasks) {
+    if (f && !`${t.title} ${t.repoFullName} ${t.branch ?? ""} ${t.ownerLogin ?? ""} ${t.pullRequest ? "#" + t.pullRequest.number : ""}`.toLowerCase().includes(f)) continue;
+    const list = out.get(t.repoFullName) ?? [];
+    list.push(t);
+    out.set(t.repoFullName, list);
+  }
+  return [...out.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+}
+
+function SyncStatus({ org }: { org: OrgSnapshot }) {
+  const gh = org.github;
+  const [error, setError] = useState<string | null>(null);
+  const connected = gh.installationStatus === "connected" || gh.installationStatus === "installed";
+  if (!connected) {
+    return (
+      <div class="sync-box" role="status" data-testid="github-not-connected">
+        <strong>GitHub App not connected.</strong> Foundry reads repositories and pull requests through its GitHub App.
+        An owner of {org.profile.githubLogin} can install it from{" "}
+        <a href={`https://github.com/organizations/${encodeURIComponent(org.profile.githubLogin)}/settings/installations`} target="_blank" rel="noopener noreferrer">
+          the organization’s GitHub App settings
+        </a>
+        ; then use Resync.
+      </div>
+    );
+  }
+  const syncing = gh.syncStatus === "syncing" || gh.syncStatus === "queued" || gh.syncStatus === "pending";
+  return (
+    <div class="sync-box" data-testid="sync-status">
+      <span>
+        {syncing ? (
+          <>
+            Syncing {gh.syncPhase ?? ""}
+            {gh.totalCount ? ` ${gh.processedCount ?? 0}/${gh.totalCount}` : "…"}
+          </>
+        ) : gh.syncStatus === "error" ? (
+          "GitHub sync failed"
+        ) : (
+          `Synced${gh.lastSyncAt ? " " + new Date(gh.lastSyncAt).toLocaleTimeString() : ""}`
+        )}
+      </span>
+      <button class="btn btn-small" disabled={syncing} onClick={() => api("POST", `/v1/organizations/${encodeURIComponent(org.organizationId)}/sync`).then(() => setError(null), (e) => setError(errorText(e)))}>
+        Resync
+      </button>
+      {gh.syncError && <p class="error-note" role="alert">{gh.syncError}</p>}
+      {error && <p class="error-note" role="alert">{error}</p>}
+    </div>
+  );
+}

@@ -1,0 +1,99 @@
+// The signed-in user's app snapshot (`app:<userId>`), kept live, and the sign-in/out transitions.
+import { api, onUnauthorized } from "./lib/api";
+import { realtime } from "./lib/realtime";
+import { navigate } from "./lib/router";
+import { Store } from "./lib/store";
+
+export interface OrgRef {
+  id: string;
+  displayName: string;
+  kind: string;
+  role: string | null;
+  avatarUrl: string | null;
+}
+
+export interface AppSnapshot {
+  auth: { status: string; currentUserId: string | null };
+  user: { id: string; githubLogin: string; name: string | null; avatarUrl: string | null } | null;
+  activeOrganizationId: string | null;
+  organizations: OrgRef[];
+  organizationSync: { status: string; error: string | null; syncedAt: number | null };
+}
+
+export interface AppState {
+  phase: "loading" | "signed_out" | "signed_in" | "error";
+  snapshot: AppSnapshot | null;
+  message: string | null;
+}
+
+export interface PageConfig {
+  mockSignIn: boolean;
+  githubSignIn: boolean;
+  modelGroups: { provider: string; agent: string; models: string[] }[];
+}
+
+export const config: PageConfig = (() => {
+  const el = document.getElementById("foundry-config");
+  try {
+    return JSON.parse(el?.textContent ?? "") as PageConfig;
+  } catch {
+    return { mockSignIn: false, githubSignIn: true, modelGroups: [] };
+  }
+})();
+
+export const appState = new Store<AppState>({ phase: "loading", snapshot: null, message: null });
+
+const EXPIRED = "Your session has ended. Sign in again to continue.";
+
+export function signedOut(message: string | null): void {
+  realtime.stop();
+  appState.set({ phase: "signed_out", snapshot: null, message });
+  if (!location.pathname.startsWith("/sign-in")) {
+    const next = location.pathname + location.search;
+    navigate(next && next !== "/" ? `/sign-in?next=${encodeURIComponent(next)}` : "/sign-in", true);
+  }
+}
+
+onUnauthorized(() => {
+  if (appState.value.phase === "signed_in") signedOut(EXPIRED);
+});
+realtime.connection.subscribe((c) => {
+  if (c === "unauthorized" && appState.value.phase === "signed_in") signedOut(EXPIRED);
+});
+
+let unsubscribeApp: (() => void) | null = null;
+
+export async function boot(): Promise<void> {
+  let snapshot: AppSnapshot;
+  try {
+    snapshot = await api<AppSnapshot>("GET", "/v1/app");
+  } catch (e) {
+    appState.set({ phase: "error", snapshot: null, message: (e as Error).message });
+    return;
+  }
+  if (snapshot.auth.status !== "signed_in" || !snapshot.auth.currentUserId) {
+    signedOut(appState.value.message);
+    return;
+  }
+  appState.set({ phase: "signed_in", snapshot, message: null });
+  realtime.start();
+  unsubscribeApp?.();
+  unsubscribeApp = realtime.subscribe(`app:${snapshot.auth.currentUserId}`, (e) => {
+    if (e.event === "snapshot" || e.event === "appUpdated") {
+      appState.set({ phase: "signed_in", snapshot: e.data as AppSnapshot, message: null });
+    }
+  });
+}
+
+export async function signOut(): Promise<void> {
+  try {
+    await api("POST", "/v1/auth/sign-out");
+  } finally {
+    unsubscribeApp = null;
+    signedOut("You have signed out.");
+  }
+}
+
+export function currentUserId(): string | null {
+  return appState.value.snapshot?.auth.currentUserId ?? null;
+}
