@@ -15,6 +15,18 @@ from foundry.services import Services
 COUNTER_MODULE = "tests.runtime.counter_role"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the browser tests last.
+
+    Playwright's sync API (pytest-playwright) keeps an event loop running in the main thread from its
+    first test to the end of the session; every asyncio test collected after it would then fail with
+    "Runner.run() cannot be called from a running event loop".
+    """
+    browser_dir = Path(__file__).parent / "browser"
+    items.sort(key=lambda item: browser_dir in Path(str(item.path)).parents)
+
+
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
     runtime = {"backend": "inprocess", "extra_roles": {"counter": COUNTER_MODULE}}
     runtime.update(overrides.pop("runtime", {}))  # type: ignore[arg-type]

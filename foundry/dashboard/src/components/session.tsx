@@ -39,7 +39,7 @@ function useTranscript(orgId: string, taskId: string, sessionId: string, onTurnE
     };
     const stop = realtime.subscribe(`session:${orgId}:${taskId}:${sessionId}`, (e) => {
       model.apply(e);
-      if (e.event === "turnEnded" || e.event === "turnFailed") ended.current();
+      if (e.event === "turnEnded" || e.event === "turnFailed" || e.event === "turnCancelled") ended.current();
       schedule();
     });
     return () => {

@@ -71,6 +71,21 @@ export class Transcript {
         else if (d.stopReason && d.stopReason !== "end_turn") this.notice(key, "info", `Turn ended: ${d.stopReason}`);
         this.cancelPending();
         break;
+      case "turnCancelled":
+        this.running = false;
+        if (d.stopReason === "archived") this.notice(key, "muted", "Stopped: the task was archived.");
+        else this.notice(key, "info", d.forced ? "Stopped (the agent was shut down)." : "Stopped.");
+        this.cancelPending();
+        break;
+      case "eventsLost": {
+        const range = d.to != null ? `#${d.from}–#${d.to}` : `after #${d.from}`;
+        const why = d.reason === "stopped" ? "skipped after Stop" : d.reason ? String(d.reason) : "no longer available";
+        this.notice(key, d.reason === "stopped" ? "muted" : "error", `Agent events ${range} were not recorded (${why}).`);
+        break;
+      }
+      case "agentRestarted":
+        this.notice(key, d.loaded ? "muted" : "info", d.loaded ? "The agent restarted; its earlier context was restored." : "The agent restarted; earlier context was not restored.");
+        break;
       case "turnFailed":
         this.running = false;
         this.notice(key, "error", `The turn failed: ${d.error ?? "unknown error"}`);
