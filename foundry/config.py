@@ -73,7 +73,7 @@ class AuthSettings(BaseModel):
 
 
 class SandboxSettings(BaseModel):
-    """Where tasks' sandboxes run (DESIGN §7): the provider and what every sandbox gets."""
+    """Where tasks' sandboxes run: the provider and what every sandbox gets."""
 
     #: ``local`` runs one sandbox-agent process per sandbox; ``docker`` and ``e2b`` are to follow.
     provider: Literal["local"] = "local"
@@ -87,7 +87,7 @@ class SandboxSettings(BaseModel):
     default_model: str = ""
     #: Ship Foundry's demo agent as the ``mock`` agent; None means "in mock mode".
     demo_agent: bool | None = None
-    #: Extra environment for every sandbox (never the backend's own secrets, bug 23), e.g.
+    #: Extra environment for every sandbox (never the backend's own secrets), e.g.
     #: ``{"FOUNDRY_DEMO_AGENT_DELAY": "0"}``.
     agent_env: dict[str, str] = Field(default_factory=dict)
     #: Extra agents for every sandbox: agent id → shell command that runs an ACP agent on stdio. Each

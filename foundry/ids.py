@@ -1,4 +1,4 @@
-"""Identifier rules shared by every role (spec §6.2)."""
+"""Identifier rules shared by every role."""
 
 from __future__ import annotations
 
@@ -19,5 +19,5 @@ def organization_id_for(kind: str, login: str) -> str:
 
 
 def user_id_for(github_account_id: int) -> str:
-    """The one canonical user id: derived from the GitHub account id (bug 6)."""
+    """The one canonical user id: derived from the GitHub account id."""
     return f"gh-{int(github_account_id)}"

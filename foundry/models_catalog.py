@@ -1,4 +1,4 @@
-"""The static catalog of agents and models (spec §4.18), used when no sandbox is up to ask."""
+"""The static catalog of agents and models, used when no sandbox is up to ask."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class AppendEvent(BaseModel):
-    """Record one event. ``kind`` is dotted, e.g. ``task.created`` (spec §4.17)."""
+    """Record one event. ``kind`` is dotted, e.g. ``task.created``."""
 
     model_config = _STRICT
     kind: str = Field(min_length=1, max_length=100, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")

@@ -37,7 +37,7 @@ class GitHubDataClient:
 
 
 async def start_installation_reconciliation(runtime: Runtime) -> None:
-    """Ask github-data to rebuild the installation index from ``GET /app/installations`` (bug 32).
+    """Ask github-data to rebuild the installation index from ``GET /app/installations``.
 
     Fire-and-forget (durable): called at server start; the work runs as a background job.
     """

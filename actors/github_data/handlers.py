@@ -19,7 +19,7 @@ delivers later is a no-op.
 Key ``app`` (the app shell's id) is the github-data instance of no organization: deliveries whose
 installation Foundry does not know, or that name none (``ping`` of a repository hook), are recorded
 there. It is a github-data instance rather than the app shell itself so webhook traffic never queues
-in front of sign-in work on the app shell's mailbox (bug 2), and so every delivery, routed or not,
+in front of sign-in work on the app shell's mailbox, and so every delivery, routed or not,
 lands in the same ``webhook_deliveries`` table with the same dedupe.
 """
 
@@ -437,7 +437,7 @@ async def refresh_members_job(ctx: InstanceContext) -> None:
 
 
 async def handle_reconcile_installations(ctx: CommandContext, _: Empty) -> dict[str, Any]:
-    """Rebuild the installation index and recreate missing organizations from GitHub (bug 32).
+    """Rebuild the installation index and recreate missing organizations from GitHub.
 
     Runs on key ``app`` at server start: ``GET /app/installations`` with the App JWT, then one
     ``github_event`` per installation to its organization, which registers the installation with

@@ -1,7 +1,7 @@
 """The database of one organization's GitHub cache.
 
 GitHub's own ``updated_at`` is kept on repositories and pull requests, so a resync compares content
-and versions instead of treating everything as new (bug 8). ``changed_generation`` says in which full
+and versions instead of treating everything as new. ``changed_generation`` says in which full
 sync a row last changed: the organization pulls "everything changed since the generation I applied".
 """
 
@@ -18,7 +18,7 @@ meta = sa.Table(
     "meta",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    # The installation this cache mirrors (from the organization; never a user token, bug 12).
+    # The installation this cache mirrors (from the organization; never a user token).
     sa.Column("kind", sa.String, nullable=True),  # personal | organization
     sa.Column("github_login", sa.String, nullable=True),
     sa.Column("installation_id", sa.Integer, nullable=True),

@@ -1,9 +1,9 @@
-"""The full sync of one organization's GitHub data, run as a background job (spec §4.3).
+"""The full sync of one organization's GitHub data, run as a background job.
 
-Always with the installation's token through the driver, never a member's user token (bugs 12, 13).
-Steps: repositories, members (organizations only, two list calls, bug 14), open pull requests of
+Always with the installation's token through the driver, never a member's user token.
+Steps: repositories, members (organizations only, two list calls), open pull requests of
 every repository (bounded concurrency in the driver), then one write transaction that diffs the
-result against the cache by content and GitHub's ``updated_at`` (bug 8), then ONE
+result against the cache by content and GitHub's ``updated_at``, then ONE
 ``apply_github_sync`` command to the organization, which pulls the changed rows through
 ``sync_batch`` and applies them in one transaction with one broadcast. Pulling instead of pushing
 keeps the organization's command under the mailbox's 1 MiB body limit however large the sync.

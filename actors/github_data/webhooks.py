@@ -1,4 +1,4 @@
-"""What each GitHub webhook delivery does to the cache, and what it tells the organization (spec §4.4).
+"""What each GitHub webhook delivery does to the cache, and what it tells the organization.
 
 Every handler reads the trimmed payload (`foundry.webhooks.github.trim_payload`), writes github-data's
 own tables inside the ``process_deliveries`` command's transaction and returns `Effects`: the
@@ -150,7 +150,7 @@ async def on_installation(d: Delivery) -> Effects:
     }
     await update_meta(d.conn, d.now, installation_id=installation_id, installation_status=status)
     if status == "install_required":
-        # Without the App nothing of the mirror can be refreshed or acted on (spec §4.4 clearState).
+        # Without the App nothing of the mirror can be refreshed or acted on.
         for table in (pull_requests, repositories, ci_checks, branches):
             await d.conn.execute(table.delete())
     return Effects("applied", org={"installation": account})

@@ -1,2 +1,2 @@
 """organization: profile, settings and members of one GitHub account; key ``app`` is the app shell
-holding global indexes (installation → organization, OAuth callback results). Spec §1.1."""
+holding global indexes (installation → organization, OAuth callback results)."""

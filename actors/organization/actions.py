@@ -66,7 +66,7 @@ async def organization_for_installation(ctx: InstanceContext, cmd: InstallationR
 
 
 async def record_oauth_callback(ctx: InstanceContext, cmd: OAuthCallbackResult) -> dict[str, Any]:
-    """App shell: remember the outcome of a completed OAuth callback for ``ttlSeconds`` (bug 1)."""
+    """App shell: remember the outcome of a completed OAuth callback for ``ttlSeconds``."""
     assert_app_shell(ctx.key)
     now = ctx.now_ms()
     async with ctx.write() as conn:

@@ -3,18 +3,18 @@
 github-data (one per organization) mirrors GitHub; the organization owns what members see: the
 ``repos`` projection, the member list (access control) and, on ``task_summaries``, the PR and CI
 columns of every task plus whole *virtual* rows — one per open pull request nobody has turned into a
-task yet (DESIGN §4: no task instance is created for them, bug 7).
+task yet.
 
 Rules kept here:
 
 * A virtual task's id is deterministic, ``pr-<repoId>-<number>``, so every sync and webhook addresses
   the same row. A pull request whose head branch is a real task's branch attaches to that task.
-* Closing or merging a PR archives its virtual row (bug 9) and only updates ``pr_state`` of a real one.
+* Closing or merging a PR archives its virtual row and only updates ``pr_state`` of a real one.
 * Content is compared before writing and GitHub's ``updated_at`` orders versions: an unchanged PR
-  writes nothing and publishes nothing; an older version never overwrites a newer one (bug 8).
+  writes nothing and publishes nothing; an older version never overwrites a newer one.
 * Everything one command changes is written in its one transaction and published as one
   ``taskSummariesUpdated`` (and at most one ``organizationUpdated``).
-* Webhooks never touch the sync progress fields (bug 10).
+* Webhooks never touch the sync progress fields.
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ async def apply_pulls(conn: AsyncConnection, pulls: list[PullState], now: int, c
                 "title": p.title.strip() or p.head_ref,
                 "repo_full_name": p.repo_full_name,
                 "branch": p.head_ref,
-                # Reopened: back in the sidebar. Closed or merged: archived (bug 9).
+                # Reopened: back in the sidebar. Closed or merged: archived.
                 "archived_at": None if is_open else (row.archived_at or now),
             }
         diff = _changed(row, values)
@@ -406,7 +406,7 @@ async def _write_repos(
 
 
 async def _replace_members(ctx: CommandContext, team: list[MemberState], now: int, source: str) -> bool:
-    """Make the member list GitHub's (roles included, bug 6). Removed members lose access at once:
+    """Make the member list GitHub's (roles included). Removed members lose access at once:
     every organization route reads this table. Returns True when anything changed."""
     before = {r.user_id: r for r in (await ctx.conn.execute(sa.select(members))).all()}
     after = {user_id_for(m.github_id): m for m in team}
@@ -440,7 +440,7 @@ async def _apply_installation(
     ctx: CommandContext, inst: InstallationChange, now: int, changes: _Changes
 ) -> bool:
     """Record an installation's status; create the organization if it does not exist (a new install,
-    or state that was wiped, bug 32). Returns True when the header changed."""
+    or state that was wiped). Returns True when the header changed."""
     kind = "personal" if inst.account_type == "User" else "organization"
     expected = organization_id_for(kind, inst.account_login)
     if expected != ctx.key:

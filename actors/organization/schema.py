@@ -23,7 +23,7 @@ profile = sa.Table(
     # connected | suspended | install_required
     sa.Column("installation_status", sa.String, nullable=False),
     sa.Column("default_model", sa.String, nullable=False),
-    # GitHub mirror progress, pushed by the github-data actor (spec §2.3):
+    # GitHub mirror progress, pushed by the github-data actor:
     # sync_status pending|syncing|synced|error; sync_phase e.g. repositories|members|pull_requests.
     sa.Column("sync_status", sa.String, nullable=False, server_default="pending"),
     sa.Column("sync_phase", sa.String, nullable=True),
@@ -68,8 +68,8 @@ repos = sa.Table(
 task_summaries = sa.Table(
     "task_summaries",
     metadata,
-    # One row per task, real or virtual (an open PR nobody has touched yet, DESIGN §4). The organization
-    # is the coordinator: sidebar reads never fan out to task actors (bug 29).
+    # One row per task, real or virtual (an open PR nobody has touched yet). The organization
+    # is the coordinator: sidebar reads never fan out to task actors.
     sa.Column("task_id", sa.String, primary_key=True),
     sa.Column("repo_id", sa.String, nullable=False),
     sa.Column("repo_full_name", sa.String, nullable=False),
@@ -84,7 +84,7 @@ task_summaries = sa.Table(
     sa.Column("pr_title", sa.String, nullable=True),
     sa.Column("pr_author_login", sa.String, nullable=True),
     sa.Column("pr_head_sha", sa.String, nullable=True),
-    sa.Column("pr_updated_at", sa.String, nullable=True),  # GitHub's own updated_at (bug 8)
+    sa.Column("pr_updated_at", sa.String, nullable=True),  # GitHub's own updated_at
     sa.Column("ci_state", sa.String, nullable=True),  # pending | success | failure | error
     sa.Column("owner_user_id", sa.String, nullable=True),
     sa.Column("owner_login", sa.String, nullable=True),
@@ -111,7 +111,7 @@ installations = sa.Table(
 oauth_callbacks = sa.Table(
     "oauth_callbacks",
     metadata,
-    # sha256 of the OAuth state: a retried callback finds the sign-in it already completed (bug 1).
+    # sha256 of the OAuth state: a retried callback finds the sign-in it already completed.
     sa.Column("state_hash", sa.String, primary_key=True),
     sa.Column("user_id", sa.String, nullable=False),
     # Encrypted with the app secret (foundry.auth.signin): the plain id is a cookie's bearer secret.

@@ -55,7 +55,7 @@ async def list_members(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 
 def task_summary_json(row: sa.Row[Any]) -> dict[str, Any]:
-    """One sidebar row (spec §2.4) as clients see it."""
+    """One sidebar row as clients see it."""
     pull_request = None
     if row.pr_number is not None:
         pull_request = {

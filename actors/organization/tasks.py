@@ -1,6 +1,6 @@
 """Organization-side task commands: create a task, take a task's summary push, materialize a PR task.
 
-The organization is the tasks' coordinator (DESIGN §4): only it creates task actors, and it owns the
+The organization is the tasks' coordinator: only it creates task actors, and it owns the
 sidebar rows (``task_summaries``) that tasks push their summaries into. Of a row, this module writes
 title, status, branch, sessions, owner and error (and the pull request a task opened itself); the
 PR/CI columns otherwise belong to the GitHub mirror (`actors.organization.github`).
@@ -84,7 +84,7 @@ class TaskSummaryUpdated(BaseModel):
 
 
 class MaterializeTask(BaseModel):
-    """The first user interaction with a virtual (PR-backed) task: create its actor (bug 9: by id)."""
+    """The first user interaction with a virtual (PR-backed) task: create its actor (by id)."""
 
     model_config = _STRICT
     task_id: str = Field(alias="taskId", max_length=100)
@@ -203,8 +203,9 @@ def _default_model(ctx: InstanceContext, organization_model: str) -> str:
 
 async def create_task(ctx: InstanceContext, cmd: CreateTask) -> dict[str, Any]:
     """Create a task (the HTTP route's way in): a direct action with its own write transaction, so a
-    user's create never waits behind queued background commands such as tasks' summary pushes (the
-    reasoning of bug 2). Same effects as the ``create_task`` command; see `create_task_in`."""
+    user's create never waits behind queued background commands such as tasks' summary pushes: user
+    actions never queue behind background work. Same effects as the ``create_task`` command; see
+    `create_task_in`."""
     async with ctx.write() as conn:
         return await create_task_in(ctx, conn, cmd)
 
@@ -216,7 +217,7 @@ async def handle_create_task(ctx: CommandContext, cmd: CreateTask) -> dict[str, 
 
 async def create_task_in(ctx: InstanceContext, conn: AsyncConnection, cmd: CreateTask) -> dict[str, Any]:
     """Create a task: title and a unique branch are decided here, in this transaction, before the task
-    actor exists (spec §4.7); the summary row appears with status ``provisioning`` and the task actor
+    actor exists; the summary row appears with status ``provisioning`` and the task actor
     gets ``initialize`` with the first prompt. Returns ``{taskId, title, branchName, sessionId}`` at
     once (``sessionId``: the session that runs the prompt, so a client can subscribe to it right
     away); provisioning continues in the background.
@@ -360,8 +361,8 @@ async def handle_task_summary_updated(ctx: CommandContext, cmd: TaskSummaryUpdat
 
 
 async def handle_materialize_task(ctx: CommandContext, cmd: MaterializeTask) -> dict[str, Any]:
-    """Turn a virtual PR-backed row into a real task on first interaction (DESIGN §4, bug 9: by id;
-    the PR's head branch and title, no prompt). Idempotent: a real task is returned as it is.
+    """Turn a virtual PR-backed row into a real task on first interaction (by id; the PR's head branch
+    and title, no prompt). Idempotent: a real task is returned as it is.
 
     Raises:
         NotFound: no such task in this organization; Conflict: the PR's virtual row was archived.

@@ -33,7 +33,7 @@ QUEUE_WAIT_S = 2.0
 
 
 def provider_sandbox_id(actor_key: str) -> str:
-    """The provider's id of the sandbox of actor ``<orgId>:<taskId>``: the task id (spec §1.6)."""
+    """The provider's id of the sandbox of actor ``<orgId>:<taskId>``: the task id."""
     return actor_key.rsplit(":", 1)[-1]
 
 
@@ -101,7 +101,7 @@ async def ensure(ctx: InstanceContext, cmd: Ensure) -> dict[str, Any]:
     at once is not queued (``position`` 0). Without ``start`` a sandbox that is not running is only
     reported (``{running: false}``).
 
-    Only the task that owns this sandbox calls it (DESIGN §4). The endpoint's token is the
+    Only the task that owns this sandbox calls it. The endpoint's token is the
     per-sandbox bearer token; it is never stored.
 
     Raises:
@@ -253,7 +253,7 @@ async def reclaim(ctx: InstanceContext, cmd: Reclaim) -> dict[str, Any]:
 async def destroy(ctx: InstanceContext, cmd: Destroy) -> dict[str, Any]:
     """Stop the sandbox's server and delete the sandbox with its checkout. Idempotent.
 
-    The task checks for unpushed work before asking (archive, spec §4.12); this action does not.
+    The task checks for unpushed work before asking (archive); this action does not.
     """
     provider = ctx.services.driver("sandbox")
     sandbox_id = provider_sandbox_id(ctx.key)

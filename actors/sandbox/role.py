@@ -1,7 +1,7 @@
-"""The sandbox role, keyed like its task (``<orgId>:<taskId>``; sandboxId == taskId, spec §1.6).
+"""The sandbox role, keyed like its task (``<orgId>:<taskId>``; sandboxId == taskId).
 
 The provider runs inside this role's host process: sandbox-agent servers are its children. Only the
-task creates (``ensure``) and destroys its sandbox (DESIGN §4).
+task creates (``ensure``) and destroys its sandbox.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ sandbox = sa.Table(
     "sandbox",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    # The provider's id of the sandbox: the task id (spec §1.6, sandboxId == taskId).
+    # The provider's id of the sandbox: the task id.
     sa.Column("sandbox_id", sa.String, nullable=False),
     sa.Column("provider", sa.String, nullable=False),
     # pending | running | error | destroyed

@@ -2,7 +2,7 @@
 
 Reads never wait behind the mailbox. Git work (diff, file tree, push + pull request, archive) runs
 here, outside any transaction, and records its outcome with short writes; every git error reaches
-the task state (``lastError``), the audit log and the caller with an actionable message (bug 22).
+the task state (``lastError``), the audit log and the caller with an actionable message.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _git_lock(key: str) -> asyncio.Lock:
 
 
 async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
-    """The task detail (spec §2.5) without per-user state; the HTTP layer merges the caller's own.
+    """The task detail without per-user state; the HTTP layer merges the caller's own.
 
     Before ``initialize`` has arrived, the detail is built from the organization's row (status
     ``provisioning``, or ``archived``): a task the organization lists is always readable.
@@ -182,8 +182,8 @@ async def _clear_git_error(ctx: InstanceContext) -> None:
 
 
 async def diff(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
-    """``{files: [{path, kind}], diff}``: the working tree against HEAD, untracked files included
-    (bug 21). Starts a crashed sandbox again to read it."""
+    """``{files: [{path, kind}], diff}``: the working tree against HEAD, untracked files included.
+    Starts a crashed sandbox again to read it."""
     await _ready_task(ctx)
     try:
         async with _sandbox(ctx) as client:
@@ -212,7 +212,7 @@ async def files(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
 
 async def create_pull_request(ctx: InstanceContext, cmd: PullRequestRequest) -> dict[str, Any]:
     """Commit what the agent left uncommitted, push the task branch, then open the pull request
-    through the GitHub driver (bug 22: push first, audit both). Pushing again once a PR exists
+    through the GitHub driver (push first, audit both). Pushing again once a PR exists
     updates it; the PR is not opened twice.
 
     Raises:
@@ -312,7 +312,7 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
     """Archive the task: refused while the sandbox holds unpushed commits or uncommitted changes,
     unless ``force`` — then they are pushed to ``foundry/rescue/<taskId>-<ts>`` first. Then running
     turns stop, the sandbox is destroyed and the summary archived (audit ``task.archive``).
-    Terminal (spec §4.12). Idempotent.
+    Terminal. Idempotent.
 
     Raises:
         Conflict: unpushed work without ``force`` (the message names it).

@@ -45,7 +45,7 @@ class CreateSession(BaseModel):
     agent: str | None = Field(default=None, max_length=50)
     model: str | None = Field(default=None, max_length=100)
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    #: A first message, queued until the session is ready (bug 16).
+    #: A first message, queued until the session is ready.
     prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
     user_id: str | None = UserId
 

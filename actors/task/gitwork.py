@@ -80,7 +80,7 @@ async def unpushed_work(client: SandboxAgentClient, branch: str) -> UnpushedWork
 
 
 def file_tree(paths: list[str]) -> list[dict[str, Any]]:
-    """Nest sorted paths into ``[{name, path, isDir, children?}]``, directories first (spec §2.5)."""
+    """Nest sorted paths into ``[{name, path, isDir, children?}]``, directories first."""
     root: dict[str, Any] = {}
     for path in paths:
         node = root

@@ -1,6 +1,6 @@
 """Mailbox commands of the task role.
 
-Each one records intent in one transaction and starts a job for anything slow or external (bug 17),
+Each one records intent in one transaction and starts a job for anything slow or external,
 so a running agent turn never blocks Stop, rename or another message.
 """
 
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 def new_session_id() -> str:
-    """A new UI session id: ``session-<uuid hex>`` (spec §4.6)."""
+    """A new UI session id: ``session-<uuid hex>``."""
     return f"session-{uuid.uuid4().hex}"
 
 
@@ -112,7 +112,7 @@ async def _queue_message(ctx: CommandContext, session_id: str, text: str, user_i
 async def handle_initialize(ctx: CommandContext, cmd: Initialize) -> dict[str, Any]:
     """Create the task from the organization's decision (title, branch, repository, owner).
 
-    With a prompt, Session 1 is opened with the prompt queued as its first message (bug 16: it is
+    With a prompt, Session 1 is opened with the prompt queued as its first message (it is
     sent once the agent session is ready, never lost) and provisioning starts at once. A task
     materialized from a pull request has no prompt: its sandbox starts with its first session.
     Idempotent: a second ``initialize`` returns the existing task.
@@ -244,7 +244,7 @@ async def handle_send_message(ctx: CommandContext, cmd: SendMessage) -> dict[str
 
 async def handle_stop_session(ctx: CommandContext, cmd: SessionRef) -> dict[str, Any]:
     """Stop: cancel the running turn (ACP ``session/cancel``, in a job: never waiting on the turn,
-    bug 17) and drop messages still queued behind it."""
+    so Stop is processed while the turn runs) and drop messages still queued behind it."""
     await require_task(ctx.conn, ctx.key)
     session = await require_open_session(ctx.conn, cmd.session_id)
     running = session.status == "running"
@@ -392,7 +392,7 @@ async def handle_answer_permission(ctx: CommandContext, cmd: AnswerPermission) -
 
 
 async def handle_rename(ctx: CommandContext, cmd: Rename) -> dict[str, Any]:
-    """Rename the task (the branch never changes, spec §4.6)."""
+    """Rename the task (the branch never changes)."""
     row = await _open_task(ctx)
     title = " ".join(cmd.title.split())
     if not title:

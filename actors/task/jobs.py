@@ -3,7 +3,7 @@
 Agent turns and Stop live in `actors.task.turns` (the session loop runs one turn per queued message).
 
 Commands only record intent and start these jobs, so the task's mailbox loop never waits on the
-network or on an agent (bug 17): Stop, rename, another message… are processed while a turn runs.
+network or on an agent: Stop, rename, another message… are processed while a turn runs.
 
 Jobs are named so that each runs at most once at a time per instance: ``provision``,
 ``turn:<sessionId>`` (the session's loop: opens the agent session, then runs queued messages one turn
@@ -103,7 +103,7 @@ async def kick_waiting_sessions(ctx: InstanceContext, conn: AsyncConnection) -> 
 async def provision_job(ctx: InstanceContext) -> None:
     """Start the sandbox, get a short-lived installation token, clone the repository and check out
     the task's branch. Each step's failure lands in the task state with an actionable message and in
-    the audit log (``task.error``, bug 22)."""
+    the audit log (``task.error``)."""
     async with ctx.write() as conn:
         row = await load_task(conn)
         if row is None or row.archived_at is not None or row.provision_state == "ready":

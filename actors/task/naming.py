@@ -1,4 +1,4 @@
-"""Pure rules for naming tasks: keys, titles, branch names and agent/model choice (spec §4.6, §4.7).
+"""Pure rules for naming tasks: keys, titles, branch names and agent/model choice.
 
 The organization uses them when it creates a task (title and branch are decided there, in one
 transaction with the uniqueness check); they have no I/O.
@@ -28,7 +28,7 @@ TASK_ID_RE = re.compile(r"^(?:[0-9a-f]{32}|pr-[0-9]+-[0-9]+)$")
 
 
 def new_task_id() -> str:
-    """A new task id: a UUID4 in hex (spec §4.6)."""
+    """A new task id: a UUID4 in hex."""
     return uuid.uuid4().hex
 
 
@@ -44,7 +44,7 @@ def split_task_key(key: str) -> tuple[str, str]:
 
 
 def derive_title(prompt: str, explicit: str | None = None) -> str:
-    """The task title: ``<type>: <summary>`` from an explicit title or the prompt (spec §4.7 step 5).
+    """The task title: ``<type>: <summary>`` from an explicit title or the prompt.
 
     The source is the explicit title, else the first non-empty line of the prompt, else "update task".
     A leading ``feat:``/``fix:``/``docs:``/``refactor:`` is kept; otherwise the type is guessed from

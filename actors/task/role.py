@@ -1,5 +1,5 @@
 """The task role, keyed ``<orgId>:<taskId>``. Only the organization creates tasks (``initialize``);
-only the task creates its sandbox (DESIGN §4)."""
+only the task creates its sandbox."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """How a task reaches its sandbox: the endpoint from its sandbox actor, a client, a GitHub token.
 
 The sandbox actor owns the sandbox-agent process (in the sandbox role's host); the task talks to the
-server directly over HTTP with the endpoint it hands out (DESIGN §7). Only the task calls ``ensure``:
-only the task creates its sandbox (DESIGN §4).
+server directly over HTTP with the endpoint it hands out. Only the task calls ``ensure``:
+only the task creates its sandbox.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ async def installation_token(ctx: InstanceContext, row: sa.Row[Any]) -> str | No
     organization has no installation (a public remote, or a local ``file://`` one in mock mode).
 
     The token reaches git only through a per-command credential helper (never the sandbox's
-    environment or ``.git/config``; bugs 12 and 23).
+    environment or ``.git/config``).
 
     Raises:
         DriverError / NotFound: GitHub refused (e.g. the App was uninstalled).
@@ -212,6 +212,6 @@ async def installation_token(ctx: InstanceContext, row: sa.Row[Any]) -> str | No
 
 
 def author_for(row: sa.Row[Any]) -> GitAuthor:
-    """Commits Foundry makes on the task's behalf are attributed to the task owner (spec §4.13)."""
+    """Commits Foundry makes on the task's behalf are attributed to the task owner."""
     login = row.owner_login or "foundry"
     return GitAuthor(login, f"{login}@users.noreply.github.com")

@@ -23,21 +23,21 @@ task = sa.Table(
     sa.Column("title", sa.String, nullable=False),
     # The prompt the task was created with; NULL for a task materialized from a pull request.
     sa.Column("prompt", sa.Text, nullable=True),
-    # One task = one branch, immutable (spec §4.6).
+    # One task = one branch, immutable.
     sa.Column("branch", sa.String, nullable=False),
     sa.Column("default_agent", sa.String, nullable=False),
     sa.Column("default_model", sa.String, nullable=False),
     # Sandbox + clone: none (not needed yet) | pending | provisioning | ready | error.
     sa.Column("provision_state", sa.String, nullable=False),
     sa.Column("provision_error", sa.Text, nullable=True),
-    # The sandbox died (with its log tail); cleared when it runs again (bug 15).
+    # The sandbox died (with its log tail); cleared when it runs again.
     sa.Column("sandbox_error", sa.Text, nullable=True),
     # The generation of the sandbox server last seen running (crash reports of older ones are stale).
     sa.Column("sandbox_generation", sa.Integer, nullable=False, server_default="0"),
     # While the sandbox waits for a slot (per-node caps): its 1-based place in the queue and why.
     sa.Column("sandbox_queue_position", sa.Integer, nullable=True),
     sa.Column("sandbox_queue_reason", sa.Text, nullable=True),
-    # The last failed git/PR operation, with an actionable message (bug 22); cleared on success.
+    # The last failed git/PR operation, with an actionable message; cleared on success.
     sa.Column("last_error", sa.Text, nullable=True),
     # Derived: queued | provisioning | running | idle | error | archived. Stored for summaries.
     sa.Column("status", sa.String, nullable=False),
@@ -90,7 +90,7 @@ messages = sa.Table(
     "messages",
     metadata,
     # Prompts in the order they were sent; a turn takes the oldest queued one (the first prompt of
-    # a task waits here until its session is ready, bug 16).
+    # a task waits here until its session is ready).
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("session_id", sa.String, nullable=False),
     sa.Column("text", sa.Text, nullable=False),

@@ -1,15 +1,15 @@
 """Reads and writes of a task's tables shared by its commands, actions and jobs.
 
-Two topics belong to a task (DESIGN §5):
+Two topics belong to a task:
 
-* ``task:<org>:<task>`` — ``taskUpdated`` with the full task detail (spec §2.5) after every change a
+* ``task:<org>:<task>`` — ``taskUpdated`` with the full task detail after every change a
   viewer of the task page would notice; the snapshot action answers ``{"seq", "data"}``.
 * ``session:<org>:<task>:<session>`` — the session's append-only transcript. Every row of
   ``session_events`` is published with the same seq as its row, so ``since`` means the same thing
   for the HTTP page and for the websocket replay.
 
-`refresh` is the one place that derives the task status (bug 15), publishes the detail and pushes the
-summary to the organization (task → organization, which broadcasts; DESIGN §4).
+`refresh` is the one place that derives the task status, publishes the detail and pushes the
+summary to the organization (task → organization, which broadcasts).
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ async def events_after(
 def derive_status(
     row: sa.Row[Any], session_rows: list[sa.Row[Any]], queued: dict[str, int] | None = None
 ) -> tuple[str, str | None]:
-    """``(status, error)`` of a task (bug 15: derived after initialization, never stuck).
+    """``(status, error)`` of a task (derived after initialization, never stuck).
 
     archived (terminal) → queued (waiting for a sandbox slot) → provisioning (sandbox not ready or
     repository not cloned yet) → error (provisioning failed or the sandbox died) → running (a turn
@@ -269,7 +269,7 @@ async def _session_extras(
 def session_json(
     row: sa.Row[Any], queued: int = 0, last_seq: int = 0, pending: list[Any] | None = None
 ) -> dict[str, Any]:
-    """One session as task detail shows it (spec §2.4 ``WorkspaceSessionSummary``, without viewer state)."""
+    """One session as task detail shows it."""
     return {
         "sessionId": row.session_id,
         "name": row.name,
@@ -295,7 +295,7 @@ def pull_request_json(row: sa.Row[Any]) -> dict[str, Any] | None:
 
 
 async def build_detail(conn: AsyncConnection, row: sa.Row[Any]) -> dict[str, Any]:
-    """The task detail (spec §2.5) as every viewer sees it; per-user state is merged by the caller."""
+    """The task detail as every viewer sees it; per-user state is merged by the caller."""
     session_rows = await _session_rows(conn)
     queued, last_seq, pending = await _session_extras(conn)
     status, error = derive_status(row, session_rows, queued)
@@ -337,7 +337,7 @@ async def build_detail(conn: AsyncConnection, row: sa.Row[Any]) -> dict[str, Any
 
 
 def summary_from_detail(detail: dict[str, Any]) -> dict[str, Any]:
-    """What the task pushes to the organization's ``task_summaries`` row (spec §2.4)."""
+    """What the task pushes to the organization's ``task_summaries`` row."""
     return {
         "taskId": detail["taskId"],
         "title": detail["title"],
@@ -403,7 +403,7 @@ def audit(
     user_id: str | None = None,
     command_id: str | None = None,
 ) -> None:
-    """Append an audit event once the current transaction commits (durable, DESIGN §4)."""
+    """Append an audit event once the current transaction commits (durable)."""
     ctx.send_after_commit(
         AUDIT_ROLE,
         row.organization_id,

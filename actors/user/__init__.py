@@ -1,1 +1,1 @@
-"""user: one per person: profile, GitHub credentials, sessions and per-user UI state (spec §1.3)."""
+"""user: one per person: profile, GitHub credentials, sessions and per-user UI state."""

@@ -1,7 +1,7 @@
 """Direct actions of the user role.
 
 Everything sign-in needs is a direct action with plain transactions: auth must never wait behind
-background work in a command queue (upstream bug 2).
+background work in a command queue.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ async def set_active_organization(ctx: InstanceContext, cmd: SetActiveOrganizati
 
 
 async def github_token(ctx: InstanceContext, _: Empty) -> dict[str, str]:
-    """The user's GitHub OAuth token, for user-attributed actions only (bug 12)."""
+    """The user's GitHub OAuth token, for user-attributed actions only."""
     async with ctx.read() as conn:
         row = (
             await conn.execute(sa.select(oauth_accounts).where(oauth_accounts.c.provider == "github"))

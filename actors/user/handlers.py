@@ -22,7 +22,7 @@ async def handle_discover_organizations(ctx: CommandContext, _: Empty) -> dict[s
     """Start (or keep running) the background discovery of this user's organizations.
 
     Sign-in returns at once and the app snapshot shows ``organizationSync.status == "syncing"``
-    until the job reports back (bug 4: never inline in a snapshot read).
+    until the job reports back (never inline in a snapshot read).
     """
     await require_profile(ctx.conn, ctx.key)
     await ctx.conn.execute(
@@ -66,7 +66,7 @@ async def discover_organizations_job(ctx: InstanceContext) -> None:
     """Find the accounts where the GitHub App is installed and this user is a member.
 
     For each: the organization actor gets its profile and the member list (with roles from GitHub,
-    bug 6) through a durable command; the user keeps the ones it belongs to.
+    never guessed) through a durable command; the user keeps the ones it belongs to.
     """
     try:
         organizations = await _discover(ctx)

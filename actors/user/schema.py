@@ -24,7 +24,7 @@ profile = sa.Table(
     # [{id, displayName, kind, role, avatarUrl}] as found by the last discovery: the app snapshot is
     # built from this row alone, without reading every organization actor.
     sa.Column("organizations_json", sa.Text, nullable=False, server_default="[]"),
-    # Organization discovery runs in the background after sign-in (bug 4): idle|syncing|synced|error.
+    # Organization discovery runs in the background after sign-in: idle|syncing|synced|error.
     sa.Column("org_sync_status", sa.String, nullable=False, server_default="idle"),
     sa.Column("org_sync_error", sa.Text, nullable=True),
     sa.Column("org_synced_at", sa.Integer, nullable=True),

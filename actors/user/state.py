@@ -32,7 +32,7 @@ async def require_profile(conn: AsyncConnection, user_id: str) -> sa.Row[Any]:
 
 
 def effective_active_organization(row: sa.Row[Any]) -> str | None:
-    """The stored choice while it is still allowed; else the only organization; else none (spec §2.2)."""
+    """The stored choice while it is still allowed; else the only organization; else none."""
     ids = [o["id"] for o in json.loads(row.organizations_json)]
     if row.active_organization_id in ids:
         return str(row.active_organization_id)
@@ -40,7 +40,7 @@ def effective_active_organization(row: sa.Row[Any]) -> str | None:
 
 
 def build_app_snapshot(row: sa.Row[Any] | None, user_id: str) -> dict[str, Any]:
-    """The app snapshot of the ``app:<userId>`` topic (spec §2.2, scoped to this user only)."""
+    """The app snapshot of the ``app:<userId>`` topic."""
     if row is None:
         return {
             "auth": {"status": "signed_out", "currentUserId": None},

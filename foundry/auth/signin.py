@@ -1,6 +1,6 @@
 """Completing a GitHub sign-in: user record, server-side session, background discovery.
 
-The OAuth callback is idempotent (bug 1): its outcome is stored on the app shell keyed by a hash of
+The OAuth callback is idempotent: its outcome is stored on the app shell keyed by a hash of
 the OAuth ``state`` for 60 s, and concurrent duplicates in one process share one completion. A retry
 through a proxy therefore gets the same signed-in result instead of "please restart".
 """
@@ -81,7 +81,7 @@ class SignInService:
                 "ipAddress": ip_address,
             },
         )
-        # Durable and fire-and-forget: the redirect never waits for GitHub org listing (bug 4).
+        # Durable and fire-and-forget: the redirect never waits for GitHub org listing.
         await user.send("discover_organizations", {})
         return SignedIn(user_id, session["sessionId"], session["expiresAt"])
 

@@ -1,7 +1,7 @@
 """Install the demo agent as a ``sandbox-agent`` agent launcher.
 
 ``sandbox-agent`` 0.4.2 looks for ``$XDG_DATA_HOME/sandbox-agent/bin/agent_processes/<agent>-acp`` and
-starts it with no arguments, the server's cwd and the server's environment (real-peers.md §4). A custom
+starts it with no arguments, the server's cwd and the server's environment. A custom
 ``mock-acp`` launcher makes ``?agent=mock`` run our own agent without any native stub binary.
 """
 

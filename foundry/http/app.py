@@ -99,7 +99,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
         await app.state.gateway.start()
         app.state.realtime_access = RealtimeAccess(settings, rt, app.state.cookies, registry)
         if own_runtime and settings.github.configured:
-            # Rebuild the installation index and recreate wiped organizations from GitHub (bug 32).
+            # Rebuild the installation index and recreate wiped organizations from GitHub.
             await start_installation_reconciliation(rt)
         if own_runtime:
             # Everything loaded at start-up lives as long as the process: keep it out of the cyclic
@@ -120,7 +120,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
     app.state.settings = settings
     install_error_handlers(app)
     # authlib keeps the OAuth state in this signed cookie (never in a database row that a retried
-    # callback could find consumed, bug 1).
+    # callback could find consumed).
     app.add_middleware(
         SessionMiddleware,
         secret_key=settings.effective_secret_key(),

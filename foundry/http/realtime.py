@@ -26,7 +26,7 @@ def build_registry() -> TopicRegistry:
 
 
 class RealtimeAccess:
-    """Who may connect, and which topics they may subscribe to (bug 5: checked server-side)."""
+    """Who may connect, and which topics they may subscribe to (checked server-side)."""
 
     def __init__(
         self, settings: Settings, runtime: Runtime, cookies: SessionCookies, registry: TopicRegistry

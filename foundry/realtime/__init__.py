@@ -1,4 +1,4 @@
-"""Realtime: actor events streamed to browsers over websockets (DESIGN §5).
+"""Realtime: actor events streamed to browsers over websockets.
 
 `RealtimeGateway` holds one event stream per actor host and fans it out to sockets;
 `TopicRegistry` says which actor owns a topic; `make_websocket_route` is the ``WS /v1/realtime``

@@ -1,9 +1,9 @@
-"""The realtime gateway: actor events to browser websockets (DESIGN §5, research D / R4).
+"""The realtime gateway: actor events to browser websockets.
 
 One process-wide *pump* per host (role, shard) holds the only event stream of that host
 (`Runtime.subscribe`) and fans its events out by topic to per-socket bounded queues. A websocket
 never has a stream of its own: with one Ray streaming generator per websocket p50 was 95 ms at 100
-clients, against 1.2-2.3 ms for one shared generator (research D).
+clients, against 1.2-2.3 ms for one shared generator.
 
 Frame protocol (JSON text frames)::
 

@@ -127,7 +127,7 @@ class TopicRegistry:
 
 
 def standard_registry(task_key: Callable[[str, str], str]) -> TopicRegistry:
-    """The product's topics (DESIGN §5).
+    """The product's topics.
 
     ``app:<userId>`` → user actor; ``organization:<orgId>`` → organization actor;
     ``task:<orgId>:<taskId>`` and ``session:<orgId>:<taskId>:<sessionId>`` → the task actor whose key

@@ -1,6 +1,6 @@
 """GitHub webhook ingest: verify, trim, route, enqueue — and answer within milliseconds.
 
-The request path does no GitHub call and no processing (bug 10): it verifies ``X-Hub-Signature-256``
+The request path does no GitHub call and no processing: it verifies ``X-Hub-Signature-256``
 over the raw body (constant time), parses the JSON, keeps only the fields the handlers read (so the
 command stays far below the mailbox's 1 MiB limit even for 25 MB deliveries), finds the owning
 organization from the installation id (the app shell's index, cached in the process) and durably

@@ -36,7 +36,7 @@ def test_every_role_ships_runtime_tables() -> None:
 
 
 async def test_organization_upgrade_from_0001_keeps_existing_data(tmp_path: Path) -> None:
-    """Forward-only migrations are tested on upgrade, not just on fresh files (bug 26)."""
+    """Forward-only migrations are tested on upgrade, not just on fresh files."""
     from alembic import command
 
     from foundry.db.migrate import alembic_config

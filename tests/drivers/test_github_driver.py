@@ -109,7 +109,7 @@ async def test_list_installations_signs_a_real_app_jwt(driver: PyGithubDriver, f
     claims = jwt.decode(token, public_key, algorithms=["RS256"])  # type: ignore[arg-type]
     assert scheme == "Bearer"
     assert claims["iss"] == str(fake.app_id)
-    assert claims["exp"] - claims["iat"] == 600  # iat = now - 60 s, exp = now + 540 s (spec §4.3)
+    assert claims["exp"] - claims["iat"] == 600  # iat = now - 60 s, exp = now + 540 s
 
 
 async def test_a_jwt_from_the_wrong_key_is_refused(
@@ -250,7 +250,7 @@ async def test_member_roles_come_from_two_list_calls(driver: PyGithubDriver, fak
     ]
     member_calls = fake.requests_to("/orgs/acme/members")
     assert [r.query.get("role") for r in member_calls] == ["admin", "all", "all", "all"]
-    assert fake.requests_to("/users/") == []  # spec bug 14: no per-member lookups
+    assert fake.requests_to("/users/") == []  # no per-member lookups: two list calls cover roles
 
 
 async def test_members_of_another_installations_org_are_refused(driver: PyGithubDriver) -> None:
@@ -279,7 +279,7 @@ async def test_open_pull_requests_across_pages_without_per_pr_calls(
 
     assert len(pulls) == 252
     assert [p.number for p in pulls[:3]] == [252, 251, 250]  # most recently updated first
-    assert pulls[0].updated_at == start + timedelta(minutes=252)  # GitHub's own (spec bug 8)
+    assert pulls[0].updated_at == start + timedelta(minutes=252)  # GitHub's own
     assert pulls[0].head_ref == "feat/change-252"
     assert pulls[0].base_ref == "main"
     assert pulls[0].author_login == "alice"

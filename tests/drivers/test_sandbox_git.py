@@ -1,6 +1,6 @@
 """Git inside a real sandbox (through sandbox-agent's process API) against a local bare repository.
 
-The "GitHub remote" is ``git init --bare`` used through ``file://`` (real-peers.md §5); the demo agent
+The "GitHub remote" is ``git init --bare`` used through ``file://``; the demo agent
 makes the edits, as a coding agent would.
 """
 

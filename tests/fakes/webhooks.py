@@ -5,7 +5,7 @@ installed into ``.tools/`` by ``scripts/bootstrap.sh``. Headers are the ones Git
 delivery, signed the way GitHub signs: ``X-Hub-Signature-256 = "sha256=" + HMAC-SHA256(secret, body)``
 over the exact bytes sent.
 
-Known gaps of the examples (see research/real-peers.md §1): no ``pull_request.closed`` with
+Known gaps of the examples: no ``pull_request.closed`` with
 ``merged: true`` and no ``pull_request.edited`` — tests set those fields themselves; only some
 examples carry ``installation`` — add ``{"installation": {"id": ...}}`` to route to an App install.
 

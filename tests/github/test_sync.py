@@ -1,5 +1,5 @@
 """Full sync: the real PyGithub driver against the fake GitHub, applied to the organization as
-PR-backed virtual tasks (spec §4.3, §4.5; bugs 7-9, 12-14, 32)."""
+PR-backed virtual tasks."""
 
 from __future__ import annotations
 
@@ -32,17 +32,17 @@ async def test_first_sign_in_mirrors_repositories_members_and_open_prs(
     assert countdown["branch"] == "feat/countdown"
     assert countdown["pullRequest"]["state"] == "open"
     assert countdown["pullRequest"]["authorLogin"] == "alice"
-    # GitHub's own updated_at, not the sync time (bug 8).
+    # GitHub's own updated_at, not the sync time.
     assert countdown["pullRequest"]["updatedAt"] == "2026-01-05T15:30:00Z"
     assert countdown["updatedAt"] == int((MOCK_TIME + timedelta(hours=6)).timestamp() * 1000)
     assert tasks["pr-910001-2"]["pullRequest"]["state"] == "draft"
     members = {m["login"]: m["role"] for m in (await acme.get("/v1/organizations/acme/members")).json()}
     assert members == {"alice": "member", "carol": "admin"}
-    # The sync used the installation's token, never a member's OAuth token (bugs 12, 13).
+    # The sync used the installation's token, never a member's OAuth token.
     pulls = server.github.requests_to("/repos/acme/")
     assert pulls
     assert all(r.headers["authorization"].startswith("token ghs_") for r in pulls)
-    # Members came from two list calls, not one /users call per member (bug 14).
+    # Members came from two list calls, not one /users call per member.
     assert server.github.requests_to("/users/") == []
 
 
@@ -86,7 +86,7 @@ async def test_changes_of_one_sync_land_in_one_broadcast(
     assert len(batches) == 1
     data = batches[0].data
     assert sorted(t["taskId"] for t in data["upserted"]) == ["pr-910001-1", "pr-910002-7", "pr-910002-8"]
-    assert data["removed"] == ["pr-910001-2"]  # merged: its virtual task is archived (bug 9)
+    assert data["removed"] == ["pr-910001-2"]  # merged: its virtual task is archived
     tasks = await github.tasks()
     assert tasks["pr-910001-1"]["title"] == "Add launch countdown (T-10)"
     assert tasks["pr-910001-2"]["archivedAt"] is not None
@@ -210,7 +210,7 @@ async def test_sync_needs_a_connected_installation(
 
 async def test_startup_reconciliation_rebuilds_wiped_state(server: Server, github: GitHub) -> None:
     """State wiped (a fresh data dir): GET /app/installations recreates every organization, its
-    installation index and its mirror before anyone signs in (bug 32)."""
+    installation index and its mirror before anyone signs in."""
     await start_installation_reconciliation(server.runtime)
 
     async def both_synced() -> bool:

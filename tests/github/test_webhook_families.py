@@ -1,5 +1,5 @@
 """Every webhook family Foundry handles, from real payloads (@octokit/webhooks-examples), through the
-real HTTP endpoint, to what a member sees (spec §4.4, §4.5).
+real HTTP endpoint, to what a member sees.
 
 Payloads are used as GitHub sent them, with the changes each test names: the installation id (most
 examples are repository hooks without one), ``updated_at`` where a story needs an order (the examples
@@ -83,7 +83,7 @@ async def test_pull_request_lifecycle_drives_its_virtual_task(
         merged = pr_hook("closed", 6)
         merged["pull_request"].update(merged=True, merged_at=at(6))  # the examples have no merge
         row = await state_after("closed", 6, "merged", merged)
-        assert row["archivedAt"] is not None  # bug 9
+        assert row["archivedAt"] is not None  # a merged PR archives its virtual task
         listed = [t["taskId"] for t in (await acme.get("/v1/organizations/acme")).json()["taskSummaries"]]
         assert TASK not in listed
         row = await state_after("reopened", 7, "open")

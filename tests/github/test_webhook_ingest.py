@@ -1,4 +1,4 @@
-"""POST /v1/webhooks/github at the edge: signatures, headers, bodies, dedupe and routing (bugs 10, 11)."""
+"""POST /v1/webhooks/github at the edge: signatures, headers, bodies, dedupe and routing."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ async def test_two_users_on_one_task_see_their_own_unread_draft_and_active_sessi
         base = f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}"
         await wait_task(alice, task_id, idle_session)
 
-        # The finished turn is unread for the owner (bug 19), not for everyone. It travels through
+        # The finished turn is unread for the owner, not for everyone. It travels through
         # the task's outbox to the user actor, so it lands moments after the turn ends.
         for _ in range(100):
             mine = await task_detail(alice, task_id)

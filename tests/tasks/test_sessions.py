@@ -28,7 +28,7 @@ async def test_stop_cancels_the_running_turn_while_other_commands_flow(tasks_ser
         assert detail["status"] == "running"
         assert detail["sessions"][0]["thinkingSinceMs"] is not None
 
-        # The task's loop is free during the turn (bug 17): a rename and a queued message go through.
+        # The task's loop is free during the turn: a rename and a queued message go through.
         started = time.monotonic()
         renamed = await client.patch(base(task_id, session_id), json={"name": "Slow one"})
         queued = await client.post(

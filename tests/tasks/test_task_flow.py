@@ -30,7 +30,7 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
         created = await create_task(client, prompt="Document the launch procedure")
         create_ms = (time.monotonic() - started) * 1000
         task_id, session_id = created["taskId"], created["sessionId"]
-        # Named at once, in the organization, before the task actor even ran (spec §4.7).
+        # Named at once, in the organization, before the task actor even ran.
         assert created["title"] == "docs: Document the launch procedure"
         assert created["branchName"] == "foundry/document-the-launch-procedure-1"
         assert create_ms < 1000
@@ -39,7 +39,7 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
         task_topic = f"task:acme:{task_id}"
         await ws.subscribe(task_topic)
         await ws.subscribe(session_topic)
-        # The first prompt is never lost (bug 16): it runs as soon as the agent is ready.
+        # The first prompt is never lost: it runs as soon as the agent is ready.
         first = await ws.until(lambda f: f.get("topic") == session_topic and f.get("event") == "agentUpdate")
         assert first["seq"] > 1
         ended = await ws.until(lambda f: f.get("topic") == session_topic and f.get("event") == "turnEnded")
@@ -62,7 +62,7 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
             "tool_call",
             "tool_call_update",
         }
-        # The task went provisioning → running → idle (bug 15), as seen live on its topic.
+        # The task went provisioning → running → idle, as seen live on its topic.
         await ws.until(lambda f: f.get("topic") == task_topic and f["data"]["status"] == "idle")
         statuses = [f["data"]["status"] for f in ws.events(task_topic)]
         assert statuses[0] in ("provisioning", "running")
@@ -97,7 +97,7 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
             "- Document the launch procedure"
         )
         [post] = tasks_server.github.requests_to("/repos/acme/rocket/pulls", "POST")
-        # Opened with the installation's token, never a member's (bug 12).
+        # Opened with the installation's token, never a member's.
         assert "ghs_" in post.headers["authorization"]
         detail = await task_detail(client, task_id)
         assert detail["pullRequest"]["number"] == pr["pullRequest"]["number"]
@@ -170,7 +170,7 @@ async def test_virtual_pull_request_task_materializes_on_first_interaction(tasks
         org = (await client.get("/v1/organizations/acme")).json()
         row = next(t for t in org["taskSummaries"] if t["taskId"] == virtual["taskId"])
         assert row["isVirtual"] is True
-        # The first write materializes it by id (bug 9); the first session provisions the sandbox
+        # The first write materializes it by id; the first session provisions the sandbox
         # on the PR's branch.
         response = await client.post(
             f"/v1/organizations/acme/tasks/{virtual['taskId']}/sessions", json={"prompt": "Review this"}

@@ -1,7 +1,6 @@
 """GitHub: the App, its installations, and the signed-in users' OAuth tokens.
 
-Foundry talks to GitHub through the `GitHubDriver` protocol. Three kinds of credentials are in play
-(spec §4.3, §4.19, bug 12):
+Foundry talks to GitHub through the `GitHubDriver` protocol. Three kinds of credentials are in play:
 
 * the **App JWT** (RS256, signed with the App's private key) for ``/app*`` routes: listing
   installations and minting installation tokens;
@@ -99,7 +98,7 @@ class Repository:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """A member of an organization with their real GitHub role (spec bug 6)."""
+    """A member of an organization with their real GitHub role."""
 
     id: int
     login: str
@@ -109,7 +108,7 @@ class Member:
 
 @dataclass(frozen=True, slots=True)
 class PullRequest:
-    """A pull request. ``updated_at`` is GitHub's, so unchanged PRs diff as unchanged (spec bug 8)."""
+    """A pull request. ``updated_at`` is GitHub's, so unchanged PRs diff as unchanged."""
 
     number: int
     id: int
@@ -188,7 +187,7 @@ class GitHubDriver(Protocol):
         ...
 
     async def list_org_members(self, installation_id: int, org_login: str) -> list[Member]:
-        """Members of ``org_login`` with their roles, in two list calls (spec bug 14)."""
+        """Members of ``org_login`` with their roles, in two list calls."""
         ...
 
     async def list_open_pull_requests(self, installation_id: int, repo_full_name: str) -> list[PullRequest]:

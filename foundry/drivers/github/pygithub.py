@@ -1,8 +1,7 @@
 """The real GitHub driver, on PyGithub.
 
 PyGithub is synchronous, so every call runs in a worker thread (`asyncio.to_thread`); the event loop
-never waits on GitHub. Around PyGithub this module adds what Foundry needs (spec §4.3, §4.19, bugs 12
-and 14, DESIGN §7):
+never waits on GitHub. Around PyGithub this module adds what Foundry needs:
 
 * installation tokens minted with the App JWT and cached per (installation, repository set) until five
   minutes before they expire;
@@ -114,7 +113,7 @@ class PyGithubDriver:
             "seconds_between_requests": Consts.DEFAULT_SECONDS_BETWEEN_REQUESTS if throttle else 0,
             "seconds_between_writes": Consts.DEFAULT_SECONDS_BETWEEN_WRITES if throttle else 0,
         }
-        # iat = now - 60 s (clock drift), exp = now + 540 s: inside GitHub's 10-minute limit (§4.3).
+        # iat = now - 60 s (clock drift), exp = now + 540 s: inside GitHub's 10-minute limit.
         app_auth = Auth.AppAuth(app_id, private_key_pem, jwt_expiry=540, jwt_issued_at=-60)
         self._app = GithubIntegration(auth=app_auth, **self._options)
         self._tokens: dict[_TokenKey, InstallationToken] = {}
@@ -206,7 +205,7 @@ class PyGithubDriver:
         """Members of ``org_login`` with their GitHub roles. Idempotent.
 
         Two paginated list calls — ``role=admin`` then every member — instead of one
-        ``/users/<login>`` call per member (spec bug 14).
+        ``/users/<login>`` call per member.
 
         Raises:
             NotFound: no such organization.

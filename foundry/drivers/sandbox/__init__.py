@@ -12,7 +12,7 @@ Providers:
   sandbox in its own directory, bound to 127.0.0.1 with a per-sandbox bearer token.
 * ``docker`` / ``e2b``: to follow; they implement the same `SandboxProvider` protocol.
 
-Security rule (spec §7 bug 23): a sandbox never receives the backend's own secrets. Providers start the
+Security rule: a sandbox never receives the backend's own secrets. Providers start the
 server with a scrubbed environment plus exactly what the caller passes, and protect it with a random
 per-sandbox token.
 """

@@ -1,4 +1,4 @@
-"""An async client of the ``sandbox-agent`` 0.4.2 HTTP API (real-peers.md §4-§5).
+"""An async client of the ``sandbox-agent`` 0.4.2 HTTP API.
 
 `SandboxAgentClient` wraps health, agents, the process API and the file-system API; `AcpConnection`
 speaks ACP (JSON-RPC) over sandbox-agent's HTTP+SSE transport for one ACP server id:

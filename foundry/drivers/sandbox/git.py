@@ -3,14 +3,14 @@
 Credentials: commands that talk to the remote get the token in an environment variable passed to that
 one process run only, and a credential helper given per command with ``git -c credential.helper=…``
 that answers ``x-access-token`` + that variable. The token therefore never lands in ``.git/config``, in
-the remote URL, in a credential store, or in the process arguments (spec §4.13; §7 bugs 12 and 23).
+the remote URL, in a credential store, or in the process arguments.
 
 Every command also runs with ``GIT_TERMINAL_PROMPT=0`` (fail instead of waiting for a password),
 ``LC_ALL=C`` (stable messages to classify) and ``GIT_CEILING_DIRECTORIES`` set to the workdir's parent,
 so a sandbox directory nested in another checkout never operates on that outer repository.
 
 Failures raise `GitError` whose message starts with an actionable sentence and ends with the tail of
-git's stderr (spec §7 bug 22: git errors must be surfaceable to users).
+git's stderr.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ _STDERR_TAIL_LINES = 15
 _EMPTY_TREE_SCRIPT = "git hash-object -t tree /dev/null"
 _BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/+-]+(?<!\.lock)(?<![./])$")
 
-# Diff of the working tree against HEAD *including untracked files* (spec §7 bug 21), without touching
+# Diff of the working tree against HEAD *including untracked files*, without touching
 # the real index: `git add -A` runs against a throw-away copy of it.
 _DIFF_SCRIPT = f"""set -e
 idx=$(mktemp "${{TMPDIR:-/tmp}}/foundry-index.XXXXXX")
@@ -97,7 +97,7 @@ class GitAuthor:
 class FileChange:
     """One changed path from ``git status``.
 
-    ``kind`` follows the spec (§4.11): ``D`` if either status column is ``D``, ``A`` for added or
+    ``kind`` is one letter: ``D`` if either status column is ``D``, ``A`` for added or
     untracked (``??``), else ``M``. Renames report the new ``path`` and the ``orig_path``.
     """
 

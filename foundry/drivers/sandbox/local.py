@@ -10,7 +10,7 @@ Layout of a sandbox ``<root_dir>/<sandbox_id>/``::
 The server binds 127.0.0.1 on a free port with its own random bearer token and ``--no-telemetry``.
 Its environment is an allowlist — ``PATH``, ``LANG``, ``HOME=<sandbox dir>`` and the sandbox's own
 XDG/TMP paths — plus exactly what the caller passes to `LocalSandboxProvider.create`; the backend's own
-secrets never reach it (spec §7 bug 23). Agents started by the server inherit that environment.
+secrets never reach it. Agents started by the server inherit that environment.
 
 Each server runs in its own process group so that `destroy` can stop the agents it spawned as well.
 A supervisor task awaits every process; an exit that was not asked for is reported through

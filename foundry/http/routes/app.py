@@ -1,4 +1,4 @@
-"""The app snapshot of the signed-in user and their choices (DESIGN §6)."""
+"""The app snapshot of the signed-in user and their choices."""
 
 from __future__ import annotations
 

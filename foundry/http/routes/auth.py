@@ -1,4 +1,4 @@
-"""Sign-in with GitHub, sessions, sign-out and mock sign-in (DESIGN §6)."""
+"""Sign-in with GitHub, sessions, sign-out and mock sign-in."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Tasks and their agent sessions (DESIGN §6).
+"""Tasks and their agent sessions.
 
 Every route: the caller must be a member of ``{org}`` (else 404, as for a missing organization),
 writes must be same-site, and the task must belong to ``{org}`` (its summary row is there; else 404).
-A virtual PR-backed task is materialized by its first write (bug 9); reads never create it.
+A virtual PR-backed task is materialized by its first write; reads never create it.
 Per-user state — unread, drafts, the active session — lives on the caller's user actor and is
 merged into task detail here.
 """
@@ -154,7 +154,7 @@ async def _user_state(
 
 
 def _merge_viewer(detail: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-    """Overlay the caller's own unread flags, drafts and active session (bug 19: per viewer)."""
+    """Overlay the caller's own unread flags, drafts and active session (per viewer)."""
     mine = {s["sessionId"]: s for s in state.get("sessions", [])}
     for session in detail["sessions"]:
         own = mine.get(session["sessionId"], {})
