@@ -22,7 +22,7 @@ import httpx
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from tests.fakes.webhooks import dumps, example, signed_headers
+from tests.fakes.webhooks import dumps, example, owned_by, signed_headers
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,8 @@ class Client:
         )
         while number in self.ledger.webhooks or number in self.ledger.webhooks_unacked:
             number += 1
-        payload = example("pull_request", "opened")
+        # Owned by acme: deliveries naming another account's repository are ignored by design.
+        payload = owned_by(example("pull_request", "opened"), ORG)
         payload["installation"] = {"id": ACME_INSTALLATION}
         payload["number"] = number
         payload["pull_request"]["number"] = number
