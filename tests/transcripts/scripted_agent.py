@@ -8,6 +8,8 @@ per whitespace-separated group (several may follow each other):
   the last chunk was sent). ``session/cancel`` stops it between chunks (the
   tool call is then left ``in_progress``, as a real agent leaves it).
 * ``pause MS`` - sleep MS milliseconds (cancellable).
+* ``pace MS`` - later floods of this turn sleep MS milliseconds after every 50 chunks: a token-rate
+  agent rather than a pipe at full speed.
 * ``crash`` - exit the process at once with status 3 (the prompt is never answered).
 * ``deaf`` - ignore ``session/cancel`` for the rest of the turn.
 
@@ -52,6 +54,7 @@ class ScriptedAgent:
         self._running: dict[str, asyncio.Task[PromptResponse]] = {}
         self._deaf: set[str] = set()
         self._turns = 0
+        self._pace_s = 0.0
 
     def on_connect(self, conn: acp.Client) -> None:
         self._conn = conn
@@ -89,6 +92,7 @@ class ScriptedAgent:
     async def _run(self, session_id: str, words: list[str]) -> PromptResponse:
         assert self._conn is not None
         self._turns += 1
+        self._pace_s = 0.0
         i = 0
         while i < len(words):
             word = words[i].lower()
@@ -97,6 +101,8 @@ class ScriptedAgent:
                 await self._flood(session_id, arg)
             elif word == "pause" and arg is not None:
                 await asyncio.sleep(arg / 1000)
+            elif word == "pace" and arg is not None:
+                self._pace_s = arg / 1000
             elif word == "crash":
                 os._exit(3)
             elif word == "deaf":
@@ -114,7 +120,7 @@ class ScriptedAgent:
         for n in range(1, count + 1):
             await self._conn.session_update(session_id, acp.update_agent_message_text(f"#{n} "))
             if n % 50 == 0:
-                await asyncio.sleep(0)  # let session/cancel in
+                await asyncio.sleep(self._pace_s)  # lets session/cancel in
         # When the last chunk left the agent (wall clock, same machine): the bench's reference point.
         done = {"doneAtMs": int(time.time() * 1000)}
         await self._conn.session_update(
