@@ -15,6 +15,7 @@ import click
 
 from foundry.config import ROLE_NAMES, Settings, get_settings
 from foundry.logging import configure_logging
+from foundry.supervise import is_supervised, supervise
 
 T = TypeVar("T")
 
@@ -43,6 +44,10 @@ def serve(host: str | None, port: int | None) -> None:
     if missing:
         raise click.ClickException(f"production mode needs these settings: {', '.join(missing)}")
     configure_logging(settings.log_level)
+    if settings.runtime.backend == "ray" and not settings.runtime.ray_address and not is_supervised():
+        # This process would own a local Ray whose daemons share its process group: serve from a
+        # child in a session of its own instead (see foundry.supervise).
+        sys.exit(supervise(sys.argv[1:]))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     click.echo(
         f"foundry: {settings.mode} mode, data in {settings.data_dir}, http://{settings.host}:{settings.port}"

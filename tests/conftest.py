@@ -15,16 +15,25 @@ from foundry.services import Services
 COUNTER_MODULE = "tests.runtime.counter_role"
 
 
+#: Tiers that start real servers, a local Ray or sandbox fleets: under pytest-xdist they share one
+#: worker and so run one after another, while the in-process tests spread over the other workers.
+CLUSTER_MARKERS = ("ray", "e2e", "faults")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the browser tests last.
+    """Run the browser tests last, and keep the cluster tiers on one xdist worker.
 
     Playwright's sync API (pytest-playwright) keeps an event loop running in the main thread from its
     first test to the end of the session; every asyncio test collected after it would then fail with
-    "Runner.run() cannot be called from a running event loop".
+    "Runner.run() cannot be called from a running event loop". `scripts/test.sh` therefore runs them
+    in a pytest run of their own.
     """
     browser_dir = Path(__file__).parent / "browser"
     items.sort(key=lambda item: browser_dir in Path(str(item.path)).parents)
+    for item in items:
+        if any(item.get_closest_marker(name) for name in CLUSTER_MARKERS):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:

@@ -26,4 +26,5 @@ ROLE = Role(
     ),
     on_host_start=supervision.on_host_start,
     on_host_stop=supervision.on_host_stop,
+    on_cluster_stop=supervision.on_cluster_stop,
 )

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from actors.sandbox.admission import admission_for
+from foundry.config import Settings
+from foundry.drivers.sandbox.procs import Registry, reap_leftovers
 from foundry.errors import FoundryError
 from foundry.runtime.client import Runtime
 from foundry.runtime.keys import shard_of
@@ -134,3 +136,17 @@ async def on_host_stop(host: Any) -> None:
         await admission.close()
     await provider.aclose()
     log.info("%s: stopped its sandboxes", host.name)
+
+
+async def on_cluster_stop(settings: Settings) -> None:
+    """Kill every sandbox server still recorded once the whole local cluster is down.
+
+    Hosts stop their servers when they close, but a Ctrl-C in a terminal or a service manager's stop
+    signals Ray's daemons together with ``foundry serve``, and a host whose worker dies first never
+    closes. Its servers run in their own sessions and would outlive everything; the records (pid and
+    start time) tell which processes are provably ours.
+    """
+    root = settings.sandbox_root.resolve()
+    reaped = await asyncio.to_thread(reap_leftovers, Registry(root), root, set(), None)
+    if reaped:
+        log.warning("stopped %d sandbox servers whose host died before closing: %s", len(reaped), reaped)

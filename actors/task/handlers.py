@@ -30,6 +30,7 @@ from actors.task.jobs import (
     kick_session,
     permission_job,
     request_provisioning,
+    start_session_loop,
 )
 from actors.task.naming import check_branch_name, resolve_agent_model, split_task_key
 from actors.task.schema import early_archive, messages, permission_requests, sessions, task
@@ -461,4 +462,13 @@ async def handle_sandbox_exited(ctx: CommandContext, cmd: SandboxExited) -> dict
         await append_events(ctx, ctx.conn, session_id, [("sandboxExited", {"reason": cmd.reason})])
     audit(ctx, row, "task.error", {"step": "sandbox", "detail": reason}, command_id=ctx.derived_id("audit"))
     await refresh(ctx, ctx.conn)
+    # Messages already acknowledged must not wait for another one to restart the sandbox: their
+    # session loops start it again now (a loop still winding down its failed turn runs once more).
+    waiting = (
+        await ctx.conn.execute(
+            sa.select(messages.c.session_id).where(messages.c.status == "queued").distinct()
+        )
+    ).scalars()
+    for session_id in waiting:
+        start_session_loop(ctx, session_id)
     return {"recorded": True}

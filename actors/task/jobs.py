@@ -14,6 +14,7 @@ committed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -64,9 +65,16 @@ async def kick_session(ctx: InstanceContext, conn: AsyncConnection, session_id: 
     if row is None or row.archived_at is not None:
         return
     if row.provision_state == "ready":
-        ctx.start_job(turn_job_name(session_id), partial(session_job, session_id=session_id))
+        start_session_loop(ctx, session_id)
     else:
         await request_provisioning(ctx, conn)
+
+
+def start_session_loop(ctx: InstanceContext, session_id: str) -> None:
+    """Start the session's loop, or have it run once more if it is finishing right now."""
+    ctx.start_job(
+        turn_job_name(session_id), partial(session_job, session_id=session_id), again_if_running=True
+    )
 
 
 async def request_provisioning(ctx: InstanceContext, conn: AsyncConnection) -> None:
@@ -94,7 +102,7 @@ def _waiting_sessions_query() -> Any:
 
 async def kick_waiting_sessions(ctx: InstanceContext, conn: AsyncConnection) -> None:
     for (session_id,) in (await conn.execute(_waiting_sessions_query())).all():
-        ctx.start_job(turn_job_name(session_id), partial(session_job, session_id=session_id))
+        start_session_loop(ctx, session_id)
 
 
 # ------------------------------------------------------------------------------------------ provisioning
@@ -165,6 +173,7 @@ async def session_job(ctx: InstanceContext, session_id: str) -> None:
     """
     client: SandboxAgentClient | None = None
     lease = SandboxLease(ctx, turn_job_name(session_id))
+    failures = 0
     try:
         while True:
             # A write (not a read): it waits for the transaction of whoever started this job to
@@ -184,24 +193,83 @@ async def session_job(ctx: InstanceContext, session_id: str) -> None:
             try:
                 info = await lease.acquire()
             except FoundryError as exc:
-                await _session_failed(
-                    ctx, session_id, f"the sandbox is not available: {exc.detail}", sandbox=True
-                )
+                error = f"the sandbox is not available: {exc.detail}"
+                await _session_failed(ctx, session_id, error, sandbox=True)
+                failures += 1
+                if message is not None and await _retry_or_fail_queued(ctx, session_id, failures, error):
+                    continue
                 return
             if client is None or client.endpoint != info.endpoint:
                 if client is not None:
                     await client.aclose()
                 client = client_for(info.endpoint)
             if session.acp_session_id is None or session.acp_sandbox_generation != info.generation:
-                if not await _open_agent_session(ctx, client, session, info.generation):
-                    return
-                continue
+                if await _open_agent_session(ctx, client, session, info.generation):
+                    failures = 0
+                    continue
+                failures += 1
+                if message is not None and await _retry_or_fail_queued(
+                    ctx, session_id, failures, "the agent could not be started"
+                ):
+                    continue
+                return
             assert message is not None
             await _run_turn(ctx, client, session, message)
     finally:
         await lease.close()
         if client is not None:
             await client.aclose()
+
+
+#: Waits before each new attempt to reach the sandbox and start the agent for messages that wait:
+#: a sandbox that just died is usually restarted by the second attempt (its actor first has to learn
+#: that the old server is gone).
+START_RETRY_DELAYS_S = (0.5, 1.5, 3.0)
+
+
+async def _retry_or_fail_queued(ctx: InstanceContext, session_id: str, failures: int, error: str) -> bool:
+    """After a failed sandbox or agent start with messages waiting: True to try again after a pause,
+    or (attempts exhausted) False once every queued message has been ended as failed.
+
+    Acknowledged messages never wait silently for a start that is not going to happen: each gets a
+    ``turnFailed`` naming the reason, and the user can send it again.
+    """
+    if failures <= len(START_RETRY_DELAYS_S):
+        delay = START_RETRY_DELAYS_S[failures - 1]
+        log.info("session %s of %s: %s; trying again in %.1f s", session_id, ctx.key, error, delay)
+        await asyncio.sleep(delay)
+        return True
+    await fail_queued_messages(ctx, session_id, f"not run: {error}")
+    return False
+
+
+async def fail_queued_messages(ctx: InstanceContext, session_id: str, error: str) -> int:
+    """End every queued message of the session as failed (one ``turnFailed`` each); returns the count."""
+    async with ctx.write() as conn:
+        queued = (
+            (
+                await conn.execute(
+                    sa.select(messages.c.id)
+                    .where(messages.c.session_id == session_id, messages.c.status == "queued")
+                    .order_by(messages.c.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if not queued:
+            return 0
+        await conn.execute(
+            messages.update()
+            .where(messages.c.id.in_(queued))
+            .values(status="failed", error=error, finished_at=ctx.now_ms())
+        )
+        await append_events(
+            ctx, conn, session_id, [("turnFailed", {"messageId": m, "error": error}) for m in queued]
+        )
+        await refresh(ctx, conn)
+    log.warning("session %s of %s: %d queued messages failed: %s", session_id, ctx.key, len(queued), error)
+    return len(queued)
 
 
 # ------------------------------------------------------------------------------------------ control

@@ -122,10 +122,17 @@ class InstanceContext:
         self._sends.append(PendingSend(role, key, name, to_jsonable(body), command_id))
         return command_id
 
-    def start_job(self, name: str, fn: Callable[[JobContext], Awaitable[None]]) -> bool:
+    def start_job(
+        self, name: str, fn: Callable[[JobContext], Awaitable[None]], *, again_if_running: bool = False
+    ) -> bool:
         """Run long work owned by this instance, off the mailbox loop. Idempotent by name: returns
-        False when a job with that name is already running. The instance stays awake meanwhile."""
-        return self._instance.start_job(name, fn)
+        False when a job with that name is already running. The instance stays awake meanwhile.
+
+        ``again_if_running``: for a job that drains work and then ends, run it once more after the
+        running one ends. Work committed while that one was deciding it had nothing left to do is
+        then never missed (a lost wake-up).
+        """
+        return self._instance.start_job(name, fn, again_if_running=again_if_running)
 
     def cancel_job(self, name: str) -> bool:
         return self._instance.cancel_job(name)

@@ -62,6 +62,9 @@ class Instance:
         self._loop_task: asyncio.Task[None] | None = None
         self._running_command: str | None = None
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        #: Jobs asked to start while they ran, with `again_if_running`: each runs once more after.
+        self._again: dict[str, Callable[[InstanceContext], Awaitable[None]]] = {}
+        self._closing = False
         self._topic_seq: dict[str, int] = {}
         self.outbox = Outbox(self)
         self._marker = host.pending_marker(key)
@@ -114,6 +117,8 @@ class Instance:
 
     async def close(self) -> None:
         """Stop the loop and jobs and release the database (its thread and file handles)."""
+        self._closing = True
+        self._again.clear()
         await self.outbox.close()
         tasks = [t for t in (self._loop_task,) if t is not None]
         tasks.extend(self._jobs.values())
@@ -410,8 +415,12 @@ class Instance:
 
     # ----------------------------------------------------------------------------- jobs
 
-    def start_job(self, name: str, fn: Callable[[InstanceContext], Awaitable[None]]) -> bool:
+    def start_job(
+        self, name: str, fn: Callable[[InstanceContext], Awaitable[None]], *, again_if_running: bool = False
+    ) -> bool:
         if self.job_running(name):
+            if again_if_running and not self._closing:
+                self._again[name] = fn
             return False
         task = asyncio.create_task(self._run_job(name, fn), name=f"job:{self.role.name}/{self.key}/{name}")
         self._jobs[name] = task
@@ -441,6 +450,9 @@ class Instance:
             if self._jobs.get(name) is asyncio.current_task():
                 del self._jobs[name]
             self.touch()
+            again = self._again.pop(name, None)
+            if again is not None and not self._closing:
+                self.start_job(name, again)
 
 
 def _as_foundry_error(exc: Exception, where: str) -> FoundryError:

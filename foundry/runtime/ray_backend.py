@@ -153,6 +153,18 @@ class RayRuntime(Runtime):
             await self._shutdown_hosts()
             await asyncio.to_thread(ray.shutdown)
             self._started_ray = False
+            await self._after_cluster_stop()
+
+    async def _after_cluster_stop(self) -> None:
+        """Let each role release what hosts that died without closing left behind."""
+        for name in available_roles() + list(self.settings.runtime.extra_roles):
+            hook = load_role(name).on_cluster_stop
+            if hook is None:
+                continue
+            try:
+                await hook(self.settings)
+            except Exception:
+                log.exception("role %s: clean-up after the cluster stopped failed", name)
 
     async def _shutdown_hosts(self) -> None:
         handles = list(self._handles.items())

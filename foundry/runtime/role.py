@@ -44,6 +44,9 @@ class Role:
             for per-process resources of the role, e.g. reaping what a crashed process left behind.
         on_host_stop: called with the `Host` when it closes, after its instances closed; releases
             those per-process resources (e.g. stops the processes the role started).
+        on_cluster_stop: called with the `Settings` in the process that owns the cluster, after every
+            host is gone; releases what hosts that died without closing left behind (a terminal's
+            Ctrl-C or a service manager's stop signals Ray's daemons too, so hosts may die first).
     """
 
     name: str
@@ -56,6 +59,7 @@ class Role:
     on_wake: Callable[[Any], Awaitable[None]] | None = None
     on_host_start: Callable[[Any], Awaitable[None]] | None = None
     on_host_stop: Callable[[Any], Awaitable[None]] | None = None
+    on_cluster_stop: Callable[[Any], Awaitable[None]] | None = None
     _commands: dict[str, Handler] = field(init=False, repr=False, compare=False)
     _actions: dict[str, Handler] = field(init=False, repr=False, compare=False)
 

@@ -194,10 +194,39 @@ def test_a_clean_stop_on_ray_leaves_no_sandbox_process(tmp_path: Path) -> None:
         idle(client, created["taskId"])
         running = sandbox_processes(root)
         assert "sandbox-agent" in running.values(), running
+        # What a terminal's Ctrl-C or a service manager does: signal the whole process group, which
+        # a local Ray's daemons would share with the server if it were not supervised.
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=120)
+        assert proc.wait(timeout=120) == 0, "a requested stop that completed is a clean exit"
     try:
         assert not alive(list(running)), f"{sandbox_processes(root)} outlived `foundry serve`"
     finally:
         for pid in alive(list(running)):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(600)
+def test_killing_the_command_on_ray_still_stops_the_server_and_its_sandboxes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    root = data / "sandboxes"
+    with serve(data, tmp_path / "serve.log", "ray") as (proc, url), signed_in(url) as client:
+        created = create_task(client, "A note on Ray")
+        idle(client, created["taskId"])
+        running = sandbox_processes(root)
+        assert "sandbox-agent" in running.values(), running
+        proc.send_signal(signal.SIGKILL)  # the command the operator ran, not the server it started
+        proc.wait(timeout=30)
+        try:
+            wait_for(lambda: not alive(list(running)), 90, f"sandbox processes {running} to stop")
+            wait_for(lambda: _refused(url), 60, "the server to stop listening")
+        finally:
+            for pid in alive(list(running)):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=2)
+    except httpx.TransportError:
+        return True
+    return False

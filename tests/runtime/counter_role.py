@@ -75,6 +75,7 @@ class SendMany(BaseModel):
 class StartJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seconds: float = 0.2
+    again: bool = False
 
 
 async def _value(conn: Any) -> int:
@@ -124,7 +125,7 @@ async def start_job(ctx: CommandContext, cmd: StartJob) -> dict[str, bool]:
         await asyncio.sleep(cmd.seconds)
         await jctx.self_ref.send("incr", {"by": 100})
 
-    return {"started": ctx.start_job("bump", job)}
+    return {"started": ctx.start_job("bump", job, again_if_running=cmd.again)}
 
 
 async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:

@@ -210,6 +210,21 @@ async def test_background_job_keeps_the_loop_free(runtime: InProcessRuntime) -> 
     assert (await ref.call("get"))["value"] == 101
 
 
+async def test_a_job_asked_to_start_while_it_runs_runs_once_more_after(runtime: InProcessRuntime) -> None:
+    """A loop that drains work and ends must not miss work committed while it was ending: starts
+    requested meanwhile coalesce into exactly one more run."""
+    ref = runtime.actor("counter", "jobs-again")
+    assert await ref.send("start_job", {"seconds": 0.3, "again": True}, wait=True) == {"started": True}
+    for _ in range(3):
+        assert await ref.send("start_job", {"seconds": 0.3, "again": True}, wait=True) == {"started": False}
+    for _ in range(200):
+        if (await ref.call("get"))["value"] == 200:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)
+    assert (await ref.call("get"))["value"] == 200
+
+
 async def test_recovery_index_marks_only_instances_with_pending_work(runtime: InProcessRuntime) -> None:
     host = runtime.host("counter", 0)
     busy, done = runtime.actor("counter", "busy-idx"), runtime.actor("counter", "done-idx")

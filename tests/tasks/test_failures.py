@@ -76,6 +76,39 @@ async def test_sandbox_agent_killed_mid_turn_errors_the_task_and_the_next_messag
         assert {"task.error", "task.sandbox_restarted"} <= {e["kind"] for e in audit}
 
 
+async def test_messages_queued_behind_a_turn_whose_sandbox_dies_still_run(tasks_server: TaskServer):
+    """Acknowledged messages waiting behind the running turn run once the sandbox is restarted,
+    without the user having to send anything else."""
+    async with tasks_server.signed_in("alice") as client, tasks_server.websocket(client) as ws:
+        created = await create_task(client, prompt="A slow note before the crash")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        await ws.subscribe(f"session:acme:{task_id}:{session_id}")
+        await ws.until(
+            lambda f: f.get("event") == "agentUpdate" and f["data"]["kind"] == "agent_message_chunk"
+        )
+        waiting = [f"Queued note {n}" for n in range(3)]
+        for text in waiting:
+            response = await client.post(messages_url(task_id, session_id), json={"text": text})
+            assert response.status_code == 202, response.text
+        pid = tasks_server.provider.process_id(task_id)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+        detail = await wait_task(
+            client,
+            task_id,
+            lambda d: idle_session(d) and d["sessions"][0]["queuedMessages"] == 0,
+        )
+        assert tasks_server.provider.process_id(task_id) not in (None, pid)
+        log = await events(client, task_id, session_id)
+        ids = {e["data"]["text"]: e["data"]["messageId"] for e in log if e["event"] == "userMessage"}
+        ended = [e["data"]["messageId"] for e in log if e["event"] == "turnEnded"]
+        assert [ids[t] for t in waiting] == ended[-3:], [(e["event"], e["data"]) for e in log[-20:]]
+        notes = (Path(tasks_server.provider.sandbox_dir(task_id)) / "repo" / NOTES_FILE).read_text()
+        assert all(f"- {text}" in notes for text in waiting), notes
+        assert detail["sandboxError"] is None
+
+
 async def test_agent_process_killed_mid_turn_errors_the_session_and_a_new_agent_takes_over(
     tasks_server: TaskServer,
 ):
