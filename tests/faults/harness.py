@@ -12,7 +12,7 @@ Fault kinds:
 * ``ray_worker``: ``kill -9`` of a Ray worker that is not a host (falls back to a host);
 * ``sandbox``: ``kill -9`` of a ``sandbox-agent`` server; ``agent``: of a demo agent process;
 * ``restart_term``: SIGTERM to the server, then start it again on the same data dir;
-* ``restart_kill``: SIGKILL of the server's whole process group, then start it again.
+* ``restart_kill``: SIGKILL of the whole server (supervisor, server, Ray's daemons), then a start.
 """
 
 from __future__ import annotations

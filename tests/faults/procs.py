@@ -187,27 +187,37 @@ class ServerProcess:
         raise RuntimeError(f"foundry serve not ready after {timeout:.0f}s\n{self.log_tail()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 45.0) -> tuple[int | None, float]:
-        """Signal the server (SIGTERM: clean stop; SIGKILL: the whole process group at once).
+        """Signal the server (SIGTERM: clean stop; SIGKILL: a crash of the whole server at once).
 
-        Returns (exit code, seconds to exit). A clean stop that overruns ``timeout`` is escalated to
-        SIGKILL of the group and reported as exit code None.
+        ``foundry serve`` supervises the real server, which runs in a session of its own with the
+        local Ray's daemons. A crash is SIGKILL of that session's process group (server, GCS, raylet)
+        and of the command's own group; killing only the command would let the server shut down
+        cleanly instead. Returns (exit code, seconds to exit). A clean stop that overruns ``timeout``
+        is escalated to that SIGKILL and reported as exit code None.
         """
         assert self.proc is not None
         self.snapshot_processes()
         began = time.monotonic()
-        with contextlib.suppress(ProcessLookupError):
-            if sig == signal.SIGKILL:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            else:
+        if sig == signal.SIGKILL:
+            self._kill_all()
+        else:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, sig)
         try:
             code: int | None = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._kill_all()
             self.proc.wait()
             code = None
         return code, time.monotonic() - began
+
+    def _kill_all(self) -> None:
+        assert self.proc is not None
+        groups = [p.pid for p in all_procs() if p.ppid == self.proc.pid]  # the supervised server
+        groups.append(self.proc.pid)
+        for pgid in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
 
     def log_tail(self, chars: int = 6000) -> str:
         try:

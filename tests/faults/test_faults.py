@@ -23,20 +23,20 @@ from tests.faults.harness import FAULT_KINDS, RunResult, run_once
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600)]
 
-#: The CI seeds: short runs, two faults each. Every one of them failed on the code this suite was
-#: first run against; they stay as regression cases. What each one found:
+#: The CI seeds: short runs with ordered faults. Each fault kind here failed on the code this suite
+#: was first run against; they stay as regression cases. Two runs keep the CI part near two minutes
+#: (most of a run is `foundry serve` booting a local Ray). What each kind found:
+#: - kill -9 of a sandbox-agent server: the sandbox is restarted but the session keeps the ACP
+#:   server/session ids of the dead one, so its next turn fails with "unknown session" and the task
+#:   settles in error. Every sandbox-agent server and agent outlives the clean stop.
+#: - SIGTERM + restart: sandbox-agent servers and agents of the first server are never stopped or
+#:   re-adopted (new ones are started beside them), and all of them outlive the final clean stop.
+#: - kill -9 of the agent while its session starts: the ACP request waits out its read timeout, the
+#:   session goes to error and the messages already queued (acknowledged with 202) never run until
+#:   someone sends another message. Then a SIGKILL of the whole server and a restart.
 CI_CASES = [
-    # kill -9 of a sandbox-agent server: the sandbox is restarted but the session keeps the ACP
-    # server/session ids of the dead one, so its next turn fails with "unknown session" and the task
-    # settles in error. Every sandbox-agent server and agent outlives the clean stop.
-    pytest.param(1, ("host", "sandbox"), id="host-and-sandbox-kills"),
-    # SIGTERM + restart (twice): sandbox-agent servers and agents of the first server are never stopped or
-    # re-adopted (new ones are started beside them), and all of them outlive the final clean stop.
-    pytest.param(2, ("restart_term",), id="clean-restart"),
-    # kill -9 of the agent while its session starts: the ACP request waits out its read timeout, the
-    # session goes to error and the messages already queued (acknowledged with 202) never run until
-    # someone sends another message. Then a SIGKILL of the whole server and a restart.
-    pytest.param(3, ("agent", "restart_kill"), id="agent-kill-and-hard-restart"),
+    pytest.param(1, ("host", "sandbox", "restart_term"), 15, id="host-sandbox-kills-and-clean-restart"),
+    pytest.param(3, ("agent", "restart_kill"), 12, id="agent-kill-and-hard-restart"),
 ]
 
 #: Long runs (`bench/faults.py --seed S --runs 1 --duration 40`, every fault kind) that failed and
@@ -66,10 +66,12 @@ def _require_clean(result: RunResult, workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.mark.parametrize(("seed", "kinds"), CI_CASES)
-async def test_product_survives_seeded_faults_under_load(seed: int, kinds: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(("seed", "kinds", "duration"), CI_CASES)
+async def test_product_survives_seeded_faults_under_load(
+    seed: int, kinds: tuple[str, ...], duration: float
+) -> None:
     workdir = _workdir(seed)
-    result = await run_once(seed, workdir, duration=12, faults=2, kinds=kinds, ordered=True)
+    result = await run_once(seed, workdir, duration=duration, faults=len(kinds), kinds=kinds, ordered=True)
     _require_clean(result, workdir)
 
 
