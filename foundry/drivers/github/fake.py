@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import base64
 import copy
+import functools
 import html
 import http
 import itertools
@@ -138,6 +139,25 @@ _Handler = Callable[..., Response]
 # ------------------------------------------------------------------------------------------ the fake
 
 
+@functools.cache
+def _process_app_key() -> str:
+    """A fake App's private key, generated once per process: a 2048-bit RSA key costs about 0.1 s,
+    and a fake's key protects nothing, so every fake of a process may share it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+@functools.cache
+def _public_key(private_key_pem: str) -> rsa.RSAPublicKey:
+    """The public half of an App key (parsing a PEM key costs tens of milliseconds)."""
+    private_key = serialization.load_pem_private_key(private_key_pem.encode(), None)
+    if not isinstance(private_key, rsa.RSAPrivateKey):
+        raise ValueError("GitHub App keys are RSA keys")
+    return private_key.public_key()
+
+
 class FakeGitHub:
     """A fake GitHub API + OAuth server on 127.0.0.1 with in-memory state.
 
@@ -166,18 +186,8 @@ class FakeGitHub:
         self.client_id = client_id
         self.client_secret = client_secret or secrets.token_hex(20)
         self.clock: Clock = clock or SystemClock()
-        if private_key_pem is None:
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            private_key_pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode()
-        self.private_key_pem: str = private_key_pem
-        private_key = serialization.load_pem_private_key(private_key_pem.encode(), None)
-        if not isinstance(private_key, rsa.RSAPrivateKey):
-            raise ValueError("GitHub App keys are RSA keys")
-        self._public_key = private_key.public_key()
+        self.private_key_pem: str = private_key_pem or _process_app_key()
+        self._public_key = _public_key(self.private_key_pem)
         self.latency = 0.0  # seconds each request takes, to make concurrency observable
         self.requests: list[RecordedRequest] = []
         self.max_in_flight = 0
