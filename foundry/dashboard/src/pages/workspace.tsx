@@ -4,7 +4,9 @@ import { Avatar, StatusBadge } from "../components/common";
 import { NewTaskDialog } from "../components/newTask";
 import { api, errorText } from "../lib/api";
 import { linkClick } from "../lib/router";
+import { useStore } from "../lib/store";
 import type { OrgSnapshot, TaskSummary } from "../org";
+import { appState, unreadByTask } from "../session";
 import { TaskView } from "./task";
 
 export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot; viewerRole: string; taskId: string | null; query: URLSearchParams }) {
@@ -12,6 +14,8 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
   const [creating, setCreating] = useState(false);
   const groups = useMemo(() => group(org.taskSummaries, filter), [org.taskSummaries, filter]);
   const base = `/o/${encodeURIComponent(org.organizationId)}`;
+  const app = useStore(appState);
+  const unread = useMemo(() => unreadByTask(app.snapshot, org.organizationId), [app.snapshot, org.organizationId]);
   useEffect(() => {
     // Load time as a person sees it (read by the browser tests and bench/dashboard.py).
     if (!performance.getEntriesByName("foundry:workspace-ready").length) performance.mark("foundry:workspace-ready");
@@ -40,7 +44,14 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
                     aria-current={t.taskId === taskId ? "page" : undefined}
                     data-task-id={t.taskId}
                   >
-                    <span class="task-row-title">{t.title}</span>
+                    <span class="task-row-title">
+                      {hasUnread(t, unread.get(t.taskId)) && (
+                        <span class="unread-dot" data-testid="unread-dot" title="Unread">
+                          <span class="sr-only">Unread: </span>
+                        </span>
+                      )}
+                      {t.title}
+                    </span>
                     <span class="task-row-meta">
                       <StatusBadge status={t.isVirtual ? "pr" : t.status} />
                       {t.pullRequest && <span class={`badge pr-${t.pullRequest.state ?? "unknown"}`}>#{t.pullRequest.number} {t.pullRequest.state}</span>}
@@ -71,6 +82,14 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
       {creating && <NewTaskDialog org={org} onClose={() => setCreating(false)} />}
     </div>
   );
+}
+
+/** A task has news for this user when one of its sessions that is still open is unread. */
+function hasUnread(t: TaskSummary, sessions: Set<string> | undefined): boolean {
+  if (!sessions) return false;
+  const closed = new Set((t.sessions ?? []).filter((s) => s.status === "closed").map((s) => s.sessionId));
+  for (const id of sessions) if (!closed.has(id)) return true;
+  return false;
 }
 
 function group(tasks: TaskSummary[], filter: string): [string, TaskSummary[]][] {
