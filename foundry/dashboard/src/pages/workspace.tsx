@@ -104,6 +104,19 @@ function group(tasks: TaskSummary[], filter: string): [string, TaskSummary[]][] 
   return [...out.entries()].sort((a, b) => a[0].localeCompare(b[0]));
 }
 
+const PHASES: Record<string, [label: string, unit: string]> = {
+  repositories: ["repositories", "repositories"],
+  members: ["members", "members"],
+  pull_requests: ["pull requests", "repositories"],
+};
+
+/** "Syncing pull requests: 2 of 5 repositories" (what the sync is doing and how far it is). */
+function syncText(phase: string | null, processed: number | null, total: number | null): string {
+  if (!phase) return "Syncing…";
+  const [label, unit] = PHASES[phase] ?? [phase.replace(/_/g, " "), "items"];
+  return total ? `Syncing ${label}: ${processed ?? 0} of ${total} ${unit}` : `Syncing ${label}…`;
+}
+
 function SyncStatus({ org }: { org: OrgSnapshot }) {
   const gh = org.github;
   const [error, setError] = useState<string | null>(null);
@@ -123,12 +136,9 @@ function SyncStatus({ org }: { org: OrgSnapshot }) {
   const syncing = gh.syncStatus === "syncing" || gh.syncStatus === "queued" || gh.syncStatus === "pending";
   return (
     <div class="sync-box" data-testid="sync-status">
-      <span>
+      <span role="status">
         {syncing ? (
-          <>
-            Syncing {gh.syncPhase ?? ""}
-            {gh.totalCount ? ` ${gh.processedCount ?? 0}/${gh.totalCount}` : "…"}
-          </>
+          syncText(gh.syncPhase, gh.processedCount, gh.totalCount)
         ) : gh.syncStatus === "error" ? (
           "GitHub sync failed"
         ) : (
