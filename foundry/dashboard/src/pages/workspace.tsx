@@ -2,10 +2,10 @@
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { Avatar, StatusBadge } from "../components/common";
 import { NewTaskDialog } from "../components/newTask";
-import { api, errorText } from "../lib/api";
+import { api, enc, errorText } from "../lib/api";
 import { linkClick } from "../lib/router";
 import { useStore } from "../lib/store";
-import type { OrgSnapshot, TaskSummary } from "../org";
+import type { Member, OrgSnapshot, TaskSummary } from "../org";
 import { appState, unreadByTask } from "../session";
 import { TaskView } from "./task";
 
@@ -15,6 +15,7 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
   const groups = useMemo(() => group(org.taskSummaries, filter), [org.taskSummaries, filter]);
   const base = `/o/${encodeURIComponent(org.organizationId)}`;
   const app = useStore(appState);
+  const avatars = useMemberAvatars(org);
   const unread = useMemo(() => unreadByTask(app.snapshot, org.organizationId), [app.snapshot, org.organizationId]);
   useEffect(() => {
     // Load time as a person sees it (read by the browser tests and bench/dashboard.py).
@@ -57,7 +58,7 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
                       {t.pullRequest && <span class={`badge pr-${t.pullRequest.state ?? "unknown"}`}>#{t.pullRequest.number} {t.pullRequest.state}</span>}
                       {t.ownerLogin && (
                         <span class="owner" title={`Owner: ${t.ownerLogin}`}>
-                          <Avatar url={null} login={t.ownerLogin} size={16} />
+                          <Avatar url={t.ownerUserId ? avatars.get(t.ownerUserId) : null} login={t.ownerLogin} size={16} />
                           <span class="sr-only">Owner {t.ownerLogin}</span>
                         </span>
                       )}
@@ -82,6 +83,18 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
       {creating && <NewTaskDialog org={org} onClose={() => setCreating(false)} />}
     </div>
   );
+}
+
+/** Owners' avatars: the member list, read again only when the organization's membership changes. */
+function useMemberAvatars(org: OrgSnapshot): Map<string, string | null> {
+  const [avatars, setAvatars] = useState<Map<string, string | null>>(new Map());
+  useEffect(() => {
+    api<Member[]>("GET", `/v1/organizations/${enc(org.organizationId)}/members`).then(
+      (members) => setAvatars(new Map(members.map((m) => [m.userId, m.avatarUrl]))),
+      (e) => console.warn("members (for avatars)", e),
+    );
+  }, [org.organizationId, org.memberCount]);
+  return avatars;
 }
 
 /** A task has news for this user when one of its sessions that is still open is unread. */
