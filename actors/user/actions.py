@@ -29,7 +29,7 @@ from actors.user.schema import oauth_accounts, profile, session_state, sessions,
 from actors.user.state import (
     app_snapshot_with_seq,
     app_topic,
-    build_app_snapshot,
+    load_app_snapshot,
     load_profile,
     publish_app,
     require_profile,
@@ -124,7 +124,7 @@ async def revoke_session(ctx: InstanceContext, cmd: SessionRef) -> dict[str, boo
 
 async def app_snapshot(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
     async with ctx.read() as conn:
-        return build_app_snapshot(await load_profile(conn), ctx.key)
+        return await load_app_snapshot(conn, ctx.key)
 
 
 async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
@@ -147,7 +147,7 @@ async def set_active_organization(ctx: InstanceContext, cmd: SetActiveOrganizati
             .values(active_organization_id=cmd.organization_id, updated_at=ctx.now_ms())
         )
         await publish_app(ctx, conn)
-        return build_app_snapshot(await load_profile(conn), ctx.key)
+        return await load_app_snapshot(conn, ctx.key)
 
 
 async def github_token(ctx: InstanceContext, _: Empty) -> dict[str, str]:
@@ -199,8 +199,21 @@ async def get_task_state(ctx: InstanceContext, cmd: TaskRef) -> dict[str, Any]:
     }
 
 
-async def write_session_state(conn: AsyncConnection, cmd: UpdateSessionState, now: int) -> None:
-    """Apply an `UpdateSessionState` inside an open transaction (shared by the action and command)."""
+async def write_session_state(conn: AsyncConnection, cmd: UpdateSessionState, now: int) -> bool:
+    """Apply an `UpdateSessionState` inside an open transaction (shared by the action and command).
+
+    Returns whether the session's unread flag changed: the caller then publishes the app snapshot,
+    which lists the unread sessions (a draft save alone publishes nothing).
+    """
+    before = (
+        await conn.execute(
+            sa.select(session_state.c.unread).where(
+                session_state.c.organization_id == cmd.organization_id,
+                session_state.c.task_id == cmd.task_id,
+                session_state.c.session_id == cmd.session_id,
+            )
+        )
+    ).scalar()
     changes: dict[str, Any] = {"updated_at": now}
     if cmd.unread is not None:
         changes["unread"] = cmd.unread
@@ -226,6 +239,7 @@ async def write_session_state(conn: AsyncConnection, cmd: UpdateSessionState, no
                 set_={"active_session_id": cmd.session_id, "updated_at": now},
             )
         )
+    return cmd.unread is not None and bool(before) != cmd.unread
 
 
 def _require_change(cmd: UpdateSessionState) -> None:
@@ -237,11 +251,13 @@ async def update_session_state(ctx: InstanceContext, cmd: UpdateSessionState) ->
     """Change unread/draft for one session (only given fields) and optionally make it active."""
     _require_change(cmd)
     async with ctx.write() as conn:
-        await write_session_state(conn, cmd, ctx.now_ms())
+        if await write_session_state(conn, cmd, ctx.now_ms()):
+            await publish_app(ctx, conn)
     return await get_task_state(ctx, TaskRef(organizationId=cmd.organization_id, taskId=cmd.task_id))
 
 
 async def handle_update_session_state(ctx: CommandContext, cmd: UpdateSessionState) -> None:
     """The durable form, for other actors' outboxes (e.g. a task marking a finished turn unread)."""
     _require_change(cmd)
-    await write_session_state(ctx.conn, cmd, ctx.now_ms())
+    if await write_session_state(ctx.conn, cmd, ctx.now_ms()):
+        await publish_app(ctx, ctx.conn)

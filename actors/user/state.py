@@ -8,12 +8,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.user.schema import profile
+from actors.user.schema import profile, session_state
 from foundry.errors import NotFound
 from foundry.runtime.context import InstanceContext
 from foundry.runtime.tables import current_seq
 
 STARTER_REPO = "rivet-dev/sandbox-agent"
+#: The app snapshot lists at most this many unread sessions (the most recent first): it is
+#: published whole on every change, and a sidebar needs only the recent ones.
+MAX_UNREAD = 500
 
 
 def app_topic(user_id: str) -> str:
@@ -39,8 +42,35 @@ def effective_active_organization(row: sa.Row[Any]) -> str | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def build_app_snapshot(row: sa.Row[Any] | None, user_id: str) -> dict[str, Any]:
-    """The app snapshot of the ``app:<userId>`` topic."""
+async def load_unread(conn: AsyncConnection) -> list[dict[str, str]]:
+    """This user's unread sessions, most recently changed first (at most `MAX_UNREAD`)."""
+    rows = (
+        await conn.execute(
+            sa.select(session_state.c.organization_id, session_state.c.task_id, session_state.c.session_id)
+            .where(session_state.c.unread.is_(True))
+            .order_by(session_state.c.updated_at.desc())
+            .limit(MAX_UNREAD)
+        )
+    ).all()
+    return [
+        {"organizationId": r.organization_id, "taskId": r.task_id, "sessionId": r.session_id} for r in rows
+    ]
+
+
+async def load_app_snapshot(conn: AsyncConnection, user_id: str) -> dict[str, Any]:
+    """The app snapshot read inside ``conn``'s transaction."""
+    return build_app_snapshot(await load_profile(conn), user_id, await load_unread(conn))
+
+
+def build_app_snapshot(
+    row: sa.Row[Any] | None, user_id: str, unread: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The app snapshot of the ``app:<userId>`` topic.
+
+    ``unread`` lists the sessions this user has not seen since their last turn ended
+    (``{organizationId, taskId, sessionId}``). It is per-user state, so it travels on the user's own
+    topic, which only that user may subscribe to.
+    """
     if row is None:
         return {
             "auth": {"status": "signed_out", "currentUserId": None},
@@ -48,6 +78,7 @@ def build_app_snapshot(row: sa.Row[Any] | None, user_id: str) -> dict[str, Any]:
             "activeOrganizationId": None,
             "organizations": [],
             "organizationSync": {"status": "idle", "error": None, "syncedAt": None},
+            "unread": [],
         }
     return {
         "auth": {"status": "signed_in", "currentUserId": user_id},
@@ -68,16 +99,17 @@ def build_app_snapshot(row: sa.Row[Any] | None, user_id: str) -> dict[str, Any]:
             "syncedAt": row.org_synced_at,
         },
         "onboarding": {"starterRepo": {"repoFullName": STARTER_REPO, "status": row.starter_repo_status}},
+        "unread": unread or [],
     }
 
 
 async def publish_app(ctx: InstanceContext, conn: AsyncConnection) -> None:
     """Publish the current app snapshot inside the open transaction."""
-    ctx.publish(app_topic(ctx.key), "appUpdated", build_app_snapshot(await load_profile(conn), ctx.key))
+    ctx.publish(app_topic(ctx.key), "appUpdated", await load_app_snapshot(conn, ctx.key))
 
 
 async def app_snapshot_with_seq(ctx: InstanceContext) -> dict[str, Any]:
     async with ctx.read(consistent=True) as conn:
-        row = await load_profile(conn)
+        data = await load_app_snapshot(conn, ctx.key)
         seq = await current_seq(conn, app_topic(ctx.key))
-    return {"seq": seq, "data": build_app_snapshot(row, ctx.key)}
+    return {"seq": seq, "data": data}

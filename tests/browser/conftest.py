@@ -18,13 +18,38 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from tests.browser.support import CHROMIUM, DIST, ROOT, CuttableProxy, Server
 
 SHOTS = ROOT / "test-results" / "browser"
-#: Collects the duration of every main-thread task over 50 ms (Long Tasks API).
+#: Collects every main-thread task over 50 ms (Long Tasks API) with its start time, so that a
+#: measurement can keep only the tasks of the interval it is about (`long_tasks_between`): the
+#: observer's callback runs late, and would otherwise slip page-load tasks into a later interval.
 LONG_TASKS_SCRIPT = """
 window.__longTasks = [];
 new PerformanceObserver((list) => {
-  for (const e of list.getEntries()) window.__longTasks.push(e.duration);
+  for (const e of list.getEntries()) window.__longTasks.push({ start: e.startTime, duration: e.duration });
 }).observe({ type: "longtask", buffered: true });
 """
+#: Resolves to the page's clock when the first agent text contains ``arg`` (checked every frame;
+#: `textContent` needs no layout, so the check itself adds no long task).
+_TEXT_SHOWN_AT = """
+(text) => {
+  const el = document.querySelector("[data-testid=agent-text]");
+  return el !== null && el.textContent.includes(text) ? performance.now() : false;
+}
+"""
+
+
+def text_shown_at(page: Page, text: str, timeout: float = 120_000) -> float:
+    """The page's ``performance.now()`` at the frame where the first agent text first contains
+    ``text``."""
+    handle = page.wait_for_function(_TEXT_SHOWN_AT, arg=text, polling="raf", timeout=timeout)
+    return float(handle.json_value())
+
+
+def long_tasks_between(page: Page, start: float, end: float) -> list[float]:
+    """Durations (ms) of the long tasks that started in ``[start, end]`` (page clock)."""
+    # The observer's callback may still be pending for the last frames: let it run first.
+    page.evaluate("() => new Promise((r) => setTimeout(r, 100))")
+    tasks: list[dict[str, float]] = page.evaluate("() => window.__longTasks")
+    return [t["duration"] for t in tasks if start <= t["start"] <= end]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,5 +1,5 @@
-"""Every page passes axe-core with no serious or critical violation, at desktop and phone widths,
-and is saved as a screenshot (test-results/browser/)."""
+"""Every page passes axe-core with no serious or critical violation and has no horizontal overflow,
+at desktop and phone widths, and is saved as a screenshot (test-results/browser/)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,21 @@ def axe_violations(page: Page) -> list[dict[str, object]]:
     ]
 
 
+#: The page's horizontal overflow, and the widest elements that cause it (empty when none).
+OVERFLOW_SCRIPT = """
+() => {
+  const width = document.documentElement.clientWidth;
+  if (document.documentElement.scrollWidth <= width) return [];
+  return [...document.querySelectorAll("body *")]
+    .filter((el) => el.getBoundingClientRect().right > width + 1)
+    .slice(0, 8)
+    .map((el) => {
+      const right = Math.round(el.getBoundingClientRect().right);
+      return `${el.tagName.toLowerCase()}.${[...el.classList].join(".")} right=${right}`;
+    });
+}
+"""
+
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 
 
@@ -38,6 +53,11 @@ def check(page: Page, name: str, shots: Path, problems: dict[str, object]) -> No
         found = axe_violations(page)
         if found:
             problems[f"{size}-{name}"] = found
+        # Nothing sticks out sideways: the page never scrolls horizontally (long names, code and
+        # tables scroll inside their own boxes).
+        overflow = page.evaluate(OVERFLOW_SCRIPT)
+        if overflow:
+            problems[f"{size}-{name}-overflow"] = overflow
     page.set_viewport_size({"width": SIZES["desktop"][0], "height": SIZES["desktop"][1]})
 
 

@@ -11,14 +11,19 @@ from tests.browser.conftest import People
 
 
 def open_new_task(page: Page, prompt: str) -> str:
-    """Creates a task through the "New task" dialog; returns its id (from the URL it opens)."""
+    """Creates a task through the "New task" dialog; returns its id (from the URL it opens).
+
+    Works from a task page too: it waits for the URL of the new task, not any task URL.
+    """
+    before = page.url
     page.get_by_role("button", name="New task").click()
     dialog = page.get_by_role("dialog", name="New task")
     dialog.get_by_label("Repository").select_option(label="acme/rocket")
     dialog.get_by_label("What should the agent do?").fill(prompt)
     dialog.get_by_label("Model").select_option("demo")
     dialog.get_by_role("button", name="Create task").click()
-    page.wait_for_url(re.compile(r"/o/acme/t/[0-9a-f]+$"))
+    task_url = re.compile(r"/o/acme/t/[0-9a-f]+$")
+    page.wait_for_url(lambda url: url != before and task_url.search(url) is not None)
     return page.url.rsplit("/", 1)[1]
 
 

@@ -18,6 +18,14 @@ export interface AppSnapshot {
   activeOrganizationId: string | null;
   organizations: OrgRef[];
   organizationSync: { status: string; error: string | null; syncedAt: number | null };
+  /** This user's unread sessions (their own per-user state, on their own topic). */
+  unread?: UnreadRef[];
+}
+
+export interface UnreadRef {
+  organizationId: string;
+  taskId: string;
+  sessionId: string;
 }
 
 export interface AppState {
@@ -96,4 +104,16 @@ export async function signOut(): Promise<void> {
 
 export function currentUserId(): string | null {
   return appState.value.snapshot?.auth.currentUserId ?? null;
+}
+
+/** The ids of this user's unread sessions of one organization, keyed by task. */
+export function unreadByTask(snapshot: AppSnapshot | null, orgId: string): Map<string, Set<string>> {
+  const out = new Map<string, Set<string>>();
+  for (const u of snapshot?.unread ?? []) {
+    if (u.organizationId !== orgId) continue;
+    const set = out.get(u.taskId) ?? new Set<string>();
+    set.add(u.sessionId);
+    out.set(u.taskId, set);
+  }
+  return out;
 }

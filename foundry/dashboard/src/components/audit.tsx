@@ -49,7 +49,7 @@ export function AuditList({ orgId, filters, version, compact }: { orgId: string;
     <div class="audit" data-testid="audit-list">
       <ErrorNote error={error} />
       {entries.length === 0 && !loading && !error && <p class="muted pad">No audit entries.</p>}
-      <table class="table">
+      <table class="table audit-table">
         <caption class="sr-only">Audit entries, newest first</caption>
         <thead>
           <tr>
@@ -64,8 +64,8 @@ export function AuditList({ orgId, filters, version, compact }: { orgId: string;
             <tr key={e.id}>
               <td class="nowrap">{dateTime(e.createdAt)}</td>
               <td><code>{e.kind}</code></td>
-              {!compact && <td>{e.taskId ? <code>{e.taskId.slice(0, 12)}</code> : "—"}</td>}
-              <td class="payload">{summarize(e.payload)}</td>
+              {!compact && <td data-label="Task">{e.taskId ? <code>{e.taskId.slice(0, 12)}</code> : "—"}</td>}
+              <td class="payload" data-label="Details">{summarize(e.payload)}</td>
             </tr>
           ))}
         </tbody>

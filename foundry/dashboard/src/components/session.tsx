@@ -4,8 +4,10 @@ import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 import { api, enc, errorText } from "../lib/api";
 import { renderMarkdown } from "../lib/markdown";
 import { realtime } from "../lib/realtime";
+import { useStore } from "../lib/store";
 import { Transcript, type Item } from "../lib/transcript";
 import type { SessionInfo } from "../pages/task";
+import { appState } from "../session";
 import { ErrorNote } from "./common";
 
 const MIN_RENDER_MS = 80;
@@ -58,6 +60,21 @@ export function SessionPane({ orgId, taskId, session, base, draft, archived, tas
   };
   const model = useTranscript(orgId, taskId, session.sessionId, markRead);
   useEffect(markRead, [session.sessionId]);
+  // The session is on screen: whenever this user's state says it is unread (a turn ended, and the
+  // task's note may land after the turnEnded event this page already saw), or the tab comes back
+  // into view, it is read.
+  const app = useStore(appState);
+  const unread = (app.snapshot?.unread ?? []).some((u) => u.organizationId === orgId && u.taskId === taskId && u.sessionId === session.sessionId);
+  useEffect(() => {
+    if (unread) markRead();
+  }, [unread, session.sessionId]);
+  useEffect(() => {
+    const onVisible = () => {
+      if (unread) markRead();
+    };
+    document.addEventListener("visibilitychange", onVisible);
+    return () => document.removeEventListener("visibilitychange", onVisible);
+  }, [unread, session.sessionId]);
   const running = session.status === "running";
   return (
     <div class="session-pane">

@@ -7,7 +7,9 @@ import { SessionPane } from "../components/session";
 import { api, ApiError, enc, errorText } from "../lib/api";
 import { linkClick, navigate } from "../lib/router";
 import { realtime } from "../lib/realtime";
+import { useStore } from "../lib/store";
 import type { Member, OrgSnapshot } from "../org";
+import { appState, unreadByTask } from "../session";
 import { NotFoundPage } from "./notfound";
 
 export interface SessionInfo {
@@ -43,7 +45,6 @@ export interface TaskDetail {
 interface Viewer {
   activeSessionId: string | null;
   drafts: Record<string, string>;
-  unread: Record<string, boolean>;
 }
 
 type TaskState = { state: "loading" } | { state: "notfound" } | { state: "error"; detail: string } | { state: "ready"; detail: TaskDetail; viewer: Viewer };
@@ -63,7 +64,6 @@ function useTask(orgId: string, taskId: string): TaskState {
         viewer = {
           activeSessionId: d.activeSessionId,
           drafts: Object.fromEntries(d.sessions.map((s) => [s.sessionId, s.draft?.text ?? ""])),
-          unread: Object.fromEntries(d.sessions.map((s) => [s.sessionId, s.unread])),
         };
         detail = detail ?? (d as TaskDetail);
         publish();
@@ -235,6 +235,9 @@ function SessionTabs({ detail, viewer, active, base, onPick, orgId }: { detail: 
   const [name, setName] = useState("");
   const open = detail.sessions.filter((s) => s.status !== "closed");
   const archived = detail.archivedAt !== null;
+  // Unread flags come live with this user's app snapshot (a turn ending elsewhere shows at once).
+  const app = useStore(appState);
+  const unread = unreadByTask(app.snapshot, orgId).get(detail.taskId);
 
   async function newSession() {
     setError(null);
@@ -254,7 +257,7 @@ function SessionTabs({ detail, viewer, active, base, onPick, orgId }: { detail: 
             <button aria-pressed={active?.sessionId === s.sessionId} class="session-tab-main" onClick={() => onPick(s.sessionId)} data-session-id={s.sessionId}>
               <span class={`dot status-${s.status}`} aria-hidden="true" />
               {s.name}
-              {viewer.unread[s.sessionId] && active?.sessionId !== s.sessionId && <span class="unread-dot" title="Unread"><span class="sr-only">(unread)</span></span>}
+              {unread?.has(s.sessionId) && active?.sessionId !== s.sessionId && <span class="unread-dot" title="Unread"><span class="sr-only">(unread)</span></span>}
             </button>
             {!archived && (
               <>

@@ -2,9 +2,11 @@
 import { useEffect, useMemo, useState } from "preact/hooks";
 import { Avatar, StatusBadge } from "../components/common";
 import { NewTaskDialog } from "../components/newTask";
-import { api, errorText } from "../lib/api";
+import { api, enc, errorText } from "../lib/api";
 import { linkClick } from "../lib/router";
-import type { OrgSnapshot, TaskSummary } from "../org";
+import { useStore } from "../lib/store";
+import type { Member, OrgSnapshot, TaskSummary } from "../org";
+import { appState, unreadByTask } from "../session";
 import { TaskView } from "./task";
 
 export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot; viewerRole: string; taskId: string | null; query: URLSearchParams }) {
@@ -12,6 +14,9 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
   const [creating, setCreating] = useState(false);
   const groups = useMemo(() => group(org.taskSummaries, filter), [org.taskSummaries, filter]);
   const base = `/o/${encodeURIComponent(org.organizationId)}`;
+  const app = useStore(appState);
+  const avatars = useMemberAvatars(org);
+  const unread = useMemo(() => unreadByTask(app.snapshot, org.organizationId), [app.snapshot, org.organizationId]);
   useEffect(() => {
     // Load time as a person sees it (read by the browser tests and bench/dashboard.py).
     if (!performance.getEntriesByName("foundry:workspace-ready").length) performance.mark("foundry:workspace-ready");
@@ -40,13 +45,20 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
                     aria-current={t.taskId === taskId ? "page" : undefined}
                     data-task-id={t.taskId}
                   >
-                    <span class="task-row-title">{t.title}</span>
+                    <span class="task-row-title">
+                      {hasUnread(t, unread.get(t.taskId)) && (
+                        <span class="unread-dot" data-testid="unread-dot" title="Unread">
+                          <span class="sr-only">Unread: </span>
+                        </span>
+                      )}
+                      {t.title}
+                    </span>
                     <span class="task-row-meta">
                       <StatusBadge status={t.isVirtual ? "pr" : t.status} />
                       {t.pullRequest && <span class={`badge pr-${t.pullRequest.state ?? "unknown"}`}>#{t.pullRequest.number} {t.pullRequest.state}</span>}
                       {t.ownerLogin && (
                         <span class="owner" title={`Owner: ${t.ownerLogin}`}>
-                          <Avatar url={null} login={t.ownerLogin} size={16} />
+                          <Avatar url={t.ownerUserId ? avatars.get(t.ownerUserId) : null} login={t.ownerLogin} size={16} />
                           <span class="sr-only">Owner {t.ownerLogin}</span>
                         </span>
                       )}
@@ -73,6 +85,26 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
   );
 }
 
+/** Owners' avatars: the member list, read again only when the organization's membership changes. */
+function useMemberAvatars(org: OrgSnapshot): Map<string, string | null> {
+  const [avatars, setAvatars] = useState<Map<string, string | null>>(new Map());
+  useEffect(() => {
+    api<Member[]>("GET", `/v1/organizations/${enc(org.organizationId)}/members`).then(
+      (members) => setAvatars(new Map(members.map((m) => [m.userId, m.avatarUrl]))),
+      (e) => console.warn("members (for avatars)", e),
+    );
+  }, [org.organizationId, org.memberCount]);
+  return avatars;
+}
+
+/** A task has news for this user when one of its sessions that is still open is unread. */
+function hasUnread(t: TaskSummary, sessions: Set<string> | undefined): boolean {
+  if (!sessions) return false;
+  const closed = new Set((t.sessions ?? []).filter((s) => s.status === "closed").map((s) => s.sessionId));
+  for (const id of sessions) if (!closed.has(id)) return true;
+  return false;
+}
+
 function group(tasks: TaskSummary[], filter: string): [string, TaskSummary[]][] {
   const f = filter.trim().toLowerCase();
   const out = new Map<string, TaskSummary[]>();
@@ -83,6 +115,19 @@ function group(tasks: TaskSummary[], filter: string): [string, TaskSummary[]][] 
     out.set(t.repoFullName, list);
   }
   return [...out.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+}
+
+const PHASES: Record<string, [label: string, unit: string]> = {
+  repositories: ["repositories", "repositories"],
+  members: ["members", "members"],
+  pull_requests: ["pull requests", "repositories"],
+};
+
+/** "Syncing pull requests: 2 of 5 repositories" (what the sync is doing and how far it is). */
+function syncText(phase: string | null, processed: number | null, total: number | null): string {
+  if (!phase) return "Syncing…";
+  const [label, unit] = PHASES[phase] ?? [phase.replace(/_/g, " "), "items"];
+  return total ? `Syncing ${label}: ${processed ?? 0} of ${total} ${unit}` : `Syncing ${label}…`;
 }
 
 function SyncStatus({ org }: { org: OrgSnapshot }) {
@@ -104,12 +149,9 @@ function SyncStatus({ org }: { org: OrgSnapshot }) {
   const syncing = gh.syncStatus === "syncing" || gh.syncStatus === "queued" || gh.syncStatus === "pending";
   return (
     <div class="sync-box" data-testid="sync-status">
-      <span>
+      <span role="status">
         {syncing ? (
-          <>
-            Syncing {gh.syncPhase ?? ""}
-            {gh.totalCount ? ` ${gh.processedCount ?? 0}/${gh.totalCount}` : "…"}
-          </>
+          syncText(gh.syncPhase, gh.processedCount, gh.totalCount)
         ) : gh.syncStatus === "error" ? (
           "GitHub sync failed"
         ) : (
