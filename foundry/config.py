@@ -40,6 +40,9 @@ class RuntimeSettings(BaseModel):
     #: Delay before the second attempt of a send; it doubles per failure up to the cap (with jitter).
     outbox_backoff_base_s: float = Field(default=0.1, gt=0)
     outbox_backoff_cap_s: float = Field(default=30.0, gt=0)
+    #: Print the hosts' log lines in the output of the process that connects to Ray (``foundry
+    #: serve``); otherwise they stay in Ray's session log files only.
+    forward_host_logs: bool = True
 
     def shards_for(self, role: str) -> int:
         return max(1, int(self.shards.get(role, self.default_shards)))

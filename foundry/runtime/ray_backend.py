@@ -57,6 +57,7 @@ class HostActor:
             settings.runtime.idle_seconds,
         )
         self.host.start(recover=True)
+        log.info("host %s started pid=%d", host_name(role, shard), os.getpid())
 
     async def send(
         self, key: str, name: str, body: Any, wait: bool, timeout: float, command_id: str
@@ -124,7 +125,9 @@ class RayRuntime(Runtime):
             address = self.settings.runtime.ray_address or None
             kwargs: dict[str, Any] = {
                 "namespace": self.settings.runtime.namespace,
-                "log_to_driver": False,
+                # Hosts log to their worker's stderr; Ray prints those lines in this process's
+                # output (prefixed with the actor and pid), so the operator reads every process.
+                "log_to_driver": self.settings.runtime.forward_host_logs,
                 "include_dashboard": False,
             }
             if address is None:
@@ -208,7 +211,9 @@ class RayRuntime(Runtime):
                 log.info("host %s unavailable (%s); retrying", host_name(role, shard), type(exc).__name__)
                 refresh = isinstance(exc, ActorDiedError)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                # Short waits: a restarted host answers within seconds, and every waiting caller
+                # should see it back at once (a retry is one cheap actor call).
+                delay = min(delay * 2, 0.25)
 
     async def _send(
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str

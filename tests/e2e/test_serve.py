@@ -63,6 +63,11 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         hosts = json.loads(listing.stdout)
         assert hosts["foundry.user.0"]["running"] is True
         assert hosts["foundry.organization.0"]["running"] is True
+        # Every process's log reaches the operator: the hosts' lines appear in the server's output.
+        deadline = time.monotonic() + 30
+        while "host foundry.task.0 started" not in (tmp_path / "serve.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
