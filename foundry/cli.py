@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import sys
 import tempfile
@@ -32,6 +33,12 @@ def serve(host: str | None, port: int | None) -> None:
     """Start the HTTP server, the actor runtime and (unless FOUNDRY_RUNTIME__RAY_ADDRESS) a local Ray."""
     import uvicorn
 
+    # Before Ray is imported: the operator reads the hosts' log lines in this output, so Ray must not
+    # fold "similar" lines of different hosts into one, nor wrap prefixes in terminal colour codes
+    # when the output goes to a file or a log collector.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     from foundry.http.app import create_app
 
     overrides: dict[str, object] = {}
