@@ -165,7 +165,7 @@ async def append_events(
     # The runtime stamps seq = last committed seq + 1 for each publish of this transaction, in order;
     # publishes to this topic earlier in the same transaction count too.
     already = sum(1 for p in ctx._publishes if p.topic == topic)
-    topic_seq, last_row = (await conn.exec_driver_sql(_LAST_SEQS, (topic, session_id))).one()
+    topic_seq, last_row = tuple((await conn.exec_driver_sql(_LAST_SEQS, (topic, session_id))).one())
     seq = int(topic_seq or 0) + already
     # Defensive: never reuse a row's seq, even if the topic's counter were ever behind the log.
     if last_row is not None and last_row > seq:
