@@ -10,6 +10,7 @@ decodes the chunked framing and the events from large reads in one pass.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
@@ -202,8 +203,12 @@ def _decoded(number: int, payload: bytes, event_id: bytes | None) -> tuple[int, 
     try:
         envelope = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        log.warning("skipping malformed sse event id=%r data=%r", event_id, payload[:200])
-        return None
+        # orjson refuses some valid JSON (integers beyond 64 bits): the standard library decides.
+        try:
+            envelope = json.loads(payload)
+        except ValueError:
+            log.warning("skipping malformed sse event id=%r data=%r", event_id, payload[:200])
+            return None
     if not isinstance(envelope, dict):
         log.warning("skipping sse event whose data is not an object id=%r", event_id)
         return None
