@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.task.schema import permission_requests, sessions
+from actors.task.schema import permission_requests
 from actors.task.state import append_events, refresh
 from foundry.drivers.sandbox.feed import AcpEvent, AcpEventFeed, EventsLost, FeedEnded, FeedItem
 from foundry.runtime.context import InstanceContext
@@ -33,6 +33,8 @@ MAX_BATCH = 500
 FINAL_TOOL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 Item = tuple[str, dict[str, Any]]
+
+_SET_LAST_EVENT_ID = "UPDATE sessions SET last_event_id = ? WHERE session_id = ?"
 
 
 @dataclass
@@ -155,11 +157,8 @@ class TranscriptRecorder:
                 self._convert(entry.envelope, items, permissions)
         async with self.ctx.write() as conn:
             if last_id is not None:
-                await conn.execute(
-                    sessions.update()
-                    .where(sessions.c.session_id == self.session_id)
-                    .values(last_event_id=last_id)
-                )
+                # Plain SQL: compiling the statement each batch cost more than running it.
+                await conn.exec_driver_sql(_SET_LAST_EVENT_ID, (last_id, self.session_id))
             if permissions:
                 await conn.execute(permission_requests.insert().prefix_with("OR IGNORE"), permissions)
             await append_events(self.ctx, conn, self.session_id, items)

@@ -19,6 +19,7 @@ import json
 import logging
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -125,6 +126,29 @@ async def next_queued_message(conn: AsyncConnection, session_id: str) -> sa.Row[
 _INSERT_EVENTS = (
     "INSERT INTO session_events (session_id, seq, event, data, created_at) VALUES (?, ?, ?, ?, ?)"
 )
+# The topic's last seq and the log's last row in one statement: this runs for every batch of a turn.
+_LAST_SEQS = (
+    "SELECT (SELECT seq FROM foundry_topic_seq WHERE topic = ?),"
+    " (SELECT max(seq) FROM session_events WHERE session_id = ?)"
+)
+
+
+def json_text(data: Any) -> str:
+    """``data`` as JSON text: orjson for speed (every transcript row is encoded), the standard
+    library for what orjson refuses (integers beyond 64 bits, non-string keys, lone surrogates)."""
+    try:
+        return orjson.dumps(data).decode()
+    except TypeError:
+        return json.dumps(data)
+
+
+def json_value(text: str | bytes) -> Any:
+    """The value of JSON text written by `json_text` (the standard library also reads what it wrote,
+    such as NaN)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 async def append_events(
@@ -141,13 +165,9 @@ async def append_events(
     # The runtime stamps seq = last committed seq + 1 for each publish of this transaction, in order;
     # publishes to this topic earlier in the same transaction count too.
     already = sum(1 for p in ctx._publishes if p.topic == topic)
-    seq = await current_seq(conn, topic) + already
+    topic_seq, last_row = tuple((await conn.exec_driver_sql(_LAST_SEQS, (topic, session_id))).one())
+    seq = int(topic_seq or 0) + already
     # Defensive: never reuse a row's seq, even if the topic's counter were ever behind the log.
-    last_row = (
-        await conn.execute(
-            sa.select(sa.func.max(session_events.c.seq)).where(session_events.c.session_id == session_id)
-        )
-    ).scalar()
     if last_row is not None and last_row > seq:
         log.error(
             "session %s: topic seq %d is behind its log (%d); continuing after the log", topic, seq, last_row
@@ -156,12 +176,13 @@ async def append_events(
     now = ctx.now_ms()
     rows = []
     seqs = []
+    publish = ctx.publish
     for event, data in items:
         seq += 1
         seqs.append(seq)
-        rows.append((session_id, seq, event, json.dumps(data), now))
+        rows.append((session_id, seq, event, json_text(data), now))
         # The data is plain JSON (it is serialized just above), so the runtime need not convert it.
-        ctx.publish(topic, event, data, plain=True)
+        publish(topic, event, data, plain=True)
     # A plain executemany: SQLAlchemy's per-row parameter processing costs more than SQLite does.
     await conn.exec_driver_sql(_INSERT_EVENTS, rows)
     return seqs
@@ -182,7 +203,7 @@ async def events_after(
         )
     ).all()
     return seq, [
-        {"seq": r.seq, "event": r.event, "data": json.loads(r.data), "createdAt": r.created_at} for r in rows
+        {"seq": r.seq, "event": r.event, "data": json_value(r.data), "createdAt": r.created_at} for r in rows
     ]
 
 

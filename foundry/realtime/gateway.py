@@ -63,6 +63,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from foundry import strict_json
@@ -102,7 +103,13 @@ def _error_frame(code: str, detail: str, topic: str | None = None) -> str:
 
 
 def _event_frame(topic: str, event: str, seq: int, data: Any) -> str:
-    return _dumps({"topic": topic, "event": event, "seq": seq, "data": data})
+    frame = {"topic": topic, "event": event, "seq": seq, "data": data}
+    # Every live event is encoded here: orjson is several times faster than the standard library,
+    # which still takes what orjson refuses (integers beyond 64 bits, non-string keys).
+    try:
+        return orjson.dumps(frame).decode()
+    except TypeError:
+        return _dumps(frame)
 
 
 # ------------------------------------------------------------------------------------------ state

@@ -22,7 +22,7 @@ from foundry.config import Settings
 from foundry.errors import ActorUnavailable
 from foundry.logging import configure_logging
 from foundry.runtime.client import Runtime
-from foundry.runtime.events import Event
+from foundry.runtime.events import Event, decode_batch, encode_batch
 from foundry.runtime.host import Host
 from foundry.runtime.role import available_roles, load_role
 from foundry.services import build_services
@@ -67,9 +67,10 @@ class HostActor:
     async def call(self, key: str, action: str, body: Any) -> tuple[str, Any]:
         return await self.host.call(key, action, body)
 
-    async def subscribe(self) -> AsyncIterator[list[Event]]:
+    async def subscribe(self) -> AsyncIterator[bytes]:
+        """The host's event batches, each as one `encode_batch` message (`RayRuntime.subscribe`)."""
         async for batch in self.host.subscribe():
-            yield batch
+            yield encode_batch(batch)
 
     async def awake(self) -> list[str]:
         return self.host.awake_keys()
@@ -234,7 +235,7 @@ class RayRuntime(Runtime):
         generator = self.handle(role, shard).subscribe.remote()
         try:
             async for ref in generator:
-                yield await ref
+                yield decode_batch(await ref)
         except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
             raise ActorUnavailable(f"event stream of {host_name(role, shard)} broke: {exc}") from exc
         finally:

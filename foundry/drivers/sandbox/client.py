@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -151,6 +153,14 @@ def _rpc_error(error: Mapping[str, Any], method: str) -> AcpError:
     return AcpError(detail, None, VENDOR, int(code) if isinstance(code, int) else None, rpc_message, reason)
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every client of this process. httpx builds a new one per client by
+    default, loading the whole CA bundle each time; a task host opens a client per session turn loop,
+    and that load cost more host CPU than recording the turns' events."""
+    return httpx.create_ssl_context()
+
+
 class SandboxAgentClient:
     """Async client of one sandbox's ``sandbox-agent`` server. Use as an async context manager or call
     `aclose`.
@@ -176,6 +186,7 @@ class SandboxAgentClient:
             headers=endpoint.headers(),
             timeout=timeout,
             transport=transport,
+            verify=_tls_context(),
         )
 
     async def __aenter__(self) -> SandboxAgentClient:

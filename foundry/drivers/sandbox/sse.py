@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 READ_SIZE = 1 << 18
 #: Largest error body read from a refused stream request.
 MAX_ERROR_BODY = 64 * 1024
+_MESSAGE_LINE = b"event: message\n"
 
 
 class StreamBroke(Exception):
@@ -161,6 +163,15 @@ async def _events(
 
 def parse_event_block(block: bytes) -> tuple[int, dict[str, Any]] | None:
     """``(id, JSON data)`` of one SSE event block, or None (comments, other event types, bad data)."""
+    # sandbox-agent writes every event as ``event: message``, ``id: N`` and one ``data:`` line: take
+    # that shape with a few slices, since this runs for every event an agent streams.
+    start = len(_MESSAGE_LINE) if block.startswith(_MESSAGE_LINE) else 0
+    if block.startswith(b"id: ", start):
+        newline = block.find(b"\n", start)
+        if block.startswith(b"data: ", newline + 1) and block.find(b"\n", newline + 1) < 0:
+            digits = block[start + 4 : newline]
+            if digits.isdigit():
+                return _decoded(int(digits), block[newline + 7 :], digits)
     event_type = b"message"
     event_id: bytes | None = None
     data: list[bytes] = []
@@ -180,11 +191,25 @@ def parse_event_block(block: bytes) -> tuple[int, dict[str, Any]] | None:
         return None
     try:
         number = int(event_id) if event_id is not None else None
-        envelope = json.loads(b"\n".join(data))
     except ValueError:
-        log.warning("skipping malformed sse event id=%r data=%r", event_id, b"\n".join(data)[:200])
+        number = None
+    if number is None:
+        log.warning("skipping sse event without a numeric id id=%r", event_id)
         return None
-    if number is None or not isinstance(envelope, dict):
-        log.warning("skipping sse event without id or object id=%r", event_id)
+    return _decoded(number, b"\n".join(data), event_id)
+
+
+def _decoded(number: int, payload: bytes, event_id: bytes | None) -> tuple[int, dict[str, Any]] | None:
+    try:
+        envelope = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        # orjson refuses some valid JSON (integers beyond 64 bits): the standard library decides.
+        try:
+            envelope = json.loads(payload)
+        except ValueError:
+            log.warning("skipping malformed sse event id=%r data=%r", event_id, payload[:200])
+            return None
+    if not isinstance(envelope, dict):
+        log.warning("skipping sse event whose data is not an object id=%r", event_id)
         return None
     return number, envelope
