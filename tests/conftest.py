@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,27 @@ from foundry.runtime.inprocess import InProcessRuntime
 from foundry.services import Services
 
 COUNTER_MODULE = "tests.runtime.counter_role"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Share one default TLS context among the httpx clients of this process.
+
+    httpx builds a fresh one for every client (loading every CA certificate: about 50 ms of CPU),
+    and the tests create thousands of clients, nearly all for plain-HTTP servers on 127.0.0.1.
+    """
+    import httpx._transports.default as transports
+
+    build = transports.create_ssl_context  # type: ignore[attr-defined]
+    shared: dict[str, Any] = {}
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is True and cert is None and trust_env:
+            if "default" not in shared:
+                shared["default"] = build(verify=True, cert=None, trust_env=True)
+            return shared["default"]
+        return build(verify=verify, cert=cert, trust_env=trust_env)
+
+    setattr(transports, "create_ssl_context", create_ssl_context)  # noqa: B010 - not an export
 
 
 #: Tiers that start real servers, a local Ray or sandbox fleets: under pytest-xdist they share one

@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 #: Most events written in one transaction. Far above what one commit costs to amortise, and well
 #: under the realtime gateway's per-socket queue of live frames.
 MAX_BATCH = 500
+#: After the agent-exited notice, events that arrive within this much silence are still the turn's:
+#: sandbox-agent reports the exit and forwards the agent's last output lines independently, so on a
+#: busy machine the last lines can come after the notice.
+EXIT_TAIL_QUIET_S = 0.1
+#: ... but no longer than this in total.
+EXIT_TAIL_MAX_S = 1.0
 #: Tool call statuses after which a tool call is over.
 FINAL_TOOL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
@@ -119,7 +125,35 @@ class TranscriptRecorder:
             if end is not None:
                 if end.kind == "drained":
                     end.unrecorded = self._left_behind(batch[len(kept) :])
+                elif end.kind == "agent_exited":
+                    await self._record_exit_tail(batch[len(kept) :])
                 return end
+
+    async def _record_exit_tail(self, rest: list[FeedItem]) -> None:
+        """Record the agent's output that arrives just after its exit notice (see `EXIT_TAIL_QUIET_S`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + EXIT_TAIL_MAX_S
+        tail: list[FeedItem] = []
+        pending = list(rest)
+        while True:
+            for item in pending:
+                if isinstance(item, (_Drain, FeedEnded)):
+                    break
+                if isinstance(item, (AcpEvent, EventsLost)):
+                    tail.append(item)
+            else:
+                remaining = min(EXIT_TAIL_QUIET_S, deadline - loop.time())
+                if remaining > 0:
+                    try:
+                        pending = [await asyncio.wait_for(self.feed.queue.get(), remaining)]
+                        pending += _drain_nowait(self.feed.queue)
+                        continue
+                    except TimeoutError:
+                        pass
+            break
+        if tail:
+            log.info("recorded %d events that followed the agent's exit notice", len(tail))
+            await self._write(tail)
 
     def _left_behind(self, rest: list[FeedItem]) -> tuple[int, int] | None:
         """The id range of events that arrived but will not be recorded."""
