@@ -20,7 +20,6 @@ A supervisor task awaits every process; an exit that was not asked for is report
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import inspect
 import logging
@@ -61,6 +60,7 @@ from foundry.drivers.sandbox.spawn import (
     identities,
     plan_spawn,
     server_pid,
+    wait_gone,
 )
 
 __all__ = ["LocalSandboxProvider"]
@@ -506,24 +506,9 @@ class LocalSandboxProvider:
         if supervisor is not None:
             await supervisor
         if jailed:
-            await _wait_gone(sandbox.sandbox_id, jailed)
+            await wait_gone(sandbox.sandbox_id, jailed)
         sandbox.state = SandboxState.DESTROYED
         await asyncio.to_thread(self.registry.remove, sandbox.sandbox_id, sandbox.process.pid)
-
-
-async def _wait_gone(sandbox_id: str, processes: list[tuple[int, int]], timeout: float = 5.0) -> None:
-    """Wait until each ``(pid, start time)`` is gone; SIGKILL what is left after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while alive := [(pid, ticks) for pid, ticks in processes if start_ticks(pid) == ticks]:
-        if time.monotonic() >= deadline:
-            log.warning(
-                "jailed processes outlived their jail, killing sandbox_id=%s pids=%s", sandbox_id, alive
-            )
-            for pid, _ in alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            return
-        await asyncio.sleep(0.02)
 
 
 class _PortTaken(Exception):

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,16 @@ from foundry.drivers.sandbox.layout import WORKDIR, free_port
 from foundry.drivers.sandbox.procs import start_ticks
 from foundry.drivers.sandbox.relay import RELAY_FD_ENV, RELAY_PORT_ENV
 
-__all__ = ["HOST", "ServerSpawn", "descendants", "effective_returncode", "plan_spawn", "server_pid"]
+__all__ = [
+    "HOST",
+    "ServerSpawn",
+    "descendants",
+    "effective_returncode",
+    "identities",
+    "plan_spawn",
+    "server_pid",
+    "wait_gone",
+]
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +165,30 @@ def server_pid(leader: int) -> int | None:
 def identities(pids: list[int]) -> list[tuple[int, int]]:
     """``(pid, start time)`` of each live pid, to wait for exactly those processes to be gone."""
     return [(pid, ticks) for pid in pids if (ticks := start_ticks(pid)) is not None]
+
+
+def _running(pid: int, ticks: int) -> bool:
+    # A zombie is gone for this purpose: it only waits for whoever inherited it to reap it.
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z" and len(fields) > 19 and int(fields[19]) == ticks
+
+
+async def wait_gone(sandbox_id: str, processes: list[tuple[int, int]], timeout: float = 5.0) -> None:
+    """Wait until each ``(pid, start time)`` has exited; SIGKILL what is left after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while alive := [(pid, ticks) for pid, ticks in processes if _running(pid, ticks)]:
+        if time.monotonic() >= deadline:
+            log.warning(
+                "jailed processes outlived their jail, killing sandbox_id=%s pids=%s", sandbox_id, alive
+            )
+            for pid, _ in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return
+        await asyncio.sleep(0.02)
 
 
 def effective_returncode(returncode: int, jailed: bool) -> int:
