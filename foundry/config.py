@@ -113,6 +113,8 @@ class SandboxSettings(BaseModel):
     #: network, every local port in reach) or ``egress`` (not implemented yet). Empty: ``none`` in
     #: mock mode, ``host`` in production, where real agents and GitHub need the internet.
     network: Literal["", "host", "egress", "none"] = ""
+    #: The bubblewrap executable; empty looks for ``bwrap`` on PATH.
+    bwrap: str = ""
 
 
 class Settings(BaseSettings):

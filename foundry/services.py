@@ -103,4 +103,5 @@ def sandbox_jail_policy(settings: Settings) -> Any:
         network=settings.sandbox_network,
         read_only=tuple(read_only),
         shared=tuple(shared),
+        bwrap=settings.sandbox.bwrap,
     )

@@ -86,12 +86,14 @@ class JailPolicy:
             command names).
         shared: extra host paths mounted read-write at their own path (mock mode's git remotes, which
             stand in for GitHub).
+        bwrap: the ``bwrap`` executable; empty looks it up on ``PATH``.
     """
 
     isolation: Isolation = "bwrap"
     network: Network = "none"
     read_only: tuple[Path, ...] = field(default_factory=tuple)
     shared: tuple[Path, ...] = field(default_factory=tuple)
+    bwrap: str = ""
 
     @property
     def jailed(self) -> bool:
@@ -116,9 +118,12 @@ class IsolationStatus:
         return {"ok": self.ok, "isolation": self.isolation, "network": self.network, "detail": self.detail}
 
 
-def find_bwrap() -> str | None:
-    """The ``bwrap`` executable on ``PATH`` (or in ``/usr/bin``), else None."""
-    return shutil.which("bwrap") or (shutil.which("bwrap", path="/usr/bin:/bin"))
+def find_bwrap(configured: str = "") -> str | None:
+    """The ``bwrap`` executable: the configured path if it is executable, else ``bwrap`` on ``PATH``
+    (only when none is configured), else None."""
+    if configured:
+        return configured if shutil.which(configured) else None
+    return shutil.which("bwrap")
 
 
 def interpreter_paths() -> list[Path]:
@@ -235,14 +240,15 @@ def bwrap_command(
 
 
 @functools.cache
-def probe(bwrap: str | None, network: Network) -> tuple[bool, str]:
+def probe(bwrap: str | None, network: Network, configured: str = "") -> tuple[bool, str]:
     """Run a minimal jail once (per process and argument) to learn whether jails can start here.
 
     Blocking (runs a process): call it through ``asyncio.to_thread`` from async code. Returns
     ``(True, "bwrap <version> at <path>")`` or ``(False, <what is missing and how to fix it>)``.
     """
     if bwrap is None:
-        return False, f"bubblewrap (bwrap) is not installed; {BWRAP_INSTALL_HINT}"
+        where = f"at {configured}" if configured else "on PATH"
+        return False, f"bubblewrap (bwrap) is not installed (not found {where}); {BWRAP_INSTALL_HINT}"
     probe_args = [
         bwrap,
         "--unshare-user",
@@ -302,7 +308,7 @@ def isolation_status(policy: JailPolicy) -> IsolationStatus:
             "egress",
             "sandbox.network = egress is not implemented yet; use none (no network) or host",
         )
-    ok, detail = probe(find_bwrap(), policy.network)
+    ok, detail = probe(find_bwrap(policy.bwrap), policy.network, policy.bwrap)
     if ok and policy.network == "host":
         detail += "; network = host: jailed agents can reach every port on this machine's loopback"
     elif ok:

@@ -1,18 +1,13 @@
-"""The ``local`` sandbox provider: one real ``sandbox-agent server`` process per sandbox.
-
-Layout of a sandbox ``<root_dir>/<sandbox_id>/``::
-
-    repo/                     the workdir (the task's checkout); the server's cwd
-    .local/share/             XDG_DATA_HOME: sandbox-agent/bin/agent_processes/<agent>-acp launchers
-    tmp/                      TMPDIR
-    sandbox-agent.log         the server's log (stdout + stderr, appended across restarts)
+"""The ``local`` sandbox provider: one real ``sandbox-agent server`` process per sandbox, jailed with
+bubblewrap by default (`foundry.drivers.sandbox.jail`; its directory layout is in `layout`).
 
 The server binds 127.0.0.1 on a free port with its own random bearer token and ``--no-telemetry``.
 Its environment is an allowlist — ``PATH``, ``LANG``, ``HOME=<sandbox dir>`` and the sandbox's own
 XDG/TMP paths — plus exactly what the caller passes to `LocalSandboxProvider.create`; the backend's own
 secrets never reach it. Agents started by the server inherit that environment.
 
-Each server runs in its own process group so that `destroy` can stop the agents it spawned as well.
+Each server runs in its own process group (a jail: in its own PID namespace, which dies with its
+leader) so that `destroy` can stop the agents it spawned as well.
 A supervisor task awaits every process; an exit that was not asked for is reported through
 ``on_exit(sandbox_id, returncode, reason)`` with the tail of the server's log.
 """
@@ -139,7 +134,7 @@ class LocalSandboxProvider:
         self._notifications: set[asyncio.Task[None]] = set()
         self.registry = Registry(self.root_dir)
         self.jail = jail if jail is not None else JailPolicy()
-        self._bwrap = find_bwrap() if self.jail.jailed else None
+        self._bwrap = find_bwrap(self.jail.bwrap) if self.jail.jailed else None
         self._isolation: IsolationStatus | None = None
         if not self.jail.jailed:
             log.warning(
