@@ -7,6 +7,7 @@ one place, as in Ray Serve's control plane.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from foundry.clock import Clock, SystemClock
@@ -77,22 +78,12 @@ def build_sandbox_provider(settings: Settings) -> Any:
 def sandbox_jail_policy(settings: Settings) -> Any:
     """How sandboxes are isolated (`foundry.drivers.sandbox.jail.JailPolicy`) under ``settings``.
 
-    Besides the system, a jail sees read-only the absolute paths that agent commands name (their
-    interpreter and script), and in mock mode the local git remotes read-write: they stand in for
-    GitHub, which a real sandbox reaches over the network.
+    Besides the system, a jail sees read-only the files that its agent launchers name (the provider
+    finds them), and in mock mode the local git remotes read-write: they stand in for GitHub, which a
+    real sandbox reaches over the network.
     """
-    import shlex
-    from pathlib import Path
-
     from foundry.drivers.sandbox.jail import JailPolicy
 
-    read_only: list[Path] = []
-    for command in settings.sandbox.agent_commands.values():
-        try:
-            words = shlex.split(command)
-        except ValueError:
-            continue  # the launcher fails to run and the session says so
-        read_only += [Path(word) for word in words if word.startswith("/") and Path(word).exists()]
     shared: list[Path] = []
     if settings.mode == "mock":
         remotes = settings.data_dir / "mock-remotes"
@@ -101,7 +92,6 @@ def sandbox_jail_policy(settings: Settings) -> Any:
     return JailPolicy(
         isolation=settings.sandbox.isolation,
         network=settings.sandbox_network,
-        read_only=tuple(read_only),
         shared=tuple(shared),
         bwrap=settings.sandbox.bwrap,
     )

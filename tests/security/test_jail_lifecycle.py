@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -156,3 +157,24 @@ async def test_readyz_says_which_jail_is_active(tmp_path: Path):
         assert check == {"ok": True, "isolation": "bwrap", "network": "none", "detail": check["detail"]}
         assert "bubblewrap" in check["detail"]
         assert "own network namespace" in check["detail"]
+
+
+async def test_the_files_an_agent_launcher_names_are_visible_read_only(tmp_path: Path):
+    agent = tmp_path / "elsewhere" / "agent.py"
+    agent.parent.mkdir()
+    agent.write_text("print('agent')\n")
+    (tmp_path / "elsewhere" / "beside.txt").write_text("not named by any launcher\n")
+    launcher = f'#!/bin/sh\nexec {os.path.realpath(sys.executable)} -I {agent} "$@"\n'
+    provider = LocalSandboxProvider(tmp_path / "sandboxes", find_binary(), {"custom": launcher})
+    try:
+        endpoint = await provider.create("named")
+        async with SandboxAgentClient(endpoint) as client:
+            ran = await client.run_process("sh", ["-c", f"{launcher.split()[2]} -I {agent}"])
+            assert (ran.exit_code, ran.stdout) == (0, "agent\n"), ran.stderr
+            changed = await client.run_process("sh", ["-c", f"echo x >> {agent}"])
+            assert changed.exit_code != 0
+            beside = await client.run_process("cat", [str(agent.parent / "beside.txt")])
+            assert beside.exit_code != 0  # only the named file, not its directory
+    finally:
+        await provider.aclose()
+    assert agent.read_text() == "print('agent')\n"

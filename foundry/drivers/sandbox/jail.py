@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -49,6 +50,7 @@ __all__ = [
     "JailPolicy",
     "Network",
     "bwrap_command",
+    "files_named",
     "interpreter_paths",
     "isolation_status",
     "probe",
@@ -82,8 +84,8 @@ class JailPolicy:
             whole filesystem and every local port in reach (an explicit, logged choice).
         network: ``none`` (own network namespace, loopback only), ``host``, or ``egress`` (not
             implemented yet: creation fails with a message saying so).
-        read_only: extra host paths mounted read-only at their own path (e.g. the files an agent
-            command names).
+        read_only: extra host paths mounted read-only at their own path (the files that agent
+            launchers name by absolute path are mounted without being listed here).
         shared: extra host paths mounted read-write at their own path (mock mode's git remotes, which
             stand in for GitHub).
         bwrap: the ``bwrap`` executable; empty looks it up on ``PATH``.
@@ -139,6 +141,23 @@ def interpreter_paths() -> list[Path]:
     if not any(parent in paths for parent in package.parents):
         paths.add(package)
     return sorted(_without_nested(paths))
+
+
+def files_named(scripts: Iterable[str]) -> list[Path]:
+    """The existing regular files that agent launcher scripts name by absolute path (their
+    interpreter and the agent's script), to be mounted read-only. Directories are never taken from a
+    script: a word such as ``/`` or ``$HOME`` must not open the host to the jail."""
+    found: set[Path] = set()
+    for script in scripts:
+        for line in script.splitlines():
+            try:
+                words = shlex.split(line, comments=True)
+            except ValueError:
+                continue  # the launcher fails to run and the session says so
+            for word in words:
+                if word.startswith("/") and os.path.isfile(word):
+                    found.add(Path(word))
+    return sorted(found)
 
 
 def _without_nested(paths: Iterable[Path]) -> list[Path]:
@@ -201,11 +220,13 @@ def bwrap_command(
     binary: Path,
     cwd: Path,
     command: Sequence[str],
+    launchers: Iterable[str] = (),
 ) -> list[str]:
     """The ``bwrap`` argument list that runs ``command`` jailed for the sandbox at ``directory``.
 
     Pure: builds the list only. ``directory`` becomes the only writable mount; ``binary`` (the
-    ``sandbox-agent`` executable) and the interpreter (`interpreter_paths`) are mounted read-only.
+    ``sandbox-agent`` executable), the interpreter (`interpreter_paths`) and the files the agent
+    ``launchers`` name (`files_named`) are mounted read-only.
     """
     args = [
         bwrap,
@@ -229,7 +250,7 @@ def bwrap_command(
     args += _system_args()
     # Mounted over /tmp before the sandbox directory, which may itself live under /tmp.
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
-    read_only = [*interpreter_paths(), binary.resolve(), *policy.read_only]
+    read_only = [*interpreter_paths(), binary.resolve(), *files_named(launchers), *policy.read_only]
     for path in _without_nested(read_only):
         args += ["--ro-bind", str(path), str(path)]
     args += ["--bind", str(directory), str(directory)]

@@ -323,6 +323,7 @@ class LocalSandboxProvider:
                 directory=directory,
                 extra_env=extra_env,
                 token_length=len(token),
+                launchers=self._launchers.values(),
             )
         except OSError as exc:
             await asyncio.to_thread(log_handle.close)

@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +94,7 @@ def plan_spawn(
     directory: Path,
     extra_env: Mapping[str, str],
     token_length: int,
+    launchers: Iterable[str] = (),
 ) -> ServerSpawn:
     """The command that starts the server of the sandbox at ``directory`` under ``policy``.
 
@@ -120,7 +121,13 @@ def plan_spawn(
     if policy.jailed:
         assert bwrap is not None
         command = bwrap_command(
-            bwrap, policy, directory=directory, binary=binary, cwd=directory / WORKDIR, command=command
+            bwrap,
+            policy,
+            directory=directory,
+            binary=binary,
+            cwd=directory / WORKDIR,
+            command=command,
+            launchers=launchers,
         )
     return ServerSpawn(command, env, port, listener)
 
