@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -178,3 +179,25 @@ async def test_the_files_an_agent_launcher_names_are_visible_read_only(tmp_path:
     finally:
         await provider.aclose()
     assert agent.read_text() == "print('agent')\n"
+
+
+async def test_a_jail_on_the_host_network_reaches_local_ports_but_still_not_the_files(tmp_path: Path):
+    secret = tmp_path / "secret_key"
+    secret.write_text("host secret\n")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    jail = JailPolicy(network="host")
+    provider = LocalSandboxProvider(tmp_path / "sandboxes", find_binary(), jail=jail)
+    try:
+        endpoint = await provider.create("on-host")
+        async with SandboxAgentClient(endpoint) as client:
+            code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)"
+            connected = await client.run_process(sys.executable, ["-I", "-c", code])
+            assert connected.exit_code == 0, connected.stderr  # the host's loopback: network = host
+            read = await client.run_process("cat", [str(secret)])
+            assert read.exit_code != 0
+            assert "host secret" not in read.stdout
+        assert (await provider.isolation()).network == "host"
+    finally:
+        listener.close()
+        await provider.aclose()
