@@ -50,9 +50,8 @@ from foundry.drivers.sandbox.layout import (
 from foundry.drivers.sandbox.procs import ProcessRecord, Registry, boot_id, reap_leftovers, start_ticks
 from foundry.drivers.sandbox.spawn import (
     HOST,
-    descendants,
     effective_returncode,
-    identities,
+    jail_processes,
     plan_spawn,
     server_pid,
     wait_gone,
@@ -484,9 +483,7 @@ class LocalSandboxProvider:
         # A jail's processes are in a session of their own: they die with bubblewrap (its pid 1 is
         # killed with its parent, and the kernel then kills everything in the jail's pid namespace),
         # which is asynchronous; they are listed now to wait for exactly those below.
-        jailed = (
-            await asyncio.to_thread(identities, descendants(sandbox.process.pid)) if self.jail.jailed else []
-        )
+        jailed = await asyncio.to_thread(jail_processes, sandbox.process.pid) if self.jail.jailed else []
         if sandbox.process.returncode is None:
             self._signal_group(sandbox, signal.SIGTERM)
             if supervisor is not None:

@@ -26,7 +26,7 @@ __all__ = [
     "ServerSpawn",
     "descendants",
     "effective_returncode",
-    "identities",
+    "jail_processes",
     "plan_spawn",
     "server_pid",
     "wait_gone",
@@ -169,9 +169,10 @@ def server_pid(leader: int) -> int | None:
     return None
 
 
-def identities(pids: list[int]) -> list[tuple[int, int]]:
-    """``(pid, start time)`` of each live pid, to wait for exactly those processes to be gone."""
-    return [(pid, ticks) for pid in pids if (ticks := start_ticks(pid)) is not None]
+def jail_processes(leader: int) -> list[tuple[int, int]]:
+    """``(pid, start time)`` of each live descendant of ``leader``, to wait for exactly those
+    processes to be gone. Blocking (reads ``/proc``): run it in a thread."""
+    return [(pid, ticks) for pid in descendants(leader) if (ticks := start_ticks(pid)) is not None]
 
 
 def _running(pid: int, ticks: int) -> bool:
