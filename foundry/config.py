@@ -107,6 +107,17 @@ class SandboxSettings(BaseModel):
     #: A sandbox with no running turn or other use for this long is stopped (its directory is kept;
     #: the next message restarts it and resumes its sessions).
     idle_minutes: float = Field(default=15.0, gt=0)
+    #: How each sandbox is isolated: ``bwrap`` jails it with bubblewrap (new user, pid, ipc, uts
+    #: namespaces, a read-only system, only its own directory writable); ``none`` runs it as
+    #: Foundry's own user with the whole machine in reach, and is logged as a warning at every start.
+    isolation: Literal["bwrap", "none"] = "bwrap"
+    #: A jailed sandbox's network: ``none`` (its own namespace with only a loopback: nothing on this
+    #: machine is reachable, Foundry reaches the server through a relay), ``host`` (the host's
+    #: network, every local port in reach) or ``egress`` (not implemented yet). Empty: ``none`` in
+    #: mock mode, ``host`` in production, where real agents and GitHub need the internet.
+    network: Literal["", "host", "egress", "none"] = ""
+    #: The bubblewrap executable; empty looks for ``bwrap`` on PATH.
+    bwrap: str = ""
 
 
 class Settings(BaseSettings):
@@ -141,6 +152,13 @@ class Settings(BaseSettings):
         if self.sandbox.root_dir:
             return Path(self.sandbox.root_dir).expanduser()
         return self.data_dir / "sandboxes"
+
+    @property
+    def sandbox_network(self) -> Literal["host", "egress", "none"]:
+        """The jailed sandboxes' network (``sandbox.network``, or the mode's default)."""
+        if self.sandbox.network:
+            return self.sandbox.network
+        return "none" if self.mode == "mock" else "host"
 
     @property
     def demo_agent_enabled(self) -> bool:

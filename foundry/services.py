@@ -7,6 +7,7 @@ one place, as in Ray Serve's control plane.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from foundry.clock import Clock, SystemClock
@@ -70,4 +71,27 @@ def build_sandbox_provider(settings: Settings) -> Any:
         settings.sandbox.binary or None,
         launchers,
         health_timeout=settings.sandbox.health_timeout,
+        jail=sandbox_jail_policy(settings),
+    )
+
+
+def sandbox_jail_policy(settings: Settings) -> Any:
+    """How sandboxes are isolated (`foundry.drivers.sandbox.jail.JailPolicy`) under ``settings``.
+
+    Besides the system, a jail sees read-only the files that its agent launchers name (the provider
+    finds them), and in mock mode the local git remotes read-write: they stand in for GitHub, which a
+    real sandbox reaches over the network.
+    """
+    from foundry.drivers.sandbox.jail import JailPolicy
+
+    shared: list[Path] = []
+    if settings.mode == "mock":
+        remotes = settings.data_dir / "mock-remotes"
+        remotes.mkdir(parents=True, exist_ok=True)
+        shared.append(remotes)
+    return JailPolicy(
+        isolation=settings.sandbox.isolation,
+        network=settings.sandbox_network,
+        shared=tuple(shared),
+        bwrap=settings.sandbox.bwrap,
     )

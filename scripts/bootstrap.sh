@@ -66,22 +66,33 @@ if [ ! -f "$build_stamp" ] || [ "$(cat "$build_stamp")" != "$build_want" ]; then
   echo "$build_want" > "$build_stamp"
 fi
 
-# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
-if [ ! -x /usr/bin/chromium ]; then
+# Debian packages, installed with apt-get when missing (as root, or with passwordless sudo):
+#   apt_install <package> <file it provides> <what needs it>
+apt_install() {
+  local package=$1 provides=$2 why=$3 can=1
+  local as_root=()
+  [ -x "$provides" ] && return 0
+  # (an empty array counts as unset for ${x+set}, hence the separate flag)
   if [ "$(id -u)" = 0 ]; then
-    as_root=()
+    :
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     as_root=(sudo -n)
   else
-    as_root=
+    can=0
   fi
-  if [ -n "${as_root+set}" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "bootstrap: installing chromium (for the browser tests)" >&2
-    "${as_root[@]}" apt-get install -y -q chromium >/dev/null \
-      || { "${as_root[@]}" apt-get update -q >/dev/null && "${as_root[@]}" apt-get install -y -q chromium >/dev/null; } \
-      || echo "bootstrap: could not install chromium; the browser tests (tests/browser) will fail" >&2
+  if [ "$can" = 1 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing $package ($why)" >&2
+    "${as_root[@]}" apt-get install -y -q "$package" >/dev/null \
+      || { "${as_root[@]}" apt-get update -q >/dev/null && "${as_root[@]}" apt-get install -y -q "$package" >/dev/null; } \
+      || echo "bootstrap: could not install $package; $why will not work" >&2
   else
-    echo "bootstrap: /usr/bin/chromium is missing and cannot be installed here (needs root or" \
-      "passwordless sudo, and apt-get); install Debian's chromium package for the browser tests" >&2
+    echo "bootstrap: $provides is missing and cannot be installed here (needs root or" \
+      "passwordless sudo, and apt-get); install Debian's $package package ($why)" >&2
   fi
-fi
+}
+
+# bubblewrap jails every local sandbox (sandbox.isolation = bwrap, the default); without it sandbox
+# creation fails and /readyz says what is missing.
+apt_install bubblewrap /usr/bin/bwrap "the sandbox jail"
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+apt_install chromium /usr/bin/chromium "the browser tests (tests/browser)"

@@ -146,7 +146,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
-        """Readiness: the actor runtime answers within 5 s."""
+        """Readiness: the actor runtime answers within 5 s, ``sandbox-agent`` is installed, and the
+        sandbox isolation (``checks.isolation``: which one is active, and why not a stronger one)
+        can start here."""
         checks: dict[str, Any] = {}
         ok = True
         try:
@@ -161,6 +163,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
         binary_ok, binary_detail = await asyncio.to_thread(check_binary, binary)
         checks["sandboxAgent"] = {"ok": binary_ok, "detail": binary_detail}
         ok = ok and binary_ok
+        # Sandboxes are jailed unless `sandbox.isolation = none` was chosen; a jail that cannot start
+        # here fails readiness like a missing binary, and the detail names what to install.
+        isolation = await app.state.services.driver("sandbox").isolation()
+        checks["isolation"] = isolation.as_json()
+        ok = ok and isolation.ok
         # Reported, not required: the API serves without the browser dashboard.
         checks["dashboard"] = app.state.dashboard.status()
         return JSONResponse(

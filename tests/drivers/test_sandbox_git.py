@@ -19,6 +19,7 @@ from foundry.drivers.sandbox import GitError, SandboxEndpoint
 from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.binary import find_binary
 from foundry.drivers.sandbox.client import SandboxAgentClient
+from foundry.drivers.sandbox.jail import JailPolicy
 from foundry.drivers.sandbox.local import LocalSandboxProvider
 from foundry.errors import InvalidInput
 
@@ -57,8 +58,12 @@ def remote(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def sandbox(tmp_path: Path) -> AsyncIterator[SandboxEndpoint]:
-    provider = LocalSandboxProvider(tmp_path / "sandboxes", find_binary(), {"mock": launcher_script()})
+async def sandbox(tmp_path: Path, remote: Path) -> AsyncIterator[SandboxEndpoint]:
+    # The jail sees the remote as it would see GitHub: the only host path besides its own directory.
+    jail = JailPolicy(shared=(remote,))
+    provider = LocalSandboxProvider(
+        tmp_path / "sandboxes", find_binary(), {"mock": launcher_script()}, jail=jail
+    )
     yield await provider.create("task-1", env={"FOUNDRY_DEMO_AGENT_DELAY": "0"})
     await provider.aclose()
 

@@ -20,6 +20,7 @@ from foundry.drivers.sandbox.binary import find_binary
 from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.drivers.sandbox.local import LocalSandboxProvider
 from foundry.drivers.sandbox.procs import start_ticks
+from foundry.drivers.sandbox.spawn import descendants
 
 
 def alive(pid: int) -> bool:
@@ -29,18 +30,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def group_of(pid: int) -> list[int]:
-    """Live members of process group ``pid`` (a sandbox: its launcher, server and agents)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pid and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
+def sandbox_processes(leader: int) -> list[int]:
+    """The live processes of the sandbox led by ``leader``: the leader (bubblewrap, or the launcher
+    when unjailed) and every descendant (the jail's init, launcher, server and agents)."""
+    return [pid for pid in [leader, *descendants(leader)] if alive(pid)]
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -92,8 +85,8 @@ async def test_a_restarted_backend_reaps_the_servers_a_dead_one_left(tmp_path: P
     async with SandboxAgentClient(endpoint) as client:
         await client.acp("probe", "mock").initialize()
     leader = dead._sandboxes["task-1"].process.pid
-    leftovers = group_of(leader)
-    assert len(leftovers) >= 3, leftovers  # launcher, server, agent
+    leftovers = sandbox_processes(leader)
+    assert len(leftovers) >= 3, leftovers  # launcher, server, agent (and bubblewrap's two)
     fresh = make_provider(root)
     try:
         assert await fresh.reap_leftovers(lambda owner: False) == []  # another host's: untouched

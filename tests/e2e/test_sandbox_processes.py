@@ -73,10 +73,13 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 @contextmanager
-def serve(data_dir: Path, log_path: Path, backend: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def serve(
+    data_dir: Path, log_path: Path, backend: str, isolation: str = "bwrap"
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = _free_port()
     env = {
         **os.environ,
+        "FOUNDRY_SANDBOX__ISOLATION": isolation,
         "FOUNDRY_PORT": str(port),
         "FOUNDRY_DATA_DIR": str(data_dir),
         "FOUNDRY_RUNTIME__BACKEND": backend,
@@ -151,11 +154,16 @@ def idle(client: httpx.Client, task_id: str) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(600)
-def test_a_killed_server_leaves_sandboxes_that_the_next_start_reaps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["bwrap", "none"])
+def test_a_killed_server_leaves_no_sandbox_running_and_the_session_carries_on(
+    tmp_path: Path, isolation: str
+) -> None:
+    """Jailed, the sandboxes die with the server (bubblewrap's ``--die-with-parent``); unjailed they
+    survive it, and the next start reaps them. Either way the session carries on afterwards."""
     data = tmp_path / "data"
     root = data / "sandboxes"
     log = tmp_path / "serve.log"
-    with serve(data, log, "inprocess") as (proc, url), signed_in(url) as client:
+    with serve(data, log, "inprocess", isolation) as (proc, url), signed_in(url) as client:
         created = create_task(client, "First note")
         task_id, session_id = created["taskId"], created["sessionId"]
         idle(client, task_id)
@@ -163,9 +171,14 @@ def test_a_killed_server_leaves_sandboxes_that_the_next_start_reaps(tmp_path: Pa
         assert "sandbox-agent" in leftovers.values(), leftovers
         proc.send_signal(signal.SIGKILL)  # the server only: its sandboxes run in their own sessions
         proc.wait(timeout=30)
-    assert alive(list(leftovers)) == list(leftovers), "the sandboxes died with the server (nothing to reap)"
+    if isolation == "bwrap":
+        wait_for(lambda: not alive(list(leftovers)), 10, f"the jails {leftovers} to die with the server")
+    else:
+        assert alive(list(leftovers)) == list(leftovers), (
+            "the sandboxes died with the server (nothing to reap)"
+        )
     try:
-        with serve(data, log, "inprocess") as (_, url), signed_in(url) as client:
+        with serve(data, log, "inprocess", isolation) as (_, url), signed_in(url) as client:
             wait_for(lambda: not alive(list(leftovers)), 30, f"leftovers {leftovers} to be reaped")
             response = client.post(
                 f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/messages",

@@ -35,6 +35,7 @@ __all__ = [
     "SandboxBinaryNotFound",
     "SandboxEndpoint",
     "SandboxError",
+    "SandboxIsolationUnavailable",
     "SandboxProvider",
     "SandboxState",
     "SandboxStatus",
@@ -61,6 +62,13 @@ class SandboxBinaryNotFound(SandboxError):
     """The ``sandbox-agent`` binary is not installed; the message names the command that installs it."""
 
     code = "sandbox_binary_not_found"
+
+
+class SandboxIsolationUnavailable(SandboxError):
+    """Sandboxes must be jailed and the jail cannot start here (bubblewrap missing, user namespaces
+    refused); the message says what is missing and how to install it."""
+
+    code = "sandbox_isolation_unavailable"
 
 
 class SandboxApiError(SandboxError):

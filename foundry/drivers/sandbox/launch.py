@@ -19,6 +19,10 @@ made of ``*`` placeholders and the real token on its stdin:
 
 It fails closed: if the argument cannot be rewritten it kills the child and exits with code 70, and
 the provider reports a failed start.
+
+In a jail with its own network namespace the launcher also relays Foundry's connections to the
+server (`foundry.drivers.sandbox.relay`): the provider names the inherited listening socket and the
+server's port in two environment variables, which the launcher takes out of the server's environment.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import os
 import signal
 import sys
 import threading
+
+from foundry.drivers.sandbox.relay import RELAY_FD_ENV, RELAY_PORT_ENV, start_relay
 
 TOKEN_ENV = "FOUNDRY_SANDBOX_AGENT_TOKEN"
 TOKEN_FLAG = "--token="
@@ -130,6 +136,10 @@ def main(argv: list[str]) -> int:
         print("launch: expected one --token= placeholder and the token on stdin", file=sys.stderr)
         return EXIT_SETUP_FAILED
     env = {**os.environ, TOKEN_ENV: f"{TOKEN_FLAG}{token}"}
+    relay_fd, relay_port = env.pop(RELAY_FD_ENV, None), env.pop(RELAY_PORT_ENV, None)
+    if relay_fd is not None:
+        # Only the relay holds the listening socket: the server and its agents must not inherit it.
+        os.set_inheritable(int(relay_fd), False)
     pid = os.fork()
     if pid == 0:
         _child(binary, args, env)
@@ -145,6 +155,9 @@ def main(argv: list[str]) -> int:
         return EXIT_SETUP_FAILED
     libc = ctypes.CDLL(None, use_errno=True)
     libc.ptrace(_PTRACE_DETACH, pid, None, None)
+    if relay_fd is not None and relay_port is not None:
+        # Started after the fork: the child only execs, but a fork of a threaded process is fragile.
+        start_relay(int(relay_fd), int(relay_port))
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):

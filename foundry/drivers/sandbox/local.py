@@ -1,18 +1,13 @@
-"""The ``local`` sandbox provider: one real ``sandbox-agent server`` process per sandbox.
-
-Layout of a sandbox ``<root_dir>/<sandbox_id>/``::
-
-    repo/                     the workdir (the task's checkout); the server's cwd
-    .local/share/             XDG_DATA_HOME: sandbox-agent/bin/agent_processes/<agent>-acp launchers
-    tmp/                      TMPDIR
-    sandbox-agent.log         the server's log (stdout + stderr, appended across restarts)
+"""The ``local`` sandbox provider: one real ``sandbox-agent server`` process per sandbox, jailed with
+bubblewrap by default (`foundry.drivers.sandbox.jail`; its directory layout is in `layout`).
 
 The server binds 127.0.0.1 on a free port with its own random bearer token and ``--no-telemetry``.
 Its environment is an allowlist — ``PATH``, ``LANG``, ``HOME=<sandbox dir>`` and the sandbox's own
 XDG/TMP paths — plus exactly what the caller passes to `LocalSandboxProvider.create`; the backend's own
 secrets never reach it. Agents started by the server inherit that environment.
 
-Each server runs in its own process group so that `destroy` can stop the agents it spawned as well.
+Each server runs in its own process group (a jail: in its own PID namespace, which dies with its
+leader) so that `destroy` can stop the agents it spawned as well.
 A supervisor task awaits every process; an exit that was not asked for is reported through
 ``on_exit(sandbox_id, returncode, reason)`` with the tail of the server's log.
 """
@@ -27,7 +22,6 @@ import os
 import re
 import secrets
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,32 +33,35 @@ from foundry.drivers.sandbox import (
     ExitCallback,
     SandboxEndpoint,
     SandboxError,
+    SandboxIsolationUnavailable,
     SandboxState,
     SandboxStatus,
 )
 from foundry.drivers.sandbox.binary import find_binary
-from foundry.drivers.sandbox.launch import TOKEN_FLAG
+from foundry.drivers.sandbox.jail import IsolationStatus, JailPolicy, find_bwrap, isolation_status
 from foundry.drivers.sandbox.layout import (
     LOG_FILE,
     WORKDIR,
     describe_returncode,
-    free_port,
     prepare_directory,
     read_log_tail,
     remove_tree,
 )
 from foundry.drivers.sandbox.procs import ProcessRecord, Registry, boot_id, reap_leftovers, start_ticks
+from foundry.drivers.sandbox.spawn import (
+    HOST,
+    effective_returncode,
+    jail_processes,
+    plan_spawn,
+    server_pid,
+    wait_gone,
+)
 
 __all__ = ["LocalSandboxProvider"]
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
 _SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# The server's environment is built from scratch; only these are copied from the backend's own.
-_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
-_RESERVED = frozenset({"HOME", "XDG_DATA_HOME", "TMPDIR"})
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _START_ATTEMPTS = 3
 
 
@@ -104,6 +101,9 @@ class LocalSandboxProvider:
         health_timeout: seconds to wait for ``GET /v1/health`` after a start (the research saw 15 s
             starts on a busy machine, hence 30 s).
         stop_grace: seconds between SIGTERM and SIGKILL in `destroy`.
+        jail: how sandboxes are isolated (`JailPolicy`); the default jails each one with bubblewrap
+            in its own network namespace. A jail that cannot start here fails `create` with
+            `SandboxIsolationUnavailable` unless the policy says ``isolation="none"``.
     """
 
     name = "local"
@@ -117,6 +117,7 @@ class LocalSandboxProvider:
         on_exit: ExitCallback | None = None,
         health_timeout: float = 30.0,
         stop_grace: float = 5.0,
+        jail: JailPolicy | None = None,
     ) -> None:
         self.root_dir = Path(root_dir).resolve()
         self._binary = Path(binary) if binary is not None else None
@@ -131,12 +132,28 @@ class LocalSandboxProvider:
         self._locks: dict[str, asyncio.Lock] = {}
         self._notifications: set[asyncio.Task[None]] = set()
         self.registry = Registry(self.root_dir)
+        self.jail = jail if jail is not None else JailPolicy()
+        self._bwrap = find_bwrap(self.jail.bwrap) if self.jail.jailed else None
+        self._isolation: IsolationStatus | None = None
+        if not self.jail.jailed:
+            log.warning(
+                "sandboxes are NOT jailed (sandbox.isolation = none): agents run as this user and can "
+                "read the data directory and reach local ports root_dir=%s",
+                self.root_dir,
+            )
 
     # ------------------------------------------------------------------------------------ public API
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
         """The directory of ``sandbox_id`` (whether or not it exists)."""
         return self.root_dir / self._checked_id(sandbox_id)
+
+    async def isolation(self) -> IsolationStatus:
+        """Whether this provider's sandboxes can start with its isolation here, and why not (the
+        answer is probed once by starting a tiny jail, then kept)."""
+        if self._isolation is None:
+            self._isolation = await asyncio.to_thread(isolation_status, self.jail)
+        return self._isolation
 
     def process_id(self, sandbox_id: str) -> int | None:
         """PID of the sandbox's ``sandbox-agent`` server while this provider runs it, else ``None``."""
@@ -160,8 +177,12 @@ class LocalSandboxProvider:
             SandboxError: invalid id, or the server exited or stayed unhealthy for ``health_timeout``
                 seconds (the message carries the tail of its log).
             SandboxBinaryNotFound: no binary was given and none is installed.
+            SandboxIsolationUnavailable: the jail cannot start here (the message says what to install).
         """
         self._checked_id(sandbox_id)
+        isolation = await self.isolation()
+        if not isolation.ok:
+            raise SandboxIsolationUnavailable(f"cannot start a jailed sandbox: {isolation.detail}")
         async with self._lock(sandbox_id):
             current = self._sandboxes.get(sandbox_id)
             if (
@@ -285,53 +306,39 @@ class LocalSandboxProvider:
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
 
-    def _environment(self, directory: Path, extra: Mapping[str, str]) -> dict[str, str]:
-        env = {key: os.environ[key] for key in _PASSTHROUGH if os.environ.get(key)}
-        env.setdefault("PATH", _DEFAULT_PATH)
-        env.setdefault("LANG", "C.UTF-8")
-        # Logs to stdout (our log file) instead of $XDG_DATA_HOME/sandbox-agent/logs; never download
-        # agents at runtime: a sandbox only runs the launchers we installed (or what the image has).
-        env["SANDBOX_AGENT_LOG_STDOUT"] = "1"
-        env["SANDBOX_AGENT_REQUIRE_PREINSTALL"] = "1"
-        # The server fails ACP requests after 120 s by default; a real agent turn (session/prompt) can
-        # legitimately run much longer, and Stop is an explicit session/cancel anyway.
-        env["SANDBOX_AGENT_ACP_REQUEST_TIMEOUT_MS"] = str(60 * 60 * 1000)
-        for key, value in extra.items():
-            if key in _RESERVED:
-                log.warning("ignoring reserved sandbox env key=%s", key)
-                continue
-            env[key] = value
-        env["HOME"] = str(directory)
-        env["XDG_DATA_HOME"] = str(directory / ".local" / "share")
-        env["TMPDIR"] = str(directory / "tmp")
-        return env
-
     async def _start(
         self, sandbox_id: str, binary: Path, extra_env: Mapping[str, str], owner: str
     ) -> _Sandbox:
         directory = self.root_dir / sandbox_id
         log_handle = await asyncio.to_thread(prepare_directory, directory, self._launchers)
-        port = free_port(HOST)
         token = secrets.token_urlsafe(32)
-        # `--token=<t>` in one argument: a token starting with "-" would otherwise parse as a flag.
         # The token never goes on a command line (any local user can read those): the launcher
         # gets it on stdin and hands it to the server without it showing (see `launch`).
-        placeholder = f"{TOKEN_FLAG}{'*' * len(token)}"
-        args = ["server", f"--host={HOST}", f"--port={port}", placeholder, "--no-telemetry"]
+        try:
+            spawn = plan_spawn(
+                self.jail,
+                self._bwrap,
+                binary=binary,
+                directory=directory,
+                extra_env=extra_env,
+                token_length=len(token),
+                launchers=self._launchers.values(),
+            )
+        except OSError as exc:
+            await asyncio.to_thread(log_handle.close)
+            raise SandboxError(f"could not prepare the server of sandbox {sandbox_id}: {exc}") from exc
+        port = spawn.port
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-I",
-                "-m",
-                "foundry.drivers.sandbox.launch",
-                str(binary),
-                *args,
+                *spawn.argv,
                 cwd=str(directory / WORKDIR),
-                env=self._environment(directory, extra_env),
+                env=spawn.env,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=log_handle,
                 stderr=asyncio.subprocess.STDOUT,
-                # Own process group: destroy() signals the server *and* the agents it spawned.
+                pass_fds=spawn.pass_fds,
+                # Own process group: destroy() signals the server *and* the agents it spawned (a
+                # jail's processes are in a session of their own but die with its leader).
                 start_new_session=True,
             )
             assert process.stdin is not None
@@ -342,6 +349,7 @@ class LocalSandboxProvider:
                 f"could not start sandbox-agent ({binary}) for sandbox {sandbox_id}: {exc}"
             ) from exc
         finally:
+            spawn.spawned()
             await asyncio.to_thread(log_handle.close)
         endpoint = SandboxEndpoint(
             base_url=f"http://{HOST}:{port}", token=token, workdir=str(directory / WORKDIR)
@@ -358,7 +366,7 @@ class LocalSandboxProvider:
             await self._stop(sandbox)
             raise
         sandbox.state = SandboxState.RUNNING
-        sandbox.server_pid = await asyncio.to_thread(_child_of, process.pid)
+        sandbox.server_pid = await asyncio.to_thread(server_pid, process.pid)
         await self._tell_launcher_healthy(process)
         return sandbox
 
@@ -407,7 +415,8 @@ class LocalSandboxProvider:
 
     async def _raise_start_failure(self, sandbox: _Sandbox, what: str) -> None:
         if sandbox.process.returncode is not None:
-            what = f"{describe_returncode(sandbox.process.returncode)} {what}"
+            returncode = effective_returncode(sandbox.process.returncode, self.jail.jailed)
+            what = f"{describe_returncode(returncode)} {what}"
         tail = await asyncio.to_thread(read_log_tail, sandbox.log_path)
         error = SandboxError(
             f"sandbox-agent for sandbox {sandbox.sandbox_id} {what}; last log lines:\n{tail}"
@@ -419,7 +428,7 @@ class LocalSandboxProvider:
         raise error
 
     async def _supervise(self, sandbox: _Sandbox) -> None:
-        returncode = await sandbox.process.wait()
+        returncode = effective_returncode(await sandbox.process.wait(), self.jail.jailed)
         sandbox.returncode = returncode
         if sandbox.stopping or sandbox.state is SandboxState.PENDING:
             # destroy()/aclose() asked for it, or create() is failing and reports it itself.
@@ -471,6 +480,10 @@ class LocalSandboxProvider:
     async def _stop(self, sandbox: _Sandbox) -> None:
         sandbox.stopping = True
         supervisor = sandbox.supervisor
+        # A jail's processes are in a session of their own: they die with bubblewrap (its pid 1 is
+        # killed with its parent, and the kernel then kills everything in the jail's pid namespace),
+        # which is asynchronous; they are listed now to wait for exactly those below.
+        jailed = await asyncio.to_thread(jail_processes, sandbox.process.pid) if self.jail.jailed else []
         if sandbox.process.returncode is None:
             self._signal_group(sandbox, signal.SIGTERM)
             if supervisor is not None:
@@ -485,22 +498,10 @@ class LocalSandboxProvider:
         self._signal_group(sandbox, signal.SIGKILL)
         if supervisor is not None:
             await supervisor
+        if jailed:
+            await wait_gone(sandbox.sandbox_id, jailed)
         sandbox.state = SandboxState.DESTROYED
         await asyncio.to_thread(self.registry.remove, sandbox.sandbox_id, sandbox.process.pid)
-
-
-def _child_of(pid: int) -> int | None:
-    """The (single) child of ``pid``: the server under its launcher."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    return int(entry)
-        except (OSError, ValueError, IndexError):
-            continue
-    return None
 
 
 class _PortTaken(Exception):
