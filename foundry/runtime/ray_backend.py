@@ -155,12 +155,15 @@ class RayRuntime(Runtime):
         """
         if self._started_ray:
             await self._shutdown_hosts()
+            # Before `ray.shutdown`, which on rare occasions aborts the process (SIGABRT inside Ray's
+            # core worker) after everything else is stopped: the sweep must not depend on it.
+            await self._after_cluster_stop()
             await asyncio.to_thread(ray.shutdown)
             self._started_ray = False
-            await self._after_cluster_stop()
 
     async def _after_cluster_stop(self) -> None:
-        """Let each role release what hosts that died without closing left behind."""
+        """Let each role release what hosts that died without closing left behind (every host has
+        been asked to close and answered or timed out, so nothing of theirs is still in use)."""
         for name in available_roles() + list(self.settings.runtime.extra_roles):
             hook = load_role(name).on_cluster_stop
             if hook is None:

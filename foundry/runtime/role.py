@@ -44,9 +44,9 @@ class Role:
             for per-process resources of the role, e.g. reaping what a crashed process left behind.
         on_host_stop: called with the `Host` when it closes, after its instances closed; releases
             those per-process resources (e.g. stops the processes the role started).
-        on_cluster_stop: called with the `Settings` in the process that owns the cluster, after every
-            host is gone; releases what hosts that died without closing left behind (a terminal's
-            Ctrl-C or a service manager's stop signals Ray's daemons too, so hosts may die first).
+        on_cluster_stop: called with the `Settings` in the process that owns the cluster, once every
+            host has closed (or failed to); releases what hosts that died without closing left
+            behind (a terminal's Ctrl-C or a service manager's stop may signal Ray's daemons too).
     """
 
     name: str
