@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.procs import alive
+
 pytestmark = pytest.mark.e2e
 
 ACME_ROCKET = "910001"
@@ -48,18 +50,6 @@ def sandbox_processes(root: Path) -> dict[int, str]:
         if state != "Z" and any(item.startswith(b"HOME=" + prefix) for item in environ):
             found[int(entry.name)] = name
     return found
-
-
-def alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(pid)
-    return out
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -21,22 +21,10 @@ from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.drivers.sandbox.jail import JailPolicy
 from foundry.drivers.sandbox.local import LocalSandboxProvider
 from foundry.drivers.sandbox.spawn import descendants
+from tests.procs import alive as running
 from tests.tasks.conftest import create_task, idle_session, running_server, wait_task
 
 pytestmark = pytest.mark.security
-
-
-def running(pids: list[int]) -> list[int]:
-    """The pids still running (a zombie only waits to be reaped: it runs nothing)."""
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(pid)
-    return out
 
 
 def jail_of(provider: LocalSandboxProvider, sandbox_id: str) -> list[int]:

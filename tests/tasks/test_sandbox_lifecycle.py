@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from foundry.demo_agent import NOTES_FILE
+from tests.procs import alive
 from tests.tasks.conftest import (
     TaskServer,
     create_task,
@@ -66,18 +67,6 @@ def sandbox_processes(root: Path, *, servers_only: bool = False) -> dict[int, st
             continue
         found[int(entry.name)] = name
     return found
-
-
-def alive(pids: list[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.append(pid)
-    return out
 
 
 async def until(check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float, what: str) -> None:
