@@ -194,8 +194,17 @@ def _roles_of(settings: Settings) -> list[str]:
     return available_roles() + [r for r in settings.runtime.extra_roles if r not in available_roles()]
 
 
-def _on_ray(address: str, settings: Settings, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def _on_ray(address: str | None, settings: Settings, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Join the running Foundry's Ray cluster, run ``work``, and leave."""
+    from foundry.runtime.cluster_file import cluster_address
+
+    # Before importing Ray, which fixes its authentication mode from the environment on import.
+    address = address or cluster_address(settings)
+    if address is None:
+        raise click.ClickException(
+            f"no running Foundry found for data dir {settings.data_dir} "
+            "(start it with `foundry serve`, or pass --address / set the runtime's ray_address)"
+        )
     import ray
 
     try:
@@ -209,20 +218,22 @@ def _on_ray(address: str, settings: Settings, work: Callable[[], Coroutine[Any, 
 
 
 @actors.command("ls")
-@click.option("--address", default="auto", help="Ray cluster address (default: the local one).")
-def actors_ls(address: str) -> None:
+@click.option(
+    "--address", default=None, help="Ray cluster address (default: the one this Foundry's data dir records)."
+)
+def actors_ls(address: str | None) -> None:
     """Which instances are awake on which host, and which instances hold dead letters.
 
     Per host: ``awake`` (keys), and ``deadLetters``: ``total`` and ``instances`` (key → count, asleep
     instances included). Looks hosts up; never creates one.
     """
-    import ray
-
-    from foundry.runtime.ray_backend import host_name
+    from foundry.runtime.role import host_name
 
     settings = get_settings()
 
     async def _run() -> dict[str, object]:
+        import ray  # imported by _on_ray, after it learned the cluster's authentication mode
+
         out: dict[str, object] = {}
         for role in _roles_of(settings):
             for shard in range(settings.runtime.shards_for(role)):
@@ -245,14 +256,12 @@ def actors_ls(address: str) -> None:
     click.echo(json.dumps(_on_ray(address, settings, _run), indent=2))
 
 
-def _instance_op(address: str, role: str, key: str, method: str) -> object:
+def _instance_op(address: str | None, role: str, key: str, method: str) -> object:
     """Run a host's operator action on one instance and return its result (or exit with its error)."""
-    import ray
-
     from foundry.errors import FoundryError
     from foundry.runtime.client import unwrap
     from foundry.runtime.keys import shard_of, validate_key
-    from foundry.runtime.ray_backend import host_name
+    from foundry.runtime.role import host_name
 
     settings = get_settings()
     if role not in _roles_of(settings):
@@ -264,6 +273,8 @@ def _instance_op(address: str, role: str, key: str, method: str) -> object:
     name = host_name(role, shard_of(key, settings.runtime.shards_for(role)))
 
     async def _run() -> object:
+        import ray  # imported by _on_ray, after it learned the cluster's authentication mode
+
         try:
             handle = ray.get_actor(name, namespace=settings.runtime.namespace)
         except ValueError:
@@ -279,8 +290,10 @@ def _instance_op(address: str, role: str, key: str, method: str) -> object:
 @actors.command("dead")
 @click.option("--role", required=True, help="Role of the instance whose outbox to read.")
 @click.option("--key", required=True, help="Key of the instance.")
-@click.option("--address", default="auto", help="Ray cluster address (default: the local one).")
-def actors_dead(role: str, key: str, address: str) -> None:
+@click.option(
+    "--address", default=None, help="Ray cluster address (default: the one this Foundry's data dir records)."
+)
+def actors_dead(role: str, key: str, address: str | None) -> None:
     """List an instance's dead letters: sends that failed too often and are no longer retried."""
     click.echo(json.dumps(_instance_op(address, role, key, "dead_letters"), indent=2))
 
@@ -288,8 +301,10 @@ def actors_dead(role: str, key: str, address: str) -> None:
 @actors.command("retry-dead")
 @click.option("--role", required=True, help="Role of the instance whose dead letters to retry.")
 @click.option("--key", required=True, help="Key of the instance.")
-@click.option("--address", default="auto", help="Ray cluster address (default: the local one).")
-def actors_retry_dead(role: str, key: str, address: str) -> None:
+@click.option(
+    "--address", default=None, help="Ray cluster address (default: the one this Foundry's data dir records)."
+)
+def actors_retry_dead(role: str, key: str, address: str | None) -> None:
     """Deliver an instance's dead letters again, in order, with fresh attempt counts."""
     click.echo(json.dumps(_instance_op(address, role, key, "retry_dead_letters")))
 

@@ -22,9 +22,10 @@ from foundry.config import Settings
 from foundry.errors import ActorUnavailable
 from foundry.logging import configure_logging
 from foundry.runtime.client import Runtime
+from foundry.runtime.cluster_file import clear_cluster_address, write_cluster_address
 from foundry.runtime.events import Event, decode_batch, encode_batch
 from foundry.runtime.host import Host
-from foundry.runtime.role import available_roles, load_role
+from foundry.runtime.role import available_roles, host_name, load_role
 from foundry.services import build_services
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ log = logging.getLogger(__name__)
 RETRY_WINDOW_S = 30.0
 #: How long a clean stop waits for each host to close (the sandbox host stops its processes).
 HOST_SHUTDOWN_S = 30.0
-
-
-def host_name(role: str, shard: int) -> str:
-    return f"foundry.{role}.{shard}"
 
 
 class HostActor:
@@ -141,8 +138,10 @@ class RayRuntime(Runtime):
                 )
             else:
                 kwargs["address"] = address
-            await asyncio.to_thread(ray.init, **kwargs)
+            context = await asyncio.to_thread(ray.init, **kwargs)
             self._started_ray = True
+            if address is None:
+                write_cluster_address(self.settings, context.address_info["gcs_address"])
         for role in available_roles() + list(self.settings.runtime.extra_roles):
             for shard in range(self.shards(role)):
                 self.handle(role, shard)
@@ -158,6 +157,7 @@ class RayRuntime(Runtime):
             # Before `ray.shutdown`, which on rare occasions aborts the process (SIGABRT inside Ray's
             # core worker) after everything else is stopped: the sweep must not depend on it.
             await self._after_cluster_stop()
+            clear_cluster_address(self.settings)
             await asyncio.to_thread(ray.shutdown)
             self._started_ray = False
 

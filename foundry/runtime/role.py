@@ -147,3 +147,8 @@ def available_roles() -> list[str]:
         if importlib.util.find_spec(module.rsplit(".", 1)[0]) is not None:
             out.append(name)
     return out
+
+
+def host_name(role: str, shard: int) -> str:
+    """The Ray actor name of host ``shard`` of ``role``."""
+    return f"foundry.{role}.{shard}"

@@ -43,3 +43,11 @@ def test_retry_dead_refuses_a_bad_key_before_looking_for_a_cluster(tmp_path: Pat
     result = _foundry("actors", "retry-dead", "--role", "task", "--key", "../etc", data_dir=tmp_path)
     assert result.returncode == 2
     assert "actor key" in result.stderr
+
+
+def test_actors_ls_without_a_running_foundry_for_this_data_dir_says_so(tmp_path: Path) -> None:
+    # Another Foundry's Ray may be running on this machine (other tests start them): the command must
+    # not join that one and report its hosts as if they were this Foundry's.
+    result = _foundry("actors", "ls", data_dir=tmp_path)
+    assert result.returncode == 1
+    assert "no running Foundry found for data dir" in result.stderr
