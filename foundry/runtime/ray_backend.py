@@ -138,10 +138,10 @@ class RayRuntime(Runtime):
                 )
             else:
                 kwargs["address"] = address
-            context = await asyncio.to_thread(ray.init, **kwargs)
+            await asyncio.to_thread(ray.init, **kwargs)
             self._started_ray = True
             if address is None:
-                write_cluster_address(self.settings, context.address_info["gcs_address"])
+                write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
         for role in available_roles() + list(self.settings.runtime.extra_roles):
             for shard in range(self.shards(role)):
                 self.handle(role, shard)
