@@ -29,7 +29,10 @@ def test_session_rename_and_close_show_live_in_another_window(people: People, sh
     alice.get_by_role("button", name="+ New session").click()
     expect(session_tabs(alice)).to_have_count(2, timeout=30_000)
     expect(session_tabs(carol)).to_have_count(2, timeout=30_000)
+    # The new session becomes hers on screen. (Its tab can show, from the live update, before her
+    # request returns and selects it: read the selected tab only once the selection moved.)
     new_tab = session_tabs(alice).and_(alice.locator("[aria-pressed=true]"))
+    expect(new_tab).to_have_text("Session 2", timeout=30_000)
     session_id = new_tab.get_attribute("data-session-id")
     old_name = (new_tab.text_content() or "").strip()
     assert session_id
