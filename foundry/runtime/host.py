@@ -61,6 +61,8 @@ class Host:
         self.pending_dir = self.root / ".pending"
         #: One file per instance with dead letters, holding their count (for ``foundry actors ls``).
         self.dead_dir = self.root / ".dead"
+        #: Head-schema templates that new instance databases are copied from.
+        self.schema_dir = self.root / ".schema"
         self.runtime = runtime
         self.services = services
         self.idle_seconds = idle_seconds

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from foundry.db.engine import make_engine, read_only
-from foundry.db.migrate import ensure_schema
+from foundry.db.migrate import ensure_schema, seed_new_database
 from foundry.errors import CommandFailed, CommandTimeout, FoundryError
 from foundry.runtime.context import CommandContext, InstanceContext
 from foundry.runtime.events import Event
@@ -76,6 +76,7 @@ class Instance:
     async def wake(self) -> None:
         """Open and migrate the database, requeue pending commands, start the loop."""
         try:
+            await seed_new_database(self.path, self.role.migrations_location, self.host.schema_dir)
             await ensure_schema(self.engine, self.role.migrations_location)
             mailbox = self._tables["foundry_mailbox"]
             async with self.engine.begin() as conn:

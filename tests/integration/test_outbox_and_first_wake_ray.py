@@ -78,6 +78,7 @@ async def test_kill_9_during_first_wakes_leaves_every_instance_able_to_wake(
     assert [state["value"] for state in again] == [1] * 20
 
 
+@pytest.mark.timeout(300)  # a new host process on a 2-core machine other test workers keep busy
 async def test_one_broken_target_does_not_hold_up_the_other_49(
     ray_runtime: RayRuntime, ray_settings: Settings
 ) -> None:
@@ -87,7 +88,6 @@ async def test_one_broken_target_does_not_hold_up_the_other_49(
     broken.parent.mkdir(parents=True, exist_ok=True)
     broken.write_bytes(b"this is not a database" * 100)
     sender = f"{prefix}-org"
-    started = time.monotonic()
     await ray_runtime.actor("counter", sender).send(
         "send_many", {"sends": [{"to": t, "body": {"tag": "init"}} for t in targets]}, wait=True
     )
@@ -95,11 +95,13 @@ async def test_one_broken_target_does_not_hold_up_the_other_49(
     async def delivered(key: str) -> bool:
         return bool((await ray_runtime.actor("counter", key).call("get"))["value"] == 1)
 
-    # Before, the first failing send stopped the whole outbox: none of the 49 arrived, ever. The bound
-    # is loose because 49 first wakes (each a migration) on a busy 2-core box take a while.
+    # Before, the first failing send stopped the whole outbox: none of the 49 arrived, ever. Now all of
+    # them arrive while the broken target is still failing. The clock starts once the sender is awake
+    # (a new host's process start is not what this measures); the bound is loose for a busy machine.
+    started = time.monotonic()
     pending = set(targets[1:])
     while pending:
-        assert time.monotonic() - started < 60, (
+        assert time.monotonic() - started < 120, (
             f"not delivered while the broken target fails: {sorted(pending)}"
         )
         done = await asyncio.gather(*(delivered(k) for k in pending))
