@@ -193,7 +193,7 @@ def _copy_atomically(source: Path, target: Path) -> None:
 async def _build_template(template: Path, location: str) -> None:
     """Migrate a scratch database to head and publish it as ``template`` (atomically)."""
     scratch = template.with_name(f"{template.name}.build-{os.getpid()}.tmp")
-    scratch.unlink(missing_ok=True)
+    await asyncio.to_thread(scratch.unlink, missing_ok=True)
     engine = make_engine(scratch)
     try:
         await ensure_schema(engine, location)
@@ -202,6 +202,10 @@ async def _build_template(template: Path, location: str) -> None:
             await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         await engine.dispose()
+    await asyncio.to_thread(_publish, scratch, template)
+
+
+def _publish(scratch: Path, template: Path) -> None:
     for suffix in ("-wal", "-shm"):
         scratch.with_name(scratch.name + suffix).unlink(missing_ok=True)
     os.replace(scratch, template)
@@ -217,18 +221,18 @@ async def seed_new_database(path: Path, location: str, template_dir: Path) -> bo
     gets a new template. Copy and build both write a temporary file and rename it: a kill leaves
     either no file (the next wake seeds again) or a complete one. Returns True when it seeded.
     """
-    if path.exists():
+    if await asyncio.to_thread(path.exists):
         return False
     head = head_revision(location)
     if head is None:
         return False
     template = template_dir / f"{Path(location).name}-{head}.template"
-    if not template.exists():
+    if not await asyncio.to_thread(template.exists):
         await asyncio.to_thread(template_dir.mkdir, parents=True, exist_ok=True)
         # Keeps the first wakes of one process from building the same template at once (the build's
         # migration takes the alembic lock itself).
         async with _BUILD_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock()):
-            if not template.exists():
+            if not await asyncio.to_thread(template.exists):
                 await _build_template(template, location)
     await asyncio.to_thread(_copy_atomically, template, path)
     return True
