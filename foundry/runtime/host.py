@@ -74,6 +74,7 @@ class Host:
         self._recovery: asyncio.Task[int] | None = None
         self._role_start: asyncio.Future[None] | None = None
         self._closed = False
+        self._stopping = False
         self.sleeps = 0
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -92,7 +93,13 @@ class Host:
         return await self._recovery if self._recovery is not None else 0
 
     async def close(self) -> None:
-        """Stop background work, close every instance, then let the role release its resources."""
+        """Stop background work, close every instance, then let the role release its resources.
+
+        From here on no instance wakes on this host: a request that reached it while it closes gets
+        `ActorUnavailable` (retried by callers), not an instance that nobody would ever close and whose
+        open transactions would lock its database against the host that replaces this one.
+        """
+        self._stopping = True
         for task in (self._reaper, self._recovery, self._role_start):
             if task is not None:
                 task.cancel()
@@ -265,13 +272,21 @@ class Host:
         async with lock:
             instance = self._instances.get(key)
             if instance is None:
+                self._refuse_if_stopping(key)
                 path = self.path_for(key)
                 await asyncio.to_thread(_make_dirs, path.parent, self.pending_dir, self.dead_dir)
                 instance = Instance(self, key, path)
                 await instance.wake()
+                if self._stopping:  # the host began closing during the wake: it will not close this one
+                    await instance.close()
+                    self._refuse_if_stopping(key)
                 self._instances[key] = instance
             instance.active += 1
             return instance
+
+    def _refuse_if_stopping(self, key: str) -> None:
+        if self._stopping:
+            raise ActorUnavailable(f"{self.role.name}/{key}: host {self.name} is stopping; retry shortly")
 
     def _release(self, instance: Instance) -> None:
         instance.active -= 1

@@ -6,10 +6,11 @@ Same semantics as the Ray backend, minus processes: for unit tests and single-pr
 from __future__ import annotations
 
 import pickle
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from foundry.errors import ActorUnavailable
 from foundry.runtime.client import Runtime
 from foundry.runtime.events import Event
 from foundry.runtime.host import Host
@@ -66,22 +67,37 @@ class InProcessRuntime(Runtime):
             self._hosts[(role, shard)] = host
         return host
 
+    async def _on_current_host(
+        self, role: str, key: str, op: Callable[[Host], Awaitable[tuple[str, Any]]]
+    ) -> tuple[str, Any]:
+        """Run ``op`` on the host of ``key``; again on its replacement if that host stopped meanwhile
+        (as a Ray caller retries on a restarted host)."""
+        shard = self.shard_for(role, key)
+        while True:
+            host = self.host(role, shard)
+            outcome = _roundtrip(await op(host))
+            status, value = outcome
+            replaced = self._hosts.get((role, shard)) is not host
+            if status != "ok" and replaced and value.get("code") == ActorUnavailable.code:
+                continue
+            return outcome  # type: ignore[no-any-return]
+
     async def _send(
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str
     ) -> tuple[str, Any]:
-        host = self.host(role, self.shard_for(role, key))
-        outcome = await host.send(
-            key, name, _roundtrip(body), wait=wait, timeout=timeout, command_id=command_id
+        return await self._on_current_host(
+            role,
+            key,
+            lambda host: host.send(
+                key, name, _roundtrip(body), wait=wait, timeout=timeout, command_id=command_id
+            ),
         )
-        return _roundtrip(outcome)  # type: ignore[no-any-return]
 
     async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
-        host = self.host(role, self.shard_for(role, key))
-        return _roundtrip(await host.call(key, action, _roundtrip(body)))  # type: ignore[no-any-return]
+        return await self._on_current_host(role, key, lambda host: host.call(key, action, _roundtrip(body)))
 
     async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
-        host = self.host(role, self.shard_for(role, key))
-        return _roundtrip(await getattr(host, method)(key))  # type: ignore[no-any-return]
+        return await self._on_current_host(role, key, lambda host: getattr(host, method)(key))
 
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:
         async for batch in self.host(role, shard).subscribe():

@@ -235,3 +235,24 @@ async def test_recovery_index_marks_only_instances_with_pending_work(runtime: In
     assert not host.pending_marker("done-idx").exists()
     await busy.send("incr", {}, wait=True, timeout=5)
     assert not host.pending_marker("busy-idx").exists()
+
+
+async def test_requests_that_reach_a_closing_host_are_served_by_its_replacement(
+    runtime: InProcessRuntime,
+) -> None:
+    """A host that closes while requests wake instances on it must not keep those instances: nobody
+    would close them, and their open connections would lock the files against the new host."""
+    keys = [f"closing-{i}" for i in range(30)]
+    old = runtime.host("counter", 0)
+    reads = [asyncio.create_task(runtime.actor("counter", k).call("get")) for k in keys]
+    await asyncio.sleep(0.005)  # some of them are in the middle of their first wake
+    new = await runtime.restart_host("counter", 0)
+    states = await asyncio.gather(*reads)
+    assert [s["value"] for s in states] == [0] * len(keys)
+    assert old.awake_keys() == []
+    # Every instance takes writes on the new host at once (no file left locked).
+    results = await asyncio.wait_for(
+        asyncio.gather(*(runtime.actor("counter", k).send("incr", {"by": 1}, wait=True) for k in keys)), 10
+    )
+    assert results == [{"value": 1}] * len(keys)
+    assert set(new.awake_keys()) >= set(keys)
