@@ -166,7 +166,10 @@ async def run(tasks: int, timeout: float) -> dict[str, Any]:
         await asyncio.gather(*background, return_exceptions=True)
         code, _took = await asyncio.to_thread(server.stop)
         out["clean_stop_exit"] = code
-        out["leftover_processes"] = len(server.leftovers())
+        leftovers = server.leftovers()
+        out["leftover_processes"] = len(leftovers)
+        if leftovers:
+            out["leftovers"] = leftovers
         server.reap()
     out.update(
         peak_rss_mb=round(sampled.get("peak_rss_mb", 0.0)),

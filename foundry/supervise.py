@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,64 @@ def supervise(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
     status = child.wait()
+    _end_session_leftovers(child.pid)
     if stopping and status in (0, -signal.SIGTERM):
         return 0
     if status < 0:
         return 128 - status
     return status
+
+
+#: How long what is left of the server's session gets to exit after SIGTERM before SIGKILL.
+LEFTOVER_GRACE_S = 3.0
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of the live processes of session ``sid`` (from ``/proc``; zombies excluded)."""
+    members: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # Fields after the command name (which may hold spaces and parentheses): state, ppid, pgrp, session.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) == sid and fields[0] != b"Z":
+            members.append(int(entry))
+    return members
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            continue  # exited meanwhile
+
+
+def _end_session_leftovers(sid: int) -> None:
+    """Stop whatever is left in the server's session once the server has exited.
+
+    A server that stops normally leaves nothing: `ray.shutdown` ends Ray's daemons and workers. But Ray
+    can abort the process inside `ray.shutdown` (measured: SIGABRT in its core worker, rarely), and a
+    server that crashed never gets there; then GCS, raylet, their helpers and the hosts' worker
+    processes would run on with nobody to stop them. They all stay in the server's session (the
+    workers in process groups of their own, so a process-group kill would miss them); sandboxes are
+    in sessions of their own and are stopped by the hosts, or swept at the next start.
+    """
+    left = session_members(sid)
+    if not left:
+        return  # the usual case
+    log.warning("the server (pid %d) left %d processes in its session; stopping them", sid, len(left))
+    _signal_all(left, signal.SIGTERM)
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while time.monotonic() < deadline:
+        left = session_members(sid)
+        if not left:
+            return
+        time.sleep(0.1)
+    log.warning("killing %d processes of the server's session that outlived SIGTERM: %s", len(left), left)
+    _signal_all(left, signal.SIGKILL)
