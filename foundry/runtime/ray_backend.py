@@ -158,7 +158,9 @@ class RayRuntime(Runtime):
             # core worker) after everything else is stopped: the sweep must not depend on it.
             await self._after_cluster_stop()
             clear_cluster_address(self.settings)
-            await asyncio.to_thread(ray.shutdown)
+            # On the calling (main) thread, where the driver's core worker was created: everything is
+            # closed by now, so blocking the event loop for the shutdown's second or two costs nothing.
+            ray.shutdown()
             self._started_ray = False
 
     async def _after_cluster_stop(self) -> None:
