@@ -79,7 +79,7 @@ function OrgLayout({ snap, orgId, rest, query }: { snap: AppSnapshot; orgId: str
     const task = match("/t/:task", rest);
     if (rest === "" || rest === "/" || task) body = <Workspace org={view.org} viewerRole={view.viewerRole} taskId={task?.task ?? null} query={query} />;
     else if (rest === "/settings") body = <SettingsPage org={view.org} viewerRole={view.viewerRole} />;
-    else if (rest === "/billing") body = <BillingPage org={view.org} />;
+    else if (rest === "/billing") body = <BillingPage org={view.org} viewerRole={view.viewerRole} query={query} />;
     else body = <NotFoundPage />;
   }
   return <Shell snap={snap} org={view.state === "ready" ? orgId : null} section={rest.startsWith("/settings") ? "settings" : rest.startsWith("/billing") ? "billing" : "workspace"}>{body}</Shell>;

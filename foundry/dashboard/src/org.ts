@@ -51,6 +51,37 @@ export interface OrgSnapshot {
   repos: Repo[];
   memberCount: number;
   taskSummaries: TaskSummary[];
+  /** Absent on servers without billing. */
+  billing?: Billing;
+}
+
+export interface Invoice {
+  id: string;
+  number: string | null;
+  status: string;
+  amountDue: number | null;
+  amountPaid: number | null;
+  currency: string | null;
+  hostedInvoiceUrl: string | null;
+  createdAt: number;
+  periodEnd: number | null;
+}
+
+export interface Billing {
+  enabled: boolean;
+  plan: "free" | "team";
+  status: string;
+  seats: { used: number; paid: number | null; limit: number | null; members: { userId: string; login: string; takenAt: number }[] };
+  currentPeriodEnd: number | null;
+  trialEnd: number | null;
+  cancelAt: number | null;
+  pastDueSince: number | null;
+  graceEndsAt: number | null;
+  paymentMethod: string | null;
+  hasCustomer: boolean;
+  sync: { pending: number; lastError: string | null };
+  invoices: Invoice[];
+  updatedAt: number | null;
 }
 
 export interface Member {
