@@ -176,13 +176,12 @@ class StripeWebhookIngest:
                 event_type,
                 customer,
             )
-            await self._runtime.send(
+            # Recorded before the acknowledgement (idempotent by event id).
+            await self._runtime.call(
                 "organization",
                 APP_SHELL_ID,
                 "record_unrouted_stripe_event",
                 {"eventId": event_id, "type": event_type, "customerId": customer},
-                command_id=f"stripe-unrouted:{event_id}",
-                wait=True,
             )
             return {"eventId": event_id, "status": "unrouted"}
         result = await self._runtime.send(

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from pydantic import SecretStr
 
 from foundry.clock import SystemClock
 from foundry.config import Settings
@@ -27,8 +28,11 @@ from foundry.mock import start_fake_github, start_fake_stripe
 from foundry.runtime.inprocess import InProcessRuntime
 from foundry.services import build_services
 from tests.http.conftest import Server, free_port
+from tests.http.conftest import server as server
 
 ACME_ROCKET = "910001"
+#: A second configured webhook secret: the one being rotated out.
+OLD_SECRET = "whsec_rotated_out"
 
 
 @dataclass
@@ -40,7 +44,9 @@ class BillingServer(Server):
         snapshot: dict[str, Any] = await self.runtime.call("organization", org, "get")
         return dict(snapshot["billing"])
 
-    async def post_event(self, event: dict[str, Any], *, secret: str | None = None, ts: int | None = None) -> httpx.Response:
+    async def post_event(
+        self, event: dict[str, Any], *, secret: str | None = None, ts: int | None = None
+    ) -> httpx.Response:
         payload = json.dumps(event).encode()
         header = sign_payload(payload, secret or self.stripe.webhook_secret, ts)
         async with self.client() as client:
@@ -51,7 +57,9 @@ class BillingServer(Server):
             )
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -74,6 +82,10 @@ async def billing_server(tmp_path: Path) -> AsyncIterator[BillingServer]:
     port = free_port()
     fake_gh, settings = start_fake_github(billing_settings(tmp_path, port))
     fake_stripe, settings = start_fake_stripe(settings)
+    secrets = [*settings.stripe.webhook_secrets, SecretStr(OLD_SECRET)]
+    settings = settings.model_copy(
+        update={"stripe": settings.stripe.model_copy(update={"webhook_secrets": secrets})}
+    )
     services = build_services(settings)
     services.clock = SystemClock()
     runtime = InProcessRuntime(settings.data_dir, services, idle_seconds=3600)
@@ -86,7 +98,9 @@ async def billing_server(tmp_path: Path) -> AsyncIterator[BillingServer]:
         await asyncio.sleep(0.02)
     assert uv.started
     try:
-        yield BillingServer(f"http://127.0.0.1:{port}", settings, runtime, fake_gh, services.clock, stripe=fake_stripe)  # type: ignore[arg-type]
+        yield BillingServer(
+            f"http://127.0.0.1:{port}", settings, runtime, fake_gh, services.clock, stripe=fake_stripe
+        )  # type: ignore[arg-type]
     finally:
         uv.should_exit = True
         await task
@@ -95,7 +109,9 @@ async def billing_server(tmp_path: Path) -> AsyncIterator[BillingServer]:
         fake_gh.stop()
 
 
-async def upgrade_to_team(server: BillingServer, admin: httpx.AsyncClient, org: str = "acme") -> dict[str, Any]:
+async def upgrade_to_team(
+    server: BillingServer, admin: httpx.AsyncClient, org: str = "acme"
+) -> dict[str, Any]:
     """Checkout → the hosted page → Stripe's redirect back → the billing page; returns billing."""
     started = await admin.post(f"/v1/organizations/{org}/billing/checkout", json={"plan": "team"})
     assert started.status_code == 200, started.text
