@@ -134,6 +134,8 @@ class StripeSettings(BaseModel):
     free_seats: int = Field(default=1, ge=1)
     #: Days a ``past_due`` subscription keeps accepting new prompts.
     grace_days: int = Field(default=7, ge=0, le=365)
+    #: Seconds one Stripe request may take before it counts as failed (and is retried later).
+    timeout_s: float = Field(default=20.0, gt=0)
     #: Seconds between the first and second attempt of a failed seat sync; doubles per failure.
     retry_base_s: float = Field(default=1.0, gt=0)
     retry_cap_s: float = Field(default=300.0, gt=0)

@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 
-from foundry.clock import SystemClock
+from foundry.clock import FakeClock
 from foundry.config import Settings
 from foundry.drivers.stripe.fake import FakeStripe, sign_payload
 from foundry.http.app import create_app
@@ -73,7 +73,7 @@ def billing_settings(tmp_path: Path, port: int, **stripe: Any) -> Settings:
         port=port,
         runtime={"backend": "inprocess"},  # type: ignore[arg-type]
         sandbox={"binary": str(tmp_path / "no-sandbox-agent")},  # type: ignore[arg-type]
-        stripe={"retry_base_s": 0.05, "retry_cap_s": 0.5, **stripe},  # type: ignore[arg-type]
+        stripe={"retry_base_s": 0.05, "retry_cap_s": 0.5, "timeout_s": 2.0, **stripe},  # type: ignore[arg-type]
     )
 
 
@@ -87,7 +87,7 @@ async def billing_server(tmp_path: Path) -> AsyncIterator[BillingServer]:
         update={"stripe": settings.stripe.model_copy(update={"webhook_secrets": secrets})}
     )
     services = build_services(settings)
-    services.clock = SystemClock()
+    services.clock = FakeClock(int(time.time() * 1000))
     runtime = InProcessRuntime(settings.data_dir, services, idle_seconds=3600)
     app = create_app(settings, runtime=runtime, fake_github=fake_gh, fake_stripe=fake_stripe)
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))

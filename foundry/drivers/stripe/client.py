@@ -12,10 +12,6 @@ from foundry.errors import DriverError, NotFound
 
 log = logging.getLogger(__name__)
 
-#: One Stripe request may take this long; a seat sync that times out is retried by its own backoff.
-REQUEST_TIMEOUT_S = 20.0
-
-
 def _plain(obj: Any) -> dict[str, Any]:
     """A Stripe object as plain JSON data."""
     out: dict[str, Any] = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
@@ -31,7 +27,7 @@ class StripeDriver:
             base_addresses={"api": settings.api_base.rstrip("/")},
             # Retries are Foundry's (durable, with backoff); the SDK's own would multiply calls.
             max_network_retries=0,
-            http_client=stripe.HTTPXClient(timeout=REQUEST_TIMEOUT_S),
+            http_client=stripe.HTTPXClient(timeout=settings.timeout_s),
         )
 
     async def _do(self, what: str, call: Any) -> dict[str, Any]:
