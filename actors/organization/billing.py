@@ -27,7 +27,13 @@ from actors.organization.billing_state import (
     seat_count,
     take_seat,
 )
-from actors.organization.schema import billing, billing_seats, stripe_customers, stripe_unrouted_events
+from actors.organization.schema import (
+    billing,
+    billing_events,
+    billing_seats,
+    stripe_customers,
+    stripe_unrouted_events,
+)
 from actors.organization.state import assert_app_shell, assert_real_organization, require_profile
 from foundry.errors import Conflict, InvalidInput, NotConfigured, NotFound
 from foundry.ids import APP_SHELL_ID
@@ -115,6 +121,31 @@ async def get_billing(ctx: InstanceContext, _: BillingRef) -> dict[str, Any]:
     async with ctx.read() as conn:
         await require_profile(conn, ctx.key)
         return await build_billing(conn, ctx.services.settings.stripe)
+
+
+async def stripe_event_stats(ctx: InstanceContext, _: BillingRef) -> dict[str, Any]:
+    """Stripe events this organization received: ``{"received", "byOutcome", "appliedTwice"}``.
+
+    ``appliedTwice`` counts events whose handler ran more than once (it must stay 0: the mailbox
+    dedupes deliveries by event id and the handler checks ``billing_events`` again).
+    """
+    assert_real_organization(ctx.key)
+    async with ctx.read() as conn:
+        by_outcome: dict[str, int] = dict(
+            (
+                await conn.execute(
+                    sa.select(billing_events.c.outcome, sa.func.count()).group_by(billing_events.c.outcome)
+                )
+            ).all()
+        )
+        twice = (
+            await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(billing_events)
+                .where(billing_events.c.applied_count > 1)
+            )
+        ).scalar()
+    return {"received": sum(by_outcome.values()), "byOutcome": by_outcome, "appliedTwice": int(twice or 0)}
 
 
 # ------------------------------------------------------------------------------------------ seats

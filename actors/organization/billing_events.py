@@ -10,6 +10,7 @@ an older one; events of the older one are then ignored.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -238,6 +239,12 @@ async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str
         await conn.execute(sa.select(billing_events).where(billing_events.c.event_id == cmd.event_id))
     ).first()
     if seen is not None:
+        # A second delivery under another command id: counted, never applied again.
+        await conn.execute(
+            billing_events.update()
+            .where(billing_events.c.event_id == cmd.event_id)
+            .values(applied_count=billing_events.c.applied_count + 1)
+        )
         return {"eventId": cmd.event_id, "outcome": "duplicate"}
     row = await ensure_billing(conn, now)
     obj = cmd.object
@@ -274,7 +281,7 @@ async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str
         )
     )
     if outcome == "applied":
-        await publish_billing(ctx, conn)
+        publish_billing_soon(ctx)
         kick_seat_sync_after_commit(ctx)
     return {"eventId": cmd.event_id, "outcome": outcome}
 
@@ -289,6 +296,23 @@ async def handle_apply_subscription(ctx: CommandContext, cmd: ApplySubscription)
         await publish_billing(ctx, ctx.conn)
         kick_seat_sync_after_commit(ctx)
     return {"outcome": outcome}
+
+
+#: Webhook bursts publish one ``billingUpdated`` per this many seconds instead of one per event:
+#: building the billing JSON costs more than applying an event, and the organization's mailbox (where
+#: Stripe's acknowledgements wait) must stay fast.
+PUBLISH_DELAY_S = 0.05
+
+
+def publish_billing_soon(ctx: InstanceContext) -> None:
+    """Publish ``billingUpdated`` shortly, once for all the events applied meanwhile."""
+
+    async def publish(job: InstanceContext) -> None:
+        await asyncio.sleep(PUBLISH_DELAY_S)
+        async with job.write() as conn:
+            await publish_billing(job, conn)
+
+    ctx.start_job("billing-publish", publish, again_if_running=True)
 
 
 def kick_seat_sync_after_commit(ctx: InstanceContext) -> None:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from actors.organization.billing_state import SEAT_SYNC_JOB, load_billing, publish_billing
 from actors.organization.schema import billing, billing_seat_changes
 from foundry.errors import DriverError, FoundryError, NotFound
+from foundry.ids import APP_SHELL_ID
 from foundry.runtime.context import InstanceContext
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ async def _retry_later(
 
 async def resume_seat_sync(ctx: InstanceContext) -> None:
     """At wake: restart the job when seat changes wait (a restart must not strand them)."""
-    if ctx.key == "app":
+    if ctx.key == APP_SHELL_ID:
         return
     async with ctx.read() as conn:
         pending = (

@@ -51,6 +51,7 @@ ROLE = Role(
         Handler("task_summary", tasks.TaskRef, tasks.task_summary),
         Handler("create_task", tasks.CreateTask, tasks.create_task),
         Handler("billing", billing.BillingRef, billing.get_billing),
+        Handler("stripe_event_stats", billing.BillingRef, billing.stripe_event_stats),
         Handler("ensure_seat", billing.SeatRequest, billing.ensure_seat),
         Handler("release_seat", billing.ReleaseSeat, billing.release_seat),
         Handler("start_checkout", billing.StartCheckout, billing.start_checkout),
