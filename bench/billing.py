@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import gc
 import json
 import os
 import random
@@ -211,6 +212,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             json.dumps({"subscription": sub, "invoice": next(iter(stripe.invoices.values()))})
         )
         # ---- load: webhooks from another process, seats from the members, at the same time
+        # Move everything built so far out of the collector's way, as `foundry serve` does after start-up.
+        gc.collect()
+        gc.freeze()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             __file__,

@@ -204,11 +204,6 @@ async def apply_invoice(
     if customer and inv.get("customer") and inv["customer"] != customer:
         return "ignored"
     rank = _INVOICE_RANK.get(event_type, 0)
-    existing = (
-        await conn.execute(sa.select(billing_invoices).where(billing_invoices.c.invoice_id == inv_id))
-    ).first()
-    if existing is not None and (existing.event_rank, existing.event_created) > (rank, created):
-        return "stale"
     status = {"invoice.paid": "paid", "invoice.payment_failed": "payment_failed"}.get(
         event_type, str(inv.get("status") or "open")
     )
@@ -225,8 +220,18 @@ async def apply_invoice(
         "event_rank": rank,
     }
     stmt = sqlite_insert(billing_invoices).values(invoice_id=inv_id, **row)
-    await conn.execute(stmt.on_conflict_do_update(index_elements=["invoice_id"], set_=row))
-    return "applied"
+    # One statement: the stored state is replaced only by a later one (rank first: paid is final).
+    done = await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["invoice_id"],
+            set_=row,
+            where=sa.or_(
+                billing_invoices.c.event_rank < rank,
+                sa.and_(billing_invoices.c.event_rank == rank, billing_invoices.c.event_created <= created),
+            ),
+        )
+    )
+    return "applied" if done.rowcount else "stale"
 
 
 async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str, Any]:
@@ -235,10 +240,16 @@ async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str
     assert_real_organization(ctx.key)
     conn = ctx.conn
     now = ctx.now_ms()
-    seen = (
-        await conn.execute(sa.select(billing_events).where(billing_events.c.event_id == cmd.event_id))
+    # The billing row and "seen before?" in one statement: this handler runs once per webhook, and
+    # Stripe's acknowledgements wait behind it in the mailbox.
+    found = (
+        await conn.execute(
+            sa.select(
+                billing, sa.exists().where(billing_events.c.event_id == cmd.event_id).label("seen")
+            ).where(billing.c.id == 1)
+        )
     ).first()
-    if seen is not None:
+    if found is not None and found.seen:
         # A second delivery under another command id: counted, never applied again.
         await conn.execute(
             billing_events.update()
@@ -246,7 +257,7 @@ async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str
             .values(applied_count=billing_events.c.applied_count + 1)
         )
         return {"eventId": cmd.event_id, "outcome": "duplicate"}
-    row = await ensure_billing(conn, now)
+    row = found if found is not None else await ensure_billing(conn, now)
     obj = cmd.object
     customer = obj.get("customer") if isinstance(obj.get("customer"), str) else None
     outcome = "ignored"
