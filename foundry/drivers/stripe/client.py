@@ -12,6 +12,7 @@ from foundry.errors import DriverError, NotFound
 
 log = logging.getLogger(__name__)
 
+
 def _plain(obj: Any) -> dict[str, Any]:
     """A Stripe object as plain JSON data."""
     out: dict[str, Any] = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)

@@ -6,7 +6,7 @@ subscriptions, subscription items) with objects built from Stripe's own fixtures
 keys like Stripe (a replayed key answers the stored response and changes nothing), and serves two
 stand-in pages: ``GET /checkout/<session id>`` completes a Checkout session (creating the
 subscription and its first paid invoice) and redirects to the session's ``success_url``;
-``GET /portal/<id>`` redirects to the portal's ``return_url``.
+``GET /portal/<id>`` redirects to the portal's ``return_url``; ``GET /invoice/<id>`` shows an invoice.
 
 Every state change emits the event Stripe would (``checkout.session.completed``,
 ``customer.subscription.created|updated|deleted``, ``invoice.finalized|paid|payment_failed``), signed
@@ -337,6 +337,11 @@ class FakeStripe:
                 return 303, {"location": target}, b""
             if method == "GET" and path.startswith("/portal/"):
                 return 303, {"location": str(self._portal_return(path.removeprefix("/portal/")))}, b""
+            if method == "GET" and path.startswith("/invoice/"):  # the hosted invoice page
+                found = self.invoices.get(path.removeprefix("/invoice/"))
+                if found is None:
+                    raise _Error(404, "invalid_request_error", "No such invoice")
+                return 200, {"content-type": "application/json"}, json.dumps(found).encode()
             if not path.startswith("/v1/"):
                 raise _Error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path})")
             key = lower.get("idempotency-key")
