@@ -154,7 +154,8 @@ async def apply_subscription(
         "cancel_at": _ms(sub.get("cancel_at")) if status != "canceled" else None,
         "sub_state_created": created,
         "sub_created": sub_created,
-        "sub_deleted": kind == "deleted",
+        # A canceled subscription never comes back (Stripe starts a new one), whoever reported it.
+        "sub_deleted": status == "canceled",
         "updated_at": now,
     }
     if row.customer_id is None and isinstance(sub.get("customer"), str):

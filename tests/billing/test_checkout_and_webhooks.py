@@ -263,16 +263,38 @@ async def test_cancel_resume_portal_and_back_to_free(billing_server: BillingServ
             back = await browser.get(portal.json()["url"])
         assert back.status_code == 303
         assert back.headers["location"] == f"{billing_server.url}/o/acme/billing"
+        # The webhooks of all this arrive afterwards and change nothing back.
+        await eventually(lambda: _delivered_all(billing_server), what="every fake Stripe event delivered")
+        billing = (await carol.get("/v1/organizations/acme/billing")).json()
+        assert (billing["plan"], billing["status"]) == ("team", "active")
+        # Stripe's `deleted` of the subscription that "free" ends is held back, to arrive late.
+        stripe = billing_server.stripe
+        stripe.auto_deliver = False
         free = await carol.post("/v1/organizations/acme/billing/plan", json={"plan": "free"})
         assert free.status_code == 200, free.text
         assert free.json()["plan"] == "free"
         assert free.json()["status"] == "active"
-        # The webhooks of all this arrive afterwards and change nothing back.
-        await eventually(lambda: _delivered_all(billing_server), what="every fake Stripe event delivered")
-        billing = (await carol.get("/v1/organizations/acme/billing")).json()
-        assert (billing["plan"], billing["status"]) == ("free", "active")
         again = await carol.post("/v1/organizations/acme/billing/cancel")
         assert again.status_code == 409
+        # Stripe's own `deleted` (and a later `updated`) of that subscription, delivered late and
+        # stamped after Foundry's read: the free plan stays.
+        sub = next(iter(stripe.subscriptions.values()))
+        later = int(time.time()) + 100
+        await billing_server.post_event(stripe.event("customer.subscription.deleted", sub, later))
+        await billing_server.post_event(
+            stripe.event("customer.subscription.updated", {**sub, "status": "active"}, later + 1)
+        )
+        marker = stripe.event(
+            "invoice.finalized", {**next(iter(stripe.invoices.values())), "id": "in_after_free"}
+        )
+        await billing_server.post_event(marker)
+
+        async def marker_applied() -> bool:
+            return any(i["id"] == "in_after_free" for i in (await billing_server.billing())["invoices"])
+
+        await eventually(marker_applied, what="the late events processed")
+        billing = (await carol.get("/v1/organizations/acme/billing")).json()
+        assert (billing["plan"], billing["status"]) == ("free", "active")
     kinds = await _audit_kinds(billing_server)
     assert kinds.count("billing.plan_changed") >= 4  # team, scheduled_cancel, active, canceled/free
 
