@@ -8,6 +8,8 @@ import asyncio
 import httpx
 
 from foundry.clock import FakeClock
+from foundry.runtime.inprocess import InProcessRuntime
+from foundry.services import build_services
 from tests.billing.conftest import ACME_ROCKET, BillingServer, eventually, upgrade_to_team
 
 DAY_MS = 86_400_000
@@ -173,3 +175,33 @@ async def test_past_due_beyond_grace_and_canceled_refuse_new_prompts_but_keep_qu
             await carol.post("/v1/organizations/acme/billing/plan", json={"plan": "free"})
         ).status_code == 200
         assert (await _prompt(carol)).status_code == 201
+
+
+async def test_a_seat_change_pending_across_a_restart_is_synced_after_it(
+    billing_server: BillingServer,
+) -> None:
+    stripe = billing_server.stripe
+    async with billing_server.signed_in("carol") as carol:
+        await upgrade_to_team(billing_server, carol)
+        stripe.fail_next(10_000, status=503)  # Stripe stays down until the restart
+        assert (await _prompt(carol)).status_code == 201
+
+        async def attempted() -> bool:
+            return (await billing_server.billing())["sync"]["lastError"] is not None
+
+        await eventually(attempted, what="a failed attempt")
+    await billing_server.runtime.close()  # the process stops with the seat change still pending
+    with stripe._lock:
+        stripe._failures.clear()
+    services = build_services(billing_server.settings)
+    restarted = InProcessRuntime(billing_server.settings.data_dir, services, idle_seconds=3600)
+    try:
+
+        async def synced() -> bool:
+            billing = await restarted.call("organization", "acme", "billing")
+            return bool(billing["sync"]["pending"] == 0 and billing["seats"]["paid"] == 1)
+
+        await eventually(synced, timeout=30, what="the pending seat change synced after the restart")
+    finally:
+        await restarted.close()
+    assert [q for _, q, _ in stripe.quantity_updates] == [1]
