@@ -120,6 +120,42 @@ class SandboxSettings(BaseModel):
     bwrap: str = ""
 
 
+class StripeSettings(BaseModel):
+    """Stripe: per-seat billing. Empty keys disable the billing routes (503 naming the setting)."""
+
+    secret_key: SecretStr = SecretStr("")
+    #: Every secret a webhook signature may be made with; more than one while a secret is rotated.
+    webhook_secrets: list[SecretStr] = Field(default_factory=list)
+    #: The per-seat recurring price of the ``team`` plan.
+    price_team: str = ""
+    #: Stripe's API base; tests and mock mode point it at the fake Stripe.
+    api_base: str = "https://api.stripe.com"
+    #: Seats of the ``free`` plan.
+    free_seats: int = Field(default=1, ge=1)
+    #: Days a ``past_due`` subscription keeps accepting new prompts.
+    grace_days: int = Field(default=7, ge=0, le=365)
+    #: Seconds one Stripe request may take before it counts as failed (and is retried later).
+    timeout_s: float = Field(default=20.0, gt=0)
+    #: Seconds between the first and second attempt of a failed seat sync; doubles per failure.
+    retry_base_s: float = Field(default=1.0, gt=0)
+    retry_cap_s: float = Field(default=300.0, gt=0)
+
+    def missing(self) -> list[str]:
+        """Environment variables that billing needs and that are empty."""
+        out = []
+        if not self.secret_key.get_secret_value():
+            out.append("FOUNDRY_STRIPE__SECRET_KEY")
+        if not [s for s in self.webhook_secrets if s.get_secret_value()]:
+            out.append("FOUNDRY_STRIPE__WEBHOOK_SECRETS")
+        if not self.price_team:
+            out.append("FOUNDRY_STRIPE__PRICE_TEAM")
+        return out
+
+    @property
+    def configured(self) -> bool:
+        return not self.missing()
+
+
 class Settings(BaseSettings):
     """All of Foundry's configuration."""
 
@@ -138,6 +174,7 @@ class Settings(BaseSettings):
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    stripe: StripeSettings = Field(default_factory=StripeSettings)
     #: Largest JSON request body the API accepts (webhooks have their own, larger limit).
     max_body_bytes: int = 1024 * 1024
 

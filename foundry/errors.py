@@ -76,6 +76,30 @@ class RateLimited(FoundryError):
     code = "rate_limited"
 
 
+class PaymentRequired(FoundryError):
+    """The organization's plan or billing state refuses this (new prompts); the detail says how to fix it."""
+
+    code = "payment_required"
+
+
+class SeatLimitReached(PaymentRequired):
+    """Another member would need a seat and the plan has none left."""
+
+    code = "seat_limit"
+
+
+class BillingInactive(PaymentRequired):
+    """The subscription is canceled, or past due beyond its grace period."""
+
+    code = "billing_inactive"
+
+
+class NotConfigured(FoundryError):
+    """A capability whose settings are missing (the detail names them); the rest keeps working."""
+
+    code = "not_configured"
+
+
 class CommandFailed(FoundryError):
     """A command handler raised something that is not a FoundryError; the message is kept."""
 

@@ -15,8 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from foundry.config import GitHubSettings, Settings
 from foundry.drivers.github.fake import FakeGitHub, seed_mock
+from foundry.drivers.stripe.fake import FakeStripe
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,25 @@ def start_fake_github(settings: Settings) -> tuple[FakeGitHub, Settings]:
         throttle=False,
     )
     return fake, settings.model_copy(update={"github": github})
+
+
+def start_fake_stripe(settings: Settings) -> tuple[FakeStripe, Settings]:
+    """Start the fake Stripe and return settings pointing the Stripe driver at it.
+
+    Its webhooks go to this Foundry's ``/v1/webhooks/stripe``, signed with a fresh secret; its hosted
+    checkout page completes a payment with the test card ``Visa •••• 4242``.
+    """
+    fake = FakeStripe(webhook_secret=f"whsec_{secrets.token_hex(16)}").start()
+    fake.webhook_url = f"{settings.base_url}/v1/webhooks/stripe"
+    stripe = settings.stripe.model_copy(
+        update={
+            "secret_key": SecretStr(fake.api_key),
+            "webhook_secrets": [SecretStr(fake.webhook_secret)],
+            "price_team": fake.price_team,
+            "api_base": fake.base_url,
+        }
+    )
+    return fake, settings.model_copy(update={"stripe": stripe})
 
 
 def demo_agent_launchers(python: str = sys.executable) -> dict[str, str]:

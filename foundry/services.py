@@ -47,6 +47,10 @@ def build_services(settings: Settings) -> Services:
             throttle=gh.throttle,
             clock=services.clock,
         )
+    if settings.stripe.configured:
+        from foundry.drivers.stripe.client import StripeDriver
+
+        services.drivers["stripe"] = StripeDriver(settings.stripe)
     services.drivers["sandbox"] = build_sandbox_provider(settings)
     return services
 

@@ -25,7 +25,7 @@ async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
     """The organization snapshot (`NotFound` before the first sync)."""
     assert_real_organization(ctx.key)
     async with ctx.read() as conn:
-        return await build_snapshot(conn, ctx.key)
+        return await build_snapshot(conn, ctx.key, ctx.services.settings.stripe)
 
 
 async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
@@ -33,7 +33,10 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
     if cmd.topic != organization_topic(ctx.key):
         raise NotFound(f"organization {ctx.key!r} does not own topic {cmd.topic!r}")
     async with ctx.read(consistent=True) as conn:
-        return {"seq": await current_seq(conn, cmd.topic), "data": await build_snapshot(conn, ctx.key)}
+        return {
+            "seq": await current_seq(conn, cmd.topic),
+            "data": await build_snapshot(conn, ctx.key, ctx.services.settings.stripe),
+        }
 
 
 async def member_role(ctx: InstanceContext, cmd: MemberRef) -> dict[str, Any]:

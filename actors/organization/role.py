@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.organization import actions, github, handlers, tasks
+from actors.organization import actions, billing, billing_events, billing_sync, github, handlers, tasks
 from actors.organization.commands import (
     Empty,
     InstallationRef,
@@ -33,6 +33,11 @@ ROLE = Role(
         Handler("create_task", tasks.CreateTask, tasks.handle_create_task),
         Handler("task_summary_updated", tasks.TaskSummaryUpdated, tasks.handle_task_summary_updated),
         Handler("materialize_task", tasks.MaterializeTask, tasks.handle_materialize_task),
+        # Billing (actors/organization/billing*.py)
+        Handler("stripe_event", billing_events.StripeEvent, billing_events.handle_stripe_event),
+        Handler(
+            "apply_subscription", billing_events.ApplySubscription, billing_events.handle_apply_subscription
+        ),
     ),
     actions=(
         Handler("get", Empty, actions.get),
@@ -45,5 +50,19 @@ ROLE = Role(
         Handler("github_status", Empty, github.github_status),
         Handler("task_summary", tasks.TaskRef, tasks.task_summary),
         Handler("create_task", tasks.CreateTask, tasks.create_task),
+        Handler("billing", billing.BillingRef, billing.get_billing),
+        Handler("stripe_event_stats", billing.BillingRef, billing.stripe_event_stats),
+        Handler("ensure_seat", billing.SeatRequest, billing.ensure_seat),
+        Handler("release_seat", billing.ReleaseSeat, billing.release_seat),
+        Handler("start_checkout", billing.StartCheckout, billing.start_checkout),
+        Handler("complete_checkout", billing.CompleteCheckout, billing.complete_checkout),
+        Handler("open_billing_portal", billing.PortalRequest, billing.open_portal),
+        Handler("cancel_subscription", billing.AdminRequest, billing.cancel_at_period_end),
+        Handler("resume_subscription", billing.AdminRequest, billing.resume),
+        Handler("switch_to_free", billing.AdminRequest, billing.switch_to_free),
+        Handler("register_stripe_customer", billing.CustomerRef, billing.register_stripe_customer),
+        Handler("stripe_customer_organization", billing.CustomerRef, billing.stripe_customer_organization),
+        Handler("record_unrouted_stripe_event", billing.UnroutedEvent, billing.record_unrouted_event),
     ),
+    on_wake=billing_sync.resume_seat_sync,
 )

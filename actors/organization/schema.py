@@ -119,3 +119,109 @@ oauth_callbacks = sa.Table(
     sa.Column("session_expires_at", sa.Integer, nullable=False),
     sa.Column("expires_at", sa.Integer, nullable=False),
 )
+
+# ---- billing (actors/organization/billing*.py) ------------------------------------------------
+
+billing = sa.Table(
+    "billing",
+    metadata,
+    # The organization's plan and its Stripe subscription as last applied (one row, created lazily).
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("plan", sa.String, nullable=False, server_default="free"),  # free | team
+    # active | trialing | past_due | scheduled_cancel | canceled
+    sa.Column("status", sa.String, nullable=False, server_default="active"),
+    sa.Column("customer_id", sa.String, nullable=True),
+    sa.Column("subscription_id", sa.String, nullable=True),
+    sa.Column("subscription_item_id", sa.String, nullable=True),
+    sa.Column("price_id", sa.String, nullable=True),
+    sa.Column("paid_seats", sa.Integer, nullable=True),
+    sa.Column("current_period_end", sa.Integer, nullable=True),  # ms
+    sa.Column("trial_end", sa.Integer, nullable=True),  # ms
+    sa.Column("cancel_at", sa.Integer, nullable=True),  # ms
+    sa.Column("past_due_since", sa.Integer, nullable=True),  # ms
+    sa.Column("payment_method", sa.String, nullable=True),  # e.g. "Visa •••• 4242"
+    # Ordering guard for subscription events: Stripe's creation time (s) of the state applied last,
+    # the subscription's own creation time, and whether that subscription was deleted.
+    sa.Column("sub_state_created", sa.Integer, nullable=True),
+    sa.Column("sub_created", sa.Integer, nullable=True),
+    sa.Column("sub_deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("checkout_session_id", sa.String, nullable=True),
+    sa.Column("updated_at", sa.Integer, nullable=False),
+    sa.CheckConstraint("id = 1", name="billing_singleton"),
+)
+
+billing_seats = sa.Table(
+    "billing_seats",
+    metadata,
+    # A member holds a seat from their first prompt in the organization until an admin releases it.
+    sa.Column("user_id", sa.String, primary_key=True),
+    sa.Column("login", sa.String, nullable=False),
+    sa.Column("taken_at", sa.Integer, nullable=False),
+)
+
+billing_seat_changes = sa.Table(
+    "billing_seat_changes",
+    metadata,
+    # One row per seat taken or released: the durable record that Stripe's quantity must follow.
+    # Its id makes the Stripe call's idempotency key, so a retry never counts twice.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String, nullable=False),  # taken | released
+    sa.Column("user_id", sa.String, nullable=False),
+    sa.Column("seats_after", sa.Integer, nullable=False),
+    # pending (to sync) | synced | skipped (no subscription to sync) | failed (Stripe refused it)
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("next_attempt_at", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.Integer, nullable=False),
+    sa.Column("synced_at", sa.Integer, nullable=True),
+    sa.Index("ix_billing_seat_changes_status", "status"),
+    sqlite_autoincrement=True,
+)
+
+billing_invoices = sa.Table(
+    "billing_invoices",
+    metadata,
+    sa.Column("invoice_id", sa.String, primary_key=True),
+    sa.Column("number", sa.String, nullable=True),
+    sa.Column("status", sa.String, nullable=False),  # open | paid | payment_failed | void | uncollectible
+    sa.Column("amount_due", sa.Integer, nullable=False),
+    sa.Column("amount_paid", sa.Integer, nullable=False),
+    sa.Column("currency", sa.String, nullable=False),
+    sa.Column("hosted_invoice_url", sa.String, nullable=True),
+    sa.Column("created", sa.Integer, nullable=False),  # Stripe's, seconds
+    sa.Column("period_end", sa.Integer, nullable=True),  # seconds
+    sa.Column("event_created", sa.Integer, nullable=False),  # ordering guard, seconds
+    sa.Column("event_rank", sa.Integer, nullable=False),
+    sa.Index("ix_billing_invoices_created", "created"),
+)
+
+billing_events = sa.Table(
+    "billing_events",
+    metadata,
+    # Every Stripe event this organization received, once (its id), and what it did.
+    sa.Column("event_id", sa.String, primary_key=True),
+    sa.Column("type", sa.String, nullable=False),
+    sa.Column("created", sa.Integer, nullable=False),
+    sa.Column("outcome", sa.String, nullable=False),  # applied | stale | ignored
+    sa.Column("applied_count", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("received_at", sa.Integer, nullable=False),
+)
+
+stripe_customers = sa.Table(
+    "stripe_customers",
+    metadata,
+    # App shell only: which organization a Stripe customer belongs to (webhook routing).
+    sa.Column("customer_id", sa.String, primary_key=True),
+    sa.Column("organization_id", sa.String, nullable=False),
+)
+
+stripe_unrouted_events = sa.Table(
+    "stripe_unrouted_events",
+    metadata,
+    # App shell only: events for customers no organization owns, recorded and otherwise ignored.
+    sa.Column("event_id", sa.String, primary_key=True),
+    sa.Column("type", sa.String, nullable=False),
+    sa.Column("customer_id", sa.String, nullable=True),
+    sa.Column("received_at", sa.Integer, nullable=False),
+)

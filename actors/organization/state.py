@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.organization.schema import members, profile, repos, task_summaries
+from foundry.config import StripeSettings
 from foundry.errors import InvalidInput, NotFound
 from foundry.ids import APP_SHELL_ID
 from foundry.runtime.context import InstanceContext
@@ -152,16 +153,25 @@ async def list_task_summaries(conn: AsyncConnection, include_archived: bool = Fa
     return [task_summary_json(r) for r in (await conn.execute(stmt)).all()]
 
 
-async def build_snapshot(conn: AsyncConnection, organization_id: str) -> dict[str, Any]:
+async def build_snapshot(
+    conn: AsyncConnection, organization_id: str, settings: StripeSettings | None = None
+) -> dict[str, Any]:
     """The full organization summary of the ``organization:<id>`` topic: header plus open tasks.
 
     ``deadLetters`` (``{"count", "items"}``, the oldest 20) are this organization's sends to other
     actors (task creation, audit entries...) that failed too often and wait for an operator's
     ``foundry actors retry-dead``. They come with every snapshot; no live event carries them.
+
+    ``billing`` is the plan, status, seats and invoices (`build_billing`); ``billingUpdated`` events
+    carry it whole when it changes.
     """
+    from actors.organization.billing_state import build_billing
+
+    settings = settings or StripeSettings()
     snapshot = await build_header(conn, organization_id)
     snapshot["taskSummaries"] = await list_task_summaries(conn)
     snapshot["deadLetters"] = await dead_letters(conn, limit=20)
+    snapshot["billing"] = await build_billing(conn, settings)
     return snapshot
 
 

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from actors.organization.billing_events import kick_seat_sync_after_commit
+from actors.organization.billing_state import publish_billing, take_seat
 from actors.organization.schema import members, repos, task_summaries
 from actors.organization.state import (
     assert_real_organization,
@@ -243,6 +245,11 @@ async def create_task_in(ctx: InstanceContext, conn: AsyncConnection, cmd: Creat
         raise NotFound(f"repository {cmd.repo_id!r} not found in organization {ctx.key!r}")
     if repo.archived:
         raise Conflict(f"repository {repo.full_name} is archived on GitHub; unarchive it to start tasks")
+    # The prompt needs a seat (taken here, in this serialized write, exactly once per member) and a
+    # plan that accepts prompts; a refusal leaves nothing behind.
+    if await take_seat(ctx, conn, owner.user_id):
+        await publish_billing(ctx, conn)
+        kick_seat_sync_after_commit(ctx)
     agent, model = resolve_agent_model(cmd.agent, cmd.model, _default_model(ctx, profile.default_model))
     title = derive_title(cmd.prompt, cmd.title)
     taken = {

@@ -26,6 +26,7 @@ from foundry.http.errors import install_error_handlers
 from foundry.http.realtime import RealtimeAccess, build_registry, mount_realtime
 from foundry.http.routes import app as app_routes
 from foundry.http.routes import auth as auth_routes
+from foundry.http.routes import billing as billing_routes
 from foundry.http.routes import github as github_routes
 from foundry.http.routes import organizations as organization_routes
 from foundry.http.routes import tasks as task_routes
@@ -65,7 +66,9 @@ class _FoundryApp(FastAPI):
         return JsonContentTooLarge(super().build_middleware_stack(), self.max_body_size or 0)
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: Any = None) -> FastAPI:
+def create_app(
+    settings: Settings, runtime: Runtime | None = None, fake_github: Any = None, fake_stripe: Any = None
+) -> FastAPI:
     """A Foundry app for ``settings``.
 
     Pass ``runtime`` (and ``fake_github``) to share ones already started, as tests do; otherwise the
@@ -83,6 +86,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
             fake, settings = start_fake_github(settings)
             log.info("mock mode: fake GitHub at %s", fake.base_url)
         own_runtime = runtime is None
+        stripe_fake = fake_stripe
+        if stripe_fake is None and own_runtime and settings.mode == "mock" and not settings.stripe.configured:
+            # Before the runtime starts, so every host process gets the fake's address and keys.
+            from foundry.mock import start_fake_stripe
+
+            stripe_fake, settings = start_fake_stripe(settings)
+            log.info("mock mode: fake Stripe at %s", stripe_fake.base_url)
         rt = runtime or build_runtime(settings)
         if own_runtime:
             await rt.start()
@@ -91,6 +101,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
         app.state.runtime = rt
         app.state.services = services
         app.state.fake_github = fake
+        app.state.fake_stripe = stripe_fake
         app.state.oauth = _oauth_client(settings)
         app.state.cookies = SessionCookies(settings)
         app.state.signin = SignInService(settings, rt, services.drivers.get("github"), services.clock)
@@ -113,6 +124,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
                 await rt.close()
             if fake is not None and fake_github is None:
                 fake.stop()
+            if stripe_fake is not None and fake_stripe is None:
+                stripe_fake.stop()
 
     app = _FoundryApp(
         title="Foundry", version=__version__, lifespan=lifespan, max_body_size=settings.max_body_bytes
@@ -138,6 +151,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, fake_github: 
     app.include_router(organization_routes.router)
     app.include_router(github_routes.router)
     app.include_router(task_routes.router)
+    app.include_router(billing_routes.router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

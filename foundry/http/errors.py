@@ -21,6 +21,8 @@ STATUS: dict[type[errors.FoundryError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
+    errors.PaymentRequired: 402,
+    errors.NotConfigured: 503,
     errors.RateLimited: 429,
     errors.CommandTimeout: 504,
     errors.ActorUnavailable: 503,

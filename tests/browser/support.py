@@ -45,6 +45,9 @@ class Server:
             "FOUNDRY_RUNTIME__BACKEND": "inprocess",
             "FOUNDRY_SANDBOX__AGENT_ENV": json.dumps({"FOUNDRY_DEMO_AGENT_DELAY": agent_delay}),
             "FOUNDRY_LOG_LEVEL": "WARNING",
+            # Several members prompt in acme here; the free plan's one-seat limit is tested in
+            # tests/billing, not by the dashboard flows.
+            "FOUNDRY_STRIPE__FREE_SEATS": "10",
         }
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(

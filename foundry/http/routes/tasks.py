@@ -119,6 +119,15 @@ async def _task_of(
     return task_key(org, task_id), summary
 
 
+async def _prompt_gate(member: Membership, task_id: str, runtime: Runtime) -> None:
+    """Before a prompt reaches a task: the task must be this organization's (404), and the sender
+    needs a seat and a plan that accepts prompts (402). The seat is taken inside the organization's
+    serialized write, so a member's concurrent first prompts take one seat; a refusal changes nothing."""
+    org = member.organization_id
+    await runtime.call("organization", org, "task_summary", {"taskId": task_id})
+    await runtime.call("organization", org, "ensure_seat", {"userId": member.caller.user_id})
+
+
 def _not_started(summary: dict[str, Any]) -> Conflict:
     return Conflict(
         f"task {summary['taskId']!r} is a pull request nobody has opened a session on yet; "
@@ -187,7 +196,8 @@ async def _pr_items(runtime: Runtime, org: str, summary: dict[str, Any]) -> list
 @router.post("", status_code=201, summary="Create a task", dependencies=[SameSiteWrite])
 async def create_task(body: CreateTaskBody, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
     """Returns ``{taskId, title, branchName}`` at once; the sandbox, the clone and the first turn
-    (the prompt, queued until the agent is ready) follow in the background."""
+    (the prompt, queued until the agent is ready) follow in the background. The prompt takes the
+    caller's seat on first use; 402 when the plan refuses it (``seat_limit``, ``billing_inactive``)."""
     payload = body.model_dump(by_alias=True, exclude_none=True) | {"userId": member.caller.user_id}
     result: dict[str, Any] = await runtime.call(
         "organization", member.organization_id, "create_task", payload
@@ -309,6 +319,8 @@ async def change_owner(
 async def create_session(
     task_id: TaskId, member: Member, runtime: RuntimeDep, body: CreateSessionBody | None = None
 ) -> dict[str, Any]:
+    if body is not None and body.prompt is not None:
+        await _prompt_gate(member, task_id, runtime)
     key, _ = await _task_of(member, task_id, runtime)
     payload = (body or CreateSessionBody()).model_dump(by_alias=True, exclude_none=True)
     result: dict[str, Any] = await _task_command(
@@ -328,7 +340,9 @@ async def send_message(
     task_id: TaskId, session_id: SessionId, body: MessageBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
     """202 once the message is durably queued; the agent's answer streams on the session topic.
-    409 when the session is closed or the task archived."""
+    409 when the session is closed or the task archived; 402 when the organization's plan refuses
+    the prompt (``seat_limit``, ``billing_inactive``)."""
+    await _prompt_gate(member, task_id, runtime)
     key, _ = await _task_of(member, task_id, runtime)
     result: dict[str, Any] = await _task_command(
         runtime,

@@ -1,0 +1,126 @@
+"""On real Ray: checkout → signed webhooks → the organization's billing; concurrent first prompts take
+one seat, synced to Stripe once from the organization's host process; a redelivery changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from foundry.config import Settings
+from foundry.drivers.stripe.fake import FakeStripe
+from foundry.http.app import create_app
+from foundry.mock import start_fake_github, start_fake_stripe
+from foundry.runtime.ray_backend import RayRuntime
+from tests.billing.conftest import ACME_ROCKET, BillingServer, eventually, upgrade_to_team
+from tests.http.conftest import free_port
+
+pytestmark = pytest.mark.ray
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_namespace() -> Iterator[str]:
+    """A Ray already up in this test run (another tier started it), or one for this module only."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+        )
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            namespace=f"test-{uuid.uuid4().hex[:8]}",
+            object_store_memory=128 * 1024 * 1024,
+        )
+        started = True
+    yield str(ray.get_runtime_context().namespace)
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+async def ray_billing_server(ray_namespace: str, tmp_path: Path) -> AsyncIterator[BillingServer]:
+    port = free_port()
+    base = Settings(
+        data_dir=tmp_path / "data",
+        mode="mock",
+        port=port,
+        runtime={"backend": "ray", "namespace": ray_namespace, "idle_seconds": 3600},  # type: ignore[arg-type]
+        sandbox={"binary": str(tmp_path / "no-sandbox-agent")},  # type: ignore[arg-type]
+        stripe={"retry_base_s": 0.05, "retry_cap_s": 0.5, "timeout_s": 2.0},  # type: ignore[arg-type]
+    )
+    fake_gh, settings = start_fake_github(base)
+    fake_stripe, settings = start_fake_stripe(settings)
+    runtime = RayRuntime(settings)
+    await runtime.start()
+    app = create_app(settings, runtime=runtime, fake_github=fake_gh, fake_stripe=fake_stripe)
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(uv.serve())
+    await eventually(lambda: asyncio.sleep(0, uv.started), what="uvicorn")
+    # Host processes start on first use (seconds on a busy machine): wake them before the timed calls.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as warm:
+        assert (await warm.post("/v1/auth/mock/sign-in", json={"login": "bob"})).status_code == 200
+        assert (await warm.get("/v1/app")).status_code == 200
+    try:
+        yield BillingServer(
+            f"http://127.0.0.1:{port}",
+            settings,
+            runtime,  # type: ignore[arg-type]
+            fake_gh,
+            None,  # type: ignore[arg-type]
+            stripe=fake_stripe,
+        )
+    finally:
+        uv.should_exit = True
+        await task
+        await runtime.close()
+        await asyncio.to_thread(FakeStripe.stop, fake_stripe)
+        fake_gh.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_on_ray_checkout_webhooks_and_seats_apply_exactly_once(
+    ray_billing_server: BillingServer,
+) -> None:
+    server = ray_billing_server
+    async with server.signed_in("carol") as carol, server.signed_in("alice") as alice:
+        billing = await upgrade_to_team(server, carol)
+        assert billing["paymentMethod"] == "Visa •••• 4242"
+        answers = await asyncio.gather(
+            *(
+                alice.post("/v1/organizations/acme/tasks", json={"repoId": ACME_ROCKET, "prompt": f"p{i}"})
+                for i in range(20)
+            )
+        )
+        assert [a.status_code for a in answers] == [201] * 20
+
+        async def synced() -> bool:
+            b = await server.billing()
+            return b["seats"]["used"] == 1 and b["sync"]["pending"] == 0
+
+        await eventually(synced, timeout=60, what="alice's seat synced")
+        # Every event the fake sent, delivered again: acknowledged as duplicates, nothing changes.
+        before = await server.billing()
+        for event in list(server.stripe.events):
+            again = await server.post_event(event)
+            assert again.status_code == 200
+            assert again.json()["duplicate"] is True
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        after = await server.billing()
+    assert [q for _, q, _ in server.stripe.quantity_updates] == [1]
+    assert after["invoices"] == before["invoices"]
+    assert after["seats"] == before["seats"]
