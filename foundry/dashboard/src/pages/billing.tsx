@@ -4,7 +4,7 @@ import { useState } from "preact/hooks";
 import { ErrorNote, Modal } from "../components/common";
 import { api, enc, errorText } from "../lib/api";
 import { dateTime, plural, safeUrl } from "../lib/format";
-import type { Billing, OrgSnapshot } from "../org";
+import type { OrgSnapshot } from "../org";
 
 const STATUS_TEXT: Record<string, string> = {
   active: "Active",
