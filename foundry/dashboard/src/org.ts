@@ -108,6 +108,7 @@ function applyEvent(org: OrgSnapshot, event: string, data: any): OrgSnapshot {
     const tasks = [...byId.values()].sort((a, b) => b.updatedAt - a.updatedAt);
     return { ...org, taskSummaries: tasks };
   }
+  if (event === "billingUpdated") return { ...org, billing: data as Billing };
   return org;
 }
 
