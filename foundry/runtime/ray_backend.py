@@ -22,7 +22,7 @@ from foundry.config import Settings
 from foundry.errors import ActorUnavailable
 from foundry.logging import configure_logging
 from foundry.runtime.client import Runtime
-from foundry.runtime.cluster_file import clear_cluster_address, write_cluster_address
+from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_cluster, write_cluster_address
 from foundry.runtime.events import Event, decode_batch, encode_batch
 from foundry.runtime.host import Host
 from foundry.runtime.host_settings import host_settings, public_settings, write_secrets
@@ -155,9 +155,8 @@ class RayRuntime(Runtime):
             else:
                 kwargs["address"] = address
             if address is None:
-                # Every port of the local cluster on the loopback only (Ray binds all interfaces by
-                # default, where anyone on the network could reach its control plane).
-                kwargs["_node_ip_address"] = "127.0.0.1"
+                # Every port of the local cluster on 127.0.0.1 (Ray binds all interfaces by default).
+                use_loopback_cluster()
             await asyncio.to_thread(ray.init, **kwargs)
             self._started_ray = True
             if address is None:
