@@ -13,6 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from foundry.demo_agent.launcher import launcher_script
+from foundry.drivers.sandbox.binary import find_binary
+from foundry.drivers.sandbox.client import SandboxAgentClient
+from foundry.drivers.sandbox.limits import SandboxLimits
+from foundry.drivers.sandbox.local import LocalSandboxProvider
+from foundry.drivers.sandbox.spawn import descendants
 from foundry.drivers.sandbox.watchdog import disk_usage
 from tests.tasks.conftest import TaskServer, create_task, events, idle_session, running_server, wait_task
 
@@ -141,8 +147,6 @@ def _cgroup_controllers(server: TaskServer) -> set[str]:
     probe = Cgroups("foundry-probe", f"probe-{time.monotonic_ns()}", SandboxLimits())
     found = set(probe.dirs)
     probe.remove()
-    for directory in probe.dirs.values():
-        directory.parent.rmdir()
     return found
 
 
@@ -165,3 +169,40 @@ async def test_a_turn_past_its_wall_clock_cap_fails_naming_it(tmp_path: Path):
         assert (await client.post(url, json={"text": "echo after-cap"})).status_code == 202
         await wait_task(client, task_id, idle_session)
         assert "after-cap" in await agent_output(client, task_id, session_id)
+
+
+@pytest.fixture
+async def limited(tmp_path: Path) -> AsyncIterator[LocalSandboxProvider]:
+    limits = SandboxLimits(memory_mb=300, max_processes=77, cpu_seconds=555, disk_mb=66)
+    provider = LocalSandboxProvider(
+        tmp_path / "sandboxes", find_binary(), {"mock": launcher_script()}, limits=limits
+    )
+    yield provider
+    await provider.aclose()
+
+
+async def test_every_process_of_the_sandbox_carries_its_limits(limited: LocalSandboxProvider):
+    # /readyz says how limits are enforced on this machine.
+    assert "limits: " in (await limited.isolation()).detail
+    endpoint = await limited.create("limited")
+    async with SandboxAgentClient(endpoint) as client:
+        result = await client.run_process("sh", ["-c", "ulimit -t; ulimit -f; cat /proc/self/limits"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "555"  # CPU seconds
+    assert int(lines[1]) * 512 == 66 * MB  # sh counts file size in 512-byte blocks
+    processes = next(line for line in lines if line.startswith("Max processes"))
+    assert processes.split()[2:4] == ["77", "77"]  # soft = hard: nothing inside can raise it
+    sandbox = limited._sandboxes["limited"]
+    assert sandbox.cgroups is not None
+    groups = dict(sandbox.cgroups.dirs)
+    if "pids" in groups:
+        # Every process of the jail is in its pids cgroup, bubblewrap included.
+        members = set((groups["pids"] / "cgroup.procs").read_text().split())
+        jail = [str(sandbox.process.pid), *map(str, descendants(sandbox.process.pid))]
+        assert set(jail) <= members
+        assert (groups["pids"] / "pids.max").read_text().strip() == "77"
+    if "memory" in groups:
+        assert int((groups["memory"] / "memory.limit_in_bytes").read_text()) == 300 * MB
+    await limited.destroy("limited")
+    assert [path for path in groups.values() if path.exists()] == []

@@ -35,6 +35,7 @@ __all__ = [
     "SandboxLimits",
     "apply_rlimits",
     "encode_rlimits",
+    "limits_mechanism",
 ]
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,8 @@ class Cgroups:
                     time.sleep(0.02)
             else:
                 log.warning("could not remove the sandbox cgroup %s", directory)
+            with contextlib.suppress(OSError):
+                directory.parent.rmdir()  # the provider's group, once its last sandbox is gone
 
     @staticmethod
     def _kill_members(directory: Path) -> None:
@@ -216,6 +219,17 @@ class Cgroups:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def limits_mechanism(group: str, limits: SandboxLimits) -> str:
+    """How limits are enforced on this machine, for ``/readyz`` (creates and removes a probe cgroup;
+    blocking)."""
+    probe = Cgroups(group, f"probe-{os.getpid()}", limits)
+    found = sorted(probe.dirs)
+    probe.remove()
+    if found:
+        return f"{' and '.join(found)} cgroups per sandbox, plus rlimits inside the jail"
+    return "rlimits inside the jail only (no cgroup can be created here)"
 
 
 def _counter(path: Path, name: str) -> int:

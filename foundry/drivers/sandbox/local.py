@@ -15,6 +15,7 @@ A supervisor task awaits every process; an exit that was not asked for is report
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -42,7 +43,7 @@ from foundry.drivers.sandbox.layout import (
     read_log_tail,
     remove_tree,
 )
-from foundry.drivers.sandbox.limits import Cgroups, SandboxLimits, encode_rlimits
+from foundry.drivers.sandbox.limits import Cgroups, SandboxLimits, encode_rlimits, limits_mechanism
 from foundry.drivers.sandbox.procs import ProcessRecord, Registry, boot_id, reap_leftovers, start_ticks
 from foundry.drivers.sandbox.server import (
     PortTaken,
@@ -140,9 +141,12 @@ class LocalSandboxProvider:
 
     async def isolation(self) -> IsolationStatus:
         """Whether this provider's sandboxes can start with its isolation here, and why not (the
-        answer is probed once by starting a tiny jail, then kept)."""
+        answer is probed once by starting a tiny jail, then kept). Its detail also says how the
+        resource limits are enforced here."""
         if self._isolation is None:
-            self._isolation = await asyncio.to_thread(isolation_status, self.jail)
+            status = await asyncio.to_thread(isolation_status, self.jail)
+            limits = await asyncio.to_thread(limits_mechanism, self._cgroup_group, self.limits)
+            self._isolation = dataclasses.replace(status, detail=f"{status.detail}; limits: {limits}")
         return self._isolation
 
     def process_id(self, sandbox_id: str) -> int | None:
