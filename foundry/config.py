@@ -118,6 +118,21 @@ class SandboxSettings(BaseModel):
     network: Literal["", "host", "egress", "none"] = ""
     #: The bubblewrap executable; empty looks for ``bwrap`` on PATH.
     bwrap: str = ""
+    # Limits of each sandbox (0 turns one off). A sandbox that hits one is stopped and its task shows
+    # which; its files are kept. Enforced with cgroups where Foundry may create them, else rlimits.
+    #: Memory of the whole sandbox (a memory cgroup), else of each of its processes.
+    memory_mb: int = Field(default=4096, ge=0)
+    #: Processes and threads of the sandbox at once (a fork bomb stops here).
+    max_processes: int = Field(default=512, ge=0)
+    #: CPU time of each process of the sandbox, in seconds.
+    cpu_seconds: int = Field(default=4 * 3600, ge=0)
+    #: Disk usage of the sandbox directory (checked every ``limits_interval_s``); also the largest
+    #: file a process may write.
+    disk_mb: int = Field(default=20 * 1024, ge=0)
+    #: How often each running sandbox is measured against its limits.
+    limits_interval_s: float = Field(default=2.0, gt=0)
+    #: Longest an agent turn may run; it is then cancelled and fails naming this limit.
+    turn_minutes: float = Field(default=60.0, ge=0)
 
 
 class StripeSettings(BaseModel):

@@ -76,6 +76,21 @@ def build_sandbox_provider(settings: Settings) -> Any:
         launchers,
         health_timeout=settings.sandbox.health_timeout,
         jail=sandbox_jail_policy(settings),
+        limits=sandbox_limits(settings),
+    )
+
+
+def sandbox_limits(settings: Settings) -> Any:
+    """What each sandbox may use (`foundry.drivers.sandbox.limits.SandboxLimits`) under ``settings``."""
+    from foundry.drivers.sandbox.limits import SandboxLimits
+
+    sandbox = settings.sandbox
+    return SandboxLimits(
+        memory_mb=sandbox.memory_mb,
+        max_processes=sandbox.max_processes,
+        cpu_seconds=sandbox.cpu_seconds,
+        disk_mb=sandbox.disk_mb,
+        check_interval_s=sandbox.limits_interval_s,
     )
 
 

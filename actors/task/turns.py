@@ -116,6 +116,8 @@ class Turn:
         self._cancel_task: asyncio.Task[None] | None = None
         #: Set when Stop ended the turn before its last event arrived: the rest must be skipped.
         self.cut_short: tuple[int, int] | None = None
+        #: Set when the turn ran past ``sandbox.turn_minutes``: it is stopped and fails naming it.
+        self.over_time: str | None = None
 
     def request_stop(self) -> None:
         """Stop: send ``session/cancel`` and end the turn within `STOP_END_S` whatever the agent does."""
@@ -142,7 +144,10 @@ class Turn:
         )
         try:
             end = await self._watch(recording, prompt)
-            return await self._outcome(end, prompt)
+            outcome = await self._outcome(end, prompt)
+            if self.over_time is not None:
+                return TurnOutcome(error=self.over_time, open_tool_calls=outcome.open_tool_calls)
+            return outcome
         finally:
             if not recording.done():
                 # Only on an error in this coroutine or its cancellation (instance closing).
@@ -157,6 +162,8 @@ class Turn:
     async def _watch(self, recording: asyncio.Task[RecordedEnd], prompt: asyncio.Task[str]) -> RecordedEnd:
         loop = asyncio.get_running_loop()
         progress_at = loop.time()
+        minutes = self.ctx.services.settings.sandbox.turn_minutes
+        cap_at = progress_at + minutes * 60 if minutes > 0 else None
         delivered = self.feed.delivered
         resynced = False
         draining = False
@@ -172,6 +179,14 @@ class Turn:
             if recording.done() or draining:
                 continue
             now = loop.time()
+            if cap_at is not None and now >= cap_at and self.stop_at is None:
+                # Ended like Stop (the agent is asked to cancel), but recorded as a failure naming the cap.
+                self.over_time = (
+                    f"the turn ran longer than its wall-clock limit (sandbox.turn_minutes = {minutes:g}) "
+                    "and was stopped"
+                )
+                log.warning("turn %s exceeded sandbox.turn_minutes=%g; stopping it", self.request_id, minutes)
+                self.request_stop()
             if self.stop_at is not None:
                 if now >= self.stop_at + STOP_ANSWER_WAIT_S:
                     self.recorder.drain(self.stop_at + STOP_END_S)

@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from foundry.config import Settings
 
 CLUSTER_ADDRESS_FILE = "ray-address"
+#: Ray's switch for a single-machine "cluster": every Ray process then takes 127.0.0.1 as its node
+#: address, and its gRPC servers (GCS, raylet, workers) listen on the loopback only instead of on
+#: all interfaces. Ray reads it when imported; the processes it starts inherit it.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def use_loopback_cluster() -> None:
+    """Make this process start (or join) a Ray that lives on 127.0.0.1 only."""
+    os.environ[LOOPBACK_ONLY_ENV] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        # Ray is imported already: its constant is set as the variable would have set it.
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
 
 
 def write_cluster_address(settings: Settings, address: str) -> None:
@@ -50,4 +64,8 @@ def cluster_address(settings: Settings) -> str | None:
         return None
     if record.get("authMode"):
         os.environ.setdefault("RAY_AUTH_MODE", record["authMode"])
-    return str(record["address"])
+    address = str(record["address"])
+    if address.startswith("127.0.0.1:"):
+        # Otherwise Ray replaces a loopback address by the machine's own, where nothing listens.
+        use_loopback_cluster()
+    return address

@@ -22,9 +22,10 @@ from foundry.config import Settings
 from foundry.errors import ActorUnavailable
 from foundry.logging import configure_logging
 from foundry.runtime.client import Runtime
-from foundry.runtime.cluster_file import clear_cluster_address, write_cluster_address
+from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_cluster, write_cluster_address
 from foundry.runtime.events import Event, decode_batch, encode_batch
 from foundry.runtime.host import Host
+from foundry.runtime.host_settings import host_settings, public_settings, write_secrets
 from foundry.runtime.role import available_roles, host_name, load_role
 from foundry.services import build_services
 
@@ -39,7 +40,9 @@ HOST_SHUTDOWN_S = 30.0
 class HostActor:
     """The Ray actor around a `Host`. Plain class; Ray options are applied in `host_handle`."""
 
-    def __init__(self, role: str, shard: int, settings: Settings) -> None:
+    def __init__(self, role: str, shard: int, config: dict[str, Any]) -> None:
+        # ``config`` holds no secret (Ray keeps actor arguments readable in its control store).
+        settings = host_settings(config)
         configure_logging(settings.log_level)
         self.settings = settings
         self.runtime = RayRuntime(settings)
@@ -108,6 +111,19 @@ class HostActor:
 _RemoteHost = ray.remote(HostActor)
 
 
+def _restrict_token_file() -> None:
+    """Make Ray's authentication token file readable by this user only (with it, anyone joins the
+    cluster and runs code in it)."""
+    path = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+    try:
+        os.chmod(path, 0o600)
+        os.chmod(os.path.dirname(path), 0o700)
+    except FileNotFoundError:
+        pass  # token authentication is off
+    except OSError as exc:
+        log.warning("could not restrict Ray's token file %s: %s", path, exc)
+
+
 class RayRuntime(Runtime):
     """A Ray driver's (or a host's) client for every host of every role."""
 
@@ -138,10 +154,15 @@ class RayRuntime(Runtime):
                 )
             else:
                 kwargs["address"] = address
+            if address is None:
+                # Every port of the local cluster on 127.0.0.1 (Ray binds all interfaces by default).
+                use_loopback_cluster()
             await asyncio.to_thread(ray.init, **kwargs)
             self._started_ray = True
             if address is None:
                 write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
+            await asyncio.to_thread(_restrict_token_file)
+        await asyncio.to_thread(write_secrets, self.settings)
         for role in available_roles() + list(self.settings.runtime.extra_roles):
             for shard in range(self.shards(role)):
                 self.handle(role, shard)
@@ -198,7 +219,7 @@ class RayRuntime(Runtime):
                 max_restarts=-1,
                 max_concurrency=10_000,
                 num_cpus=0,
-            ).remote(role, shard, self.settings)
+            ).remote(role, shard, public_settings(self.settings))
         return self._handles[key]
 
     async def _with_retry(self, role: str, shard: int, method: str, *args: Any) -> Any:

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from foundry.drivers.sandbox.spawn import descendants
+
 pytestmark = pytest.mark.e2e
 
 
@@ -21,6 +23,39 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def listening_addresses(root: int) -> dict[str, str]:
+    """``address:port`` → process name, for every TCP socket listening in ``root``'s process tree."""
+    listening: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                listening[fields[9]] = fields[1]  # inode → hex address:port
+    found: dict[str, str] = {}
+    for pid in [root, *descendants(root)]:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue  # exited meanwhile
+        for link in links:
+            inode = link.removeprefix("socket:[").removesuffix("]")
+            if link.startswith("socket:[") and inode in listening:
+                found[_address(listening[inode])] = name
+    return found
+
+
+def _address(hex_address: str) -> str:
+    """``/proc/net/tcp*``'s ``HEX:PORT`` (32-bit words in host order) as ``host:port``."""
+    address, port = hex_address.split(":")
+    words = bytes.fromhex(address)
+    raw = b"".join(words[i : i + 4][::-1] for i in range(0, len(words), 4))
+    if raw[:12] == b"\0" * 10 + b"\xff" * 2:
+        raw = raw[12:]  # an IPv4-mapped IPv6 address: the socket is IPv4's
+    host = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+    return f"{host}:{int(port, 16)}"
 
 
 def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
@@ -63,6 +98,14 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         hosts = json.loads(listing.stdout)
         assert hosts["foundry.user.0"]["running"] is True
         assert hosts["foundry.organization.0"]["running"] is True
+        # Nothing of Foundry or of its Ray listens beyond this machine's loopback.
+        listening = listening_addresses(proc.pid)
+        assert any(name in ("gcs_server", "raylet") for name in listening.values()), listening
+        exposed = {a: name for a, name in listening.items() if not a.startswith("127.0.0.1:")}
+        assert exposed == {}
+        token = Path.home() / ".ray" / "auth_token"
+        if token.exists():
+            assert token.stat().st_mode & 0o077 == 0
         # Every process's log reaches the operator: the hosts' lines appear in the server's output.
         deadline = time.monotonic() + 30
         while "host foundry.task.0 started" not in (tmp_path / "serve.log").read_text():

@@ -23,6 +23,7 @@ the provider reports a failed start.
 In a jail with its own network namespace the launcher also relays Foundry's connections to the
 server (`foundry.drivers.sandbox.relay`): the provider names the inherited listening socket and the
 server's port in two environment variables, which the launcher takes out of the server's environment.
+It also sets the sandbox's rlimits on itself first (`foundry.drivers.sandbox.limits`), named in a third.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import signal
 import sys
 import threading
 
+from foundry.drivers.sandbox.limits import RLIMITS_ENV, apply_rlimits
 from foundry.drivers.sandbox.relay import RELAY_FD_ENV, RELAY_PORT_ENV, start_relay
 
 TOKEN_ENV = "FOUNDRY_SANDBOX_AGENT_TOKEN"
@@ -137,6 +139,12 @@ def main(argv: list[str]) -> int:
         return EXIT_SETUP_FAILED
     env = {**os.environ, TOKEN_ENV: f"{TOKEN_FLAG}{token}"}
     relay_fd, relay_port = env.pop(RELAY_FD_ENV, None), env.pop(RELAY_PORT_ENV, None)
+    try:
+        # Set here, inside the jail, so that the server and everything it starts inherit them.
+        apply_rlimits(env.pop(RLIMITS_ENV, ""))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"launch: could not set the sandbox's resource limits: {exc}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
     if relay_fd is not None:
         # Only the relay holds the listening socket: the server and its agents must not inherit it.
         os.set_inheritable(int(relay_fd), False)

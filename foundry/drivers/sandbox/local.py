@@ -15,19 +15,16 @@ A supervisor task awaits every process; an exit that was not asked for is report
 from __future__ import annotations
 
 import asyncio
-import errno
+import dataclasses
+import hashlib
 import inspect
 import logging
 import os
 import re
 import secrets
 import signal
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
 
 from foundry.drivers.sandbox import (
     ExitCallback,
@@ -40,14 +37,21 @@ from foundry.drivers.sandbox import (
 from foundry.drivers.sandbox.binary import find_binary
 from foundry.drivers.sandbox.jail import IsolationStatus, JailPolicy, find_bwrap, isolation_status
 from foundry.drivers.sandbox.layout import (
-    LOG_FILE,
     WORKDIR,
     describe_returncode,
     prepare_directory,
     read_log_tail,
     remove_tree,
 )
+from foundry.drivers.sandbox.limits import Cgroups, SandboxLimits, encode_rlimits, limits_mechanism
 from foundry.drivers.sandbox.procs import ProcessRecord, Registry, boot_id, reap_leftovers, start_ticks
+from foundry.drivers.sandbox.server import (
+    PortTaken,
+    RunningSandbox,
+    signal_group,
+    tell_launcher_healthy,
+    wait_healthy,
+)
 from foundry.drivers.sandbox.spawn import (
     HOST,
     effective_returncode,
@@ -56,6 +60,7 @@ from foundry.drivers.sandbox.spawn import (
     server_pid,
     wait_gone,
 )
+from foundry.drivers.sandbox.watchdog import watch
 
 __all__ = ["LocalSandboxProvider"]
 
@@ -63,26 +68,6 @@ log = logging.getLogger(__name__)
 
 _SANDBOX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _START_ATTEMPTS = 3
-
-
-@dataclass
-class _Sandbox:
-    sandbox_id: str
-    directory: Path
-    endpoint: SandboxEndpoint
-    process: asyncio.subprocess.Process
-    owner: str = ""
-    #: The sandbox-agent process itself (``process`` is its launcher, the process group's leader).
-    server_pid: int | None = None
-    state: SandboxState = SandboxState.PENDING
-    stopping: bool = False
-    returncode: int | None = None
-    detail: str = ""
-    supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / LOG_FILE
 
 
 class LocalSandboxProvider:
@@ -104,6 +89,8 @@ class LocalSandboxProvider:
         jail: how sandboxes are isolated (`JailPolicy`); the default jails each one with bubblewrap
             in its own network namespace. A jail that cannot start here fails `create` with
             `SandboxIsolationUnavailable` unless the policy says ``isolation="none"``.
+        limits: what each sandbox may use (`SandboxLimits`); a sandbox that hits one is stopped and
+            ``on_exit`` reports which limit it was.
     """
 
     name = "local"
@@ -118,6 +105,7 @@ class LocalSandboxProvider:
         health_timeout: float = 30.0,
         stop_grace: float = 5.0,
         jail: JailPolicy | None = None,
+        limits: SandboxLimits | None = None,
     ) -> None:
         self.root_dir = Path(root_dir).resolve()
         self._binary = Path(binary) if binary is not None else None
@@ -128,11 +116,14 @@ class LocalSandboxProvider:
         self.on_exit: ExitCallback | None = on_exit
         self._health_timeout = health_timeout
         self._stop_grace = stop_grace
-        self._sandboxes: dict[str, _Sandbox] = {}
+        self._sandboxes: dict[str, RunningSandbox] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._notifications: set[asyncio.Task[None]] = set()
         self.registry = Registry(self.root_dir)
         self.jail = jail if jail is not None else JailPolicy()
+        self.limits = limits if limits is not None else SandboxLimits()
+        # Cgroups are named per provider root: several Foundry instances may share a machine.
+        self._cgroup_group = "foundry-" + hashlib.sha256(str(self.root_dir).encode()).hexdigest()[:12]
         self._bwrap = find_bwrap(self.jail.bwrap) if self.jail.jailed else None
         self._isolation: IsolationStatus | None = None
         if not self.jail.jailed:
@@ -150,9 +141,12 @@ class LocalSandboxProvider:
 
     async def isolation(self) -> IsolationStatus:
         """Whether this provider's sandboxes can start with its isolation here, and why not (the
-        answer is probed once by starting a tiny jail, then kept)."""
+        answer is probed once by starting a tiny jail, then kept). Its detail also says how the
+        resource limits are enforced here."""
         if self._isolation is None:
-            self._isolation = await asyncio.to_thread(isolation_status, self.jail)
+            status = await asyncio.to_thread(isolation_status, self.jail)
+            limits = await asyncio.to_thread(limits_mechanism, self._cgroup_group, self.limits)
+            self._isolation = dataclasses.replace(status, detail=f"{status.detail}; limits: {limits}")
         return self._isolation
 
     def process_id(self, sandbox_id: str) -> int | None:
@@ -201,7 +195,7 @@ class LocalSandboxProvider:
             for attempt in range(1, _START_ATTEMPTS + 1):
                 try:
                     sandbox = await self._start(sandbox_id, binary, env or {}, owner)
-                except _PortTaken as exc:
+                except PortTaken as exc:
                     log.warning("sandbox port taken, retrying sandbox_id=%s attempt=%d", sandbox_id, attempt)
                     last_error = exc.error
                     continue
@@ -290,7 +284,7 @@ class LocalSandboxProvider:
 
     # ------------------------------------------------------------------------------------- internals
 
-    async def _register(self, sandbox: _Sandbox) -> None:
+    async def _register(self, sandbox: RunningSandbox) -> None:
         pid = sandbox.process.pid
         ticks = await asyncio.to_thread(start_ticks, pid)
         if ticks is None:
@@ -308,9 +302,14 @@ class LocalSandboxProvider:
 
     async def _start(
         self, sandbox_id: str, binary: Path, extra_env: Mapping[str, str], owner: str
-    ) -> _Sandbox:
+    ) -> RunningSandbox:
         directory = self.root_dir / sandbox_id
         log_handle = await asyncio.to_thread(prepare_directory, directory, self._launchers)
+        cgroups = await asyncio.to_thread(Cgroups, self._cgroup_group, sandbox_id, self.limits)
+        rlimits = encode_rlimits(self.limits, memory_by_cgroup=cgroups.memory)
+        if not self.jail.jailed:
+            # Unjailed, RLIMIT_NPROC would count every process of Foundry's own user.
+            rlimits = ",".join(item for item in rlimits.split(",") if not item.startswith("nproc="))
         token = secrets.token_urlsafe(32)
         # The token never goes on a command line (any local user can read those): the launcher
         # gets it on stdin and hands it to the server without it showing (see `launch`).
@@ -323,9 +322,12 @@ class LocalSandboxProvider:
                 extra_env=extra_env,
                 token_length=len(token),
                 launchers=self._launchers.values(),
+                rlimits=rlimits,
+                cgroups=cgroups,
             )
         except OSError as exc:
             await asyncio.to_thread(log_handle.close)
+            await asyncio.to_thread(cgroups.remove)
             raise SandboxError(f"could not prepare the server of sandbox {sandbox_id}: {exc}") from exc
         port = spawn.port
         try:
@@ -345,6 +347,7 @@ class LocalSandboxProvider:
             process.stdin.write(f"{token}\n".encode())
             await process.stdin.drain()
         except (OSError, ConnectionError) as exc:
+            await asyncio.to_thread(cgroups.remove)
             raise SandboxError(
                 f"could not start sandbox-agent ({binary}) for sandbox {sandbox_id}: {exc}"
             ) from exc
@@ -354,95 +357,67 @@ class LocalSandboxProvider:
         endpoint = SandboxEndpoint(
             base_url=f"http://{HOST}:{port}", token=token, workdir=str(directory / WORKDIR)
         )
-        sandbox = _Sandbox(sandbox_id, directory, endpoint, process, owner)
+        sandbox = RunningSandbox(sandbox_id, directory, endpoint, process, owner, cgroups=cgroups)
         await self._register(sandbox)
         sandbox.supervisor = asyncio.create_task(
             self._supervise(sandbox), name=f"sandbox-supervisor:{sandbox_id}"
         )
         log.info("sandbox starting sandbox_id=%s pid=%d port=%d", sandbox_id, process.pid, port)
         try:
-            await self._wait_healthy(sandbox)
+            await wait_healthy(sandbox, self._health_timeout, jailed=self.jail.jailed)
         except BaseException:
             await self._stop(sandbox)
             raise
         sandbox.state = SandboxState.RUNNING
         sandbox.server_pid = await asyncio.to_thread(server_pid, process.pid)
-        await self._tell_launcher_healthy(process)
+        await tell_launcher_healthy(process)
+        sandbox.watchdog = asyncio.create_task(
+            watch(
+                sandbox_id,
+                self.limits,
+                cgroups,
+                directory,
+                process.pid,
+                lambda what: self._limit_hit(sandbox, what),
+            ),
+            name=f"sandbox-watchdog:{sandbox_id}",
+        )
         return sandbox
 
-    async def _tell_launcher_healthy(self, process: asyncio.subprocess.Process) -> None:
-        # The server parsed its token long ago: the launcher may now scrub it from its environment.
-        if process.stdin is None:
+    async def _limit_hit(self, sandbox: RunningSandbox, what: str) -> None:
+        # Stopped as a crash would be: the supervisor reports it through on_exit, naming the limit.
+        if sandbox.stopping or sandbox.process.returncode is not None:
             return
-        try:
-            process.stdin.write(b"healthy\n")
-            await process.stdin.drain()
-            process.stdin.close()
-        except (OSError, ConnectionError) as exc:
-            log.warning("could not tell the sandbox launcher pid=%d it is healthy: %s", process.pid, exc)
+        sandbox.limit_hit = what
+        signal_group(sandbox, signal.SIGKILL)
+        if sandbox.cgroups is not None:
+            await asyncio.to_thread(sandbox.cgroups.remove)
 
-    async def _wait_healthy(self, sandbox: _Sandbox) -> None:
-        started = time.monotonic()
-        deadline = started + self._health_timeout
-        delay = 0.05
-        last_problem = "no answer yet"
-        url = f"{sandbox.endpoint.base_url}/v1/health"
-        async with httpx.AsyncClient(headers=sandbox.endpoint.headers(), timeout=2.0) as http:
-            while True:
-                if sandbox.process.returncode is not None or (
-                    sandbox.supervisor is not None and sandbox.supervisor.done()
-                ):
-                    await self._raise_start_failure(sandbox, "before becoming healthy")
-                try:
-                    response = await http.get(url)
-                except httpx.TransportError as exc:
-                    last_problem = f"{type(exc).__name__}: {exc}"
-                else:
-                    if response.status_code == 200:
-                        log.info(
-                            "sandbox healthy sandbox_id=%s seconds=%.2f",
-                            sandbox.sandbox_id,
-                            time.monotonic() - started,
-                        )
-                        return
-                    last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
-                if time.monotonic() >= deadline:
-                    await self._raise_start_failure(
-                        sandbox, f"not healthy after {self._health_timeout:.0f} s ({last_problem})"
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
-
-    async def _raise_start_failure(self, sandbox: _Sandbox, what: str) -> None:
-        if sandbox.process.returncode is not None:
-            returncode = effective_returncode(sandbox.process.returncode, self.jail.jailed)
-            what = f"{describe_returncode(returncode)} {what}"
-        tail = await asyncio.to_thread(read_log_tail, sandbox.log_path)
-        error = SandboxError(
-            f"sandbox-agent for sandbox {sandbox.sandbox_id} {what}; last log lines:\n{tail}"
-        )
-        if sandbox.process.returncode is not None and (
-            "address already in use" in tail.lower() or os.strerror(errno.EADDRINUSE).lower() in tail.lower()
-        ):
-            raise _PortTaken(error)
-        raise error
-
-    async def _supervise(self, sandbox: _Sandbox) -> None:
+    async def _supervise(self, sandbox: RunningSandbox) -> None:
         returncode = effective_returncode(await sandbox.process.wait(), self.jail.jailed)
         sandbox.returncode = returncode
         if sandbox.stopping or sandbox.state is SandboxState.PENDING:
             # destroy()/aclose() asked for it, or create() is failing and reports it itself.
             return
         sandbox.state = SandboxState.EXITED
-        tail = await asyncio.to_thread(read_log_tail, sandbox.log_path)
-        reason = (
-            f"sandbox-agent for sandbox {sandbox.sandbox_id} {describe_returncode(returncode)} "
-            f"unexpectedly; last log lines:\n{tail}"
-        )
+        self._cancel_watchdog(sandbox)
+        if sandbox.limit_hit:
+            reason = (
+                f"sandbox {sandbox.sandbox_id} was stopped: {sandbox.limit_hit}. "
+                "Its files are kept; the next message starts it again"
+            )
+        else:
+            tail = await asyncio.to_thread(read_log_tail, sandbox.log_path)
+            reason = (
+                f"sandbox-agent for sandbox {sandbox.sandbox_id} {describe_returncode(returncode)} "
+                f"unexpectedly; last log lines:\n{tail}"
+            )
         sandbox.detail = reason
         log.warning("sandbox exited unexpectedly sandbox_id=%s returncode=%s", sandbox.sandbox_id, returncode)
         # Reap the agents it spawned too; with the server gone they only wait for stdin EOF.
-        self._signal_group(sandbox, signal.SIGKILL)
+        signal_group(sandbox, signal.SIGKILL)
+        if sandbox.cgroups is not None:
+            await asyncio.to_thread(sandbox.cgroups.remove)
         await asyncio.to_thread(self.registry.remove, sandbox.sandbox_id, sandbox.process.pid)
         if self.on_exit is not None:
             # Its own task: the callback may well call create()/destroy() for this sandbox, which wait
@@ -464,28 +439,22 @@ class LocalSandboxProvider:
         except Exception:
             log.exception("sandbox on_exit callback failed sandbox_id=%s", sandbox_id)
 
-    def _signal_group(self, sandbox: _Sandbox, sig: signal.Signals) -> None:
-        try:
-            os.killpg(sandbox.process.pid, sig)
-        except ProcessLookupError:
-            pass  # the whole group is gone already
-        except PermissionError:
-            log.warning(
-                "cannot signal sandbox process group sandbox_id=%s pid=%d signal=%s",
-                sandbox.sandbox_id,
-                sandbox.process.pid,
-                sig.name,
-            )
+    @staticmethod
+    def _cancel_watchdog(sandbox: RunningSandbox) -> None:
+        current = asyncio.current_task()
+        if sandbox.watchdog is not None and sandbox.watchdog is not current:
+            sandbox.watchdog.cancel()
 
-    async def _stop(self, sandbox: _Sandbox) -> None:
+    async def _stop(self, sandbox: RunningSandbox) -> None:
         sandbox.stopping = True
+        self._cancel_watchdog(sandbox)
         supervisor = sandbox.supervisor
         # A jail's processes are in a session of their own: they die with bubblewrap (its pid 1 is
         # killed with its parent, and the kernel then kills everything in the jail's pid namespace),
         # which is asynchronous; they are listed now to wait for exactly those below.
         jailed = await asyncio.to_thread(jail_processes, sandbox.process.pid) if self.jail.jailed else []
         if sandbox.process.returncode is None:
-            self._signal_group(sandbox, signal.SIGTERM)
+            signal_group(sandbox, signal.SIGTERM)
             if supervisor is not None:
                 _, pending = await asyncio.wait({supervisor}, timeout=self._stop_grace)
                 if pending:
@@ -495,18 +464,12 @@ class LocalSandboxProvider:
                         self._stop_grace,
                     )
         # Always finish with SIGKILL to the group: agents may outlive a server that exited on SIGTERM.
-        self._signal_group(sandbox, signal.SIGKILL)
+        signal_group(sandbox, signal.SIGKILL)
         if supervisor is not None:
             await supervisor
         if jailed:
             await wait_gone(sandbox.sandbox_id, jailed)
+        if sandbox.cgroups is not None:
+            await asyncio.to_thread(sandbox.cgroups.remove)
         sandbox.state = SandboxState.DESTROYED
         await asyncio.to_thread(self.registry.remove, sandbox.sandbox_id, sandbox.process.pid)
-
-
-class _PortTaken(Exception):
-    """Internal: the chosen port was taken before the server could bind it; `create` retries."""
-
-    def __init__(self, error: SandboxError) -> None:
-        super().__init__(error.detail)
-        self.error = error

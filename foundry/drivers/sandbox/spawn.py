@@ -18,6 +18,7 @@ from pathlib import Path
 from foundry.drivers.sandbox.jail import JailPolicy, bwrap_command
 from foundry.drivers.sandbox.launch import TOKEN_FLAG
 from foundry.drivers.sandbox.layout import WORKDIR, free_port
+from foundry.drivers.sandbox.limits import RLIMITS_ENV, Cgroups
 from foundry.drivers.sandbox.procs import start_ticks
 from foundry.drivers.sandbox.relay import RELAY_FD_ENV, RELAY_PORT_ENV
 
@@ -76,7 +77,7 @@ def environment(directory: Path, extra: Mapping[str, str]) -> dict[str, str]:
     # legitimately run much longer, and Stop is an explicit session/cancel anyway.
     env["SANDBOX_AGENT_ACP_REQUEST_TIMEOUT_MS"] = str(60 * 60 * 1000)
     for key, value in extra.items():
-        if key in _RESERVED or key in (RELAY_FD_ENV, RELAY_PORT_ENV):
+        if key in _RESERVED or key in (RELAY_FD_ENV, RELAY_PORT_ENV, RLIMITS_ENV):
             log.warning("ignoring reserved sandbox env key=%s", key)
             continue
         env[key] = value
@@ -95,14 +96,20 @@ def plan_spawn(
     extra_env: Mapping[str, str],
     token_length: int,
     launchers: Iterable[str] = (),
+    rlimits: str = "",
+    cgroups: Cgroups | None = None,
 ) -> ServerSpawn:
     """The command that starts the server of the sandbox at ``directory`` under ``policy``.
 
     The token launcher (`foundry.drivers.sandbox.launch`) runs the server in every case (inside the
     jail when jailed), so the bearer token never appears on a command line. With its own network
     namespace the jail gets a listening socket opened here, so the port is Foundry's from the start.
+    The launcher sets ``rlimits`` (`foundry.drivers.sandbox.limits.encode_rlimits`) on itself before
+    it starts the server; ``cgroups`` are entered before anything else runs.
     """
     env = environment(directory, extra_env)
+    if rlimits:
+        env[RLIMITS_ENV] = rlimits
     listener: socket.socket | None = None
     if policy.own_network:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -129,6 +136,8 @@ def plan_spawn(
             command=command,
             launchers=launchers,
         )
+    if cgroups is not None:
+        command = cgroups.wrap(command)
     return ServerSpawn(command, env, port, listener)
 
 

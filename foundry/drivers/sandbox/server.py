@@ -1,0 +1,146 @@
+"""One running ``sandbox-agent`` server of the local provider: its record, the wait for its health,
+and how a failed start is reported (`foundry.drivers.sandbox.local` drives them)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import os
+import signal
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from foundry.drivers.sandbox import SandboxEndpoint, SandboxError, SandboxState
+from foundry.drivers.sandbox.layout import LOG_FILE, describe_returncode, read_log_tail
+from foundry.drivers.sandbox.limits import Cgroups
+from foundry.drivers.sandbox.spawn import effective_returncode
+
+__all__ = ["PortTaken", "RunningSandbox", "signal_group", "tell_launcher_healthy", "wait_healthy"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningSandbox:
+    """A server the provider started (or is starting) and what it knows about it."""
+
+    sandbox_id: str
+    directory: Path
+    endpoint: SandboxEndpoint
+    process: asyncio.subprocess.Process
+    owner: str = ""
+    #: The sandbox-agent process itself (``process`` is its launcher, the process group's leader).
+    server_pid: int | None = None
+    state: SandboxState = SandboxState.PENDING
+    stopping: bool = False
+    returncode: int | None = None
+    detail: str = ""
+    #: The limit it hit, named for the user, when the watchdog stopped it for that.
+    limit_hit: str = ""
+    cgroups: Cgroups | None = field(default=None, repr=False)
+    supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
+    watchdog: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / LOG_FILE
+
+
+class PortTaken(Exception):
+    """The chosen port was taken before the server could bind it; `create` retries."""
+
+    def __init__(self, error: SandboxError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # httpx builds a TLS context for every client it creates (tens of ms, loading the CA bundle),
+    # although the health check speaks plain HTTP: one is built once and shared.
+    return ssl.create_default_context()
+
+
+async def wait_healthy(sandbox: RunningSandbox, timeout: float, *, jailed: bool) -> None:
+    """Poll ``GET /v1/health`` until it answers 200; raise `SandboxError` (or `PortTaken`) with the
+    log's tail when the server exits first or stays unhealthy for ``timeout`` seconds."""
+    started = time.monotonic()
+    deadline = started + timeout
+    delay = 0.01
+    last_problem = "no answer yet"
+    url = f"{sandbox.endpoint.base_url}/v1/health"
+    async with httpx.AsyncClient(
+        headers=sandbox.endpoint.headers(), timeout=2.0, verify=_ssl_context()
+    ) as http:
+        while True:
+            if sandbox.process.returncode is not None or (
+                sandbox.supervisor is not None and sandbox.supervisor.done()
+            ):
+                await raise_start_failure(sandbox, "before becoming healthy", jailed=jailed)
+            try:
+                response = await http.get(url)
+            except httpx.TransportError as exc:
+                last_problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    log.info(
+                        "sandbox healthy sandbox_id=%s seconds=%.2f",
+                        sandbox.sandbox_id,
+                        time.monotonic() - started,
+                    )
+                    return
+                last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            if time.monotonic() >= deadline:
+                await raise_start_failure(
+                    sandbox, f"not healthy after {timeout:.0f} s ({last_problem})", jailed=jailed
+                )
+            await asyncio.sleep(delay)
+            # Short at first: a jailed server is usually up within a few hundred ms.
+            delay = min(delay * 1.5, 0.25)
+
+
+async def raise_start_failure(sandbox: RunningSandbox, what: str, *, jailed: bool) -> None:
+    """Raise the `SandboxError` of a failed start (`PortTaken` when its port was taken)."""
+    if sandbox.process.returncode is not None:
+        returncode = effective_returncode(sandbox.process.returncode, jailed)
+        what = f"{describe_returncode(returncode)} {what}"
+    tail = await asyncio.to_thread(read_log_tail, sandbox.log_path)
+    error = SandboxError(f"sandbox-agent for sandbox {sandbox.sandbox_id} {what}; last log lines:\n{tail}")
+    if sandbox.process.returncode is not None and (
+        "address already in use" in tail.lower() or os.strerror(errno.EADDRINUSE).lower() in tail.lower()
+    ):
+        raise PortTaken(error)
+    raise error
+
+
+async def tell_launcher_healthy(process: asyncio.subprocess.Process) -> None:
+    """The server parsed its token long ago: the launcher may now scrub it from its environment."""
+    if process.stdin is None:
+        return
+    try:
+        process.stdin.write(b"healthy\n")
+        await process.stdin.drain()
+        process.stdin.close()
+    except (OSError, ConnectionError) as exc:
+        log.warning("could not tell the sandbox launcher pid=%d it is healthy: %s", process.pid, exc)
+
+
+def signal_group(sandbox: RunningSandbox, sig: signal.Signals) -> None:
+    """Send ``sig`` to the sandbox's process group (its launcher and, unjailed, its agents)."""
+    try:
+        os.killpg(sandbox.process.pid, sig)
+    except ProcessLookupError:
+        pass  # the whole group is gone already
+    except PermissionError:
+        log.warning(
+            "cannot signal sandbox process group sandbox_id=%s pid=%d signal=%s",
+            sandbox.sandbox_id,
+            sandbox.process.pid,
+            sig.name,
+        )
