@@ -57,6 +57,15 @@ ROUTES: list[tuple[str, str, bool]] = [
     ("PUT", "/v1/organizations/{org}/tasks/{taskId}/sessions/{sessionId}/draft", True),
     ("POST", "/v1/organizations/{org}/tasks/{taskId}/sessions/{sessionId}/read", False),
     ("POST", "/v1/organizations/{org}/tasks/{taskId}/sessions/{sessionId}/permissions/{requestId}", True),
+    ("GET", "/v1/organizations/{org}/billing", False),
+    ("POST", "/v1/organizations/{org}/billing/checkout", True),
+    ("GET", "/v1/billing/checkout/complete", False),
+    ("POST", "/v1/organizations/{org}/billing/portal", False),
+    ("POST", "/v1/organizations/{org}/billing/cancel", False),
+    ("POST", "/v1/organizations/{org}/billing/resume", False),
+    ("POST", "/v1/organizations/{org}/billing/plan", True),
+    ("DELETE", "/v1/organizations/{org}/billing/seats/{login}", False),
+    ("POST", "/v1/webhooks/stripe", True),
 ]
 
 #: Every integer query parameter of the API, with values past SQLite's 64-bit range.
@@ -108,13 +117,13 @@ def _assert_client_error(response: httpx.Response, what: str) -> dict[str, Any]:
 async def test_the_table_covers_every_route(quiet_server: TaskServer) -> None:
     from foundry.http.app import create_app
     from foundry.http.routes import app as app_routes
-    from foundry.http.routes import auth, github, organizations, tasks
+    from foundry.http.routes import auth, billing, github, organizations, tasks
 
     schema = create_app(quiet_server.settings).openapi()
     routes = {(method.upper(), path) for path, item in schema["paths"].items() for method in item}
     assert routes == {(m, p) for m, p, _ in ROUTES}
     # Every API route parses its body with the strict parser.
-    for module in (app_routes, auth, github, organizations, tasks):
+    for module in (app_routes, auth, billing, github, organizations, tasks):
         for route in module.router.routes:
             assert isinstance(route, StrictJsonRoute), getattr(route, "path", route)
 
@@ -129,6 +138,7 @@ async def test_hostile_values_on_every_route_are_4xx_and_the_connection_survives
             "taskId": created["taskId"],
             "sessionId": created["sessionId"],
             "requestId": "perm-1",
+            "login": "alice",
         }
         # The first session exists once the task is initialized.
         for _ in range(500):
@@ -156,6 +166,16 @@ async def test_hostile_values_on_every_route_are_4xx_and_the_connection_survives
                 if template == "/v1/webhooks/github":
                     # Unsigned: refused before the body is read (the signed case is in tests/github).
                     assert response.status_code == 401, what
+                    continue
+                if template == "/v1/webhooks/stripe":
+                    # Unsigned, on a server without Stripe settings: refused, never parsed (the
+                    # signed cases are in tests/billing).
+                    body = (
+                        _assert_client_error(response, what)
+                        if response.status_code < 500
+                        else response.json()
+                    )
+                    assert response.status_code in (400, 503), (what, body)
                     continue
                 body = _assert_client_error(response, what)
                 assert response.status_code == 422, (what, body)
