@@ -538,6 +538,10 @@ async def handle_apply_github_sync(ctx: CommandContext, cmd: ApplyGitHubSync) ->
     current = await require_profile(ctx.conn, ctx.key)
     if cmd.generation <= current.sync_generation:
         return {"applied": False, "reason": "generation already applied", "taskSummaryWrites": 0}
+    if current.installation_status == "install_required":
+        # A sync that was running when the App was uninstalled finishes after the uninstall: its
+        # repositories must not come back into a catalog the uninstall emptied.
+        return {"applied": False, "reason": "the GitHub App is not installed", "taskSummaryWrites": 0}
     batch = await ctx.actor("github-data", ctx.key).call(
         "sync_batch", {"since": current.sync_generation, "generation": cmd.generation}
     )

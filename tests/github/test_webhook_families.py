@@ -282,6 +282,16 @@ async def test_installation_lifecycle_of_a_new_account(server: Server, github: G
     summary = await github.organization(org)
     assert summary["repos"] == []
     assert summary["taskSummaries"] == []
+    # A sync that was still running when the App was uninstalled delivers its result afterwards (seen
+    # on a loaded machine after the resync above): the repositories must not come back.
+    late = summary["github"]["syncGeneration"] + 1
+    outcome = await server.runtime.actor("organization", org).send(
+        "apply_github_sync", {"generation": late, "processed": 2, "total": 2}, wait=True
+    )
+    assert outcome["applied"] is False
+    summary = await github.organization(org)
+    assert summary["repos"] == []
+    assert summary["github"]["installationStatus"] == "install_required"
 
 
 async def test_repository_events_keep_the_catalog_current(
