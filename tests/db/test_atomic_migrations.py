@@ -97,6 +97,24 @@ def _version_rows(path: Path) -> list[str]:
             return []
 
 
+def kill_at_migration_pause(script: str, ready: Path) -> None:
+    """Run ``script`` in a new process until a migration step of `_FIRST` pauses, then ``kill -9`` it."""
+    env = {**os.environ, "MIGRATION_READY_FILE": str(ready), "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None, "the migrating process exited early"
+            assert time.monotonic() < deadline, "the migration never reached its pause"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 async def test_a_failing_first_migration_leaves_no_table_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,21 +180,8 @@ def test_kill_9_in_the_middle_of_a_first_migration_leaves_the_file_as_before(tmp
         asyncio.run(ensure_schema(make_engine(Path({str(path)!r})), {location!r}))
         """
     )
-    env = {**os.environ, "MIGRATION_READY_FILE": str(ready), "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None, "the migrating process exited early"
-            assert time.monotonic() < deadline, "the migration never reached its pause"
-            time.sleep(0.02)
-        # Two tables and an index have been created by now: the process dies mid-migration.
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # Two tables and an index have been created by now: the process dies mid-migration.
+    kill_at_migration_pause(script, ready)
     assert _schema(path) == []
     assert _version_rows(path) == []
 

@@ -7,12 +7,10 @@ template from an older schema), or a schema that differs from what the migration
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import pytest
 from foundry.db.engine import make_engine
 from foundry.db.migrate import current_revision, ensure_schema, head_revision, schema_diff, seed_new_database
 from foundry.runtime.role import available_roles, load_role
-from tests.db.test_atomic_migrations import REPO_ROOT, _environment, _schema
+from tests.db.test_atomic_migrations import REPO_ROOT, _environment, _schema, kill_at_migration_pause
 
 
 def _dump(path: Path) -> list[tuple[str, str, str]]:
@@ -97,27 +95,14 @@ def test_kill_9_while_the_template_is_built_leaves_nothing_a_wake_would_trip_on(
         asyncio.run(seed_new_database(Path({str(path)!r}), {location!r}, Path({str(schema_dir)!r})))
         """
     )
-    env = {**os.environ, "MIGRATION_READY_FILE": str(ready), "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None, "the seeding process exited early"
-            assert time.monotonic() < deadline, "the template build never reached its pause"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_at_migration_pause(script, ready)
     assert not path.exists()
     assert not list(schema_dir.glob("*.template"))
 
     # The next wake, in a new process, seeds a complete database.
     done = subprocess.run(
         [sys.executable, "-c", script],
-        env={k: v for k, v in env.items() if k != "MIGRATION_READY_FILE"},
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         timeout=60,
     )
     assert done.returncode == 0
