@@ -71,7 +71,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     out["instances"] = sum(len(v) for v in (await rt.awake()).values() if v)
     out["wake_s"] = round(time.perf_counter() - started, 2)
     pids = [(await rt.host_info(role, s))["pid"] for s in range(args.shards)]
-    out["hosts_rss_mb"] = round(sum(_rss_mb(p) for p in pids), 1)
+    out["hosts_rss_mb"] = round(sum(_rss_mb(p) for p in set(pids)), 1)
 
     # 2. Latencies against one awake instance, sequential.
     ref = rt.actor(role, keys[0])

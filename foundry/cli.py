@@ -227,6 +227,7 @@ def actors_ls(address: str | None) -> None:
     Per host: ``awake`` (keys), and ``deadLetters``: ``total`` and ``instances`` (key → count, asleep
     instances included). Looks hosts up; never creates one.
     """
+    from foundry.runtime.placement import all_hosts, process_name, process_of
     from foundry.runtime.role import host_name
 
     settings = get_settings()
@@ -235,22 +236,23 @@ def actors_ls(address: str | None) -> None:
         import ray  # imported by _on_ray, after it learned the cluster's authentication mode
 
         out: dict[str, object] = {}
-        for role in _roles_of(settings):
-            for shard in range(settings.runtime.shards_for(role)):
-                name = host_name(role, shard)
-                try:
-                    handle = ray.get_actor(name, namespace=settings.runtime.namespace)
-                except ValueError:
-                    out[name] = {"running": False}
-                    continue
-                info = await handle.info.remote()
-                dead: dict[str, int] = info.get("deadLetters", {})
-                out[name] = {
-                    "running": True,
-                    "pid": info["pid"],
-                    "awake": await handle.awake.remote(),
-                    "deadLetters": {"total": sum(dead.values()), "instances": dead},
-                }
+        for role, shard in all_hosts(settings):
+            name = host_name(role, shard)
+            process = process_name(process_of(settings, role, shard))
+            try:
+                handle = ray.get_actor(process, namespace=settings.runtime.namespace)
+            except ValueError:
+                out[name] = {"running": False, "process": process}
+                continue
+            info = await handle.info.remote(role, shard)
+            dead: dict[str, int] = info.get("deadLetters", {})
+            out[name] = {
+                "running": True,
+                "process": process,
+                "pid": info["pid"],
+                "awake": await handle.awake.remote(role, shard),
+                "deadLetters": {"total": sum(dead.values()), "instances": dead},
+            }
         return out
 
     click.echo(json.dumps(_on_ray(address, settings, _run), indent=2))
@@ -261,7 +263,7 @@ def _instance_op(address: str | None, role: str, key: str, method: str) -> objec
     from foundry.errors import FoundryError
     from foundry.runtime.client import unwrap
     from foundry.runtime.keys import shard_of, validate_key
-    from foundry.runtime.role import host_name
+    from foundry.runtime.placement import process_name, process_of
 
     settings = get_settings()
     if role not in _roles_of(settings):
@@ -270,7 +272,8 @@ def _instance_op(address: str | None, role: str, key: str, method: str) -> objec
         validate_key(key)
     except FoundryError as exc:
         raise click.BadParameter(str(exc), param_hint="--key") from exc
-    name = host_name(role, shard_of(key, settings.runtime.shards_for(role)))
+    shard = shard_of(key, settings.runtime.shards_for(role))
+    name = process_name(process_of(settings, role, shard))
 
     async def _run() -> object:
         import ray  # imported by _on_ray, after it learned the cluster's authentication mode
@@ -278,9 +281,9 @@ def _instance_op(address: str | None, role: str, key: str, method: str) -> objec
         try:
             handle = ray.get_actor(name, namespace=settings.runtime.namespace)
         except ValueError:
-            raise click.ClickException(f"host {name} is not running") from None
+            raise click.ClickException(f"host process {name} is not running") from None
         try:
-            return unwrap(await getattr(handle, method).remote(key))
+            return unwrap(await getattr(handle, method).remote(role, shard, key))
         except FoundryError as exc:
             raise click.ClickException(f"{exc.code}: {exc}") from exc
 

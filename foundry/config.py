@@ -8,6 +8,7 @@ variables so start-up fails with a sentence instead of a traceback.
 from __future__ import annotations
 
 import functools
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,12 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROLE_NAMES = ("organization", "task", "user", "github-data", "audit-log", "sandbox")
+
+
+#: A host process's name (part of its Ray actor name ``foundry.<name>``).
+PROCESS_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+#: A placement key: a role (``task``) or one shard of it (``audit-log.1``).
+PLACED_HOST = re.compile(r"[a-z][a-z0-9-]*(\.[0-9]+)?")
 
 
 class RuntimeSettings(BaseModel):
@@ -40,12 +47,36 @@ class RuntimeSettings(BaseModel):
     #: Delay before the second attempt of a send; it doubles per failure up to the cap (with jitter).
     outbox_backoff_base_s: float = Field(default=0.1, gt=0)
     outbox_backoff_cap_s: float = Field(default=30.0, gt=0)
+    #: Which host process runs which hosts: a role name, or ``role.shard`` for one shard, → the name
+    #: of a process. Hosts not named here run in ``default_process``. Each named process is one Ray
+    #: actor (one Python process of ~100 MB that takes seconds to start): few processes cost little
+    #: memory and start fast; a busy role in a process of its own gets a core of its own. By default
+    #: the transcript-heavy task role and the sandboxes it drives share one process, everything else
+    #: another.
+    placement: dict[str, str] = Field(default_factory=lambda: {"task": "tasks", "sandbox": "tasks"})
+    default_process: str = "main"
     #: Print the hosts' log lines in the output of the process that connects to Ray (``foundry
     #: serve``); otherwise they stay in Ray's session log files only.
     forward_host_logs: bool = True
 
     def shards_for(self, role: str) -> int:
         return max(1, int(self.shards.get(role, self.default_shards)))
+
+    @field_validator("default_process")
+    @classmethod
+    def _process_name(cls, value: str) -> str:
+        if not PROCESS_NAME.fullmatch(value):
+            raise ValueError(f"process name {value!r} must be lowercase letters, digits and '-'")
+        return value
+
+    @field_validator("placement")
+    @classmethod
+    def _placement(cls, value: dict[str, str]) -> dict[str, str]:
+        for host, process in value.items():
+            if not PLACED_HOST.fullmatch(host):
+                raise ValueError(f"placement key {host!r} must be a role name or 'role.shard'")
+            cls._process_name(process)
+        return value
 
 
 class GitHubSettings(BaseModel):

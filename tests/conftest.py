@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if item.get_closest_marker(marker):
                 item.add_marker(pytest.mark.xdist_group(group))
                 break
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray for every in-process Ray test of this pytest process (a cluster costs seconds of
+    CPU to start). Tests share it, each in a namespace of its own, and end their host processes
+    (`RayRuntime.stop_hosts`) when done."""
+    import ray
+
+    # Host processes must import test roles (tests.runtime.counter_role) too.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace=f"test-{uuid.uuid4().hex[:8]}",
+        object_store_memory=128 * 1024 * 1024,
+    )
+    yield
+    ray.shutdown()
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:

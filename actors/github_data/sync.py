@@ -252,14 +252,19 @@ async def _sync_once(ctx: InstanceContext) -> None:
             log.warning("github-data %s: sync generation %d failed: %s", ctx.key, generation, message)
         else:
             log.exception("github-data %s: sync generation %d failed", ctx.key, generation)
-        async with ctx.write() as conn:
-            await update_meta(conn, ctx.now_ms(), sync_status="error", sync_phase=None, sync_error=message)
+        # The organization first, and applied (not only queued): whoever sees this cache say "error"
+        # must find the same outcome on the organization the dashboard reads.
         try:
             await org.send(
-                "github_sync_progress", {"generation": generation, "status": "error", "error": message[:2000]}
+                "github_sync_progress",
+                {"generation": generation, "status": "error", "error": message[:2000]},
+                wait=True,
+                timeout=APPLY_TIMEOUT_S,
             )
         except FoundryError as report_exc:
             log.warning("github-data %s: could not report the sync error: %s", ctx.key, report_exc)
+        async with ctx.write() as conn:
+            await update_meta(conn, ctx.now_ms(), sync_status="error", sync_phase=None, sync_error=message)
 
 
 async def _fetch(

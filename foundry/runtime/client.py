@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import pickle
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,12 @@ from foundry.runtime.keys import shard_of, validate_key
 from foundry.runtime.role import to_jsonable
 
 DEFAULT_TIMEOUT_S = 10.0
+
+
+def roundtrip(value: Any) -> Any:
+    """A deep copy made as Ray makes one (pickled both ways): a callee in the caller's process never
+    shares objects with it, and unpicklable arguments, results and errors fail here too."""
+    return pickle.loads(pickle.dumps(value))
 
 
 def unwrap(outcome: tuple[str, Any]) -> Any:

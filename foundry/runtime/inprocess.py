@@ -5,22 +5,16 @@ Same semantics as the Ray backend, minus processes: for unit tests and single-pr
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from foundry.errors import ActorUnavailable
-from foundry.runtime.client import Runtime
+from foundry.runtime.client import Runtime, roundtrip
 from foundry.runtime.events import Event
 from foundry.runtime.host import Host
 from foundry.runtime.role import Role, available_roles, load_role
 from foundry.services import Services
-
-
-def _roundtrip(value: Any) -> Any:
-    # Pickling both ways catches unpicklable arguments, results and errors in the fast tier.
-    return pickle.loads(pickle.dumps(value))
 
 
 class InProcessRuntime(Runtime):
@@ -75,7 +69,7 @@ class InProcessRuntime(Runtime):
         shard = self.shard_for(role, key)
         while True:
             host = self.host(role, shard)
-            outcome = _roundtrip(await op(host))
+            outcome = roundtrip(await op(host))
             status, value = outcome
             replaced = self._hosts.get((role, shard)) is not host
             if status != "ok" and replaced and value.get("code") == ActorUnavailable.code:
@@ -89,19 +83,19 @@ class InProcessRuntime(Runtime):
             role,
             key,
             lambda host: host.send(
-                key, name, _roundtrip(body), wait=wait, timeout=timeout, command_id=command_id
+                key, name, roundtrip(body), wait=wait, timeout=timeout, command_id=command_id
             ),
         )
 
     async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
-        return await self._on_current_host(role, key, lambda host: host.call(key, action, _roundtrip(body)))
+        return await self._on_current_host(role, key, lambda host: host.call(key, action, roundtrip(body)))
 
     async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
         return await self._on_current_host(role, key, lambda host: getattr(host, method)(key))
 
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:
         async for batch in self.host(role, shard).subscribe():
-            yield _roundtrip(batch)
+            yield roundtrip(batch)
 
     async def start(self) -> None:
         """Start every role's hosts now, as the Ray backend does, so that their start hooks (the

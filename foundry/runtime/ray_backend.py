@@ -1,9 +1,8 @@
-"""The Ray backend: one async Ray actor per (role, shard) hosting many instances.
+"""The Ray backend's client: reaches every host through the host process it is placed in.
 
-Host actors are named ``foundry.<role>.<shard>``, detached, restarted forever (``max_restarts=-1``)
-and take no CPU reservation. A restarted host runs its recovery scan from ``__init__`` (Ray runs an
-async actor's ``__init__`` on its event loop), so pending commands resume without a caller.
-Callers retry `ActorUnavailableError` with the same command id, which makes the retry harmless.
+Hosts run in `HostProcess` actors (`foundry.runtime.host_process`), several per process as
+``runtime.placement`` says. Callers retry `ActorUnavailableError` with the same command id, which makes
+the retry harmless; a caller inside a host process reaches the hosts of its own process directly.
 """
 
 from __future__ import annotations
@@ -20,14 +19,21 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 
 from foundry.config import Settings
 from foundry.errors import ActorUnavailable
-from foundry.logging import configure_logging
-from foundry.runtime.client import Runtime
+from foundry.runtime.client import Runtime, roundtrip
 from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_cluster, write_cluster_address
-from foundry.runtime.events import Event, decode_batch, encode_batch
+from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.host import Host
-from foundry.runtime.host_settings import host_settings, public_settings, write_secrets
-from foundry.runtime.role import available_roles, host_name, load_role
-from foundry.services import build_services
+from foundry.runtime.host_process import HostProcess
+from foundry.runtime.host_settings import public_settings, write_secrets
+from foundry.runtime.placement import (
+    all_hosts,
+    all_roles,
+    check_placement,
+    hosts_by_process,
+    process_name,
+    process_of,
+)
+from foundry.runtime.role import host_name, load_role
 
 log = logging.getLogger(__name__)
 
@@ -37,78 +43,7 @@ RETRY_WINDOW_S = 30.0
 HOST_SHUTDOWN_S = 30.0
 
 
-class HostActor:
-    """The Ray actor around a `Host`. Plain class; Ray options are applied in `host_handle`."""
-
-    def __init__(self, role: str, shard: int, config: dict[str, Any]) -> None:
-        # ``config`` holds no secret (Ray keeps actor arguments readable in its control store).
-        settings = host_settings(config)
-        configure_logging(settings.log_level)
-        self.settings = settings
-        self.runtime = RayRuntime(settings)
-        services = build_services(settings)
-        self.host = Host(
-            load_role(role, settings.runtime.extra_roles),
-            shard,
-            settings.runtime.shards_for(role),
-            settings.data_dir,
-            self.runtime,
-            services,
-            settings.runtime.idle_seconds,
-        )
-        self.host.start(recover=True)
-        log.info("host %s started pid=%d", host_name(role, shard), os.getpid())
-
-    async def send(
-        self, key: str, name: str, body: Any, wait: bool, timeout: float, command_id: str
-    ) -> tuple[str, Any]:
-        return await self.host.send(key, name, body, wait=wait, timeout=timeout, command_id=command_id)
-
-    async def call(self, key: str, action: str, body: Any) -> tuple[str, Any]:
-        return await self.host.call(key, action, body)
-
-    async def subscribe(self) -> AsyncIterator[bytes]:
-        """The host's event batches, each as one `encode_batch` message (`RayRuntime.subscribe`)."""
-        async for batch in self.host.subscribe():
-            yield encode_batch(batch)
-
-    async def awake(self) -> list[str]:
-        return self.host.awake_keys()
-
-    async def info(self) -> dict[str, Any]:
-        """Process id and counters, for ``foundry actors ls`` and crash tests.
-
-        ``deadLetters`` maps each instance of this shard that has dead letters (asleep or awake) to
-        their count.
-        """
-        return {
-            "pid": os.getpid(),
-            "awake": len(self.host.awake_keys()),
-            "sleeps": self.host.sleeps,
-            "subscribers": self.host.hub.subscriber_count,
-            "deadLetters": await self.host.dead_letter_counts(),
-        }
-
-    async def dead_letters(self, key: str) -> tuple[str, Any]:
-        return await self.host.dead_letters(key)
-
-    async def retry_dead_letters(self, key: str) -> tuple[str, Any]:
-        return await self.host.retry_dead_letters(key)
-
-    async def recovered(self) -> int:
-        return await self.host.recovered()
-
-    async def sleep_idle(self, older_than: float = 0.0) -> int:
-        return await self.host.sleep_idle(older_than)
-
-    async def shutdown(self) -> None:
-        """Close the host before its process goes away: instances, then the role's resources (the
-        sandbox role stops its sandbox-agent processes, which live in their own process groups and
-        would otherwise outlive a killed worker)."""
-        await self.host.close()
-
-
-_RemoteHost = ray.remote(HostActor)
+_RemoteProcess = ray.remote(HostProcess)
 
 
 def _restrict_token_file() -> None:
@@ -125,16 +60,20 @@ def _restrict_token_file() -> None:
 
 
 class RayRuntime(Runtime):
-    """A Ray driver's (or a host's) client for every host of every role."""
+    """A Ray driver's (or a host process's) client for every host of every role."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(dict(settings.runtime.shards), settings.runtime.default_shards)
         self.settings = settings
-        self._handles: dict[tuple[str, int], Any] = {}
+        #: Ray handles by process name.
+        self._handles: dict[str, Any] = {}
         self._started_ray = False
+        #: In a host process, the hosts it runs: calls to them skip Ray (set by `HostProcess`).
+        self.local_hosts: dict[tuple[str, int], Host] = {}
 
     async def start(self) -> None:
-        """Connect to Ray (the configured cluster, or a new local one) and create the hosts."""
+        """Connect to Ray (the configured cluster, or a new local one) and create the host processes."""
+        check_placement(self.settings)
         if not ray.is_initialized():
             address = self.settings.runtime.ray_address or None
             kwargs: dict[str, Any] = {
@@ -163,18 +102,18 @@ class RayRuntime(Runtime):
                 write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
             await asyncio.to_thread(_restrict_token_file)
         await asyncio.to_thread(write_secrets, self.settings)
-        for role in available_roles() + list(self.settings.runtime.extra_roles):
-            for shard in range(self.shards(role)):
-                self.handle(role, shard)
+        for process in hosts_by_process(self.settings):
+            self._process_handle(process)
 
     async def close(self) -> None:
         """Disconnect; when this process started the local Ray, first close every host in it.
 
-        Hosts are detached actors, so only the process that owns the cluster shuts them down: a
-        ``foundry serve`` that joined an existing cluster leaves its hosts (and their sandboxes) to it.
+        Host processes are detached actors, so only the process that owns the cluster shuts them
+        down: a ``foundry serve`` that joined an existing cluster leaves its hosts (and their
+        sandboxes) to it.
         """
         if self._started_ray:
-            await self._shutdown_hosts()
+            await self.stop_hosts()
             # Before `ray.shutdown`, which on rare occasions aborts the process (SIGABRT inside Ray's
             # core worker) after everything else is stopped: the sweep must not depend on it.
             await self._after_cluster_stop()
@@ -187,8 +126,8 @@ class RayRuntime(Runtime):
     async def _after_cluster_stop(self) -> None:
         """Let each role release what hosts that died without closing left behind (every host has
         been asked to close and answered or timed out, so nothing of theirs is still in use)."""
-        for name in available_roles() + list(self.settings.runtime.extra_roles):
-            hook = load_role(name).on_cluster_stop
+        for name in all_roles(self.settings):
+            hook = load_role(name, self.settings.runtime.extra_roles).on_cluster_stop
             if hook is None:
                 continue
             try:
@@ -196,46 +135,62 @@ class RayRuntime(Runtime):
             except Exception:
                 log.exception("role %s: clean-up after the cluster stopped failed", name)
 
-    async def _shutdown_hosts(self) -> None:
-        handles = list(self._handles.items())
+    async def stop_hosts(self) -> None:
+        """Close every host process of this deployment and end it (its sandboxes stop with it).
 
-        async def one(name: str, handle: Any) -> None:
+        `close` does this for the process that started the cluster; a process that joined a shared
+        cluster (a test run sharing one Ray) calls it to leave nothing of its namespace running.
+        """
+
+        async def one(process: str) -> None:
+            handle = self._process_handle(process)
             try:
                 await asyncio.wait_for(handle.shutdown.remote(), HOST_SHUTDOWN_S)
             except Exception:
-                log.exception("host %s did not shut down cleanly", name)
+                log.exception("host process %s did not shut down cleanly", process_name(process))
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:
+                log.exception("could not end host process %s", process_name(process))
 
-        await asyncio.gather(*(one(host_name(role, shard), handle) for (role, shard), handle in handles))
+        await asyncio.gather(*(one(process) for process in hosts_by_process(self.settings)))
+        self._handles.clear()
 
-    def handle(self, role: str, shard: int, *, refresh: bool = False) -> Any:
-        """The Ray handle of host (role, shard), created if it does not exist yet."""
-        key = (role, shard)
-        if refresh or key not in self._handles:
-            self._handles[key] = _RemoteHost.options(  # type: ignore[attr-defined]
-                name=host_name(role, shard),
+    def _process_handle(self, process: str, *, refresh: bool = False) -> Any:
+        """The Ray handle of host process ``process``, created if it does not exist yet."""
+        if refresh or process not in self._handles:
+            self._handles[process] = _RemoteProcess.options(  # type: ignore[attr-defined]
+                name=process_name(process),
                 namespace=self.settings.runtime.namespace,
                 get_if_exists=True,
                 lifetime="detached",
                 max_restarts=-1,
                 max_concurrency=10_000,
                 num_cpus=0,
-            ).remote(role, shard, public_settings(self.settings))
-        return self._handles[key]
+            ).remote(process, public_settings(self.settings))
+        return self._handles[process]
+
+    def handle(self, role: str, shard: int, *, refresh: bool = False) -> Any:
+        """The Ray handle of the process that runs host (role, shard)."""
+        return self._process_handle(process_of(self.settings, role, shard), refresh=refresh)
 
     async def _with_retry(self, role: str, shard: int, method: str, *args: Any) -> Any:
+        """Call ``method`` of host (role, shard) in its process, retrying while the process restarts."""
+        process = process_of(self.settings, role, shard)
+        return await self._retry(process, host_name(role, shard), method, role, shard, *args)
+
+    async def _retry(self, process: str, what: str, method: str, *args: Any) -> Any:
         deadline = time.monotonic() + RETRY_WINDOW_S
         delay = 0.05
         refresh = False
         while True:
             try:
-                handle = self.handle(role, shard, refresh=refresh)
+                handle = self._process_handle(process, refresh=refresh)
                 return await getattr(handle, method).remote(*args)
             except (ActorUnavailableError, ActorDiedError, RayActorError, GetTimeoutError) as exc:
                 if time.monotonic() > deadline:
-                    raise ActorUnavailable(
-                        f"host {host_name(role, shard)} unreachable for {RETRY_WINDOW_S:g}s: {exc}"
-                    ) from exc
-                log.info("host %s unavailable (%s); retrying", host_name(role, shard), type(exc).__name__)
+                    raise ActorUnavailable(f"host {what} unreachable for {RETRY_WINDOW_S:g}s: {exc}") from exc
+                log.info("host %s unavailable (%s); retrying", what, type(exc).__name__)
                 refresh = isinstance(exc, ActorDiedError)
                 await asyncio.sleep(delay)
                 # Short waits: a restarted host answers within seconds, and every waiting caller
@@ -246,19 +201,32 @@ class RayRuntime(Runtime):
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str
     ) -> tuple[str, Any]:
         shard = self.shard_for(role, key)
+        local = self.local_hosts.get((role, shard))
+        if local is not None:
+            # Pickled both ways as over Ray: the callee never shares objects with its caller.
+            outcome = await local.send(
+                key, name, roundtrip(body), wait=wait, timeout=timeout, command_id=command_id
+            )
+            return roundtrip(outcome)  # type: ignore[no-any-return]
         return await self._with_retry(role, shard, "send", key, name, body, wait, timeout, command_id)  # type: ignore[no-any-return]
 
     async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
         shard = self.shard_for(role, key)
+        local = self.local_hosts.get((role, shard))
+        if local is not None:
+            return roundtrip(await local.call(key, action, roundtrip(body)))  # type: ignore[no-any-return]
         return await self._with_retry(role, shard, "call", key, action, body)  # type: ignore[no-any-return]
 
     async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
         shard = self.shard_for(role, key)
+        local = self.local_hosts.get((role, shard))
+        if local is not None:
+            return roundtrip(await getattr(local, method)(key))  # type: ignore[no-any-return]
         return await self._with_retry(role, shard, method, key)  # type: ignore[no-any-return]
 
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:
         """One streaming generator on the host; ends with `ActorUnavailable` if the host dies."""
-        generator = self.handle(role, shard).subscribe.remote()
+        generator = self.handle(role, shard).subscribe.remote(role, shard)
         try:
             async for ref in generator:
                 yield decode_batch(await ref)
@@ -268,14 +236,19 @@ class RayRuntime(Runtime):
             ray.cancel(generator)
 
     async def awake(self) -> dict[str, list[str]]:
+        """Every host with its awake keys: one call per host process."""
         out: dict[str, list[str]] = {}
-        for role, shard in list(self._handles):
-            out[host_name(role, shard)] = await self._with_retry(role, shard, "awake")
+        for process in hosts_by_process(self.settings):
+            out.update(await self._retry(process, process_name(process), "awake_all"))
         return out
 
     async def host_info(self, role: str, shard: int = 0) -> dict[str, Any]:
         return await self._with_retry(role, shard, "info")  # type: ignore[no-any-return]
 
     async def host_call(self, role: str, shard: int, method: str, *args: Any) -> Any:
-        """Call a `HostActor` method directly (admin tools and tests)."""
+        """Call a `HostProcess` method for host (role, shard) (admin tools and tests)."""
         return await self._with_retry(role, shard, method, *args)
+
+    def hosts(self) -> list[tuple[str, int]]:
+        """Every (role, shard) of this deployment."""
+        return all_hosts(self.settings)

@@ -4,10 +4,9 @@ one seat, synced to Stripe once from the organization's host process; a redelive
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -23,41 +22,16 @@ from tests.billing.conftest import ACME_ROCKET, BillingServer, eventually, upgra
 from tests.http.conftest import free_port
 
 pytestmark = pytest.mark.ray
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def ray_namespace() -> Iterator[str]:
-    """A Ray already up in this test run (another tier started it), or one for this module only."""
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-        )
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            namespace=f"test-{uuid.uuid4().hex[:8]}",
-            object_store_memory=128 * 1024 * 1024,
-        )
-        started = True
-    yield str(ray.get_runtime_context().namespace)
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture
-async def ray_billing_server(ray_namespace: str, tmp_path: Path) -> AsyncIterator[BillingServer]:
+async def ray_billing_server(ray_cluster: None, tmp_path: Path) -> AsyncIterator[BillingServer]:
     port = free_port()
     base = Settings(
         data_dir=tmp_path / "data",
         mode="mock",
         port=port,
-        runtime={"backend": "ray", "namespace": ray_namespace, "idle_seconds": 3600},  # type: ignore[arg-type]
+        runtime={"backend": "ray", "namespace": f"billing-{uuid.uuid4().hex[:8]}", "idle_seconds": 3600},  # type: ignore[arg-type]
         sandbox={"binary": str(tmp_path / "no-sandbox-agent")},  # type: ignore[arg-type]
         stripe={"retry_base_s": 0.05, "retry_cap_s": 0.5, "timeout_s": 2.0},  # type: ignore[arg-type]
     )
@@ -85,6 +59,7 @@ async def ray_billing_server(ray_namespace: str, tmp_path: Path) -> AsyncIterato
     finally:
         uv.should_exit = True
         await task
+        await runtime.stop_hosts()
         await runtime.close()
         await asyncio.to_thread(FakeStripe.stop, fake_stripe)
         fake_gh.stop()

@@ -22,8 +22,8 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Ray titles an actor's worker process after the actor class, with the actor's name when it has
-#: one: ``ray::HostActor``, ``ray::foundry.task.0:HostActor.__init__``, ``ray::HostActor.send``.
-HOST_CLASS = "HostActor"
+#: one: ``ray::HostProcess``, ``ray::foundry.tasks:HostProcess.__init__``, ``ray::HostProcess.send``.
+HOST_CLASS = "HostProcess"
 
 
 def is_host(proc: Proc) -> bool:

@@ -5,9 +5,8 @@ webhook payloads (@octokit/webhooks-examples) signed like GitHub signs them, and
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +17,10 @@ import pytest
 
 from foundry.config import Settings
 from foundry.runtime.events import Event
+from foundry.runtime.ray_backend import RayRuntime
 from tests.conftest import make_settings
 from tests.fakes.webhooks import dumps, signed_headers
 from tests.http.conftest import Server, server  # noqa: F401  (the HTTP tier's server fixture)
-from tests.integration.conftest import ray_runtime  # noqa: F401  (the Ray tier's runtime fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -198,32 +197,21 @@ async def acme(server: Server, github: GitHub) -> AsyncIterator[httpx.AsyncClien
 
 
 # ------------------------------------------------------------------------------------------ Ray tier
-# The Ray tier's session fixtures cannot simply be imported: a second copy of a session fixture in
-# another conftest runs again and `ray.init` would be called twice in one test run. These reuse a Ray
-# that is already up (started by tests/integration) or start one for this module only.
 
 
-@pytest.fixture(scope="module")
-def ray_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-        )
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            namespace=f"test-{uuid.uuid4().hex[:8]}",
-            object_store_memory=128 * 1024 * 1024,
-        )
-        started = True
-    yield make_settings(
-        tmp_path_factory.mktemp("ray-github"),
-        runtime={"backend": "ray", "namespace": ray.get_runtime_context().namespace, "idle_seconds": 3600},
+@pytest.fixture
+def ray_settings(ray_cluster: None, tmp_path: Path) -> Settings:
+    """Settings for hosts of this test's own, in the run's shared Ray (`tests.conftest.ray_cluster`)."""
+    return make_settings(
+        tmp_path / "ray-github",
+        runtime={"backend": "ray", "namespace": f"github-{uuid.uuid4().hex[:8]}", "idle_seconds": 3600},
     )
-    if started:
-        ray.shutdown()
+
+
+@pytest.fixture
+async def ray_runtime(ray_settings: Settings) -> AsyncIterator[RayRuntime]:
+    rt = RayRuntime(ray_settings)
+    await rt.start()
+    yield rt
+    await rt.stop_hosts()
+    await rt.close()

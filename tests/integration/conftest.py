@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,21 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    import ray
-
-    # Host processes must import test roles (tests.runtime.counter_role) too.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace=f"test-{uuid.uuid4().hex[:8]}",
-        object_store_memory=128 * 1024 * 1024,
-    )
-    yield
-    ray.shutdown()
+def ray_session(ray_cluster: None) -> None:
+    """The run's shared local Ray (`tests.conftest.ray_cluster`)."""
 
 
 @pytest.fixture(scope="session")

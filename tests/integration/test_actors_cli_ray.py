@@ -26,7 +26,6 @@ pytestmark = pytest.mark.ray
 @pytest.fixture
 async def quick_dead_runtime(ray_session: None, tmp_path: Path) -> AsyncIterator[RayRuntime]:
     """Hosts of their own (own namespace) whose outbox gives up after two attempts."""
-    import ray
 
     settings = make_settings(
         tmp_path / "data",
@@ -43,8 +42,7 @@ async def quick_dead_runtime(ray_session: None, tmp_path: Path) -> AsyncIterator
     rt = RayRuntime(settings)
     await rt.start()
     yield rt
-    for shard in range(2):
-        ray.kill(rt.handle("counter", shard))
+    await rt.stop_hosts()
     await rt.close()
 
 

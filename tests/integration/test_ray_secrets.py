@@ -68,17 +68,13 @@ async def recorded(
     secret_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[RayRuntime, list[tuple[Any, ...]]]]:
     seen: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(ray_backend, "_RemoteHost", RecordingHost(ray_backend._RemoteHost, seen))
+    monkeypatch.setattr(ray_backend, "_RemoteProcess", RecordingHost(ray_backend._RemoteProcess, seen))
     runtime = RayRuntime(secret_settings)
     await runtime.start()
     try:
         yield runtime, seen
     finally:
-        await runtime._shutdown_hosts()
-        import ray
-
-        for handle in runtime._handles.values():
-            ray.kill(handle)
+        await runtime.stop_hosts()
 
 
 async def test_host_arguments_hold_no_secret_and_hosts_still_have_them(

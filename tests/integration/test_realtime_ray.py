@@ -22,13 +22,18 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture
 async def realtime_ray_runtime(ray_settings: Settings) -> AsyncIterator[RayRuntime]:
-    # The session's settings plus the snapshot test role (host processes import it by name).
+    # The session's settings plus the snapshot test role (host processes import it by name), in host
+    # processes of its own: the session's processes were started without that role.
     runtime_settings = ray_settings.runtime.model_copy(
-        update={"extra_roles": {**ray_settings.runtime.extra_roles, ROLE: snapshot_role.MODULE}}
+        update={
+            "extra_roles": {**ray_settings.runtime.extra_roles, ROLE: snapshot_role.MODULE},
+            "namespace": f"realtime-{uuid.uuid4().hex[:8]}",
+        }
     )
     rt = RayRuntime(ray_settings.model_copy(update={"runtime": runtime_settings}))
     await rt.start()
     yield rt
+    await rt.stop_hosts()
     await rt.close()
 
 

@@ -21,7 +21,7 @@ from foundry.config import Settings
 from foundry.http.app import create_app
 from foundry.mock import start_fake_github
 from foundry.runtime.ray_backend import RayRuntime
-from tests.e2e.test_task_flow_ray import REPO_ROOT, _kill_sandboxes_under
+from tests.e2e.test_task_flow_ray import _kill_sandboxes_under
 from tests.http.conftest import free_port
 from tests.tasks.conftest import TaskServer
 from tests.transcripts.conftest import (
@@ -37,23 +37,7 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture
-async def ray_scripted_server(tmp_path: Path) -> AsyncIterator[TaskServer]:
-    import ray
-
-    started_ray = False
-    if not ray.is_initialized():
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-        )
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            namespace=f"transcripts-{uuid.uuid4().hex[:8]}",
-            object_store_memory=128 * 1024 * 1024,
-        )
-        started_ray = True
+async def ray_scripted_server(ray_cluster: None, tmp_path: Path) -> AsyncIterator[TaskServer]:
     port = free_port()
     base = Settings(
         data_dir=tmp_path / "data",
@@ -86,12 +70,8 @@ async def ray_scripted_server(tmp_path: Path) -> AsyncIterator[TaskServer]:
     finally:
         uv.should_exit = True
         await serving
-        for handle in list(runtime._handles.values()):
-            with contextlib.suppress(Exception):
-                ray.kill(handle)
+        await runtime.stop_hosts()
         await runtime.close()
-        if started_ray:
-            await asyncio.to_thread(ray.shutdown)
         _kill_sandboxes_under(settings.sandbox_root)
         fake.stop()
 

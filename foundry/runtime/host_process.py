@@ -1,0 +1,135 @@
+"""The Ray actor that runs the hosts placed in one process (`foundry.runtime.placement`).
+
+Host processes are named ``foundry.<process>``, detached, restarted forever (``max_restarts=-1``) and
+take no CPU reservation. A restarted process starts every host placed in it again, and each host runs
+its recovery scan at once (Ray runs an async actor's ``__init__`` on its event loop), so pending
+commands resume without a caller. Hosts in one process share its services (drivers, sandbox
+provider) and reach each other without a Ray hop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from foundry.errors import ActorUnavailable
+from foundry.logging import configure_logging
+from foundry.runtime.events import encode_batch
+from foundry.runtime.host import Host
+from foundry.runtime.host_settings import host_settings
+from foundry.runtime.instance import Outcome
+from foundry.runtime.placement import hosts_by_process
+from foundry.runtime.role import load_role
+from foundry.services import build_services
+
+log = logging.getLogger(__name__)
+
+
+class HostProcess:
+    """One process's hosts. Plain class; Ray options are applied in `RayRuntime.handle`."""
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        # ``config`` holds no secret (Ray keeps actor arguments readable in its control store).
+        from foundry.runtime.ray_backend import RayRuntime  # the runtime module creates these actors
+
+        settings = host_settings(config)
+        configure_logging(settings.log_level)
+        self.name = name
+        self.settings = settings
+        self.runtime = RayRuntime(settings)
+        services = build_services(settings)
+        self.hosts: dict[tuple[str, int], Host] = {}
+        for role, shard in hosts_by_process(settings).get(name, []):
+            host = Host(
+                load_role(role, settings.runtime.extra_roles),
+                shard,
+                settings.runtime.shards_for(role),
+                settings.data_dir,
+                self.runtime,
+                services,
+                settings.runtime.idle_seconds,
+            )
+            self.hosts[(role, shard)] = host
+        # Calls between hosts of this process stay in it (see `RayRuntime.local_hosts`).
+        self.runtime.local_hosts = self.hosts
+        for host in self.hosts.values():
+            host.start(recover=True)
+            log.info("host %s started pid=%d process=%s", host.name, os.getpid(), name)
+
+    def _host(self, role: str, shard: int) -> Host:
+        host = self.hosts.get((role, shard))
+        if host is None:
+            # A caller with a different placement than this process's (a configuration change
+            # while a cluster runs): a clear error instead of a silent second copy of the host.
+            raise ActorUnavailable(f"host foundry.{role}.{shard} does not run in process {self.name}")
+        return host
+
+    async def send(
+        self,
+        role: str,
+        shard: int,
+        key: str,
+        name: str,
+        body: Any,
+        wait: bool,
+        timeout: float,
+        command_id: str,
+    ) -> Outcome:
+        return await self._host(role, shard).send(
+            key, name, body, wait=wait, timeout=timeout, command_id=command_id
+        )
+
+    async def call(self, role: str, shard: int, key: str, action: str, body: Any) -> Outcome:
+        return await self._host(role, shard).call(key, action, body)
+
+    async def subscribe(self, role: str, shard: int) -> AsyncIterator[bytes]:
+        """The host's event batches, each as one `encode_batch` message (`RayRuntime.subscribe`)."""
+        async for batch in self._host(role, shard).subscribe():
+            yield encode_batch(batch)
+
+    async def awake(self, role: str, shard: int) -> list[str]:
+        return self._host(role, shard).awake_keys()
+
+    async def awake_all(self) -> dict[str, list[str]]:
+        """Every host of this process with its awake keys (one call for a readiness check)."""
+        return {host.name: host.awake_keys() for host in self.hosts.values()}
+
+    async def info(self, role: str, shard: int) -> dict[str, Any]:
+        """Process id and counters, for ``foundry actors ls`` and crash tests.
+
+        ``deadLetters`` maps each instance of this shard that has dead letters (asleep or awake) to
+        their count.
+        """
+        host = self._host(role, shard)
+        return {
+            "pid": os.getpid(),
+            "process": self.name,
+            "awake": len(host.awake_keys()),
+            "sleeps": host.sleeps,
+            "subscribers": host.hub.subscriber_count,
+            "deadLetters": await host.dead_letter_counts(),
+        }
+
+    async def dead_letters(self, role: str, shard: int, key: str) -> Outcome:
+        return await self._host(role, shard).dead_letters(key)
+
+    async def retry_dead_letters(self, role: str, shard: int, key: str) -> Outcome:
+        return await self._host(role, shard).retry_dead_letters(key)
+
+    async def recovered(self, role: str, shard: int) -> int:
+        return await self._host(role, shard).recovered()
+
+    async def sleep_idle(self, role: str, shard: int, older_than: float = 0.0) -> int:
+        return await self._host(role, shard).sleep_idle(older_than)
+
+    async def shutdown(self) -> None:
+        """Close every host before the process goes away: instances, then the roles' resources (the
+        sandbox role stops its sandbox-agent processes, which live in their own process groups and
+        would otherwise outlive a killed worker)."""
+        for host in self.hosts.values():
+            try:
+                await host.close()
+            except Exception:
+                log.exception("host %s did not close cleanly", host.name)
