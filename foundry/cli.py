@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from foundry.config import ROLE_NAMES, Settings, get_settings
-from foundry.logging import configure_logging
+from foundry.logging import configure_logging, forward_host_lines_verbatim
 from foundry.supervise import is_supervised, supervise
 
 T = TypeVar("T")
@@ -33,12 +32,8 @@ def serve(host: str | None, port: int | None) -> None:
     """Start the HTTP server, the actor runtime and (unless FOUNDRY_RUNTIME__RAY_ADDRESS) a local Ray."""
     import uvicorn
 
-    # Before Ray is imported: the operator reads the hosts' log lines in this output, so Ray must not
-    # fold "similar" lines of different hosts into one, nor wrap prefixes in terminal colour codes
-    # when the output goes to a file or a log collector.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if not sys.stderr.isatty():
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    # Before Ray is imported: the operator reads the hosts' log lines in this output verbatim.
+    forward_host_lines_verbatim()
     from foundry.http.app import create_app
 
     overrides: dict[str, object] = {}
@@ -50,7 +45,9 @@ def serve(host: str | None, port: int | None) -> None:
     missing = settings.check_production()
     if missing:
         raise click.ClickException(f"production mode needs these settings: {', '.join(missing)}")
-    configure_logging(settings.log_level)
+    configure_logging(
+        settings.log_level, settings.log_format, process="api", secrets=settings.secret_values()
+    )
     if settings.runtime.backend == "ray" and not settings.runtime.ray_address and not is_supervised():
         # This process would own a local Ray whose daemons share its process group: serve from a
         # child in a session of its own instead (see foundry.supervise).
@@ -68,6 +65,8 @@ def serve(host: str | None, port: int | None) -> None:
         # frame for every subscriber and buys little.
         ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
+        # Uvicorn's own lines go through Foundry's handler (one format, request ids, redaction).
+        log_config=None,
     )
 
 

@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ROLE_NAMES = ("organization", "task", "user", "github-data", "audit-log", "sandbox")
 
 
+#: Environment variable names whose values are credentials (redacted from logs).
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 #: A host process's name (part of its Ray actor name ``foundry.<name>``).
 PROCESS_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 #: A placement key: a role (``task``) or one shard of it (``audit-log.1``).
@@ -216,6 +218,8 @@ class Settings(BaseSettings):
     #: Signs cookies and derives the key that encrypts GitHub tokens at rest.
     secret_key: SecretStr = SecretStr("")
     log_level: str = "INFO"
+    #: ``text`` for people, ``json`` (one object per line) for log shippers.
+    log_format: Literal["text", "json"] = "text"
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -264,6 +268,28 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(48))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    def secret_values(self) -> list[str]:
+        """Every secret value configured (for redaction from logs)."""
+        found: list[str] = []
+
+        def walk(value: object) -> None:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name))
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    walk(item)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+
+        walk(self)
+        # Provider API keys handed to agents are plain strings in the sandbox settings.
+        found += [v for k, v in self.sandbox.agent_env.items() if _SECRET_NAME.search(k)]
+        return [v for v in found if v]
 
     def check_production(self) -> list[str]:
         """Names of environment variables that production mode needs and that are missing."""

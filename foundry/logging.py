@@ -1,21 +1,129 @@
-"""Logging: stdlib, key=value messages, one format for every process (hosts included)."""
+"""Logging: stdlib, one format for every process (the API process and every host process).
+
+Every line carries a UTC timestamp, the level, the process (``api``, a host process's name, ``cli``)
+and its pid, the logger, the message and the request id when there is one (`foundry.request_id`).
+``text`` is for people; ``json`` (one object per line) is for log shippers. Host processes write to
+their stderr, which Ray forwards to the ``foundry serve`` output (without Ray's own prefix: the line
+names its process already), so the operator reads every process in one place.
+
+Secrets never reach the output: every configured secret value is replaced in the formatted line,
+exception text included (a driver error that quotes a key is still redacted).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import time
+from collections.abc import Iterable
 
-_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+from foundry import request_id
+
+REDACTED = "[redacted]"
+#: Shorter values are not secrets worth scanning for (and would redact common words).
+_MIN_SECRET_LEN = 8
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Set up the root logger once per process."""
+class _Context(logging.Filter):
+    """Adds the process label and the current request id to every record."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self.process = process
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.foundry_process = self.process
+        record.request_id = request_id.current.get()
+        return True
+
+
+class _Redacting(logging.Formatter):
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True)
+
+    def redact(self, line: str) -> str:
+        for secret in self.secrets:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        return line
+
+    @staticmethod
+    def timestamp(record: logging.LogRecord) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+class TextFormatter(_Redacting):
+    """``2026-12-01T21:25:00.168Z INFO main[7319] foundry.runtime.host message rid=…``"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{self.timestamp(record)} {record.levelname} {getattr(record, 'foundry_process', '?')}"
+            f"[{record.process}] {record.name} {record.getMessage()}"
+        )
+        rid = getattr(record, "request_id", None)
+        if rid:
+            line += f" rid={rid}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return self.redact(line)
+
+
+class JsonFormatter(_Redacting):
+    """One JSON object per line: ``ts``, ``level``, ``process``, ``pid``, ``logger``, ``msg``,
+    ``request_id`` (when set), ``exc`` (with a traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": self.timestamp(record),
+            "level": record.levelname,
+            "process": getattr(record, "foundry_process", "?"),
+            "pid": record.process,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None)
+        if rid:
+            entry["request_id"] = rid
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return self.redact(json.dumps(entry, ensure_ascii=False))
+
+
+def configure_logging(
+    level: str = "INFO", fmt: str = "text", *, process: str = "cli", secrets: Iterable[str] = ()
+) -> None:
+    """Set up the root logger of this process (again with new settings when called twice)."""
     root = logging.getLogger()
-    if getattr(root, "_foundry_configured", False):
-        root.setLevel(level.upper())
-        return
+    for old in [h for h in root.handlers if getattr(h, "_foundry", False)]:
+        root.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler._foundry = True  # type: ignore[attr-defined]
+    handler.addFilter(_Context(process))
+    handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    root._foundry_configured = True  # type: ignore[attr-defined]
+    # Uvicorn's loggers bring their own handlers and format: route them through this one.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    forward_host_lines_verbatim()
+
+
+def forward_host_lines_verbatim() -> None:
+    """Ray prefixes each forwarded host line with ``(HostProcess pid=…)``, which breaks JSON lines
+    and repeats what the line says already, and folds lines that several processes print alike into
+    one "[repeated Nx]" line, which hides events from the operator. Both settings are read when Ray
+    is imported: set the environment for later imports and the module for an earlier one."""
+    for name in ("RAY_DISABLE_WORKER_LOG_PREFIX", "RAY_DEDUP_LOGS"):
+        os.environ.setdefault(name, "1" if name == "RAY_DISABLE_WORKER_LOG_PREFIX" else "0")
+    for module_name in ("ray._private.ray_constants", "ray._private.ray_logging"):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            module.RAY_DISABLE_WORKER_LOG_PREFIX = True  # type: ignore[attr-defined]
+            module.RAY_DEDUP_LOGS = False  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ PR/CI columns otherwise belong to the GitHub mirror (`actors.organization.github
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -42,6 +43,8 @@ _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 
 TASK_ROLE = "task"
 AUDIT_ROLE = "audit-log"
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -323,6 +326,15 @@ async def create_task_in(ctx: InstanceContext, conn: AsyncConnection, cmd: Creat
         },
     )
     await publish_task_changes(ctx, conn, [task_id])
+    log.info(
+        "organization %s: task %s created by %s on %s (branch %s, agent %s)",
+        ctx.key,
+        task_id,
+        owner.login,
+        repo.full_name,
+        branch,
+        agent,
+    )
     return {
         "taskId": task_id,
         "title": title,

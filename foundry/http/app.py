@@ -24,6 +24,7 @@ from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.dashboard import install_dashboard
 from foundry.http.errors import install_error_handlers
 from foundry.http.realtime import RealtimeAccess, build_registry, mount_realtime
+from foundry.http.request_ids import RequestIds
 from foundry.http.routes import app as app_routes
 from foundry.http.routes import auth as auth_routes
 from foundry.http.routes import billing as billing_routes
@@ -145,6 +146,8 @@ def create_app(
     # Added last, so it is the outermost of ours: nothing an endpoint or a middleware raises escapes
     # to Starlette's error middleware, which would close the keep-alive connection.
     app.add_middleware(UnexpectedErrorsAsJson)
+    # Outermost: the crash log line above and the 500 it answers carry the request id too.
+    app.add_middleware(RequestIds)
     mount_realtime(app)
     app.include_router(auth_routes.router)
     app.include_router(app_routes.router)

@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from foundry import request_id
 from foundry.errors import ActorUnavailable
 from foundry.logging import configure_logging
 from foundry.runtime.events import encode_batch
@@ -35,7 +36,9 @@ class HostProcess:
         from foundry.runtime.ray_backend import RayRuntime  # the runtime module creates these actors
 
         settings = host_settings(config)
-        configure_logging(settings.log_level)
+        configure_logging(
+            settings.log_level, settings.log_format, process=name, secrets=settings.secret_values()
+        )
         self.name = name
         self.settings = settings
         self.runtime = RayRuntime(settings)
@@ -76,13 +79,20 @@ class HostProcess:
         wait: bool,
         timeout: float,
         command_id: str,
+        rid: str | None = None,
     ) -> Outcome:
-        return await self._host(role, shard).send(
-            key, name, body, wait=wait, timeout=timeout, command_id=command_id
-        )
+        """`Host.send`, under the caller's request id (`foundry.request_id`)."""
+        with request_id.bound(rid):
+            return await self._host(role, shard).send(
+                key, name, body, wait=wait, timeout=timeout, command_id=command_id
+            )
 
-    async def call(self, role: str, shard: int, key: str, action: str, body: Any) -> Outcome:
-        return await self._host(role, shard).call(key, action, body)
+    async def call(
+        self, role: str, shard: int, key: str, action: str, body: Any, rid: str | None = None
+    ) -> Outcome:
+        """`Host.call`, under the caller's request id."""
+        with request_id.bound(rid):
+            return await self._host(role, shard).call(key, action, body)
 
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[bytes]:
         """The host's event batches, each as one `encode_batch` message (`RayRuntime.subscribe`)."""

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from foundry import request_id
 from foundry.db.engine import make_engine, read_only
 from foundry.db.migrate import ensure_schema, seed_new_database
 from foundry.errors import CommandFailed, CommandTimeout, FoundryError
@@ -56,7 +57,8 @@ class Instance:
         self.write_lock = asyncio.Lock()
         self.active = 0
         self.last_used = asyncio.get_running_loop().time()
-        self._queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue()
+        #: (command id, name, body, request id of the sender when it was enqueued in this process).
+        self._queue: asyncio.Queue[tuple[str, str, str, str | None]] = asyncio.Queue()
         self._waiters: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._mailbox_conn: sqlite3.Connection | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -90,7 +92,7 @@ class Instance:
                     .order_by(mailbox.c.seq)
                 )
                 for command_id, name, body in pending:
-                    self._queue.put_nowait((command_id, name, body))
+                    self._queue.put_nowait((command_id, name, body, None))
                 outbox = self._tables["foundry_outbox"]
                 by_status: dict[str, int] = dict(
                     (
@@ -209,7 +211,7 @@ class Instance:
             outcome = self._insert_command(command_id, name, body_json)
             if outcome[0] == "new":
                 # Enqueued under the lock: queue order equals seq order.
-                self._queue.put_nowait((command_id, name, body_json))
+                self._queue.put_nowait((command_id, name, body_json, request_id.current.get()))
         return outcome
 
     def _insert_command(self, command_id: str, name: str, body_json: str) -> tuple[str, Any]:
@@ -236,10 +238,11 @@ class Instance:
 
     async def _run_loop(self) -> None:
         while True:
-            command_id, name, body_json = await self._queue.get()
+            command_id, name, body_json, rid = await self._queue.get()
             self._running_command = command_id
             try:
-                outcome = await self._execute(command_id, name, body_json)
+                with request_id.bound(rid):
+                    outcome = await self._execute(command_id, name, body_json)
             finally:
                 self._running_command = None
             self.touch()
@@ -378,6 +381,9 @@ class Instance:
         if events:
             self.host.hub.publish(events)
         if ctx._sends:
+            rid = request_id.current.get()
+            if rid is not None:
+                self.outbox.request_ids.update((s.command_id, rid) for s in ctx._sends)
             self.outbox.schedule()
         ctx._publishes = []
         ctx._sends = []

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from foundry import request_id
 from foundry.errors import FoundryError
 
 if TYPE_CHECKING:
@@ -90,6 +91,9 @@ class Outbox:
         self._slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
         #: Dead letters in this instance's outbox (kept equal to the database and the marker file).
         self.dead_count = 0
+        #: The request id of each undelivered send made while one was current, by command id, so the
+        #: receiver's log lines carry it too (in memory: a send delivered after a restart has none).
+        self.request_ids: dict[str, str] = {}
 
     # ----------------------------------------------------------------------------- state
 
@@ -245,9 +249,10 @@ class Outbox:
         async with self._slots:
             try:
                 async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                    await self._instance.host.runtime.send(
-                        row.role, row.key, row.name, json.loads(row.body), command_id=row.command_id
-                    )
+                    with request_id.bound(self.request_ids.get(row.command_id)):
+                        await self._instance.host.runtime.send(
+                            row.role, row.key, row.name, json.loads(row.body), command_id=row.command_id
+                        )
             except FoundryError as exc:
                 if exc.code in PERMANENT_REFUSALS:
                     log.error(
@@ -272,6 +277,7 @@ class Outbox:
                     exc_info=True,
                 )
                 return f"{type(exc).__name__}: {exc}"
+        self.request_ids.pop(row.command_id, None)
         return None
 
     def _backoff(self, attempts: int) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+from foundry import request_id
 from foundry.config import Settings
 from foundry.errors import ActorUnavailable
 from foundry.runtime.client import Runtime, roundtrip
@@ -208,14 +209,15 @@ class RayRuntime(Runtime):
                 key, name, roundtrip(body), wait=wait, timeout=timeout, command_id=command_id
             )
             return roundtrip(outcome)  # type: ignore[no-any-return]
-        return await self._with_retry(role, shard, "send", key, name, body, wait, timeout, command_id)  # type: ignore[no-any-return]
+        rid = request_id.current.get()
+        return await self._with_retry(role, shard, "send", key, name, body, wait, timeout, command_id, rid)  # type: ignore[no-any-return]
 
     async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
         shard = self.shard_for(role, key)
         local = self.local_hosts.get((role, shard))
         if local is not None:
             return roundtrip(await local.call(key, action, roundtrip(body)))  # type: ignore[no-any-return]
-        return await self._with_retry(role, shard, "call", key, action, body)  # type: ignore[no-any-return]
+        return await self._with_retry(role, shard, "call", key, action, body, request_id.current.get())  # type: ignore[no-any-return]
 
     async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
         shard = self.shard_for(role, key)

@@ -19,6 +19,11 @@ from foundry.drivers.sandbox.spawn import descendants
 pytestmark = pytest.mark.e2e
 
 
+def log_lines(path: Path) -> list[str]:
+    """The server's JSON log lines (its output also holds Uvicorn's and Ray's start-up banners)."""
+    return [line for line in path.read_text().splitlines() if line.startswith("{")]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,9 +63,22 @@ def _address(hex_address: str) -> str:
     return f"{host}:{int(port, 16)}"
 
 
+#: Configured secrets that must never appear in the output (mock mode ignores the GitHub ones).
+SECRETS = {
+    "FOUNDRY_SECRET_KEY": "s3cret-key-for-cookies-0123456789",
+    "FOUNDRY_SANDBOX__AGENT_ENV": json.dumps({"ANTHROPIC_API_KEY": "sk-ant-never-in-logs-42"}),
+}
+
+
 def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
     port = _free_port()
-    env = {**os.environ, "FOUNDRY_PORT": str(port), "FOUNDRY_DATA_DIR": str(tmp_path / "data")}
+    env = {
+        **os.environ,
+        "FOUNDRY_PORT": str(port),
+        "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
+        "FOUNDRY_LOG_FORMAT": "json",
+        **SECRETS,
+    }
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "foundry", "serve"],
@@ -106,11 +124,47 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         token = Path.home() / ".ray" / "auth_token"
         if token.exists():
             assert token.stat().st_mode & 0o077 == 0
-        # Every process's log reaches the operator: the hosts' lines appear in the server's output.
-        deadline = time.monotonic() + 30
-        while "host foundry.task.0 started" not in (tmp_path / "serve.log").read_text():
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+        # Every process's log reaches the operator, and one request id follows a task's creation
+        # from the HTTP request through the organization's process to the task's and the sandbox's.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert client.post("/v1/auth/mock/sign-in", json={"login": "alice"}).status_code == 200
+            created = None
+            deadline = time.monotonic() + 60
+            while created is None:
+                response = client.post(
+                    "/v1/organizations/acme/tasks",
+                    json={"repoId": "910001", "prompt": "hello"},
+                    headers={"X-Request-Id": "trace-me-7"},
+                )
+                if response.status_code == 201:
+                    created = response.json()
+                else:  # 404 until the organization's first sync is done
+                    assert response.status_code == 404, response.text
+                    assert time.monotonic() < deadline, "the organization never synced"
+                    time.sleep(0.3)
+            assert response.headers["x-request-id"] == "trace-me-7"
+            # An id that could forge log lines is replaced by a fresh one.
+            forged = client.get("/healthz", headers={"X-Request-Id": 'x" rid=admin'})
+            assert forged.headers["x-request-id"] not in ("", 'x" rid=admin')
+        deadline = time.monotonic() + 60
+        while True:
+            lines = [json.loads(line) for line in log_lines(tmp_path / "serve.log")]
+            traced = {
+                (e["process"], e["logger"])
+                for e in lines
+                if e.get("request_id") == "trace-me-7"
+            }
+            processes = {process for process, _ in traced}
+            if {"api", "main", "tasks"} <= processes or time.monotonic() > deadline:
+                break
             time.sleep(0.5)
+        assert {"api", "main", "tasks"} <= processes, traced
+        assert any(
+            e["msg"].startswith("host foundry.task.0 started") and e["process"] == "tasks" for e in lines
+        )
+        everything = (tmp_path / "serve.log").read_text()
+        for name, value in (("secret key", "s3cret-key-for-cookies"), ("agent key", "sk-ant-never-in-logs")):
+            assert value not in everything, f"the {name} is in the log"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
