@@ -218,6 +218,9 @@ class Settings(BaseSettings):
     #: Signs cookies and derives the key that encrypts GitHub tokens at rest.
     secret_key: SecretStr = SecretStr("")
     log_level: str = "INFO"
+    #: Bearer token that ``GET /metrics`` requires; empty turns metrics off (404): they span every
+    #: organization.
+    metrics_token: SecretStr = SecretStr("")
     #: ``text`` for people, ``json`` (one object per line) for log shippers.
     log_format: Literal["text", "json"] = "text"
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)

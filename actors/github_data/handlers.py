@@ -42,6 +42,7 @@ from actors.github_data.schema import webhook_deliveries
 from actors.github_data.state import ensure_meta, load_meta, update_meta
 from actors.github_data.sync import replace_members, resume_sync, start_sync
 from actors.github_data.webhooks import Delivery, Effects, MissingField, dispatch
+from foundry import metrics
 from foundry.errors import FoundryError, InvalidInput, NotFound
 from foundry.ids import APP_SHELL_ID, organization_id_for
 from foundry.runtime.context import CommandContext, InstanceContext
@@ -199,6 +200,7 @@ async def handle_process_deliveries(ctx: CommandContext, _: Empty) -> dict[str, 
             payload=json.loads(row.payload_json or "{}"),
         )
         effects = await _apply_one(ctx, cmd, now)
+        metrics.WEBHOOKS_PROCESSED.labels("github", effects.status).inc()
         await ctx.conn.execute(
             webhook_deliveries.update()
             .where(webhook_deliveries.c.seq == row.seq)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from foundry import metrics
 from foundry.errors import FoundryError
 
 log = logging.getLogger(__name__)
@@ -329,5 +330,6 @@ def admission_for(provider: Any, runtime: Any, settings: Any) -> Admission:
         idle_seconds=sandbox.idle_minutes * 60,
     )
     provider.admission = admission
+    metrics.track_admission(admission)
     admission.start_reaper()
     return admission

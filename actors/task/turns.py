@@ -39,6 +39,7 @@ from actors.task.state import (
     refresh,
     turn_job_name,
 )
+from foundry import metrics
 from foundry.drivers.sandbox import AcpError, SandboxError
 from foundry.drivers.sandbox.client import AcpConnection, SandboxAgentClient
 from foundry.drivers.sandbox.feed import AcpEvent, AcpEventFeed, FeedEnded
@@ -374,6 +375,7 @@ async def run_turn(
     turn = Turn(ctx, client.acp(session.acp_server_id, session.agent), session, message.id)
     key = _live_key(ctx, session.session_id)
     _LIVE[key] = turn
+    metrics.TURNS_RUNNING.inc()
     try:
         try:
             outcome = await turn.run(message.text)
@@ -407,6 +409,7 @@ async def run_turn(
             await close_quietly(turn.acp)
             await forget_agent(ctx, session.session_id, session.acp_server_id)
     finally:
+        metrics.TURNS_RUNNING.dec()
         if _LIVE.get(key) is turn:
             del _LIVE[key]
         await turn.aclose()

@@ -25,10 +25,12 @@ from foundry.http.dashboard import install_dashboard
 from foundry.http.errors import install_error_handlers
 from foundry.http.realtime import RealtimeAccess, build_registry, mount_realtime
 from foundry.http.request_ids import RequestIds
+from foundry.http.request_metrics import RequestMetrics
 from foundry.http.routes import app as app_routes
 from foundry.http.routes import auth as auth_routes
 from foundry.http.routes import billing as billing_routes
 from foundry.http.routes import github as github_routes
+from foundry.http.routes import metrics as metrics_routes
 from foundry.http.routes import organizations as organization_routes
 from foundry.http.routes import tasks as task_routes
 from foundry.http.unexpected import UnexpectedErrorsAsJson
@@ -146,6 +148,7 @@ def create_app(
     # Added last, so it is the outermost of ours: nothing an endpoint or a middleware raises escapes
     # to Starlette's error middleware, which would close the keep-alive connection.
     app.add_middleware(UnexpectedErrorsAsJson)
+    app.add_middleware(RequestMetrics)
     # Outermost: the crash log line above and the 500 it answers carry the request id too.
     app.add_middleware(RequestIds)
     mount_realtime(app)
@@ -155,6 +158,7 @@ def create_app(
     app.include_router(github_routes.router)
     app.include_router(task_routes.router)
     app.include_router(billing_routes.router)
+    app.include_router(metrics_routes.router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

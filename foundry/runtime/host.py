@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from foundry import metrics
 from foundry.errors import ActorUnavailable, CommandFailed, FoundryError, InvalidInput, PayloadTooLarge
 from foundry.runtime.events import Event, EventHub
 from foundry.runtime.instance import Instance, Outcome
@@ -82,6 +83,7 @@ class Host:
     def start(self, recover: bool = True) -> None:
         """Start the idle reaper and, after a (re)start, the recovery scan; both in the background."""
         if self._reaper is None:
+            metrics.track_host(self)
             self._reaper = asyncio.create_task(self._reap_idle(), name=f"reaper:{self.name}")
         if recover and self._recovery is None:
             self._recovery = asyncio.create_task(self.recover(), name=f"recover:{self.name}")
@@ -231,6 +233,24 @@ class Host:
             else:
                 counts.pop(key, None)
         return dict(sorted(counts.items()))
+
+    def metrics_snapshot(self) -> dict[str, int]:
+        """Counts for ``/metrics``: awake instances, commands queued or running in them, instances
+        with pending work (asleep ones included) and dead letters of this shard."""
+        dead = self._read_dead_markers()
+        for key, instance in self._instances.items():
+            dead[key] = instance.outbox.dead_count
+        pending = 0
+        if self.pending_dir.is_dir():
+            pending = sum(
+                1 for p in self.pending_dir.iterdir() if shard_of(p.name, self.shards) == self.shard
+            )
+        return {
+            "awake": len(self._instances),
+            "mailbox": sum(i.mailbox_depth() for i in self._instances.values()),
+            "pending": pending,
+            "dead": sum(dead.values()),
+        }
 
     def _read_dead_markers(self) -> dict[str, int]:
         counts: dict[str, int] = {}

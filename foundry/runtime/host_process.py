@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from foundry import request_id
+import ray
+
+from foundry import metrics, request_id
 from foundry.errors import ActorUnavailable
 from foundry.logging import configure_logging
 from foundry.runtime.events import encode_batch
@@ -26,6 +29,24 @@ from foundry.runtime.role import load_role
 from foundry.services import build_services
 
 log = logging.getLogger(__name__)
+
+
+def _count_restart(data_dir: Path, name: str) -> int:
+    """How many times Ray restarted process ``name`` (this start counted when it is a restart)."""
+    path = data_dir / ".processes" / f"{name}.restarts"
+    try:
+        count = int(path.read_text())
+    except FileNotFoundError:
+        count = 0
+    except (OSError, ValueError) as exc:
+        log.warning("unreadable restart count %s (%s); counting from 0", path, exc)
+        count = 0
+    if ray.get_runtime_context().was_current_actor_reconstructed:
+        count += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(count))
+        log.warning("host process %s restarted by Ray (restart %d)", name, count)
+    return count
 
 
 class HostProcess:
@@ -41,6 +62,7 @@ class HostProcess:
         )
         self.name = name
         self.settings = settings
+        self.restarts = _count_restart(settings.data_dir, name)
         self.runtime = RayRuntime(settings)
         services = build_services(settings)
         self.hosts: dict[tuple[str, int], Host] = {}
@@ -133,6 +155,18 @@ class HostProcess:
 
     async def sleep_idle(self, role: str, shard: int, older_than: float = 0.0) -> int:
         return await self._host(role, shard).sleep_idle(older_than)
+
+    async def metrics(self) -> str:
+        """This process's metrics (Prometheus text): its hosts, commands, sandboxes and turns, plus
+        how many times Ray restarted it (kept in the data dir: each restart is a new process)."""
+        return metrics.local_exposition() + self._restarts_exposition()
+
+    def _restarts_exposition(self) -> str:
+        name = "foundry_host_process_restarts"
+        return (
+            f"# HELP {name} Times Ray restarted this host process after it died (data dir lifetime).\n"
+            f"# TYPE {name} counter\n{name}_total {self.restarts}\n"
+        )
 
     async def shutdown(self) -> None:
         """Close every host before the process goes away: instances, then the roles' resources (the

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from foundry import request_id
+from foundry import metrics, request_id
 from foundry.db.engine import make_engine, read_only
 from foundry.db.migrate import ensure_schema, seed_new_database
 from foundry.errors import CommandFailed, CommandTimeout, FoundryError
@@ -240,11 +241,14 @@ class Instance:
         while True:
             command_id, name, body_json, rid = await self._queue.get()
             self._running_command = command_id
+            started = time.perf_counter()
             try:
                 with request_id.bound(rid):
                     outcome = await self._execute(command_id, name, body_json)
             finally:
                 self._running_command = None
+            metrics.COMMAND_SECONDS.labels(self.role.name).observe(time.perf_counter() - started)
+            metrics.COMMANDS.labels(self.role.name, _outcome_label(outcome)).inc()
             self.touch()
             for fut in self._waiters.pop(command_id, []):
                 if not fut.done():
@@ -405,6 +409,10 @@ class Instance:
 
     # ----------------------------------------------------------------------------- pending marker
 
+    def mailbox_depth(self) -> int:
+        """Commands queued or running (for metrics)."""
+        return self._queue.qsize() + (self._running_command is not None)
+
     def _mark_pending(self) -> None:
         """Note on disk, before the row commits, that this instance has work a restart must resume.
 
@@ -468,6 +476,14 @@ def _as_foundry_error(exc: Exception, where: str) -> FoundryError:
     if isinstance(exc, TimeoutError):
         return CommandFailed(f"{where} took longer than {STEP_TIMEOUT_S:g}s and was aborted")
     return CommandFailed(f"{where} failed: {type(exc).__name__}: {exc}")
+
+
+def _outcome_label(outcome: Outcome) -> str:
+    """``ok``; ``refused`` for an error the caller caused (invalid, not found, conflict); ``failed``."""
+    status, value = outcome
+    if status == "ok":
+        return "ok"
+    return "failed" if isinstance(value, dict) and value.get("code") == CommandFailed.code else "refused"
 
 
 def _stored_outcome(stored: tuple[str, Any, Any]) -> Outcome:

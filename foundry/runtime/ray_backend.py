@@ -251,6 +251,21 @@ class RayRuntime(Runtime):
         """Call a `HostProcess` method for host (role, shard) (admin tools and tests)."""
         return await self._with_retry(role, shard, method, *args)
 
+    async def process_metrics(self, timeout: float) -> dict[str, str]:
+        """Each running host process's metrics text, by process name; one that does not answer in
+        ``timeout`` (restarting) is left out of this scrape and logged."""
+
+        async def one(process: str) -> tuple[str, str | None]:
+            try:
+                text = await asyncio.wait_for(self._process_handle(process).metrics.remote(), timeout)
+            except Exception as exc:
+                log.warning("metrics: host process %s did not answer: %s", process_name(process), exc)
+                return process, None
+            return process, str(text)
+
+        answers = await asyncio.gather(*(one(p) for p in hosts_by_process(self.settings)))
+        return {process: text for process, text in answers if text is not None}
+
     def hosts(self) -> list[tuple[str, int]]:
         """Every (role, shard) of this deployment."""
         return all_hosts(self.settings)

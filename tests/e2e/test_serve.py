@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from foundry.drivers.sandbox.spawn import descendants
 
@@ -66,6 +67,7 @@ def _address(hex_address: str) -> str:
 #: Configured secrets that must never appear in the output (mock mode ignores the GitHub ones).
 SECRETS = {
     "FOUNDRY_SECRET_KEY": "s3cret-key-for-cookies-0123456789",
+    "FOUNDRY_METRICS_TOKEN": "metrics-token-123",
     "FOUNDRY_SANDBOX__AGENT_ENV": json.dumps({"ANTHROPIC_API_KEY": "sk-ant-never-in-logs-42"}),
 }
 
@@ -143,17 +145,23 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
                     assert time.monotonic() < deadline, "the organization never synced"
                     time.sleep(0.3)
             assert response.headers["x-request-id"] == "trace-me-7"
+            # Metrics span every process: the API's and each host process's, labelled with it.
+            scraped = client.get("/metrics", headers={"Authorization": "Bearer metrics-token-123"})
+            assert scraped.status_code == 200, scraped.text
+            by_process: dict[str, set[str]] = {}
+            for family in text_string_to_metric_families(scraped.text):
+                for sample in family.samples:
+                    by_process.setdefault(sample.labels.get("process", "?"), set()).add(sample.name)
+            assert "foundry_http_requests_total" in by_process["api"]
+            assert "foundry_commands_total" in by_process["main"]
+            assert {"foundry_instances_awake", "foundry_host_process_restarts_total"} <= by_process["tasks"]
             # An id that could forge log lines is replaced by a fresh one.
             forged = client.get("/healthz", headers={"X-Request-Id": 'x" rid=admin'})
             assert forged.headers["x-request-id"] not in ("", 'x" rid=admin')
         deadline = time.monotonic() + 60
         while True:
             lines = [json.loads(line) for line in log_lines(tmp_path / "serve.log")]
-            traced = {
-                (e["process"], e["logger"])
-                for e in lines
-                if e.get("request_id") == "trace-me-7"
-            }
+            traced = {(e["process"], e["logger"]) for e in lines if e.get("request_id") == "trace-me-7"}
             processes = {process for process, _ in traced}
             if {"api", "main", "tasks"} <= processes or time.monotonic() > deadline:
                 break

@@ -81,6 +81,10 @@ async def test_every_host_runs_in_the_process_its_placement_names_and_survives_a
     after = await pids(rt)
     assert after["organization.0"] == after["counter.0"] != main_pid
     assert after["counter.1"] == where["counter.1"]  # another process: untouched
+    # The restart shows in the metrics an operator scrapes.
+    scraped = await rt.process_metrics(30)
+    assert "foundry_host_process_restarts_total 1\n" in scraped["main"]
+    assert "foundry_host_process_restarts_total 0\n" in scraped["counters"]
 
 
 async def until_value(rt: RayRuntime, key: str, expected: int, timeout: float = 90) -> None:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from foundry import metrics
 from foundry.config import Settings
 from foundry.errors import Forbidden, NotConfigured
 from foundry.http.deps import Admin, CurrentCaller, RuntimeDep, SameSiteWrite, SettingsDep, require_member
@@ -199,5 +200,7 @@ async def stripe_webhook(request: Request) -> JSONResponse:
     try:
         result = await _ingest(request).ingest(body, request.headers)
     except StripeWebhookRejected as exc:
+        metrics.WEBHOOKS_RECEIVED.labels("stripe", "rejected").inc()
         return JSONResponse(error_body(exc.code, exc.detail), status_code=exc.status)
+    metrics.WEBHOOKS_RECEIVED.labels("stripe", "accepted").inc()
     return JSONResponse(result, status_code=200)

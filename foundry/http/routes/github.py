@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from foundry import metrics
 from foundry.config import Settings
 from foundry.http.deps import Member, RuntimeDep, SameSiteWrite
 from foundry.http.errors import error_body
@@ -54,7 +55,9 @@ async def github_webhook(request: Request) -> JSONResponse:
     try:
         result = await ingest.ingest(body, request.headers, client)
     except WebhookRejected as exc:
+        metrics.WEBHOOKS_RECEIVED.labels("github", "rejected").inc()
         return JSONResponse(error_body(exc.code, exc.detail), status_code=exc.status)
+    metrics.WEBHOOKS_RECEIVED.labels("github", "accepted").inc()
     return JSONResponse(result, status_code=202)
 
 
