@@ -27,5 +27,7 @@ def test_mock_mode_refuses_other_addresses(tmp_path: Path, host: str) -> None:
 
 
 def test_the_explicit_override_and_production_mode_bind_anywhere(tmp_path: Path) -> None:
-    assert public_mock_refusal(_settings(tmp_path, mode="mock", host="0.0.0.0", allow_public_mock=True)) is None
+    assert (
+        public_mock_refusal(_settings(tmp_path, mode="mock", host="0.0.0.0", allow_public_mock=True)) is None
+    )
     assert public_mock_refusal(_settings(tmp_path, mode="production", host="0.0.0.0")) is None
