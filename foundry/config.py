@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from foundry.config_env import ConfigError as ConfigError
+from foundry.config_env import ConfigError as ConfigError  # re-exported: callers catch it here
 from foundry.config_env import SettingsNames, check_environment, describe_validation_error
 
 ROLE_NAMES = ("organization", "task", "user", "github-data", "audit-log", "sandbox")
