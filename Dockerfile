@@ -2,7 +2,12 @@
 # Not built on the development machines (no Docker engine there); see README "Deployment files".
 #
 #   docker build -t foundry .
-#   docker run --shm-size=1g -p 127.0.0.1:7741:7741 -v foundry-data:/data foundry
+#   docker run --shm-size=1g -p 7741:7741 -v foundry-data:/data --env-file foundry.env foundry
+#
+# The image runs production mode: foundry.env must give the production settings (FOUNDRY_SECRET_KEY,
+# FOUNDRY_APP_URL and the GitHub App's FOUNDRY_GITHUB__*; `foundry serve` names any that is missing).
+# Mock mode signs anyone in as a seeded admin, so it refuses 0.0.0.0 unless told otherwise: to try
+# it in a container, use compose.dev.yaml (loopback-only port, explicit FOUNDRY_ALLOW_PUBLIC_MOCK).
 #
 # Ray keeps its object store in /dev/shm. Docker's default 64 MB is below Foundry's 256 MiB store,
 # so give the container --shm-size (compose: shm_size); otherwise Ray falls back to slower /tmp.
@@ -40,21 +45,22 @@ RUN cd /src/foundry/dashboard \
  && npm ci --no-audit --no-fund --cache /tmp/npm-cache \
  && npm run build \
  && rm -rf node_modules /tmp/npm-cache
-# Non-editable install. The role migrations (migrations/<role>/) are not part of the wheel, and
-# foundry.db.migrate looks for them beside the installed packages (<site-packages>/migrations),
-# so they are copied there.
-RUN pip install /src \
- && cp -r /src/migrations "$(python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/migrations" \
+# Non-editable install, at the versions the test suite passed with (constraints.txt). The wheel
+# ships the role migrations (the top-level `migrations` package) and the dashboard's dist/.
+RUN pip install -c /src/constraints.txt /src \
  && rm -rf /src \
- && foundry --help >/dev/null
+ && foundry --version
 
 RUN groupadd --gid 10001 foundry \
  && useradd --uid 10001 --gid foundry --create-home --shell /usr/sbin/nologin foundry \
  && mkdir /data \
  && chown foundry:foundry /data
 
+# FOUNDRY_HOST=0.0.0.0: the container's port is published by Docker; production mode, because mock
+# mode on a public interface would let anyone in as an admin (foundry serve refuses it).
 # RAY_USAGE_STATS_ENABLED=0: a self-hosted backend does not report usage to Ray's servers.
-ENV FOUNDRY_HOST=0.0.0.0 \
+ENV FOUNDRY_MODE=production \
+    FOUNDRY_HOST=0.0.0.0 \
     FOUNDRY_DATA_DIR=/data \
     RAY_USAGE_STATS_ENABLED=0
 

@@ -1,3 +1,6 @@
 """Foundry: a self-hosted backend that orchestrates coding agents for teams."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+#: The installed package's version (one source of truth: ``pyproject.toml``).
+__version__ = version("foundry")

@@ -13,38 +13,79 @@ from typing import Any, TypeVar
 
 import click
 
-from foundry.config import ROLE_NAMES, Settings, get_settings
+from foundry import __version__
+from foundry.bind import public_mock_refusal
+from foundry.config import ROLE_NAMES, ConfigError, Settings, get_settings, load_settings
 from foundry.logging import configure_logging, forward_host_lines_verbatim
 from foundry.supervise import is_supervised, supervise
 
 T = TypeVar("T")
 
 
-@click.group()
-def main() -> None:
+class ConfigRefused(click.ClickException):
+    """A configuration error: one line on stderr, exit code 2 (a usage error), no traceback."""
+
+    exit_code = 2
+
+
+class _FoundryGroup(click.Group):
+    """Notes whether a subcommand's ``--help`` was asked for: help is shown even when the
+    configuration is wrong."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["foundry.help"] = "--help" in args
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_FoundryGroup)
+@click.version_option(__version__, prog_name="foundry", message="%(prog)s %(version)s")
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Foundry: orchestrate coding agents for teams."""
+    # Every command refuses a wrong configuration up front, in one line naming the variable, before
+    # it imports or starts anything.
+    if not ctx.meta.get("foundry.help") and not ctx.resilient_parsing:
+        try:
+            get_settings()
+        except ConfigError as exc:
+            raise ConfigRefused(str(exc)) from exc
 
 
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default FOUNDRY_HOST or 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default FOUNDRY_PORT or 7741).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option(
+    "--allow-public-mock",
+    is_flag=True,
+    default=None,
+    help="Bind mock mode (anyone can sign in as a seeded admin) to a non-loopback address "
+    "(default FOUNDRY_ALLOW_PUBLIC_MOCK or false).",
+)
+def serve(host: str | None, port: int | None, allow_public_mock: bool | None) -> None:
     """Start the HTTP server, the actor runtime and (unless FOUNDRY_RUNTIME__RAY_ADDRESS) a local Ray."""
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    if allow_public_mock:
+        overrides["allow_public_mock"] = True
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        raise ConfigRefused(str(exc)) from exc
+    missing = settings.check_production()
+    if missing:
+        raise ConfigRefused(f"production mode needs these settings: {', '.join(missing)}")
+    refusal = public_mock_refusal(settings)
+    if refusal:
+        raise ConfigRefused(refusal)
     import uvicorn
 
     # Before Ray is imported: the operator reads the hosts' log lines in this output verbatim.
     forward_host_lines_verbatim()
     from foundry.http.app import create_app
 
-    overrides: dict[str, object] = {}
-    if host:
-        overrides["host"] = host
-    if port:
-        overrides["port"] = port
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    missing = settings.check_production()
-    if missing:
-        raise click.ClickException(f"production mode needs these settings: {', '.join(missing)}")
     configure_logging(
         settings.log_level, settings.log_format, process="api", secrets=settings.secret_values()
     )

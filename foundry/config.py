@@ -8,13 +8,17 @@ variables so start-up fails with a sentence instead of a traceback.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from foundry.config_env import ConfigError as ConfigError  # re-exported: callers catch it here
+from foundry.config_env import SettingsNames, check_environment, describe_validation_error
 
 ROLE_NAMES = ("organization", "task", "user", "github-data", "audit-log", "sandbox")
 
@@ -217,12 +221,16 @@ class Settings(BaseSettings):
     app_url: str = ""
     #: Signs cookies and derives the key that encrypts GitHub tokens at rest.
     secret_key: SecretStr = SecretStr("")
-    log_level: str = "INFO"
+    #: The stdlib level of every process; uvicorn takes the same names, lower-cased.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    #: ``text`` for people, ``json`` (one object per line) for log shippers.
+    log_format: Literal["text", "json"] = "text"
     #: Bearer token that ``GET /metrics`` requires; empty turns metrics off (404): they span every
     #: organization.
     metrics_token: SecretStr = SecretStr("")
-    #: ``text`` for people, ``json`` (one object per line) for log shippers.
-    log_format: Literal["text", "json"] = "text"
+    #: Mock mode signs anyone in as a seeded user (an admin among them), so `foundry serve` refuses
+    #: to bind it to anything but a loopback address unless this is set.
+    allow_public_mock: bool = False
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -230,6 +238,11 @@ class Settings(BaseSettings):
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     #: Largest JSON request body the API accepts (webhooks have their own, larger limit).
     max_body_bytes: int = 1024 * 1024
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("data_dir")
     @classmethod
@@ -317,6 +330,27 @@ class Settings(BaseSettings):
 
 
 @functools.lru_cache(maxsize=1)
+def settings_names() -> SettingsNames:
+    """Every ``FOUNDRY_*`` variable the settings read."""
+    return SettingsNames(Settings)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (plus ``overrides``), or one sentence saying what is wrong.
+
+    Raises:
+        ConfigError: an unknown ``FOUNDRY_*`` variable (with the closest known name), malformed JSON
+            in a dict or list setting, or an invalid value; the message names each variable.
+    """
+    names = settings_names()
+    check_environment(names, os.environ)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, names, os.environ)) from exc
+
+
+@functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
-    return Settings()
+    """The process-wide settings, read once (see `load_settings` for the errors)."""
+    return load_settings()

@@ -12,20 +12,25 @@ NPM_PACKAGES=(
   "@octokit/webhooks-examples@7.6.1"    # real GitHub webhook payloads the tests replay
 )
 
+# One line per step, so a first run (a few minutes) shows where it is and a repeat run says why it
+# did nothing. Details go to the terminal only when a step fails.
+step() { echo "bootstrap: $*" >&2; }
+
 if [ ! -x .venv/bin/python ]; then
-  echo "bootstrap: creating .venv" >&2
+  step "creating .venv with $("$PYTHON" --version 2>&1)"
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.foundry-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "bootstrap: installing Python packages" >&2
+  step "installing Python packages into .venv (pinned by constraints.txt; a first install takes a minute or two)"
   .venv/bin/python -m pip install --quiet --upgrade pip
   # constraints.txt pins every transitive package to the versions the test suite passed with;
   # regenerate it with `.venv/bin/pip freeze --exclude-editable > constraints.txt` after an upgrade.
-  .venv/bin/python -m pip install --progress-bar on -c constraints.txt -e ".[dev]" \
-    | sed -E '/^(Requirement already satisfied|  Using cached)/d'
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
   echo "$want" > "$stamp"
+else
+  step "Python packages: up to date"
 fi
 
 npm_stamp=.tools/.installed
@@ -35,12 +40,14 @@ if [ ! -f "$npm_stamp" ] || [ "$(cat "$npm_stamp")" != "$npm_want" ]; then
     echo "bootstrap: npm is required to install the sandbox-agent binary (install Node.js 20+)" >&2
     exit 1
   fi
-  echo "bootstrap: installing npm packages into .tools" >&2
+  step "installing npm packages into .tools (${NPM_PACKAGES[*]})"
   mkdir -p .tools
   [ -f .tools/package.json ] || echo '{"name":"foundry-tools","private":true}' > .tools/package.json
   npm install --silent --no-audit --no-fund --prefix .tools "${NPM_PACKAGES[@]}"
   chmod +x .tools/node_modules/@sandbox-agent/cli-linux-*/bin/sandbox-agent 2>/dev/null || true
   echo "$npm_want" > "$npm_stamp"
+else
+  step "npm packages in .tools: up to date"
 fi
 
 # The browser dashboard (foundry/dashboard): pinned npm packages (npm ci, from the lockfile), then a
@@ -53,17 +60,21 @@ fi
 deps_stamp=$dash/node_modules/.foundry-installed
 deps_want=$(cat $dash/package.json $dash/package-lock.json | sha256sum | cut -d' ' -f1)
 if [ ! -f "$deps_stamp" ] || [ "$(cat "$deps_stamp")" != "$deps_want" ]; then
-  echo "bootstrap: installing the dashboard's npm packages" >&2
+  step "installing the dashboard's npm packages (npm ci)"
   npm ci --silent --no-audit --no-fund --prefix $dash
   echo "$deps_want" > "$deps_stamp"
+else
+  step "dashboard npm packages: up to date"
 fi
 build_stamp=$dash/dist/.foundry-built
 build_want=$( (echo "$deps_want"; find $dash/src $dash/build.mjs $dash/tsconfig.json -type f | sort | xargs cat) \
   | sha256sum | cut -d' ' -f1)
 if [ ! -f "$build_stamp" ] || [ "$(cat "$build_stamp")" != "$build_want" ]; then
-  echo "bootstrap: building the dashboard" >&2
+  step "building the dashboard"
   npm run --silent --prefix $dash build
   echo "$build_want" > "$build_stamp"
+else
+  step "dashboard build: up to date"
 fi
 
 # Debian packages, installed with apt-get when missing (as root, or with passwordless sudo):

@@ -23,6 +23,7 @@ from foundry.drivers.sandbox.binary import check_binary
 from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.dashboard import install_dashboard
 from foundry.http.errors import install_error_handlers
+from foundry.http.openapi import install_docs
 from foundry.http.realtime import RealtimeAccess, build_registry, mount_realtime
 from foundry.http.request_ids import RequestIds
 from foundry.http.request_metrics import RequestMetrics
@@ -131,7 +132,13 @@ def create_app(
                 stripe_fake.stop()
 
     app = _FoundryApp(
-        title="Foundry", version=__version__, lifespan=lifespan, max_body_size=settings.max_body_bytes
+        title="Foundry",
+        version=__version__,
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+        # Served by `install_docs` from this server's own copy of the assets, never a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -153,6 +160,9 @@ def create_app(
     app.add_middleware(RequestIds)
     mount_realtime(app)
     app.include_router(auth_routes.router)
+    if settings.mode == "mock":
+        # Signs anyone in as a seeded user: it must not exist, nor be documented, anywhere else.
+        app.include_router(auth_routes.mock_router)
     app.include_router(app_routes.router)
     app.include_router(organization_routes.router)
     app.include_router(github_routes.router)
@@ -195,5 +205,6 @@ def create_app(
             {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
         )
 
+    install_docs(app, settings)
     install_dashboard(app)  # last: it is the fallback for paths no API route matches
     return app

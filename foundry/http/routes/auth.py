@@ -24,6 +24,9 @@ from foundry.http.strict_body import StrictJsonRoute
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/auth", tags=["auth"], route_class=StrictJsonRoute)
+#: Mounted in mock mode only (`foundry.http.app`): elsewhere the route does not exist at all, so it
+#: answers the router's 404 and is absent from the OpenAPI document.
+mock_router = APIRouter(prefix="/v1/auth", tags=["auth"], route_class=StrictJsonRoute)
 
 #: Repository access comes from the App's installation tokens, never from a user's ``repo`` scope.
 GITHUB_SCOPES = "read:user user:email read:org"
@@ -96,15 +99,15 @@ class MockSignIn(BaseModel):
     login: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9-]+$")
 
 
-@router.post(
+@mock_router.post(
     "/mock/sign-in", summary="Mock mode only: sign in as a seeded user", dependencies=[SameSiteWrite]
 )
 async def mock_sign_in(
     body: MockSignIn, request: Request, settings: SettingsDep, cookies: CookiesDep, signin: SignInDep
 ) -> Response:
     fake = request.app.state.fake_github
-    if settings.mode != "mock" or fake is None:
-        raise NotFound("mock sign-in exists only in mock mode")
+    if fake is None:  # mock mode with a real GitHub App configured: sign in through GitHub
+        raise NotFound("mock sign-in exists only in mock mode without a GitHub App")
     try:
         code = fake.issue_oauth_code(body.login)
     except KeyError:

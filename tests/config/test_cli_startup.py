@@ -1,0 +1,95 @@
+"""Start-up configuration errors of the real command line: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _foundry(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``python -m foundry`` with only the given ``FOUNDRY_*`` variables set.
+
+    The in-process backend and a free port: should a refusal be missing, the server that starts
+    instead fails the test by its timeout rather than by taking a port or starting a Ray.
+    """
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("FOUNDRY_")}
+    base.update(
+        FOUNDRY_DATA_DIR=str(tmp_path / "data"),
+        FOUNDRY_RUNTIME__BACKEND="inprocess",
+        FOUNDRY_PORT=str(_free_port()),
+    )
+    base.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "foundry", *args],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+def _one_line_refusal(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"FOUNDRY_MODE": "prod"},
+            "invalid setting FOUNDRY_MODE='prod': input should be 'mock' or 'production'",
+        ),
+        ({"FOUNDRY_LOG_LEVEL": "loud"}, "invalid setting FOUNDRY_LOG_LEVEL"),
+        ({"FOUNDRY_RUNTIME__SHARDS": "{bad"}, "FOUNDRY_RUNTIME__SHARDS must be a JSON object"),
+        ({"FOUNDRY_PORTT": "1"}, "unknown setting FOUNDRY_PORTT; did you mean FOUNDRY_PORT?"),
+    ],
+    ids=["mode", "log-level", "bad-json", "unknown-variable"],
+)
+def test_serve_refuses_a_bad_setting_in_one_line_naming_it(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    line = _one_line_refusal(_foundry(tmp_path, "serve", **env))
+    assert expected in line
+    if "LOG_LEVEL" in expected:
+        # The valid levels are listed, so the operator need not look them up.
+        assert all(level in line for level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+
+def test_every_command_refuses_an_unknown_setting(tmp_path: Path) -> None:
+    line = _one_line_refusal(_foundry(tmp_path, "db", "check", FOUNDRY_RUNTIME__SHARD="2"))
+    assert "unknown setting FOUNDRY_RUNTIME__SHARD; did you mean FOUNDRY_RUNTIME__SHARDS?" in line
+
+
+def test_version_prints_the_installed_package_version(tmp_path: Path) -> None:
+    result = _foundry(tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"foundry {version('foundry')}"
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--host", "0.0.0.0"], {}), ([], {"FOUNDRY_HOST": "::"})],
+    ids=["flag-ipv4-any", "env-ipv6-any"],
+)
+def test_mock_mode_refuses_a_public_interface(tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
+    line = _one_line_refusal(_foundry(tmp_path, "serve", *args, FOUNDRY_MODE="mock", **env))
+    assert "refusing to serve mock mode on" in line
+    assert "--allow-public-mock" in line
+    assert "FOUNDRY_ALLOW_PUBLIC_MOCK=true" in line
