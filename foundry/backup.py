@@ -84,12 +84,15 @@ class BackupResult:
     files: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: The longest freeze: how long the server's writers may have waited on the backup's locks.
+    freeze_seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         return {
             "files": len(self.files),
             "bytes": sum(f["size"] for f in self.files),
             "seconds": round(self.seconds, 3),
+            "freezeSeconds": round(self.freeze_seconds, 3),
             "skipped": self.skipped,
         }
 
@@ -293,7 +296,9 @@ def backup(
         done = 0
         for start in range(0, len(databases), budget):
             group = databases[start : start + budget]
+            frozen = time.monotonic()
             pins = _freeze(group, lock_timeout, attempts, result.skipped)
+            result.freeze_seconds = max(result.freeze_seconds, time.monotonic() - frozen)
             try:
                 for db in group:
                     pin = pins.pop(db.rel, None)

@@ -22,7 +22,8 @@ from foundry.runtime.role import load_role
 from tests.tasks.conftest import create_task, running_server, task_detail
 
 #: Actor files beside the live ones, so the copy takes long enough for writes to land during it.
-FILLER = 400
+FILLER = 150
+WRITERS = 4
 SETTINGS_URL = "/v1/organizations/acme/settings"
 AUDIT_URL = "/v1/organizations/acme/audit-log"
 
@@ -85,7 +86,7 @@ async def test_backup_during_writes_restores_every_acknowledged_write(tmp_path: 
                     acked.append((time.monotonic(), name))
                     i += 1
 
-            writers = [asyncio.create_task(writer(n)) for n in range(4)]
+            writers = [asyncio.create_task(writer(n)) for n in range(WRITERS)]
             while len(acked) < 20:
                 await asyncio.sleep(0.01)
             cookies = dict(carol.cookies)
@@ -129,10 +130,15 @@ async def test_backup_during_writes_restores_every_acknowledged_write(tmp_path: 
                 f"last audited {names[-1:]!r}"
             )
             await asyncio.sleep(0.1)
-        # One consistent cut: no change in the organization without its audit entry, and nothing
-        # the organization did not have.
+        # One consistent cut: each writer's changes were committed in order, so the audit log holds
+        # a gap-free prefix of each writer's changes, ending where the organization's state is.
+        # Copying the files one after another instead loses the entries delivered between the
+        # audit log's copy and the organization's.
         assert len(names) == len(set(names))
         assert current in {name for _, name in acked}
+        for n in range(WRITERS):
+            indices = sorted(int(name.split("-")[1]) for name in names if name.startswith(f"Acme {n}-"))
+            assert indices == list(range(len(indices))), f"writer {n}: audit entries lost in the backup"
 
         response = await carol.patch(SETTINGS_URL, json={"displayName": "Acme restored"})
         assert response.status_code == 200, response.text
