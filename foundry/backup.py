@@ -8,16 +8,17 @@ with SQLite's backup API while the server runs, and the mock-mode ``secret_key``
 Left out on purpose: ``host-secrets.json`` and ``ray-address`` (rewritten at every start), each role's
 ``.schema`` templates (rebuilt on first use), ``.pending``/``.dead`` markers (derived again from the
 restored databases), ``*.broken-*`` files (set aside for an operator, not live data), sandboxes
-(checkouts and processes, which can be large and are rebuilt from the repository) and
+(checkouts and processes: large, and live; work that was not pushed is not in a backup) and
 ``mock-remotes`` (mock mode's stand-in for GitHub, which a backup does not hold either).
 
 Consistency across files: actors talk through outboxes (the sender deletes its row once the receiver
-has committed the message). Copying files one after another could take a receiver before a
-delivery and its sender after the acknowledgement, losing the message. So every database is first
-write-locked (``BEGIN IMMEDIATE``), and while all of them are locked a read transaction is opened on
-each; the locks are then released at once and the copies are taken from those read snapshots (WAL
-keeps them stable while the server writes on). Writers therefore wait only while the locks are
-taken, well under the server's 5 s busy timeout, and the copies form one consistent cut.
+has committed the message), and the files are snapshotted one after another. A send delivered
+between the receiver's snapshot and the sender's would be in neither copy. So each database's
+undelivered sends are read just before the snapshots are taken, and any of them that is gone from
+the sender's copy but absent from the receiver's is put back in the sender's outbox copy, to be
+delivered after a restore. Every write acknowledged before the backup started is therefore in it,
+and so are the messages it had sent to other actors. The snapshots are WAL read transactions: the server never waits on a backup,
+nor a backup on the server.
 """
 
 from __future__ import annotations
@@ -51,9 +52,11 @@ SECRET_KEY_FILE = "secret_key"
 RUNNING_MARKER = "ray-address"
 _PARTITION = re.compile(r"^[0-9a-f]{2}$")
 _DB_PATH = re.compile(r"^(?P<role>[a-z][a-z0-9-]*)/(?P<part>[0-9a-f]{2})/(?P<key>[^/]+)\.sqlite3$")
-#: While frozen, each database has two connections, each holding its file, WAL and shared memory.
-_FDS_PER_DATABASE = 6
+#: A pinned database holds its file, its WAL and its shared memory open.
+_FDS_PER_DATABASE = 3
 _FDS_RESERVED = 128
+#: A send put back in an outbox starts its delivery attempts afresh.
+_FRESH_SEND = {"status": "pending", "attempts": 0, "last_error": None, "next_attempt_at": None}
 
 Progress = Callable[[int, int], None]
 
@@ -84,15 +87,15 @@ class BackupResult:
     files: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-    #: The longest freeze: how long the server's writers may have waited on the backup's locks.
-    freeze_seconds: float = 0.0
+    #: Sends in flight while the snapshots were taken, put back in their sender's outbox copy.
+    in_flight: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
             "files": len(self.files),
             "bytes": sum(f["size"] for f in self.files),
             "seconds": round(self.seconds, 3),
-            "freezeSeconds": round(self.freeze_seconds, 3),
+            "sendsPutBack": self.in_flight,
             "skipped": self.skipped,
         }
 
@@ -151,81 +154,150 @@ def _open(path: Path, timeout: float) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
 
 
-def _lock(db: _Database, timeout: float) -> sqlite3.Connection:
-    conn = _open(db.path, timeout)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
 def _skip(skipped: list[dict[str, str]], db: _Database, reason: str) -> None:
     log.warning("backup: leaving out %s: %s", db.rel, reason)
     skipped.append({"path": db.rel, "reason": reason})
 
 
-def _freeze(
-    group: list[_Database], lock_timeout: float, attempts: int, skipped: list[dict[str, str]]
-) -> dict[str, sqlite3.Connection]:
-    """Open a read snapshot of every database of ``group``, all taken while all were write-locked.
-
-    When the server holds one database's write lock past ``lock_timeout``, every lock is released
-    (the server must not wait on the backup) and the freeze starts over, up to ``attempts`` times;
-    a database still locked then, or one that vanished, is left out and recorded in ``skipped``.
-    """
-    candidates = list(group)
-    for attempt in range(1, attempts + 1):
-        final = attempt == attempts
-        locks: list[tuple[_Database, sqlite3.Connection]] = []
-        try:
-            busy: _Database | None = None
-            for db in list(candidates):
-                try:
-                    locks.append((db, _lock(db, lock_timeout)))
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorname != "SQLITE_BUSY" or final:
-                        gone = "it disappeared" if not db.path.exists() else str(exc)
-                        when = f" after {attempts} tries" if exc.sqlite_errorname == "SQLITE_BUSY" else ""
-                        _skip(skipped, db, f"could not lock it{when}: {gone}")
-                        candidates.remove(db)
-                        continue
-                    busy = db
-                    break
-            if busy is None:
-                return _pin_all(locks, lock_timeout)
-        finally:
-            for _db, lock in locks:
-                with contextlib.suppress(sqlite3.Error):
-                    lock.execute("ROLLBACK")
-                lock.close()
-        log.info(
-            "backup: %s is busy (try %d of %d); releasing the locks and trying again",
-            busy.rel,
-            attempt,
-            attempts,
-        )
-        time.sleep(min(0.05 * 2**attempt, 1.0))
-    return {}  # not reached: the final attempt never retries
-
-
-def _pin_all(
-    locks: list[tuple[_Database, sqlite3.Connection]], timeout: float
-) -> dict[str, sqlite3.Connection]:
-    pins: dict[str, sqlite3.Connection] = {}
+def _undelivered(conn: sqlite3.Connection, rel: str) -> list[dict[str, Any]]:
+    """The database's sends not yet acknowledged by their receiver (its pending outbox rows)."""
+    conn.row_factory = sqlite3.Row
     try:
-        for db, _lock_conn in locks:
-            pin = _open(db.path, timeout)
-            pins[db.rel] = pin
-            pin.execute("BEGIN")
-            # The first read fixes the snapshot that the copy will see (WAL keeps it while others write).
-            pin.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        rows = conn.execute("SELECT * FROM foundry_outbox WHERE status = 'pending'").fetchall()
+    except sqlite3.OperationalError as exc:
+        # Never migrated, or from before outbox rows had a status: its sends are not tracked here.
+        log.debug("backup: no outbox status in %s (%s)", rel, exc)
+        return []
+    finally:
+        conn.row_factory = None
+    return [dict(row) for row in rows]
+
+
+def _pin(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN")
+    # The first read fixes the snapshot that the copy will see; WAL keeps it while the server writes.
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
+
+def _snapshot(
+    group: list[_Database], timeout: float, attempts: int, skipped: list[dict[str, str]]
+) -> tuple[dict[str, sqlite3.Connection], dict[str, list[dict[str, Any]]]]:
+    """Pin a read snapshot of every database of ``group``; also return each one's sends that were
+    undelivered just before (see `_put_back_in_flight`).
+
+    Snapshots never block the server: a WAL reader takes no lock a writer waits on. Connections are
+    opened and their schema read first, so the pins themselves follow each other within
+    milliseconds. The audit log is pinned last: it only receives, so a send delivered to it while
+    the pins are taken is in its snapshot. A database another process keeps from being read (an
+    exclusive lock) is tried ``attempts`` times ``timeout`` seconds each, then left out.
+    """
+    conns: dict[str, sqlite3.Connection] = {}
+    sends: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for db in group:
+            try:
+                conn = _open(db.path, timeout)
+            except sqlite3.OperationalError as exc:
+                _skip(skipped, db, "it disappeared" if not db.path.exists() else f"could not open it: {exc}")
+                continue
+            conns[db.rel] = conn
+        busy: list[_Database] = []
+        for db in group:
+            if db.rel in conns:
+                try:
+                    sends[db.rel] = _undelivered(conns[db.rel], db.rel)
+                except sqlite3.OperationalError as exc:
+                    log.info("backup: %s is busy (%s); trying it again after the others", db.rel, exc)
+                    busy.append(db)
+        for db in sorted(group, key=lambda d: (d.role == "audit-log", d.rel)):
+            if db.rel in conns and db not in busy:
+                try:
+                    _pin(conns[db.rel])
+                except sqlite3.OperationalError as exc:
+                    log.info("backup: %s is busy (%s); trying it again after the others", db.rel, exc)
+                    busy.append(db)
+        for db in busy:
+            conn = conns[db.rel]
+            for attempt in range(1, attempts + 1):
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    sends[db.rel] = _undelivered(conn, db.rel)
+                    _pin(conn)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if attempt == attempts:
+                        _skip(skipped, db, f"still unreadable after {attempts} tries: {exc}")
+                        conns.pop(db.rel).close()
+                    else:
+                        time.sleep(min(0.05 * 2**attempt, 1.0))
     except BaseException:
-        for pin in pins.values():
-            pin.close()
+        for conn in conns.values():
+            conn.close()
         raise
-    return pins
+    return conns, sends
+
+
+def _receiver_has(staging: Path, role: str, key: str, command_id: str) -> bool:
+    """Whether the copied database of the receiver ``role``/``key`` holds ``command_id``."""
+    try:
+        validate_key(key)
+    except FoundryError as exc:
+        log.warning("backup: an outbox row names an invalid receiver key %r (%s); not sent again", key, exc)
+        return True
+    path = staging / role / partition_dir_name(partition_of(key)) / f"{key}.sqlite3"
+    if not path.exists():
+        return False
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT 1 FROM foundry_mailbox WHERE command_id = ?", (command_id,)).fetchone()
+    except sqlite3.OperationalError as exc:
+        log.debug("backup: %s has no mailbox (%s)", path, exc)
+        row = None
+    finally:
+        conn.close()
+    return row is not None
+
+
+def _put_back_in_flight(staging: Path, rel: str, before: list[dict[str, Any]]) -> int:
+    """Put back, into a copy's outbox, the sends acknowledged between the first look and the pin
+    whose receiver's copy does not hold them.
+
+    The sender deletes an outbox row once the receiver has committed the message, and the two
+    databases are pinned one after the other: a send delivered between the receiver's pin and the
+    sender's would be in neither copy. Put back, it is delivered again after a restore (a receiver
+    that has it already ignores a duplicate command id). Returns how many rows were put back.
+    """
+    if not before:
+        return 0
+    conn = sqlite3.connect(staging / rel, isolation_level=None)
+    try:
+        present = {row[0] for row in conn.execute("SELECT command_id FROM foundry_outbox")}
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(foundry_outbox)")}
+        missing = [
+            row
+            for row in before
+            if row["command_id"] not in present
+            and not _receiver_has(staging, row["role"], row["key"], row["command_id"])
+        ]
+        taken = {row[0] for row in conn.execute("SELECT id FROM foundry_outbox")}
+        conn.execute("BEGIN")
+        for row in missing:
+            values = {k: v for k, v in row.items() if k in columns}
+            values.update({k: v for k, v in _FRESH_SEND.items() if k in columns})
+            if values.get("id") in taken:
+                # Its id went to a newer row after the delete: it takes a new one (it then follows
+                # that newer row to the same receiver, which only an unlucky few rows ever see).
+                values.pop("id")
+            names = ", ".join(values)
+            marks = ", ".join("?" for _ in values)
+            conn.execute(f"INSERT INTO foundry_outbox ({names}) VALUES ({marks})", tuple(values.values()))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    if missing:
+        log.info("backup: %s: %d sends in flight put back in its outbox", rel, len(missing))
+    return len(missing)
 
 
 def _sha256(path: Path) -> str:
@@ -294,26 +366,33 @@ def backup(
     try:
         budget = _pin_budget()
         done = 0
+        copied: list[tuple[_Database, str | None]] = []
+        before: dict[str, list[dict[str, Any]]] = {}
         for start in range(0, len(databases), budget):
             group = databases[start : start + budget]
-            frozen = time.monotonic()
-            pins = _freeze(group, lock_timeout, attempts, result.skipped)
-            result.freeze_seconds = max(result.freeze_seconds, time.monotonic() - frozen)
+            pins, sends = _snapshot(group, lock_timeout, attempts, result.skipped)
+            before.update(sends)
             try:
                 for db in group:
                     pin = pins.pop(db.rel, None)
                     if pin is not None:
                         target = staging / db.rel
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        revision = _copy_pinned(pin, target)
-                        target.chmod(0o600)
-                        result.files.append(_entry(target, db.rel, db.role, revision))
+                        copied.append((db, _copy_pinned(pin, target)))
                     done += 1
                     if progress is not None:
                         progress(done, len(databases))
             finally:
                 for pin in pins.values():
                     pin.close()
+        for db, revision in copied:
+            target = staging / db.rel
+            put_back = _put_back_in_flight(staging, db.rel, before.get(db.rel, []))
+            if put_back:
+                result.in_flight += put_back
+                _fsync(target)
+            target.chmod(0o600)
+            result.files.append(_entry(target, db.rel, db.role, revision))
         secret = data_dir / SECRET_KEY_FILE
         if secret.is_file():
             shutil.copyfile(secret, staging / SECRET_KEY_FILE)

@@ -204,16 +204,15 @@ def _progress(verb: str) -> Callable[[int, int], None]:
     "--lock-timeout",
     default=1.0,
     show_default=True,
-    help="Seconds to wait for one database the server is writing before starting the freeze over.",
+    help="Seconds to wait for a database another process keeps from being read (per try).",
 )
-@click.option(
-    "--attempts", default=5, show_default=True, help="Freezes to try before leaving a busy database out."
-)
+@click.option("--attempts", default=5, show_default=True, help="Tries before leaving such a database out.")
 def backup_command(dest: Path, lock_timeout: float, attempts: int) -> None:
     """Copy every actor database into DEST (new or empty) while the server keeps running.
 
-    The copies come from SQLite's backup API and form one consistent cut across all actors: every
-    write acknowledged before the backup started is in it. DEST also gets manifest.json (version,
+    The copies come from SQLite's backup API on read snapshots, which never hold up the server's
+    writes; every write acknowledged before the backup started is in it, with its messages to other
+    actors (those in flight are put back in their sender's outbox). DEST also gets manifest.json (version,
     time, and per file its role, schema revision, size and sha256). Progress goes to stderr, a JSON
     summary to stdout; a database that could not be copied is named and the exit status is 1.
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from alembic import command
 from click.testing import CliRunner, Result
 
+from foundry import backup as backup_module
 from foundry.cli import main
 from foundry.config import get_settings
 from foundry.db.migrate import alembic_config, head_revision
@@ -53,7 +54,7 @@ def migrate(path: Path, role: str, revision: str = "head") -> None:
         _BUILT[(role, revision)] = built
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(built, path)
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("INSERT INTO foundry_topic_seq (topic, seq) VALUES (?, ?)", (f"probe:{path.stem}", 7))
 
@@ -94,7 +95,7 @@ def one_line_error(result: Result) -> str:
 
 
 def probe(path: Path) -> int:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn, conn:
         return int(conn.execute("SELECT seq FROM foundry_topic_seq WHERE topic LIKE 'probe:%'").fetchone()[0])
 
 
@@ -135,7 +136,7 @@ def test_restore_brings_the_data_back_and_rebuilds_the_runtime_indexes(
 ) -> None:
     # One database with a pending command and a dead letter, as a running server would leave it.
     org = db_path(data_dir, "organization", "acme")
-    with sqlite3.connect(org) as conn:
+    with closing(sqlite3.connect(org)) as conn, conn:
         conn.execute(
             "INSERT INTO foundry_mailbox (command_id, name, body, status, created_at) "
             "VALUES ('c1', 'noop', '{}', 'pending', 1)"
@@ -214,7 +215,7 @@ def test_restore_refuses_a_newer_schema_and_migrates_an_older_one(data_dir: Path
     older = db_path(data_dir, "audit-log", "old")
     migrate(older, "audit-log", "0001")
     newer = db_path(data_dir, "organization", "acme")
-    with sqlite3.connect(newer) as conn:
+    with closing(sqlite3.connect(newer)) as conn, conn:
         conn.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
     assert cli("backup", str(tmp_path / "b1"), data_dir=data_dir).exit_code == 0
     line = one_line_error(cli("restore", str(tmp_path / "b1"), data_dir=tmp_path / "new"))
@@ -231,12 +232,14 @@ def test_restore_refuses_a_newer_schema_and_migrates_an_older_one(data_dir: Path
     assert probe(db_path(tmp_path / "new", "audit-log", "old")) == 7
 
 
-def test_a_database_locked_too_long_is_reported_and_the_rest_is_copied(
+def test_a_database_kept_unreadable_is_reported_and_the_rest_is_copied(
     data_dir: Path, tmp_path: Path
 ) -> None:
     locked = db_path(data_dir, "organization", "globex")
     holder = sqlite3.connect(locked, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
+    # An exclusive lock (another tool, not Foundry) keeps even WAL readers out.
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
     try:
         result = cli(
             "backup", str(tmp_path / "backup"), "--lock-timeout", "0.05", "--attempts", "2", data_dir=data_dir
@@ -258,18 +261,72 @@ def test_a_database_locked_too_long_is_reported_and_the_rest_is_copied(
     assert not db_path(tmp_path / "new", "organization", "globex").exists()
 
 
-def test_backup_waits_for_a_short_write_instead_of_skipping(data_dir: Path, tmp_path: Path) -> None:
-    """The server's writes are short: a lock held for a moment delays the backup, nothing more."""
-    holder = sqlite3.connect(
-        db_path(data_dir, "audit-log", "acme"), isolation_level=None, check_same_thread=False
-    )
-    holder.execute("BEGIN IMMEDIATE")
-    release = threading.Timer(0.3, lambda: holder.execute("ROLLBACK"))
-    release.start()
+def test_a_write_in_progress_neither_waits_for_nor_delays_the_backup(data_dir: Path, tmp_path: Path) -> None:
+    """The copy is a read snapshot: the server's open write transaction goes on, uncopied."""
+    path = db_path(data_dir, "audit-log", "acme")
+    writer = sqlite3.connect(path, isolation_level=None, timeout=0)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE foundry_topic_seq SET seq = 8")
     try:
-        result = cli("backup", str(tmp_path / "backup"), "--lock-timeout", "0.1", data_dir=data_dir)
+        result = cli("backup", str(tmp_path / "backup"), "--lock-timeout", "0.05", data_dir=data_dir)
+        assert result.exit_code == 0, result.output
+        writer.execute("UPDATE foundry_topic_seq SET seq = 9")  # still holding its lock, never blocked
+        writer.execute("COMMIT")
     finally:
-        release.join()
-        holder.close()
-    assert result.exit_code == 0, result.output
+        writer.close()
     assert json.loads(result.stdout)["skipped"] == []
+    assert probe(tmp_path / "backup" / db_path(Path(), "audit-log", "acme")) == 7
+    assert probe(path) == 9
+
+
+@pytest.mark.parametrize("receiver_had_it", [False, True])
+def test_a_send_delivered_between_two_snapshots_is_put_back_once(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver_had_it: bool
+) -> None:
+    """A task's send to its organization, acknowledged while the snapshots are taken: the
+    organization's snapshot (taken first) may miss it while the task's no longer holds it."""
+    sender, receiver = db_path(data_dir, "task", "t1"), db_path(data_dir, "organization", "acme")
+    migrate(sender, "task")
+    with closing(sqlite3.connect(sender)) as conn, conn:
+        conn.execute(
+            "INSERT INTO foundry_outbox (role, key, name, body, command_id, created_at, status, attempts) "
+            "VALUES ('organization', 'acme', 'task_updated', '{}', 'send-1', 1, 'pending', 3)"
+        )
+
+    def deliver() -> None:
+        """What the runtime does: the receiver commits the command, then the sender forgets it."""
+        with closing(sqlite3.connect(receiver)) as conn, conn:
+            conn.execute(
+                "INSERT INTO foundry_mailbox (command_id, name, body, status, created_at) "
+                "VALUES ('send-1', 'task_updated', '{}', 'pending', 2)"
+            )
+        with closing(sqlite3.connect(sender)) as conn, conn:
+            conn.execute("DELETE FROM foundry_outbox WHERE command_id = 'send-1'")
+
+    real_pin = backup_module._pin
+
+    def pin(conn: sqlite3.Connection) -> None:
+        file = conn.execute("PRAGMA database_list").fetchone()[2]
+        if file == str(receiver) and receiver_had_it:
+            deliver()
+        real_pin(conn)
+        if file == str(receiver) and not receiver_had_it:
+            deliver()
+
+    monkeypatch.setattr(backup_module, "_pin", pin)
+    result = cli("backup", str(tmp_path / "backup"), data_dir=data_dir)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["sendsPutBack"] == (0 if receiver_had_it else 1)
+    assert cli("restore", str(tmp_path / "backup"), data_dir=tmp_path / "new").exit_code == 0
+    with closing(sqlite3.connect(db_path(tmp_path / "new", "task", "t1"))) as conn, conn:
+        rows = conn.execute("SELECT command_id, status, attempts FROM foundry_outbox").fetchall()
+    with closing(sqlite3.connect(db_path(tmp_path / "new", "organization", "acme"))) as conn, conn:
+        received = conn.execute(
+            "SELECT count(*) FROM foundry_mailbox WHERE command_id = 'send-1'"
+        ).fetchone()[0]
+    # Exactly one of the two copies holds the send: delivered once after the restore, never twice.
+    if receiver_had_it:
+        assert (rows, received) == ([], 1)
+    else:
+        assert (rows, received) == ([("send-1", "pending", 0)], 0)
+        assert (tmp_path / "new" / "task" / ".pending" / "t1").exists()  # the restart wakes it to send

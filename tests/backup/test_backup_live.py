@@ -70,9 +70,7 @@ async def display_name(client: httpx.AsyncClient) -> str:
 async def test_backup_during_writes_restores_every_acknowledged_write(tmp_path: Path) -> None:
     backup_dir = tmp_path / "backup"
     acked: list[tuple[float, str]] = []
-    t0 = time.monotonic()
     async with running_server(tmp_path / "live") as live:
-        print("server up", time.monotonic() - t0)
         await add_filler(live.settings.data_dir, tmp_path / "templates")
         async with live.signed_in("carol") as carol:
             stop = asyncio.Event()
@@ -92,9 +90,7 @@ async def test_backup_during_writes_restores_every_acknowledged_write(tmp_path: 
             cookies = dict(carol.cookies)
             started = time.monotonic()
             before = [name for _, name in acked]
-            print("pre-backup", time.monotonic() - t0)
             code, out, err = await foundry("backup", str(backup_dir), data_dir=live.settings.data_dir)
-            print("backup", time.monotonic() - t0, out)
             finished = time.monotonic()
             stop.set()
             await asyncio.gather(*writers)
@@ -112,7 +108,6 @@ async def test_backup_during_writes_restores_every_acknowledged_write(tmp_path: 
     code, out, err = await foundry("restore", str(backup_dir), data_dir=restored / "data")
     assert code == 0, err
     assert json.loads(out)["files"] == summary["files"]
-    print("restored", time.monotonic() - t0, out)
 
     async with running_server(restored) as server, server.client(cookies=cookies) as carol:
         # The session cookie issued before the backup still signs carol in.
