@@ -1,4 +1,4 @@
-"""Online backups of a Foundry data directory, and restoring one into an empty data directory.
+"""Online backups of a Foundry data directory (`foundry.restore` brings one back).
 
 A backup holds every actor database (``<role>/<partition>/<key>.sqlite3`` of each known role), copied
 with SQLite's backup API while the server runs, and the mock-mode ``secret_key`` when there is one
@@ -17,8 +17,8 @@ between the receiver's snapshot and the sender's would be in neither copy. So ea
 undelivered sends are read just before the snapshots are taken, and any of them that is gone from
 the sender's copy but absent from the receiver's is put back in the sender's outbox copy, to be
 delivered after a restore. Every write acknowledged before the backup started is therefore in it,
-and so are the messages it had sent to other actors. The snapshots are WAL read transactions: the server never waits on a backup,
-nor a backup on the server.
+and so are the messages it had sent to other actors. The snapshots are WAL read transactions: the
+server never waits on a backup, nor a backup on the server.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import resource
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +51,7 @@ SECRET_KEY_FILE = "secret_key"
 #: A running server's record of its local Ray; its presence means the data dir is in use.
 RUNNING_MARKER = "ray-address"
 _PARTITION = re.compile(r"^[0-9a-f]{2}$")
-_DB_PATH = re.compile(r"^(?P<role>[a-z][a-z0-9-]*)/(?P<part>[0-9a-f]{2})/(?P<key>[^/]+)\.sqlite3$")
+DB_PATH = re.compile(r"^(?P<role>[a-z][a-z0-9-]*)/(?P<part>[0-9a-f]{2})/(?P<key>[^/]+)\.sqlite3$")
 #: A pinned database holds its file, its WAL and its shared memory open.
 _FDS_PER_DATABASE = 3
 _FDS_RESERVED = 128
@@ -63,14 +63,6 @@ Progress = Callable[[int, int], None]
 
 class BackupError(Exception):
     """A backup or restore refused or failed; the message is one line for the operator."""
-
-
-@dataclass(frozen=True)
-class RoleSchema:
-    """What this code knows about one role's migrations."""
-
-    head: str | None
-    known: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -98,20 +90,6 @@ class BackupResult:
             "sendsPutBack": self.in_flight,
             "skipped": self.skipped,
         }
-
-
-def role_schemas(roles: Iterable[str], extra: Mapping[str, str] | None = None) -> dict[str, RoleSchema]:
-    """The migration heads and known revisions of ``roles``, read from this code's migrations."""
-    from foundry.db.migrate import script_directory
-    from foundry.runtime.role import load_role
-
-    out: dict[str, RoleSchema] = {}
-    for name in roles:
-        script = script_directory(load_role(name, dict(extra or {})).migrations_location)
-        out[name] = RoleSchema(
-            script.get_current_head(), frozenset(r.revision for r in script.walk_revisions())
-        )
-    return out
 
 
 # ------------------------------------------------------------------------------------------ backup
@@ -179,11 +157,29 @@ def _pin(conn: sqlite3.Connection) -> None:
     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
 
+def _first_look(databases: list[_Database], timeout: float) -> dict[str, list[dict[str, Any]]]:
+    """Every database's undelivered sends, read before any snapshot is pinned (see
+    `_put_back_in_flight`)."""
+    sends: dict[str, list[dict[str, Any]]] = {}
+    for db in databases:
+        try:
+            conn = _open(db.path, timeout)
+        except sqlite3.OperationalError as exc:
+            log.debug("backup: cannot open %s for a first look (%s); its snapshot reports it", db.rel, exc)
+            continue
+        try:
+            sends[db.rel] = _undelivered(conn, db.rel)
+        except sqlite3.OperationalError as exc:
+            log.warning("backup: cannot read %s's undelivered sends (%s); copying it as it is", db.rel, exc)
+        finally:
+            conn.close()
+    return sends
+
+
 def _snapshot(
     group: list[_Database], timeout: float, attempts: int, skipped: list[dict[str, str]]
-) -> tuple[dict[str, sqlite3.Connection], dict[str, list[dict[str, Any]]]]:
-    """Pin a read snapshot of every database of ``group``; also return each one's sends that were
-    undelivered just before (see `_put_back_in_flight`).
+) -> dict[str, sqlite3.Connection]:
+    """Pin a read snapshot of every database of ``group``.
 
     Snapshots never block the server: a WAL reader takes no lock a writer waits on. Connections are
     opened and their schema read first, so the pins themselves follow each other within
@@ -192,20 +188,17 @@ def _snapshot(
     exclusive lock) is tried ``attempts`` times ``timeout`` seconds each, then left out.
     """
     conns: dict[str, sqlite3.Connection] = {}
-    sends: dict[str, list[dict[str, Any]]] = {}
     try:
         for db in group:
             try:
-                conn = _open(db.path, timeout)
+                conns[db.rel] = _open(db.path, timeout)
             except sqlite3.OperationalError as exc:
                 _skip(skipped, db, "it disappeared" if not db.path.exists() else f"could not open it: {exc}")
-                continue
-            conns[db.rel] = conn
         busy: list[_Database] = []
         for db in group:
             if db.rel in conns:
-                try:
-                    sends[db.rel] = _undelivered(conns[db.rel], db.rel)
+                try:  # reads the schema now, so that the pins below are quick
+                    conns[db.rel].execute("SELECT count(*) FROM sqlite_master").fetchone()
                 except sqlite3.OperationalError as exc:
                     log.info("backup: %s is busy (%s); trying it again after the others", db.rel, exc)
                     busy.append(db)
@@ -219,23 +212,21 @@ def _snapshot(
         for db in busy:
             conn = conns[db.rel]
             for attempt in range(1, attempts + 1):
+                time.sleep(min(0.05 * 2**attempt, 1.0))
                 try:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    sends[db.rel] = _undelivered(conn, db.rel)
                     _pin(conn)
                     break
                 except sqlite3.OperationalError as exc:
                     if attempt == attempts:
                         _skip(skipped, db, f"still unreadable after {attempts} tries: {exc}")
                         conns.pop(db.rel).close()
-                    else:
-                        time.sleep(min(0.05 * 2**attempt, 1.0))
     except BaseException:
         for conn in conns.values():
             conn.close()
         raise
-    return conns, sends
+    return conns
 
 
 def _receiver_has(staging: Path, role: str, key: str, command_id: str) -> bool:
@@ -300,7 +291,7 @@ def _put_back_in_flight(staging: Path, rel: str, before: list[dict[str, Any]]) -
     return len(missing)
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -308,7 +299,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -334,7 +325,7 @@ def _copy_pinned(pin: sqlite3.Connection, target: Path) -> str | None:
     finally:
         out.close()
         pin.close()
-    _fsync(target)
+    fsync_path(target)
     return None if row is None else str(row[0])
 
 
@@ -367,11 +358,10 @@ def backup(
         budget = _pin_budget()
         done = 0
         copied: list[tuple[_Database, str | None]] = []
-        before: dict[str, list[dict[str, Any]]] = {}
+        before = _first_look(databases, lock_timeout)
         for start in range(0, len(databases), budget):
             group = databases[start : start + budget]
-            pins, sends = _snapshot(group, lock_timeout, attempts, result.skipped)
-            before.update(sends)
+            pins = _snapshot(group, lock_timeout, attempts, result.skipped)
             try:
                 for db in group:
                     pin = pins.pop(db.rel, None)
@@ -390,21 +380,21 @@ def backup(
             put_back = _put_back_in_flight(staging, db.rel, before.get(db.rel, []))
             if put_back:
                 result.in_flight += put_back
-                _fsync(target)
+                fsync_path(target)
             target.chmod(0o600)
             result.files.append(_entry(target, db.rel, db.role, revision))
         secret = data_dir / SECRET_KEY_FILE
         if secret.is_file():
             shutil.copyfile(secret, staging / SECRET_KEY_FILE)
             (staging / SECRET_KEY_FILE).chmod(0o600)
-            _fsync(staging / SECRET_KEY_FILE)
+            fsync_path(staging / SECRET_KEY_FILE)
             result.files.append(_entry(staging / SECRET_KEY_FILE, SECRET_KEY_FILE, None, None))
         result.seconds = time.monotonic() - started
         _write_manifest(staging, data_dir, result)
         if dest.exists():
             dest.rmdir()  # empty, checked above; rename cannot replace it on every filesystem
         staging.rename(dest)
-        _fsync(dest.parent)
+        fsync_path(dest.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -417,7 +407,7 @@ def _entry(path: Path, rel: str, role: str | None, revision: str | None) -> dict
         "role": role,
         "revision": revision,
         "size": path.stat().st_size,
-        "sha256": _sha256(path),
+        "sha256": sha256_of(path),
     }
 
 
@@ -436,181 +426,3 @@ def _write_manifest(staging: Path, data_dir: Path, result: BackupResult) -> None
         handle.flush()
         os.fsync(handle.fileno())
     tmp.rename(staging / MANIFEST)
-
-
-# ------------------------------------------------------------------------------------------ restore
-
-
-def _load_manifest(src: Path) -> dict[str, Any]:
-    if not src.is_dir():
-        raise BackupError(f"no backup at {src}")
-    path = src / MANIFEST
-    if not path.is_file():
-        raise BackupError(f"{src} has no {MANIFEST}: not a Foundry backup, or one that never finished")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BackupError(f"{path} is unreadable: {exc}") from exc
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("format") != FORMAT
-        or not isinstance(manifest.get("files"), list)
-        or not isinstance(manifest.get("skipped", []), list)
-    ):
-        raise BackupError(f"{path} is not a format-{FORMAT} Foundry backup manifest")
-    return manifest
-
-
-def _check_entry(entry: Any, schemas: Mapping[str, RoleSchema], made_by: str) -> dict[str, Any]:
-    """One manifest entry, refused unless it names a file this Foundry can use as it is or migrate."""
-    if not (
-        isinstance(entry, dict)
-        and isinstance(entry.get("path"), str)
-        and isinstance(entry.get("sha256"), str)
-        and isinstance(entry.get("size"), int)
-        and isinstance(entry.get("revision"), str | None)
-    ):
-        raise BackupError(f"malformed manifest entry: {json.dumps(entry)[:200]}")
-    rel: str = entry["path"]
-    if rel == SECRET_KEY_FILE:
-        return entry
-    match = _DB_PATH.match(rel)
-    if match is None:
-        raise BackupError(f"manifest names an unexpected file {rel!r}")
-    role, key = match["role"], match["key"]
-    if role not in schemas or entry.get("role") != role:
-        raise BackupError(f"{rel}: role {role!r} is not one of this Foundry's ({', '.join(sorted(schemas))})")
-    try:
-        validate_key(key)
-    except FoundryError as exc:
-        raise BackupError(f"{rel}: {exc}") from exc
-    if partition_dir_name(partition_of(key)) != match["part"]:
-        raise BackupError(f"{rel}: key {key!r} does not belong in partition {match['part']}")
-    revision = entry["revision"]
-    if revision is not None and revision not in schemas[role].known:
-        raise BackupError(
-            f"{rel} has {role} schema revision {revision!r}, newer than this Foundry knows "
-            f"(its head is {schemas[role].head!r}); restore it with Foundry {made_by} or later"
-        )
-    return entry
-
-
-def verify(src: Path, schemas: Mapping[str, RoleSchema]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Check a backup without writing anything: its manifest, schema revisions, sizes and sha256.
-
-    Returns the manifest and its checked file entries. Raises `BackupError` naming the first problem.
-    """
-    manifest = _load_manifest(src)
-    made_by = str(manifest.get("foundryVersion", "?"))
-    entries = [_check_entry(entry, schemas, made_by) for entry in manifest["files"]]
-    for entry in entries:
-        path = src / entry["path"]
-        if not path.is_file():
-            raise BackupError(f"{entry['path']} is listed in the manifest but missing from {src}")
-        if path.stat().st_size != entry["size"] or _sha256(path) != entry["sha256"]:
-            raise BackupError(
-                f"{entry['path']} does not match its sha256 in the manifest: the backup is damaged"
-            )
-    return manifest, entries
-
-
-def _copy_verified(source: Path, target: Path, sha256: str) -> None:
-    """Copy and hash in one pass, so a file changed after `verify` is still caught."""
-    digest = hashlib.sha256()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with source.open("rb") as src, target.open("wb") as out:
-        for chunk in iter(lambda: src.read(1 << 20), b""):
-            digest.update(chunk)
-            out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    target.chmod(0o600)
-    if digest.hexdigest() != sha256:
-        raise BackupError(f"{source} changed while it was being restored")
-
-
-def _dead_letters(path: Path) -> int:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM foundry_outbox WHERE status = 'dead'").fetchone()[0])
-    except sqlite3.OperationalError as exc:
-        log.debug("restore: %s has no outbox status (%s): no dead letters", path, exc)
-        return 0
-    finally:
-        conn.close()
-
-
-def _write_markers(root: Path, databases: list[Path]) -> None:
-    """Rebuild the runtime's indexes from the restored files: the recovery scan wakes the instances
-    with ``.pending`` markers (pending commands or sends), and ``.dead`` holds dead-letter counts."""
-    from foundry.runtime.host import _has_pending_work  # the runtime's own test for pending work
-
-    for path in databases:
-        role_dir, key = path.parent.parent, path.name.removesuffix(".sqlite3")
-        (role_dir / ".pending").mkdir(exist_ok=True)
-        (role_dir / ".dead").mkdir(exist_ok=True)
-        if _has_pending_work(path):
-            (role_dir / ".pending" / key).touch()
-        if dead := _dead_letters(path):
-            (role_dir / ".dead" / key).write_text(str(dead))
-
-
-def restore(
-    src: Path,
-    data_dir: Path,
-    schemas: Mapping[str, RoleSchema],
-    *,
-    allow_partial: bool = False,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Restore the backup ``src`` into ``data_dir``, which must be absent or empty.
-
-    Everything is checked before anything is written; the files go to a sibling directory that
-    becomes ``data_dir`` at the end, so a failed restore leaves ``data_dir`` as it was. Databases at
-    older schema revisions are migrated when their instances first wake. Returns a summary.
-
-    Raises:
-        BackupError: a server runs on ``data_dir``, it is not empty, the backup is incomplete,
-            damaged, partial (unless ``allow_partial``) or from a newer schema.
-    """
-    started = time.monotonic()
-    if (data_dir / RUNNING_MARKER).exists():
-        raise BackupError(
-            f"a Foundry server is running on {data_dir} ({RUNNING_MARKER} exists): stop it, "
-            "and restore into an empty data directory"
-        )
-    if data_dir.exists() and (not data_dir.is_dir() or any(data_dir.iterdir())):
-        raise BackupError(f"{data_dir} is not empty: restore into a new or empty data directory")
-    manifest, entries = verify(src, schemas)
-    if manifest.get("skipped") and not allow_partial:
-        first = manifest["skipped"][0]
-        raise BackupError(
-            f"the backup left out {len(manifest['skipped'])} database(s) (first: {first.get('path')}: "
-            f"{first.get('reason')}); pass --allow-partial to restore it anyway"
-        )
-    staging = data_dir.parent / f".{data_dir.name}.restore-{os.getpid()}"
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging.mkdir(mode=0o700)
-    try:
-        for done, entry in enumerate(entries, 1):
-            _copy_verified(src / entry["path"], staging / entry["path"], entry["sha256"])
-            if progress is not None:
-                progress(done, len(entries))
-        _write_markers(staging, [staging / e["path"] for e in entries if e["path"] != SECRET_KEY_FILE])
-        if data_dir.exists():
-            data_dir.rmdir()  # empty, checked above
-        staging.rename(data_dir)
-        _fsync(data_dir.parent)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise BackupError(f"could not restore into {data_dir}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return {
-        "files": len(entries),
-        "bytes": sum(e["size"] for e in entries),
-        "seconds": round(time.monotonic() - started, 3),
-        "dataDir": str(data_dir),
-        "backupCreatedAt": manifest.get("createdAt"),
-    }

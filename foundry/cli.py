@@ -252,7 +252,8 @@ def restore_command(src: Path, allow_partial: bool) -> None:
     the manifest present with its sha256, and no schema revision newer than this Foundry's (older
     ones are migrated when each actor first wakes). Prints a JSON summary.
     """
-    from foundry.backup import BackupError, restore, role_schemas
+    from foundry.backup import BackupError
+    from foundry.restore import restore, role_schemas
 
     settings = get_settings()
     try:
