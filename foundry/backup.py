@@ -271,6 +271,8 @@ def _put_back_in_flight(staging: Path, rel: str, before: list[dict[str, Any]]) -
             if row["command_id"] not in present
             and not _receiver_has(staging, row["role"], row["key"], row["command_id"])
         ]
+        if not missing:
+            return 0
         taken = {row[0] for row in conn.execute("SELECT id FROM foundry_outbox")}
         conn.execute("BEGIN")
         for row in missing:
@@ -286,8 +288,7 @@ def _put_back_in_flight(staging: Path, rel: str, before: list[dict[str, Any]]) -
         conn.execute("COMMIT")
     finally:
         conn.close()
-    if missing:
-        log.info("backup: %s: %d sends in flight put back in its outbox", rel, len(missing))
+    log.info("backup: %s: %d sends in flight put back in its outbox", rel, len(missing))
     return len(missing)
 
 
