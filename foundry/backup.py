@@ -346,9 +346,10 @@ def backup(
     Databases that could not be copied are listed in the result's ``skipped`` (and the manifest's).
 
     Raises:
-        BackupError: ``dest`` is not empty or is inside the data directory, or there is no data dir.
+        BackupError: ``dest`` is not empty or is inside the data directory, there is no data dir,
+            or writing the backup failed (then nothing of it is left).
     """
-    started = time.monotonic()
+    started, started_at = time.monotonic(), datetime.now(UTC)
     _check_destination(data_dir, dest)
     databases = _find_databases(data_dir, roles)
     result = BackupResult()
@@ -391,11 +392,14 @@ def backup(
             fsync_path(staging / SECRET_KEY_FILE)
             result.files.append(_entry(staging / SECRET_KEY_FILE, SECRET_KEY_FILE, None, None))
         result.seconds = time.monotonic() - started
-        _write_manifest(staging, data_dir, result)
+        _write_manifest(staging, data_dir, started_at, result)
         if dest.exists():
             dest.rmdir()  # empty, checked above; rename cannot replace it on every filesystem
         staging.rename(dest)
         fsync_path(dest.parent)
+    except (OSError, sqlite3.Error) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BackupError(f"could not write the backup into {dest}: {exc}") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -412,11 +416,12 @@ def _entry(path: Path, rel: str, role: str | None, revision: str | None) -> dict
     }
 
 
-def _write_manifest(staging: Path, data_dir: Path, result: BackupResult) -> None:
+def _write_manifest(staging: Path, data_dir: Path, started_at: datetime, result: BackupResult) -> None:
     manifest = {
         "format": FORMAT,
         "foundryVersion": __version__,
-        "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
+        # When the backup started: every write acknowledged before then is in it.
+        "createdAt": started_at.isoformat(timespec="seconds"),
         "dataDir": str(data_dir),
         "files": result.files,
         "skipped": result.skipped,

@@ -126,7 +126,11 @@ def verify(src: Path, schemas: Mapping[str, RoleSchema]) -> tuple[dict[str, Any]
         path = src / entry["path"]
         if not path.is_file():
             raise BackupError(f"{entry['path']} is listed in the manifest but missing from {src}")
-        if path.stat().st_size != entry["size"] or sha256_of(path) != entry["sha256"]:
+        try:
+            intact = path.stat().st_size == entry["size"] and sha256_of(path) == entry["sha256"]
+        except OSError as exc:
+            raise BackupError(f"cannot read {path}: {exc}") from exc
+        if not intact:
             raise BackupError(
                 f"{entry['path']} does not match its sha256 in the manifest: the backup is damaged"
             )
