@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -218,6 +219,91 @@ def db_revision(role: str, message: str, autogenerate: bool) -> None:
         finally:
             cfg.set_main_option("sqlalchemy.url", "")
     click.echo(f"{role}: wrote revision {rev_id}")
+
+
+# ------------------------------------------------------------------------------------------ backups
+
+
+def _progress(verb: str) -> Callable[[int, int], None]:
+    """Print ``<verb>: done/total files`` to stderr, at most twice a second and at the end."""
+    last = 0.0
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done == total or now - last >= 0.5:
+            last = now
+            click.echo(f"{verb}: {done}/{total} files", err=True)
+
+    return report
+
+
+@main.command("backup")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option(
+    "--lock-timeout",
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for a database another process keeps from being read (per try).",
+)
+@click.option("--attempts", default=5, show_default=True, help="Tries before leaving such a database out.")
+def backup_command(dest: Path, lock_timeout: float, attempts: int) -> None:
+    """Copy every actor database into DEST (new or empty) while the server keeps running.
+
+    The copies come from SQLite's backup API on read snapshots, which never hold up the server's
+    writes; every write acknowledged before the backup started is in it, with its messages to other
+    actors (those in flight are put back in their sender's outbox). DEST also gets manifest.json (version,
+    time, and per file its role, schema revision, size and sha256). Progress goes to stderr, a JSON
+    summary to stdout; a database that could not be copied is named and the exit status is 1.
+
+    Included: the actor databases and, in mock mode, the data dir's secret_key (it decrypts the
+    stored GitHub tokens and signs sessions), so DEST is as sensitive as the data dir and is made
+    readable by its owner only. Left out: host-secrets.json (rewritten from the settings at every
+    start), ray-address, schema templates, sandboxes (checkouts) and mock-remotes.
+    """
+    from foundry.backup import BackupError, backup
+
+    settings = get_settings()
+    try:
+        result = backup(
+            settings.data_dir,
+            dest,
+            _roles_of(settings),
+            lock_timeout=lock_timeout,
+            attempts=attempts,
+            progress=_progress("backup"),
+        )
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(result.summary()))
+    for skipped in result.skipped:
+        click.echo(f"backup: could not copy {skipped['path']}: {skipped['reason']}", err=True)
+    if result.skipped:
+        sys.exit(1)
+
+
+@main.command("restore")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--allow-partial", is_flag=True, help="Restore a backup that left some databases out.")
+def restore_command(src: Path, allow_partial: bool) -> None:
+    """Restore the backup SRC into the data dir (FOUNDRY_DATA_DIR), which must be new or empty.
+
+    Checks first, writing nothing until all pass: no server running on the data dir, every file of
+    the manifest present with its sha256, and no schema revision newer than this Foundry's (older
+    ones are migrated when each actor first wakes). Prints a JSON summary.
+    """
+    from foundry.backup import BackupError
+    from foundry.restore import restore, role_schemas
+
+    settings = get_settings()
+    try:
+        schemas = role_schemas(_roles_of(settings), settings.runtime.extra_roles)
+        summary = restore(
+            src, settings.data_dir, schemas, allow_partial=allow_partial, progress=_progress("restore")
+        )
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(summary))
 
 
 # ------------------------------------------------------------------------------------------ actors
