@@ -22,6 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationStep
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -110,7 +111,9 @@ def _upgrade_sync(connection: Connection, location: str, path: str) -> None:
     script = script_directory(location)
 
     def _steps(rev: Any, _ctx: Any) -> Any:
-        return script._upgrade_revs("head", rev)
+        # What `alembic upgrade head` runs from the current revision(s), oldest step first.
+        revisions = reversed(list(script.iterate_revisions("head", rev, implicit_base=True)))
+        return [MigrationStep.upgrade_from_script(script.revision_map, r) for r in revisions]
 
     # EnvironmentContext with the cached ScriptDirectory skips re-importing env.py and re-parsing
     # the revision files at every wake (4 ms instead of 6-16 ms, measured).

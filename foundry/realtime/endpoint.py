@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 # Imported at module level on purpose: with postponed annotations FastAPI resolves the endpoint's
 # `websocket: WebSocket` annotation from this module's globals, and if it cannot, it rejects every
-# websocket with 403 and no message (research, "Pitfalls").
+# websocket with 403 and no message (measured with FastAPI 0.115: no log line says why).
 from fastapi import WebSocket
 
 from foundry.realtime.gateway import CLOSE_INTERNAL_ERROR, Authorize, RealtimeGateway

@@ -33,7 +33,6 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from httpx._client import UseClientDefault
 
 from foundry import __version__
 from foundry.drivers.sandbox import (
@@ -211,7 +210,7 @@ class SandboxAgentClient:
         method: str,
         path: str,
         *,
-        http_timeout: float | httpx.Timeout | UseClientDefault | None = httpx.USE_CLIENT_DEFAULT,
+        http_timeout: float | httpx.Timeout | object | None = httpx.USE_CLIENT_DEFAULT,
         **kwargs: Any,
     ) -> httpx.Response:
         """Send one request and return the successful response.
@@ -222,7 +221,7 @@ class SandboxAgentClient:
         """
         action = f"{method} {path}"
         try:
-            response = await self._http.request(method, path, timeout=http_timeout, **kwargs)
+            response = await self._http.request(method, path, timeout=http_timeout, **kwargs)  # type: ignore[arg-type]
         except httpx.TimeoutException as exc:
             raise SandboxError(
                 f"sandbox-agent at {self.endpoint.base_url} did not answer {action} in time "

@@ -83,8 +83,8 @@ class LocalSandboxProvider:
             ``agent_processes/<agent>-acp`` in every sandbox (e.g. ``{"mock": launcher_script()}`` from
             `foundry.demo_agent.launcher` runs the demo agent for ``?agent=mock``).
         on_exit: called as ``on_exit(sandbox_id, returncode, reason)`` when a server stops on its own.
-        health_timeout: seconds to wait for ``GET /v1/health`` after a start (the research saw 15 s
-            starts on a busy machine, hence 30 s).
+        health_timeout: seconds to wait for ``GET /v1/health`` after a start (starts of 15 s were measured
+            on a busy machine, hence 30 s).
         stop_grace: seconds between SIGTERM and SIGKILL in `destroy`.
         jail: how sandboxes are isolated (`JailPolicy`); the default jails each one with bubblewrap
             in its own network namespace. A jail that cannot start here fails `create` with
