@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from actors.organization import actions, billing, billing_events, billing_sync, github, handlers, tasks
+from actors.organization import (
+    actions,
+    billing,
+    billing_events,
+    billing_sync,
+    github,
+    handlers,
+    task_list,
+    tasks,
+)
 from actors.organization.commands import (
     Empty,
     InstallationRef,
@@ -49,6 +58,7 @@ ROLE = Role(
         Handler("get_oauth_callback", OAuthCallbackResult, actions.get_oauth_callback),
         Handler("github_status", Empty, github.github_status),
         Handler("task_summary", tasks.TaskRef, tasks.task_summary),
+        Handler("list_tasks", task_list.ListTasks, task_list.list_tasks),
         Handler("create_task", tasks.CreateTask, tasks.create_task),
         Handler("billing", billing.BillingRef, billing.get_billing),
         Handler("stripe_event_stats", billing.BillingRef, billing.stripe_event_stats),

@@ -14,6 +14,7 @@ ORG_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PATCH", "/v1/organizations/{org}/settings", {"displayName": "Renamed"}),
     ("GET", "/v1/organizations/{org}/members", None),
     ("GET", "/v1/organizations/{org}/audit-log", None),
+    ("GET", "/v1/organizations/{org}/tasks", None),
 ]
 
 

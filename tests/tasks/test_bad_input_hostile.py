@@ -26,6 +26,7 @@ INT64_OVERFLOW = str(2**63)
 ROUTES: list[tuple[str, str, bool]] = [
     ("GET", "/healthz", False),
     ("GET", "/readyz", False),
+    ("GET", "/metrics", False),
     ("GET", "/v1/auth/sign-in/github", False),
     ("GET", "/v1/auth/callback/github", False),
     ("POST", "/v1/auth/mock/sign-in", True),
@@ -41,6 +42,7 @@ ROUTES: list[tuple[str, str, bool]] = [
     ("POST", "/v1/organizations/{org}/sync", False),
     ("POST", "/v1/webhooks/github", True),
     ("POST", "/v1/organizations/{org}/tasks", True),
+    ("GET", "/v1/organizations/{org}/tasks", False),
     ("GET", "/v1/organizations/{org}/tasks/{taskId}", False),
     ("PATCH", "/v1/organizations/{org}/tasks/{taskId}", True),
     ("POST", "/v1/organizations/{org}/tasks/{taskId}/archive", True),
@@ -78,6 +80,8 @@ INTEGER_QUERIES: list[tuple[str, dict[str, str]]] = [
     ("/v1/organizations/{org}/audit-log", {"beforeId": INT64_OVERFLOW}),
     ("/v1/organizations/{org}/audit-log", {"beforeId": HUGE}),
     ("/v1/organizations/{org}/audit-log", {"limit": HUGE}),
+    ("/v1/organizations/{org}/tasks", {"limit": HUGE}),
+    ("/v1/organizations/{org}/tasks", {"limit": INT64_OVERFLOW}),
 ]
 
 #: Bodies no parser error may turn into a 500: nesting, NaN/Infinity, huge numbers, bad encodings.
@@ -117,13 +121,13 @@ def _assert_client_error(response: httpx.Response, what: str) -> dict[str, Any]:
 async def test_the_table_covers_every_route(quiet_server: TaskServer) -> None:
     from foundry.http.app import create_app
     from foundry.http.routes import app as app_routes
-    from foundry.http.routes import auth, billing, github, organizations, tasks
+    from foundry.http.routes import auth, billing, github, metrics, organizations, tasks
 
     schema = create_app(quiet_server.settings).openapi()
     routes = {(method.upper(), path) for path, item in schema["paths"].items() for method in item}
     assert routes == {(m, p) for m, p, _ in ROUTES}
     # Every API route parses its body with the strict parser.
-    for module in (app_routes, auth, billing, github, organizations, tasks):
+    for module in (app_routes, auth, billing, github, metrics, organizations, tasks):
         for route in module.router.routes:
             assert isinstance(route, StrictJsonRoute), getattr(route, "path", route)
 

@@ -15,9 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from foundry import metrics
 from foundry.http.errors import error_body
+from foundry.http.strict_body import StrictJsonRoute
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+router = APIRouter(route_class=StrictJsonRoute)
 
 #: How long a scrape waits for one host process (a restarting one is left out, not waited for).
 HOST_TIMEOUT_S = 5.0

@@ -205,6 +205,39 @@ async def create_task(body: CreateTaskBody, member: Member, runtime: RuntimeDep)
     return result
 
 
+@router.get("", summary="List tasks: filtered, searched, newest change first, paged")
+async def list_tasks(
+    member: Member,
+    runtime: RuntimeDep,
+    status: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            description="Comma-separated statuses (virtual, provisioning, running, idle, error, archived); "
+            "archived tasks are listed only when named here",
+        ),
+    ] = None,
+    repo_id: Annotated[str | None, Query(alias="repoId", max_length=200)] = None,
+    owner: Annotated[str | None, Query(max_length=100, description="The owner's GitHub login")] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Words in the title, branch or PR title")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`nextCursor` of the previous page")
+    ] = None,
+) -> dict[str, Any]:
+    """``{tasks: [summary…], nextCursor}``; ``nextCursor`` is null on the last page."""
+    body: dict[str, Any] = {"limit": limit}
+    if status:
+        body["statuses"] = [s.strip() for s in status.split(",") if s.strip()]
+    for name, value in (("repoId", repo_id), ("ownerLogin", owner), ("query", q), ("cursor", cursor)):
+        if value is not None:
+            body[name] = value
+    result: dict[str, Any] = await runtime.call("organization", member.organization_id, "list_tasks", body)
+    return result
+
+
 @router.get("/{taskId}", summary="Task detail with the caller's own unread/draft/active session")
 async def get_task(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
     key, summary = await _task_of(member, task_id, runtime, materialize=False)
