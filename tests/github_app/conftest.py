@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
+from pydantic import SecretStr
 
 from foundry.config import GitHubSettings, Settings
 from foundry.drivers.github.fake import FakeGitHub
@@ -25,17 +26,28 @@ async def foundry_server(
     *,
     app: Callable[[FakeGitHub], None] | None = None,
     github: dict[str, object] | None = None,
+    production: bool = False,
 ) -> AsyncIterator[Server]:
     """A started Foundry whose fake GitHub's App was changed by ``app`` (before start-up) and whose
-    GitHub settings were overridden with ``github``."""
+    GitHub settings were overridden with ``github``; ``production`` runs production mode with the
+    fake as its GitHub."""
     port = free_port()
     base = Settings(data_dir=tmp_path / "data", mode="mock", port=port, runtime={"backend": "inprocess"})  # type: ignore[arg-type]
+    if production:
+        base = base.model_copy(
+            update={
+                "mode": "production",
+                "secret_key": SecretStr("production-secret-key-0123456789"),
+                "app_url": f"http://127.0.0.1:{port}",
+            }
+        )
     fake, settings = start_fake_github(base)
     if app is not None:
         app(fake)
     if github:
         merged = GitHubSettings.model_validate({**settings.github.model_dump(), **github})
         settings = settings.model_copy(update={"github": merged})
+    assert not settings.check_production()
     services = build_services(settings)
     runtime = InProcessRuntime(settings.data_dir, services, idle_seconds=3600)
     config = uvicorn.Config(

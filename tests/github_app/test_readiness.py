@@ -28,7 +28,7 @@ def _assert_no_key(text: str, pem: str) -> None:
 
 async def test_a_correct_app_is_ready(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=CHECK_LOGGER)
-    async with foundry_server(tmp_path) as server, server.client() as client:
+    async with foundry_server(tmp_path, production=True) as server, server.client() as client:
         response = await client.get("/readyz")
         body = response.json()
         assert body["checks"]["githubApp"]["ok"] is True, body
@@ -45,7 +45,10 @@ async def test_a_key_that_does_not_parse_is_not_ready_and_says_which_setting(
     real = FakeGitHub().private_key_pem
     lines = real.splitlines()
     broken = "\n".join(lines[:6] + lines[-1:])  # a PEM cut short, as a bad copy-paste leaves it
-    async with foundry_server(tmp_path, github={"private_key": broken}) as server, server.client() as client:
+    async with (
+        foundry_server(tmp_path, github={"private_key": broken}, production=True) as server,
+        server.client() as client,
+    ):
         response = await client.get("/readyz")
         check = response.json()["checks"]["githubApp"]
         assert response.status_code == 503
@@ -102,7 +105,7 @@ async def test_an_app_missing_permissions_and_events_lists_them(
         del fake.app_permissions["members"]
         fake.app_events = [e for e in fake.app_events if e not in ("check_run", "issue_comment")]
 
-    async with foundry_server(tmp_path, app=weaker) as server, server.client() as client:
+    async with foundry_server(tmp_path, app=weaker, production=True) as server, server.client() as client:
         response = await client.get("/readyz")
         check = response.json()["checks"]["githubApp"]
         assert response.status_code == 503
