@@ -100,8 +100,9 @@ def convert_command(code: str, out: Path | None) -> None:
         f"FOUNDRY_GITHUB__CLIENT_ID={app['client_id']}",
         f"FOUNDRY_GITHUB__CLIENT_SECRET={app['client_secret']}",
         f"FOUNDRY_GITHUB__WEBHOOK_SECRET={app['webhook_secret']}",
-        # Double quotes keep the PEM's line breaks in an env file (docker compose's env_file).
-        f'FOUNDRY_GITHUB__PRIVATE_KEY="{str(app["pem"]).strip()}"',
+        # One line, its line breaks written as \n (Foundry turns them back): every env file format
+        # (docker compose's env_file, docker run --env-file, systemd) reads it the same way.
+        "FOUNDRY_GITHUB__PRIVATE_KEY=" + str(app["pem"]).strip().replace("\n", "\\n"),
     ]
     text = "\n".join(lines) + "\n"
     if out is None:

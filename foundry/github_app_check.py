@@ -78,18 +78,14 @@ def _scrub(text: str, secret: str) -> str:
 
 def load_app_key(pem: str) -> tuple[rsa.RSAPrivateKey | None, str | None]:
     """The App's RSA private key, or None and a sentence saying why it is unusable (never the key)."""
-    hint = ""
-    if "\\n" in pem and "\n" not in pem.strip():
-        hint = (
-            " (it holds the two characters \\n where the PEM file has line breaks: keep the real line breaks)"
-        )
     try:
         key = serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         reason = _scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, pem)
         return None, (
-            f"the GitHub App private key ({_KEY_SETTING}) does not parse: {reason}{hint}; set it to the "
-            "whole .pem file GitHub gave for the App, BEGIN and END lines included"
+            f"the GitHub App private key ({_KEY_SETTING}) does not parse: {reason}; set it to the "
+            "whole .pem file GitHub gave for the App, BEGIN and END lines included (on one line, write "
+            "its line breaks as \\n)"
         )
     if not isinstance(key, rsa.RSAPrivateKey):
         return None, (

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from foundry.config import GitHubSettings
 from foundry.drivers.github.fake import FakeGitHub
 from foundry.github_app import REQUIRED_EVENTS, REQUIRED_PERMISSIONS, build_manifest
 from foundry.github_app_check import load_app_key
@@ -80,8 +81,12 @@ def test_convert_trades_the_code_for_settings_foundry_accepts(fake: FakeGitHub, 
     assert f"FOUNDRY_GITHUB__APP_ID={fake.app_id}\n" in text
     assert f"FOUNDRY_GITHUB__CLIENT_ID={fake.client_id}\n" in text
     assert f"FOUNDRY_GITHUB__CLIENT_SECRET={fake.client_secret}\n" in text
-    pem = text.split('FOUNDRY_GITHUB__PRIVATE_KEY="', 1)[1].rsplit('"', 1)[0]
-    key, problem = load_app_key(pem)
+    # The key is one line of the env file, and Foundry's settings read it back as the PEM.
+    line = next(x for x in text.splitlines() if x.startswith("FOUNDRY_GITHUB__PRIVATE_KEY="))
+    value = line.split("=", 1)[1]
+    settings = GitHubSettings(private_key=value)  # type: ignore[arg-type]
+    assert settings.private_key.get_secret_value().strip() == fake.private_key_pem.strip()
+    key, problem = load_app_key(settings.private_key.get_secret_value())
     assert key is not None, problem
     # A code works once.
     again = _foundry("convert", code, FOUNDRY_GITHUB__API_URL=fake.base_url)
