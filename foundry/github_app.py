@@ -109,7 +109,6 @@ def build_manifest(app_url: str, name: str | None = None) -> dict[str, Any]:
         "callback_urls": [oauth_callback_url(base)],
         # Sign-in is Foundry's own OAuth flow, not a step of installing the App.
         "request_oauth_on_install": False,
-        "setup_on_update": False,
         # Installable only by the account that owns it: a self-hosted Foundry serves one team.
         "public": False,
         "default_permissions": dict(REQUIRED_PERMISSIONS),
