@@ -35,8 +35,13 @@ REQUIRED_PERMISSIONS: dict[str, Access] = {
     "checks": "read",
     # The status event (commit statuses, the older CI signal).
     "statuses": "read",
+}
+
+#: Requested by the manifest, but Foundry works without them (readiness does not require them).
+OPTIONAL_PERMISSIONS: dict[str, Access] = {
     # A signed-in user's primary address when their profile email is private (``/user/emails`` with
-    # the user's token): it authors the agent's commits.
+    # the user's token), shown on their profile; without it the address stays empty and each such
+    # sign-in logs a warning.
     "email_addresses": "read",
 }
 
@@ -111,7 +116,7 @@ def build_manifest(app_url: str, name: str | None = None) -> dict[str, Any]:
         "request_oauth_on_install": False,
         # Installable only by the account that owns it: a self-hosted Foundry serves one team.
         "public": False,
-        "default_permissions": dict(REQUIRED_PERMISSIONS),
+        "default_permissions": {**REQUIRED_PERMISSIONS, **OPTIONAL_PERMISSIONS},
         "default_events": list(REQUIRED_EVENTS),
     }
 

@@ -14,7 +14,7 @@ import pytest
 
 from foundry.config import GitHubSettings
 from foundry.drivers.github.fake import FakeGitHub
-from foundry.github_app import REQUIRED_EVENTS, REQUIRED_PERMISSIONS, build_manifest
+from foundry.github_app import OPTIONAL_PERMISSIONS, REQUIRED_EVENTS, REQUIRED_PERMISSIONS, build_manifest
 from foundry.github_app_check import load_app_key
 
 
@@ -42,7 +42,7 @@ def test_manifest_prints_the_app_manifest_as_json() -> None:
     manifest = json.loads(result.stdout)
     assert manifest["hook_attributes"]["url"] == "https://foundry.example.com/v1/webhooks/github"
     assert manifest["callback_urls"] == ["https://foundry.example.com/v1/auth/callback/github"]
-    assert manifest["default_permissions"] == REQUIRED_PERMISSIONS
+    assert manifest["default_permissions"] == {**REQUIRED_PERMISSIONS, **OPTIONAL_PERMISSIONS}
     assert manifest["default_events"] == REQUIRED_EVENTS
 
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from foundry.drivers.github.fake import FakeGitHub
-from foundry.github_app import REQUIRED_EVENTS, REQUIRED_PERMISSIONS
+from foundry.github_app import OPTIONAL_PERMISSIONS, REQUIRED_EVENTS, REQUIRED_PERMISSIONS
 from tests.github_app.conftest import foundry_server
 
 CHECK_LOGGER = "foundry.github_app_check"
@@ -143,5 +143,15 @@ async def test_readiness_asks_github_once_a_minute_at_most(tmp_path: Path) -> No
 
 def test_the_fake_app_holds_exactly_what_foundry_requires() -> None:
     fake = FakeGitHub()
-    assert fake.app_permissions == REQUIRED_PERMISSIONS
+    assert fake.app_permissions == {**REQUIRED_PERMISSIONS, **OPTIONAL_PERMISSIONS}
     assert fake.app_events == REQUIRED_EVENTS
+
+
+async def test_an_app_without_the_optional_email_permission_is_still_ready(tmp_path: Path) -> None:
+    def without_email(fake: FakeGitHub) -> None:
+        del fake.app_permissions["email_addresses"]
+
+    async with foundry_server(tmp_path, app=without_email) as server, server.client() as client:
+        response = await client.get("/readyz")
+        assert response.json()["checks"]["githubApp"]["ok"] is True
+        assert response.status_code == 200

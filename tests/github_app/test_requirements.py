@@ -7,6 +7,7 @@ import pytest
 from actors.github_data.webhooks import HANDLERS
 from foundry.github_app import (
     ALWAYS_DELIVERED_EVENTS,
+    OPTIONAL_PERMISSIONS,
     REQUIRED_EVENTS,
     REQUIRED_PERMISSIONS,
     build_manifest,
@@ -41,7 +42,7 @@ def test_the_manifest_asks_for_exactly_the_required_permissions_and_events() -> 
     assert manifest["redirect_url"].startswith("https://foundry.example.com/")
     assert manifest["public"] is False
     assert manifest["request_oauth_on_install"] is False
-    assert manifest["default_permissions"] == REQUIRED_PERMISSIONS
+    assert manifest["default_permissions"] == {**REQUIRED_PERMISSIONS, **OPTIONAL_PERMISSIONS}
     assert manifest["default_events"] == REQUIRED_EVENTS
     assert manifest["name"] == "Foundry foundry.example.com"
 

@@ -18,13 +18,13 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Literal
 
-from foundry.github_app import REQUIRED_EVENTS, REQUIRED_PERMISSIONS
+from foundry.github_app import OPTIONAL_PERMISSIONS, REQUIRED_EVENTS, REQUIRED_PERMISSIONS
 
 JSON = Any
 AccountType = Literal["Organization", "User"]
 
 #: The fake App holds exactly what Foundry asks of a real one (tests take some away).
-APP_PERMISSIONS: dict[str, str] = dict(REQUIRED_PERMISSIONS)
+APP_PERMISSIONS: dict[str, str] = {**REQUIRED_PERMISSIONS, **OPTIONAL_PERMISSIONS}
 APP_EVENTS: list[str] = list(REQUIRED_EVENTS)
 
 
