@@ -16,6 +16,7 @@ import click
 
 from foundry import __version__
 from foundry.bind import public_mock_refusal
+from foundry.cli_github_app import github_app
 from foundry.config import ROLE_NAMES, ConfigError, Settings, get_settings, load_settings
 from foundry.logging import configure_logging, forward_host_lines_verbatim
 from foundry.supervise import is_supervised, supervise
@@ -436,6 +437,10 @@ def actors_dead(role: str, key: str, address: str | None) -> None:
 def actors_retry_dead(role: str, key: str, address: str | None) -> None:
     """Deliver an instance's dead letters again, in order, with fresh attempt counts."""
     click.echo(json.dumps(_instance_op(address, role, key, "retry_dead_letters")))
+
+
+# The GitHub App's manifest and the credentials GitHub returns for it (foundry/cli_github_app.py).
+main.add_command(github_app)
 
 
 if __name__ == "__main__":

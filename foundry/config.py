@@ -98,6 +98,16 @@ class GitHubSettings(BaseModel):
     #: PyGithub's own pacing between requests; off against the local fake.
     throttle: bool = True
 
+    @field_validator("private_key")
+    @classmethod
+    def _pem_line_breaks(cls, value: SecretStr) -> SecretStr:
+        # Env files (docker's --env-file, systemd's EnvironmentFile) hold one line per variable, so a
+        # PEM is often written with "\n" escapes; a PEM never holds a backslash, so they are its lines.
+        text = value.get_secret_value()
+        if "\\n" in text and "\n" not in text.strip():
+            return SecretStr(text.strip().replace("\\n", "\n") + "\n")
+        return value
+
     @property
     def configured(self) -> bool:
         return bool(self.app_id and self.private_key.get_secret_value() and self.client_id)

@@ -20,6 +20,7 @@ from foundry.auth.cookies import SessionCookies
 from foundry.auth.signin import SignInService
 from foundry.config import Settings
 from foundry.drivers.sandbox.binary import check_binary
+from foundry.github_app_check import GitHubAppCheck
 from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.dashboard import install_dashboard
 from foundry.http.errors import install_error_handlers
@@ -113,6 +114,9 @@ def create_app(
         app.state.gateway = RealtimeGateway(rt, registry)
         await app.state.gateway.start()
         app.state.realtime_access = RealtimeAccess(settings, rt, app.state.cookies, registry)
+        # In the background: a wrong App is logged at start-up without delaying it; /readyz reuses it.
+        app.state.github_app_check = GitHubAppCheck(settings.github if settings.github.configured else None)
+        app.state.github_app_check.start()
         if own_runtime and settings.github.configured:
             # Rebuild the installation index and recreate wiped organizations from GitHub.
             await start_installation_reconciliation(rt)
@@ -123,6 +127,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.github_app_check.close()
             await app.state.gateway.close()
             if own_runtime:
                 await rt.close()
@@ -177,9 +182,10 @@ def create_app(
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
-        """Readiness: the actor runtime answers within 5 s, ``sandbox-agent`` is installed, and the
+        """Readiness: the actor runtime answers within 5 s, ``sandbox-agent`` is installed, the
         sandbox isolation (``checks.isolation``: which one is active, and why not a stronger one)
-        can start here."""
+        can start here, and the GitHub App (``checks.githubApp``) has the key, permissions and
+        events Foundry needs."""
         checks: dict[str, Any] = {}
         ok = True
         try:
@@ -199,6 +205,9 @@ def create_app(
         isolation = await app.state.services.driver("sandbox").isolation()
         checks["isolation"] = isolation.as_json()
         ok = ok and isolation.ok
+        # Checked against GitHub at most once a minute; the detail names what to fix.
+        checks["githubApp"] = await app.state.github_app_check.status()
+        ok = ok and checks["githubApp"]["ok"]
         # Reported, not required: the API serves without the browser dashboard.
         checks["dashboard"] = app.state.dashboard.status()
         return JSONResponse(

@@ -18,18 +18,14 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Literal
 
+from foundry.github_app import OPTIONAL_PERMISSIONS, REQUIRED_EVENTS, REQUIRED_PERMISSIONS
+
 JSON = Any
 AccountType = Literal["Organization", "User"]
 
-APP_PERMISSIONS = {
-    "checks": "read",
-    "contents": "write",
-    "members": "read",
-    "metadata": "read",
-    "pull_requests": "write",
-    "statuses": "read",
-}
-APP_EVENTS = ["installation_repositories", "pull_request", "push", "check_run", "check_suite", "status"]
+#: The fake App holds exactly what Foundry asks of a real one (tests take some away).
+APP_PERMISSIONS: dict[str, str] = {**REQUIRED_PERMISSIONS, **OPTIONAL_PERMISSIONS}
+APP_EVENTS: list[str] = list(REQUIRED_EVENTS)
 
 
 def load_examples() -> dict[str, Any]:

@@ -188,6 +188,11 @@ class FakeGitHub:
         self.clock: Clock = clock or SystemClock()
         self.private_key_pem: str = private_key_pem or _process_app_key()
         self._public_key = _public_key(self.private_key_pem)
+        #: What ``GET /app`` reports the App holds; tests take permissions or events away.
+        self.app_permissions: dict[str, str] = dict(APP_PERMISSIONS)
+        self.app_events: list[str] = list(APP_EVENTS)
+        #: Codes of GitHub's manifest flow → the manifest confirmed (see `manifest_code`).
+        self._manifest_codes: dict[str, JSON] = {}
         self.latency = 0.0  # seconds each request takes, to make concurrency observable
         self.requests: list[RecordedRequest] = []
         self.max_in_flight = 0
@@ -542,6 +547,7 @@ class FakeGitHub:
             ("GET", "/login/oauth/authorize", self._oauth_authorize),
             ("POST", "/login/oauth/access_token", self._oauth_access_token),
             ("GET", "/app", self._get_app),
+            ("POST", "/app-manifests/{code}/conversions", self._convert_manifest),
             ("GET", "/app/installations", self._list_installations),
             ("GET", "/app/installations/{installation_id}", self._get_installation),
             ("POST", "/app/installations/{installation_id}/access_tokens", self._create_token),
@@ -842,11 +848,42 @@ class FakeGitHub:
             client_id=self.client_id,
             name="Foundry (fake)",
             node_id=node_id("Integration", self.app_id),
-            permissions=dict(APP_PERMISSIONS),
-            events=list(APP_EVENTS),
+            permissions=dict(self.app_permissions),
+            events=list(self.app_events),
             installations_count=len(self._world.installations),
         )
         return self._json(out)
+
+    def manifest_code(self, manifest: JSON) -> str:
+        """What GitHub does when the owner confirms a manifest: a one-time code for its conversion.
+        The App created is this fake's own App, with the manifest's permissions and events."""
+        code = secrets.token_hex(10)
+        with self._lock:
+            self._manifest_codes[code] = manifest
+        return code
+
+    def _convert_manifest(self, request: Request, code: str) -> Response:
+        # No authentication: the code is the credential, usable once.
+        manifest = self._manifest_codes.pop(code, None)
+        if manifest is None:
+            raise HttpError(404, "Not Found")
+        self.app_permissions = dict(manifest.get("default_permissions") or {})
+        self.app_events = list(manifest.get("default_events") or [])
+        out = rewrite(
+            self._render.template("apps/get-authenticated"), [("apps/octoapp", f"apps/{self.app_slug}")]
+        )
+        out.update(
+            id=self.app_id,
+            slug=self.app_slug,
+            name=manifest.get("name"),
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            webhook_secret=secrets.token_hex(20),
+            pem=self.private_key_pem,
+            permissions=dict(self.app_permissions),
+            events=list(self.app_events),
+        )
+        return self._json(out, 201)
 
     def _list_installations(self, request: Request) -> Response:
         self._require_app_jwt(request)
