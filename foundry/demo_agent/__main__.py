@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from foundry.demo_agent import main
+from foundry.demo_agent.agent import main
 
 if __name__ == "__main__":
     main()
