@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from foundry import request_id
 from foundry.config import Settings
@@ -45,6 +52,8 @@ HOST_SHUTDOWN_S = 30.0
 
 
 _RemoteProcess = ray.remote(HostProcess)
+#: What a call to a host process raises while it is dead or restarting (worth a retry).
+_HOST_GONE = (ActorUnavailableError, ActorDiedError, RayActorError, GetTimeoutError)
 
 
 def _restrict_token_file() -> None:
@@ -181,22 +190,32 @@ class RayRuntime(Runtime):
         return await self._retry(process, host_name(role, shard), method, role, shard, *args)
 
     async def _retry(self, process: str, what: str, method: str, *args: Any) -> Any:
-        deadline = time.monotonic() + RETRY_WINDOW_S
-        delay = 0.05
         refresh = False
-        while True:
-            try:
-                handle = self._process_handle(process, refresh=refresh)
-                return await getattr(handle, method).remote(*args)
-            except (ActorUnavailableError, ActorDiedError, RayActorError, GetTimeoutError) as exc:
-                if time.monotonic() > deadline:
-                    raise ActorUnavailable(f"host {what} unreachable for {RETRY_WINDOW_S:g}s: {exc}") from exc
-                log.info("host %s unavailable (%s); retrying", what, type(exc).__name__)
-                refresh = isinstance(exc, ActorDiedError)
-                await asyncio.sleep(delay)
-                # Short waits: a restarted host answers within seconds, and every waiting caller
-                # should see it back at once (a retry is one cheap actor call).
-                delay = min(delay * 2, 0.25)
+
+        def note(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.info("host %s unavailable (%s); retrying", what, type(error).__name__)
+
+        try:
+            # Short, jittered waits: a restarted host answers within seconds, and every waiting
+            # caller should see it back at once (a retry is one cheap actor call).
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_HOST_GONE),
+                wait=wait_random_exponential(multiplier=0.05, max=0.25),
+                stop=stop_after_delay(RETRY_WINDOW_S),
+                before_sleep=note,
+            ):
+                with attempt:
+                    handle = self._process_handle(process, refresh=refresh)
+                    try:
+                        return await getattr(handle, method).remote(*args)
+                    except ActorDiedError:
+                        refresh = True  # a new incarnation needs a new handle
+                        raise
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise ActorUnavailable(f"host {what} unreachable for {RETRY_WINDOW_S:g}s: {last}") from last
+        raise AssertionError("unreachable: every attempt returns or raises")
 
     async def _send(
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str

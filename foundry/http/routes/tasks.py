@@ -9,12 +9,18 @@ merged into task detail here.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from actors.task.naming import MAX_PROMPT_CHARS, split_task_key, task_key
 from actors.task.provisional import provisional_detail
@@ -139,19 +145,19 @@ async def _task_command(runtime: Runtime, key: str, name: str, body: dict[str, A
     """Run a task command. The task exists (its organization row said so); if its ``initialize`` is
     still on the way (the organization's outbox delivers it just after creation), try again, and
     answer 409 if it is still not there: the task is being set up, it is not missing."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + INIT_WAIT_S
-    delay = 0.01
-    while True:
-        try:
-            return await runtime.actor("task", key).send(name, body, wait=True, timeout=15)
-        except TaskNotInitialized:
-            if loop.time() >= deadline:
-                raise Conflict(
-                    f"task {split_task_key(key)[1]!r} is still being set up; try again in a moment"
-                ) from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TaskNotInitialized),
+            wait=wait_random_exponential(multiplier=0.01, max=0.2),
+            stop=stop_after_delay(INIT_WAIT_S),
+        ):
+            with attempt:
+                return await runtime.actor("task", key).send(name, body, wait=True, timeout=15)
+    except RetryError:
+        raise Conflict(
+            f"task {split_task_key(key)[1]!r} is still being set up; try again in a moment"
+        ) from None
+    raise AssertionError("unreachable: every attempt returns or raises")
 
 
 async def _user_state(
