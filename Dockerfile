@@ -38,15 +38,22 @@ RUN npm install --prefix /opt/sandbox-agent --omit=dev --no-audit --no-fund --ca
  && ln -s "$native" /usr/local/bin/sandbox-agent \
  && sandbox-agent --version
 
+# Dependencies first, each in a layer of its own that stays cached until its manifest changes: a
+# change to Foundry's sources rebuilds only the two short steps after `COPY . /src`.
+COPY pyproject.toml constraints.txt /src/
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+ && pip install -c /src/constraints.txt -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+COPY foundry/dashboard/package.json foundry/dashboard/package-lock.json /src/foundry/dashboard/
+RUN cd /src/foundry/dashboard && npm ci --no-audit --no-fund --cache /tmp/npm-cache && rm -rf /tmp/npm-cache
+
 COPY . /src
-# The browser dashboard: pinned npm packages from the lockfile, then the bundle into
-# foundry/dashboard/dist, which the wheel ships as package data (build tools are not kept).
-RUN cd /src/foundry/dashboard \
- && npm ci --no-audit --no-fund --cache /tmp/npm-cache \
- && npm run build \
- && rm -rf node_modules /tmp/npm-cache
-# Non-editable install, at the versions the test suite passed with (constraints.txt). The wheel
-# ships the role migrations (the top-level `migrations` package) and the dashboard's dist/.
+# The browser dashboard: the bundle into foundry/dashboard/dist, which the wheel ships as package
+# data (the build tools are not kept). Then Foundry itself, at the versions the test suite passed
+# with (constraints.txt): its dependencies are installed already. The wheel ships the role
+# migrations (the top-level `migrations` package) and the dashboard's dist/.
+RUN cd /src/foundry/dashboard && npm run build && rm -rf node_modules
 RUN pip install -c /src/constraints.txt /src \
  && rm -rf /src \
  && foundry --version
