@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from common import wait_until  # noqa: E402 - after the path is set
+
 ORG = "bench-billing"
 
 
@@ -135,16 +137,6 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ server
 
 
-async def _wait(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-
-
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     import uvicorn
 
@@ -193,7 +185,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
         )
         server_task = asyncio.create_task(uv.serve())
-        await _wait(lambda: asyncio.sleep(0, uv.started), 30, "uvicorn")
+        await wait_until(lambda: asyncio.sleep(0, uv.started), 30, "uvicorn")
         # ---- upgrade through Checkout (the hosted page's effect, then Stripe's redirect back)
         admin = "gh-9000"
         started = await runtime.call(
@@ -254,7 +246,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             return {"stats": stats, "billing": billing} if ok else None
 
         try:
-            final = await _wait(drained, 300, "every event recorded and every seat synced")
+            final = await wait_until(drained, 300, "every event recorded and every seat synced")
         except TimeoutError:
             final = {
                 "stats": await runtime.call("organization", ORG, "stripe_event_stats"),

@@ -40,6 +40,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import wait_until  # noqa: E402 - after the path is set
 
 ORG = "bench-org"
 INSTALLATION = 5001
@@ -218,16 +221,6 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ the bench
 
 
-async def _wait(probe: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await probe()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-
-
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     import uvicorn
 
@@ -289,7 +282,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             wait=True,
             timeout=60,
         )
-        await _wait(lambda: synced(1), 600, "the full sync")
+        await wait_until(lambda: synced(1), 600, "the full sync")
         result["full_sync_s"] = round(time.perf_counter() - started, 2)
         snapshot = await runtime.call("organization", ORG, "get")
         result["synced_repos"] = len(snapshot["repos"])
@@ -310,7 +303,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(1.0)  # the stream attaches
         started = time.perf_counter()
         await runtime.actor("github-data", ORG).send("sync", {"reason": "bench"}, wait=True)
-        await _wait(lambda: synced(2), 600, "the resync")
+        await wait_until(lambda: synced(2), 600, "the resync")
         result["resync_s"] = round(time.perf_counter() - started, 2)
         await asyncio.sleep(0.5)
         watcher.cancel()
@@ -327,7 +320,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
         )
         server_task = asyncio.create_task(uv.serve())
-        await _wait(lambda: asyncio.sleep(0, uv.started), 30, "uvicorn")
+        await wait_until(lambda: asyncio.sleep(0, uv.started), 30, "uvicorn")
         layout = data_dir / "layout.json"
         layout.write_text(json.dumps({"repos": repos, "prsPerRepo": prs_per_repo}))
         secret = settings.github.webhook_secret.get_secret_value()
@@ -368,7 +361,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
         drain_started = time.perf_counter()
         try:
-            final = await _wait(drained, 300, "every delivery processed")
+            final = await wait_until(drained, 300, "every delivery processed")
         except TimeoutError:
             final = await runtime.call("github-data", ORG, "status")
         result.update(

@@ -34,16 +34,7 @@ from acp.schema import (
     PromptResponse,
 )
 
-
-def _text(blocks: list[Any]) -> str:
-    parts = []
-    for block in blocks:
-        text = getattr(block, "text", None)
-        if text is None and isinstance(block, dict):
-            text = block.get("text")
-        if isinstance(text, str):
-            parts.append(text)
-    return " ".join(parts)
+from foundry.demo_agent.agent import prompt_text
 
 
 class ScriptedAgent:
@@ -70,7 +61,7 @@ class ScriptedAgent:
         return NewSessionResponse(session_id=f"scripted-{uuid.uuid4().hex[:12]}")
 
     async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> PromptResponse:
-        turn = asyncio.create_task(self._run(session_id, _text(prompt).split()))
+        turn = asyncio.create_task(self._run(session_id, prompt_text(prompt).split()))
         self._running[session_id] = turn
         try:
             return await turn
