@@ -161,6 +161,11 @@ async def record_agent_session(
     agent: AgentSession,
     events: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> None:
+    # A turn that runs meanwhile owns the session's status (it ends it as idle, error or cancelled):
+    # reporting "idle" under it would show a working session as idle with nothing queued.
+    running = (
+        await conn.execute(sa.select(sessions.c.status).where(sessions.c.session_id == session_id))
+    ).scalar() == "running"
     await conn.execute(
         sessions.update()
         .where(sessions.c.session_id == session_id)
@@ -170,12 +175,12 @@ async def record_agent_session(
             acp_generation=agent.acp_generation,
             acp_sandbox_generation=agent.sandbox_generation,
             last_event_id=agent.last_event_id,
-            status="idle",
-            error=None,
+            **({} if running else {"status": "idle", "error": None}),
             updated_at=ctx.now_ms(),
         )
     )
-    await append_events(ctx, conn, session_id, [*(events or []), ("sessionStatus", {"status": "idle"})])
+    status_event = [] if running else [("sessionStatus", {"status": "idle"})]
+    await append_events(ctx, conn, session_id, [*(events or []), *status_event])
     await refresh(ctx, conn)
 
 
