@@ -1,0 +1,90 @@
+"""An organization's agent credentials reach the agents of its own tasks' sandboxes, and only
+those; their values never appear in a log line."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+
+import pytest
+
+from foundry.logging import REDACTED, TextFormatter
+from tests.agent_credentials.conftest import (
+    DEPLOYMENT_ANTHROPIC_KEY,
+    DEPLOYMENT_OPENAI_KEY,
+    credential_url,
+    wait_output,
+)
+from tests.tasks.conftest import ACME_ROCKET, TaskServer, create_task
+
+ACME_KEY = "sk-ant-acme-only-4f9c2e7d1b-tail"
+GLOBEX_OPENAI_KEY = "sk-openai-globex-only-83d1a6c0"
+# The agent reports digests, not the values: a transcript that quoted them would put them in the
+# test's own DEBUG log lines (SQLite parameters), which must show no value at all.
+PRINT_KEYS = "for v in ANTHROPIC_API_KEY OPENAI_API_KEY; do printenv $v | sha256sum; done"
+GLOBEX_HAMMOCK = "920001"
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode() + b"\n").hexdigest()
+
+
+def digests(output: str) -> list[str]:
+    """The ``sha256sum`` lines of the shell agent's answer."""
+    return [line.split()[0] for line in output.splitlines() if line.endswith("  -")]
+
+
+async def test_each_organization_s_agents_get_its_own_credentials_and_no_log_shows_them(
+    shell_server: TaskServer, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG)
+    async with shell_server.signed_in("carol") as carol, shell_server.signed_in("dave") as dave:
+        set_acme = await carol.put(credential_url("acme", "ANTHROPIC_API_KEY"), json={"value": ACME_KEY})
+        assert set_acme.status_code == 204, set_acme.text
+        set_globex = await dave.put(
+            credential_url("globex", "OPENAI_API_KEY"), json={"value": GLOBEX_OPENAI_KEY}
+        )
+        assert set_globex.status_code == 204, set_globex.text
+
+        acme_task, globex_task = await asyncio.gather(
+            create_task(carol, repoId=ACME_ROCKET, prompt=PRINT_KEYS),
+            create_task(dave, "globex", repoId=GLOBEX_HAMMOCK, prompt=PRINT_KEYS),
+        )
+        acme_out, globex_out = await asyncio.gather(
+            wait_output(carol, "acme", acme_task["taskId"], acme_task["sessionId"]),
+            wait_output(dave, "globex", globex_task["taskId"], globex_task["sessionId"]),
+        )
+    # acme's value replaces the deployment-wide one; what acme did not set stays the deployment's.
+    assert digests(acme_out) == [digest(ACME_KEY), digest(DEPLOYMENT_OPENAI_KEY)], acme_out
+    # globex never gets acme's key, and gets its own.
+    assert digests(globex_out) == [digest(DEPLOYMENT_ANTHROPIC_KEY), digest(GLOBEX_OPENAI_KEY)], globex_out
+
+    # No log line of the whole flow (API, organization, sandbox start, task) holds either value.
+    records = caplog.records
+    assert any("sandbox running" in r.getMessage() for r in records)
+    for secret in (ACME_KEY, GLOBEX_OPENAI_KEY):
+        assert secret not in caplog.text
+        assert not [r for r in records if secret in str(r.args) or secret in str(r.msg)]
+
+    # And a line that does quote one (a careless debug line, an error echoing a driver's
+    # environment) comes out of Foundry's formatter redacted: setting and decrypting the values
+    # registered them with this process's redaction.
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(TextFormatter([]))
+    logger = logging.getLogger("tests.agent_credentials.careless")
+    logger.addHandler(handler)
+    try:
+        logger.warning("starting with env=%s", {"ANTHROPIC_API_KEY": ACME_KEY, "OPENAI": GLOBEX_OPENAI_KEY})
+        try:
+            raise RuntimeError(f"driver said: bad key {ACME_KEY}")
+        except RuntimeError:
+            logger.exception("start failed")
+    finally:
+        logger.removeHandler(handler)
+    written = out.getvalue()
+    assert ACME_KEY not in written
+    assert GLOBEX_OPENAI_KEY not in written
+    assert written.count(REDACTED) == 3, written
