@@ -41,9 +41,9 @@ async def shell_server(tmp_path: Path) -> AsyncIterator[TaskServer]:
         "ANTHROPIC_API_KEY": DEPLOYMENT_ANTHROPIC_KEY,
         "OPENAI_API_KEY": DEPLOYMENT_OPENAI_KEY,
     }
-    async with running_server(tmp_path, agent_commands={"mock": SHELL_AGENT}, agent_env=env) as server:
-        add_globex_admin(server.github)
-        yield server
+    async with running_server(tmp_path, agent_commands={"mock": SHELL_AGENT}, agent_env=env) as started:
+        add_globex_admin(started.github)
+        yield started
 
 
 async def agent_output(client: httpx.AsyncClient, org: str, task_id: str, session_id: str) -> str:
