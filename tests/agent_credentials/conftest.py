@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ def credential_url(org: str, name: str = "") -> str:
     return f"/v1/organizations/{org}/agent-credentials" + (f"/{name}" if name else "")
 
 
-@pytest.fixture
-async def shell_server(tmp_path: Path) -> AsyncIterator[TaskServer]:
+@asynccontextmanager
+async def shell_server_at(tmp_path: Path, **sandbox: Any) -> AsyncIterator[TaskServer]:
     """Sandboxes whose ``mock`` agent runs each prompt as a shell command, with deployment-wide
     provider keys in ``agent_env``."""
     env = {
@@ -41,8 +42,16 @@ async def shell_server(tmp_path: Path) -> AsyncIterator[TaskServer]:
         "ANTHROPIC_API_KEY": DEPLOYMENT_ANTHROPIC_KEY,
         "OPENAI_API_KEY": DEPLOYMENT_OPENAI_KEY,
     }
-    async with running_server(tmp_path, agent_commands={"mock": SHELL_AGENT}, agent_env=env) as started:
+    async with running_server(
+        tmp_path, agent_commands={"mock": SHELL_AGENT}, agent_env=env, **sandbox
+    ) as started:
         add_globex_admin(started.github)
+        yield started
+
+
+@pytest.fixture
+async def shell_server(tmp_path: Path) -> AsyncIterator[TaskServer]:
+    async with shell_server_at(tmp_path) as started:
         yield started
 
 
@@ -65,12 +74,13 @@ async def agent_output(client: httpx.AsyncClient, org: str, task_id: str, sessio
 
 
 async def wait_output(
-    client: httpx.AsyncClient, org: str, task_id: str, session_id: str, timeout: float = 60
+    client: httpx.AsyncClient, org: str, task_id: str, session_id: str, turns: int = 1, timeout: float = 60
 ) -> str:
-    """The agent's output once its first turn ended (``[exit N]`` is the shell agent's last line)."""
+    """The agent's output once ``turns`` turns ended (``[exit N]`` ends each of the shell agent's
+    answers)."""
     for _ in range(int(timeout / 0.1)):
         text = await agent_output(client, org, task_id, session_id)
-        if "[exit " in text:
+        if text.count("[exit ") >= turns:
             return text
         await asyncio.sleep(0.1)
     raise AssertionError(f"the agent never answered in {org}/{task_id}")

@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import io
 import logging
+import re
+from pathlib import Path
 
 import pytest
 
@@ -15,12 +17,15 @@ from tests.agent_credentials.conftest import (
     DEPLOYMENT_ANTHROPIC_KEY,
     DEPLOYMENT_OPENAI_KEY,
     credential_url,
+    shell_server_at,
     wait_output,
 )
 from tests.tasks.conftest import ACME_ROCKET, TaskServer, create_task
 
 ACME_KEY = "sk-ant-acme-only-4f9c2e7d1b-tail"
 GLOBEX_OPENAI_KEY = "sk-openai-globex-only-83d1a6c0"
+ROTATED_KEY = "sk-ant-acme-rotated-5e0b7a2c9d"
+ACME_OPENAI_KEY = "sk-openai-acme-2b8e4f1a77"
 # The agent reports digests, not the values: a transcript that quoted them would put them in the
 # test's own DEBUG log lines (SQLite parameters), which must show no value at all.
 PRINT_KEYS = "for v in ANTHROPIC_API_KEY OPENAI_API_KEY; do printenv $v | sha256sum; done"
@@ -33,7 +38,7 @@ def digest(value: str) -> str:
 
 def digests(output: str) -> list[str]:
     """The ``sha256sum`` lines of the shell agent's answer."""
-    return [line.split()[0] for line in output.splitlines() if line.endswith("  -")]
+    return re.findall(r"([0-9a-f]{64})  -", output)
 
 
 async def test_each_organization_s_agents_get_its_own_credentials_and_no_log_shows_them(
@@ -88,3 +93,40 @@ async def test_each_organization_s_agents_get_its_own_credentials_and_no_log_sho
     assert ACME_KEY not in written
     assert GLOBEX_OPENAI_KEY not in written
     assert written.count(REDACTED) == 3, written
+
+
+async def stopped(server: TaskServer, task_id: str) -> None:
+    """Wait until the task's sandbox was stopped for being idle."""
+    for _ in range(300):
+        if task_id not in server.provider.running_ids():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the sandbox of {task_id} never stopped")
+
+
+async def test_a_changed_key_reaches_sandboxes_started_afterwards(tmp_path: Path):
+    # Sandboxes stop after about 4 s without use.
+    async with shell_server_at(tmp_path, idle_minutes=0.06) as server, server.signed_in("carol") as carol:
+        anthropic = credential_url("acme", "ANTHROPIC_API_KEY")
+        openai = credential_url("acme", "OPENAI_API_KEY")
+        assert (await carol.put(anthropic, json={"value": ACME_KEY})).status_code == 204
+        assert (await carol.put(openai, json={"value": ACME_OPENAI_KEY})).status_code == 204
+        created = await create_task(carol, repoId=ACME_ROCKET, prompt=PRINT_KEYS)
+        task_id, session_id = created["taskId"], created["sessionId"]
+        messages = f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/messages"
+        first = await wait_output(carol, "acme", task_id, session_id)
+        assert digests(first) == [digest(ACME_KEY), digest(ACME_OPENAI_KEY)], first
+
+        # One key rotated, the other removed: the running sandbox keeps the environment it started with.
+        assert (await carol.put(anthropic, json={"value": ROTATED_KEY})).status_code == 204
+        assert (await carol.delete(openai)).status_code == 204
+        assert (await carol.post(messages, json={"text": PRINT_KEYS})).status_code == 202
+        second = await wait_output(carol, "acme", task_id, session_id, turns=2)
+        assert digests(second)[2:] == [digest(ACME_KEY), digest(ACME_OPENAI_KEY)], second
+
+        # Once idle it stops; the next message starts it again with the rotated key, and the removed
+        # one falls back to the deployment's value.
+        await stopped(server, task_id)
+        assert (await carol.post(messages, json={"text": PRINT_KEYS})).status_code == 202
+        third = await wait_output(carol, "acme", task_id, session_id, turns=3)
+        assert digests(third)[4:] == [digest(ROTATED_KEY), digest(DEPLOYMENT_OPENAI_KEY)], third
