@@ -29,6 +29,16 @@ def add_globex_admin(github: FakeGitHub) -> None:
     github.add_member("globex", "dave", "admin")
 
 
+def files_containing(root: Path, needle: str) -> list[str]:
+    """Files under ``root`` whose raw bytes contain ``needle`` (SQLite files and their WALs too)."""
+    found = []
+    for path in root.rglob("*"):
+        # Sockets and pipes of a running sandbox are not files to read.
+        if path.is_file() and not path.is_symlink() and needle.encode() in path.read_bytes():
+            found.append(str(path))
+    return found
+
+
 def credential_url(org: str, name: str = "") -> str:
     return f"/v1/organizations/{org}/agent-credentials" + (f"/{name}" if name else "")
 

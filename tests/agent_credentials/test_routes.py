@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from actors.organization.agent_credentials import ALLOWED_NAMES
-from tests.agent_credentials.conftest import add_globex_admin, credential_url
+from tests.agent_credentials.conftest import add_globex_admin, credential_url, files_containing
 from tests.http.conftest import Server
 
 ACME_KEY = "sk-ant-acme-0123456789-secret-tail-WXYZ"
@@ -26,14 +26,6 @@ async def _audit(client: httpx.AsyncClient, kind: str, count: int) -> list[dict[
             return events
         await asyncio.sleep(0.02)
     raise AssertionError(f"{count} {kind} audit events expected, got {events}")
-
-
-def _files_containing(server: Server, needle: str) -> list[str]:
-    return [
-        str(path)
-        for path in server.settings.data_dir.rglob("*")
-        if path.is_file() and needle.encode() in path.read_bytes()
-    ]
 
 
 async def test_an_admin_sets_lists_replaces_and_removes_a_credential_without_seeing_it(server: Server):
@@ -62,8 +54,8 @@ async def test_an_admin_sets_lists_replaces_and_removes_a_credential_without_see
 
         # Nothing on disk holds the value in plaintext: not the organization's SQLite file (nor its
         # WAL), not the audit log's, not any other file of the data directory.
-        assert _files_containing(server, ACME_KEY) == []
-        assert _files_containing(server, "x" * 40) == []
+        assert files_containing(server.settings.data_dir, ACME_KEY) == []
+        assert files_containing(server.settings.data_dir, "x" * 40) == []
 
         removed = await carol.delete(credential_url("acme", "ANTHROPIC_API_KEY"))
         assert removed.status_code == 204, removed.text

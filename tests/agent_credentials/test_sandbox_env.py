@@ -17,6 +17,7 @@ from tests.agent_credentials.conftest import (
     DEPLOYMENT_ANTHROPIC_KEY,
     DEPLOYMENT_OPENAI_KEY,
     credential_url,
+    files_containing,
     shell_server_at,
     wait_output,
 )
@@ -65,6 +66,10 @@ async def test_each_organization_s_agents_get_its_own_credentials_and_no_log_sho
     assert digests(acme_out) == [digest(ACME_KEY), digest(DEPLOYMENT_OPENAI_KEY)], acme_out
     # globex never gets acme's key, and gets its own.
     assert digests(globex_out) == [digest(DEPLOYMENT_ANTHROPIC_KEY), digest(GLOBEX_OPENAI_KEY)], globex_out
+
+    # Nothing the flow wrote holds a value: databases, sandbox records and logs, checkouts.
+    for secret in (ACME_KEY, GLOBEX_OPENAI_KEY):
+        assert files_containing(shell_server.settings.data_dir, secret) == []
 
     # No log line of the whole flow (API, organization, sandbox start, task) holds either value.
     records = caplog.records
