@@ -4,9 +4,11 @@ never returned and never stored in plaintext, audited by name."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
+import pytest
 
 from actors.organization.agent_credentials import ALLOWED_NAMES
 from tests.agent_credentials.conftest import add_globex_admin, credential_url, files_containing
@@ -167,3 +169,27 @@ async def test_bad_names_and_values_are_422_naming_the_field(server: Server):
         longest = await carol.put(credential_url("acme", "GEMINI_API_KEY"), json={"value": "k" * 4096})
         assert longest.status_code == 204
         assert [e["name"] for e in (await carol.get(credential_url("acme"))).json()] == ["GEMINI_API_KEY"]
+
+
+async def test_values_sealed_under_another_secret_are_left_out_with_a_warning(
+    server: Server, caplog: pytest.LogCaptureFixture
+):
+    async with server.signed_in("carol") as carol:
+        assert (
+            await carol.put(credential_url("acme", "ANTHROPIC_API_KEY"), json={"value": ACME_KEY})
+        ).status_code == 204
+        env = await server.runtime.call("organization", "acme", "agent_environment", {})
+        assert env == {"ANTHROPIC_API_KEY": ACME_KEY}
+        # The operator replaces the app secret (mock mode keeps it in the data directory).
+        (server.settings.data_dir / "secret_key").write_text("a-different-app-secret-" + "z" * 40)
+        with caplog.at_level(logging.WARNING):
+            env = await server.runtime.call("organization", "acme", "agent_environment", {})
+        assert env == {}
+        assert "ANTHROPIC_API_KEY of acme cannot be decrypted" in caplog.text
+        # The admin still sees it is set, and setting it again seals it under the new secret.
+        assert [e["name"] for e in (await carol.get(credential_url("acme"))).json()] == ["ANTHROPIC_API_KEY"]
+        assert (
+            await carol.put(credential_url("acme", "ANTHROPIC_API_KEY"), json={"value": ACME_KEY})
+        ).status_code == 204
+        env = await server.runtime.call("organization", "acme", "agent_environment", {})
+        assert env == {"ANTHROPIC_API_KEY": ACME_KEY}
