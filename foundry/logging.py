@@ -7,7 +7,8 @@ their stderr, which Ray forwards to the ``foundry serve`` output (without Ray's 
 names its process already), so the operator reads every process in one place.
 
 Secrets never reach the output: every configured secret value is replaced in the formatted line,
-exception text included (a driver error that quotes a key is still redacted).
+exception text included (a driver error that quotes a key is still redacted). Secrets that only exist
+at runtime (an organization's agent credentials) are added with `redact_value`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterable
 
@@ -24,6 +26,27 @@ from foundry import request_id
 REDACTED = "[redacted]"
 #: Shorter values are not secrets worth scanning for (and would redact common words).
 _MIN_SECRET_LEN = 8
+
+# Secrets learned at runtime, shared by every Foundry formatter of this process (those made later
+# too). Replaced as a whole under the lock, so a formatter reads one consistent tuple without it.
+_runtime_lock = threading.Lock()
+_runtime_secrets: tuple[str, ...] = ()
+
+
+def redact_value(value: str) -> None:
+    """Redact ``value`` from every line any Foundry log handler of this process formats from now on.
+
+    For secrets that are not in the settings (an organization's agent credentials). Values shorter
+    than 8 characters are ignored: redacting them would mangle ordinary words. Idempotent.
+    """
+    global _runtime_secrets
+    # The JSON format escapes quotes, backslashes and control characters: redact that spelling too.
+    forms = {value, json.dumps(value, ensure_ascii=False)[1:-1]}
+    if len(value) < _MIN_SECRET_LEN or forms.issubset(_runtime_secrets):
+        return
+    with _runtime_lock:
+        # Longest first, so a secret that contains another is replaced whole.
+        _runtime_secrets = tuple(sorted({*_runtime_secrets, *forms}, key=len, reverse=True))
 
 
 class _Context(logging.Filter):
@@ -45,7 +68,10 @@ class _Redacting(logging.Formatter):
         self.secrets = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True)
 
     def redact(self, line: str) -> str:
-        for secret in self.secrets:
+        runtime = _runtime_secrets
+        # Longest first across both lists, so a secret that contains another is replaced whole.
+        secrets = sorted((*runtime, *self.secrets), key=len, reverse=True) if runtime else self.secrets
+        for secret in secrets:
             if secret in line:
                 line = line.replace(secret, REDACTED)
         return line

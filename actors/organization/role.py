@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from actors.organization import (
     actions,
+    agent_credentials,
     billing,
     billing_events,
     billing_sync,
@@ -73,6 +74,27 @@ ROLE = Role(
         Handler("register_stripe_customer", billing.CustomerRef, billing.register_stripe_customer),
         Handler("stripe_customer_organization", billing.CustomerRef, billing.stripe_customer_organization),
         Handler("record_unrouted_stripe_event", billing.UnroutedEvent, billing.record_unrouted_event),
+        # Agent credentials (actors/organization/agent_credentials.py)
+        Handler(
+            "set_agent_credential",
+            agent_credentials.SetAgentCredential,
+            agent_credentials.set_agent_credential,
+        ),
+        Handler(
+            "remove_agent_credential",
+            agent_credentials.RemoveAgentCredential,
+            agent_credentials.remove_agent_credential,
+        ),
+        Handler(
+            "agent_credentials",
+            agent_credentials.AgentCredentialsRef,
+            agent_credentials.list_agent_credentials,
+        ),
+        Handler(
+            "agent_environment",
+            agent_credentials.AgentCredentialsRef,
+            agent_credentials.agent_environment,
+        ),
     ),
     on_wake=billing_sync.resume_seat_sync,
 )

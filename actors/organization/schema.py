@@ -225,3 +225,20 @@ stripe_unrouted_events = sa.Table(
     sa.Column("customer_id", sa.String, nullable=True),
     sa.Column("received_at", sa.Integer, nullable=False),
 )
+
+# ---- agent credentials (actors/organization/agent_credentials.py) ------------------------------
+
+agent_credentials = sa.Table(
+    "agent_credentials",
+    metadata,
+    # Provider API keys this organization's agents get in their sandbox's environment. The value is
+    # stored only as a Fernet token under a key derived from the app secret; the plaintext and the
+    # ciphertext never leave the organization's host except to start one of its sandboxes.
+    sa.Column("name", sa.String, primary_key=True),  # an allowed variable name, e.g. ANTHROPIC_API_KEY
+    sa.Column("ciphertext", sa.Text, nullable=False),
+    # The value's last 4 characters, so an admin can tell keys apart (None for short values).
+    sa.Column("last4", sa.String, nullable=True),
+    sa.Column("set_at", sa.Integer, nullable=False),  # ms
+    sa.Column("set_by_user_id", sa.String, nullable=False),
+    sa.Column("set_by_login", sa.String, nullable=True),
+)

@@ -23,6 +23,7 @@ from actors.sandbox.supervision import exit_router, reap_orphan
 from foundry.drivers.sandbox import SandboxEndpoint, SandboxError, SandboxState
 from foundry.drivers.sandbox.binary import find_binary
 from foundry.errors import Conflict
+from foundry.logging import redact_value
 from foundry.runtime.context import InstanceContext
 
 log = logging.getLogger(__name__)
@@ -164,10 +165,30 @@ def _hold(admission: Admission, sandbox_id: str, cmd: Ensure) -> None:
     admission.lease(sandbox_id, cmd.lease or "use", cmd.lease_seconds)
 
 
+async def _agent_env(ctx: InstanceContext) -> dict[str, str]:
+    """The new server's extra environment: the deployment's ``agent_env``, then the organization's
+    agent credentials (decrypted by the organization), which win for the same name.
+
+    Fetched for this start only and handed straight to the provider: never stored, published or
+    logged. A running server keeps the environment it started with.
+    """
+    env = dict(ctx.services.settings.sandbox.agent_env)
+    organization_id = ctx.key.split(":", 1)[0]
+    credentials: dict[str, str] = await ctx.actor("organization", organization_id).call(
+        "agent_environment", {}
+    )
+    for value in credentials.values():
+        # This host process holds the values now: its log lines must not show them either.
+        redact_value(value)
+    env.update(credentials)
+    return env
+
+
 async def _start(
     ctx: InstanceContext, provider: Any, sandbox_id: str, row: sa.Row[Any] | None, cmd: Ensure
 ) -> dict[str, Any]:
     admission = admission_for(provider, ctx.self_ref.runtime, ctx.services.settings)
+    env = await _agent_env(ctx)
     await _reap_previous(provider, sandbox_id, row)
     await _record(ctx, state="pending")
     try:
@@ -175,9 +196,7 @@ async def _start(
         if configured:
             # The provider would only report "no such file"; this names the fix (settings, bootstrap).
             await asyncio.to_thread(find_binary, configured)
-        endpoint = await provider.create(
-            sandbox_id, env=dict(ctx.services.settings.sandbox.agent_env), owner=ctx.key
-        )
+        endpoint = await provider.create(sandbox_id, env=env, owner=ctx.key)
     except SandboxError as exc:
         log.warning("sandbox start failed key=%s: %s", ctx.key, exc.detail)
         await _record(ctx, state="error", error=exc.detail)

@@ -15,7 +15,15 @@ ORG_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v1/organizations/{org}/members", None),
     ("GET", "/v1/organizations/{org}/audit-log", None),
     ("GET", "/v1/organizations/{org}/tasks", None),
+    ("GET", "/v1/organizations/{org}/agent-credentials", None),
+    ("PUT", "/v1/organizations/{org}/agent-credentials/OPENAI_API_KEY", {"value": "sk-test-0123456789"}),
+    ("DELETE", "/v1/organizations/{org}/agent-credentials/OPENAI_API_KEY", None),
 ]
+#: Routes for admins only: a member who is not one gets 403.
+ADMIN_ONLY = {("PATCH", "/v1/organizations/{org}/settings")} | {
+    (m, t) for m, t, _ in ORG_ROUTES if "/agent-credentials" in t
+}
+OK = {"PUT": 204, "DELETE": 204}
 
 
 async def _status(server: Server, login: str | None, method: str, path: str, body: Any) -> int:
@@ -39,9 +47,15 @@ async def test_members_of_one_organization_never_reach_another(
             response = await client.request(method, template.format(org=org), json=body)
             assert response.status_code == 404, (org, response.text)
             assert response.json() == {"error": "not_found", "detail": f"organization {org!r} not found"}
+        if template.endswith("/agent-credentials/OPENAI_API_KEY"):
+            # Something to remove, so that carol's DELETE succeeds.
+            put = await carol.put(template.format(org="acme"), json={"value": "sk-test-0123456789"})
+            assert put.status_code == 204, put.text
         for org in ("acme", "globex"):
             response = await carol.request(method, template.format(org=org), json=body)
-            expected = 403 if (method == "PATCH" and org == "globex") else 200  # carol is admin of acme only
+            # carol is admin of acme only.
+            admin_only = (method, template) in ADMIN_ONLY and org == "globex"
+            expected = 403 if admin_only else OK.get(method, 200)
             assert response.status_code == expected, (org, response.text)
         # A made-up organization looks exactly like one you are not in.
         missing = await carol.request(method, template.format(org="initech"), json=body)

@@ -40,6 +40,9 @@ ROUTES: list[tuple[str, str, bool]] = [
     ("GET", "/v1/organizations/{org}/members", False),
     ("GET", "/v1/organizations/{org}/audit-log", False),
     ("POST", "/v1/organizations/{org}/sync", False),
+    ("GET", "/v1/organizations/{org}/agent-credentials", False),
+    ("PUT", "/v1/organizations/{org}/agent-credentials/{name}", True),
+    ("DELETE", "/v1/organizations/{org}/agent-credentials/{name}", False),
     ("POST", "/v1/webhooks/github", True),
     ("POST", "/v1/organizations/{org}/tasks", True),
     ("GET", "/v1/organizations/{org}/tasks", False),
@@ -143,6 +146,7 @@ async def test_hostile_values_on_every_route_are_4xx_and_the_connection_survives
             "sessionId": created["sessionId"],
             "requestId": "perm-1",
             "login": "alice",
+            "name": "ANTHROPIC_API_KEY",
         }
         # The first session exists once the task is initialized.
         for _ in range(500):

@@ -1,14 +1,17 @@
-"""Organization snapshot, settings, members and audit log; every route checks membership."""
+"""Organization snapshot, settings, members, audit log and agent credentials; every route checks
+membership."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.organization.agent_credentials import MAX_VALUE_CHARS, check_name, check_value
 from foundry.http.deps import Admin, Member, RuntimeDep, SameSiteWrite
 from foundry.http.strict_body import StrictJsonRoute
+from foundry.logging import redact_value
 from foundry.strict_json import MAX_INT
 
 router = APIRouter(prefix="/v1/organizations/{org}", tags=["organizations"], route_class=StrictJsonRoute)
@@ -66,3 +69,65 @@ async def get_audit_log(
         "audit-log", member.organization_id, "list", {k: v for k, v in filters.items() if v is not None}
     )
     return result
+
+
+# ---- agent credentials: provider API keys for this organization's agents (admins) -------------
+
+CredentialName = Annotated[str, Path(min_length=1, max_length=100)]
+
+
+class CredentialBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: str = Field(
+        min_length=1,
+        max_length=MAX_VALUE_CHARS,
+        description="the secret; never returned, never logged; no newlines or NUL characters",
+    )
+
+
+@router.get("/agent-credentials", summary="Agent credentials set (admins; never the values)")
+async def list_agent_credentials(admin: Admin, runtime: RuntimeDep) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = await runtime.call(
+        "organization", admin.organization_id, "agent_credentials"
+    )
+    return result
+
+
+@router.put(
+    "/agent-credentials/{name}",
+    summary="Set an agent credential (admins)",
+    status_code=204,
+    dependencies=[SameSiteWrite],
+)
+async def set_agent_credential(
+    name: CredentialName, body: CredentialBody, admin: Admin, runtime: RuntimeDep
+) -> Response:
+    """Reaches the agents of sandboxes started afterwards; a running sandbox keeps its environment."""
+    # This process saw the value: its log lines must never show it either.
+    redact_value(body.value)
+    check_name(name)
+    check_value(body.value)
+    await runtime.call(
+        "organization",
+        admin.organization_id,
+        "set_agent_credential",
+        {"name": name, "value": body.value, "actorUserId": admin.caller.user_id},
+    )
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/agent-credentials/{name}",
+    summary="Remove an agent credential (admins)",
+    status_code=204,
+    dependencies=[SameSiteWrite],
+)
+async def remove_agent_credential(name: CredentialName, admin: Admin, runtime: RuntimeDep) -> Response:
+    check_name(name)
+    await runtime.call(
+        "organization",
+        admin.organization_id,
+        "remove_agent_credential",
+        {"name": name, "actorUserId": admin.caller.user_id},
+    )
+    return Response(status_code=204)
