@@ -26,11 +26,15 @@ from actors.organization.billing_state import (
     publish_billing,
     seat_count,
 )
-from actors.organization.schema import billing, billing_events, billing_invoices
+from actors.organization.schema import billing, billing_events, billing_invoices, billing_seat_changes
 from actors.organization.state import assert_real_organization
 from foundry.runtime.context import CommandContext, InstanceContext
 
 log = logging.getLogger(__name__)
+
+#: How long after a seat change a webhook about an earlier one may still arrive (Stripe retries
+#: deliveries for days, but a late one beyond minutes is about a change long superseded anyway).
+LATE_WEBHOOK_WINDOW_MS = 10 * 60 * 1000
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -148,7 +152,7 @@ async def apply_subscription(
         "price_id": (item.get("price") or {}).get("id")
         if isinstance(item.get("price"), dict)
         else row.price_id,
-        "paid_seats": int(item["quantity"]) if isinstance(item.get("quantity"), int) else row.paid_seats,
+        "paid_seats": await _paid_seats(conn, now, row, item),
         "current_period_end": _ms(item.get("current_period_end") or sub.get("current_period_end")),
         "trial_end": _ms(sub.get("trial_end")),
         "cancel_at": _ms(sub.get("cancel_at")) if status != "canceled" else None,
@@ -233,6 +237,37 @@ async def apply_invoice(
         )
     )
     return "applied" if done.rowcount else "stale"
+
+
+async def _paid_seats(conn: AsyncConnection, now_ms: int, row: Any, item: dict[str, Any]) -> int | None:
+    """The seat count to keep after a subscription event.
+
+    Stripe's event times are whole seconds, so the webhooks of two seat changes made in one second
+    can arrive in either order, and the first change's event can come last. An event whose quantity
+    is that of an earlier recent seat change of Foundry's, not of its latest confirmed one, is that
+    late event: the quantity Stripe confirmed to the latest change stands. Any other quantity (a
+    change made in Stripe's dashboard, say) is applied.
+    """
+    quantity = item.get("quantity")
+    if not isinstance(quantity, int):
+        return row.paid_seats  # type: ignore[no-any-return]
+    recent = (
+        (
+            await conn.execute(
+                sa.select(billing_seat_changes.c.seats_after)
+                .where(
+                    billing_seat_changes.c.status == "synced",
+                    billing_seat_changes.c.synced_at >= now_ms - LATE_WEBHOOK_WINDOW_MS,
+                )
+                .order_by(billing_seat_changes.c.id.desc())
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if recent and row.paid_seats == recent[0] and quantity != recent[0] and quantity in recent[1:]:
+        return row.paid_seats  # type: ignore[no-any-return]
+    return quantity
 
 
 async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str, Any]:

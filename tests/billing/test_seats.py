@@ -4,6 +4,8 @@ Stripe outages), and the plan's limits refusing new prompts with 402 bodies that
 from __future__ import annotations
 
 import asyncio
+import copy
+import time
 
 import httpx
 
@@ -205,3 +207,28 @@ async def test_a_seat_change_pending_across_a_restart_is_synced_after_it(
     finally:
         await restarted.close()
     assert [q for _, q, _ in stripe.quantity_updates] == [1]
+
+
+async def test_a_webhook_from_before_a_confirmed_seat_change_never_rolls_the_paid_seats_back(
+    billing_server: BillingServer,
+) -> None:
+    """Stripe's event times are whole seconds: the webhook of the first of two seat changes made in
+    one second can arrive last. The quantity Stripe confirmed for Foundry's own later change stands."""
+    stripe = billing_server.stripe
+    async with billing_server.signed_in("carol") as carol, billing_server.signed_in("alice") as alice:
+        await upgrade_to_team(billing_server, carol)
+        stripe.auto_deliver = False  # from here the test delivers the events, in the worst order
+        assert (await _prompt(alice)).status_code == 201
+        await eventually(lambda: _synced(billing_server), what="the first seat change synced")
+        assert (await _prompt(carol)).status_code == 201
+        await eventually(lambda: _synced(billing_server), what="the second seat change synced")
+    assert (await billing_server.billing())["seats"]["paid"] == 2
+    sub = copy.deepcopy(next(iter(stripe.subscriptions.values())))
+    one = copy.deepcopy(sub)
+    one["items"]["data"][0]["quantity"] = 1
+    # Created in the same second as the second change, and delivered after it.
+    now = int(time.time())
+    assert (
+        await billing_server.post_event(stripe.event("customer.subscription.updated", one, now))
+    ).status_code == 200
+    assert (await billing_server.billing())["seats"]["paid"] == 2
