@@ -127,3 +127,12 @@ def _end_session_leftovers(sid: int) -> None:
         time.sleep(0.1)
     log.warning("killing %d processes of the server's session that outlived SIGTERM: %s", len(left), left)
     _signal_all(left, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: on a loaded machine a killed process can still be running
+    # for a moment. Return only once they are gone, so that whoever restarts the server next never
+    # finds the old one's processes still holding ports and files.
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = session_members(sid)
+    if left:
+        log.error("processes of the server's session survived SIGKILL: %s", left)
