@@ -597,7 +597,16 @@ class RealtimeGateway:
 
     async def _run_pump(self, pump: _Pump) -> None:
         delay = self._backoff[0]
+        first = True
         while not pump.stopped:
+            if not first:
+                # After a break the host is usually restarting: subscribe once it answers again, so
+                # the stream (and the snapshots read right after it) meet the new incarnation.
+                try:
+                    await self._runtime.wait_host(pump.role, pump.shard)
+                except ActorUnavailable as exc:
+                    log.warning("realtime: host of %s still unreachable (%s)", pump.name, exc)
+            first = False
             stream = self._runtime.subscribe(pump.role, pump.shard)
             pump.streams_opened += 1
             self._counters["streams_opened"] += 1

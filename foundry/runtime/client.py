@@ -103,6 +103,10 @@ class Runtime(abc.ABC):
     def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:
         """The ordered event stream of one host (role, shard)."""
 
+    async def wait_host(self, role: str, shard: int) -> None:  # noqa: B027 - optional hook
+        """Return once host (role, shard) answers calls (a restarted one is back); in-process hosts
+        always do."""
+
     @abc.abstractmethod
     async def awake(self) -> dict[str, list[str]]:
         """Awake instance keys by host name."""

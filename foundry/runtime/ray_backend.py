@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 
 #: How long a caller keeps retrying a host that is restarting (a kill -9 restart takes 1-2 s here).
 RETRY_WINDOW_S = 30.0
+#: How many restarts of its host process one call rides out inside Ray before failing to this
+#: module's own retry (which also renews the handle). Either way a call may run twice when its
+#: process dies after running it: commands carry ids that the mailbox deduplicates, and actions are
+#: reads or idempotent writes.
+CALL_RESTART_RETRIES = 3
 #: How long a clean stop waits for each host to close (the sandbox host stops its processes).
 HOST_SHUTDOWN_S = 30.0
 
@@ -208,7 +213,12 @@ class RayRuntime(Runtime):
                 with attempt:
                     handle = self._process_handle(process, refresh=refresh)
                     try:
-                        return await getattr(handle, method).remote(*args)
+                        # Ray itself resubmits the call to a restarted incarnation as soon as it is
+                        # up (its control store says so at once). Failing the call instead and
+                        # retrying it here costs up to two seconds more per restart: a call to a
+                        # restarting actor only fails after Ray's wait for the death information.
+                        call = getattr(handle, method).options(max_task_retries=CALL_RESTART_RETRIES)
+                        return await call.remote(*args)
                     except ActorDiedError:
                         refresh = True  # a new incarnation needs a new handle
                         raise
@@ -262,6 +272,11 @@ class RayRuntime(Runtime):
         for process in hosts_by_process(self.settings):
             out.update(await self._retry(process, process_name(process), "awake_all"))
         return out
+
+    async def wait_host(self, role: str, shard: int) -> None:
+        # A call rides a restart out inside Ray and returns as soon as the process is back (see
+        # `_retry`); a stream requested meanwhile would only fail about two seconds later.
+        await self._with_retry(role, shard, "info")
 
     async def host_info(self, role: str, shard: int = 0) -> dict[str, Any]:
         return await self._with_retry(role, shard, "info")  # type: ignore[no-any-return]
