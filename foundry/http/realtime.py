@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse
@@ -14,7 +13,7 @@ from foundry import __version__
 from foundry.auth.cookies import SessionCookies
 from foundry.config import Settings
 from foundry.errors import Conflict, InvalidInput, Unauthorized
-from foundry.http.deps import authenticate
+from foundry.http.deps import authenticate, origin_of
 from foundry.ids import APP_SHELL_ID
 from foundry.realtime.asyncapi import build_asyncapi
 from foundry.realtime.asyncapi_page import render_page
@@ -48,11 +47,10 @@ class RealtimeAccess:
         """
         origin = websocket.headers.get("origin")
         if origin is not None:
-            parts = urlsplit(origin)
             own = f"{websocket.url.scheme.replace('ws', 'http')}://{websocket.url.netloc}"
             allowed = {self.settings.base_url.rstrip("/"), own, *self.settings.auth.extra_origins}
-            if f"{parts.scheme}://{parts.netloc}" not in allowed:
-                log.warning("realtime: refused a cross-site handshake from %s", origin)
+            if origin_of(origin) not in allowed:
+                log.warning("realtime: refused a cross-site handshake from %r", origin[:200])
                 return None
         try:
             caller = await authenticate(self.runtime, self.cookies, websocket)

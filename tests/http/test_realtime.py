@@ -143,3 +143,20 @@ async def test_a_real_session_speaks_the_documented_protocol(server: Server) -> 
             assert await frame(ws) == {"op": "unsubscribed", "topic": "organization:acme"}
             await ws.send(json.dumps({"op": "ping"}))
             assert await frame(ws) == {"op": "pong"}
+
+
+@pytest.mark.parametrize("origin", ["http://[", "https://[::1", "http://foundry.example]"])
+async def test_an_unparsable_origin_is_refused_like_a_foreign_one(
+    server: Server, origin: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a 1011 with a traceback in the log: the header comes from the client."""
+    async with server.signed_in("alice") as alice:
+        cookie = alice.cookies["foundry_session"]
+    async with socket(server, cookie, origin=origin) as ws:
+        refused = await frame(ws)
+        assert refused["error"] == "unauthorized"
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await frame(ws)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 4401
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
