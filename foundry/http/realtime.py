@@ -112,7 +112,7 @@ def mount_realtime(app: FastAPI, settings: Settings) -> None:
     # Public like /openapi.json: it describes the protocol, not anyone's data.
     app.description = f"{app.description}\n\n{DOCS_LINK}".strip()
 
-    @app.get(ASYNCAPI_URL, tags=["realtime"])
+    @app.get(ASYNCAPI_URL, tags=["realtime"], summary="The realtime websocket protocol (AsyncAPI 3.0)")
     async def asyncapi() -> dict[str, Any]:
         """The AsyncAPI 3.0 document of ``WS /v1/realtime``: every frame, both ways, with its schema."""
         return document

@@ -122,7 +122,9 @@ async def test_cross_site_writes_are_refused(server: Server) -> None:
 
 
 @pytest.mark.parametrize("origin", ["http://[", "https://[::1", "http://foundry.example]"])
-async def test_a_write_with_an_unparsable_origin_is_refused_as_cross_site(server: Server, origin: str) -> None:
+async def test_a_write_with_an_unparsable_origin_is_refused_as_cross_site(
+    server: Server, origin: str
+) -> None:
     async with server.signed_in("carol") as carol:
         answer = await carol.patch(
             "/v1/organizations/acme/settings", json={"displayName": "Pwned"}, headers={"Origin": origin}
