@@ -26,20 +26,18 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 from pydantic.json_schema import SkipJsonSchema
 
 from foundry import strict_json
-from foundry.realtime.topics import MAX_TOPIC_LENGTH
+from foundry.realtime.topics import MAX_TOPIC_LENGTH, TOPIC_PATTERN
 
 #: Client frames are tiny; anything longer is refused before parsing.
 MAX_CLIENT_FRAME_CHARS = 16 * 1024
-#: What a topic looks like (documentation only: `TopicRegistry.resolve` checks topics and says
-#: precisely what is wrong, which a regular expression failure would not).
-TOPIC_PATTERN = r"^[a-z][a-z0-9-]{0,31}(:[A-Za-z0-9][A-Za-z0-9._@+=-]{0,127})+$"
 TOPIC_DESCRIPTION = (
     "`<kind>:<id>[:<id>...]`: `app:<userId>`, `organization:<orgId>`, `task:<orgId>:<taskId>`, "
     "`session:<orgId>:<taskId>:<sessionId>`."
 )
 
-#: Error codes the gateway itself sends (`ErrorFrame.error`); refusals of a subscription by its
-#: topic's owner use the code of the application error (`not_found`, `conflict`, ...).
+#: The codes of `ErrorFrame.error` a client should expect. A subscription refused by its topic's
+#: owner carries the code of that application error, so other codes are possible: a client treats
+#: any error frame with a topic as the end of that subscription.
 ERROR_CODES: dict[str, str] = {
     "bad_json": "The frame is not a JSON object (not JSON, an array, a binary frame, nested too deeply, "
     "a number beyond 64 bits).",
@@ -92,6 +90,7 @@ class Subscribe(_ClientModel):
     topic: str = Field(
         max_length=MAX_TOPIC_LENGTH,
         description=TOPIC_DESCRIPTION,
+        # Documented, not enforced here: `TopicRegistry.resolve` says which part of a topic is wrong.
         json_schema_extra={"pattern": TOPIC_PATTERN},
         examples=["organization:acme"],
     )
