@@ -61,9 +61,14 @@ def _fields(schema: dict[str, Any]) -> str:
     rows = []
     for name, prop in schema.get("properties", {}).items():
         limits = [
-            f"{label} {prop[key]}"
-            for key, label in (("minimum", "≥"), ("maximum", "≤"), ("maxLength", "at most"))
-            if key in prop
+            label.format(part[key])
+            for part in (prop, *prop.get("anyOf", []))
+            for key, label in (
+                ("minimum", "≥ {}"),
+                ("maximum", "≤ {}"),
+                ("maxLength", "at most {} characters"),
+            )
+            if key in part
         ]
         rows.append(
             "<tr>"
