@@ -163,7 +163,7 @@ def create_app(
     app.add_middleware(RequestMetrics)
     # Outermost: the crash log line above and the 500 it answers carry the request id too.
     app.add_middleware(RequestIds)
-    mount_realtime(app)
+    mount_realtime(app, settings)
     app.include_router(auth_routes.router)
     if settings.mode == "mock":
         # Signs anyone in as a seeded user: it must not exist, nor be documented, anywhere else.

@@ -91,6 +91,17 @@ def allowed_origins(settings: Settings, request: Request) -> set[str]:
     return {settings.base_url.rstrip("/"), own, *(o.rstrip("/") for o in settings.auth.extra_origins)}
 
 
+def origin_of(header: str) -> str | None:
+    """``scheme://host[:port]`` of an ``Origin`` header; None when it does not parse (an unbalanced
+    ``[`` makes `urlsplit` raise): the header comes from the client, so callers refuse such an
+    origin like a foreign one instead of failing."""
+    try:
+        parts = urlsplit(header)
+    except ValueError:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 async def same_site_write(request: Request, settings: SettingsDep) -> None:
     """Refuse cross-site writes: the browser's Sec-Fetch-Site and Origin headers must agree with us.
 
@@ -101,9 +112,8 @@ async def same_site_write(request: Request, settings: SettingsDep) -> None:
         raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site})")
     origin = request.headers.get("origin")
     if origin is not None and origin != "null":
-        parts = urlsplit(origin)
-        if f"{parts.scheme}://{parts.netloc}" not in allowed_origins(settings, request):
-            raise Forbidden(f"cross-site request refused (Origin: {origin})")
+        if origin_of(origin) not in allowed_origins(settings, request):
+            raise Forbidden(f"cross-site request refused (Origin: {origin[:200]})")
     elif origin == "null":
         raise Forbidden("cross-site request refused (Origin: null)")
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
+from typing import Any
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import HTMLResponse
 
 from actors.task.naming import task_key
+from foundry import __version__
 from foundry.auth.cookies import SessionCookies
 from foundry.config import Settings
 from foundry.errors import Conflict, InvalidInput, Unauthorized
-from foundry.http.deps import authenticate
+from foundry.http.deps import authenticate, origin_of
 from foundry.ids import APP_SHELL_ID
+from foundry.realtime.asyncapi import build_asyncapi
+from foundry.realtime.asyncapi_page import render_page
 from foundry.realtime.endpoint import make_websocket_route
 from foundry.realtime.gateway import RealtimeGateway
 from foundry.realtime.topics import TopicRegistry, standard_registry
@@ -43,11 +47,10 @@ class RealtimeAccess:
         """
         origin = websocket.headers.get("origin")
         if origin is not None:
-            parts = urlsplit(origin)
             own = f"{websocket.url.scheme.replace('ws', 'http')}://{websocket.url.netloc}"
             allowed = {self.settings.base_url.rstrip("/"), own, *self.settings.auth.extra_origins}
-            if f"{parts.scheme}://{parts.netloc}" not in allowed:
-                log.warning("realtime: refused a cross-site handshake from %s", origin)
+            if origin_of(origin) not in allowed:
+                log.warning("realtime: refused a cross-site handshake from %r", origin[:200])
                 return None
         try:
             caller = await authenticate(self.runtime, self.cookies, websocket)
@@ -92,8 +95,32 @@ class RealtimeAccess:
         return True
 
 
-def mount_realtime(app: FastAPI) -> None:
-    """Add ``WS /v1/realtime``; the gateway itself is started by the app's lifespan."""
+ASYNCAPI_URL = "/v1/realtime/asyncapi.json"
+ASYNCAPI_PAGE_URL = "/docs/realtime"
+DOCS_LINK = (
+    "The realtime websocket `WS /v1/realtime` is documented as AsyncAPI 3.0: "
+    f"[{ASYNCAPI_URL}]({ASYNCAPI_URL}), readable at [{ASYNCAPI_PAGE_URL}]({ASYNCAPI_PAGE_URL})."
+)
+
+
+def mount_realtime(app: FastAPI, settings: Settings) -> None:
+    """Add ``WS /v1/realtime`` and its documentation (the AsyncAPI document and its page, linked
+    from the OpenAPI description); the gateway itself is started by the app's lifespan."""
+    document = build_asyncapi(
+        version=__version__, base_url=settings.base_url, cookie_name=settings.auth.cookie_name
+    )
+    # Public like /openapi.json: it describes the protocol, not anyone's data.
+    app.description = f"{app.description}\n\n{DOCS_LINK}".strip()
+
+    @app.get(ASYNCAPI_URL, tags=["realtime"], summary="The realtime websocket protocol (AsyncAPI 3.0)")
+    async def asyncapi() -> dict[str, Any]:
+        """The AsyncAPI 3.0 document of ``WS /v1/realtime``: every frame, both ways, with its schema."""
+        return document
+
+    @app.get(ASYNCAPI_PAGE_URL, include_in_schema=False)
+    async def asyncapi_page(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return HTMLResponse(render_page(document, json_url=f"{root}{ASYNCAPI_URL}", docs_url=f"{root}/docs"))
 
     async def realtime(websocket: WebSocket) -> None:
         gateway: RealtimeGateway = websocket.app.state.gateway

@@ -2,7 +2,8 @@
 
 `RealtimeGateway` holds one event stream per actor host and fans it out to sockets;
 `TopicRegistry` says which actor owns a topic; `make_websocket_route` is the ``WS /v1/realtime``
-endpoint.
+endpoint. `foundry.realtime.frames` defines every frame of the protocol, and
+`foundry.realtime.asyncapi` builds the AsyncAPI document from those models.
 """
 
 from foundry.realtime.endpoint import CLOSE_UNAUTHENTICATED, Authenticate, make_websocket_route

@@ -9,7 +9,6 @@ apart from "reconnect".
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -18,6 +17,7 @@ from collections.abc import Awaitable, Callable
 # websocket with 403 and no message (measured with FastAPI 0.115: no log line says why).
 from fastapi import WebSocket
 
+from foundry.realtime import frames
 from foundry.realtime.gateway import CLOSE_INTERNAL_ERROR, Authorize, RealtimeGateway
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ CLOSE_UNAUTHENTICATED = 4401
 
 async def _refuse(websocket: WebSocket, code: int, error: str, detail: str) -> None:
     await websocket.accept()
-    await websocket.send_text(json.dumps({"op": "error", "error": error, "detail": detail}))
+    await websocket.send_text(frames.error(error, detail))
     await websocket.close(code)
 
 

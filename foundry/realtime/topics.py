@@ -18,9 +18,14 @@ from foundry.runtime.keys import validate_key
 
 #: Longer topics are refused before any parsing (they are built from a few ids).
 MAX_TOPIC_LENGTH = 512
-_PREFIX_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_PREFIX = r"[a-z][a-z0-9-]{0,31}"
 #: One id segment: the actor-key alphabet minus ``:`` (the separator).
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,127}$")
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._@+=-]{0,127}"
+_PREFIX_RE = re.compile(f"^{_PREFIX}$")
+_SEGMENT_RE = re.compile(f"^{_SEGMENT}$")
+#: The shape of every topic, for documentation (`TopicRegistry.resolve` checks one part at a time
+#: to say precisely what is wrong).
+TOPIC_PATTERN = f"^{_PREFIX}(:{_SEGMENT})+$"
 
 
 class InvalidTopic(InvalidInput):

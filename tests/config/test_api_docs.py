@@ -12,11 +12,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import jsonschema
 import pytest
 import uvicorn
 
 from foundry.config import Settings
 from foundry.http.app import create_app
+from tests.realtime.helpers import ASYNCAPI_SCHEMA
 
 MOCK_SIGN_IN = "/v1/auth/mock/sign-in"
 
@@ -134,3 +136,32 @@ def test_docs_assets_are_shipped_inside_the_installed_packages() -> None:
     static = _static_dir()
     assert Path(static, "swagger-ui-bundle.js").stat().st_size > 100_000
     assert Path(static, "redoc.standalone.js").stat().st_size > 100_000
+
+
+def test_the_websocket_protocol_is_published_as_asyncapi_without_signing_in(site: httpx.Client) -> None:
+    answer = site.get("/v1/realtime/asyncapi.json")
+    assert answer.status_code == 200, answer.text
+    document = answer.json()
+    jsonschema.Draft7Validator(ASYNCAPI_SCHEMA).validate(document)
+    assert document["channels"]["realtime"]["address"] == "/v1/realtime"
+    assert document["servers"]["foundry"]["protocol"] in ("ws", "wss")
+    cookie = document["components"]["securitySchemes"]["sessionCookie"]
+    assert (cookie["in"], cookie["name"]) == ("cookie", "foundry_session")
+    # /docs links to it, and the OpenAPI document lists the route.
+    openapi = site.get("/openapi.json").json()
+    assert "/v1/realtime/asyncapi.json" in openapi["info"]["description"]
+    assert "/docs/realtime" in openapi["info"]["description"]
+    assert "/v1/realtime/asyncapi.json" in openapi["paths"]
+
+
+def test_the_websocket_protocol_page_is_readable_offline(site: httpx.Client) -> None:
+    page = site.get("/docs/realtime")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    parser = _Assets()
+    parser.feed(page.text)
+    assert parser.urls == []  # inline style, no script, nothing fetched
+    assert "<script" not in page.text
+    for frame in ("subscribe", "unsubscribe", "ping", "subscribed", "snapshot", "event", "error", "pong"):
+        assert f'id="{frame}"' in page.text
+    assert site.get("/v1/realtime/asyncapi.json").status_code == 200

@@ -121,6 +121,18 @@ async def test_cross_site_writes_are_refused(server: Server) -> None:
         assert same.status_code == 200
 
 
+@pytest.mark.parametrize("origin", ["http://[", "https://[::1", "http://foundry.example]"])
+async def test_a_write_with_an_unparsable_origin_is_refused_as_cross_site(
+    server: Server, origin: str
+) -> None:
+    async with server.signed_in("carol") as carol:
+        answer = await carol.patch(
+            "/v1/organizations/acme/settings", json={"displayName": "Pwned"}, headers={"Origin": origin}
+        )
+    assert answer.status_code == 403, answer.text
+    assert "cross-site" in answer.json()["detail"]
+
+
 async def test_active_organization_only_among_your_own(server: Server) -> None:
     async with server.signed_in("carol") as carol:
         assert (await carol.get("/v1/app")).json()["activeOrganizationId"] is None  # two orgs: no default

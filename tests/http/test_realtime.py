@@ -12,6 +12,7 @@ import pytest
 import websockets
 
 from tests.http.conftest import Server
+from tests.realtime.helpers import checked_frame
 
 
 @asynccontextmanager
@@ -27,7 +28,7 @@ async def socket(server: Server, cookie: str | None, origin: str | None = None) 
 
 
 async def frame(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))  # type: ignore[no-any-return]
+    return checked_frame(await asyncio.wait_for(ws.recv(), timeout))
 
 
 async def subscribe(ws: Any, topic: str) -> list[dict[str, Any]]:
@@ -107,3 +108,55 @@ async def test_settings_change_reaches_subscribers_live(server: Server) -> None:
     assert update["event"] == "organizationUpdated"
     assert update["seq"] > snap["seq"]
     assert update["data"]["settings"]["displayName"] == "Live ACME"
+
+
+async def test_a_real_session_speaks_the_documented_protocol(server: Server) -> None:
+    """Organization and task topics on the real app; every frame is checked against its model by
+    `frame`, and the errors name what was wrong."""
+    async with server.signed_in("carol") as carol, server.signed_in("alice") as alice:
+        cookie = alice.cookies["foundry_session"]
+        async with socket(server, cookie) as ws:
+            snapshot = (await subscribe(ws, "organization:acme"))[-1]
+            assert snapshot["event"] == "snapshot"
+            update = await carol.patch("/v1/organizations/acme/settings", json={"displayName": "Acme 2"})
+            assert update.status_code == 200, update.text
+            event = await frame(ws)
+            assert (event["event"], event["seq"]) == ("organizationUpdated", snapshot["seq"] + 1)
+            # A task the organization does not list: refused, and no task database is made.
+            missing = (await subscribe(ws, "task:acme:no-such-task"))[-1]
+            assert (missing["error"], missing["topic"]) == ("not_found", "task:acme:no-such-task")
+            forbidden = (await subscribe(ws, "organization:globex"))[-1]
+            assert forbidden["error"] == "forbidden"
+            await ws.send(json.dumps({"op": "subscribe", "topic": "organization:acme", "since": "1"}))
+            invalid = await frame(ws)
+            assert invalid == {**invalid, "error": "invalid_input", "fields": ["since"]}
+            await ws.send(json.dumps({"op": "subscribe", "topic": "tasks:acme"}))
+            unknown = await frame(ws)
+            assert unknown == {
+                **unknown,
+                "error": "invalid_topic",
+                "fields": ["topic"],
+                "topic": "tasks:acme",
+            }
+            assert "organization" in unknown["detail"]
+            await ws.send(json.dumps({"op": "unsubscribe", "topic": "organization:acme"}))
+            assert await frame(ws) == {"op": "unsubscribed", "topic": "organization:acme"}
+            await ws.send(json.dumps({"op": "ping"}))
+            assert await frame(ws) == {"op": "pong"}
+
+
+@pytest.mark.parametrize("origin", ["http://[", "https://[::1", "http://foundry.example]"])
+async def test_an_unparsable_origin_is_refused_like_a_foreign_one(
+    server: Server, origin: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a 1011 with a traceback in the log: the header comes from the client."""
+    async with server.signed_in("alice") as alice:
+        cookie = alice.cookies["foundry_session"]
+    async with socket(server, cookie, origin=origin) as ws:
+        refused = await frame(ws)
+        assert refused["error"] == "unauthorized"
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            await frame(ws)
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == 4401
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]

@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -15,9 +16,13 @@ from fastapi import FastAPI, WebSocket
 from websockets.asyncio.client import ClientConnection
 
 from foundry.realtime import RealtimeGateway, TopicRegistry, TopicSpec, make_websocket_route
+from foundry.realtime.frames import server_frames
 from tests.realtime import snapshot_role
 
 ROLE = snapshot_role.ROLE_NAME
+#: The AsyncAPI Initiative's JSON Schema of AsyncAPI 3.0.0 (``schemas/3.0.0-without-$id.json`` of
+#: the npm package ``@asyncapi/specs`` 6.11.1, Apache-2.0, minified), to validate our document with.
+ASYNCAPI_SCHEMA = json.loads((Path(__file__).parent / "asyncapi-3.0.0.schema.json").read_text())
 
 
 def make_registry() -> TopicRegistry:
@@ -69,8 +74,19 @@ def ws_url(port: int, user: str | None = "alice") -> str:
     return f"ws://127.0.0.1:{port}/v1/realtime{query}"
 
 
+def checked_frame(text: str | bytes) -> dict[str, Any]:
+    """A server frame decoded, after checking it against the model of its kind (the documented
+    protocol): every frame a test reads is checked, whatever the test is about."""
+    assert isinstance(text, str), f"the server sent a binary frame: {text!r:.80}"
+    frame = json.loads(text)
+    assert isinstance(frame, dict)
+    server_frames.validate_python(frame)
+    return frame
+
+
 class Client:
-    """A websocket client speaking the realtime protocol."""
+    """A websocket client speaking the realtime protocol; every frame it reads is checked against
+    its model (`checked_frame`)."""
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
@@ -79,9 +95,7 @@ class Client:
         await self.conn.send(json.dumps(frame))
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        frame = json.loads(await asyncio.wait_for(self.conn.recv(), timeout))
-        assert isinstance(frame, dict)
-        return frame
+        return checked_frame(await asyncio.wait_for(self.conn.recv(), timeout))
 
     async def recv_n(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         return [await self.recv(timeout) for _ in range(n)]

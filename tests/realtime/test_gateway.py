@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from typing import Any
 
@@ -12,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 
 from foundry.runtime.events import OVERFLOW_TOPIC, Event
 from tests.realtime.conftest import Connect, ControlledRuntime, RealtimeServer, StartServer
-from tests.realtime.helpers import ROLE, Client, eventually, settled
+from tests.realtime.helpers import ROLE, Client, checked_frame, eventually, settled
 
 
 async def bump(runtime: ControlledRuntime, key: str, **body: Any) -> int:
@@ -30,7 +29,7 @@ async def read_until_closed(client: Client) -> tuple[list[dict[str, Any]], int |
     frames = []
     try:
         while True:
-            frames.append(json.loads(await asyncio.wait_for(client.conn.recv(), 10)))
+            frames.append(checked_frame(await asyncio.wait_for(client.conn.recv(), 10)))
     except ConnectionClosed as closed:
         return frames, closed.rcvd.code if closed.rcvd is not None else None
 
@@ -158,28 +157,45 @@ async def test_unauthorized_subscribe_is_refused_and_leaks_nothing(
     await mallory.assert_quiet()
 
 
+BAD_FRAMES: list[tuple[str, str | bytes, str, str | None, list[str] | None]] = [
+    # (name, frame, error code, topic echoed, fields named)
+    ("not_json", "not json", "bad_json", None, None),
+    ("array", "[1, 2]", "bad_json", None, None),
+    ("binary", b"\x00\x01", "bad_json", None, None),
+    ("nested", '{"a":' * 200 + "1" + "}" * 200, "bad_json", None, None),
+    ("unknown_op", '{"op": "dance"}', "unknown_op", None, ["op"]),
+    ("no_op", '{"topic": "board:x"}', "unknown_op", None, ["op"]),
+    ("op_not_a_string", '{"op": {"subscribe": true}}', "unknown_op", None, ["op"]),
+    ("unknown_kind", '{"op": "subscribe", "topic": "nope:x"}', "invalid_topic", "nope:x", ["topic"]),
+    ("no_id", '{"op": "subscribe", "topic": "board"}', "invalid_topic", "board", ["topic"]),
+    ("two_ids", '{"op": "subscribe", "topic": "board:a:b"}', "invalid_topic", "board:a:b", ["topic"]),
+    ("dots", '{"op": "subscribe", "topic": "board:../etc"}', "invalid_topic", "board:../etc", ["topic"]),
+    ("empty_id", '{"op": "subscribe", "topic": "board:"}', "invalid_topic", "board:", ["topic"]),
+    ("topic_number", '{"op": "subscribe", "topic": 5}', "invalid_topic", None, ["topic"]),
+    ("missing_topic", '{"op": "subscribe"}', "invalid_topic", None, ["topic"]),
+    ("since_negative", '{"op": "subscribe", "topic": "board:ok", "since": -1}', "invalid_input", "board:ok",
+     ["since"]),
+    ("since_string", '{"op": "subscribe", "topic": "board:ok", "since": "3"}', "invalid_input", "board:ok",
+     ["since"]),
+    ("since_bool", '{"op": "subscribe", "topic": "board:ok", "since": false}', "invalid_input", "board:ok",
+     ["since"]),
+    ("unsubscribe_no_topic", '{"op": "unsubscribe"}', "invalid_topic", None, ["topic"]),
+    ("unsubscribe_list", '{"op": "unsubscribe", "topic": ["board:ok"]}', "invalid_topic", None, ["topic"]),
+    ("large", "x" * 20_000, "too_large", None, None),
+    ("one_megabyte", '{"op": "ping", "pad": "' + "x" * 2**20 + '"}', "too_large", None, None),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("frame", "code", "topic"),
-    [
-        ("not json", "bad_json", None),
-        ("[1, 2]", "bad_json", None),
-        (b"\x00\x01", "bad_json", None),
-        ('{"op": "dance"}', "unknown_op", None),
-        ('{"topic": "board:x"}', "unknown_op", None),
-        ('{"op": "subscribe", "topic": "nope:x"}', "invalid_topic", "nope:x"),
-        ('{"op": "subscribe", "topic": "board"}', "invalid_topic", "board"),
-        ('{"op": "subscribe", "topic": "board:a:b"}', "invalid_topic", "board:a:b"),
-        ('{"op": "subscribe", "topic": "board:../etc"}', "invalid_topic", "board:../etc"),
-        ('{"op": "subscribe", "topic": "board:"}', "invalid_topic", "board:"),
-        ('{"op": "subscribe", "topic": 5}', "invalid_topic", None),
-        ('{"op": "subscribe", "topic": "board:ok", "since": -1}', "invalid_input", "board:ok"),
-        ('{"op": "subscribe", "topic": "board:ok", "since": "3"}', "invalid_input", "board:ok"),
-        ('{"op": "unsubscribe"}', "invalid_topic", None),
-        ("x" * 20_000, "too_large", None),
-    ],
+    ("frame", "code", "topic", "fields"), [f[1:] for f in BAD_FRAMES], ids=[f[0] for f in BAD_FRAMES]
 )
 async def test_bad_frames_get_an_error_frame_and_the_socket_stays_usable(
-    server: RealtimeServer, connect_client: Connect, frame: str | bytes, code: str, topic: str | None
+    server: RealtimeServer,
+    connect_client: Connect,
+    frame: str | bytes,
+    code: str,
+    topic: str | None,
+    fields: list[str] | None,
 ) -> None:
     client = await connect_client(server.url())
     await client.conn.send(frame)
@@ -188,6 +204,10 @@ async def test_bad_frames_get_an_error_frame_and_the_socket_stays_usable(
     assert error["error"] == code
     assert isinstance(error["detail"], str)
     assert error.get("topic") == topic
+    # The error names the offending field, in `fields` and in the sentence.
+    assert error.get("fields") == fields
+    for field in fields or []:
+        assert field in error["detail"]
     await client.send(op="ping")
     assert await client.recv() == {"op": "pong"}
     await client.subscribe("board:ok")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from foundry.realtime import InvalidTopic, TopicRegistry, TopicRoute, TopicSpec, standard_registry
+from foundry.realtime.topics import TOPIC_PATTERN
 
 REGISTRY = standard_registry(lambda org, task: f"{org}.{task}")
 
@@ -61,3 +64,28 @@ def test_prefixes_are_registered_once_and_well_formed() -> None:
         TopicRegistry([TopicSpec("app", "user"), TopicSpec("app", "user")])
     with pytest.raises(ValueError, match="lowercase"):
         TopicSpec("Bad Prefix", "user")
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "app:u1",
+        "organization:acme",
+        "task:acme:t-1",
+        "session:acme:t1:s.1",
+        "organization",
+        "Organization:acme",
+        "organization:",
+        "organization:../x",
+        "organization:-x",
+        "organization:" + "a" * 129,
+        "task:acme:t1:",
+    ],
+)
+def test_the_documented_topic_pattern_agrees_with_the_registry(topic: str) -> None:
+    try:
+        REGISTRY.resolve(topic)
+        valid = True
+    except InvalidTopic:
+        valid = False
+    assert bool(re.match(TOPIC_PATTERN, topic)) == valid

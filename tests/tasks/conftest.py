@@ -28,6 +28,7 @@ from foundry.mock import start_fake_github
 from foundry.runtime.inprocess import InProcessRuntime
 from foundry.services import build_services
 from tests.http.conftest import Server, free_port
+from tests.realtime.helpers import checked_frame
 
 #: Demo agent chunk delay inside sandboxes: fast turns, yet "slow" prompts still take ~10 s.
 AGENT_DELAY = "0.005"
@@ -59,7 +60,7 @@ class TaskServer(Server):
 
 
 class WsClient:
-    """A realtime websocket client that files frames by topic."""
+    """A realtime websocket client that files frames by topic, each checked against its model."""
 
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
@@ -69,7 +70,7 @@ class WsClient:
         await self.ws.send(json.dumps({"op": "subscribe", "topic": topic, "since": since}))
 
     async def next_frame(self, timeout: float = 20) -> dict[str, Any]:
-        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        frame = checked_frame(await asyncio.wait_for(self.ws.recv(), timeout))
         self.frames.append(frame)
         return frame
 

@@ -27,6 +27,7 @@ ROUTES: list[tuple[str, str, bool]] = [
     ("GET", "/healthz", False),
     ("GET", "/readyz", False),
     ("GET", "/metrics", False),
+    ("GET", "/v1/realtime/asyncapi.json", False),
     ("GET", "/v1/auth/sign-in/github", False),
     ("GET", "/v1/auth/callback/github", False),
     ("POST", "/v1/auth/mock/sign-in", True),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import re
 import sys
 import time
@@ -26,6 +25,7 @@ from starlette.routing import Route
 
 from foundry.drivers.sandbox import SandboxEndpoint
 from tests.http.conftest import free_port
+from tests.realtime.helpers import checked_frame
 from tests.tasks.conftest import TaskServer, WsClient, create_task, events, running_server, wait_task
 
 SCRIPTED_AGENT = Path(__file__).with_name("scripted_agent.py")
@@ -98,7 +98,11 @@ class TopicCollector:
 
     async def _read(self) -> None:
         async for raw in self.ws.ws:
-            frame = json.loads(raw)
+            try:
+                frame = checked_frame(raw)  # the documented protocol, at agent speed too
+            except (AssertionError, ValueError) as exc:
+                self.errors.append({"frame_not_as_documented": str(exc)[:500]})
+                continue
             if frame.get("op") == "error":
                 self.errors.append(frame)
             elif "seq" in frame and frame.get("topic") in self.frames:
