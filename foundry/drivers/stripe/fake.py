@@ -1,15 +1,19 @@
 """A fake Stripe server: the real SDK talks to it over HTTP, and it sends real signed webhooks.
 
 It answers the calls Foundry makes (customers, Checkout sessions, Billing Portal sessions,
-subscriptions, subscription items) with objects built from Stripe's own fixtures
+subscriptions, subscription items, payment methods) with objects built from Stripe's own fixtures
 (``fixtures.json``: a subset of Stripe's MIT-licensed ``openapi/fixtures3.json``), honours idempotency
-keys like Stripe (a replayed key answers the stored response and changes nothing), and serves two
-stand-in pages: ``GET /checkout/<session id>`` completes a Checkout session (creating the
-subscription and its first paid invoice) and redirects to the session's ``success_url``;
-``GET /portal/<id>`` redirects to the portal's ``return_url``; ``GET /invoice/<id>`` shows an invoice.
+keys like Stripe (a replayed key answers the stored response and changes nothing) and ``expand`` of
+payment methods, and serves stand-in pages: ``GET /checkout/<session id>`` completes a Checkout
+session (paying with Visa •••• 4242, creating the subscription and its first paid invoice) and
+redirects to the session's ``success_url``; ``GET /portal/<id>`` is the Billing Portal, where a
+``POST`` changes the default payment method (or removes one) and redirects to the portal's
+``return_url``; ``GET /invoice/<id>`` shows an invoice.
 
 Every state change emits the event Stripe would (``checkout.session.completed``,
-``customer.subscription.created|updated|deleted``, ``invoice.finalized|paid|payment_failed``), signed
+``customer.subscription.created|updated|deleted``, ``invoice.finalized|paid|payment_failed``,
+``payment_method.attached|detached``, ``customer.updated``), with payment methods as bare ids as in
+Stripe's webhooks, signed
 ``t=<ts>,v1=<hex hmac>`` with ``webhook_secret`` and POSTed to ``webhook_url`` in order from a
 delivery thread (``auto_deliver=False`` keeps them in ``events`` for a test to deliver itself).
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import html
 import itertools
 import json
 import logging
@@ -42,6 +47,17 @@ FIXTURES = Path(__file__).with_name("fixtures.json")
 #: Unit price of the fake ``team`` price, in cents.
 SEAT_PRICE_CENTS = 1500
 _KEY_RE = re.compile(r"\[([^\]]*)\]")
+#: Stripe's test payment methods the portal offers: (type, type-specific details).
+TEST_PAYMENT_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "visa": ("card", {"brand": "visa", "display_brand": "visa", "last4": "4242"}),
+    "mastercard": ("card", {"brand": "mastercard", "display_brand": "mastercard", "last4": "4444"}),
+    "amex": ("card", {"brand": "amex", "display_brand": "american_express", "last4": "8431"}),
+    "sepa_debit": (
+        "sepa_debit",
+        {"bank_code": "37040044", "branch_code": "", "country": "DE", "last4": "3000"},
+    ),
+    "link": ("link", {"email": "jenny@example.com"}),
+}
 
 
 def sign_payload(payload: bytes, secret: str, timestamp: int | None = None) -> str:
@@ -102,6 +118,7 @@ class FakeStripe:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.invoices: dict[str, dict[str, Any]] = {}
+        self.payment_methods: dict[str, dict[str, Any]] = {}
         self._idempotent: dict[str, tuple[int, dict[str, Any]]] = {}
         #: Every API request as (method, path, idempotency key); failed and replayed ones included.
         self.requests: list[tuple[str, str, str | None]] = []
@@ -210,12 +227,7 @@ class FakeStripe:
                 trial_start=None,
                 trial_end=None,
                 metadata=dict(session.get("metadata") or {}),
-                default_payment_method={
-                    "id": f"pm_fake{next(self._ids):06d}",
-                    "object": "payment_method",
-                    "type": "card",
-                    "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030},
-                },
+                default_payment_method=None,
             )
             sub["items"] = {
                 "object": "list",
@@ -225,12 +237,86 @@ class FakeStripe:
             }
             self.subscriptions[sub_id] = sub
             session.update(status="complete", payment_status="paid", subscription=sub_id)
+            # Checkout saves the card it charged and makes it the subscription's default.
+            pm = self._attach_new_payment_method(str(session["customer"]), "visa")
+            sub["default_payment_method"] = pm["id"]
             invoice = self._new_invoice(sub, "paid")
             self._emit("checkout.session.completed", session)
             self._emit("customer.subscription.created", sub)
             self._emit("invoice.finalized", {**invoice, "status": "open", "amount_paid": 0})
             self._emit("invoice.paid", invoice)
             return session
+
+    def change_payment_method(
+        self, customer_id: str, kind: str = "mastercard", *, remove_old: bool = False
+    ) -> dict[str, Any]:
+        """What a customer does in the Billing Portal: add a payment method and make it the default
+        (of the customer's invoices and of its live subscriptions), optionally removing the old one.
+
+        Emits ``payment_method.attached``, ``customer.updated``, ``customer.subscription.updated``
+        per subscription (and ``payment_method.detached``), as Stripe does. Returns the new method.
+        """
+        with self._lock:
+            customer = self._customer(customer_id)
+            pm = self._attach_new_payment_method(customer_id, kind)
+            settings = customer.setdefault("invoice_settings", {})
+            old = settings.get("default_payment_method")
+            settings["default_payment_method"] = pm["id"]
+            self._emit(
+                "customer.updated",
+                customer,
+                previous={"invoice_settings": {"default_payment_method": old}},
+            )
+            for sub in self.subscriptions.values():
+                if sub["customer"] == customer_id and sub["status"] not in ("canceled", "incomplete_expired"):
+                    before = sub.get("default_payment_method")
+                    old = old or before
+                    sub["default_payment_method"] = pm["id"]
+                    self._emit(
+                        "customer.subscription.updated", sub, previous={"default_payment_method": before}
+                    )
+            if remove_old and isinstance(old, str) and old != pm["id"]:
+                self.detach_payment_method(old)
+            return copy.deepcopy(pm)
+
+    def add_payment_method(self, customer_id: str, kind: str) -> dict[str, Any]:
+        """A new payment method of ``kind`` (a `TEST_PAYMENT_METHODS` key) saved for the customer,
+        without making it a default (``payment_method.attached``)."""
+        with self._lock:
+            self._customer(customer_id)
+            return copy.deepcopy(self._attach_new_payment_method(customer_id, kind))
+
+    def detach_payment_method(self, payment_method_id: str) -> dict[str, Any]:
+        """Remove a payment method from its customer (``payment_method.detached``); when it was the
+        customer's invoice default, that default is cleared first (``customer.updated``)."""
+        with self._lock:
+            pm = self.payment_methods.get(payment_method_id)
+            if pm is None:
+                raise _Error(
+                    404,
+                    "invalid_request_error",
+                    f"No such PaymentMethod: '{payment_method_id}'",
+                    "resource_missing",
+                )
+            customer_id = pm.get("customer")
+            if customer_id is None:
+                raise _Error(
+                    400,
+                    "invalid_request_error",
+                    f"The payment method {payment_method_id} is not attached to a customer.",
+                )
+            customer = self._customer(str(customer_id))
+            settings = customer.setdefault("invoice_settings", {})
+            if settings.get("default_payment_method") == payment_method_id:
+                settings["default_payment_method"] = None
+                self._emit(
+                    "customer.updated",
+                    customer,
+                    previous={"invoice_settings": {"default_payment_method": payment_method_id}},
+                )
+            pm["customer"] = None
+            self._emit("payment_method.detached", pm, previous={"customer": customer_id})
+            return copy.deepcopy(pm)
 
     def fail_payment(self, subscription_id: str) -> dict[str, Any]:
         """A renewal whose payment fails: an open invoice, ``invoice.payment_failed``, then past_due."""
@@ -242,15 +328,25 @@ class FakeStripe:
             self._emit("customer.subscription.updated", sub)
             return invoice
 
-    def event(self, event_type: str, obj: dict[str, Any], created: int | None = None) -> dict[str, Any]:
-        """A Stripe event of ``event_type`` about ``obj`` (not emitted)."""
+    def event(
+        self,
+        event_type: str,
+        obj: dict[str, Any],
+        created: int | None = None,
+        previous: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A Stripe event of ``event_type`` about ``obj`` (not emitted); ``previous`` becomes
+        ``data.previous_attributes``, the fields an update changed and their old values."""
         evt = copy.deepcopy(self._fixtures["event"])
+        data: dict[str, Any] = {"object": _public(copy.deepcopy(obj))}
+        if previous is not None:
+            data["previous_attributes"] = copy.deepcopy(previous)
         evt.update(
             id=f"evt_fake{next(self._ids):08d}",
             type=event_type,
             created=int(time.time()) if created is None else created,
             api_version="2025-06-30.basil",
-            data={"object": _public(copy.deepcopy(obj))},
+            data=data,
         )
         return evt
 
@@ -280,8 +376,8 @@ class FakeStripe:
 
     # ------------------------------------------------------------------------------ internals
 
-    def _emit(self, event_type: str, obj: dict[str, Any]) -> None:
-        evt = self.event(event_type, obj)
+    def _emit(self, event_type: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> None:
+        evt = self.event(event_type, obj, previous=previous)
         self.events.append(evt)
         if self.auto_deliver and self.webhook_url:
             self._outgoing.put(evt)
@@ -301,6 +397,87 @@ class FakeStripe:
                         "fake stripe: delivering %s failed (attempt %d): %s", evt["id"], attempt + 1, exc
                     )
                 time.sleep(0.2 * (attempt + 1))
+
+    def _customer(self, customer_id: str) -> dict[str, Any]:
+        customer = self.customers.get(customer_id)
+        if customer is None:
+            raise _Error(
+                404, "invalid_request_error", f"No such customer: '{customer_id}'", "resource_missing"
+            )
+        return customer
+
+    def _attach_new_payment_method(self, customer_id: str, kind: str) -> dict[str, Any]:
+        """A new payment method of ``kind`` (a `TEST_PAYMENT_METHODS` key) attached to the customer."""
+        if kind not in TEST_PAYMENT_METHODS:
+            raise _Error(400, "invalid_request_error", f"Unknown test payment method: '{kind}'")
+        pm_type, details = TEST_PAYMENT_METHODS[kind]
+        pm = copy.deepcopy(self._fixtures["payment_method"])
+        card = pm.pop("card")
+        pm.update(
+            id=f"pm_fake{next(self._ids):06d}", type=pm_type, customer=customer_id, created=int(time.time())
+        )
+        pm[pm_type] = {**card, **details} if pm_type == "card" else dict(details)
+        self.payment_methods[pm["id"]] = pm
+        self._emit("payment_method.attached", pm)
+        return pm
+
+    def _expanded(self, obj: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """``obj`` with the payment methods named in ``expand[]`` as objects (as Stripe answers)."""
+        expand = params.get("expand")
+        paths = [p for p in expand if isinstance(p, str)] if isinstance(expand, list) else []
+        out = copy.deepcopy(obj)
+        for path in paths:
+            *parents, leaf = path.split(".")
+            node: Any = out
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and isinstance(node.get(leaf), str):
+                found = self.payment_methods.get(node[leaf])
+                if found is not None:
+                    node[leaf] = copy.deepcopy(found)
+        return out
+
+    def portal_page(self, portal_id: str) -> str:
+        """The Billing Portal stand-in: the customer's payment methods, and forms that change them."""
+        portal = self._portal(portal_id)
+        customer = self._customer(str(portal["customer"]))
+        default = (customer.get("invoice_settings") or {}).get("default_payment_method")
+        rows = []
+        for pm in self.payment_methods.values():
+            if pm.get("customer") == customer["id"]:
+                mark = " (default)" if pm["id"] == default else ""
+                rows.append(
+                    f"<li>{html.escape(pm['type'])} {html.escape(pm['id'])}{mark} "
+                    f'<form method="post"><button name="remove" value="{html.escape(pm["id"])}">'
+                    "Remove</button></form></li>"
+                )
+        buttons = "".join(
+            f'<button name="add" value="{k}">Use {html.escape(k)} as default</button>'
+            for k in TEST_PAYMENT_METHODS
+        )
+        back = html.escape(str(portal["return_url"]), quote=True)
+        return (
+            "<!doctype html><title>Billing portal (fake Stripe)</title>"
+            f"<h1>Payment methods</h1><ul>{''.join(rows)}</ul>"
+            f'<form method="post">{buttons}</form><p><a href="{back}">Return</a></p>'
+        )
+
+    def _portal_post(self, portal_id: str, body: bytes) -> str:
+        """A portal form: ``add=<test method>`` (the new default) or ``remove=<pm id>``; answers the
+        portal's ``return_url``."""
+        portal = self._portal(portal_id)
+        form = decode_form(body.decode()) if body else {}
+        with self._lock:
+            if isinstance(form.get("add"), str):
+                self.change_payment_method(str(portal["customer"]), form["add"])
+            elif isinstance(form.get("remove"), str):
+                pm = self.payment_methods.get(form["remove"])
+                if pm is None or pm.get("customer") != portal["customer"]:
+                    raise _Error(404, "invalid_request_error", f"No such PaymentMethod: '{form['remove']}'")
+                self.detach_payment_method(form["remove"])
+            else:
+                raise _Error(400, "invalid_request_error", "the portal form needs add= or remove=")
+        return str(portal["return_url"])
 
     def _new_invoice(self, sub: dict[str, Any], status: str) -> dict[str, Any]:
         n = next(self._ids)
@@ -336,7 +513,10 @@ class FakeStripe:
                 target = str(session["success_url"]).replace("{CHECKOUT_SESSION_ID}", session["id"])
                 return 303, {"location": target}, b""
             if method == "GET" and path.startswith("/portal/"):
-                return 303, {"location": str(self._portal_return(path.removeprefix("/portal/")))}, b""
+                page = self.portal_page(path.removeprefix("/portal/"))
+                return 200, {"content-type": "text/html; charset=utf-8"}, page.encode()
+            if method == "POST" and path.startswith("/portal/"):
+                return 303, {"location": self._portal_post(path.removeprefix("/portal/"), body)}, b""
             if method == "GET" and path.startswith("/invoice/"):  # the hosted invoice page
                 found = self.invoices.get(path.removeprefix("/invoice/"))
                 if found is None:
@@ -379,10 +559,10 @@ class FakeStripe:
             }
             return exc.status, {"content-type": "application/json"}, json.dumps(err).encode()
 
-    def _portal_return(self, portal_id: str) -> str:
+    def _portal(self, portal_id: str) -> dict[str, Any]:
         for session in self.sessions.values():
             if session.get("object") == "billing_portal.session" and session["id"] == portal_id:
-                return str(session["return_url"])
+                return session
         raise _Error(404, "invalid_request_error", f"No such billing_portal.session: '{portal_id}'")
 
     def _route(self, method: str, path: str, params: dict[str, Any], key: str | None) -> dict[str, Any]:
@@ -452,6 +632,21 @@ class FakeStripe:
                     404, "invalid_request_error", f"No such subscription: '{parts[1]}'", "resource_missing"
                 )
             if method == "POST":
+                if "default_payment_method" in params:
+                    pm_id = params["default_payment_method"] or None
+                    found = self.payment_methods.get(pm_id) if pm_id else None
+                    if pm_id and (found is None or found.get("customer") != sub["customer"]):
+                        raise _Error(
+                            400,
+                            "invalid_request_error",
+                            f"No such PaymentMethod: '{pm_id}'",
+                            "resource_missing",
+                        )
+                    before = sub.get("default_payment_method")
+                    sub["default_payment_method"] = pm_id
+                    self._emit(
+                        "customer.subscription.updated", sub, previous={"default_payment_method": before}
+                    )
                 if "cancel_at_period_end" in params:
                     flag = params["cancel_at_period_end"] == "true"
                     sub["cancel_at_period_end"] = flag
@@ -460,7 +655,18 @@ class FakeStripe:
             elif method == "DELETE":
                 sub.update(status="canceled", canceled_at=int(time.time()), ended_at=int(time.time()))
                 self._emit("customer.subscription.deleted", sub)
-            return sub
+            return self._expanded(sub, params)
+        if method == "GET" and len(parts) == 2 and parts[0] == "customers":
+            return self._expanded(self._customer(parts[1]), params)
+        if len(parts) >= 2 and parts[0] == "payment_methods":
+            if method == "POST" and len(parts) == 3 and parts[2] == "detach":
+                return self.detach_payment_method(parts[1])
+            found = self.payment_methods.get(parts[1])
+            if method != "GET" or len(parts) != 2 or found is None:
+                raise _Error(
+                    404, "invalid_request_error", f"No such PaymentMethod: '{parts[1]}'", "resource_missing"
+                )
+            return copy.deepcopy(found)
         if method == "POST" and len(parts) == 2 and parts[0] == "subscription_items":
             for sub in self.subscriptions.values():
                 item = sub["items"]["data"][0]
