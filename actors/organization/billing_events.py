@@ -5,7 +5,8 @@ Stripe made it (the event's ``created``, or the moment Foundry read the subscrip
 state older than the one applied is ignored; at the same second a ``created`` never overrides what
 an ``updated`` said. A deleted subscription stays deleted: a stale ``updated`` that arrives after
 its ``deleted`` is ignored. A newer subscription (after a cancellation and a new checkout) replaces
-an older one; events of the older one are then ignored.
+an older one; events of the older one are then ignored. The payment method shown is kept by
+`actors.organization.billing_payment` from the subscription, customer and payment method events.
 """
 
 from __future__ import annotations

@@ -254,11 +254,15 @@ async def run_refresh(ctx: InstanceContext) -> None:
     """Read from Stripe what the label needs (see the module docstring) until nothing is missing."""
     settings = ctx.services.settings.stripe
     attempts = 0
+    done: tuple[str, str] | None = None
     while True:
         async with ctx.read(consistent=True) as conn:
             resolution = await _resolve(conn)
-            row = await load_billing(conn)
-        if resolution is None or resolution.read is None or row is None:
+        if resolution is None or resolution.read is None:
+            return
+        if resolution.read == done:
+            # A read that answered yet settled nothing: never a loop of calls to Stripe.
+            log.error("billing %s: reading %s from Stripe settled nothing; giving up", ctx.key, done)
             return
         kind, ident = resolution.read
         observed = int(time.time())  # Stripe's clock: the read is Stripe's state as of now
@@ -287,6 +291,7 @@ async def run_refresh(ctx: InstanceContext) -> None:
             await _back_off(ctx, kind, ident, attempts, exc, settings.retry_base_s, settings.retry_cap_s)
             continue
         attempts = 0
+        done = (kind, ident)
         async with ctx.write() as conn:
             current = await load_billing(conn)
             if current is None:
@@ -301,8 +306,10 @@ async def run_refresh(ctx: InstanceContext) -> None:
                     continue
             elif kind == "subscription":
                 await _apply_subscription_default(conn, current, found, observed, ctx.now_ms())
-            else:
-                await apply_customer_default(conn, found, observed, ctx.now_ms())
+            elif await apply_customer_default(conn, found, observed, ctx.now_ms()) == "ignored":
+                # No invoice settings (a deleted customer, say): its default counts as none.
+                await _record_gone(ctx, kind, ident, observed, unreadable=False, conn=conn)
+                continue
             if await settle_label(ctx, conn):
                 await publish_billing(ctx, conn)
 

@@ -14,6 +14,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from foundry.runtime.inprocess import InProcessRuntime
+from foundry.services import build_services
 from tests.billing.conftest import BillingServer, eventually, upgrade_to_team
 from tests.tasks.conftest import WsClient
 
@@ -136,6 +138,40 @@ async def test_stripe_down_during_the_read_is_retried_while_the_webhook_is_ackno
     reads = [r for r in stripe.requests if r[:2] == ("GET", f"/v1/payment_methods/{pm['id']}")]
     assert len(reads) >= 4  # one hung, two refused, one answered
     assert any("retry in" in r.getMessage() and pm["id"] in r.getMessage() for r in caplog.records)
+
+
+async def test_a_read_pending_across_a_restart_is_done_after_it(billing_server: BillingServer) -> None:
+    async with billing_server.signed_in("carol") as carol:
+        await upgrade_to_team(billing_server, carol)
+    await _until_label(billing_server, VISA)
+    stripe = billing_server.stripe
+    stripe.auto_deliver = False
+    start = len(stripe.events)
+    pm = stripe.change_payment_method(_customer_id(billing_server), "amex")
+    (event,) = _held(billing_server, start, "customer.subscription.updated")
+    stripe.fail_next(10_000, status=503)  # Stripe stays down until the restart
+    assert (await billing_server.post_event(event)).status_code == 200
+    read = ("GET", f"/v1/payment_methods/{pm['id']}", None)
+
+    async def attempted() -> bool:
+        return read in stripe.requests
+
+    await eventually(attempted, what="a failed read")
+    await billing_server.runtime.close()  # the process stops with the read still to do
+    with stripe._lock:
+        stripe._failures.clear()
+    restarted = InProcessRuntime(
+        billing_server.settings.data_dir, build_services(billing_server.settings), idle_seconds=3600
+    )
+    try:
+
+        async def shown() -> bool:
+            billing = await restarted.call("organization", "acme", "billing")
+            return bool(billing["paymentMethod"] == AMEX)
+
+        await eventually(shown, timeout=30, what="the label read after the restart")
+    finally:
+        await restarted.close()
 
 
 async def test_older_customer_updates_delivered_late_never_roll_back_and_duplicates_change_nothing(
