@@ -164,9 +164,14 @@ async def remember_payment_method(
 
 
 async def apply_customer_default(
-    conn: AsyncConnection, customer: dict[str, Any], created: int, now_ms: int
+    conn: AsyncConnection, customer: dict[str, Any], created: int, now_ms: int, *, read: bool = False
 ) -> str:
-    """Apply a customer's ``invoice_settings.default_payment_method`` as of Stripe time ``created``.
+    """Apply a customer's ``invoice_settings.default_payment_method`` as of Stripe time ``created``
+    (``read``: Foundry read it from Stripe at that time, rather than an event saying it).
+
+    Stripe's times are whole seconds, so two events of one second may arrive in either order: when
+    one names another default than the state applied at its very second, which one is newer is
+    unknown, and the default is read from Stripe again (the label shown stays meanwhile).
 
     Returns ``applied``, ``stale`` (a newer customer state is applied) or ``ignored`` (the object
     does not say).
@@ -177,14 +182,21 @@ async def apply_customer_default(
     row = await load_billing(conn)
     if row is None:
         return "ignored"
-    if row.customer_state_created is not None and created < row.customer_state_created:
+    stored = row.customer_state_created
+    # A read settles a default that is not known whatever the times say (a read is Stripe's state
+    # now, whatever clock skew stamped the events).
+    settles = read and row.customer_payment_method_id is None
+    if stored is not None and created < stored and not settles:
         return "stale"
     value = settings["default_payment_method"]
     await remember_payment_method(conn, value, created, now_ms)
+    pointer: str | None = pointer_id(value) or NONE
+    if not read and created == stored and pointer != row.customer_payment_method_id:
+        pointer = None  # not known: read it (see above)
     await conn.execute(
         billing.update()
         .where(billing.c.id == 1)
-        .values(customer_payment_method_id=pointer_id(value) or NONE, customer_state_created=created)
+        .values(customer_payment_method_id=pointer, customer_state_created=max(created, stored or 0))
     )
     return "applied"
 
@@ -306,7 +318,7 @@ async def run_refresh(ctx: InstanceContext) -> None:
                     continue
             elif kind == "subscription":
                 await _apply_subscription_default(conn, current, found, observed, ctx.now_ms())
-            elif await apply_customer_default(conn, found, observed, ctx.now_ms()) == "ignored":
+            elif await apply_customer_default(conn, found, observed, ctx.now_ms(), read=True) == "ignored":
                 # No invoice settings (a deleted customer, say): its default counts as none.
                 await _record_gone(ctx, kind, ident, observed, unreadable=False, conn=conn)
                 continue
@@ -361,7 +373,7 @@ async def _record_gone(
         if kind == "customer":
             # Nothing to learn from this customer: its default counts as none until an event says.
             await apply_customer_default(
-                c, {"invoice_settings": {"default_payment_method": None}}, observed, ctx.now_ms()
+                c, {"invoice_settings": {"default_payment_method": None}}, observed, ctx.now_ms(), read=True
             )
         elif kind == "subscription":
             await c.execute(billing.update().where(billing.c.id == 1).values(sub_payment_method_id=NONE))

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from actors.organization.billing_payment import payment_method_label
 from foundry.runtime.inprocess import InProcessRuntime
 from foundry.services import build_services
 from tests.billing.conftest import BillingServer, eventually, upgrade_to_team
@@ -223,6 +224,18 @@ async def test_older_customer_updates_delivered_late_never_roll_back_and_duplica
     stats = await billing_server.runtime.call("organization", "acme", "stripe_event_stats", {})
     assert stats["appliedTwice"] == 0
     assert stats["byOutcome"].get("stale") == 1  # the late customer.updated
+    # Two changes in one second (Stripe's times are whole seconds), delivered in the wrong order:
+    # which came last is unknown from the events, so Stripe is asked; the customer's default there
+    # (the Mastercard) is shown, not the last delivered one.
+    stripe.customers[customer_id]["invoice_settings"]["default_payment_method"] = older["id"]
+    to_older_now = copy.deepcopy(to_older)
+    to_older_now.update(id=f"{to_older['id']}b", created=base + 20)
+    to_newer_now = copy.deepcopy(to_newer)
+    to_newer_now.update(id=f"{to_newer['id']}b", created=base + 20)
+    assert (await billing_server.post_event(to_older_now)).status_code == 200
+    assert (await billing_server.post_event(to_newer_now)).status_code == 200
+    await _until_label(billing_server, MASTERCARD)
+    assert ("GET", f"/v1/customers/{customer_id}", None) in stripe.requests
 
 
 async def test_detaching_the_card_in_use_falls_back_to_the_customer_default_then_shows_none(
@@ -284,3 +297,33 @@ async def test_payment_method_events_of_unknown_customers_are_acknowledged_and_i
         assert response.json() == {"eventId": event["id"], "status": "unrouted"}
     await _processed(billing_server)
     assert await _label(billing_server) == VISA
+
+
+@pytest.mark.parametrize(
+    ("pm", "label"),
+    [
+        ({"type": "card", "card": {"brand": "visa", "last4": "4242"}}, "Visa •••• 4242"),
+        ({"type": "card", "card": {"brand": "amex", "last4": "8431"}}, "American Express •••• 8431"),
+        (
+            {"type": "card", "card": {"brand": "cartes_bancaires", "last4": "1001"}},
+            "Cartes Bancaires •••• 1001",
+        ),
+        ({"type": "card", "card": {"brand": "new_brand", "last4": "0000"}}, "New Brand •••• 0000"),
+        ({"type": "sepa_debit", "sepa_debit": {"country": "DE", "last4": "3000"}}, "SEPA Debit •••• 3000"),
+        (
+            {
+                "type": "us_bank_account",
+                "us_bank_account": {"bank_name": "STRIPE TEST BANK", "last4": "6789"},
+            },
+            "STRIPE TEST BANK •••• 6789",
+        ),
+        ({"type": "bacs_debit", "bacs_debit": {"last4": "2345"}}, "Bacs Direct Debit •••• 2345"),
+        ({"type": "link", "link": {"email": "jenny@example.com"}}, "Link"),
+        ({"type": "paypal", "paypal": {"payer_email": "jenny@example.com"}}, "PayPal"),
+        ({"type": "klarna", "klarna": {}}, "Klarna"),
+        ("pm_only_an_id", None),
+    ],
+)
+def test_payment_method_labels_name_the_type_and_its_last_four(pm: Any, label: str | None) -> None:
+    # The fake's objects are Stripe's fixture with these details; others come from Stripe's API shapes.
+    assert payment_method_label(pm) == label
