@@ -176,7 +176,13 @@ async def apply_subscription(
         # An id (what webhooks carry) or an expanded object (Foundry's own reads).
         pm = sub["default_payment_method"]
         await remember_payment_method(conn, pm, created, now)
-        values["sub_payment_method_id"] = pointer_id(pm) or NONE
+        pointer: str | None = pointer_id(pm) or NONE
+        same_second = row.subscription_id == sub_id and created == row.sub_state_created
+        if kind != "observed" and same_second and pointer != row.sub_payment_method_id:
+            # Two states of one second (Stripe's times are whole seconds) naming other payment
+            # methods: which is newer is unknown, so the subscription is read again.
+            pointer = None
+        values["sub_payment_method_id"] = pointer
     if status == "past_due":
         values["past_due_since"] = row.past_due_since or now
     else:

@@ -106,10 +106,23 @@ async def test_an_id_only_subscription_event_gets_its_label_from_stripe(
     pm = stripe.change_payment_method(_customer_id(billing_server), "sepa_debit")
     (event,) = _held(billing_server, start, "customer.subscription.updated")
     assert event["data"]["object"]["default_payment_method"] == pm["id"]
+    event["created"] += 50  # clearly after checkout's states (see the same-second case below)
     response = await billing_server.post_event(event)  # only this one: no attached, no customer.updated
     assert response.status_code == 200
     await _until_label(billing_server, SEPA)
     assert ("GET", f"/v1/payment_methods/{pm['id']}", None) in stripe.requests
+    # Two subscription states of one second naming other methods, delivered in the wrong order:
+    # Stripe is asked which one holds (the SEPA Debit), rather than the last delivered winning.
+    visa_id = next(p for p in stripe.payment_methods if p != pm["id"])
+    now = int(time.time()) + 100
+    sub = next(iter(stripe.subscriptions.values()))
+    for default in (pm["id"], visa_id):
+        state = stripe.event("customer.subscription.updated", {**sub, "default_payment_method": default}, now)
+        assert (await billing_server.post_event(state)).status_code == 200
+    await _processed(billing_server)
+    await _until_label(billing_server, SEPA)
+    sub_reads = [r for r in stripe.requests if r[:2] == ("GET", f"/v1/subscriptions/{sub['id']}")]
+    assert len(sub_reads) >= 1
 
 
 async def test_stripe_down_during_the_read_is_retried_while_the_webhook_is_acknowledged_at_once(
@@ -123,6 +136,7 @@ async def test_stripe_down_during_the_read_is_retried_while_the_webhook_is_ackno
     start = len(stripe.events)
     pm = stripe.change_payment_method(_customer_id(billing_server), "mastercard")
     (event,) = _held(billing_server, start, "customer.subscription.updated")
+    event["created"] += 50  # clearly after checkout's states
     caplog.set_level(logging.WARNING, logger="actors.organization.billing_payment")
     # The first read hangs past the client's timeout (2 s), the next two fail with 500.
     stripe.hang_next(1, 3.0)
@@ -150,6 +164,7 @@ async def test_a_read_pending_across_a_restart_is_done_after_it(billing_server: 
     start = len(stripe.events)
     pm = stripe.change_payment_method(_customer_id(billing_server), "amex")
     (event,) = _held(billing_server, start, "customer.subscription.updated")
+    event["created"] += 50  # clearly after checkout's states
     stripe.fail_next(10_000, status=503)  # Stripe stays down until the restart
     assert (await billing_server.post_event(event)).status_code == 200
     read = ("GET", f"/v1/payment_methods/{pm['id']}", None)

@@ -107,6 +107,7 @@ async def test_on_ray_checkout_webhooks_and_seats_apply_exactly_once(
     start = len(stripe.events)
     pm = stripe.change_payment_method(next(iter(stripe.customers)), "sepa_debit")
     (event,) = [e for e in stripe.events[start:] if e["type"] == "customer.subscription.updated"]
+    event["created"] += 50  # clearly after the subscription's earlier states
     assert (await server.post_event(event)).status_code == 200
 
     async def relabelled() -> bool:
