@@ -5,7 +5,8 @@ Stripe made it (the event's ``created``, or the moment Foundry read the subscrip
 state older than the one applied is ignored; at the same second a ``created`` never overrides what
 an ``updated`` said. A deleted subscription stays deleted: a stale ``updated`` that arrives after
 its ``deleted`` is ignored. A newer subscription (after a cancellation and a new checkout) replaces
-an older one; events of the older one are then ignored.
+an older one; events of the older one are then ignored. The payment method shown is kept by
+`actors.organization.billing_payment` from the subscription, customer and payment method events.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from actors.organization.billing_payment import (
+    NONE,
+    apply_customer_default,
+    pointer_id,
+    remember_payment_method,
+    settle_label,
+)
 from actors.organization.billing_state import (
     SEAT_SYNC_JOB,
     audit_plan_change,
@@ -47,6 +55,12 @@ HANDLED_EVENTS = frozenset(
         "invoice.paid",
         "invoice.payment_failed",
         "invoice.finalized",
+        # The payment method shown (actors/organization/billing_payment.py).
+        "customer.updated",
+        "payment_method.attached",
+        "payment_method.detached",
+        "payment_method.updated",
+        "payment_method.automatically_updated",
     }
 )
 #: At the same second, a later kind of change wins over an earlier one.
@@ -72,6 +86,9 @@ class StripeEvent(BaseModel):
     type: str = Field(max_length=100)
     created: int = Field(ge=0)
     object: dict[str, Any]
+    #: The customer the event is about, when the object does not name it itself (a detached
+    #: payment method's was in ``previous_attributes``; a customer's is its id).
+    customer_id: str | None = Field(default=None, alias="customerId", max_length=255)
 
 
 class ApplySubscription(BaseModel):
@@ -86,15 +103,6 @@ class ApplySubscription(BaseModel):
 
 def _ms(seconds: Any) -> int | None:
     return int(seconds) * 1000 if isinstance(seconds, int | float) and seconds else None
-
-
-def payment_method_label(value: Any) -> str | None:
-    """``Visa •••• 4242`` from an expanded payment method (an id alone says nothing to show)."""
-    if isinstance(value, dict) and isinstance(value.get("card"), dict):
-        card = value["card"]
-        brand = str(card.get("brand") or "card").replace("_", " ").title()
-        return f"{brand} •••• {card.get('last4') or '????'}"
-    return None
 
 
 def _item(sub: dict[str, Any]) -> dict[str, Any]:
@@ -164,14 +172,23 @@ async def apply_subscription(
     }
     if row.customer_id is None and isinstance(sub.get("customer"), str):
         values["customer_id"] = sub["customer"]
-    label = payment_method_label(sub.get("default_payment_method"))
-    if label:
-        values["payment_method"] = label
+    if "default_payment_method" in sub:
+        # An id (what webhooks carry) or an expanded object (Foundry's own reads).
+        pm = sub["default_payment_method"]
+        await remember_payment_method(conn, pm, created, now)
+        pointer: str | None = pointer_id(pm) or NONE
+        same_second = row.subscription_id == sub_id and created == row.sub_state_created
+        if kind != "observed" and same_second and pointer != row.sub_payment_method_id:
+            # Two states of one second (Stripe's times are whole seconds) naming other payment
+            # methods: which is newer is unknown, so the subscription is read again.
+            pointer = None
+        values["sub_payment_method_id"] = pointer
     if status == "past_due":
         values["past_due_since"] = row.past_due_since or now
     else:
         values["past_due_since"] = None
     await conn.execute(billing.update().where(billing.c.id == 1).values(**values))
+    await settle_label(ctx, conn)
     if (row.plan, row.status) != ("team", status):
         audit_plan_change(
             ctx,
@@ -295,7 +312,7 @@ async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str
         return {"eventId": cmd.event_id, "outcome": "duplicate"}
     row = found if found is not None else await ensure_billing(conn, now)
     obj = cmd.object
-    customer = obj.get("customer") if isinstance(obj.get("customer"), str) else None
+    customer = cmd.customer_id or (obj.get("customer") if isinstance(obj.get("customer"), str) else None)
     outcome = "ignored"
     if row.customer_id and customer and customer != row.customer_id:
         log.warning(
@@ -311,6 +328,15 @@ async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str
     elif cmd.type.startswith("customer.subscription."):
         kind = cmd.type.rsplit(".", 1)[1]
         outcome = await apply_subscription(ctx, conn, obj, cmd.created, kind, None)
+    elif cmd.type == "customer.updated":
+        outcome = await apply_customer_default(conn, obj, cmd.created, now)
+        if outcome == "applied":
+            await settle_label(ctx, conn)
+    elif cmd.type.startswith("payment_method."):
+        detached = cmd.type == "payment_method.detached"
+        await remember_payment_method(conn, obj, cmd.created, now, detached=detached)
+        await settle_label(ctx, conn)
+        outcome = "applied"
     elif cmd.type.startswith("invoice."):
         outcome = await apply_invoice(conn, obj, cmd.created, cmd.type, row.customer_id)
         if (

@@ -150,3 +150,11 @@ async def resume_seat_sync(ctx: InstanceContext) -> None:
         ).first()
     if pending is not None:
         ctx.start_job(SEAT_SYNC_JOB, run_seat_sync)
+
+
+async def resume_billing_jobs(ctx: InstanceContext) -> None:
+    """At wake: the seat sync and the payment method refresh, when they have work waiting."""
+    from actors.organization.billing_payment import resume_refresh
+
+    await resume_seat_sync(ctx)
+    await resume_refresh(ctx)

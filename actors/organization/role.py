@@ -96,5 +96,5 @@ ROLE = Role(
             agent_credentials.agent_environment,
         ),
     ),
-    on_wake=billing_sync.resume_seat_sync,
+    on_wake=billing_sync.resume_billing_jobs,
 )

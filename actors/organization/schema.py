@@ -140,6 +140,12 @@ billing = sa.Table(
     sa.Column("cancel_at", sa.Integer, nullable=True),  # ms
     sa.Column("past_due_since", sa.Integer, nullable=True),  # ms
     sa.Column("payment_method", sa.String, nullable=True),  # e.g. "Visa •••• 4242"
+    # Where that label comes from, as Stripe bills: the subscription's default payment method, else
+    # the customer's invoice default. ``customer_state_created`` is the Stripe time (s) of the
+    # customer state applied last (None: the customer's default was never seen).
+    sa.Column("sub_payment_method_id", sa.String, nullable=True),
+    sa.Column("customer_payment_method_id", sa.String, nullable=True),
+    sa.Column("customer_state_created", sa.Integer, nullable=True),
     # Ordering guard for subscription events: Stripe's creation time (s) of the state applied last,
     # the subscription's own creation time, and whether that subscription was deleted.
     sa.Column("sub_state_created", sa.Integer, nullable=True),
@@ -206,6 +212,20 @@ billing_events = sa.Table(
     sa.Column("outcome", sa.String, nullable=False),  # applied | stale | ignored
     sa.Column("applied_count", sa.Integer, nullable=False, server_default="1"),
     sa.Column("received_at", sa.Integer, nullable=False),
+)
+
+billing_payment_methods = sa.Table(
+    "billing_payment_methods",
+    metadata,
+    # What Foundry knows of each Stripe payment method it was told about: its label (None: not read
+    # yet, Stripe only gave its id) and whether it left the customer (detached is final).
+    sa.Column("payment_method_id", sa.String, primary_key=True),
+    sa.Column("label", sa.String, nullable=True),
+    sa.Column("detached", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Stripe refused to show it (not a retryable failure): shown as no label, never read again.
+    sa.Column("unreadable", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("state_created", sa.Integer, nullable=False),  # ordering guard, Stripe seconds
+    sa.Column("updated_at", sa.Integer, nullable=False),  # ms
 )
 
 stripe_customers = sa.Table(

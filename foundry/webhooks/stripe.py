@@ -21,6 +21,7 @@ from typing import Any
 import stripe
 
 from actors.organization.billing_events import HANDLED_EVENTS
+from actors.organization.billing_payment import trim_payment_method
 from foundry import strict_json
 from foundry.errors import NotFound
 from foundry.ids import APP_SHELL_ID
@@ -49,6 +50,7 @@ _KEEP: dict[str, tuple[str, ...]] = {
         "default_payment_method",
         "metadata",
     ),
+    "customer": ("id", "object"),
     "invoice": (
         "id",
         "object",
@@ -98,12 +100,32 @@ def trim_object(obj: dict[str, Any]) -> dict[str, Any]:
         out["items"] = {"data": items}
         pm = obj.get("default_payment_method")
         if isinstance(pm, dict):
-            card: dict[str, Any] = pm["card"] if isinstance(pm.get("card"), dict) else {}
-            out["default_payment_method"] = {
-                "id": pm.get("id"),
-                "card": {"brand": card.get("brand"), "last4": card.get("last4")},
+            out["default_payment_method"] = trim_payment_method(pm)
+    elif obj.get("object") == "customer":
+        settings = obj.get("invoice_settings")
+        if isinstance(settings, dict) and "default_payment_method" in settings:
+            pm = settings["default_payment_method"]
+            out["invoice_settings"] = {
+                "default_payment_method": trim_payment_method(pm) if isinstance(pm, dict) else pm
             }
+    elif obj.get("object") == "payment_method":
+        out = trim_payment_method(obj)
     return out
+
+
+def event_customer(event: dict[str, Any]) -> str | None:
+    """The Stripe customer an event is about: the object's ``customer``, a customer's own id, or
+    (a detached payment method names none any more) the one in ``previous_attributes``."""
+    data = event["data"]
+    obj = data["object"]
+    if isinstance(obj.get("customer"), str):
+        return str(obj["customer"])
+    if obj.get("object") == "customer" and isinstance(obj.get("id"), str):
+        return str(obj["id"])
+    previous = data.get("previous_attributes")
+    if isinstance(previous, dict) and isinstance(previous.get("customer"), str):
+        return str(previous["customer"])
+    return None
 
 
 class StripeWebhookIngest:
@@ -183,7 +205,7 @@ class StripeWebhookIngest:
             log.info("stripe webhook %s (%s) not handled; acknowledged", event_id, event_type)
             return {"eventId": event_id, "status": "ignored"}
         obj = event["data"]["object"]
-        customer = obj.get("customer") if isinstance(obj.get("customer"), str) else None
+        customer = event_customer(event)
         organization = await self._owner(customer) if customer else None
         if organization is None:
             log.warning(
@@ -209,6 +231,7 @@ class StripeWebhookIngest:
                 "type": event_type,
                 "created": event["created"],
                 "object": trim_object(obj),
+                "customerId": customer,
             },
             command_id=f"stripe-event:{event_id}",
         )

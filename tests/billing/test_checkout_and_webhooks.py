@@ -260,9 +260,9 @@ async def test_cancel_resume_portal_and_back_to_free(billing_server: BillingServ
         portal = await carol.post("/v1/organizations/acme/billing/portal")
         assert portal.status_code == 200
         async with httpx.AsyncClient() as browser:
-            back = await browser.get(portal.json()["url"])
-        assert back.status_code == 303
-        assert back.headers["location"] == f"{billing_server.url}/o/acme/billing"
+            page = await browser.get(portal.json()["url"])  # the portal stand-in links back
+        assert page.status_code == 200
+        assert f'href="{billing_server.url}/o/acme/billing"' in page.text
         # The webhooks of all this arrive afterwards and change nothing back.
         await eventually(lambda: _delivered_all(billing_server), what="every fake Stripe event delivered")
         billing = (await carol.get("/v1/organizations/acme/billing")).json()

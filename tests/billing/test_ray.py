@@ -1,5 +1,6 @@
 """On real Ray: checkout → signed webhooks → the organization's billing; concurrent first prompts take
-one seat, synced to Stripe once from the organization's host process; a redelivery changes nothing."""
+one seat, synced to Stripe once from the organization's host process; a redelivery changes nothing;
+a payment method named by id only is read from Stripe by that host process."""
 
 from __future__ import annotations
 
@@ -99,3 +100,18 @@ async def test_on_ray_checkout_webhooks_and_seats_apply_exactly_once(
     assert [q for _, q, _ in server.stripe.quantity_updates] == [1]
     assert after["invoices"] == before["invoices"]
     assert after["seats"] == before["seats"]
+    # A card changed in the portal, announced only by the id-only subscription event: the
+    # organization's host process reads it from Stripe.
+    stripe = server.stripe
+    stripe.auto_deliver = False
+    start = len(stripe.events)
+    pm = stripe.change_payment_method(next(iter(stripe.customers)), "sepa_debit")
+    (event,) = [e for e in stripe.events[start:] if e["type"] == "customer.subscription.updated"]
+    event["created"] += 50  # clearly after the subscription's earlier states
+    assert (await server.post_event(event)).status_code == 200
+
+    async def relabelled() -> bool:
+        return (await server.billing())["paymentMethod"] == "SEPA Debit •••• 3000"
+
+    await eventually(relabelled, timeout=60, what="the new payment method read from Stripe")
+    assert ("GET", f"/v1/payment_methods/{pm['id']}", None) in stripe.requests

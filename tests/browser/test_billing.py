@@ -1,5 +1,5 @@
-"""The billing page: an admin upgrades through (fake) Stripe Checkout and sees the result live;
-a member reads it without the controls."""
+"""The billing page: an admin upgrades through (fake) Stripe Checkout and sees the result live,
+changes the card in the (fake) Billing Portal; a member reads it without the controls."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ def test_an_admin_upgrades_to_team_and_a_member_sees_it_read_only(people: People
     expect(carol.get_by_test_id("invoice-row").first).to_be_visible(timeout=30_000)
     expect(carol.get_by_role("button", name="Cancel plan")).to_be_visible()
     carol.screenshot(path=shots / "billing-team.png")
+    expect(carol.get_by_text("Visa •••• 4242")).to_be_visible(timeout=30_000)
+
+    # A new card in the Billing Portal (the fake's stand-in page), then back: the label follows.
+    carol.get_by_role("button", name="Payment method and invoices").click()
+    carol.get_by_role("button", name="Use mastercard as default").click()
+    expect(carol).to_have_url(re.compile(r"/o/acme/billing$"), timeout=30_000)
+    expect(carol.get_by_text("Mastercard •••• 4444")).to_be_visible(timeout=30_000)
 
     # alice's open page follows without a reload.
     expect(alice.get_by_test_id("billing-plan-name")).to_have_text("Team (per seat)", timeout=30_000)

@@ -112,6 +112,22 @@ class StripeDriver:
             ),
         )
 
+    async def retrieve_payment_method(self, payment_method_id: str) -> dict[str, Any]:
+        """A payment method (its ``customer`` is None once detached)."""
+        return await self._do(
+            f"payment method {payment_method_id!r}",
+            self._client.v1.payment_methods.retrieve_async(payment_method_id),
+        )
+
+    async def retrieve_customer(self, customer_id: str) -> dict[str, Any]:
+        """A customer, its invoice default payment method expanded (for the card label)."""
+        return await self._do(
+            f"customer {customer_id!r}",
+            self._client.v1.customers.retrieve_async(
+                customer_id, params={"expand": ["invoice_settings.default_payment_method"]}
+            ),
+        )
+
     async def set_cancel_at_period_end(
         self, subscription_id: str, cancel: bool, *, idempotency_key: str
     ) -> dict[str, Any]:

@@ -1,15 +1,19 @@
 """A fake Stripe server: the real SDK talks to it over HTTP, and it sends real signed webhooks.
 
 It answers the calls Foundry makes (customers, Checkout sessions, Billing Portal sessions,
-subscriptions, subscription items) with objects built from Stripe's own fixtures
+subscriptions, subscription items, payment methods) with objects built from Stripe's own fixtures
 (``fixtures.json``: a subset of Stripe's MIT-licensed ``openapi/fixtures3.json``), honours idempotency
-keys like Stripe (a replayed key answers the stored response and changes nothing), and serves two
-stand-in pages: ``GET /checkout/<session id>`` completes a Checkout session (creating the
-subscription and its first paid invoice) and redirects to the session's ``success_url``;
-``GET /portal/<id>`` redirects to the portal's ``return_url``; ``GET /invoice/<id>`` shows an invoice.
+keys like Stripe (a replayed key answers the stored response and changes nothing) and ``expand`` of
+payment methods, and serves stand-in pages: ``GET /checkout/<session id>`` completes a Checkout
+session (paying with Visa •••• 4242, creating the subscription and its first paid invoice) and
+redirects to the session's ``success_url``; ``GET /portal/<id>`` is the Billing Portal, where a
+``POST`` changes the default payment method (or removes one) and redirects to the portal's
+``return_url``; ``GET /invoice/<id>`` shows an invoice.
 
 Every state change emits the event Stripe would (``checkout.session.completed``,
-``customer.subscription.created|updated|deleted``, ``invoice.finalized|paid|payment_failed``), signed
+``customer.subscription.created|updated|deleted``, ``invoice.finalized|paid|payment_failed``,
+``payment_method.attached|detached``, ``customer.updated``), with payment methods as bare ids as in
+Stripe's webhooks, signed
 ``t=<ts>,v1=<hex hmac>`` with ``webhook_secret`` and POSTed to ``webhook_url`` in order from a
 delivery thread (``auto_deliver=False`` keeps them in ``events`` for a test to deliver itself).
 
@@ -20,13 +24,10 @@ holds them past the client's timeout.
 from __future__ import annotations
 
 import copy
-import hashlib
-import hmac
 import itertools
 import json
 import logging
 import queue
-import re
 import threading
 import time
 import urllib.error
@@ -34,56 +35,22 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
+
+from foundry.drivers.stripe.fake_payment_methods import TEST_PAYMENT_METHODS, PaymentMethodsMixin
+from foundry.drivers.stripe.fake_wire import StripeApiError as _Error
+from foundry.drivers.stripe.fake_wire import decode_form, public, sign_payload
+
+__all__ = ["TEST_PAYMENT_METHODS", "FakeStripe", "decode_form", "sign_payload"]
 
 log = logging.getLogger(__name__)
 
 FIXTURES = Path(__file__).with_name("fixtures.json")
 #: Unit price of the fake ``team`` price, in cents.
 SEAT_PRICE_CENTS = 1500
-_KEY_RE = re.compile(r"\[([^\]]*)\]")
 
 
-def sign_payload(payload: bytes, secret: str, timestamp: int | None = None) -> str:
-    """A ``Stripe-Signature`` header: ``t=<ts>,v1=hex(HMAC_SHA256(secret, "<ts>.<payload>"))``."""
-    ts = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={ts},v1={mac}"
-
-
-def decode_form(body: str) -> dict[str, Any]:
-    """Stripe's form encoding (``a[b][0][c]=v``) as nested dicts and lists."""
-    out: dict[str, Any] = {}
-    for raw_key, value in parse_qsl(body, keep_blank_values=True):
-        head = raw_key.split("[", 1)[0]
-        parts = [head, *_KEY_RE.findall(raw_key[len(head) :])]
-        node: Any = out
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            nxt_is_index = not last and parts[i + 1].isdigit()
-            if isinstance(node, list):
-                idx = int(part)
-                while len(node) <= idx:
-                    node.append({} if not nxt_is_index else [])
-                if last:
-                    node[idx] = value
-                else:
-                    node = node[idx]
-            else:
-                if last:
-                    node[part] = value
-                else:
-                    node = node.setdefault(part, [] if nxt_is_index else {})
-    return out
-
-
-class _Error(Exception):
-    def __init__(self, status: int, kind: str, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message, self.code = status, kind, message, code
-
-
-class FakeStripe:
+class FakeStripe(PaymentMethodsMixin):
     """The fake Stripe (see the module docstring). ``start()`` serves on 127.0.0.1."""
 
     def __init__(
@@ -102,6 +69,7 @@ class FakeStripe:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.invoices: dict[str, dict[str, Any]] = {}
+        self.payment_methods: dict[str, dict[str, Any]] = {}
         self._idempotent: dict[str, tuple[int, dict[str, Any]]] = {}
         #: Every API request as (method, path, idempotency key); failed and replayed ones included.
         self.requests: list[tuple[str, str, str | None]] = []
@@ -210,12 +178,7 @@ class FakeStripe:
                 trial_start=None,
                 trial_end=None,
                 metadata=dict(session.get("metadata") or {}),
-                default_payment_method={
-                    "id": f"pm_fake{next(self._ids):06d}",
-                    "object": "payment_method",
-                    "type": "card",
-                    "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030},
-                },
+                default_payment_method=None,
             )
             sub["items"] = {
                 "object": "list",
@@ -225,6 +188,9 @@ class FakeStripe:
             }
             self.subscriptions[sub_id] = sub
             session.update(status="complete", payment_status="paid", subscription=sub_id)
+            # Checkout saves the card it charged and makes it the subscription's default.
+            pm = self._attach_new_payment_method(str(session["customer"]), "visa")
+            sub["default_payment_method"] = pm["id"]
             invoice = self._new_invoice(sub, "paid")
             self._emit("checkout.session.completed", session)
             self._emit("customer.subscription.created", sub)
@@ -242,15 +208,25 @@ class FakeStripe:
             self._emit("customer.subscription.updated", sub)
             return invoice
 
-    def event(self, event_type: str, obj: dict[str, Any], created: int | None = None) -> dict[str, Any]:
-        """A Stripe event of ``event_type`` about ``obj`` (not emitted)."""
+    def event(
+        self,
+        event_type: str,
+        obj: dict[str, Any],
+        created: int | None = None,
+        previous: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A Stripe event of ``event_type`` about ``obj`` (not emitted); ``previous`` becomes
+        ``data.previous_attributes``, the fields an update changed and their old values."""
         evt = copy.deepcopy(self._fixtures["event"])
+        data: dict[str, Any] = {"object": public(copy.deepcopy(obj))}
+        if previous is not None:
+            data["previous_attributes"] = copy.deepcopy(previous)
         evt.update(
             id=f"evt_fake{next(self._ids):08d}",
             type=event_type,
             created=int(time.time()) if created is None else created,
             api_version="2025-06-30.basil",
-            data={"object": _public(copy.deepcopy(obj))},
+            data=data,
         )
         return evt
 
@@ -280,8 +256,8 @@ class FakeStripe:
 
     # ------------------------------------------------------------------------------ internals
 
-    def _emit(self, event_type: str, obj: dict[str, Any]) -> None:
-        evt = self.event(event_type, obj)
+    def _emit(self, event_type: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> None:
+        evt = self.event(event_type, obj, previous=previous)
         self.events.append(evt)
         if self.auto_deliver and self.webhook_url:
             self._outgoing.put(evt)
@@ -336,7 +312,10 @@ class FakeStripe:
                 target = str(session["success_url"]).replace("{CHECKOUT_SESSION_ID}", session["id"])
                 return 303, {"location": target}, b""
             if method == "GET" and path.startswith("/portal/"):
-                return 303, {"location": str(self._portal_return(path.removeprefix("/portal/")))}, b""
+                page = self.portal_page(path.removeprefix("/portal/"))
+                return 200, {"content-type": "text/html; charset=utf-8"}, page.encode()
+            if method == "POST" and path.startswith("/portal/"):
+                return 303, {"location": self._portal_post(path.removeprefix("/portal/"), body)}, b""
             if method == "GET" and path.startswith("/invoice/"):  # the hosted invoice page
                 found = self.invoices.get(path.removeprefix("/invoice/"))
                 if found is None:
@@ -379,12 +358,6 @@ class FakeStripe:
             }
             return exc.status, {"content-type": "application/json"}, json.dumps(err).encode()
 
-    def _portal_return(self, portal_id: str) -> str:
-        for session in self.sessions.values():
-            if session.get("object") == "billing_portal.session" and session["id"] == portal_id:
-                return str(session["return_url"])
-        raise _Error(404, "invalid_request_error", f"No such billing_portal.session: '{portal_id}'")
-
     def _route(self, method: str, path: str, params: dict[str, Any], key: str | None) -> dict[str, Any]:
         parts = path.strip("/").split("/")[1:]
         if method == "POST" and parts == ["customers"]:
@@ -423,7 +396,7 @@ class FakeStripe:
                 _price=items[0].get("price", self.price_team),
             )
             self.sessions[sid] = session
-            return _public(session)
+            return public(session)
         if method == "GET" and len(parts) == 3 and parts[:2] == ["checkout", "sessions"]:
             found = self.sessions.get(parts[2])
             if found is None or found.get("object") != "checkout.session":
@@ -433,7 +406,7 @@ class FakeStripe:
                     f"No such checkout.session: '{parts[2]}'",
                     "resource_missing",
                 )
-            return _public(found)
+            return public(found)
         if method == "POST" and parts == ["billing_portal", "sessions"]:
             portal = copy.deepcopy(self._fixtures["billing_portal.session"])
             pid = f"bps_fake{next(self._ids):06d}"
@@ -452,6 +425,21 @@ class FakeStripe:
                     404, "invalid_request_error", f"No such subscription: '{parts[1]}'", "resource_missing"
                 )
             if method == "POST":
+                if "default_payment_method" in params:
+                    pm_id = params["default_payment_method"] or None
+                    found = self.payment_methods.get(pm_id) if pm_id else None
+                    if pm_id and (found is None or found.get("customer") != sub["customer"]):
+                        raise _Error(
+                            400,
+                            "invalid_request_error",
+                            f"No such PaymentMethod: '{pm_id}'",
+                            "resource_missing",
+                        )
+                    before = sub.get("default_payment_method")
+                    sub["default_payment_method"] = pm_id
+                    self._emit(
+                        "customer.subscription.updated", sub, previous={"default_payment_method": before}
+                    )
                 if "cancel_at_period_end" in params:
                     flag = params["cancel_at_period_end"] == "true"
                     sub["cancel_at_period_end"] = flag
@@ -460,7 +448,18 @@ class FakeStripe:
             elif method == "DELETE":
                 sub.update(status="canceled", canceled_at=int(time.time()), ended_at=int(time.time()))
                 self._emit("customer.subscription.deleted", sub)
-            return sub
+            return self._expanded(sub, params)
+        if method == "GET" and len(parts) == 2 and parts[0] == "customers":
+            return self._expanded(self._customer(parts[1]), params)
+        if len(parts) >= 2 and parts[0] == "payment_methods":
+            if method == "POST" and len(parts) == 3 and parts[2] == "detach":
+                return self.detach_payment_method(parts[1])
+            found = self.payment_methods.get(parts[1])
+            if method != "GET" or len(parts) != 2 or found is None:
+                raise _Error(
+                    404, "invalid_request_error", f"No such PaymentMethod: '{parts[1]}'", "resource_missing"
+                )
+            return copy.deepcopy(found)
         if method == "POST" and len(parts) == 2 and parts[0] == "subscription_items":
             for sub in self.subscriptions.values():
                 item = sub["items"]["data"][0]
@@ -473,8 +472,3 @@ class FakeStripe:
                 404, "invalid_request_error", f"No such subscription_item: '{parts[1]}'", "resource_missing"
             )
         raise _Error(404, "invalid_request_error", f"Unrecognized request URL ({method}: {path})")
-
-
-def _public(obj: dict[str, Any]) -> dict[str, Any]:
-    """An object without the fake's private ``_`` fields."""
-    return {k: v for k, v in obj.items() if not k.startswith("_")}
