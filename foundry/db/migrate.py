@@ -7,6 +7,7 @@ event loop; a module-level lock would bind to the first loop and break under pyt
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import functools
 import logging
@@ -15,20 +16,22 @@ import shutil
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationStep
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations as _migrations_package  # the top-level package that holds the environments
 from foundry.db.engine import make_engine, read_only
+
+# alembic is imported where a migration runs, not here: importing it costs about 0.4 s, and every
+# process that hosts actors imports this module on its way up, which a restarted host process pays
+# before it can answer. An instance whose database is at head (every wake but the first) needs only
+# the head revision, read from the revision files by `head_revision`.
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ def migrations_dir(role_package: str) -> Path:
 @functools.cache
 def alembic_config(location: str) -> Config:
     """An alembic Config without alembic.ini, pointing at one role's environment folder."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", location)
     cfg.set_main_option("version_locations", str(Path(location) / "versions"))
@@ -54,11 +59,65 @@ def alembic_config(location: str) -> Config:
 
 @functools.cache
 def script_directory(location: str) -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config(location))
 
 
+@functools.cache
 def head_revision(location: str) -> str | None:
+    """The head revision of one environment (``None``: no revisions).
+
+    Read from the revision files' ``revision``/``down_revision`` assignments, which is what alembic
+    itself resolves them from, without importing alembic; anything this reading cannot settle on its
+    own (several heads, a file it cannot parse) is left to alembic's ScriptDirectory.
+    """
+    graph = _revision_graph(Path(location) / "versions")
+    if graph is not None:
+        revisions, parents = graph
+        heads = revisions - parents
+        if len(heads) == 1:
+            return heads.pop()
+        if not revisions:
+            return None
     return script_directory(location).get_current_head()
+
+
+def _revision_graph(versions: Path) -> tuple[set[str], set[str]] | None:
+    """Every revision id in ``versions`` and every id named as a down revision; None if unsure."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted(versions.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(), str(path))
+        except (OSError, SyntaxError, ValueError) as exc:
+            log.debug("reading revisions: %s left to alembic (%s)", path, exc)
+            return None
+        values: dict[str, Any] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                try:
+                    values[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    return None
+        revision = values.get("revision")
+        if not isinstance(revision, str):
+            return None
+        revisions.add(revision)
+        down = values.get("down_revision")
+        if isinstance(down, str):
+            parents.add(down)
+        elif isinstance(down, (tuple, list)):
+            parents.update(d for d in down if isinstance(d, str))
+        elif down is not None:
+            return None
+    return revisions, parents
 
 
 class HalfBuiltDatabase(Exception):
@@ -106,6 +165,9 @@ def _clear_unversioned(connection: Connection, path: str) -> None:
 
 
 def _upgrade_sync(connection: Connection, location: str, path: str) -> None:
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.runtime.migration import MigrationStep
+
     if _recorded_revision(connection) is None:
         _clear_unversioned(connection, path)
     script = script_directory(location)
@@ -243,6 +305,9 @@ async def seed_new_database(path: Path, location: str, template_dir: Path) -> bo
 
 async def schema_diff(engine: AsyncEngine, metadata: sa.MetaData) -> list[Any]:
     """Differences between the database schema and the role's models (empty when they agree)."""
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
 
     def _compare(sync_conn: Connection) -> list[Any]:
         ctx = MigrationContext.configure(sync_conn, opts={"render_as_batch": True})
