@@ -12,7 +12,6 @@ import logging
 import os
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -66,13 +65,6 @@ def start_fake_stripe(settings: Settings) -> tuple[FakeStripe, Settings]:
         }
     )
     return fake, settings.model_copy(update={"stripe": stripe})
-
-
-def demo_agent_launchers(python: str = sys.executable) -> dict[str, str]:
-    """Agent launchers every sandbox gets in mock mode: the demo agent answers as ``mock``."""
-    from foundry.demo_agent.launcher import launcher_script
-
-    return {"mock": launcher_script(python)}
 
 
 def seed_mock_remotes(fake: FakeGitHub, root: Path) -> dict[str, str]:

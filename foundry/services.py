@@ -65,7 +65,9 @@ def build_sandbox_provider(settings: Settings) -> Any:
 
     launchers: dict[str, str] = {}
     if settings.demo_agent_enabled:
-        from foundry.mock import demo_agent_launchers
+        # Not from foundry.mock, which loads the fake GitHub and its JWT stack: a restarted host
+        # process would pay that before answering.
+        from foundry.demo_agent.launcher import demo_agent_launchers
 
         launchers.update(demo_agent_launchers())
     for agent_id, command in settings.sandbox.agent_commands.items():

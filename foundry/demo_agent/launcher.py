@@ -41,3 +41,8 @@ def write_launcher(
     path.write_text(launcher_script(python), encoding="utf-8")
     path.chmod(0o755)
     return path
+
+
+def demo_agent_launchers(python: str = sys.executable) -> dict[str, str]:
+    """Agent launchers every sandbox gets in mock mode: the demo agent answers as ``mock``."""
+    return {"mock": launcher_script(python)}

@@ -87,15 +87,19 @@ def test_the_head_of_a_branched_history_is_left_to_alembic(tmp_path: Path) -> No
         head_revision(str(tmp_path / "env"))
 
 
-def test_a_host_process_comes_up_without_importing_alembic() -> None:
+def test_a_host_process_comes_up_without_importing_alembic_or_the_fakes(tmp_path: Path) -> None:
     """A restarted host process answers sooner without alembic's 0.4 s import (databases at head
-    need only the head revision)."""
+    need only the head revision) nor the fake GitHub's JWT stack (0.3 s)."""
     code = (
         "import sys, foundry.runtime.host_process, foundry.services\n"
         "from foundry.runtime.role import available_roles, load_role\n"
         "from foundry.db.migrate import head_revision\n"
         "[head_revision(load_role(r).migrations_location) for r in available_roles()]\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+        "from foundry.config import Settings\n"
+        "foundry.services.build_services(Settings(mode='mock', data_dir=sys.argv[1]))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'jwt')))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"
