@@ -6,12 +6,59 @@ one place, as in Ray Serve's control plane.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from foundry.clock import Clock, SystemClock
 from foundry.config import Settings
+
+
+class Drivers(MutableMapping[str, Any]):
+    """Driver instances by name, each built on first use from the factory registered for it.
+
+    A restarted host process answers only once its ``__init__`` is done; building every driver there
+    (importing the GitHub and Stripe SDKs) made each restart that much slower although its first
+    requests need neither.
+    """
+
+    def __init__(self) -> None:
+        self._built: dict[str, Any] = {}
+        self._factories: dict[str, Callable[[], Any]] = {}
+
+    def register(self, name: str, factory: Callable[[], Any]) -> None:
+        """Build driver ``name`` with ``factory`` when it is first used."""
+        self._built.pop(name, None)
+        self._factories[name] = factory
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            # KeyError: no such driver. A factory that raises stays registered: the next use tries
+            # again and raises the same error, instead of a misleading "no such driver".
+            self._built[name] = self._factories[name]()
+            del self._factories[name]
+        return self._built[name]
+
+    def __setitem__(self, name: str, driver: Any) -> None:
+        self._factories.pop(name, None)
+        self._built[name] = driver
+
+    def __delitem__(self, name: str) -> None:
+        if self._factories.pop(name, None) is None:
+            del self._built[name]
+        else:
+            self._built.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        # Mapping's own would look the driver up, i.e. build it.
+        return name in self._built or name in self._factories
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self._factories, **self._built})
+
+    def __len__(self) -> int:
+        return len(self._factories.keys() | self._built.keys())
 
 
 @dataclass
@@ -21,7 +68,7 @@ class Services:
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
     #: Driver instances by name (``github``, ``sandbox``, ``stripe``), added by the wiring.
-    drivers: dict[str, Any] = field(default_factory=dict)
+    drivers: Drivers = field(default_factory=Drivers)
 
     def driver(self, name: str) -> Any:
         try:
@@ -35,22 +82,30 @@ def build_services(settings: Settings) -> Services:
     services = Services(settings=settings)
     gh = settings.github
     if gh.configured:
-        from foundry.drivers.github.pygithub import PyGithubDriver
 
-        services.drivers["github"] = PyGithubDriver(
-            gh.app_id,
-            gh.private_key.get_secret_value(),
-            gh.client_id,
-            gh.client_secret.get_secret_value(),
-            base_url=gh.api_url,
-            web_url=gh.web_url,
-            throttle=gh.throttle,
-            clock=services.clock,
-        )
+        def github() -> Any:
+            from foundry.drivers.github.pygithub import PyGithubDriver
+
+            return PyGithubDriver(
+                gh.app_id,
+                gh.private_key.get_secret_value(),
+                gh.client_id,
+                gh.client_secret.get_secret_value(),
+                base_url=gh.api_url,
+                web_url=gh.web_url,
+                throttle=gh.throttle,
+                clock=services.clock,
+            )
+
+        services.drivers.register("github", github)
     if settings.stripe.configured:
-        from foundry.drivers.stripe.client import StripeDriver
 
-        services.drivers["stripe"] = StripeDriver(settings.stripe)
+        def stripe() -> Any:
+            from foundry.drivers.stripe.client import StripeDriver
+
+            return StripeDriver(settings.stripe)
+
+        services.drivers.register("stripe", stripe)
     services.drivers["sandbox"] = build_sandbox_provider(settings)
     return services
 
