@@ -145,6 +145,9 @@ class LocalSandboxProvider:
         resource limits are enforced here."""
         if self._isolation is None:
             status = await asyncio.to_thread(isolation_status, self.jail)
+            if self.jail.jailed and status.network != self.jail.network:
+                # egress cannot start here and was not chosen explicitly: the status says why.
+                self.jail = dataclasses.replace(self.jail, network=status.network, network_fallback=None)
             limits = await asyncio.to_thread(limits_mechanism, self._cgroup_group, self.limits)
             self._isolation = dataclasses.replace(status, detail=f"{status.detail}; limits: {limits}")
         return self._isolation
