@@ -6,13 +6,14 @@ on the host (it is the sandbox's leader process, outside the jail):
 
 1. starts bubblewrap with ``--info-fd`` and ``--block-fd``: bubblewrap creates the jail's namespaces,
    says the jail's pid, and waits before it runs anything inside;
-2. installs the egress rules in the jail's network namespace (``nsenter … ip -batch``), before the
-   namespace even has an interface, so there is no moment when the jail is connected and unfenced;
-3. starts pasta attached to that namespace (``--config-net``: the jail gets an interface with the
+2. starts pasta attached to that namespace (``--config-net``: the jail gets an interface with the
    host's address and routes; ``-t/-u/-T/-U none``: no port is forwarded in either direction;
    ``--no-map-gw``: the gateway address is not the host's loopback; ``--dns-forward``: DNS sent to the
    gateway goes to the host's resolver, and the jail's ``/etc/resolv.conf`` names only that), and
    waits for its pid file, which pasta writes once the namespace is configured;
+3. installs the egress rules in the jail's network namespace (``nsenter … ip -batch``); nothing has
+   run inside the jail yet, so there is no moment when it is connected and unfenced (the rules come
+   after pasta's set-up because the kernel checks the default route's gateway against them);
 4. lets the jail run, and exits as bubblewrap did (same code, or killed by the same signal).
 
 Why pasta attached to a namespace bubblewrap made, rather than ``pasta -- bwrap …`` (pasta creating the
@@ -200,7 +201,6 @@ def _run(pasta: str, allow: list[str], bwrap_argv: list[str]) -> int:
         os.close(resolv_w)
         info = json.loads(_read_until(info_r, b"}", "bubblewrap's jail pid"))
         pid = int(info["child-pid"])
-        _install_rules(pid, ip_rules(host, allowed, host.gateway))
         ready_r, ready_w = os.pipe()
         pasta_process = subprocess.Popen(
             pasta_args(pasta, pid, f"/proc/self/fd/{ready_w}", host.gateway),
@@ -224,6 +224,9 @@ def _run(pasta: str, allow: list[str], bwrap_argv: list[str]) -> int:
             raise _SetupError(f"pasta ({pasta}) failed: {exc}: {' / '.join(said) or 'no output'}") from exc
         threading.Thread(target=_drain, args=(os.dup(errors),), daemon=True).start()
         pasta_process.stderr.close()
+        # After pasta configured the namespace (the kernel checks its gateway against the rules when
+        # pasta adds the default route) and before the jail runs anything: no unfenced moment.
+        _install_rules(pid, ip_rules(host, allowed, host.gateway))
         os.write(block_w, b"1")
     except (_SetupError, OSError, ValueError, KeyError) as exc:
         _stop(jail)
