@@ -180,6 +180,7 @@ class SandboxSettings(BaseModel):
 
         parse_allow(value)  # a ValueError names the bad entry
         return value
+
     # Limits of each sandbox (0 turns one off). A sandbox that hits one is stopped and its task shows
     # which; its files are kept. Enforced with cgroups where Foundry may create them, else rlimits.
     #: Memory of the whole sandbox (a memory cgroup), else of each of its processes.

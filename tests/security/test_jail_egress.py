@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -105,7 +104,8 @@ def start_server(addresses: list[str], netns_pid: int | None = None) -> subproce
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
     return server
 
 
@@ -135,7 +135,9 @@ def internet() -> Iterator[Internet]:
         host_ip = next(
             str(net.network_address)
             for net in host_network().addresses
-            if net.version == 4 and not net.network_address.is_loopback and str(net.network_address) != HOST_OTHER
+            if net.version == 4
+            and not net.network_address.is_loopback
+            and str(net.network_address) != HOST_OTHER
         )
         servers.append(start_server(["127.0.0.1", host_ip, HOST_OTHER]))
         yield Internet(holder, servers, host_ip, PORT)
@@ -154,7 +156,9 @@ def dial_from_host(target: str) -> str:
         return conn.recv(100).decode()
 
 
-async def dial_from(endpoint_provider: LocalSandboxProvider, sandbox_id: str, targets: list[str]) -> dict[str, list]:
+async def dial_from(
+    endpoint_provider: LocalSandboxProvider, sandbox_id: str, targets: list[str]
+) -> dict[str, list]:
     endpoint = await endpoint_provider.create(sandbox_id)
     async with SandboxAgentClient(endpoint) as client:
         ran = await client.run_process(sys.executable, ["-I", "-c", DIAL, *targets], timeout_ms=60_000)
@@ -199,7 +203,8 @@ async def test_egress_reaches_the_internet_and_allowed_hosts_but_nothing_of_this
         assert seconds < 1.0, (target, seconds)  # refused at once, not a hang until a timeout
     status = await provider.isolation()
     assert (status.ok, status.network) == (True, "egress")
-    assert "pasta" in status.detail and LAN_ALLOWED in status.detail
+    assert "pasta" in status.detail
+    assert LAN_ALLOWED in status.detail
 
 
 async def test_egress_resolves_names_and_reaches_a_registry_this_machine_reaches(
@@ -249,7 +254,8 @@ async def test_pasta_dying_stops_the_sandbox_with_an_error_naming_it(provider: L
     pasta = next(pid for pid in processes if names([pid]) == {"pasta"})
     os.kill(pasta, signal.SIGKILL)
     sandbox_id, returncode, reason = await asyncio.wait_for(provider.exits.get(), 10)  # type: ignore[attr-defined]
-    assert sandbox_id == "netless" and returncode != 0
+    assert sandbox_id == "netless"
+    assert returncode != 0
     assert "pasta, which connects the sandbox to the network, exited unexpectedly" in reason
     for _ in range(100):
         if not running(processes):
@@ -325,7 +331,9 @@ def test_production_defaults_to_egress_with_a_fallback_and_mock_to_none(tmp_path
 
     production = sandbox_jail_policy(Settings(data_dir=tmp_path, mode="production"))
     assert (production.network, production.network_fallback) == ("egress", "host")
-    chosen = sandbox_jail_policy(Settings(data_dir=tmp_path, mode="production", sandbox={"network": "egress"}))
+    chosen = sandbox_jail_policy(
+        Settings(data_dir=tmp_path, mode="production", sandbox={"network": "egress"})
+    )
     assert (chosen.network, chosen.network_fallback) == ("egress", None)
     mock = sandbox_jail_policy(Settings(data_dir=tmp_path, mode="mock"))
     assert mock.network == "none"

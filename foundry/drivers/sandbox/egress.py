@@ -209,7 +209,8 @@ def _run(pasta: str, allow: list[str], bwrap_argv: list[str]) -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_pdeathsig,  # noqa: PLW1509 - single-threaded here: no thread can hold a lock
+            # Safe here: this process runs no other thread yet that could hold a lock in the child.
+            preexec_fn=_pdeathsig,
         )
         os.close(ready_w)
         assert pasta_process.stderr is not None

@@ -129,7 +129,9 @@ def parse_allow(entries: Iterable[str]) -> tuple[Net, ...]:
         try:
             allowed.append(ipaddress.ip_network(entry.strip(), strict=False))
         except ValueError as exc:
-            raise ValueError(f"sandbox.egress_allow entry {entry!r} is not an address or CIDR: {exc}") from exc
+            raise ValueError(
+                f"sandbox.egress_allow entry {entry!r} is not an address or CIDR: {exc}"
+            ) from exc
     return tuple(allowed)
 
 
