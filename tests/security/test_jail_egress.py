@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -337,3 +338,12 @@ def test_production_defaults_to_egress_with_a_fallback_and_mock_to_none(tmp_path
     assert (chosen.network, chosen.network_fallback) == ("egress", None)
     mock = sandbox_jail_policy(Settings(data_dir=tmp_path, mode="mock"))
     assert mock.network == "none"
+
+
+def test_a_bad_allow_entry_is_refused_at_start_naming_it(tmp_path: Path):
+    from pydantic import ValidationError
+
+    from foundry.config import Settings
+
+    with pytest.raises(ValidationError, match=re.escape("'10.0.0.300' is not an address or CIDR")):
+        Settings(data_dir=tmp_path, sandbox={"egress_allow": ["10.0.0.0/8", "10.0.0.300"]})
