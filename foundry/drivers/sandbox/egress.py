@@ -19,7 +19,8 @@ on the host (it is the sandbox's leader process, outside the jail):
 Why pasta attached to a namespace bubblewrap made, rather than ``pasta -- bwrap …`` (pasta creating the
 namespaces): pasta started as root drops to ``nobody`` and then cannot map the user namespace it
 created, so that form fails when Foundry runs as root; attaching works as root (``--runas 0``,
-``--netns-only``) and as any other user (joining the jail's user namespace, which that user owns).
+``--netns-only``) and as any other user (joining the user namespace that owns the jail's network
+namespace, which bubblewrap created as that user).
 pasta rather than slirp4netns: it is one small packaged binary (Debian ``passt``) that connects a
 namespace through ordinary host sockets without a TAP device on the host or any privilege.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import select
@@ -58,6 +60,7 @@ PASTA_INSTALL_HINT = (
     "(the host's network, every local port in reach)"
 )
 _PR_SET_PDEATHSIG = 1
+_NS_GET_USERNS = 0xB701  # ioctl(2) on a namespace descriptor: the user namespace that owns it
 _SETUP_TIMEOUT_S = 10.0
 # pasta also tries the system logger, which a server usually lacks; those lines are noise.
 _NOISE = "to syslog"
@@ -72,17 +75,32 @@ def egress_command(pasta: str, allow: Sequence[str], bwrap_argv: Sequence[str]) 
     return [*command, "--", *bwrap_argv]
 
 
-def pasta_args(pasta: str, pid: int, pid_file: str, dns: str | None) -> list[str]:
-    """pasta attached to the network namespace of ``pid``, forwarding no port (see the docstring)."""
+def pasta_args(pasta: str, pid: int, pid_file: str, dns: str | None, owner: str | None) -> list[str]:
+    """pasta attached to the network namespace of ``pid``, forwarding no port (see the docstring);
+    ``owner`` is the path of the user namespace that owns it (None when running as root)."""
     args = [pasta, "--config-net", "--foreground", "--quiet", "--no-map-gw"]
     args += ["-t", "none", "-u", "none", "-T", "none", "-U", "none", "-P", pid_file]
     if dns is not None:
         args += ["--dns-forward", dns]
     args += ["--runas", f"{os.getuid()}:{os.getgid()}", "--netns", f"/proc/{pid}/ns/net"]
     # Root may enter any namespace but cannot map its user namespace (see the module docstring);
-    # anyone else needs the jail's user namespace, which grants it the right to configure the net one.
-    args += ["--netns-only"] if os.geteuid() == 0 else ["--userns", f"/proc/{pid}/ns/user"]
+    # anyone else needs the user namespace that owns the network one, which grants it the right to
+    # configure it.
+    args += ["--netns-only"] if owner is None else ["--userns", owner]
     return args
+
+
+def _owner_of(pid: int) -> int | None:
+    """An open descriptor of the user namespace that owns ``pid``'s network namespace, or None as
+    root. Not ``/proc/<pid>/ns/user``: bubblewrap maps the jail's uid in a second, nested user
+    namespace, whose capabilities do not extend to the network namespace made with the first."""
+    if os.geteuid() == 0:
+        return None
+    net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fcntl.ioctl(net, _NS_GET_USERNS)
+    finally:
+        os.close(net)
 
 
 class _SetupError(Exception):
@@ -117,10 +135,10 @@ def _read_until(fd: int, done: bytes, what: str) -> bytes:
     return data
 
 
-def _install_rules(pid: int, rules: dict[int, str]) -> None:
+def _install_rules(pid: int, owner: int | None, rules: dict[int, str]) -> None:
     namespaces = [f"--net=/proc/{pid}/ns/net"]
-    if os.geteuid() != 0:
-        namespaces = [f"--user=/proc/{pid}/ns/user", "--preserve-credentials", *namespaces]
+    if owner is not None:
+        namespaces = [f"--user=/proc/self/fd/{owner}", "--preserve-credentials", *namespaces]
     for version, batch in rules.items():
         done = subprocess.run(
             ["nsenter", *namespaces, "--", "ip", f"-{version}", "-batch", "-"],
@@ -129,6 +147,7 @@ def _install_rules(pid: int, rules: dict[int, str]) -> None:
             text=True,
             timeout=_SETUP_TIMEOUT_S,
             check=False,
+            pass_fds=() if owner is None else (owner,),
         )
         if done.returncode != 0:
             said = " / ".join(done.stderr.split("\n")).strip(" /") or f"exit code {done.returncode}"
@@ -201,10 +220,12 @@ def _run(pasta: str, allow: list[str], bwrap_argv: list[str]) -> int:
         os.close(resolv_w)
         info = json.loads(_read_until(info_r, b"}", "bubblewrap's jail pid"))
         pid = int(info["child-pid"])
+        owner = _owner_of(pid)
         ready_r, ready_w = os.pipe()
+        owner_path = None if owner is None else f"/proc/self/fd/{owner}"
         pasta_process = subprocess.Popen(
-            pasta_args(pasta, pid, f"/proc/self/fd/{ready_w}", host.gateway),
-            pass_fds=(ready_w,),
+            pasta_args(pasta, pid, f"/proc/self/fd/{ready_w}", host.gateway, owner_path),
+            pass_fds=(ready_w,) if owner is None else (ready_w, owner),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -227,7 +248,7 @@ def _run(pasta: str, allow: list[str], bwrap_argv: list[str]) -> int:
         pasta_process.stderr.close()
         # After pasta configured the namespace (the kernel checks its gateway against the rules when
         # pasta adds the default route) and before the jail runs anything: no unfenced moment.
-        _install_rules(pid, ip_rules(host, allowed, host.gateway))
+        _install_rules(pid, owner, ip_rules(host, allowed, host.gateway))
         os.write(block_w, b"1")
     except (_SetupError, OSError, ValueError, KeyError) as exc:
         _stop(jail)
