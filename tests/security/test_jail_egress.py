@@ -310,6 +310,17 @@ async def test_a_missing_pasta_fails_an_explicit_egress_and_a_default_one_falls_
         await explicit.create("never")
     assert not explicit.sandbox_dir("never").exists()
 
+    # A pasta that is there but cannot connect the jail (here: not pasta at all) is named too.
+    broken = LocalSandboxProvider(
+        tmp_path / "broken", find_binary(), jail=JailPolicy(network="egress", pasta="/bin/false")
+    )
+    with pytest.raises(SandboxIsolationUnavailable) as refused:
+        await broken.create("never")
+    assert "pasta (/bin/false) exited with code 1 before it connected the jail's network" in str(
+        refused.value
+    )
+    assert "apt-get install passt" in str(refused.value)
+
     default = LocalSandboxProvider(
         tmp_path / "default",
         find_binary(),

@@ -240,10 +240,15 @@ def _run(pasta: str, allow: list[str], bwrap_argv: list[str]) -> int:
             _read_until(ready_r, b"\n", "pasta to connect the jail's network")
         except _SetupError as exc:
             time.sleep(0.05)
+            exited = pasta_process.poll()
             _stop(pasta_process)
-            said = [line for line in pasta_process.stderr.read().decode(errors="replace").splitlines()]
-            said = [line for line in said if _NOISE not in line]
-            raise _SetupError(f"pasta ({pasta}) failed: {exc}: {' / '.join(said) or 'no output'}") from exc
+            lines = pasta_process.stderr.read().decode(errors="replace").splitlines()
+            said = " / ".join(line for line in lines if _NOISE not in line) or "no output"
+            if exited is not None:
+                why = f"exited with code {exited} before it connected the jail's network"
+            else:
+                why = str(exc)
+            raise _SetupError(f"pasta ({pasta}) {why}: {said}") from exc
         threading.Thread(target=_drain, args=(os.dup(errors),), daemon=True).start()
         pasta_process.stderr.close()
         # After pasta configured the namespace (the kernel checks its gateway against the rules when
