@@ -42,6 +42,7 @@ from foundry.drivers.sandbox.jail import JailPolicy, find_pasta
 from foundry.drivers.sandbox.local import LocalSandboxProvider
 from foundry.drivers.sandbox.spawn import descendants
 from tests.procs import alive as running
+from tests.tasks.conftest import create_task, idle_session, running_server, wait_task
 
 pytestmark = [
     pytest.mark.security,
@@ -358,3 +359,17 @@ def test_a_bad_allow_entry_is_refused_at_start_naming_it(tmp_path: Path):
 
     with pytest.raises(ValidationError, match=re.escape("'10.0.0.300' is not an address or CIDR")):
         Settings(data_dir=tmp_path, sandbox={"egress_allow": ["10.0.0.0/8", "10.0.0.300"]})
+
+
+async def test_a_task_runs_in_an_egress_jail_and_readyz_says_so(tmp_path: Path):
+    async with running_server(tmp_path, network="egress") as server, server.signed_in("alice") as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        check = ready.json()["checks"]["isolation"]
+        assert (check["ok"], check["isolation"], check["network"]) == (True, "bwrap", "egress")
+        assert "pasta" in check["detail"]
+        assert "cloud metadata" in check["detail"]
+        created = await create_task(client, prompt="Work behind the egress fence")
+        await wait_task(client, created["taskId"], idle_session)
+        processes = jail_of(server.provider, created["taskId"])
+        assert {"pasta", "bwrap", "sandbox-agent"} <= names(processes)
