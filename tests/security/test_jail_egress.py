@@ -18,6 +18,7 @@ reaches, if any, is tried in a second test), and behaviour on hosts whose resolv
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import re
@@ -95,13 +96,14 @@ class Internet:
     holder: subprocess.Popen[bytes]
     servers: list[subprocess.Popen[str]]
     host_ip: str
-    port: int
+    #: The port of the host's own servers (the made-up internet's listen on `PORT`).
+    host_port: int
 
 
-def start_server(addresses: list[str], netns_pid: int | None = None) -> subprocess.Popen[str]:
+def start_server(addresses: list[str], port: int, netns_pid: int | None = None) -> subprocess.Popen[str]:
     prefix = ["nsenter", f"--net=/proc/{netns_pid}/ns/net"] if netns_pid else []
     server = subprocess.Popen(
-        [*prefix, sys.executable, "-I", "-c", SERVER, str(PORT), *addresses],
+        [*prefix, sys.executable, "-I", "-c", SERVER, str(port), *addresses],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -116,6 +118,10 @@ def internet() -> Iterator[Internet]:
     """The made-up internet, the host's own servers, and the host routes to it (removed after)."""
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
         pytest.skip("building a test internet needs root, ip and nsenter")
+    # The routes below are machine-wide: another run of this test (another worktree, another worker)
+    # waits for this one instead of failing on "route exists".
+    lock = open("/tmp/foundry-test-internet.lock", "w")  # noqa: SIM115 - held until the fixture ends
+    fcntl.flock(lock, fcntl.LOCK_EX)
     holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
     outside, inside = f"eg{os.getpid() % 100000}h", f"eg{os.getpid() % 100000}i"
     servers: list[subprocess.Popen[str]] = []
@@ -133,7 +139,7 @@ def internet() -> Iterator[Internet]:
             ip("addr", "add", f"{address}/32", "dev", inside, netns_pid=holder.pid)
         ip("route", "add", f"{HOST_OTHER}/32", "dev", inside, netns_pid=holder.pid)
         ip("route", "add", "default", "via", HOST_OTHER, "dev", inside, "onlink", netns_pid=holder.pid)
-        servers.append(start_server([PUBLIC, METADATA, LAN_ALLOWED, LAN_BLOCKED], holder.pid))
+        servers.append(start_server([PUBLIC, METADATA, LAN_ALLOWED, LAN_BLOCKED], PORT, holder.pid))
         host_ip = next(
             str(net.network_address)
             for net in host_network().addresses
@@ -141,8 +147,10 @@ def internet() -> Iterator[Internet]:
             and not net.network_address.is_loopback
             and str(net.network_address) != HOST_OTHER
         )
-        servers.append(start_server(["127.0.0.1", host_ip, HOST_OTHER]))
-        yield Internet(holder, servers, host_ip, PORT)
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            host_port = probe.getsockname()[1]
+        servers.append(start_server(["127.0.0.1", host_ip, HOST_OTHER], host_port))
+        yield Internet(holder, servers, host_ip, host_port)
     finally:
         for server in servers:
             server.kill()
@@ -150,6 +158,7 @@ def internet() -> Iterator[Internet]:
         holder.kill()  # the veth pair and its routes go with the namespace
         holder.wait()
         subprocess.run(["ip", "link", "del", outside], capture_output=True, check=False)
+        lock.close()
 
 
 def dial_from_host(target: str) -> str:
@@ -188,9 +197,9 @@ async def test_egress_reaches_the_internet_and_allowed_hosts_but_nothing_of_this
 ):
     allowed = {f"{PUBLIC}:{PORT}": PUBLIC, f"{LAN_ALLOWED}:{PORT}": LAN_ALLOWED}
     blocked = [
-        f"127.0.0.1:{PORT}",
-        f"{internet.host_ip}:{PORT}",
-        f"{HOST_OTHER}:{PORT}",
+        f"127.0.0.1:{internet.host_port}",
+        f"{internet.host_ip}:{internet.host_port}",
+        f"{HOST_OTHER}:{internet.host_port}",
         f"{METADATA}:{PORT}",
         f"{LAN_BLOCKED}:{PORT}",
     ]
