@@ -253,8 +253,14 @@ def _run(pasta: str, allow: list[str], bwrap_argv: list[str]) -> int:
         pasta_process.stderr.close()
         # After pasta configured the namespace (the kernel checks its gateway against the rules when
         # pasta adds the default route) and before the jail runs anything: no unfenced moment.
-        _install_rules(pid, owner, ip_rules(host, allowed, host.gateway))
+        rules = ip_rules(host, allowed, host.gateway)
+        if not os.path.exists("/proc/net/if_inet6"):
+            rules.pop(6, None)  # IPv6 is off in this kernel: nothing to fence, and `ip -6` would fail
+        _install_rules(pid, owner, rules)
         os.write(block_w, b"1")
+        os.close(ready_r)
+        if owner is not None:
+            os.close(owner)
     except (_SetupError, OSError, ValueError, KeyError) as exc:
         _stop(jail)
         _stop(pasta_process)

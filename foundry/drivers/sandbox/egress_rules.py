@@ -83,7 +83,14 @@ class HostNetwork:
 
 
 def _ip_json(*args: str) -> list[dict[str, object]]:
-    done = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, timeout=10, check=True)
+    done = subprocess.run(
+        ["ip", "-j", *args],
+        stdin=subprocess.DEVNULL,  # ours may be the sandbox's token pipe
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
     parsed = json.loads(done.stdout or "[]")
     return parsed if isinstance(parsed, list) else []
 
