@@ -23,7 +23,7 @@ hands to the jail as an inherited file descriptor: the launcher accepts on it an
 connection to the server on the jail's own loopback (`foundry.drivers.sandbox.relay`). ``egress`` is
 ``none`` plus the internet: ``pasta`` connects the jail's namespace through host sockets, and rules
 in that namespace block this machine, its LAN, loopback, link-local (cloud metadata) and private
-ranges (`foundry.drivers.sandbox.egress`, whose docstring says why this wiring; the exact rule is in
+ranges (`foundry.drivers.sandbox.egress_helper`, whose docstring says why this wiring; the rule is in
 `foundry.drivers.sandbox.egress_rules`). Foundry reaches the server through the same relay.
 
 Whether the jail can start here (``bwrap`` installed, user namespaces allowed, ``pasta`` for

@@ -317,7 +317,8 @@ class LocalSandboxProvider:
         # The token never goes on a command line (any local user can read those): the launcher
         # gets it on stdin and hands it to the server without it showing (see `launch`).
         try:
-            spawn = plan_spawn(
+            spawn = await asyncio.to_thread(
+                plan_spawn,
                 self.jail,
                 self._bwrap,
                 binary=binary,
@@ -328,7 +329,7 @@ class LocalSandboxProvider:
                 rlimits=rlimits,
                 cgroups=cgroups,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a bad sandbox.egress_allow entry
             await asyncio.to_thread(log_handle.close)
             await asyncio.to_thread(cgroups.remove)
             raise SandboxError(f"could not prepare the server of sandbox {sandbox_id}: {exc}") from exc

@@ -105,7 +105,8 @@ def plan_spawn(
     The token launcher (`foundry.drivers.sandbox.launch`) runs the server in every case (inside the
     jail when jailed), so the bearer token never appears on a command line. With its own network
     namespace the jail gets a listening socket opened here, so the port is Foundry's from the start;
-    with ``egress`` the jail is started by `foundry.drivers.sandbox.egress`, which connects it.
+    with ``egress`` the jail is started by `foundry.drivers.sandbox.egress_helper`, which connects it.
+    Blocking with ``egress`` (it reads the machine's addresses): call it in a thread.
     The launcher sets ``rlimits`` (`foundry.drivers.sandbox.limits.encode_rlimits`) on itself before
     it starts the server; ``cgroups`` are entered before anything else runs.
     """
@@ -141,7 +142,8 @@ def plan_spawn(
         if policy.network == "egress":
             # Checked by the provider's isolation status before any start; "pasta" names it if gone.
             pasta = find_pasta(policy.pasta) or policy.pasta or "pasta"
-            command = egress_command(pasta, policy.egress_allow, command)
+            keep = () if listener is None else (listener.fileno(),)
+            command = egress_command(pasta, policy.egress_allow, command, keep_fds=keep)
     if cgroups is not None:
         command = cgroups.wrap(command)
     return ServerSpawn(command, env, port, listener)
