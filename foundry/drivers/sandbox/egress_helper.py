@@ -147,7 +147,9 @@ def _with_jail_args(bwrap_argv: list[str], extra: list[str], late: list[str]) ->
     root is made read-only, after the ``/etc`` mount they cover."""
     argv = [bwrap_argv[0], *extra, *bwrap_argv[1:]]
     if late:
-        at = argv.index("--remount-ro") if "--remount-ro" in argv else argv.index("--")
+        end = argv.index("--")
+        root = [i for i in range(end - 1) if argv[i : i + 2] == ["--remount-ro", "/"]]
+        at = root[0] if root else end
         argv[at:at] = late
     return argv
 
