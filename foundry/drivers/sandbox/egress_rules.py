@@ -154,7 +154,7 @@ def ip_rules(host: HostNetwork, allow: Iterable[Net], dns: str | None) -> dict[i
         server = ipaddress.ip_network(dns)
         for proto in ("udp", "tcp"):
             rule(server, "lookup main", _PREF_DNS, f" ipproto {proto} dport 53")
-    for net in allow:
+    for net in dict.fromkeys(allow):  # a repeated rule would fail with "File exists"
         rule(net, "lookup main", _PREF_ALLOW)
     blocked = [*ALWAYS_BLOCKED, *host.subnets, *host.addresses]
     # The host's own addresses are blocked ahead of the allow list: "allow 192.168.0.0/16" must not
