@@ -330,8 +330,13 @@ def probe(
         where = f"at {configured}" if configured else "on PATH"
         return False, f"bubblewrap (bwrap) is not installed (not found {where}); {BWRAP_INSTALL_HINT}"
     try:
+        args = _probe_args(bwrap, network, pasta)
+    except OSError as exc:  # egress: this machine's addresses could not be read
+        log.warning("egress probe could not be prepared: %s", exc)
+        return False, f"{exc}; {PASTA_INSTALL_HINT}"
+    try:
         done = subprocess.run(
-            _probe_args(bwrap, network, pasta),
+            args,
             capture_output=True,
             text=True,
             timeout=_PROBE_TIMEOUT_S,
