@@ -159,12 +159,28 @@ class SandboxSettings(BaseModel):
     #: Foundry's own user with the whole machine in reach, and is logged as a warning at every start.
     isolation: Literal["bwrap", "none"] = "bwrap"
     #: A jailed sandbox's network: ``none`` (its own namespace with only a loopback: nothing on this
-    #: machine is reachable, Foundry reaches the server through a relay), ``host`` (the host's
-    #: network, every local port in reach) or ``egress`` (not implemented yet). Empty: ``none`` in
-    #: mock mode, ``host`` in production, where real agents and GitHub need the internet.
+    #: machine is reachable, Foundry reaches the server through a relay), ``egress`` (the same, plus
+    #: the internet through ``pasta``; this machine, its LAN, loopback, link-local/cloud metadata and
+    #: private ranges stay blocked) or ``host`` (the host's network, every local port in reach).
+    #: Empty: ``none`` in mock mode; ``egress`` in production, or ``host`` when pasta cannot start
+    #: here (``/readyz`` then says why).
     network: Literal["", "host", "egress", "none"] = ""
+    #: Addresses or CIDR ranges an ``egress`` sandbox may reach although they are in a blocked range
+    #: (e.g. ``["10.0.5.20/32"]`` for a git server on the LAN); never this machine's own addresses.
+    egress_allow: list[str] = Field(default_factory=list)
     #: The bubblewrap executable; empty looks for ``bwrap`` on PATH.
     bwrap: str = ""
+    #: The pasta executable (network ``egress``); empty looks for ``pasta`` on PATH.
+    pasta: str = ""
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _allow_is_networks(cls, value: list[str]) -> list[str]:
+        from foundry.drivers.sandbox.egress_rules import parse_allow
+
+        parse_allow(value)  # a ValueError names the bad entry
+        return value
+
     # Limits of each sandbox (0 turns one off). A sandbox that hits one is stopped and its task shows
     # which; its files are kept. Enforced with cgroups where Foundry may create them, else rlimits.
     #: Memory of the whole sandbox (a memory cgroup), else of each of its processes.
@@ -271,7 +287,7 @@ class Settings(BaseSettings):
         """The jailed sandboxes' network (``sandbox.network``, or the mode's default)."""
         if self.sandbox.network:
             return self.sandbox.network
-        return "none" if self.mode == "mock" else "host"
+        return "none" if self.mode == "mock" else "egress"
 
     @property
     def demo_agent_enabled(self) -> bool:

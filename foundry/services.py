@@ -165,9 +165,14 @@ def sandbox_jail_policy(settings: Settings) -> Any:
         remotes = settings.data_dir / "mock-remotes"
         remotes.mkdir(parents=True, exist_ok=True)
         shared.append(remotes)
+    network = settings.sandbox_network
     return JailPolicy(
         isolation=settings.sandbox.isolation,
-        network=settings.sandbox_network,
+        network=network,
         shared=tuple(shared),
         bwrap=settings.sandbox.bwrap,
+        pasta=settings.sandbox.pasta,
+        egress_allow=tuple(settings.sandbox.egress_allow),
+        # Only a default may fall back (to the network production had before egress existed).
+        network_fallback="host" if network == "egress" and not settings.sandbox.network else None,
     )

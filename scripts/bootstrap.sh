@@ -112,5 +112,6 @@ apt_install() {
 # bubblewrap jails every local sandbox (sandbox.isolation = bwrap, the default); without it sandbox
 # creation fails and /readyz says what is missing.
 apt_install bubblewrap /usr/bin/bwrap "the sandbox jail"
+apt_install passt /usr/bin/pasta "sandbox network egress"
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download).
 apt_install chromium /usr/bin/chromium "the browser tests (tests/browser)"

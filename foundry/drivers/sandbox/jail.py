@@ -20,15 +20,21 @@ Network (``network``): ``host`` shares the host's network (the server listens on
 loopback: nothing on the host (Foundry's API, Ray, other sandboxes' servers) can be reached from
 inside. Foundry reaches the server through a listening socket it opens on the host's 127.0.0.1 and
 hands to the jail as an inherited file descriptor: the launcher accepts on it and relays each
-connection to the server on the jail's own loopback (`foundry.drivers.sandbox.relay`). ``egress``
-(outbound internet without the host's loopback) is not implemented yet.
+connection to the server on the jail's own loopback (`foundry.drivers.sandbox.relay`). ``egress`` is
+``none`` plus the internet: ``pasta`` connects the jail's namespace through host sockets, and rules
+in that namespace block this machine, its LAN, loopback, link-local (cloud metadata) and private
+ranges (`foundry.drivers.sandbox.egress_helper`, whose docstring says why this wiring; the rule is in
+`foundry.drivers.sandbox.egress_rules`). Foundry reaches the server through the same relay.
 
-Whether the jail can start here (``bwrap`` installed, user namespaces allowed) is found by running a
-tiny jail once (`probe`); the answer, with how to fix a failure, is what ``/readyz`` shows.
+Whether the jail can start here (``bwrap`` installed, user namespaces allowed, ``pasta`` for
+``egress``) is found by running a tiny jail once (`probe`); the answer, with how to fix a failure, is
+what ``/readyz`` shows. A network that was not chosen explicitly (``network_fallback``) falls back from
+``egress`` to a weaker one when pasta cannot start, and the status says so and why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -42,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from foundry.drivers.sandbox.egress import PASTA_INSTALL_HINT, egress_command
+
 __all__ = [
     "BWRAP_INSTALL_HINT",
     "JAIL_UID",
@@ -51,6 +59,7 @@ __all__ = [
     "Network",
     "bwrap_command",
     "files_named",
+    "find_pasta",
     "interpreter_paths",
     "isolation_status",
     "probe",
@@ -82,13 +91,18 @@ class JailPolicy:
     Attributes:
         isolation: ``bwrap`` jails every sandbox; ``none`` runs them as Foundry's own user with the
             whole filesystem and every local port in reach (an explicit, logged choice).
-        network: ``none`` (own network namespace, loopback only), ``host``, or ``egress`` (not
-            implemented yet: creation fails with a message saying so).
+        network: ``none`` (own network namespace, loopback only), ``host``, or ``egress`` (own
+            namespace connected to the internet by pasta, this machine and private ranges blocked).
+        network_fallback: the network to use instead when ``egress`` cannot start here (set when the
+            network was not chosen explicitly); None makes creation fail with the reason.
         read_only: extra host paths mounted read-only at their own path (the files that agent
             launchers name by absolute path are mounted without being listed here).
         shared: extra host paths mounted read-write at their own path (mock mode's git remotes, which
             stand in for GitHub).
         bwrap: the ``bwrap`` executable; empty looks it up on ``PATH``.
+        pasta: the ``pasta`` executable (``egress``); empty looks it up on ``PATH``.
+        egress_allow: addresses or CIDR ranges ``egress`` reaches although they are in a blocked range
+            (e.g. a git server on the LAN); never this machine itself.
     """
 
     isolation: Isolation = "bwrap"
@@ -96,6 +110,9 @@ class JailPolicy:
     read_only: tuple[Path, ...] = field(default_factory=tuple)
     shared: tuple[Path, ...] = field(default_factory=tuple)
     bwrap: str = ""
+    pasta: str = ""
+    egress_allow: tuple[str, ...] = field(default_factory=tuple)
+    network_fallback: Network | None = None
 
     @property
     def jailed(self) -> bool:
@@ -126,6 +143,13 @@ def find_bwrap(configured: str = "") -> str | None:
     if configured:
         return configured if shutil.which(configured) else None
     return shutil.which("bwrap")
+
+
+def find_pasta(configured: str = "") -> str | None:
+    """The ``pasta`` executable, found like `find_bwrap`."""
+    if configured:
+        return configured if shutil.which(configured) else None
+    return shutil.which("pasta")
 
 
 def interpreter_paths() -> list[Path]:
@@ -260,17 +284,8 @@ def bwrap_command(
     return args
 
 
-@functools.cache
-def probe(bwrap: str | None, network: Network, configured: str = "") -> tuple[bool, str]:
-    """Run a minimal jail once (per process and argument) to learn whether jails can start here.
-
-    Blocking (runs a process): call it through ``asyncio.to_thread`` from async code. Returns
-    ``(True, "bwrap <version> at <path>")`` or ``(False, <what is missing and how to fix it>)``.
-    """
-    if bwrap is None:
-        where = f"at {configured}" if configured else "on PATH"
-        return False, f"bubblewrap (bwrap) is not installed (not found {where}); {BWRAP_INSTALL_HINT}"
-    probe_args = [
+def _probe_args(bwrap: str, network: Network, pasta: str | None) -> list[str]:
+    args = [
         bwrap,
         "--unshare-user",
         "--unshare-pid",
@@ -295,9 +310,37 @@ def probe(bwrap: str | None, network: Network, configured: str = "") -> tuple[bo
         "-c",
         "exit 0",
     ]
+    if network == "egress":
+        assert pasta is not None
+        return egress_command(pasta, (), args)
+    return args
+
+
+@functools.cache
+def probe(
+    bwrap: str | None, network: Network, configured: str = "", pasta: str | None = None
+) -> tuple[bool, str]:
+    """Run a minimal jail once (per process and argument) to learn whether jails can start here.
+
+    Blocking (runs a process): call it through ``asyncio.to_thread`` from async code. Returns
+    ``(True, "bwrap <version> at <path>")`` or ``(False, <what is missing and how to fix it>)``.
+    With ``network="egress"`` the jail is connected by ``pasta`` as a sandbox would be.
+    """
+    if bwrap is None:
+        where = f"at {configured}" if configured else "on PATH"
+        return False, f"bubblewrap (bwrap) is not installed (not found {where}); {BWRAP_INSTALL_HINT}"
+    try:
+        args = _probe_args(bwrap, network, pasta)
+    except OSError as exc:  # egress: this machine's addresses could not be read
+        log.warning("egress probe could not be prepared: %s", exc)
+        return False, f"{exc}; {PASTA_INSTALL_HINT}"
     try:
         done = subprocess.run(
-            probe_args, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False
+            args,
+            capture_output=True,
+            text=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
         )
         version = subprocess.run(
             [bwrap, "--version"], capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False
@@ -307,13 +350,51 @@ def probe(bwrap: str | None, network: Network, configured: str = "") -> tuple[bo
         return False, f"bubblewrap at {bwrap} could not be run ({exc}); {BWRAP_INSTALL_HINT}"
     if done.returncode != 0:
         why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
-        log.warning("bwrap cannot start a jail here bwrap=%s error=%s", bwrap, why)
+        log.warning("jail probe failed bwrap=%s network=%s error=%s", bwrap, network, why)
+        if network == "egress" and "egress:" in done.stderr:
+            why = next(line for line in done.stderr.splitlines() if "egress:" in line)
+            return False, f"pasta at {pasta} cannot connect a jail here ({why}); {PASTA_INSTALL_HINT}"
         return False, f"bubblewrap at {bwrap} cannot start a jail here ({why}); {BWRAP_INSTALL_HINT}"
     return True, f"{version or 'bwrap'} at {bwrap}"
 
 
+def _network_status(policy: JailPolicy) -> IsolationStatus:
+    bwrap = find_bwrap(policy.bwrap)
+    if policy.network == "egress":
+        pasta = find_pasta(policy.pasta)
+        if pasta is None:
+            where = f"at {policy.pasta}" if policy.pasta else "on PATH"
+            ok, detail = False, f"pasta is not installed (not found {where}); {PASTA_INSTALL_HINT}"
+        else:
+            ok, detail = probe(bwrap, "egress", policy.bwrap, pasta)
+        if ok:
+            detail += (
+                f"; pasta at {pasta}; network = egress: own network namespace with outbound internet, "
+                "this machine, its LAN, loopback, link-local (cloud metadata) and private ranges blocked"
+            )
+            if policy.egress_allow:
+                detail += f" except {', '.join(policy.egress_allow)}"
+            return IsolationStatus(True, "bwrap", "egress", detail)
+        if policy.network_fallback is None or not probe(bwrap, "none", policy.bwrap)[0]:
+            return IsolationStatus(False, "bwrap", "egress", detail)
+        fallback = dataclasses.replace(policy, network=policy.network_fallback, network_fallback=None)
+        weaker = _network_status(fallback)
+        why = f"network = {policy.network_fallback} because egress cannot start here: {detail}"
+        log.warning("sandbox network falls back to %s: %s", policy.network_fallback, detail)
+        return dataclasses.replace(weaker, detail=f"{weaker.detail}; {why}")
+    ok, detail = probe(bwrap, policy.network, policy.bwrap)
+    if ok and policy.network == "host":
+        detail += "; network = host: jailed agents can reach every port on this machine's loopback"
+    elif ok:
+        detail += "; network = none: own network namespace, only Foundry reaches the server"
+    return IsolationStatus(ok, "bwrap", policy.network, detail)
+
+
 def isolation_status(policy: JailPolicy) -> IsolationStatus:
-    """Whether sandboxes can start under ``policy`` here, with the reason; blocking (see `probe`)."""
+    """Whether sandboxes can start under ``policy`` here, with the reason; blocking (see `probe`).
+
+    Its ``network`` is the one sandboxes will get: ``policy.network_fallback`` when ``egress`` cannot
+    start and a fallback is allowed (the detail then says why)."""
     if not policy.jailed:
         return IsolationStatus(
             True,
@@ -322,16 +403,4 @@ def isolation_status(policy: JailPolicy) -> IsolationStatus:
             "sandboxes are NOT jailed (sandbox.isolation = none was chosen): agents run as Foundry's "
             "user and can read its data directory and reach its ports",
         )
-    if policy.network == "egress":
-        return IsolationStatus(
-            False,
-            "bwrap",
-            "egress",
-            "sandbox.network = egress is not implemented yet; use none (no network) or host",
-        )
-    ok, detail = probe(find_bwrap(policy.bwrap), policy.network, policy.bwrap)
-    if ok and policy.network == "host":
-        detail += "; network = host: jailed agents can reach every port on this machine's loopback"
-    elif ok:
-        detail += "; network = none: own network namespace, only Foundry reaches the server"
-    return IsolationStatus(ok, "bwrap", policy.network, detail)
+    return _network_status(policy)

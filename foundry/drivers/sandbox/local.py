@@ -145,6 +145,9 @@ class LocalSandboxProvider:
         resource limits are enforced here."""
         if self._isolation is None:
             status = await asyncio.to_thread(isolation_status, self.jail)
+            if self.jail.jailed and status.network != self.jail.network:
+                # egress cannot start here and was not chosen explicitly: the status says why.
+                self.jail = dataclasses.replace(self.jail, network=status.network, network_fallback=None)
             limits = await asyncio.to_thread(limits_mechanism, self._cgroup_group, self.limits)
             self._isolation = dataclasses.replace(status, detail=f"{status.detail}; limits: {limits}")
         return self._isolation
@@ -314,7 +317,8 @@ class LocalSandboxProvider:
         # The token never goes on a command line (any local user can read those): the launcher
         # gets it on stdin and hands it to the server without it showing (see `launch`).
         try:
-            spawn = plan_spawn(
+            spawn = await asyncio.to_thread(
+                plan_spawn,
                 self.jail,
                 self._bwrap,
                 binary=binary,
@@ -325,7 +329,7 @@ class LocalSandboxProvider:
                 rlimits=rlimits,
                 cgroups=cgroups,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a bad sandbox.egress_allow entry
             await asyncio.to_thread(log_handle.close)
             await asyncio.to_thread(cgroups.remove)
             raise SandboxError(f"could not prepare the server of sandbox {sandbox_id}: {exc}") from exc

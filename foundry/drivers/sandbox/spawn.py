@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foundry.drivers.sandbox.jail import JailPolicy, bwrap_command
+from foundry.drivers.sandbox.egress import egress_command
+from foundry.drivers.sandbox.jail import JailPolicy, bwrap_command, find_pasta
 from foundry.drivers.sandbox.launch import TOKEN_FLAG
 from foundry.drivers.sandbox.layout import WORKDIR, free_port
 from foundry.drivers.sandbox.limits import RLIMITS_ENV, Cgroups
@@ -103,7 +104,9 @@ def plan_spawn(
 
     The token launcher (`foundry.drivers.sandbox.launch`) runs the server in every case (inside the
     jail when jailed), so the bearer token never appears on a command line. With its own network
-    namespace the jail gets a listening socket opened here, so the port is Foundry's from the start.
+    namespace the jail gets a listening socket opened here, so the port is Foundry's from the start;
+    with ``egress`` the jail is started by `foundry.drivers.sandbox.egress_helper`, which connects it.
+    Blocking with ``egress`` (it reads the machine's addresses): call it in a thread.
     The launcher sets ``rlimits`` (`foundry.drivers.sandbox.limits.encode_rlimits`) on itself before
     it starts the server; ``cgroups`` are entered before anything else runs.
     """
@@ -136,6 +139,11 @@ def plan_spawn(
             command=command,
             launchers=launchers,
         )
+        if policy.network == "egress":
+            # Checked by the provider's isolation status before any start; "pasta" names it if gone.
+            pasta = find_pasta(policy.pasta) or policy.pasta or "pasta"
+            keep = () if listener is None else (listener.fileno(),)
+            command = egress_command(pasta, policy.egress_allow, command, keep_fds=keep)
     if cgroups is not None:
         command = cgroups.wrap(command)
     return ServerSpawn(command, env, port, listener)
