@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from foundry import __version__
+import foundry
 from foundry.drivers.sandbox import (
     VENDOR,
     AcpError,
@@ -406,7 +406,7 @@ class AcpConnection:
         await self.client.request("POST", self._path, params={"agent": self.agent}, json=payload)
 
     async def initialize(
-        self, *, client_name: str = "foundry", client_version: str = __version__
+        self, *, client_name: str = "foundry", client_version: str | None = None
     ) -> dict[str, Any]:
         """ACP handshake; starts the agent process on first use. Returns the agent's ``InitializeResponse``.
 
@@ -420,7 +420,7 @@ class AcpConnection:
                     "fs": {"readTextFile": False, "writeTextFile": False},
                     "terminal": False,
                 },
-                "clientInfo": {"name": client_name, "version": client_version},
+                "clientInfo": {"name": client_name, "version": client_version or foundry.__version__},
             },
         )
         return dict(result or {})
