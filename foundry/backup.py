@@ -39,6 +39,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 from foundry import __version__
 from foundry.errors import FoundryError
 from foundry.runtime.keys import partition_dir_name, partition_of, validate_key
@@ -211,17 +213,21 @@ def _snapshot(
                     busy.append(db)
         for db in busy:
             conn = conns[db.rel]
-            for attempt in range(1, attempts + 1):
-                time.sleep(min(0.05 * 2**attempt, 1.0))
-                try:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    _pin(conn)
-                    break
-                except sqlite3.OperationalError as exc:
-                    if attempt == attempts:
-                        _skip(skipped, db, f"still unreadable after {attempts} tries: {exc}")
-                        conns.pop(db.rel).close()
+            try:
+                for attempt in Retrying(
+                    retry=retry_if_exception_type(sqlite3.OperationalError),
+                    wait=wait_exponential(multiplier=0.1, max=1.0),
+                    stop=stop_after_attempt(attempts),
+                    sleep=time.sleep,
+                ):
+                    with attempt:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        _pin(conn)
+            except RetryError as exc:
+                problem = exc.last_attempt.exception()
+                _skip(skipped, db, f"still unreadable after {attempts} tries: {problem}")
+                conns.pop(db.rel).close()
     except BaseException:
         for conn in conns.values():
             conn.close()

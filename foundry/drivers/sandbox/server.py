@@ -13,8 +13,16 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from foundry.drivers.sandbox import SandboxEndpoint, SandboxError, SandboxState
 from foundry.drivers.sandbox.layout import LOG_FILE, describe_returncode, read_log_tail
@@ -67,45 +75,50 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+class _NotHealthyYet(Exception):
+    """One unanswered or non-200 health check (retried until the start deadline)."""
+
+
 async def wait_healthy(sandbox: RunningSandbox, timeout: float, *, jailed: bool) -> None:
     """Poll ``GET /v1/health`` until it answers 200; raise `SandboxError` (or `PortTaken`) with the
     log's tail when the server exits first or stays unhealthy for ``timeout`` seconds."""
     started = time.monotonic()
-    deadline = started + timeout
-    delay = 0.01
-    last_problem = "no answer yet"
     url = f"{sandbox.endpoint.base_url}/v1/health"
     async with httpx.AsyncClient(
         headers=sandbox.endpoint.headers(), timeout=2.0, verify=_ssl_context()
     ) as http:
-        while True:
+
+        async def check() -> None:
             if sandbox.process.returncode is not None or (
                 sandbox.supervisor is not None and sandbox.supervisor.done()
             ):
+                # Not retried: the server is gone, and its log says why.
                 await raise_start_failure(sandbox, "before becoming healthy", jailed=jailed)
             try:
                 response = await http.get(url)
             except httpx.TransportError as exc:
-                last_problem = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    log.info(
-                        "sandbox healthy sandbox_id=%s seconds=%.2f",
-                        sandbox.sandbox_id,
-                        time.monotonic() - started,
-                    )
-                    return
-                last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
-            if time.monotonic() >= deadline:
-                await raise_start_failure(
-                    sandbox, f"not healthy after {timeout:.0f} s ({last_problem})", jailed=jailed
-                )
-            await asyncio.sleep(delay)
-            # Short at first: a jailed server is usually up within a few hundred ms.
-            delay = min(delay * 1.5, 0.25)
+                raise _NotHealthyYet(f"{type(exc).__name__}: {exc}") from exc
+            if response.status_code != 200:
+                raise _NotHealthyYet(f"HTTP {response.status_code}: {response.text[:200]}")
+
+        try:
+            # Short waits at first: a jailed server is usually up within a few hundred ms.
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_NotHealthyYet),
+                wait=wait_exponential(multiplier=0.01, exp_base=1.5, max=0.25),
+                stop=stop_after_delay(timeout),
+            ):
+                with attempt:
+                    await check()
+        except RetryError as exc:
+            problem = exc.last_attempt.exception()
+            await raise_start_failure(
+                sandbox, f"not healthy after {timeout:.0f} s ({problem})", jailed=jailed
+            )
+    log.info("sandbox healthy sandbox_id=%s seconds=%.2f", sandbox.sandbox_id, time.monotonic() - started)
 
 
-async def raise_start_failure(sandbox: RunningSandbox, what: str, *, jailed: bool) -> None:
+async def raise_start_failure(sandbox: RunningSandbox, what: str, *, jailed: bool) -> NoReturn:
     """Raise the `SandboxError` of a failed start (`PortTaken` when its port was taken)."""
     if sandbox.process.returncode is not None:
         returncode = effective_returncode(sandbox.process.returncode, jailed)
