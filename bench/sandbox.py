@@ -9,6 +9,8 @@ of the machine hits both alike). Figures:
 * ``sandbox_start_ms_p50``: ``create`` of a jailed sandbox (bubblewrap, own network namespace) until
   its server answers ``/v1/health``; ``sandbox_start_ms_p50_unjailed``: the same with
   ``isolation = "none"``; ``jail_overhead``: their ratio (target: at most 1.2);
+* ``sandbox_start_ms_p50_egress`` / ``egress_overhead``: the same for a jail whose network is
+  ``egress`` (pasta attached, this machine fenced off; production's default), when pasta is here;
 * ``first_event_s_p50``: ``create`` of a jailed sandbox until the agent's first ACP answer
   (``initialize`` of the demo agent through the server);
 * ``escape_attempts`` / ``escapes``: the escape attempts of ``tests/security/test_jail_escapes.py``
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from foundry.demo_agent.launcher import launcher_script
 from foundry.drivers.sandbox.binary import find_binary
 from foundry.drivers.sandbox.client import SandboxAgentClient
-from foundry.drivers.sandbox.jail import JailPolicy
+from foundry.drivers.sandbox.jail import JailPolicy, find_pasta
 from foundry.drivers.sandbox.local import LocalSandboxProvider
 
 
@@ -43,7 +45,12 @@ async def starts(root: Path, count: int) -> dict[str, list[float]]:
             root / "unjailed", binary, {"mock": launcher_script()}, jail=JailPolicy(isolation="none")
         ),
     }
-    figures: dict[str, list[float]] = {"jailed": [], "unjailed": [], "first_event": []}
+    if find_pasta() is not None:
+        providers["egress"] = LocalSandboxProvider(
+            root / "egress", binary, {"mock": launcher_script()}, jail=JailPolicy(network="egress")
+        )
+    figures: dict[str, list[float]] = {kind: [] for kind in providers}
+    figures["first_event"] = []
     try:
         for provider in providers.values():
             await provider.isolation()  # the one-off probe is not part of a start
@@ -87,6 +94,14 @@ async def main(count: int) -> dict[str, object]:
         "sandbox_start_ms_p50": round(jailed, 1),
         "sandbox_start_ms_p50_unjailed": round(unjailed, 1),
         "jail_overhead": round(jailed / unjailed, 2),
+        **(
+            {
+                "sandbox_start_ms_p50_egress": round(statistics.median(figures["egress"]), 1),
+                "egress_overhead": round(statistics.median(figures["egress"]) / unjailed, 2),
+            }
+            if figures.get("egress")
+            else {}
+        ),
         "first_event_s_p50": round(statistics.median(figures["first_event"]), 3),
         "escape_attempts": attempts,
         "escapes": got_through,

@@ -122,19 +122,32 @@ def _install_rules(pid: int, owner: int | None, rules: dict[int, str]) -> None:
     namespaces = [f"--net=/proc/{pid}/ns/net"]
     if owner is not None:
         namespaces = [f"--user=/proc/self/fd/{owner}", "--preserve-credentials", *namespaces]
-    for version, batch in rules.items():
-        done = subprocess.run(
+    # IPv4 and IPv6 at once: each is a process start that the jail waits for.
+    running = {
+        version: subprocess.Popen(
             ["nsenter", *namespaces, "--", "ip", f"-{version}", "-batch", "-"],
-            input=batch,
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=_SETUP_TIMEOUT_S,
-            check=False,
             pass_fds=() if owner is None else (owner,),
         )
-        if done.returncode != 0:
-            said = " / ".join(done.stderr.split("\n")).strip(" /") or f"exit code {done.returncode}"
-            raise _SetupError(f"could not install the IPv{version} network rules: {said}")
+        for version in rules
+    }
+    failures = []
+    for version, process in running.items():
+        try:
+            _out, err = process.communicate(rules[version], timeout=_SETUP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            failures.append(f"could not install the IPv{version} network rules: no answer")
+            continue
+        if process.returncode != 0:
+            said = " / ".join(err.split("\n")).strip(" /") or f"exit code {process.returncode}"
+            failures.append(f"could not install the IPv{version} network rules: {said}")
+    if failures:
+        raise _SetupError("; ".join(failures))
 
 
 def _resolv_conf_path() -> str:
