@@ -100,8 +100,8 @@ def test_every_page_has_no_serious_accessibility_violation(people: People, shots
     expect(page.get_by_role("heading", name="Members")).to_be_visible()
     # The agent credentials section with one credential listed, and its confirmation dialog.
     credentials = page.get_by_test_id("agent-credentials")
-    credentials.get_by_label("Name").fill("MISTRAL_API_KEY")
-    credentials.get_by_label("Value").fill("mistral-accessibility-check-value")
+    credentials.get_by_label("Name", exact=True).fill("MISTRAL_API_KEY")
+    credentials.get_by_label("Value", exact=True).fill("mistral-accessibility-check-value")
     credentials.get_by_role("button", name="Save credential").click()
     expect(credentials.locator("li[data-name='MISTRAL_API_KEY']")).to_be_visible()
     check(page, "settings", shots, problems)

@@ -72,23 +72,27 @@ def test_an_admin_adds_replaces_and_removes_a_credential_and_never_sees_its_valu
     expect(row).to_have_count(0)
 
     # Add: listed by name with its last four characters, who set it and when; the field is cleared.
-    section.get_by_label("Name").fill("GROQ_API_KEY")
-    value = section.get_by_label("Value")
+    section.get_by_label("Name", exact=True).fill("GROQ_API_KEY")
+    value = section.get_by_label("Value", exact=True)
     expect(value).to_have_attribute("type", "password")
     value.fill(FIRST_VALUE)
+    # The admin may check what was pasted; saving hides the field again.
+    section.get_by_role("button", name="Show value").click()
+    expect(value).to_have_attribute("type", "text")
     section.get_by_role("button", name="Save credential").click()
     expect(section.get_by_role("status")).to_have_text(re.compile("GROQ_API_KEY saved"))
     expect(row).to_contain_text("ends in …ABCD")
     expect(row).to_contain_text("by carol")
     expect(row).to_contain_text("just now")
     expect(value).to_have_value("")
-    expect(section.get_by_label("Name")).to_have_value("")
+    expect(value).to_have_attribute("type", "password")
+    expect(section.get_by_label("Name", exact=True)).to_have_value("")
 
     # Replace, by keyboard: the row's button fills the name and moves to the value field; saving
     # asks first, and cancelling changes nothing.
     section.get_by_role("button", name="Replace GROQ_API_KEY").focus()
     carol.keyboard.press("Enter")
-    expect(section.get_by_label("Name")).to_have_value("GROQ_API_KEY")
+    expect(section.get_by_label("Name", exact=True)).to_have_value("GROQ_API_KEY")
     expect(value).to_be_focused()
     carol.keyboard.type(SECOND_VALUE)
     carol.keyboard.press("Enter")
@@ -142,7 +146,7 @@ def test_a_refused_name_shows_the_server_s_reason_and_a_malformed_one_is_not_sen
     carol = people.page("carol")
     traffic = Traffic(carol)
     section = open_settings(carol)
-    name = section.get_by_label("Name")
+    name = section.get_by_label("Name", exact=True)
 
     # The suggestions are exactly the names the server accepts.
     options = section.locator("datalist#cred-name-options option")
@@ -157,12 +161,12 @@ def test_a_refused_name_shows_the_server_s_reason_and_a_malformed_one_is_not_sen
     else:
         raise AssertionError("the server accepts PATH")
     name.fill("PATH")
-    section.get_by_label("Value").fill("some-value-for-path")
+    section.get_by_label("Value", exact=True).fill("some-value-for-path")
     section.get_by_role("button", name="Save credential").click()
     expect(section.get_by_role("alert")).to_have_text(server_reason)
     expect(name).to_have_attribute("aria-invalid", "true")
     expect(name).to_be_focused()
-    expect(section.get_by_label("Value")).to_have_value("some-value-for-path")
+    expect(section.get_by_label("Value", exact=True)).to_have_value("some-value-for-path")
     expect(section.locator("li[data-name='PATH']")).to_have_count(0)
 
     # A name that cannot be an environment variable, or a missing value, is explained before
@@ -173,10 +177,10 @@ def test_a_refused_name_shows_the_server_s_reason_and_a_malformed_one_is_not_sen
     expect(section.get_by_text(re.compile("capital letters, digits and underscores"))).to_be_visible()
     expect(name).to_have_attribute("aria-invalid", "true")
     name.fill("ANTHROPIC_API_KEY")
-    section.get_by_label("Value").fill("")
+    section.get_by_label("Value", exact=True).fill("")
     section.get_by_role("button", name="Save credential").click()
     expect(section.get_by_text("Enter the value.")).to_be_visible()
-    expect(section.get_by_label("Value")).to_be_focused()
+    expect(section.get_by_label("Value", exact=True)).to_be_focused()
     assert len(traffic.writes()) == writes_before, traffic.writes()
 
 

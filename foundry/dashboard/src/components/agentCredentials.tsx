@@ -64,7 +64,9 @@ export function AgentCredentials({ orgId, admin }: { orgId: string; admin: boole
         them back. A change applies to sandboxes started afterwards; running sandboxes keep their environment.
       </p>
       {admin ? (
-        <CredentialsEditor orgId={orgId} />
+        // Keyed by organization: a name or value typed for one organization is never saved to the
+        // next one opened in this tab.
+        <CredentialsEditor key={orgId} orgId={orgId} />
       ) : (
         <p class="muted" data-testid="credentials-admins-only">Only admins can see which credentials are set and change them. You are a member.</p>
       )}
@@ -272,7 +274,7 @@ function CredentialsEditor({ orgId }: { orgId: string }) {
                   setServerError(null);
                 }}
               />
-              <button type="button" class="btn" aria-pressed={reveal} aria-controls="cred-value" onClick={() => setReveal(!reveal)}>
+              <button type="button" class="btn" aria-label={reveal ? "Hide value" : "Show value"} aria-controls="cred-value" onClick={() => setReveal(!reveal)}>
                 {reveal ? "Hide" : "Show"}
               </button>
             </div>
