@@ -194,3 +194,32 @@ def test_a_member_sees_that_only_admins_manage_credentials_and_has_no_controls(p
     # The page does not even ask: the server would refuse a member (403).
     assert not [r.url for r in traffic.requests if "/agent-credentials" in r.url]
     assert alice.errors == []  # type: ignore[attr-defined]
+
+
+def test_another_tab_s_change_shows_when_this_tab_regains_focus(people: People) -> None:
+    first = people.page("carol")
+    second = people.page("carol")
+    first_section = open_settings(first)
+    second_section = open_settings(second)
+    row = "li[data-name='DEEPSEEK_API_KEY']"
+    expect(second_section.get_by_text("Loading credentials…")).to_have_count(0)
+    expect(second_section.locator(row)).to_have_count(0)
+
+    first_section.get_by_label("Name", exact=True).fill("DEEPSEEK_API_KEY")
+    first_section.get_by_label("Value", exact=True).fill("deepseek-from-the-other-tab")
+    first_section.get_by_role("button", name="Save credential").click()
+    expect(first_section.locator(row)).to_be_visible()
+
+    # The admin comes back to the second tab (the window's focus event, as a browser sends it).
+    second.bring_to_front()
+    second.evaluate("() => window.dispatchEvent(new Event('focus'))")
+    expect(second_section.locator(row)).to_contain_text("by carol")
+
+    second_section.get_by_role("button", name="Remove DEEPSEEK_API_KEY").click()
+    second.get_by_role("dialog", name="Remove DEEPSEEK_API_KEY?").get_by_role(
+        "button", name="Remove", exact=True
+    ).click()
+    expect(second_section.locator(row)).to_have_count(0)
+    first.bring_to_front()
+    first.evaluate("() => window.dispatchEvent(new Event('focus'))")
+    expect(first_section.locator(row)).to_have_count(0)
