@@ -98,7 +98,18 @@ def test_every_page_has_no_serious_accessibility_violation(people: People, shots
     page.goto("/o/acme/settings")
     expect(page.get_by_role("heading", name="Organization settings")).to_be_visible()
     expect(page.get_by_role("heading", name="Members")).to_be_visible()
+    # The agent credentials section with one credential listed, and its confirmation dialog.
+    credentials = page.get_by_test_id("agent-credentials")
+    credentials.get_by_label("Name", exact=True).fill("MISTRAL_API_KEY")
+    credentials.get_by_label("Value", exact=True).fill("mistral-accessibility-check-value")
+    credentials.get_by_role("button", name="Save credential").click()
+    expect(credentials.locator("li[data-name='MISTRAL_API_KEY']")).to_be_visible()
     check(page, "settings", shots, problems)
+    credentials.get_by_role("button", name="Remove MISTRAL_API_KEY").click()
+    expect(page.get_by_role("dialog", name="Remove MISTRAL_API_KEY?")).to_be_visible()
+    check(page, "settings-remove-credential", shots, problems)
+    page.get_by_role("dialog").get_by_role("button", name="Remove", exact=True).click()
+    expect(credentials.locator("li[data-name='MISTRAL_API_KEY']")).to_have_count(0)
 
     page.goto("/o/acme/billing")
     expect(page.get_by_role("heading", name="Billing")).to_be_visible()

@@ -1,5 +1,6 @@
-// Organization settings (admins edit, members read), members, and the audit log.
+// Organization settings (admins edit, members read), agent credentials, members, and the audit log.
 import { useEffect, useState } from "preact/hooks";
+import { AgentCredentials } from "../components/agentCredentials";
 import { AuditList } from "../components/audit";
 import { Avatar, ErrorNote } from "../components/common";
 import { ModelSelect } from "../components/newTask";
@@ -63,6 +64,8 @@ export function SettingsPage({ org, viewerRole }: { org: OrgSnapshot; viewerRole
           <ErrorNote error={error} />
         </form>
       </section>
+
+      <AgentCredentials orgId={org.organizationId} admin={admin} />
 
       <section class="card" aria-labelledby="members-heading">
         <h2 id="members-heading">Members</h2>
