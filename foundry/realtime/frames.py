@@ -31,8 +31,8 @@ from foundry.realtime.topics import MAX_TOPIC_LENGTH, TOPIC_PATTERN
 #: Client frames are tiny; anything longer is refused before parsing.
 MAX_CLIENT_FRAME_CHARS = 16 * 1024
 TOPIC_DESCRIPTION = (
-    "`<kind>:<id>[:<id>...]`: `app:<userId>`, `organization:<orgId>`, `task:<orgId>:<taskId>`, "
-    "`session:<orgId>:<taskId>:<sessionId>`."
+    "`<kind>:<id>[:<id>...]`: `app:<userId>`, `organization:<orgId>`, `billing:<orgId>`, "
+    "`task:<orgId>:<taskId>`, `session:<orgId>:<taskId>:<sessionId>`."
 )
 
 #: The codes of `ErrorFrame.error` a client should expect. A subscription refused by its topic's
