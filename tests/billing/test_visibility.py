@@ -10,6 +10,8 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from tests.billing.conftest import BillingServer, upgrade_to_team
+from tests.github.conftest import GitHub
+from tests.github.test_webhook_families import hook
 from tests.tasks.conftest import WsClient
 
 #: The whole member-facing billing summary: what a member needs to use the product.
@@ -154,3 +156,48 @@ async def test_the_billing_topic_is_for_admins_of_that_organization_only(
         snapshot = await ws.until(lambda f: f.get("event") == "snapshot")
     assert snapshot["data"]["seats"]["members"] == []
     assert snapshot["data"]["invoices"] == []
+
+
+async def test_an_admin_demoted_on_github_loses_the_billing_topic_before_anything_newer(
+    billing_server: BillingServer,
+) -> None:
+    github = GitHub(billing_server)
+    try:
+        async with billing_server.signed_in("carol") as carol:
+            await github.sync()  # acme's mirror is ready: its webhooks apply from now on
+        # dave becomes a second admin (GitHub's member list is re-read on a membership event).
+        billing_server.github.add_member("acme", "dave", "admin")
+        await github.send("membership", hook("membership", "added"))
+        async with billing_server.signed_in("carol") as carol, billing_server.signed_in("dave") as dave:
+            assert (await dave.get("/v1/organizations/acme")).json()["viewerRole"] == "admin"
+            async with (
+                connect(_ws_url(billing_server), additional_headers={"Cookie": _cookie(carol)}) as raw_c,
+                connect(_ws_url(billing_server), additional_headers={"Cookie": _cookie(dave)}) as raw_d,
+            ):
+                demoted, stays = WsClient(raw_c), WsClient(raw_d)
+                for ws in (demoted, stays):
+                    await ws.subscribe("billing:acme")
+                    await ws.until(lambda f: f.get("event") == "snapshot")
+                billing_server.github.add_member("acme", "carol", "member")
+                await github.send("membership", hook("membership", "added"))
+                ended = await demoted.next_frame()
+                while ended.get("op") != "error":
+                    ended = await demoted.next_frame()
+                assert (ended["error"], ended["topic"]) == ("forbidden", "billing:acme")
+                assert (await carol.get("/v1/organizations/acme")).json()["viewerRole"] == "member"
+
+                # The admin who stays keeps the live details; the demoted one gets nothing more.
+                await upgrade_to_team(billing_server, dave)
+                await stays.until(
+                    lambda f: f.get("event") == "billingUpdated" and f["data"]["invoices"] != []
+                )
+                await raw_c.send(json.dumps({"op": "ping"}))
+                while (await demoted.next_frame()).get("op") != "pong":
+                    pass
+                again = await _refused(billing_server, "carol", "billing:acme")
+                assert (again["error"], again["topic"]) == ("forbidden", "billing:acme")
+        after_error = demoted.frames[demoted.frames.index(ended) + 1 :]
+        assert [f for f in after_error if f.get("topic") == "billing:acme"] == []
+        assert_no_details(after_error)
+    finally:
+        await github.aclose()
