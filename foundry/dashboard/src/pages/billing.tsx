@@ -41,7 +41,8 @@ function useBillingDetails(orgId: string, admin: boolean): Details | null {
       (e) => {
         if (e.event === "snapshot" || e.event === "billingUpdated") setDetails({ state: "ready", billing: e.data as Billing });
       },
-      (_code, detail) => setDetails({ state: "error", detail }),
+      (code, detail) =>
+        setDetails({ state: "error", detail: code === "forbidden" ? "only admins see billing details; reload the page" : detail }),
     );
   }, [orgId, admin]);
   return admin ? details : null;
