@@ -43,7 +43,7 @@ def _ws_url(server: BillingServer) -> str:
     return server.url.replace("http://", "ws://") + "/v1/realtime"
 
 
-def _cookie(client: Any) -> str:
+def cookie_of(client: Any) -> str:
     return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
 
 
@@ -71,8 +71,8 @@ async def test_a_member_on_the_organization_topic_never_sees_details_live_or_aft
 ) -> None:
     async with billing_server.signed_in("carol") as carol, billing_server.signed_in("alice") as alice:
         async with (
-            connect(_ws_url(billing_server), additional_headers={"Cookie": _cookie(alice)}) as raw_m,
-            connect(_ws_url(billing_server), additional_headers={"Cookie": _cookie(carol)}) as raw_a,
+            connect(_ws_url(billing_server), additional_headers={"Cookie": cookie_of(alice)}) as raw_m,
+            connect(_ws_url(billing_server), additional_headers={"Cookie": cookie_of(carol)}) as raw_a,
         ):
             member, admin = WsClient(raw_m), WsClient(raw_a)
             await member.subscribe("organization:acme")
@@ -113,7 +113,7 @@ async def test_a_member_on_the_organization_topic_never_sees_details_live_or_aft
 
         # Reconnect and resync from the first snapshot's seq, as a browser does after a drop.
         async with connect(
-            _ws_url(billing_server), additional_headers={"Cookie": _cookie(alice)}
+            _ws_url(billing_server), additional_headers={"Cookie": cookie_of(alice)}
         ) as raw_again:
             again = WsClient(raw_again)
             await again.subscribe("organization:acme", since=first["seq"])
@@ -134,7 +134,7 @@ async def test_a_member_on_the_organization_topic_never_sees_details_live_or_aft
 
 async def _refused(server: BillingServer, login: str, topic: str) -> dict[str, Any]:
     async with server.signed_in(login) as client:
-        cookie = _cookie(client)
+        cookie = cookie_of(client)
     async with connect(_ws_url(server), additional_headers={"Cookie": cookie}) as raw:
         ws = WsClient(raw)
         await ws.subscribe(topic)
@@ -149,7 +149,7 @@ async def test_the_billing_topic_is_for_admins_of_that_organization_only(
         refused = await _refused(billing_server, login, topic)
         assert refused == {**refused, "op": "error", "error": "forbidden", "topic": topic}, login
     async with billing_server.signed_in("carol") as carol:
-        cookie = _cookie(carol)
+        cookie = cookie_of(carol)
     async with connect(_ws_url(billing_server), additional_headers={"Cookie": cookie}) as raw:
         ws = WsClient(raw)
         await ws.subscribe("billing:acme")
@@ -171,8 +171,8 @@ async def test_an_admin_demoted_on_github_loses_the_billing_topic_before_anythin
         async with billing_server.signed_in("carol") as carol, billing_server.signed_in("dave") as dave:
             assert (await dave.get("/v1/organizations/acme")).json()["viewerRole"] == "admin"
             async with (
-                connect(_ws_url(billing_server), additional_headers={"Cookie": _cookie(carol)}) as raw_c,
-                connect(_ws_url(billing_server), additional_headers={"Cookie": _cookie(dave)}) as raw_d,
+                connect(_ws_url(billing_server), additional_headers={"Cookie": cookie_of(carol)}) as raw_c,
+                connect(_ws_url(billing_server), additional_headers={"Cookie": cookie_of(dave)}) as raw_d,
             ):
                 demoted, stays = WsClient(raw_c), WsClient(raw_d)
                 for ws in (demoted, stays):
