@@ -7,7 +7,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from actors.organization.commands import Empty, InstallationRef, MemberRef, OAuthCallbackResult, Snapshot
+from actors.organization.billing_state import billing_topic, build_billing
+from actors.organization.commands import (
+    Empty,
+    GetOrganization,
+    InstallationRef,
+    MemberRef,
+    OAuthCallbackResult,
+    Snapshot,
+)
 from actors.organization.schema import installations, members, oauth_callbacks
 from actors.organization.state import (
     assert_app_shell,
@@ -15,21 +23,34 @@ from actors.organization.state import (
     build_snapshot,
     list_members,
     organization_topic,
+    require_profile,
 )
 from foundry.errors import NotFound
 from foundry.runtime.context import InstanceContext
 from foundry.runtime.tables import current_seq
 
 
-async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
-    """The organization snapshot (`NotFound` before the first sync)."""
+async def get(ctx: InstanceContext, cmd: GetOrganization) -> dict[str, Any]:
+    """The organization snapshot (`NotFound` before the first sync); billing details only when
+    ``billingDetails`` is asked (the caller checked the admin role)."""
     assert_real_organization(ctx.key)
     async with ctx.read() as conn:
-        return await build_snapshot(conn, ctx.key, ctx.services.settings.stripe)
+        return await build_snapshot(
+            conn, ctx.key, ctx.services.settings.stripe, billing_details=cmd.billing_details
+        )
 
 
 async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
-    """The realtime gateway's snapshot of ``organization:<id>``."""
+    """The realtime gateway's snapshot of ``organization:<id>`` (billing summary) or of
+    ``billing:<id>`` (the whole billing state; the gateway lets only admins subscribe)."""
+    if cmd.topic == billing_topic(ctx.key):
+        assert_real_organization(ctx.key)
+        async with ctx.read(consistent=True) as conn:
+            await require_profile(conn, ctx.key)
+            return {
+                "seq": await current_seq(conn, cmd.topic),
+                "data": await build_billing(conn, ctx.services.settings.stripe),
+            }
     if cmd.topic != organization_topic(ctx.key):
         raise NotFound(f"organization {ctx.key!r} does not own topic {cmd.topic!r}")
     async with ctx.read(consistent=True) as conn:

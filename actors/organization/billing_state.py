@@ -49,7 +49,8 @@ def seat_limit(plan: str, settings: StripeSettings, paid_seats: int | None) -> i
 
 
 async def build_billing(conn: AsyncConnection, settings: StripeSettings) -> dict[str, Any]:
-    """The ``billing`` field of the organization snapshot and of ``GET …/billing``."""
+    """The whole billing state, for admins: ``GET …/billing``, the ``billing:<org>`` topic and the
+    admin's organization read. Members get `billing_summary` of it."""
     row = await load_billing(conn)
     plan = row.plan if row else "free"
     seats = [
@@ -239,13 +240,49 @@ def audit_plan_change(
     )
 
 
+def billing_topic(organization_id: str) -> str:
+    """The admins-only topic carrying the whole billing state (`build_billing`)."""
+    return f"billing:{organization_id}"
+
+
+#: Tells the realtime gateway to check every subscriber's access to a topic again before anything
+#: newer (the gateway's ``ACCESS_CHANGED_EVENT``; actors do not import the gateway).
+ACCESS_CHANGED = "accessChanged"
+
+
+def publish_admin_changes(ctx: InstanceContext, before: dict[str, str], after: dict[str, str]) -> None:
+    """After the member list changed (user id → role, before and after): when someone lost the
+    admin role (demoted or removed), have the gateway end their ``billing:<org>`` subscriptions."""
+    if any(role == "admin" and after.get(user_id) != "admin" for user_id, role in before.items()):
+        ctx.publish(billing_topic(ctx.key), ACCESS_CHANGED, {}, plain=True)
+
+
+def billing_summary(details: dict[str, Any]) -> dict[str, Any]:
+    """What every member may see of the billing state: enough to use the product, nothing more.
+
+    Invoices, the payment method, who holds seats, seat counts, dates, Stripe links and ids are for
+    admins only (they come with `build_billing`). This is the only function that makes the
+    member-facing form: the organization read, the ``organization:<org>`` snapshot and its
+    ``billingUpdated`` events all use it.
+
+    ``seatLimitReached``: a member without a seat cannot send a first prompt until an admin upgrades
+    or releases a seat.
+    """
+    seats = details["seats"]
+    return {
+        "enabled": details["enabled"],
+        "plan": details["plan"],
+        "status": details["status"],
+        "seatLimitReached": seats["limit"] is not None and seats["used"] >= seats["limit"],
+        "updatedAt": details["updatedAt"],
+    }
+
+
 async def publish_billing(ctx: InstanceContext, conn: AsyncConnection) -> None:
-    """Publish ``billingUpdated`` (the whole ``billing`` field) on the organization topic."""
+    """Publish ``billingUpdated``: the whole billing state on ``billing:<org>`` (admins) and its
+    member-safe summary on ``organization:<org>`` (every member)."""
     from actors.organization.state import organization_topic
 
-    ctx.publish(
-        organization_topic(ctx.key),
-        "billingUpdated",
-        await build_billing(conn, ctx.services.settings.stripe),
-        plain=True,
-    )
+    details = await build_billing(conn, ctx.services.settings.stripe)
+    ctx.publish(billing_topic(ctx.key), "billingUpdated", details, plain=True)
+    ctx.publish(organization_topic(ctx.key), "billingUpdated", billing_summary(details), plain=True)

@@ -53,6 +53,14 @@ class Empty(BaseModel):
     model_config = _STRICT
 
 
+class GetOrganization(BaseModel):
+    """The organization read; ``billingDetails`` (admins only: the HTTP layer decides) swaps the
+    member-safe billing summary for the whole billing state."""
+
+    model_config = _STRICT
+    billing_details: bool = Field(default=False, alias="billingDetails")
+
+
 class Snapshot(BaseModel):
     model_config = _STRICT
     topic: str

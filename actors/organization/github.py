@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from actors.organization.billing_state import publish_admin_changes
 from actors.organization.commands import Empty
 from actors.organization.schema import members, profile, repos, task_summaries
 from actors.organization.state import (
@@ -433,6 +434,7 @@ async def _replace_members(ctx: CommandContext, team: list[MemberState], now: in
     added = sorted(set(after) - set(before))
     if added or gone:
         _audit(ctx, "organization.members_synced", {"added": added, "removed": gone, "source": source})
+    publish_admin_changes(ctx, {u: r.role for u, r in before.items()}, {u: m.role for u, m in after.items()})
     return changed
 
 

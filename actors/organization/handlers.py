@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from actors.organization.billing_state import publish_admin_changes
 from actors.organization.commands import RegisterInstallation, SyncFromGitHub, UpdateSettings
 from actors.organization.github import request_sync_after_commit
 from actors.organization.schema import installations, members, profile
@@ -83,6 +84,7 @@ async def handle_sync_from_github(ctx: CommandContext, cmd: SyncFromGitHub) -> d
             },
             command_id=ctx.derived_id("audit"),
         )
+        publish_admin_changes(ctx, before, {u: m.role for u, m in after.items()})
     if status == "connected" and (
         existing is None
         or existing.installation_status != "connected"

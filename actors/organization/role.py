@@ -15,6 +15,7 @@ from actors.organization import (
 )
 from actors.organization.commands import (
     Empty,
+    GetOrganization,
     InstallationRef,
     MemberRef,
     OAuthCallbackResult,
@@ -50,7 +51,7 @@ ROLE = Role(
         ),
     ),
     actions=(
-        Handler("get", Empty, actions.get),
+        Handler("get", GetOrganization, actions.get),
         Handler("snapshot", Snapshot, actions.snapshot),
         Handler("member_role", MemberRef, actions.member_role),
         Handler("members", Empty, actions.get_members),

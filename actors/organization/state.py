@@ -154,7 +154,11 @@ async def list_task_summaries(conn: AsyncConnection, include_archived: bool = Fa
 
 
 async def build_snapshot(
-    conn: AsyncConnection, organization_id: str, settings: StripeSettings | None = None
+    conn: AsyncConnection,
+    organization_id: str,
+    settings: StripeSettings | None = None,
+    *,
+    billing_details: bool = False,
 ) -> dict[str, Any]:
     """The full organization summary of the ``organization:<id>`` topic: header plus open tasks.
 
@@ -162,16 +166,18 @@ async def build_snapshot(
     actors (task creation, audit entries...) that failed too often and wait for an operator's
     ``foundry actors retry-dead``. They come with every snapshot; no live event carries them.
 
-    ``billing`` is the plan, status, seats and invoices (`build_billing`); ``billingUpdated`` events
-    carry it whole when it changes.
+    ``billing`` is the member-safe `billing_summary` (the topic's ``billingUpdated`` events carry the
+    same form); with ``billing_details`` (an admin's read) it is the whole state (`build_billing`),
+    which is otherwise only on the admins-only ``billing:<id>`` topic.
     """
-    from actors.organization.billing_state import build_billing
+    from actors.organization.billing_state import billing_summary, build_billing
 
     settings = settings or StripeSettings()
     snapshot = await build_header(conn, organization_id)
     snapshot["taskSummaries"] = await list_task_summaries(conn)
     snapshot["deadLetters"] = await dead_letters(conn, limit=20)
-    snapshot["billing"] = await build_billing(conn, settings)
+    details = await build_billing(conn, settings)
+    snapshot["billing"] = details if billing_details else billing_summary(details)
     return snapshot
 
 

@@ -25,6 +25,10 @@ from foundry.runtime.client import Runtime
 log = logging.getLogger(__name__)
 
 
+#: Topic kinds only an organization's admins may subscribe to.
+ADMIN_TOPICS = frozenset({"billing"})
+
+
 def build_registry() -> TopicRegistry:
     return standard_registry(task_key)
 
@@ -59,7 +63,9 @@ class RealtimeAccess:
         return caller.user_id
 
     async def authorize(self, user_id: str, topic: str) -> bool:
-        """``app:<user>`` only for that user; organization, task and session topics for members.
+        """``app:<user>`` only for that user; organization, task and session topics for members;
+        ``billing:<org>`` (invoices, payment method, seat holders) for admins of the organization,
+        as ``GET …/billing`` is.
 
         Task and session topics also need a task the organization lists: the owner of the topic is
         woken only after that (a made-up task id must never create a task database).
@@ -82,6 +88,8 @@ class RealtimeAccess:
             return False
         role = await self.runtime.call("organization", organization_id, "member_role", {"userId": user_id})
         if role.get("role") is None:
+            return False
+        if route.topic.partition(":")[0] in ADMIN_TOPICS and role["role"] != "admin":
             return False
         if route.role == "task":
             summary = await self.runtime.call(

@@ -94,8 +94,11 @@ Live state for the dashboard over one websocket per browser tab: `{ADDRESS}`.
 connection without a session is accepted, sent an `error` frame `unauthorized` and closed with code
 {CLOSE_UNAUTHENTICATED}, so a browser script can tell "sign in again" from a network failure.
 
-**Topics.** {frames.TOPIC_DESCRIPTION} Access is checked on every `subscribe`; a task or session
-topic also needs a task its organization lists.
+**Topics.** {frames.TOPIC_DESCRIPTION} Access is checked on every `subscribe`: `app` for that
+user, the others for members of the organization; a task or session topic also needs a task its
+organization lists. `billing:<orgId>` (plan, status, seats and who holds them, dates, payment method,
+invoices) is for the organization's admins only (others get `forbidden`); `organization:<orgId>`
+carries only a summary of billing (`enabled`, `plan`, `status`, `seatLimitReached`, `updatedAt`).
 
 **Order.** After `subscribed` comes a `snapshot` with the topic's full state (skipped when `since` is
 already current) or, for append-only topics (a session's transcript), the events after `since`. Live

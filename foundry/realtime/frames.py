@@ -31,8 +31,8 @@ from foundry.realtime.topics import MAX_TOPIC_LENGTH, TOPIC_PATTERN
 #: Client frames are tiny; anything longer is refused before parsing.
 MAX_CLIENT_FRAME_CHARS = 16 * 1024
 TOPIC_DESCRIPTION = (
-    "`<kind>:<id>[:<id>...]`: `app:<userId>`, `organization:<orgId>`, `task:<orgId>:<taskId>`, "
-    "`session:<orgId>:<taskId>:<sessionId>`."
+    "`<kind>:<id>[:<id>...]`: `app:<userId>`, `organization:<orgId>`, `billing:<orgId>`, "
+    "`task:<orgId>:<taskId>`, `session:<orgId>:<taskId>:<sessionId>`."
 )
 
 #: The codes of `ErrorFrame.error` a client should expect. A subscription refused by its topic's
@@ -46,7 +46,8 @@ ERROR_CODES: dict[str, str] = {
     "invalid_topic": "`topic` is missing, not a string, or not a topic this server serves.",
     "invalid_input": "Another field has the wrong type or value (`since`); `fields` names it.",
     "too_many_subscriptions": "The connection holds as many subscriptions as it may.",
-    "forbidden": "The signed-in user may not read this topic.",
+    "forbidden": "The signed-in user may not read this topic (`billing:<orgId>`: admins only). Also "
+    "sent to end a subscription whose access was taken away (an admin demoted).",
     "not_found": "The topic names a task the organization does not list.",
     "conflict": "The task is a pull request nobody has started yet; follow the organization topic.",
     "unauthorized": "The connection has no valid session (then closed with code 4401).",

@@ -38,6 +38,11 @@ So snapshots read on a stream that is not yet *confirmed* are read once more whe
 first batch arrives, or ``verify_delay`` after the host answered (an idle host). A topic that has
 had an event through the stream needs no second reading: gap detection covers it.
 
+Access changes: subscriptions are authorized at subscribe. When who may read a topic changes (an
+admin demoted on ``billing:<org>``), its owner publishes `ACCESS_CHANGED_EVENT`; every subscriber is
+then held (events buffered, no snapshot) until ``authorize`` answers again, and one refused now gets
+an error frame ``forbidden`` ending the subscription, before anything published after the change.
+
 Slow clients: a socket with more than ``queue_limit`` live frames waiting is sent an error frame
 ``slow_consumer`` and closed with code 1013 (try again later); its backlog is dropped. Memory per
 socket is bounded by that limit plus one replay.
@@ -69,6 +74,10 @@ Authorize = Callable[[str, str], Awaitable[bool]]
 
 #: The owner action every topic's actor exposes.
 SNAPSHOT_ACTION = "snapshot"
+#: An event an owner publishes when who may read its topic changed (an admin demoted, a member
+#: removed): every subscriber's access is checked again before it gets anything newer, and those
+#: refused now get an error frame ``forbidden`` that ends the subscription.
+ACCESS_CHANGED_EVENT = "accessChanged"
 #: Close codes: 1013 "try again later" for a slow consumer, 1001 "going away" at shutdown.
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_GOING_AWAY = 1001
@@ -124,6 +133,10 @@ class _Sub:
         self.closed = False
         self.pump: _Pump | None = None
         self.state: _Topic | None = None
+        #: Access checks in flight after `ACCESS_CHANGED_EVENT`: while any, live events wait in
+        #: `pending` and no snapshot is sent (`sync_after_hold` asks for one once allowed).
+        self.held = 0
+        self.sync_after_hold = False
 
 
 class _Topic:
@@ -624,7 +637,7 @@ class RealtimeGateway:
                 log.exception("realtime: event %s #%d on %s is not JSON", event.event, event.seq, event.topic)
                 continue
             for sub in tuple(topic.subs):
-                if sub.syncing:
+                if sub.syncing or sub.held:
                     if len(sub.pending) >= self._queue_limit:
                         # Bounded like the socket queue; the gap this leaves is detected at drain.
                         log.info(
@@ -636,6 +649,47 @@ class RealtimeGateway:
                     sub.pending.append((event.seq, text))
                 else:
                     self._deliver(sub, event.seq, text)
+            if event.event == ACCESS_CHANGED_EVENT:
+                self._recheck_access(topic)
+
+    def _recheck_access(self, topic: _Topic) -> None:
+        """Hold every subscriber of ``topic`` until its access is checked again (who may read the
+        topic changed); a subscriber refused now is ended with an error frame."""
+        for sub in tuple(topic.subs):
+            if sub.closed:
+                continue
+            sub.held += 1
+            sock = sub.socket
+            task = self._spawn(self._recheck(sub), f"realtime-recheck:{sock.id}:{sub.topic}")
+            sock.tasks.add(task)
+            task.add_done_callback(sock.tasks.discard)
+
+    async def _recheck(self, sub: _Sub) -> None:
+        sock = sub.socket
+        code, detail = "forbidden", f"you may no longer subscribe to {sub.topic}"
+        try:
+            allowed = await sock.authorize(sock.user_id, sub.topic)
+        except FoundryError as exc:
+            log.info("realtime: re-checking authorize(%s, %s) refused: %s", sock.user_id, sub.topic, exc)
+            allowed, code, detail = False, exc.code, exc.detail
+        except Exception:
+            # Fail closed: the subscriber may subscribe again, which checks access afresh.
+            log.exception("realtime: re-checking authorize(%s, %s) failed", sock.user_id, sub.topic)
+            allowed, code, detail = False, "internal_error", "could not check your access to this topic"
+        if sub.closed:
+            return
+        if not allowed:
+            log.info("realtime: %s lost access to %s; subscription ended", sock.user_id, sub.topic)
+            self._end_subscription(sub, code, detail)
+            return
+        sub.held -= 1
+        if sub.held:
+            return
+        if sub.sync_after_hold:
+            sub.sync_after_hold = False
+            self._request_sync(sub)
+        elif not sub.syncing:
+            self._drain(sub)
 
     def _deliver(self, sub: _Sub, seq: int, text: str) -> None:
         last = sub.last_seq
@@ -700,6 +754,7 @@ class RealtimeGateway:
                     await asyncio.sleep(min(0.05 * 2 ** (repeats - 3), 2.0))
                 batch = [s for s in topic.waiting if not s.closed]
                 topic.waiting.clear()
+                batch = self._unheld(batch)
                 if not batch:
                     break
                 unconfirmed = not pump.confirmed
@@ -727,7 +782,7 @@ class RealtimeGateway:
                     continue
                 delay = 0.2
                 repeats = repeats + 1 if snap.complete else 0
-                for sub in batch:
+                for sub in self._unheld(batch):
                     if sub.closed:
                         continue
                     self._apply(sub, snap)
@@ -750,6 +805,15 @@ class RealtimeGateway:
         finally:
             if topic.sync_task is asyncio.current_task():
                 topic.sync_task = None
+
+    @staticmethod
+    def _unheld(batch: list[_Sub]) -> list[_Sub]:
+        """The subscribers whose access is not being checked again; the others get their snapshot
+        once it is (`_recheck`)."""
+        for sub in batch:
+            if sub.held:
+                sub.sync_after_hold = True
+        return [s for s in batch if not s.held]
 
     async def _fetch(self, route: TopicRoute, since: int | None) -> _Snapshot:
         """Call the owner's ``snapshot`` action (paging through a replay) and check its answer."""
@@ -810,7 +874,7 @@ class RealtimeGateway:
         pending, sub.pending = sub.pending, []
         sub.syncing = False
         for seq, text in pending:
-            if sub.syncing:  # a gap started another round: keep the rest for it
+            if sub.syncing or sub.held:  # a gap started another round: keep the rest for it
                 sub.pending.append((seq, text))
             else:
                 self._deliver(sub, seq, text)

@@ -134,7 +134,8 @@ class TopicRegistry:
 def standard_registry(task_key: Callable[[str, str], str]) -> TopicRegistry:
     """The product's topics.
 
-    ``app:<userId>`` → user actor; ``organization:<orgId>`` → organization actor;
+    ``app:<userId>`` → user actor; ``organization:<orgId>`` and ``billing:<orgId>`` (the whole
+    billing state; admins only) → organization actor;
     ``task:<orgId>:<taskId>`` and ``session:<orgId>:<taskId>:<sessionId>`` → the task actor whose key
     is ``task_key(orgId, taskId)`` (session transcripts live in the task's database).
     """
@@ -142,6 +143,7 @@ def standard_registry(task_key: Callable[[str, str], str]) -> TopicRegistry:
         [
             TopicSpec("app", "user"),
             TopicSpec("organization", "organization"),
+            TopicSpec("billing", "organization"),
             TopicSpec("task", "task", lambda ids: task_key(ids[0], ids[1]), parts=2),
             TopicSpec("session", "task", lambda ids: task_key(ids[0], ids[1]), parts=3),
         ]

@@ -40,9 +40,9 @@ class BillingServer(Server):
     stripe: FakeStripe = field(default=None)  # type: ignore[assignment]
 
     async def billing(self, org: str = "acme") -> dict[str, Any]:
-        """The organization's ``billing`` field, straight from the actor."""
-        snapshot: dict[str, Any] = await self.runtime.call("organization", org, "get")
-        return dict(snapshot["billing"])
+        """The organization's whole billing state (what admins see), straight from the actor."""
+        billing: dict[str, Any] = await self.runtime.call("organization", org, "billing")
+        return billing
 
     async def post_event(
         self, event: dict[str, Any], *, secret: str | None = None, ts: int | None = None

@@ -68,7 +68,7 @@ async def test_a_card_changed_in_the_billing_portal_shows_live_and_in_the_billin
         ws_url = billing_server.url.replace("http://", "ws://") + "/v1/realtime"
         async with connect(ws_url, additional_headers={"Cookie": cookie}, max_queue=None) as raw:
             ws = WsClient(raw)
-            await ws.subscribe("organization:acme")
+            await ws.subscribe("billing:acme")
             await ws.until(lambda f: f.get("event") == "snapshot")
             await upgrade_to_team(billing_server, carol)
             await _until_label(billing_server, VISA)

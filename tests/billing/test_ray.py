@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from websockets.asyncio.client import connect
 
 from foundry.config import Settings
 from foundry.drivers.stripe.fake import FakeStripe
@@ -20,7 +21,9 @@ from foundry.http.app import create_app
 from foundry.mock import start_fake_github, start_fake_stripe
 from foundry.runtime.ray_backend import RayRuntime
 from tests.billing.conftest import ACME_ROCKET, BillingServer, eventually, upgrade_to_team
+from tests.billing.test_visibility import SUMMARY_KEYS, assert_no_details, cookie_of
 from tests.http.conftest import free_port
+from tests.tasks.conftest import WsClient
 
 pytestmark = pytest.mark.ray
 
@@ -87,6 +90,26 @@ async def test_on_ray_checkout_webhooks_and_seats_apply_exactly_once(
             return b["seats"]["used"] == 1 and b["sync"]["pending"] == 0
 
         await eventually(synced, timeout=60, what="alice's seat synced")
+        # Billing details for the admin only, over HTTP and the realtime topics, on Ray too.
+        member_view = (await alice.get("/v1/organizations/acme")).json()["billing"]
+        assert set(member_view) == SUMMARY_KEYS
+        assert_no_details(member_view)
+        assert (await carol.get("/v1/organizations/acme")).json()["billing"]["invoices"] != []
+        url = server.url.replace("http://", "ws://") + "/v1/realtime"
+        async with (
+            connect(url, additional_headers={"Cookie": cookie_of(alice)}) as raw_m,
+            connect(url, additional_headers={"Cookie": cookie_of(carol)}) as raw_a,
+        ):
+            member, admin = WsClient(raw_m), WsClient(raw_a)
+            await member.subscribe("organization:acme")
+            snapshot = await member.until(lambda f: f.get("event") == "snapshot")
+            assert set(snapshot["data"]["billing"]) == SUMMARY_KEYS
+            await member.subscribe("billing:acme")
+            refused = await member.next_frame()
+            assert (refused["error"], refused["topic"]) == ("forbidden", "billing:acme")
+            await admin.subscribe("billing:acme")
+            full = await admin.until(lambda f: f.get("event") == "snapshot")
+            assert full["data"]["seats"]["used"] == 1
         # Every event the fake sent, delivered again: acknowledged as duplicates, nothing changes.
         before = await server.billing()
         for event in list(server.stripe.events):

@@ -1,5 +1,6 @@
 """The billing page: an admin upgrades through (fake) Stripe Checkout and sees the result live,
-changes the card in the (fake) Billing Portal; a member reads it without the controls."""
+changes the card in the (fake) Billing Portal; a member sees only the plan and status, read-only,
+never the seats, invoices or payment method."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from playwright.sync_api import expect
 from tests.browser.conftest import People
 
 
-def test_an_admin_upgrades_to_team_and_a_member_sees_it_read_only(people: People, shots: Path) -> None:
+def test_an_admin_upgrades_to_team_and_a_member_sees_only_the_summary(people: People, shots: Path) -> None:
     carol = people.page("carol")
     carol.goto("/o/acme/billing")
     expect(carol.get_by_role("heading", name="Billing", exact=True)).to_be_visible()
@@ -25,6 +26,8 @@ def test_an_admin_upgrades_to_team_and_a_member_sees_it_read_only(people: People
     expect(alice.get_by_test_id("billing-plan-name")).to_have_text("Free (1 seat)")
     expect(alice.get_by_test_id("read-only-note")).to_be_visible()
     expect(alice.get_by_role("button", name="Upgrade to Team")).to_have_count(0)
+    expect(alice.get_by_role("heading", name="Seats")).to_have_count(0)
+    expect(alice.get_by_role("heading", name="Invoices")).to_have_count(0)
 
     # Checkout on Stripe's hosted page (the fake completes it at once), back to the billing page.
     carol.get_by_role("button", name="Upgrade to Team").click()
@@ -43,8 +46,14 @@ def test_an_admin_upgrades_to_team_and_a_member_sees_it_read_only(people: People
     expect(carol).to_have_url(re.compile(r"/o/acme/billing$"), timeout=30_000)
     expect(carol.get_by_text("Mastercard •••• 4444")).to_be_visible(timeout=30_000)
 
-    # alice's open page follows without a reload.
+    # alice's open page follows without a reload, and shows no billing details.
     expect(alice.get_by_test_id("billing-plan-name")).to_have_text("Team (per seat)", timeout=30_000)
+    expect(alice.get_by_test_id("read-only-note")).to_contain_text("Ask an admin")
+    expect(alice.get_by_test_id("invoice-row")).to_have_count(0)
+    expect(alice.get_by_test_id("seat-row")).to_have_count(0)
+    expect(alice.get_by_text("Mastercard")).to_have_count(0)
+    expect(alice.get_by_text("Visa")).to_have_count(0)
+    alice.screenshot(path=shots / "billing-member.png")
 
     # Cancel at period end, confirmed in a dialog; then keep the plan after all.
     carol.get_by_role("button", name="Cancel plan").click()

@@ -41,10 +41,17 @@ async def authenticate(websocket: WebSocket) -> str | None:
     return websocket.query_params.get("user")
 
 
+#: Users refused ``board:shared-*`` topics: a test adds one to take access away while subscribed.
+REVOKED: set[str] = set()
+
+
 async def authorize(user_id: str, topic: str) -> bool:
-    """Topics whose id starts with ``private`` belong to the user ``owner`` only; ``explode`` fails."""
+    """Topics whose id starts with ``private`` belong to the user ``owner`` only; ``shared`` ones
+    to everyone not in `REVOKED`; ``explode`` fails."""
     if user_id == "explode":
         raise RuntimeError("the membership store is down")
+    if topic.split(":")[1].startswith("shared"):
+        return user_id not in REVOKED
     return not topic.split(":")[1].startswith("private") or user_id == "owner"
 
 

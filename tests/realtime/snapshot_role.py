@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
 from foundry.errors import NotFound
+from foundry.realtime.gateway import ACCESS_CHANGED_EVENT
 from foundry.runtime.context import CommandContext, InstanceContext
 from foundry.runtime.role import Handler, Role
 from foundry.runtime.tables import add_runtime_tables, current_seq
@@ -64,6 +65,8 @@ class Bump(BaseModel):
     pad: int = Field(default=0, ge=0, le=1_000_000)
     #: Wall-clock time the caller sent the command (benchmarks measure latency from it).
     sent_at: float | None = None
+    #: Publish the gateway's access-changed event first, in the same transaction.
+    access_changed: bool = False
 
 
 class Append(BaseModel):
@@ -82,6 +85,8 @@ async def bump(ctx: CommandContext, cmd: Bump) -> dict[str, int]:
     """Add ``by`` to the board ``times`` times, publishing each new value."""
     value = int((await ctx.conn.execute(sa.select(boards.c.value).where(boards.c.id == 1))).scalar() or 0)
     pad = "x" * cmd.pad
+    if cmd.access_changed:
+        ctx.publish(board_topic(ctx.key), ACCESS_CHANGED_EVENT, {})
     for _ in range(cmd.times):
         value += cmd.by
         ctx.publish(

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from foundry.realtime import InvalidTopic, TopicRegistry, TopicRoute, TopicSpec, standard_registry
+from foundry.realtime.frames import TOPIC_DESCRIPTION
 from foundry.realtime.topics import TOPIC_PATTERN
 
 REGISTRY = standard_registry(lambda org, task: f"{org}.{task}")
@@ -17,6 +18,7 @@ REGISTRY = standard_registry(lambda org, task: f"{org}.{task}")
     [
         ("app:user-1", "user", "user-1"),
         ("organization:acme", "organization", "acme"),
+        ("billing:acme", "organization", "acme"),
         ("task:acme:t1", "task", "acme.t1"),
         ("session:acme:t1:s1", "task", "acme.t1"),
     ],
@@ -57,6 +59,11 @@ def test_a_derived_key_must_be_a_valid_actor_key() -> None:
     registry = TopicRegistry([TopicSpec("pair", "task", lambda ids: f"{ids[0]}/{ids[1]}", parts=2)])
     with pytest.raises(InvalidTopic, match="valid actor"):
         registry.resolve("pair:a:b")
+
+
+def test_the_documented_topic_list_names_every_registered_kind() -> None:
+    documented = set(re.findall(r"`([a-z][a-z0-9-]*):<", TOPIC_DESCRIPTION))
+    assert documented == set(REGISTRY.prefixes)
 
 
 def test_prefixes_are_registered_once_and_well_formed() -> None:

@@ -51,8 +51,18 @@ export interface OrgSnapshot {
   repos: Repo[];
   memberCount: number;
   taskSummaries: TaskSummary[];
-  /** Absent on servers without billing. */
-  billing?: Billing;
+  /** What every member sees of billing (the whole state is on `billing:<org>`, admins only). */
+  billing?: BillingSummary;
+}
+
+/** The member-safe billing summary carried by `organization:<org>`. */
+export interface BillingSummary {
+  enabled: boolean;
+  plan: "free" | "team";
+  status: string;
+  /** A member without a seat cannot send a first prompt until an admin upgrades or frees a seat. */
+  seatLimitReached: boolean;
+  updatedAt: number | null;
 }
 
 export interface Invoice {
@@ -67,6 +77,7 @@ export interface Invoice {
   periodEnd: number | null;
 }
 
+/** The whole billing state (`billing:<org>` and `GET …/billing`), for admins. */
 export interface Billing {
   enabled: boolean;
   plan: "free" | "team";
@@ -108,7 +119,7 @@ function applyEvent(org: OrgSnapshot, event: string, data: any): OrgSnapshot {
     const tasks = [...byId.values()].sort((a, b) => b.updatedAt - a.updatedAt);
     return { ...org, taskSummaries: tasks };
   }
-  if (event === "billingUpdated") return { ...org, billing: data as Billing };
+  if (event === "billingUpdated") return { ...org, billing: data as BillingSummary };
   return org;
 }
 

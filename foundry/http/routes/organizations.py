@@ -19,7 +19,10 @@ router = APIRouter(prefix="/v1/organizations/{org}", tags=["organizations"], rou
 
 @router.get("", summary="Organization snapshot")
 async def get_organization(member: Member, runtime: RuntimeDep) -> dict[str, Any]:
-    result: dict[str, Any] = await runtime.call("organization", member.organization_id, "get")
+    # Billing details (invoices, payment method, seat holders) are for admins, as on `…/billing`.
+    result: dict[str, Any] = await runtime.call(
+        "organization", member.organization_id, "get", {"billingDetails": member.is_admin}
+    )
     result["viewerRole"] = member.role
     return result
 

@@ -1,10 +1,13 @@
-// Billing: plan, status, seats and invoices (live from the organization snapshot); admins upgrade,
-// open Stripe's portal, cancel, resume, switch to free and release seats.
-import { useState } from "preact/hooks";
+// Billing. Admins: plan, status, seats, dates, payment method and invoices, live from the
+// admins-only `billing:<org>` topic; they upgrade, open Stripe's portal, cancel, resume, switch to
+// free and release seats. Members: the summary every member gets on `organization:<org>` (plan,
+// status, whether the seats are all taken), read-only.
+import { useEffect, useState } from "preact/hooks";
 import { ErrorNote, Modal } from "../components/common";
 import { api, enc, errorText } from "../lib/api";
 import { dateTime, plural, safeUrl } from "../lib/format";
-import type { OrgSnapshot } from "../org";
+import { realtime } from "../lib/realtime";
+import type { Billing, BillingSummary, OrgSnapshot } from "../org";
 
 const STATUS_TEXT: Record<string, string> = {
   active: "Active",
@@ -25,9 +28,92 @@ function money(cents: number | null | undefined, currency: string | null | undef
 
 type Confirm = { title: string; text: string; action: string; run: () => Promise<unknown> } | null;
 
+type Details = { state: "loading" } | { state: "ready"; billing: Billing } | { state: "error"; detail: string };
+
+/** The whole billing state, live on `billing:<org>` (subscribed only for admins; null otherwise). */
+function useBillingDetails(orgId: string, admin: boolean): Details | null {
+  const [details, setDetails] = useState<Details>({ state: "loading" });
+  useEffect(() => {
+    if (!admin) return undefined;
+    setDetails({ state: "loading" });
+    return realtime.subscribe(
+      `billing:${orgId}`,
+      (e) => {
+        if (e.event === "snapshot" || e.event === "billingUpdated") setDetails({ state: "ready", billing: e.data as Billing });
+      },
+      (code, detail) =>
+        setDetails({ state: "error", detail: code === "forbidden" ? "only admins see billing details; reload the page" : detail }),
+    );
+  }, [orgId, admin]);
+  return admin ? details : null;
+}
+
+function planName(plan: string): string {
+  return plan === "team" ? "Team (per seat)" : "Free (1 seat)";
+}
+
 export function BillingPage({ org, viewerRole, query }: { org: OrgSnapshot; viewerRole: string; query: URLSearchParams }) {
   const admin = viewerRole === "admin";
-  const billing = org.billing;
+  const summary = org.billing;
+  const details = useBillingDetails(org.organizationId, admin);
+
+  if (!summary || !summary.enabled) {
+    return (
+      <main class="page narrow">
+        <h1>Billing</h1>
+        <section class="card" aria-labelledby="billing-off">
+          <h2 id="billing-off">Billing is not set up on this server</h2>
+          <p>
+            <strong>{org.profile.displayName}</strong> is not charged: this Foundry server has no Stripe account configured, so every
+            member can use it. {admin ? "To charge per seat, set the Stripe settings described in the README and restart the server." : ""}
+          </p>
+        </section>
+      </main>
+    );
+  }
+  if (!details) return <MemberBilling org={org} summary={summary} />;
+  if (details.state !== "ready") {
+    return (
+      <main class="page narrow">
+        <h1>Billing</h1>
+        {details.state === "loading" ? <p class="muted" role="status">Loading billing…</p> : <ErrorNote error={`Billing could not be read: ${details.detail}`} />}
+      </main>
+    );
+  }
+  return <AdminBilling org={org} billing={details.billing} query={query} />;
+}
+
+/** A member's read-only view: no seats, invoices, payment method or dates (those are for admins). */
+function MemberBilling({ org, summary }: { org: OrgSnapshot; summary: BillingSummary }) {
+  return (
+    <main class="page narrow">
+      <h1>Billing</h1>
+      <section class="card" aria-labelledby="plan-heading" data-testid="billing-plan">
+        <h2 id="plan-heading">Plan</h2>
+        <dl class="facts">
+          <dt>Plan</dt>
+          <dd data-testid="billing-plan-name">{planName(summary.plan)}</dd>
+          <dt>Status</dt>
+          <dd>
+            <span class={`badge billing-${summary.status}`} data-testid="billing-status">{STATUS_TEXT[summary.status] ?? summary.status}</span>
+          </dd>
+        </dl>
+        {summary.seatLimitReached && (
+          <p class="muted" role="status" data-testid="seat-limit-note">
+            Every seat of the {summary.plan} plan is taken: a member without a seat cannot send prompts until an admin upgrades or releases a seat.
+          </p>
+        )}
+        {summary.status === "past_due" && <p class="error-note" role="alert">The last payment failed: new prompts stop after a grace period unless an admin updates the payment method.</p>}
+        {summary.status === "canceled" && summary.plan === "team" && <p class="error-note" role="alert">The subscription is canceled: new prompts are paused until an admin subscribes again or switches to the free plan.</p>}
+        <p class="muted small" data-testid="read-only-note">
+          You are a member: only admins of {org.profile.displayName} see seats, invoices and the payment method, and change the plan. Ask an admin.
+        </p>
+      </section>
+    </main>
+  );
+}
+
+function AdminBilling({ org, billing, query }: { org: OrgSnapshot; billing: Billing; query: URLSearchParams }) {
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState<string | null>(null);
   const [confirm, setConfirm] = useState<Confirm>(null);
@@ -53,21 +139,6 @@ export function BillingPage({ org, viewerRole, query }: { org: OrgSnapshot; view
     location.assign(target);
   }
 
-  if (!billing || !billing.enabled) {
-    return (
-      <main class="page narrow">
-        <h1>Billing</h1>
-        <section class="card" aria-labelledby="billing-off">
-          <h2 id="billing-off">Billing is not set up on this server</h2>
-          <p>
-            <strong>{org.profile.displayName}</strong> is not charged: this Foundry server has no Stripe account configured, so every
-            member can use it. {admin ? "To charge per seat, set the Stripe settings described in the README and restart the server." : ""}
-          </p>
-        </section>
-      </main>
-    );
-  }
-
   const team = billing.plan === "team";
   const seats = billing.seats;
   const scheduled = billing.cancelAt !== null || billing.status === "scheduled_cancel";
@@ -81,7 +152,7 @@ export function BillingPage({ org, viewerRole, query }: { org: OrgSnapshot; view
         <h2 id="plan-heading">Plan</h2>
         <dl class="facts">
           <dt>Plan</dt>
-          <dd data-testid="billing-plan-name">{team ? "Team (per seat)" : "Free (1 seat)"}</dd>
+          <dd data-testid="billing-plan-name">{planName(billing.plan)}</dd>
           <dt>Status</dt>
           <dd>
             <span class={`badge billing-${billing.status}`} data-testid="billing-status">{STATUS_TEXT[billing.status] ?? billing.status}</span>
@@ -123,58 +194,55 @@ export function BillingPage({ org, viewerRole, query }: { org: OrgSnapshot; view
             {plural(billing.sync.pending, "seat change")} waiting to reach Stripe{billing.sync.lastError ? ` (last error: ${billing.sync.lastError})` : ""}.
           </p>
         )}
-        {!admin && <p class="muted small" data-testid="read-only-note">Only admins can change the plan. You are a member.</p>}
-        {admin && (
-          <div class="actions left">
-            {(!team || billing.status === "canceled") && (
-              <button class="btn btn-primary" disabled={busy !== null} onClick={() => void act("checkout", () => goTo(`${base}/checkout`, { plan: "team" }))}>
-                {busy === "checkout" ? "Opening checkout…" : "Upgrade to Team"}
-              </button>
-            )}
-            {billing.hasCustomer && (
-              <button class="btn" disabled={busy !== null} onClick={() => void act("portal", () => goTo(`${base}/portal`))}>
-                {busy === "portal" ? "Opening…" : "Payment method and invoices"}
-              </button>
-            )}
-            {team && billing.status !== "canceled" && !scheduled && (
-              <button
-                class="btn"
-                disabled={busy !== null}
-                onClick={() =>
-                  setConfirm({
-                    title: "Cancel the team plan",
-                    text: "The plan stays active until the end of the current period, then the organization returns to one seat.",
-                    action: "Cancel at period end",
-                    run: () => api("POST", `${base}/cancel`),
-                  })
-                }
-              >
-                Cancel plan
-              </button>
-            )}
-            {team && scheduled && billing.status !== "canceled" && (
-              <button class="btn" disabled={busy !== null} onClick={() => void act("resume", () => api("POST", `${base}/resume`))}>
-                {busy === "resume" ? "Resuming…" : "Keep the team plan"}
-              </button>
-            )}
-            {team && (
-              <button
-                class="btn btn-danger"
-                disabled={busy !== null}
-                onClick={() =>
-                  setConfirm({
-                    title: "Switch to the free plan",
-                    text: "The team subscription ends now. The free plan has one seat: members beyond it cannot send new prompts.",
-                    action: "Switch to free",
-                    run: () => api("POST", `${base}/plan`, { plan: "free" }),
-                  })
-                }
-              >
-                Switch to free
-              </button>
-            )}
-          </div>
-        )}
+        <div class="actions left">
+          {(!team || billing.status === "canceled") && (
+            <button class="btn btn-primary" disabled={busy !== null} onClick={() => void act("checkout", () => goTo(`${base}/checkout`, { plan: "team" }))}>
+              {busy === "checkout" ? "Opening checkout…" : "Upgrade to Team"}
+            </button>
+          )}
+          {billing.hasCustomer && (
+            <button class="btn" disabled={busy !== null} onClick={() => void act("portal", () => goTo(`${base}/portal`))}>
+              {busy === "portal" ? "Opening…" : "Payment method and invoices"}
+            </button>
+          )}
+          {team && billing.status !== "canceled" && !scheduled && (
+            <button
+              class="btn"
+              disabled={busy !== null}
+              onClick={() =>
+                setConfirm({
+                  title: "Cancel the team plan",
+                  text: "The plan stays active until the end of the current period, then the organization returns to one seat.",
+                  action: "Cancel at period end",
+                  run: () => api("POST", `${base}/cancel`),
+                })
+              }
+            >
+              Cancel plan
+            </button>
+          )}
+          {team && scheduled && billing.status !== "canceled" && (
+            <button class="btn" disabled={busy !== null} onClick={() => void act("resume", () => api("POST", `${base}/resume`))}>
+              {busy === "resume" ? "Resuming…" : "Keep the team plan"}
+            </button>
+          )}
+          {team && (
+            <button
+              class="btn btn-danger"
+              disabled={busy !== null}
+              onClick={() =>
+                setConfirm({
+                  title: "Switch to the free plan",
+                  text: "The team subscription ends now. The free plan has one seat: members beyond it cannot send new prompts.",
+                  action: "Switch to free",
+                  run: () => api("POST", `${base}/plan`, { plan: "free" }),
+                })
+              }
+            >
+              Switch to free
+            </button>
+          )}
+        </div>
       </section>
 
       <section class="card" aria-labelledby="seats-heading">
@@ -188,7 +256,7 @@ export function BillingPage({ org, viewerRole, query }: { org: OrgSnapshot; view
               <tr>
                 <th scope="col">Member</th>
                 <th scope="col">Since</th>
-                {admin && <th scope="col"><span class="sr-only">Actions</span></th>}
+                <th scope="col"><span class="sr-only">Actions</span></th>
               </tr>
             </thead>
             <tbody>
@@ -196,25 +264,23 @@ export function BillingPage({ org, viewerRole, query }: { org: OrgSnapshot; view
                 <tr key={m.userId} data-testid="seat-row">
                   <td>{m.login}</td>
                   <td>{dateTime(m.takenAt)}</td>
-                  {admin && (
-                    <td>
-                      <button
-                        class="btn btn-small"
-                        disabled={busy !== null}
-                        aria-label={`Release the seat of ${m.login}`}
-                        onClick={() =>
-                          setConfirm({
-                            title: `Release the seat of ${m.login}`,
-                            text: `${m.login} gives up the seat; it is taken again at their next prompt.`,
-                            action: "Release seat",
-                            run: () => api("DELETE", `${base}/seats/${enc(m.login)}`),
-                          })
-                        }
-                      >
-                        Release
-                      </button>
-                    </td>
-                  )}
+                  <td>
+                    <button
+                      class="btn btn-small"
+                      disabled={busy !== null}
+                      aria-label={`Release the seat of ${m.login}`}
+                      onClick={() =>
+                        setConfirm({
+                          title: `Release the seat of ${m.login}`,
+                          text: `${m.login} gives up the seat; it is taken again at their next prompt.`,
+                          action: "Release seat",
+                          run: () => api("DELETE", `${base}/seats/${enc(m.login)}`),
+                        })
+                      }
+                    >
+                      Release
+                    </button>
+                  </td>
                 </tr>
               ))}
             </tbody>
