@@ -35,6 +35,7 @@ from actors.organization.state import (
     assert_real_organization,
     load_profile,
     publish_header,
+    publish_members_changed,
     publish_task_changes,
     require_profile,
 )
@@ -433,6 +434,8 @@ async def _replace_members(ctx: CommandContext, team: list[MemberState], now: in
     added = sorted(set(after) - set(before))
     if added or gone:
         _audit(ctx, "organization.members_synced", {"added": added, "removed": gone, "source": source})
+    if changed:
+        publish_members_changed(ctx)
     return changed
 
 
