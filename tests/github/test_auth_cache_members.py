@@ -28,8 +28,8 @@ async def test_a_member_removed_by_a_webhook_is_refused_by_every_process(
         second_process(server) as other,
         client_of(other, cookie_header(alice)) as b,
     ):
-        await calls.warm(lambda: alice.get(ORG_PATH))
-        await calls.warm(lambda: b.get(ORG_PATH))
+        await calls.prime(lambda: alice.get(ORG_PATH))
+        await calls.prime(lambda: b.get(ORG_PATH))
         server.github.remove_member("acme", "alice")
         removed = hook("organization", "member_added")
         removed["action"] = "member_removed"
@@ -59,7 +59,7 @@ async def test_an_admin_demoted_to_member_loses_admin_routes_in_every_process(
         client_of(other, cookie_header(carol)) as b,
     ):
         for client in (carol, b):
-            await calls.warm(lambda c=client: c.get(ORG_PATH))  # type: ignore[misc]
+            await calls.prime(lambda c=client: c.get(ORG_PATH))  # type: ignore[misc]
             assert (await client.get(admin_only)).status_code != 403
         server.github.add_member("acme", "carol", "member")
         await github.send("membership", hook("membership", "added"))

@@ -52,8 +52,8 @@ async def test_sign_out_through_one_process_is_refused_by_the_other_at_once(serv
     async with server.signed_in("alice") as alice, second_process(server) as other:
         cookie = cookie_header(alice)
         async with client_of(other, cookie) as b, client_of(server.url, cookie) as a:
-            await calls.warm(lambda: b.get(ORG_PATH))
-            await calls.warm(lambda: a.get(ORG_PATH))
+            await calls.prime(lambda: b.get(ORG_PATH))
+            await calls.prime(lambda: a.get(ORG_PATH))
             assert (await alice.post("/v1/auth/sign-out")).status_code == 200
 
             async def refused(client: httpx.AsyncClient) -> bool:
@@ -69,7 +69,7 @@ async def test_sign_out_through_one_process_is_refused_by_the_other_at_once(serv
 async def test_an_expired_session_is_refused_without_any_event(server: Server) -> None:
     calls = ActorCalls(server.runtime)
     async with server.signed_in("alice") as alice:
-        await calls.warm(lambda: alice.get(ORG_PATH))
+        await calls.prime(lambda: alice.get(ORG_PATH))
         server.clock.advance(server.settings.auth.session_ttl_seconds * 1000 + 1)
         response = await alice.get(ORG_PATH)
         assert response.status_code == 401, response.text
@@ -82,7 +82,7 @@ async def test_a_broken_user_stream_falls_back_to_the_actors(server: Server) -> 
     async with server.signed_in("alice") as alice, second_process(server) as other:
         cookie = cookie_header(alice)
         async with client_of(other, cookie) as b:
-            await calls.warm(lambda: b.get(ORG_PATH))
+            await calls.prime(lambda: b.get(ORG_PATH))
             streams.cut("user")
 
             async def asks_the_actor() -> bool:
@@ -100,5 +100,26 @@ async def test_a_broken_user_stream_falls_back_to_the_actors(server: Server) -> 
             # Back up: the old session stays refused and a new one is cached again.
             streams.restore("user")
             async with server.signed_in("alice") as again, client_of(other, cookie_header(again)) as b2:
-                await calls.warm(lambda: b2.get(ORG_PATH), timeout=8.0)
+                await calls.prime(lambda: b2.get(ORG_PATH), timeout=8.0)
             assert (await b.get(ORG_PATH)).status_code == 401
+
+
+async def test_the_cache_serves_again_once_a_broken_stream_is_back(server: Server) -> None:
+    calls = ActorCalls(server.runtime)
+    streams = BreakableStreams(server.runtime)  # before process B opens its streams
+    async with (
+        server.signed_in("alice") as alice,
+        second_process(server) as other,
+        client_of(other, cookie_header(alice)) as b,
+    ):
+        await calls.warm(lambda: b.get(ORG_PATH))
+        streams.cut("organization")
+
+        async def asks_the_organization() -> bool:
+            response, auth = await calls.auth_calls(lambda: b.get(ORG_PATH))
+            assert response.status_code == 200, response.text
+            return ("organization", "member_role") in auth
+
+        await within(1.0, asks_the_organization, "process B asking while the organization stream is down")
+        streams.restore("organization")
+        await calls.warm(lambda: b.get(ORG_PATH), timeout=8.0)
