@@ -38,6 +38,10 @@ So snapshots read on a stream that is not yet *confirmed* are read once more whe
 first batch arrives, or ``verify_delay`` after the host answered (an idle host). A topic that has
 had an event through the stream needs no second reading: gap detection covers it.
 
+Listeners: other parts of this process may read every event of a role's hosts through the same
+streams (`RealtimeGateway.watch`, e.g. the session and membership cache); they are told when a stream
+becomes live (registered on its host), breaks, or lost events, and keep its pump open.
+
 Slow clients: a socket with more than ``queue_limit`` live frames waiting is sent an error frame
 ``slow_consumer`` and closed with code 1013 (try again later); its backlog is dropped. Memory per
 socket is bounded by that limit plus one replay.
