@@ -36,6 +36,7 @@ from actors.organization.state import (
     assert_real_organization,
     load_profile,
     publish_header,
+    publish_members_changed,
     publish_task_changes,
     require_profile,
 )
@@ -434,6 +435,10 @@ async def _replace_members(ctx: CommandContext, team: list[MemberState], now: in
     added = sorted(set(after) - set(before))
     if added or gone:
         _audit(ctx, "organization.members_synced", {"added": added, "removed": gone, "source": source})
+    # The cache's invalidation first: a gateway re-checking access after the admin change must not
+    # read the role it had cached before it.
+    if changed:
+        publish_members_changed(ctx)
     publish_admin_changes(ctx, {u: r.role for u, r in before.items()}, {u: m.role for u, m in after.items()})
     return changed
 

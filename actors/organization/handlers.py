@@ -16,6 +16,7 @@ from actors.organization.state import (
     assert_real_organization,
     load_profile,
     publish_header,
+    publish_members_changed,
     require_profile,
 )
 from foundry.errors import InvalidInput
@@ -61,6 +62,7 @@ async def handle_sync_from_github(ctx: CommandContext, cmd: SyncFromGitHub) -> d
     after = {user_id_for(m.user_github_id): m for m in cmd.members}
     if set(after) != set(before) or any(before[u] != m.role for u, m in after.items() if u in before):
         await ctx.conn.execute(members.delete().where(members.c.user_id.not_in(list(after))))
+        publish_members_changed(ctx)
         for user_id, m in after.items():
             row = {
                 "github_account_id": m.user_github_id,

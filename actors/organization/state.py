@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.organization.schema import members, profile, repos, task_summaries
+from foundry.auth.cache_events import MEMBERS_CHANGED, members_topic
 from foundry.config import StripeSettings
 from foundry.errors import InvalidInput, NotFound
 from foundry.ids import APP_SHELL_ID
@@ -184,6 +185,12 @@ async def build_snapshot(
 async def publish_header(ctx: InstanceContext, conn: AsyncConnection) -> None:
     """Publish ``organizationUpdated`` (profile, settings, GitHub status, repos) in the transaction."""
     ctx.publish(organization_topic(ctx.key), "organizationUpdated", await build_header(conn, ctx.key))
+
+
+def publish_members_changed(ctx: InstanceContext) -> None:
+    """Say (in the open transaction) that a member left or changed role: every API process drops
+    the memberships of this organization it cached, so the change takes effect on the next request."""
+    ctx.publish(members_topic(ctx.key), MEMBERS_CHANGED, {}, plain=True)
 
 
 async def publish_task_changes(

@@ -6,7 +6,6 @@ background work in a command queue.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from typing import Any
@@ -34,6 +33,7 @@ from actors.user.state import (
     publish_app,
     require_profile,
 )
+from foundry.auth.cache_events import SESSION_REVOKED, session_digest, sessions_topic
 from foundry.auth.crypto import decrypt, encrypt
 from foundry.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from foundry.runtime.context import CommandContext, InstanceContext
@@ -70,16 +70,6 @@ async def upsert_from_github(ctx: InstanceContext, cmd: UpsertFromGitHub) -> dic
     return {"userId": ctx.key, "created": existing is None}
 
 
-def session_digest(session_id: str) -> str:
-    """What the database keeps of a session id: its SHA-256 (hex).
-
-    The id is the bearer secret inside the session cookie. Stored as a digest, a copy of the
-    database file (a backup, a support bundle) signs nobody in; the id itself is 256 random bits,
-    so an unsalted fast hash is enough to make it unrecoverable.
-    """
-    return hashlib.sha256(session_id.encode()).hexdigest()
-
-
 async def create_session(ctx: InstanceContext, cmd: CreateSession) -> dict[str, Any]:
     """A new server-side session; its id goes into the signed cookie and only its digest is stored."""
     session_id = secrets.token_urlsafe(32)
@@ -113,12 +103,16 @@ async def get_session(ctx: InstanceContext, cmd: SessionRef) -> dict[str, Any]:
 
 async def revoke_session(ctx: InstanceContext, cmd: SessionRef) -> dict[str, bool]:
     """Sign-out: the session stops working at once. Idempotent."""
+    digest = session_digest(cmd.session_id)
     async with ctx.write() as conn:
         result = await conn.execute(
             sessions.update()
-            .where(sessions.c.id == session_digest(cmd.session_id), sessions.c.revoked_at.is_(None))
+            .where(sessions.c.id == digest, sessions.c.revoked_at.is_(None))
             .values(revoked_at=ctx.now_ms())
         )
+        if result.rowcount == 1:
+            # Every API process caches valid sessions and drops this one when it hears the event.
+            ctx.publish(sessions_topic(ctx.key), SESSION_REVOKED, {"session": digest}, plain=True)
     return {"revoked": result.rowcount == 1}
 
 

@@ -49,7 +49,7 @@ sessions = sa.Table(
     "sessions",
     metadata,
     # SHA-256 (hex) of the session id the cookie carries, never the id itself
-    # (`actors.user.actions.session_digest`).
+    # (`foundry.auth.cache_events.session_digest`).
     sa.Column("id", sa.String, primary_key=True),
     sa.Column("created_at", sa.Integer, nullable=False),
     sa.Column("expires_at", sa.Integer, nullable=False),

@@ -21,6 +21,7 @@ from foundry.auth.signin import SignInService
 from foundry.config import Settings
 from foundry.drivers.sandbox.binary import check_binary
 from foundry.github_app_check import GitHubAppCheck
+from foundry.http.auth_cache import ORGANIZATION_ROLE, USER_ROLE, AuthCache
 from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.dashboard import install_dashboard
 from foundry.http.errors import install_error_handlers
@@ -113,7 +114,15 @@ def create_app(
         registry = build_registry()
         app.state.gateway = RealtimeGateway(rt, registry)
         await app.state.gateway.start()
-        app.state.realtime_access = RealtimeAccess(settings, rt, app.state.cookies, registry)
+        # Sessions and memberships answered without an actor hop, kept honest by the same streams.
+        # Expiry is judged by the actors' clock: an in-process runtime's own (tests inject one there).
+        actor_clock = getattr(getattr(rt, "services", None), "clock", services.clock)
+        app.state.auth_cache = AuthCache(rt, actor_clock)
+        app.state.gateway.watch(USER_ROLE, app.state.auth_cache)
+        app.state.gateway.watch(ORGANIZATION_ROLE, app.state.auth_cache)
+        app.state.realtime_access = RealtimeAccess(
+            settings, rt, app.state.cookies, registry, app.state.auth_cache
+        )
         # In the background: a wrong App is logged at start-up without delaying it; /readyz reuses it.
         app.state.github_app_check = GitHubAppCheck(settings.github if settings.github.configured else None)
         app.state.github_app_check.start()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Path, Request
+from starlette.requests import HTTPConnection
 
 from foundry.auth.cookies import SessionCookies
 from foundry.auth.signin import SignInService
 from foundry.config import Settings
 from foundry.errors import Forbidden, FoundryError, NotFound, Unauthorized
+from foundry.http.auth_cache import AuthCache
 from foundry.ids import APP_SHELL_ID
 from foundry.runtime.client import Runtime
 
@@ -50,8 +52,11 @@ class Caller:
     session_id: str
 
 
-async def authenticate(runtime: Runtime, cookies: SessionCookies, conn: Any) -> Caller:
+async def authenticate(runtime: Runtime, cookies: SessionCookies, conn: HTTPConnection) -> Caller:
     """The caller behind a request's (or websocket's) session cookie.
+
+    A session this process has cached (`AuthCache`) costs no actor call; otherwise the user actor
+    is asked, and a valid answer is cached.
 
     Raises:
         Unauthorized: no cookie, a tampered one, or a session that is unknown, expired or revoked
@@ -60,15 +65,50 @@ async def authenticate(runtime: Runtime, cookies: SessionCookies, conn: Any) -> 
     ref = cookies.read(conn)
     if ref is None:
         raise Unauthorized("sign in first: no valid session cookie")
+    cache = auth_cache_of(conn)
+    if cache is not None and cache.session_valid(ref.user_id, ref.session_id):
+        return Caller(ref.user_id, ref.session_id)
+    ticket = cache.begin_session(ref.user_id) if cache is not None else None
     try:
-        await runtime.call("user", ref.user_id, "get_session", {"sessionId": ref.session_id})
+        session = await runtime.call("user", ref.user_id, "get_session", {"sessionId": ref.session_id})
     except NotFound:
         raise Unauthorized("session is not valid; sign in again") from None
     except FoundryError as exc:
         if exc.code == "invalid_input":  # a signed cookie naming a key that cannot exist
             raise Unauthorized("session is not valid; sign in again") from None
         raise
+    if cache is not None:
+        cache.fill_session(ticket, ref.user_id, ref.session_id, int(session["expiresAt"]))
     return Caller(ref.user_id, ref.session_id)
+
+
+def auth_cache_of(conn: HTTPConnection) -> AuthCache | None:
+    """This app's session and membership cache (None in an app built without one)."""
+    cache: AuthCache | None = getattr(conn.app.state, "auth_cache", None)
+    return cache
+
+
+async def member_role(
+    runtime: Runtime, cache: AuthCache | None, user_id: str, organization_id: str
+) -> str | None:
+    """The user's role in the organization, or None for a non-member (cached when positive)."""
+    if cache is not None:
+        role = cache.role(user_id, organization_id)
+        if role is not None:
+            return role
+    ticket = cache.begin_membership(user_id, organization_id) if cache is not None else None
+    # The caller's own list first: a made-up organization name never wakes (or creates) an actor.
+    app = await runtime.call("user", user_id, "app_snapshot")
+    if organization_id not in {o["id"] for o in app["organizations"]}:
+        return None
+    # The organization's member list (from GitHub) is the authority on the role.
+    result = await runtime.call("organization", organization_id, "member_role", {"userId": user_id})
+    if result.get("role") is None:
+        return None
+    role = str(result["role"])
+    if cache is not None:
+        cache.fill_membership(ticket, user_id, organization_id, role)
+    return role
 
 
 async def optional_caller(request: Request, runtime: RuntimeDep, cookies: CookiesDep) -> Caller | None:
@@ -137,19 +177,23 @@ class Membership:
 OrgPath = Annotated[str, Path(alias="org", min_length=1, max_length=200, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 
 
-async def require_member(org: OrgPath, caller: CurrentCaller, runtime: RuntimeDep) -> Membership:
+def get_auth_cache(request: Request) -> AuthCache | None:
+    return auth_cache_of(request)
+
+
+AuthCacheDep = Annotated[AuthCache | None, Depends(get_auth_cache)]
+
+
+async def require_member(
+    org: OrgPath, caller: CurrentCaller, runtime: RuntimeDep, cache: AuthCacheDep = None
+) -> Membership:
     """The caller's membership of ``{org}``; a non-member gets the same 404 as a missing org."""
     if org == APP_SHELL_ID:
         raise NotFound(f"organization {org!r} not found")
-    # The caller's own list first: a made-up organization name never wakes (or creates) an actor.
-    app = await runtime.call("user", caller.user_id, "app_snapshot")
-    if org not in {o["id"] for o in app["organizations"]}:
+    role = await member_role(runtime, cache, caller.user_id, org)
+    if role is None:
         raise NotFound(f"organization {org!r} not found")
-    # The organization's member list (from GitHub) is the authority on the role.
-    result = await runtime.call("organization", org, "member_role", {"userId": caller.user_id})
-    if result.get("role") is None:
-        raise NotFound(f"organization {org!r} not found")
-    return Membership(caller, org, str(result["role"]))
+    return Membership(caller, org, role)
 
 
 Member = Annotated[Membership, Depends(require_member)]

@@ -13,7 +13,8 @@ from foundry import __version__
 from foundry.auth.cookies import SessionCookies
 from foundry.config import Settings
 from foundry.errors import Conflict, InvalidInput, Unauthorized
-from foundry.http.deps import authenticate, origin_of
+from foundry.http.auth_cache import AuthCache
+from foundry.http.deps import authenticate, member_role, origin_of
 from foundry.ids import APP_SHELL_ID
 from foundry.realtime.asyncapi import build_asyncapi
 from foundry.realtime.asyncapi_page import render_page
@@ -37,12 +38,18 @@ class RealtimeAccess:
     """Who may connect, and which topics they may subscribe to (checked server-side)."""
 
     def __init__(
-        self, settings: Settings, runtime: Runtime, cookies: SessionCookies, registry: TopicRegistry
+        self,
+        settings: Settings,
+        runtime: Runtime,
+        cookies: SessionCookies,
+        registry: TopicRegistry,
+        auth_cache: AuthCache | None = None,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.cookies = cookies
         self.registry = registry
+        self.auth_cache = auth_cache
 
     async def authenticate(self, websocket: WebSocket) -> str | None:
         """The user behind the session cookie; None for no session or a cross-site handshake.
@@ -83,13 +90,10 @@ class RealtimeAccess:
         organization_id = route.ids[0]
         if organization_id == APP_SHELL_ID:
             return False
-        app = await self.runtime.call("user", user_id, "app_snapshot")
-        if organization_id not in {o["id"] for o in app["organizations"]}:
+        role = await member_role(self.runtime, self.auth_cache, user_id, organization_id)
+        if role is None:
             return False
-        role = await self.runtime.call("organization", organization_id, "member_role", {"userId": user_id})
-        if role.get("role") is None:
-            return False
-        if route.topic.partition(":")[0] in ADMIN_TOPICS and role["role"] != "admin":
+        if route.topic.partition(":")[0] in ADMIN_TOPICS and role != "admin":
             return False
         if route.role == "task":
             summary = await self.runtime.call(

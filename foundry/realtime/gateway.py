@@ -43,6 +43,10 @@ admin demoted on ``billing:<org>``), its owner publishes `ACCESS_CHANGED_EVENT`;
 then held (events buffered, no snapshot) until ``authorize`` answers again, and one refused now gets
 an error frame ``forbidden`` ending the subscription, before anything published after the change.
 
+Listeners: other parts of this process may read every event of a role's hosts through the same
+streams (`RealtimeGateway.watch`, e.g. the session and membership cache); they are told when a stream
+becomes live (registered on its host), breaks, or lost events, and keep its pump open.
+
 Slow clients: a socket with more than ``queue_limit`` live frames waiting is sent an error frame
 ``slow_consumer`` and closed with code 1013 (try again later); its backlog is dropped. Memory per
 socket is bounded by that limit plus one replay.
@@ -56,7 +60,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
@@ -71,6 +75,24 @@ log = logging.getLogger(__name__)
 
 #: ``authorize(user_id, topic)``: may this user read this topic?
 Authorize = Callable[[str, str], Awaitable[bool]]
+
+
+class StreamListener(Protocol):
+    """Something else of this process fed by the host streams (`RealtimeGateway.watch`), such as
+    the session cache. Called synchronously from the pump, in stream order."""
+
+    def stream_live(self, role: str, shard: int) -> None:
+        """The stream is registered on the host: every event published from now on will arrive."""
+
+    def stream_lost(self, role: str, shard: int) -> None:
+        """The stream broke or stopped: events may be missed until ``stream_live`` again."""
+
+    def stream_reset(self, role: str, shard: int) -> None:
+        """The stream stays open but this process fell behind and lost some of its events."""
+
+    def events(self, role: str, shard: int, batch: list[Event]) -> None:
+        """A batch of the host's events (every topic)."""
+
 
 #: The owner action every topic's actor exposes.
 SNAPSHOT_ACTION = "snapshot"
@@ -177,6 +199,8 @@ class _Pump:
         self.verify_task: asyncio.Task[None] | None = None
         self.streams_opened = 0
         self.stopped = False
+        #: Watchers of every event of this host (`RealtimeGateway.watch`); they keep the pump open.
+        self.listeners: list[StreamListener] = []
 
     @property
     def name(self) -> str:
@@ -295,6 +319,19 @@ class RealtimeGateway:
             },
             **self._counters,
         }
+
+    def watch(self, role: str, listener: StreamListener) -> None:
+        """Feed ``listener`` every event of every host of ``role`` through this process's one
+        stream per host (opened now and kept open while the gateway runs)."""
+        for shard in range(self._runtime.shards(role)):
+            pump = self._pump(role, shard)
+            pump.listeners.append(listener)
+            if pump.confirmed:
+                listener.stream_live(role, shard)
+            elif pump.attached and pump.verify_task is None:
+                pump.verify_task = self._spawn(
+                    self._verify_answered(pump, pump.generation), f"realtime-verify:{pump.name}"
+                )
 
     # ----------------------------------------------------------------------------- sockets
 
@@ -492,12 +529,7 @@ class RealtimeGateway:
 
     def _attach(self, sub: _Sub) -> None:
         route = sub.route
-        shard = self._runtime.shard_for(route.role, route.key)
-        pump = self._pumps.get((route.role, shard))
-        if pump is None:
-            pump = _Pump(route.role, shard)
-            self._pumps[(route.role, shard)] = pump
-            pump.task = self._spawn(self._run_pump(pump), f"realtime-pump:{pump.name}")
+        pump = self._pump(route.role, self._runtime.shard_for(route.role, route.key))
         topic = pump.topics.get(route.topic)
         if topic is None:
             topic = pump.topics[route.topic] = _Topic(route)
@@ -506,6 +538,14 @@ class RealtimeGateway:
         # Registered on the pump before the snapshot is read: no live event can slip between.
         self._push(sub.socket, frames.subscribed(route.topic), live=False)
         self._request_sync(sub)
+
+    def _pump(self, role: str, shard: int) -> _Pump:
+        pump = self._pumps.get((role, shard))
+        if pump is None:
+            pump = _Pump(role, shard)
+            self._pumps[(role, shard)] = pump
+            pump.task = self._spawn(self._run_pump(pump), f"realtime-pump:{pump.name}")
+        return pump
 
     def _detach(self, sub: _Sub) -> None:
         if sub.closed:
@@ -524,7 +564,7 @@ class RealtimeGateway:
         if pump.topics.get(topic.name) is topic:
             del pump.topics[topic.name]
         pump.unverified.discard(topic.name)
-        if not pump.topics:
+        if not pump.topics and not pump.listeners:
             self._stop_pump(pump)
 
     def _stop_pump(self, pump: _Pump) -> None:
@@ -537,6 +577,8 @@ class RealtimeGateway:
         for topic in pump.topics.values():
             self._cancel(topic.sync_task)
             topic.sync_task = None
+        for listener in pump.listeners:
+            listener.stream_lost(pump.role, pump.shard)
         log.debug("realtime: stopped the stream of %s", pump.name)
 
     async def _run_pump(self, pump: _Pump) -> None:
@@ -586,11 +628,18 @@ class RealtimeGateway:
         if pump.stopped or pump.generation != generation:
             return
         pump.attached = True
+        if pump.listeners and pump.verify_task is None:
+            # A listener needs to know when the stream is live even on an idle host (no batch).
+            pump.verify_task = self._spawn(
+                self._verify_answered(pump, generation), f"realtime-verify:{pump.name}"
+            )
         for topic in pump.topics.values():
             if topic.waiting and topic.sync_task is None:
                 self._start_round(pump, topic)
 
     def _on_broken(self, pump: _Pump) -> None:
+        for listener in pump.listeners:
+            listener.stream_lost(pump.role, pump.shard)
         pump.generation += 1
         pump.attached = False
         pump.confirmed = False
@@ -615,6 +664,8 @@ class RealtimeGateway:
 
     def _on_batch(self, pump: _Pump, batch: list[Event]) -> None:
         topics = pump.topics
+        for listener in pump.listeners:
+            listener.events(pump.role, pump.shard, batch)
         if not pump.confirmed:
             for event in batch:
                 if event.topic in topics:
@@ -624,6 +675,8 @@ class RealtimeGateway:
         for event in batch:
             if event.topic == OVERFLOW_TOPIC:
                 log.warning("realtime: %s dropped events for this process; resyncing its topics", pump.name)
+                for listener in pump.listeners:
+                    listener.stream_reset(pump.role, pump.shard)
                 self._resync_all(pump)
                 continue
             topic = topics.get(event.topic)
@@ -715,6 +768,8 @@ class RealtimeGateway:
         if pump.verify_task is not asyncio.current_task():
             self._cancel(pump.verify_task)
         pump.verify_task = None
+        for listener in pump.listeners:
+            listener.stream_live(pump.role, pump.shard)
         names, pump.unverified = pump.unverified, set()
         for name in names:
             topic = pump.topics.get(name)
@@ -726,6 +781,18 @@ class RealtimeGateway:
         await asyncio.sleep(self._verify_delay)
         if not pump.stopped and pump.generation == generation and not pump.confirmed:
             self._confirm(pump)
+
+    async def _verify_answered(self, pump: _Pump, generation: int) -> None:
+        """Confirm an idle stream ``verify_delay`` after its host answers a call."""
+        try:
+            await self._runtime.wait_host(pump.role, pump.shard)
+        except ActorUnavailable as exc:
+            # The stream breaks too and is verified again once reopened.
+            log.warning("realtime: host of %s unreachable while verifying its stream (%s)", pump.name, exc)
+            if pump.verify_task is asyncio.current_task():
+                pump.verify_task = None
+            return
+        await self._verify_later(pump, generation)
 
     # ----------------------------------------------------------------------------- snapshots
 

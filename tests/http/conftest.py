@@ -105,3 +105,25 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         await task
         await runtime.close()
         fake.stop()
+
+
+@asynccontextmanager
+async def second_process(server: Server) -> AsyncIterator[str]:
+    """Another API process (its own app, gateway and caches) on the same hosts: its base URL."""
+    port = free_port()
+    app = create_app(server.settings, runtime=server.runtime, fake_github=server.github)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio", lifespan="on"
+    )
+    uv = uvicorn.Server(config)
+    task = asyncio.create_task(uv.serve())
+    for _ in range(200):
+        if uv.started:
+            break
+        await asyncio.sleep(0.02)
+    assert uv.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        await task
