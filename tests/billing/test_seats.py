@@ -119,6 +119,14 @@ async def test_the_free_plan_refuses_a_second_member_until_a_seat_is_released(
         assert (await _prompt(alice)).status_code == 402
     billing = await billing_server.billing()
     assert [m["login"] for m in billing["seats"]["members"]] == ["carol"]
+
+    # Audit entries travel through the organization's outbox, so they land shortly after the answer.
+    async def audited() -> bool:
+        taken = await _audit(billing_server, "billing.seat_taken")
+        released = await _audit(billing_server, "billing.seat_released")
+        return len(taken) >= 2 and len(released) >= 1
+
+    await eventually(audited, what="the seat audit entries")
     assert len(await _audit(billing_server, "billing.seat_taken")) == 2
     released_audit = await _audit(billing_server, "billing.seat_released")
     assert len(released_audit) == 1

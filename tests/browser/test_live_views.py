@@ -121,12 +121,12 @@ def test_admin_saves_settings_and_member_sees_them_read_only_live(people: People
     expect(alice.get_by_test_id("read-only-note")).to_be_visible()
     expect(alice.get_by_label("Display name")).to_be_disabled()
     expect(alice.get_by_label("Default model")).to_be_disabled()
-    expect(alice.get_by_role("button", name="Save")).to_have_count(0)
+    expect(alice.get_by_role("button", name="Save", exact=True)).to_have_count(0)
 
     try:
         name.fill("Acme Rocketry")
         model.select_option(other_model)
-        carol.get_by_role("button", name="Save").click()
+        carol.get_by_role("button", name="Save", exact=True).click()
         expect(carol.get_by_role("status").filter(has_text="Settings saved.")).to_be_visible()
         # alice's open page follows, live.
         expect(alice.get_by_label("Display name")).to_have_value("Acme Rocketry", timeout=30_000)
@@ -138,7 +138,7 @@ def test_admin_saves_settings_and_member_sees_them_read_only_live(people: People
     finally:
         name.fill(original_name)
         model.select_option(original_model)
-        carol.get_by_role("button", name="Save").click()
+        carol.get_by_role("button", name="Save", exact=True).click()
         expect(carol.get_by_role("status").filter(has_text="Settings saved.")).to_be_visible()
     expect(alice.get_by_role("heading", name=original_name, exact=True)).to_be_visible(timeout=30_000)
     assert alice.errors == []  # type: ignore[attr-defined]
