@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Page, Request, Response, WebSocket, expect
+from playwright.sync_api import Page, Request, Route, WebSocket, expect
 
 from actors.organization.agent_credentials import ALLOWED_NAMES, check_name
 from foundry.errors import InvalidInput
@@ -22,24 +22,26 @@ class Traffic:
     """Every HTTP response and websocket frame a page receives, and the requests it sends."""
 
     def __init__(self, page: Page) -> None:
-        self.responses: list[Response] = []
+        self.bodies: list[str] = []
         self.frames: list[str | bytes] = []
         self.requests: list[Request] = []
-        # Playwright wants plain functions as handlers, not bound built-in methods.
-        page.on("response", lambda response: self.responses.append(response))
+        # Every API answer passes through here and its body is kept as it arrives: a body read later
+        # from a `Response` is gone once the page has navigated on.
+        page.route("**/v1/**", self._record)
         page.on("request", lambda request: self.requests.append(request))
         page.on("websocket", lambda ws: self._socket(ws))
+
+    def _record(self, route: Route) -> None:
+        response = route.fetch()
+        self.bodies.append(response.body().decode(errors="replace"))
+        route.fulfill(response=response)
 
     def _socket(self, ws: WebSocket) -> None:
         ws.on("framereceived", lambda frame: self.frames.append(frame))
 
     def received(self) -> str:
         """Everything received so far, as text (bodies of redirects and the like are empty)."""
-        bodies: list[str] = []
-        for response in self.responses:
-            if 300 <= response.status < 400:
-                continue
-            bodies.append(response.body().decode(errors="replace"))
+        bodies = list(self.bodies)
         bodies.extend(f if isinstance(f, str) else f.decode(errors="replace") for f in self.frames)
         return "\n".join(bodies)
 
