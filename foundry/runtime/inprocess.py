@@ -38,6 +38,7 @@ class InProcessRuntime(Runtime):
         self._roles = dict(roles or {})
         self._extra_role_modules = dict(extra_role_modules or {})
         self._hosts: dict[tuple[str, int], Host] = {}
+        self._closed = False
 
     def role(self, name: str) -> Role:
         if name not in self._roles:
@@ -48,6 +49,11 @@ class InProcessRuntime(Runtime):
         """The host of (role, shard), started on first use."""
         host = self._hosts.get((role, shard))
         if host is None:
+            if self._closed:
+                # A closed runtime never starts a host again: one started behind its back (a stream
+                # reconnecting, a late call) would run recovery and jobs beside the databases' next
+                # owner, e.g. a runtime restarted on the same data directory.
+                raise ActorUnavailable(f"host {role}/{shard}: the runtime is closed")
             host = Host(
                 self.role(role),
                 shard,
@@ -115,6 +121,7 @@ class InProcessRuntime(Runtime):
         return self.host(role, shard)
 
     async def close(self) -> None:
+        self._closed = True
         for host in list(self._hosts.values()):
             await host.close()
         self._hosts.clear()

@@ -8,7 +8,15 @@ import sqlite3
 
 import pytest
 
-from foundry.errors import CommandFailed, CommandTimeout, Conflict, InvalidInput, NotFound, PayloadTooLarge
+from foundry.errors import (
+    ActorUnavailable,
+    CommandFailed,
+    CommandTimeout,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+)
 from foundry.runtime.inprocess import InProcessRuntime
 
 
@@ -256,3 +264,16 @@ async def test_requests_that_reach_a_closing_host_are_served_by_its_replacement(
     )
     assert results == [{"value": 1}] * len(keys)
     assert set(new.awake_keys()) >= set(keys)
+
+
+async def test_a_closed_runtime_never_starts_a_host_again(runtime: InProcessRuntime) -> None:
+    """A late call or a reconnecting stream after close must not bring a host back: it would run
+    recovery and jobs beside whatever opens the same databases next (a restarted runtime)."""
+    ref = runtime.actor("counter", "closed")
+    await ref.send("incr", {}, wait=True)
+    await runtime.close()
+    with pytest.raises(ActorUnavailable, match="closed"):
+        await ref.call("get")
+    with pytest.raises(ActorUnavailable, match="closed"):
+        await anext(runtime.subscribe("counter", 0))
+    assert await runtime.awake() == {}
