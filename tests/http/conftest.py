@@ -88,21 +88,10 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     services.clock = clock
     runtime = InProcessRuntime(settings.data_dir, services, idle_seconds=3600)
     app = create_app(settings, runtime=runtime, fake_github=fake)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio", lifespan="on"
-    )
-    uv = uvicorn.Server(config)
-    task = asyncio.create_task(uv.serve())
-    for _ in range(200):
-        if uv.started:
-            break
-        await asyncio.sleep(0.02)
-    assert uv.started
     try:
-        yield Server(f"http://127.0.0.1:{port}", settings, runtime, fake, clock)
+        async with serving(app, port):
+            yield Server(f"http://127.0.0.1:{port}", settings, runtime, fake, clock)
     finally:
-        uv.should_exit = True
-        await task
         await runtime.close()
         fake.stop()
 
@@ -112,6 +101,13 @@ async def second_process(server: Server) -> AsyncIterator[str]:
     """Another API process (its own app, gateway and caches) on the same hosts: its base URL."""
     port = free_port()
     app = create_app(server.settings, runtime=server.runtime, fake_github=server.github)
+    async with serving(app, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def serving(app: Any, port: int) -> AsyncIterator[None]:
+    """Serve ``app`` with uvicorn on 127.0.0.1:``port`` (as `foundry serve` does) until the block ends."""
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio", lifespan="on"
     )
@@ -123,7 +119,7 @@ async def second_process(server: Server) -> AsyncIterator[str]:
         await asyncio.sleep(0.02)
     assert uv.started
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         uv.should_exit = True
         await task
