@@ -7,15 +7,16 @@ library, so it starts in a fraction of the time that importing the ``foundry`` p
 
 1. starts bubblewrap with ``--info-fd`` and ``--block-fd``: bubblewrap creates the jail's namespaces,
    says the jail's pid, and waits before it runs anything inside;
-2. starts pasta attached to that namespace (``--config-net``: the jail gets an interface with the
+2. waits until bubblewrap has given the jail's loopback its address (`_wait_for_loopback` says why);
+3. starts pasta attached to that namespace (``--config-net``: the jail gets an interface with the
    host's address and routes; ``-t/-u/-T/-U none``: no port is forwarded in either direction;
    ``--no-map-gw``: the gateway address is not the host's loopback; ``--dns-forward``: DNS sent to the
    gateway goes to the host's resolver, and the jail's ``/etc/resolv.conf`` names only that), and
    waits for its pid file, which pasta writes once the namespace is configured;
-3. installs the egress rules in the jail's network namespace (``nsenter … ip -batch``); nothing has
+4. installs the egress rules in the jail's network namespace (``nsenter … ip -batch``); nothing has
    run inside the jail yet, so there is no moment when it is connected and unfenced (the rules come
    after pasta's set-up because the kernel checks the default route's gateway against them);
-4. lets the jail run, and exits as bubblewrap did (same code, or killed by the same signal).
+5. lets the jail run, and exits as bubblewrap did (same code, or killed by the same signal).
 
 Why pasta attached to a namespace bubblewrap made, rather than ``pasta -- bwrap …`` (pasta creating the
 namespaces): pasta started as root drops to ``nobody`` and then cannot map the user namespace it
@@ -118,6 +119,47 @@ def _read_until(fd: int, done: bytes, what: str) -> bytes:
     return data
 
 
+def _has_loopback_address(pid: int) -> bool:
+    # The routing tables of ``pid``'s network namespace: the kernel adds 127.0.0.1's local route
+    # as soon as the address is on ``lo`` (up or not), and nothing else adds one before pasta runs.
+    with open(f"/proc/{pid}/net/fib_trie") as tables:
+        return any(line.strip() == "|-- 127.0.0.1" for line in tables)
+
+
+def _wait_for_loopback(jail: subprocess.Popen[bytes], pid: int) -> None:
+    """Return once bubblewrap has added 127.0.0.1 to the loopback of the jail ``pid``.
+
+    bubblewrap says the jail's pid before the jail has set up its loopback (it adds the address,
+    insisting that it be new, then raises ``lo``), and pasta raises ``lo`` too, which makes the
+    kernel add 127.0.0.1 itself. Had pasta come first, bubblewrap's request would fail and the jail
+    would die with ``bwrap: loopback: Failed RTM_NEWADDR`` followed by a stale, unrelated errno
+    (bubblewrap 0.8 does not report the netlink error), e.g. "No child processes". That happens
+    whenever the jail is scheduled late, i.e. on a busy machine. Raising ``lo`` twice is harmless,
+    so the address being there is enough.
+    """
+    deadline = time.monotonic() + _SETUP_TIMEOUT_S
+    pause = 0.0005
+    while True:
+        try:
+            if _has_loopback_address(pid):
+                return
+        except FileNotFoundError:
+            pass  # the jail is gone; bubblewrap exits right after it, which is reported below
+        except OSError as exc:
+            raise _SetupError(f"could not read the jail's network namespace: {exc}") from exc
+        if jail.poll() is not None:
+            raise _SetupError(
+                f"bubblewrap exited with code {jail.returncode} before it set up the jail's loopback"
+            )
+        if time.monotonic() > deadline:
+            raise _SetupError(
+                f"timed out after {_SETUP_TIMEOUT_S:.0f} s waiting for bubblewrap to set up the "
+                "jail's loopback"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 0.01)
+
+
 def _install_rules(pid: int, owner: int | None, rules: dict[int, str]) -> None:
     namespaces = [f"--net=/proc/{pid}/ns/net"]
     if owner is not None:
@@ -211,6 +253,7 @@ def _run(pasta: str, dns: str | None, rules: dict[int, str], keep: list[int], bw
         os.close(resolv_w)
         info = json.loads(_read_until(info_r, b"}", "bubblewrap's jail pid"))
         pid = int(info["child-pid"])
+        _wait_for_loopback(jail, pid)
         owner = _owner_of(pid)
         ready_r, ready_w = os.pipe()
         owner_path = None if owner is None else f"/proc/self/fd/{owner}"

@@ -1,0 +1,108 @@
+"""Egress jails start however late they are scheduled: many at once on busy cores, or one slowed down.
+
+bubblewrap says a jail's pid before the jail has set up its own loopback, and pasta, which connects
+the jail to the network, raises that loopback too. When pasta came first (the jail being scheduled
+late, as on a machine starting many sandboxes or running a loaded test suite), the jail died at once
+with ``bwrap: loopback: Failed RTM_NEWADDR: No child processes`` and the user saw a sandbox fail to
+start for no reason of theirs. Each jail here runs the exact command a sandbox gets
+(`bwrap_command` wrapped by `egress_command`) and must start with a working loopback, over which
+Foundry's relay reaches the sandbox's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from foundry.drivers.sandbox.binary import find_binary
+from foundry.drivers.sandbox.egress import egress_command
+from foundry.drivers.sandbox.jail import JailPolicy, bwrap_command, find_bwrap, find_pasta
+
+pytestmark = [
+    pytest.mark.security,
+    pytest.mark.skipif(find_pasta() is None, reason="pasta (Debian package passt) is not installed"),
+    pytest.mark.skipif(find_bwrap() is None, reason="bubblewrap is not installed"),
+]
+
+# Run inside each jail: a connection over the jail's own loopback.
+LOOPBACK_CHECK = """
+import socket
+with socket.create_server(("127.0.0.1", 0)) as server:
+    with socket.create_connection(server.getsockname(), timeout=5) as client:
+        conn, _ = server.accept()
+        conn.sendall(b"loopback works")
+        print(client.recv(100).decode())
+"""
+STARTED = (0, "loopback works")
+
+
+def jail_command(bwrap: str, directory: Path) -> list[str]:
+    """What `plan_spawn` runs for an egress sandbox at ``directory``, with the loopback check as
+    the jailed command."""
+    pasta = find_pasta()
+    assert pasta is not None
+    directory.mkdir()
+    jail = bwrap_command(
+        bwrap,
+        JailPolicy(network="egress"),
+        directory=directory,
+        binary=find_binary(),
+        cwd=directory,
+        command=[sys.executable, "-I", "-S", "-c", LOOPBACK_CHECK],
+    )
+    return egress_command(pasta, (), jail)
+
+
+async def start_jail(command: list[str]) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace").strip()
+
+
+@pytest.fixture
+def busy_cores() -> Iterator[None]:
+    """Two spinning processes per core while the test runs, so that jails are scheduled late."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-I", "-S", "-c", "while True: pass"])
+        for _ in range(2 * (os.cpu_count() or 1))
+    ]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+async def test_egress_jails_started_at_once_on_busy_cores_all_start(tmp_path: Path, busy_cores: None):
+    bwrap = find_bwrap()
+    assert bwrap is not None
+    commands = [jail_command(bwrap, tmp_path / f"jail-{number}") for number in range(16)]
+    results = await asyncio.gather(*(start_jail(command) for command in commands))
+    failed = [result for result in results if result != STARTED]
+    assert failed == [], f"{len(failed)} of {len(results)} jails did not start: {failed[:3]}"
+
+
+async def test_a_jail_slow_to_set_up_its_loopback_still_starts(tmp_path: Path):
+    """The late jail made certain: every process of the jail waits 1 s in its first ``socket()``
+    call, which for bubblewrap's jail process is the loopback set-up."""
+    strace, bwrap = shutil.which("strace"), find_bwrap()
+    if strace is None:
+        pytest.skip("strace is needed to slow the jail down")
+    slow_bwrap = tmp_path / "slow-bwrap"
+    slow_bwrap.write_text(
+        f"#!/bin/sh\nexec {strace} -f -qq -o /dev/null -e trace=socket "
+        f'-e inject=socket:delay_enter=1000000:when=1 {bwrap} "$@"\n'
+    )
+    slow_bwrap.chmod(0o755)
+    assert await start_jail(jail_command(str(slow_bwrap), tmp_path / "jail")) == STARTED
