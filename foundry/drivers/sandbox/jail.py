@@ -27,9 +27,10 @@ ranges (`foundry.drivers.sandbox.egress_helper`, whose docstring says why this w
 `foundry.drivers.sandbox.egress_rules`). Foundry reaches the server through the same relay.
 
 Whether the jail can start here (``bwrap`` installed, user namespaces allowed, ``pasta`` for
-``egress``) is found by running a tiny jail once (`probe`); the answer, with how to fix a failure, is
-what ``/readyz`` shows. A network that was not chosen explicitly (``network_fallback``) falls back from
-``egress`` to a weaker one when pasta cannot start, and the status says so and why.
+``egress``) is found by running a tiny jail (`probe`, kept once it succeeds); the answer, with how to
+fix a failure, is what ``/readyz`` shows. A network that was not chosen explicitly
+(``network_fallback``) falls back from ``egress`` to a weaker one when pasta cannot start, and the
+status says so and why.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ BWRAP_INSTALL_HINT = (
 )
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _PROBE_TIMEOUT_S = 10.0
+_PROBE_ATTEMPTS = 2
+# Successful probes by their arguments (see `probe` for why failures are not kept).
+_PROBED: dict[tuple[str | None, str, str, str | None], tuple[bool, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -316,16 +320,34 @@ def _probe_args(bwrap: str, network: Network, pasta: str | None) -> list[str]:
     return args
 
 
-@functools.cache
 def probe(
     bwrap: str | None, network: Network, configured: str = "", pasta: str | None = None
 ) -> tuple[bool, str]:
-    """Run a minimal jail once (per process and argument) to learn whether jails can start here.
+    """Run a minimal jail to learn whether jails can start here; a success is kept for the process.
 
-    Blocking (runs a process): call it through ``asyncio.to_thread`` from async code. Returns
-    ``(True, "bwrap <version> at <path>")`` or ``(False, <what is missing and how to fix it>)``.
-    With ``network="egress"`` the jail is connected by ``pasta`` as a sandbox would be.
+    A failed jail is started once more before the failure is the answer, and a failure is never
+    kept: one start can fail for a passing reason (a machine too busy to answer within the time
+    limit), and a kept failure would refuse every sandbox, or move them from ``egress`` to a weaker
+    network, until a restart. Blocking (runs processes): call it through ``asyncio.to_thread`` from
+    async code. Returns ``(True, "bwrap <version> at <path>")`` or ``(False, <what is missing and
+    how to fix it>)``. With ``network="egress"`` the jail is connected by ``pasta`` as a sandbox
+    would be.
     """
+    key = (bwrap, network, configured, pasta)
+    if key in _PROBED:
+        return _PROBED[key]
+    for attempt in range(1, _PROBE_ATTEMPTS + 1):
+        ok, detail = _probe_once(bwrap, network, configured, pasta)
+        if ok:
+            _PROBED[key] = (ok, detail)
+            break
+        if bwrap is None:
+            break  # nothing ran: trying again cannot help
+        log.warning("jail probe attempt %d of %d failed: %s", attempt, _PROBE_ATTEMPTS, detail)
+    return ok, detail
+
+
+def _probe_once(bwrap: str | None, network: Network, configured: str, pasta: str | None) -> tuple[bool, str]:
     if bwrap is None:
         where = f"at {configured}" if configured else "on PATH"
         return False, f"bubblewrap (bwrap) is not installed (not found {where}); {BWRAP_INSTALL_HINT}"
@@ -335,26 +357,28 @@ def probe(
         log.warning("egress probe could not be prepared: %s", exc)
         return False, f"{exc}; {PASTA_INSTALL_HINT}"
     try:
-        done = subprocess.run(
-            args,
-            capture_output=True,
-            text=True,
-            timeout=_PROBE_TIMEOUT_S,
-            check=False,
-        )
-        version = subprocess.run(
-            [bwrap, "--version"], capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False
-        ).stdout.strip()
+        done = subprocess.run(args, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False)
+        if done.returncode == 0:
+            version = subprocess.run(
+                [bwrap, "--version"], capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False
+            ).stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("bwrap probe failed to run bwrap=%s: %s", bwrap, exc)
         return False, f"bubblewrap at {bwrap} could not be run ({exc}); {BWRAP_INSTALL_HINT}"
     if done.returncode != 0:
-        why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
+        lines = done.stderr.strip().splitlines()
+        why = lines[-1] if lines else f"exit code {done.returncode}"
         log.warning("jail probe failed bwrap=%s network=%s error=%s", bwrap, network, why)
-        if network == "egress" and "egress:" in done.stderr:
-            why = next(line for line in done.stderr.splitlines() if "egress:" in line)
+        # bubblewrap's own complaint names the cause when it died (the egress helper then only says
+        # that the jail is gone); otherwise the helper's line says what pasta could not do.
+        complaint = next((line for line in lines if line.startswith("bwrap:")), None)
+        if network == "egress" and complaint is None and "egress:" in done.stderr:
+            why = next(line for line in lines if "egress:" in line)
             return False, f"pasta at {pasta} cannot connect a jail here ({why}); {PASTA_INSTALL_HINT}"
-        return False, f"bubblewrap at {bwrap} cannot start a jail here ({why}); {BWRAP_INSTALL_HINT}"
+        return (
+            False,
+            f"bubblewrap at {bwrap} cannot start a jail here ({complaint or why}); {BWRAP_INSTALL_HINT}",
+        )
     return True, f"{version or 'bwrap'} at {bwrap}"
 
 

@@ -141,16 +141,20 @@ class LocalSandboxProvider:
 
     async def isolation(self) -> IsolationStatus:
         """Whether this provider's sandboxes can start with its isolation here, and why not (the
-        answer is probed once by starting a tiny jail, then kept). Its detail also says how the
-        resource limits are enforced here."""
-        if self._isolation is None:
-            status = await asyncio.to_thread(isolation_status, self.jail)
-            if self.jail.jailed and status.network != self.jail.network:
-                # egress cannot start here and was not chosen explicitly: the status says why.
-                self.jail = dataclasses.replace(self.jail, network=status.network, network_fallback=None)
-            limits = await asyncio.to_thread(limits_mechanism, self._cgroup_group, self.limits)
-            self._isolation = dataclasses.replace(status, detail=f"{status.detail}; limits: {limits}")
-        return self._isolation
+        answer is probed by starting a tiny jail; a yes is kept, a no is probed again at the next
+        call, so that a passing failure or a fix made meanwhile needs no restart). Its detail also
+        says how the resource limits are enforced here."""
+        if self._isolation is not None:
+            return self._isolation
+        status = await asyncio.to_thread(isolation_status, self.jail)
+        if status.ok and self.jail.jailed and status.network != self.jail.network:
+            # egress cannot start here and was not chosen explicitly: the status says why.
+            self.jail = dataclasses.replace(self.jail, network=status.network, network_fallback=None)
+        limits = await asyncio.to_thread(limits_mechanism, self._cgroup_group, self.limits)
+        status = dataclasses.replace(status, detail=f"{status.detail}; limits: {limits}")
+        if status.ok:
+            self._isolation = status
+        return status
 
     def process_id(self, sandbox_id: str) -> int | None:
         """PID of the sandbox's ``sandbox-agent`` server while this provider runs it, else ``None``."""
