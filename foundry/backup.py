@@ -10,6 +10,9 @@ Left out on purpose: ``host-secrets.json`` and ``ray-address`` (rewritten at eve
 restored databases), ``*.broken-*`` files (set aside for an operator, not live data), sandboxes
 (checkouts and processes: large, and live; work that was not pushed is not in a backup) and
 ``mock-remotes`` (mock mode's stand-in for GitHub, which a backup does not hold either).
+Each role's ``.inbox`` files (commands acknowledged and not yet run) are not copied as they are:
+their commands are written into their instances' copies as pending mailbox rows, which a restored
+instance runs at wake.
 
 Consistency across files: actors talk through outboxes (the sender deletes its row once the receiver
 has committed the message), and the files are snapshotted one after another. A send delivered
@@ -43,6 +46,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_a
 
 from foundry import __version__
 from foundry.errors import FoundryError
+from foundry.runtime import inbox
 from foundry.runtime.keys import partition_dir_name, partition_of, validate_key
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ class BackupResult:
     seconds: float = 0.0
     #: Sends in flight while the snapshots were taken, put back in their sender's outbox copy.
     in_flight: int = 0
+    #: Commands acknowledged but not yet run, written into their instance's copy as pending.
+    waiting: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -90,6 +96,7 @@ class BackupResult:
             "bytes": sum(f["size"] for f in self.files),
             "seconds": round(self.seconds, 3),
             "sendsPutBack": self.in_flight,
+            "commandsWaiting": self.waiting,
             "skipped": self.skipped,
         }
 
@@ -256,6 +263,46 @@ def _receiver_has(staging: Path, role: str, key: str, command_id: str) -> bool:
     return row is not None
 
 
+def _read_inboxes(data_dir: Path, roles: Iterable[str]) -> dict[str, list[inbox.Queued]]:
+    """Every command acknowledged and not yet run, by the database (``rel``) of its instance."""
+    found: dict[str, list[inbox.Queued]] = {}
+    for role in sorted(roles):
+        for path in sorted((data_dir / role / ".inbox").glob("*.sqlite3")):
+            for key, queued in inbox.read_all(path):
+                rel = f"{role}/{partition_dir_name(partition_of(key))}/{key}.sqlite3"
+                found.setdefault(rel, []).append(queued)
+    return found
+
+
+def _fold_waiting(staging: Path, rel: str, commands: list[inbox.Queued]) -> int:
+    """Write a copy's acknowledged, not yet run commands into its mailbox as pending rows.
+
+    A backup holds actor databases only; a restored instance runs its pending mailbox rows at wake.
+    The inboxes are read after the first look and before any pin, so a command acknowledged before
+    the backup started is either here or, having run, in its instance's copy (pinned later); a
+    send delivered after the inbox read is in the first look, and put back if neither copy has it.
+    Returns how many rows were added (a command the copy's mailbox holds already is left alone).
+    """
+    if not commands:
+        return 0
+    conn = sqlite3.connect(staging / rel, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        added = 0
+        for queued in commands:
+            added += conn.execute(
+                "INSERT OR IGNORE INTO foundry_mailbox(command_id, name, body, status, created_at) "
+                "VALUES (?, ?, ?, 'pending', ?)",
+                (queued.command_id, queued.name, queued.body, queued.created_at),
+            ).rowcount
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    if added:
+        log.info("backup: %s: %d acknowledged commands not yet run kept as pending", rel, added)
+    return added
+
+
 def _put_back_in_flight(staging: Path, rel: str, before: list[dict[str, Any]]) -> int:
     """Put back, into a copy's outbox, the sends acknowledged between the first look and the pin
     whose receiver's copy does not hold them.
@@ -367,6 +414,8 @@ def backup(
         done = 0
         copied: list[tuple[_Database, str | None]] = []
         before = _first_look(databases, lock_timeout)
+        # After the first look, before any pin: see `_fold_waiting`.
+        waiting = _read_inboxes(data_dir, roles)
         for start in range(0, len(databases), budget):
             group = databases[start : start + budget]
             pins = _snapshot(group, lock_timeout, attempts, result.skipped)
@@ -383,6 +432,12 @@ def backup(
             finally:
                 for pin in pins.values():
                     pin.close()
+        for db, _ in copied:
+            result.waiting += _fold_waiting(staging, db.rel, waiting.pop(db.rel, []))
+        for rel, commands in waiting.items():
+            log.warning(
+                "backup: %d acknowledged commands wait for %s, which was not copied", len(commands), rel
+            )
         for db, revision in copied:
             target = staging / db.rel
             put_back = _put_back_in_flight(staging, db.rel, before.get(db.rel, []))

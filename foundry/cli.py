@@ -149,7 +149,8 @@ def db_upgrade(role: str | None) -> None:
     async def _run() -> None:
         for name in _role_names(role):
             spec = load_role(name)
-            files = sorted((settings.data_dir / name).glob("*/*.sqlite3"))
+            # Partition folders only: `.schema` templates and the `.inbox` files are not actor databases.
+            files = sorted((settings.data_dir / name).glob("[0-9a-f][0-9a-f]/*.sqlite3"))
             migrated = 0
             for path in files:
                 engine = make_engine(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -65,6 +66,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def _schema_template_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("schema-templates")
+
+
+@pytest.fixture(autouse=True)
+def _shared_schema_templates(
+    request: pytest.FixtureRequest, _schema_template_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Build each role's head-schema template once per test process, not once per test.
+
+    Every test starts from an empty data directory, so every first wake of a role migrated a scratch
+    database from nothing (alembic's import and every revision: 0.5-1 s of CPU per test that signs
+    someone in). The template is a pure function of the role's migrations, so later tests get a copy
+    of the first build. `tests/db` checks the build itself and keeps building.
+    """
+    if Path(str(request.node.path)).parent.name == "db":
+        return
+    import hashlib
+    import shutil
+
+    from foundry.db import migrate
+
+    build = migrate._build_template
+
+    async def build_once(template: Path, location: str) -> None:
+        folder = _schema_template_cache / hashlib.sha256(location.encode()).hexdigest()[:16]
+        cached = folder / template.name
+        if cached.exists():
+            await asyncio.to_thread(migrate._copy_atomically, cached, template)
+            return
+        await build(template, location)
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(template, cached)
+
+    monkeypatch.setattr(migrate, "_build_template", build_once)
 
 
 @pytest.fixture(scope="session")

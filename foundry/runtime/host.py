@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from foundry import metrics
 from foundry.errors import ActorUnavailable, CommandFailed, FoundryError, InvalidInput, PayloadTooLarge
 from foundry.runtime.events import Event, EventHub
+from foundry.runtime.inbox import Inbox, keys_with_waiting_commands
 from foundry.runtime.instance import Instance, Outcome
 from foundry.runtime.keys import PARTITIONS, partition_dir_name, partition_of, shard_of, validate_key
 from foundry.runtime.role import Role, to_jsonable, validate_body
@@ -64,6 +65,8 @@ class Host:
         self.dead_dir = self.root / ".dead"
         #: Head-schema templates that new instance databases are copied from.
         self.schema_dir = self.root / ".schema"
+        #: Commands acknowledged and not yet run, for every instance of this shard.
+        self.inbox = Inbox(inbox_path(self.root, shard))
         self.runtime = runtime
         self.services = services
         self.idle_seconds = idle_seconds
@@ -114,6 +117,7 @@ class Host:
         for key in list(self._instances):
             instance = self._instances.pop(key)
             await instance.close()
+        self.inbox.close()
         if self.role.on_host_stop is not None and not self._closed:
             self._closed = True
             try:
@@ -365,7 +369,7 @@ class Host:
             )
         # No index yet (data written before it existed): open every file once, then keep the index.
         self.pending_dir.mkdir(parents=True, exist_ok=True)
-        found: list[str] = []
+        found: set[str] = set(keys_with_waiting_commands(self.inbox.path))
         for partition in range(PARTITIONS):
             if partition % self.shards != self.shard:
                 continue
@@ -373,9 +377,15 @@ class Host:
             if not folder.is_dir():
                 continue
             for path in folder.glob("*.sqlite3"):
-                if _has_pending_work(path):
-                    found.append(path.name[: -len(".sqlite3")])
-        return found
+                key = path.name[: -len(".sqlite3")]
+                if key not in found and _has_pending_work(path):
+                    found.add(key)
+        return sorted(found)
+
+
+def inbox_path(role_root: Path, shard: int) -> Path:
+    """The inbox file of shard ``shard`` of the role whose files live in ``role_root``."""
+    return role_root / ".inbox" / f"{shard}.sqlite3"
 
 
 def _make_dirs(*paths: Path) -> None:

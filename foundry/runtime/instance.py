@@ -22,6 +22,7 @@ from foundry.db.migrate import ensure_schema, seed_new_database
 from foundry.errors import CommandFailed, CommandTimeout, FoundryError
 from foundry.runtime.context import CommandContext, InstanceContext
 from foundry.runtime.events import Event
+from foundry.runtime.inbox import Queued
 from foundry.runtime.outbox import Outbox
 from foundry.runtime.role import Handler, Role, to_jsonable
 
@@ -42,9 +43,9 @@ STEP_TIMEOUT_S = 60.0
 class Instance:
     """A logical actor hosted by a `Host`.
 
-    Commands are committed to ``foundry_mailbox`` before the sender is acknowledged, then run one at
-    a time, each in one transaction together with its completion row, so effects on local state
-    happen exactly once.
+    Commands are committed to the host's inbox before the sender is acknowledged, then run one at a
+    time, each in one transaction together with its ``foundry_mailbox`` row (its outcome, and the
+    record that it ran), so effects on local state happen exactly once.
     """
 
     def __init__(self, host: Host, key: str, path: Path) -> None:
@@ -58,8 +59,8 @@ class Instance:
         self.write_lock = asyncio.Lock()
         self.active = 0
         self.last_used = asyncio.get_running_loop().time()
-        #: (command id, name, body, request id of the sender when it was enqueued in this process).
-        self._queue: asyncio.Queue[tuple[str, str, str, str | None]] = asyncio.Queue()
+        #: (command, request id of the sender when it was enqueued in this process).
+        self._queue: asyncio.Queue[tuple[Queued, str | None]] = asyncio.Queue()
         self._waiters: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._mailbox_conn: sqlite3.Connection | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -82,18 +83,27 @@ class Instance:
             await seed_new_database(self.path, self.role.migrations_location, self.host.schema_dir)
             await ensure_schema(self.engine, self.role.migrations_location)
             mailbox = self._tables["foundry_mailbox"]
+            waiting = self.host.inbox.waiting(self.key)
             async with self.engine.begin() as conn:
+                # Rows written as pending by earlier versions, and by a restored backup, run first.
+                pending = await conn.execute(
+                    sa.select(mailbox.c.command_id, mailbox.c.name, mailbox.c.body, mailbox.c.created_at)
+                    .where(mailbox.c.status == "pending")
+                    .order_by(mailbox.c.seq)
+                )
+                for row in pending:
+                    self._queue.put_nowait((Queued(*row), None))
+                # Before the retention purge below: a command whose inbox row outlived its run (a
+                # crash between the two) must still be found here, however old.
+                known = await _known_commands(conn, mailbox, [q.command_id for q in waiting])
+                self.host.inbox.remove(self.key, [q.command_id for q in waiting if q.command_id in known])
+                for queued in waiting:
+                    if queued.command_id not in known:
+                        self._queue.put_nowait((queued, None))
                 cutoff = self.host.services.clock.now_ms() - MAILBOX_RETENTION_MS
                 await conn.execute(
                     mailbox.delete().where(mailbox.c.status != "pending", mailbox.c.finished_at < cutoff)
                 )
-                pending = await conn.execute(
-                    sa.select(mailbox.c.command_id, mailbox.c.name, mailbox.c.body)
-                    .where(mailbox.c.status == "pending")
-                    .order_by(mailbox.c.seq)
-                )
-                for command_id, name, body in pending:
-                    self._queue.put_nowait((command_id, name, body, None))
                 outbox = self._tables["foundry_outbox"]
                 by_status: dict[str, int] = dict(
                     (
@@ -170,7 +180,7 @@ class Instance:
             fut = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(command_id, []).append(fut)
         try:
-            state, stored = await self._enqueue(command_id, name, body_json)
+            state, stored = self._enqueue(command_id, name, body_json)
         except BaseException:
             if fut is not None:
                 self._drop_waiter(command_id, fut)
@@ -203,48 +213,45 @@ class Instance:
         if not futures:
             self._waiters.pop(command_id, None)
 
-    async def _enqueue(self, command_id: str, name: str, body_json: str) -> tuple[str, Any]:
-        # The mailbox row goes through a plain sqlite3 connection on the loop thread: tens of
-        # microseconds instead of ~0.8 ms for three aiosqlite thread hops (measured). It can never
-        # block the loop on SQLite's lock because every writer of this file holds `write_lock`.
-        async with self.write_lock:
-            self._mark_pending()
-            outcome = self._insert_command(command_id, name, body_json)
-            if outcome[0] == "new":
-                # Enqueued under the lock: queue order equals seq order.
-                self._queue.put_nowait((command_id, name, body_json, request_id.current.get()))
-        return outcome
-
-    def _insert_command(self, command_id: str, name: str, body_json: str) -> tuple[str, Any]:
-        conn = self._mailbox_db()
-        with conn:
-            inserted = conn.execute(
-                "INSERT OR IGNORE INTO foundry_mailbox(command_id, name, body, status, created_at) "
-                "VALUES (?, ?, ?, 'pending', ?)",
-                (command_id, name, body_json, self.host.services.clock.now_ms()),
-            ).rowcount
-        if inserted == 1:
-            return ("new", None)
-        row = conn.execute(
-            "SELECT status, result, error FROM foundry_mailbox WHERE command_id = ?", (command_id,)
-        ).fetchone()
-        return ("duplicate", (row[0], row[1], row[2]))
+    def _enqueue(self, command_id: str, name: str, body_json: str) -> tuple[str, Any]:
+        # Synchronous from here to the end: no other task of this loop runs in between, so the
+        # inbox, the mailbox lookup and the queue agree (queue order is inbox order). The command
+        # loop commits a command's mailbox row before deleting its inbox row, so a command id is
+        # always in at least one of the two.
+        self._mark_pending()
+        queued = Queued(command_id, name, body_json, self.host.services.clock.now_ms())
+        if not self.host.inbox.add(self.key, command_id, name, body_json, queued.created_at):
+            return ("duplicate", ("pending", None, None))
+        stored = (
+            self._mailbox_db()
+            .execute("SELECT status, result, error FROM foundry_mailbox WHERE command_id = ?", (command_id,))
+            .fetchone()
+        )
+        if stored is not None:
+            # Ran already (or is queued from a pending mailbox row): the new inbox row is a duplicate.
+            self.host.inbox.remove(self.key, [command_id])
+            return ("duplicate", (stored[0], stored[1], stored[2]))
+        self._queue.put_nowait((queued, request_id.current.get()))
+        return ("new", None)
 
     def _mailbox_db(self) -> sqlite3.Connection:
+        """A plain connection for mailbox lookups on the loop thread: tens of microseconds where an
+        aiosqlite round trip costs ~0.8 ms. It only reads, and WAL readers never wait on the writer."""
         if self._mailbox_conn is None:
-            conn = sqlite3.connect(self.path, isolation_level="DEFERRED", timeout=5.0)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._mailbox_conn = conn
+            self._mailbox_conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         return self._mailbox_conn
 
     async def _run_loop(self) -> None:
         while True:
-            command_id, name, body_json, rid = await self._queue.get()
+            queued, rid = await self._queue.get()
+            command_id = queued.command_id
             self._running_command = command_id
             started = time.perf_counter()
             try:
                 with request_id.bound(rid):
-                    outcome = await self._execute(command_id, name, body_json)
+                    outcome = await self._execute(queued)
+                # Committed: the mailbox row now answers for this command id.
+                self.host.inbox.remove(self.key, [command_id])
             finally:
                 self._running_command = None
             metrics.COMMAND_SECONDS.labels(self.role.name).observe(time.perf_counter() - started)
@@ -255,12 +262,12 @@ class Instance:
                     fut.set_result(outcome)
             self._unmark_if_drained()
 
-    async def _execute(self, command_id: str, name: str, body_json: str) -> Outcome:
-        mailbox = self._tables["foundry_mailbox"]
+    async def _execute(self, queued: Queued) -> Outcome:
+        command_id, name = queued.command_id, queued.name
         result_json = "null"
         try:
             handler: Handler = self.role.command(name)
-            model = handler.model.model_validate_json(body_json)
+            model = handler.model.model_validate_json(queued.body)
             ctx: CommandContext | None = None
             async with self.write_lock:
                 try:
@@ -274,9 +281,7 @@ class Instance:
                         # hop where SQLAlchemy's aiosqlite cursor takes three.
                         raw = await conn.get_raw_connection()
                         await raw.driver_connection.execute(  # type: ignore[union-attr]
-                            "UPDATE foundry_mailbox SET status='done', result=?, finished_at=? "
-                            "WHERE command_id=?",
-                            (result_json, self.host.services.clock.now_ms(), command_id),
+                            _RECORD_OUTCOME, self._outcome_row(queued, "done", result_json, None)
                         )
                 except BaseException:
                     if ctx is not None:
@@ -294,16 +299,25 @@ class Instance:
                 log.info("command %s on %s/%s refused: %s", name, self.role.name, self.key, error)
             payload = error.to_payload()
             async with self.write_lock, self.engine.begin() as conn:
-                await conn.execute(
-                    mailbox.update()
-                    .where(mailbox.c.command_id == command_id)
-                    .values(
-                        status="failed",
-                        error=json.dumps(payload),
-                        finished_at=self.host.services.clock.now_ms(),
-                    )
+                raw = await conn.get_raw_connection()
+                await raw.driver_connection.execute(  # type: ignore[union-attr]
+                    _RECORD_OUTCOME, self._outcome_row(queued, "failed", None, json.dumps(payload))
                 )
             return ("err", payload)
+
+    def _outcome_row(
+        self, queued: Queued, status: str, result: str | None, error: str | None
+    ) -> tuple[Any, ...]:
+        return (
+            queued.command_id,
+            queued.name,
+            queued.body,
+            status,
+            result,
+            error,
+            queued.created_at,
+            self.host.services.clock.now_ms(),
+        )
 
     # ----------------------------------------------------------------------------- actions & writes
 
@@ -468,6 +482,24 @@ class Instance:
             again = self._again.pop(name, None)
             if again is not None and not self._closing:
                 self.start_job(name, again)
+
+
+#: The mailbox row of a command that ran: inserted, or completing a row written as pending.
+_RECORD_OUTCOME = (
+    "INSERT INTO foundry_mailbox(command_id, name, body, status, result, error, created_at, finished_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(command_id) DO UPDATE SET status = excluded.status, "
+    "result = excluded.result, error = excluded.error, finished_at = excluded.finished_at"
+)
+
+
+async def _known_commands(conn: AsyncConnection, mailbox: sa.Table, command_ids: list[str]) -> set[str]:
+    """Which of ``command_ids`` the mailbox holds (ran, or queued from a pending row)."""
+    known: set[str] = set()
+    for start in range(0, len(command_ids), 500):
+        chunk = command_ids[start : start + 500]
+        rows = await conn.execute(sa.select(mailbox.c.command_id).where(mailbox.c.command_id.in_(chunk)))
+        known.update(row[0] for row in rows)
+    return known
 
 
 def _as_foundry_error(exc: Exception, where: str) -> FoundryError:

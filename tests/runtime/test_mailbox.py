@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sqlite3
 
 import pytest
 
@@ -175,20 +173,6 @@ async def test_pending_commands_resume_after_a_host_restart(runtime: InProcessRu
             break
         await asyncio.sleep(0.05)
     assert state["tags"] == [f"r{i}" for i in range(20)]
-
-
-async def test_the_mailbox_row_is_committed_before_the_ack(runtime: InProcessRuntime) -> None:
-    ref = runtime.actor("counter", "durable")
-    await ref.send("slow", {"seconds": 1})
-    ack = await ref.send("incr", {"by": 1})
-    path = runtime.host("counter", 0).path_for("durable")
-    with sqlite3.connect(path) as conn:
-        row = conn.execute(
-            "SELECT name, body, status FROM foundry_mailbox WHERE command_id=?", (ack["commandId"],)
-        ).fetchone()
-    assert row[0] == "incr"
-    assert json.loads(row[1])["by"] == 1
-    assert row[2] == "pending"
 
 
 async def test_outbox_delivers_to_another_actor_exactly_once(runtime: InProcessRuntime) -> None:
