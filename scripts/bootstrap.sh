@@ -113,5 +113,7 @@ apt_install() {
 # creation fails and /readyz says what is missing.
 apt_install bubblewrap /usr/bin/bwrap "the sandbox jail"
 apt_install passt /usr/bin/pasta "sandbox network egress"
+# The test suite delays bubblewrap's start on purpose with strace (a jail set up late must still start).
+apt_install strace /usr/bin/strace "a sandbox test"
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download).
 apt_install chromium /usr/bin/chromium "the browser tests (tests/browser)"

@@ -16,11 +16,8 @@ every later sandbox, and not a silent fall back from ``egress`` to the host's ne
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,23 +71,10 @@ async def start_jail(command: list[str]) -> tuple[int, str]:
     return process.returncode, output.decode(errors="replace").strip()
 
 
-@pytest.fixture
-def busy_cores() -> Iterator[None]:
-    """Two spinning processes per core while the test runs, so that jails are scheduled late."""
-    spinners = [
-        subprocess.Popen([sys.executable, "-I", "-S", "-c", "while True: pass"])
-        for _ in range(2 * (os.cpu_count() or 1))
-    ]
-    try:
-        yield
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
-
-
 @needs_pasta
-async def test_egress_jails_started_at_once_on_busy_cores_all_start(tmp_path: Path, busy_cores: None):
+async def test_egress_jails_started_at_once_all_start(tmp_path: Path) -> None:
+    # Sixteen at once keep the scheduler busy enough to start some jails late; the strace test below
+    # makes one late on purpose, every time.
     bwrap = find_bwrap()
     assert bwrap is not None
     commands = [jail_command(bwrap, tmp_path / f"jail-{number}") for number in range(16)]
