@@ -95,6 +95,15 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
         # This process would own a local Ray whose daemons share its process group: serve from a
         # child in a session of its own instead (see foundry.supervise).
         sys.exit(supervise(sys.argv[1:]))
+    if settings.runtime.backend == "ray" and settings.runtime.ray_address:
+        # Before anything starts: a cluster that is not there is a configuration mistake (one line).
+        from foundry.errors import ActorUnavailable
+        from foundry.runtime.ray_connect import probe_address
+
+        try:
+            probe_address(settings.runtime.ray_address)
+        except ActorUnavailable as exc:
+            raise ConfigRefused(str(exc)) from exc
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     click.echo(
         f"foundry: {settings.mode} mode, data in {settings.data_dir}, http://{settings.host}:{settings.port}"
@@ -335,14 +344,23 @@ def _on_ray(address: str | None, settings: Settings, work: Callable[[], Coroutin
         )
     import ray
 
+    from foundry.errors import ActorUnavailable
+    from foundry.runtime.ray_connect import init_ray
+
+    async def joined() -> T:
+        try:
+            await init_ray(
+                {"address": address, "namespace": settings.runtime.namespace, "log_to_driver": False}
+            )
+        except (ConnectionError, ActorUnavailable) as exc:
+            raise click.ClickException(f"no running Foundry Ray cluster found at {address!r}: {exc}") from exc
+        return await work()
+
     try:
-        ray.init(address=address, namespace=settings.runtime.namespace, log_to_driver=False)
-    except ConnectionError as exc:
-        raise click.ClickException(f"no running Foundry Ray cluster found at {address!r}: {exc}") from exc
-    try:
-        return asyncio.run(work())
+        return asyncio.run(joined())
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 @actors.command("ls")

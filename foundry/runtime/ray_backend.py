@@ -41,6 +41,7 @@ from foundry.runtime.placement import (
     process_name,
     process_of,
 )
+from foundry.runtime.ray_connect import init_ray
 from foundry.runtime.role import host_name, load_role
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class RayRuntime(Runtime):
             if address is None:
                 # Every port of the local cluster on 127.0.0.1 (Ray binds all interfaces by default).
                 use_loopback_cluster()
-            await asyncio.to_thread(ray.init, **kwargs)
+            await init_ray(kwargs)
             self._started_ray = True
             if address is None:
                 write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
