@@ -9,6 +9,8 @@ provider) and reach each other without a Ray hop.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -29,6 +31,11 @@ from foundry.runtime.role import load_role
 from foundry.services import build_services
 
 log = logging.getLogger(__name__)
+
+
+def key_fingerprint(secret_key: str) -> str:
+    """A keyed digest of ``secret_key`` that two processes compare to learn whether they share it."""
+    return hmac.new(secret_key.encode(), b"foundry cluster key check", hashlib.sha256).hexdigest()[:16]
 
 
 def _count_restart(data_dir: Path, name: str) -> int:
@@ -155,6 +162,10 @@ class HostProcess:
 
     async def sleep_idle(self, role: str, shard: int, older_than: float = 0.0) -> int:
         return await self._host(role, shard).sleep_idle(older_than)
+
+    async def key_fingerprint(self) -> str:
+        """Which secret key this process signs and verifies with, without revealing it."""
+        return key_fingerprint(self.settings.effective_secret_key())
 
     async def metrics(self) -> str:
         """This process's metrics (Prometheus text): its hosts, commands, sandboxes and turns, plus

@@ -26,12 +26,12 @@ from tenacity import (
 
 from foundry import request_id
 from foundry.config import Settings
-from foundry.errors import ActorUnavailable
+from foundry.errors import ActorUnavailable, Conflict
 from foundry.runtime.client import Runtime, roundtrip
 from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_cluster, write_cluster_address
 from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.host import Host
-from foundry.runtime.host_process import HostProcess
+from foundry.runtime.host_process import HostProcess, key_fingerprint
 from foundry.runtime.host_settings import public_settings, write_secrets
 from foundry.runtime.placement import (
     all_hosts,
@@ -117,9 +117,33 @@ class RayRuntime(Runtime):
             if address is None:
                 write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
             await asyncio.to_thread(_restrict_token_file)
+        await self._check_cluster_key()
         await asyncio.to_thread(write_secrets, self.settings)
         for process in hosts_by_process(self.settings):
             self._process_handle(process)
+
+    async def _check_cluster_key(self) -> None:
+        """Refuse to join hosts that use another secret key than this process.
+
+        Several API processes share the hosts: a session cookie signed by one must verify on every
+        other, and this process is about to rewrite the hosts' secrets file with its own values.
+        """
+        process = next(iter(hosts_by_process(self.settings)))
+        try:
+            handle = ray.get_actor(process_name(process), namespace=self.settings.runtime.namespace)
+        except ValueError:
+            return  # no hosts yet: this process starts them with its key
+        try:
+            theirs: str = await asyncio.wait_for(handle.key_fingerprint.remote(), RETRY_WINDOW_S)
+        except (TimeoutError, RayActorError) as exc:
+            log.warning("could not compare secret keys with host process %s: %s", process, exc)
+            return
+        if theirs != key_fingerprint(self.settings.effective_secret_key()):
+            raise Conflict(
+                "this process's secret key (FOUNDRY_SECRET_KEY) differs from the one the running "
+                f"Foundry's hosts use (process {process_name(process)}): sessions signed by one API "
+                "process would not verify on another. Give every API process the same secret key."
+            )
 
     async def close(self) -> None:
         """Disconnect; when this process started the local Ray, first close every host in it.

@@ -13,10 +13,13 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from foundry.drivers.github.fake import FakeGitHub
+from foundry.errors import Conflict
 from foundry.http.app import create_app
 from foundry.mock import start_fake_github
+from foundry.runtime.host_settings import SECRETS_FILE
 from foundry.runtime.ray_backend import RayRuntime
 from tests.conftest import make_settings
 from tests.github.conftest import eventually
@@ -51,6 +54,14 @@ async def test_sign_out_reaches_the_other_api_process_on_ray(ray_cluster: None, 
     await runtime.start()
     calls = ActorCalls(runtime)  # type: ignore[arg-type]
     try:
+        # A third API process configured with another secret key is refused before it touches the
+        # hosts' secrets: cookies signed by one process would not verify on the others.
+        secrets_file = settings.data_dir / SECRETS_FILE
+        before = secrets_file.read_bytes()
+        stranger = RayRuntime(settings.model_copy(update={"secret_key": SecretStr("another-" * 6)}))
+        with pytest.raises(Conflict, match="secret key"):
+            await stranger.start()
+        assert secrets_file.read_bytes() == before
         async with (
             serving(create_app(settings, runtime=runtime, fake_github=fake)) as url_a,
             serving(create_app(settings, runtime=runtime, fake_github=fake)) as url_b,
