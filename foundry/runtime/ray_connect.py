@@ -4,7 +4,7 @@
 Ray-like answers there (measured: still waiting after ten minutes, and deaf to SIGTERM, since the
 wait runs in a thread the event loop cannot interrupt). So the address is probed first, and the join
 itself runs in a daemon thread under a deadline: a stuck join neither blocks start-up past it nor
-keeps the process from exiting.
+keeps the process from exiting. A new local cluster starts as before.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ async def init_ray(kwargs: dict[str, Any]) -> None:
     `ActorUnavailable` naming the address when it does not answer as a Ray cluster."""
     address = kwargs.get("address")
     joining = isinstance(address, str) and address not in ("local", "auto") and "://" not in address
-    if joining:
-        await _probe(str(address))
+    if not joining:
+        # A local cluster's daemons die with the thread that started them (Ray sets their parent
+        # death signal), so that thread must live on: an executor thread does.
+        await asyncio.to_thread(ray.init, **kwargs)
+        return
+    await _probe(str(address))
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
@@ -42,10 +46,8 @@ async def init_ray(kwargs: dict[str, Any]) -> None:
         else:
             loop.call_soon_threadsafe(_settle, done, None)
 
+    # Joining starts no daemon; a thread of its own, as a daemon, never keeps the process from exiting.
     threading.Thread(target=run, name="ray-init", daemon=True).start()
-    if not joining:
-        await done
-        return
     try:
         await asyncio.wait_for(asyncio.shield(done), JOIN_TIMEOUT_S)
     except TimeoutError:
