@@ -397,6 +397,11 @@ def actors_ls(address: str | None) -> None:
                 "running": True,
                 "process": process,
                 "pid": info["pid"],
+                "node": info["node"],
+                # Instances with commands or sends waiting (asleep ones included), and commands
+                # queued or running in the awake ones.
+                "pending": info["pending"],
+                "queued": info["queued"],
                 "awake": await handle.awake.remote(role, shard),
                 "deadLetters": {"total": sum(dead.values()), "instances": dead},
             }

@@ -9,6 +9,7 @@ provider) and reach each other without a Ray hop.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -142,9 +143,15 @@ class HostProcess:
         their count.
         """
         host = self._host(role, shard)
+        counts = await asyncio.to_thread(host.metrics_snapshot)
+        context = ray.get_runtime_context()
         return {
             "pid": os.getpid(),
             "process": self.name,
+            # Which machine holds this host's databases (they live on its local disk).
+            "node": {"id": context.get_node_id(), "ip": ray.util.get_node_ip_address()},
+            "pending": counts["pending"],
+            "queued": counts["mailbox"],
             "awake": len(host.awake_keys()),
             "sleeps": host.sleeps,
             "subscribers": host.hub.subscriber_count,

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import ray
 
 from foundry.config import Settings
 from foundry.runtime.keys import partition_dir_name, partition_of, shard_of
@@ -88,6 +89,11 @@ async def test_dead_letters_are_listed_and_retried_from_the_command_line(
     listing = json.loads(ls.stdout)
     assert listing[host]["deadLetters"] == {"total": 1, "instances": {"cli-sender": 1}}
     assert "cli-sender" in listing[host]["awake"]
+    # Where the host runs (its databases are on that node's disk), and how much work waits in it.
+    assert listing[host]["node"]["id"] == ray.get_runtime_context().get_node_id()
+    assert listing[host]["pid"] != os.getpid()
+    assert listing[host]["queued"] == 0
+    assert listing[host]["pending"] >= 0
 
     dead = await asyncio.to_thread(_foundry, settings, "dead", "--role", "counter", "--key", "cli-sender")
     assert dead.returncode == 0, dead.stderr
