@@ -145,11 +145,12 @@ class HostProcess:
         host = self._host(role, shard)
         counts = await asyncio.to_thread(host.metrics_snapshot)
         context = ray.get_runtime_context()
+        node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         return {
             "pid": os.getpid(),
             "process": self.name,
             # Which machine holds this host's databases (they live on its local disk).
-            "node": {"id": context.get_node_id(), "ip": ray.util.get_node_ip_address()},
+            "node": {"id": context.get_node_id(), "ip": node_ip},
             "pending": counts["pending"],
             "queued": counts["mailbox"],
             "awake": len(host.awake_keys()),
