@@ -184,6 +184,8 @@ class InstalledAgent:
 def installed_at(spec: AgentSpec, directory: Path, node: Path | None) -> InstalledAgent | None:
     """``spec`` as installed in ``directory``, if it is complete: the stamp of its pinned versions
     (other versions count as not installed), its programs, and Node.js for the JavaScript ones."""
+    # Resolved: the jail mounts the real directory, and the scripts name files inside it.
+    directory = directory.resolve()
     try:
         stamp = (directory / STAMP).read_text(encoding="utf-8")
     except OSError:
