@@ -52,11 +52,15 @@ class InstallResult:
 
 
 def _registry() -> str:
-    return os.environ.get("npm_config_registry") or os.environ.get("NPM_CONFIG_REGISTRY") or "npm's registry"
+    # npm reads its settings from the environment in either case.
+    names = ("npm_config_registry", "NPM_CONFIG_REGISTRY")
+    return next((os.environ[name] for name in names if os.environ.get(name)), "npm's registry")
 
 
 #: npm error lines that say nothing on their own (error fields, stack frames, boilerplate).
-_NPM_NOISE = re.compile(r"^(code|errno|syscall|type|address|port|requiredBy)\b|^at |^[{}]|^A complete log|^If you")
+_NPM_NOISE = re.compile(
+    r"^(code|errno|syscall|type|address|port|requiredBy)\b|^at |^[{}]|^A complete log|^If you"
+)
 
 
 def _npm_reason(output: str) -> str:
@@ -157,7 +161,8 @@ def _swap_in(partial: Path, directory: Path, spec: AgentSpec) -> None:
             directory.rename(old)
         partial.rename(directory)
     except OSError as exc:
-        raise AgentInstallError(f"cannot move the new install into {directory}: {exc.strerror or exc}") from exc
+        why = exc.strerror or exc
+        raise AgentInstallError(f"cannot move the new install into {directory}: {why}") from exc
     shutil.rmtree(old, ignore_errors=True)
 
 

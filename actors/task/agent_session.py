@@ -199,9 +199,8 @@ async def check_installed(client: SandboxAgentClient, agent: str) -> None:
         if agent in AGENTS
         else "choose another model or install the agent in the sandbox image"
     )
-    raise SandboxError(
-        f"agent {agent!r} is not installed in this sandbox (installed: {', '.join(installed) or 'none'}); {fix}"
-    )
+    listed = ", ".join(installed) or "none"
+    raise SandboxError(f"agent {agent!r} is not installed in this sandbox (installed: {listed}); {fix}")
 
 
 async def close_quietly(acp: AcpConnection) -> None:

@@ -65,7 +65,7 @@ class FakeAnthropic:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
             def _json(self, status: int, payload: dict[str, Any]) -> None:
@@ -117,18 +117,17 @@ class FakeAnthropic:
                     message["usage"]["output_tokens"] = len(fake.parts)
                     self._json(200, message)
                     return
+                block = {"type": "text", "text": ""}
+                deltas = [{"type": "text_delta", "text": part} for part in fake.parts]
                 events: list[tuple[str, dict[str, Any]]] = [
                     ("message_start", {"type": "message_start", "message": message}),
                     (
                         "content_block_start",
-                        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                        {"type": "content_block_start", "index": 0, "content_block": block},
                     ),
                     *(
-                        (
-                            "content_block_delta",
-                            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": part}},
-                        )
-                        for part in fake.parts
+                        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+                        for d in deltas
                     ),
                     ("content_block_stop", {"type": "content_block_stop", "index": 0}),
                     (

@@ -72,20 +72,25 @@ async def test_real_claude_code_answers_a_task_with_the_organization_s_key(
     caplog.set_level(logging.INFO)
     fake = FakeAnthropic({ACME_KEY}, REPLY).start()
     try:
-        async with running_server(
-            tmp_path,
-            agents_dir=str(agents_dir),
-            # The jail reaches the fake on this machine's loopback only with the host's network
-            # (egress blocks loopback on purpose).
-            network="host",
-            # Deployment-wide settings: where the model API is, and a key the organization's own
-            # key must replace.
-            agent_env={"ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": DEPLOYMENT_KEY},
-        ) as server, server.signed_in("carol") as carol:
+        async with (
+            running_server(
+                tmp_path,
+                agents_dir=str(agents_dir),
+                # The jail reaches the fake on this machine's loopback only with the host's network
+                # (egress blocks loopback on purpose).
+                network="host",
+                # Deployment-wide settings: where the model API is, and a key the organization's own
+                # key must replace.
+                agent_env={"ANTHROPIC_BASE_URL": fake.url, "ANTHROPIC_API_KEY": DEPLOYMENT_KEY},
+            ) as server,
+            server.signed_in("carol") as carol,
+        ):
             stored = await carol.put(credential_url("acme", "ANTHROPIC_API_KEY"), json={"value": ACME_KEY})
             assert stored.status_code == 204, stored.text
 
-            created = await create_task(carol, repoId=ACME_ROCKET, prompt="Write the launch checklist", model="sonnet")
+            created = await create_task(
+                carol, repoId=ACME_ROCKET, prompt="Write the launch checklist", model="sonnet"
+            )
             task_id, session_id = created["taskId"], created["sessionId"]
             text = await wait_reply(carol, task_id, session_id)
 
@@ -127,7 +132,8 @@ async def test_an_agent_that_is_not_installed_fails_its_session_naming_the_insta
     only_claude = tmp_path / "agents"
     only_claude.mkdir()
     os.symlink(agents_dir / "claude", only_claude / "claude")
-    async with running_server(tmp_path, agents_dir=str(only_claude)) as server, server.signed_in("carol") as carol:
+    server_at = running_server(tmp_path, agents_dir=str(only_claude))
+    async with server_at as server, server.signed_in("carol") as carol:
         created = await create_task(carol, repoId=ACME_ROCKET, prompt="Fix the build", model="gpt-5.3-codex")
         task_id, session_id = created["taskId"], created["sessionId"]
         deadline = time.monotonic() + 60
