@@ -9,6 +9,7 @@ does nothing (and needs neither npm nor the network).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -90,6 +91,9 @@ def _npm_failure(spec: AgentSpec, output: str) -> AgentInstallError:
 def install_agent(agent_id: str, agents_dir: Path, *, npm: str | None = None) -> InstallResult:
     """Install ``agent_id`` at its pinned versions into ``agents_dir/<agent_id>``; idempotent.
 
+    Concurrent installs into one directory wait for each other (a lock file), and the second then
+    finds the agent installed.
+
     Raises:
         AgentInstallError: unknown agent, npm or Node.js missing, the registry unreachable, or npm
             failing; the message says which, in one line.
@@ -107,19 +111,39 @@ def install_agent(agent_id: str, agents_dir: Path, *, npm: str | None = None) ->
         )
     if find_node() is None:
         raise AgentInstallError(f"node is not installed (not found on PATH); {spec.title} needs Node.js 20+")
-    partial = agents_dir / f".{agent_id}.partial"
+    try:
+        agents_dir.mkdir(parents=True, exist_ok=True)
+        lock = (agents_dir / ".install.lock").open("w")
+    except OSError as exc:
+        raise AgentInstallError(f"cannot write to {agents_dir}: {exc.strerror or exc}") from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if agent_id in installed_agents(agents_dir):
+            return InstallResult(agent_id, False, directory)
+        partial = agents_dir / f".{agent_id}.partial"
+        try:
+            _build(spec, partial, npm_path)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        _swap_in(partial, directory, spec)
+    return InstallResult(agent_id, True, directory)
+
+
+def _build(spec: AgentSpec, partial: Path, npm_path: str) -> None:
+    """npm-install ``spec``'s packages into ``partial`` and check its programs are there."""
     try:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         manifest = {
-            "name": f"foundry-agent-{agent_id}",
+            "name": f"foundry-agent-{spec.id}",
             "private": True,
             "dependencies": dict(_split(package) for package in spec.packages),
         }
         (partial / "package.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
-        raise AgentInstallError(f"cannot write to {agents_dir}: {exc.strerror or exc}") from exc
-    log.info("installing agent %s (%s) into %s", agent_id, " ".join(spec.packages), directory)
+        raise AgentInstallError(f"cannot write to {partial.parent}: {exc.strerror or exc}") from exc
+    log.info("installing agent %s (%s) into %s", spec.id, " ".join(spec.packages), partial.parent)
     try:
         done = subprocess.run(
             [npm_path, "install", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"],
@@ -130,22 +154,17 @@ def install_agent(agent_id: str, agents_dir: Path, *, npm: str | None = None) ->
             check=False,
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        shutil.rmtree(partial, ignore_errors=True)
         raise AgentInstallError(f"npm ({npm_path}) could not be run: {exc}") from exc
     if done.returncode != 0:
-        shutil.rmtree(partial, ignore_errors=True)
         # The raised error carries npm's reason in one line; the whole output is for debugging.
-        log.debug("npm install of %s failed: %s", agent_id, done.stderr[-4000:])
+        log.debug("npm install of %s failed: %s", spec.id, done.stderr[-4000:])
         raise _npm_failure(spec, done.stderr + "\n" + done.stdout)
     (partial / STAMP).write_text(spec.stamp(), encoding="utf-8")
     if installed_at(spec, partial, find_node()) is None:
-        shutil.rmtree(partial, ignore_errors=True)
         raise AgentInstallError(
             f"npm installed {' '.join(spec.packages)} but {spec.title}'s programs are missing "
             f"({spec.adapter.path}, {spec.native.path}); is this platform supported?"
         )
-    _swap_in(partial, directory, spec)
-    return InstallResult(agent_id, True, directory)
 
 
 def _split(package: str) -> tuple[str, str]:
@@ -154,16 +173,17 @@ def _split(package: str) -> tuple[str, str]:
 
 
 def _swap_in(partial: Path, directory: Path, spec: AgentSpec) -> None:
-    old = directory.with_name(f".{spec.id}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    # The version it replaces is kept as `.<id>.previous` until the next install: sandboxes that
+    # are running have its directory mounted and may still load files from it.
+    previous = directory.with_name(f".{spec.id}.previous")
     try:
         if directory.exists():
-            directory.rename(old)
+            shutil.rmtree(previous, ignore_errors=True)
+            directory.rename(previous)
         partial.rename(directory)
     except OSError as exc:
         why = exc.strerror or exc
         raise AgentInstallError(f"cannot move the new install into {directory}: {why}") from exc
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def agent_status(agents_dir: Path) -> list[dict[str, object]]:

@@ -81,7 +81,8 @@ def test_an_offline_install_fails_in_one_line_and_leaves_nothing_behind(tmp_path
     )
     assert "ECONNREFUSED" in line
     assert not (agents / "opencode").exists()
-    assert list(agents.iterdir()) == []  # no half install either
+    # No half install either (the lock file that serializes installs stays).
+    assert [entry.name for entry in agents.iterdir()] == [".install.lock"]
 
     listed = foundry("ls", agents_dir=agents, tmp_path=tmp_path)
     assert "opencode  not installed (foundry agents install opencode)" in listed.stdout
