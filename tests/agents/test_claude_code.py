@@ -104,10 +104,9 @@ async def test_real_claude_code_answers_a_task_with_the_organization_s_key(
             assert agents["claude"]["installed"] is True, agents["claude"]
             # The running agent's processes carry the key in their environment only.
             assert cmdlines_containing(ACME_KEY) == []
-            data_dir = server.settings.data_dir
-            sandboxes = str(server.settings.sandbox_root)
-            # Foundry's own files (databases, logs, records) never hold it.
-            assert [f for f in files_containing(data_dir, ACME_KEY) if not f.startswith(sandboxes)] == []
+            # No file holds it: not Foundry's (databases, logs, records), not the sandbox's (the
+            # launcher scripts, Claude Code's own settings in the sandbox's home).
+            assert files_containing(server.settings.data_dir, ACME_KEY) == []
     finally:
         fake.stop()
 
