@@ -147,3 +147,33 @@ async def test_an_agent_that_is_not_installed_fails_its_session_naming_the_insta
         assert "foundry agents install codex" in session["error"], session["error"]
         # The sandbox lists what is installed: Claude Code (and the demo agent of mock mode).
         assert "installed: claude, mock" in session["error"], session["error"]
+
+
+async def test_without_a_key_claude_code_s_turn_fails_naming_the_key_to_set(tmp_path: Path, agents_dir: Path):
+    fake = FakeAnthropic({ACME_KEY}, REPLY).start()
+    try:
+        server_at = running_server(
+            tmp_path, agents_dir=str(agents_dir), network="host", agent_env={"ANTHROPIC_BASE_URL": fake.url}
+        )
+        async with server_at as server, server.signed_in("carol") as carol:
+            created = await create_task(
+                carol, repoId=ACME_ROCKET, prompt="Write the checklist", model="sonnet"
+            )
+            task_id, session_id = created["taskId"], created["sessionId"]
+            deadline = time.monotonic() + TURN_TIMEOUT_S
+            while True:
+                page = await carol.get(
+                    f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/events",
+                    params={"since": 0},
+                )
+                failed = [e for e in page.json()["events"] if e["event"] == "turnFailed"]
+                if failed:
+                    break
+                assert time.monotonic() < deadline, f"the turn never failed: {page.json()['events']}"
+                await asyncio.sleep(0.2)
+    finally:
+        fake.stop()
+    error = failed[0]["data"]["error"]
+    assert "Authentication required" in error, error
+    assert "ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN in the organization's agent credentials" in error
+    assert fake.seen() == []  # Claude Code never called the model without a key

@@ -15,8 +15,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from foundry.drivers.sandbox import AcpError
+from foundry.drivers.sandbox.agents import AGENTS
 
-__all__ = ["AUTH_REQUIRED", "EnvAuthMethod", "env_auth_methods", "with_env_auth"]
+__all__ = [
+    "AUTH_REQUIRED",
+    "EnvAuthMethod",
+    "auth_hint",
+    "env_auth_methods",
+    "explain_auth_required",
+    "with_env_auth",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,4 +89,32 @@ async def with_env_auth(
         None,
         rpc_code=AUTH_REQUIRED,
         rpc_message="Authentication required",
+    )
+
+
+def auth_hint(agent: str, rpc_code: object) -> str:
+    """For ACP's ``auth_required`` from an agent Foundry installs (Claude Code fails its turn so
+    when it finds no key): ``"; "`` plus the variables it reads and where an admin sets them.
+    Otherwise empty."""
+    spec = AGENTS.get(agent)
+    if rpc_code != AUTH_REQUIRED or spec is None:
+        return ""
+    return (
+        f"; the {agent} agent found no provider key: an organization admin sets "
+        f"{' or '.join(spec.keys)} in the organization's agent credentials (Settings), then a new "
+        "session starts with it"
+    )
+
+
+def explain_auth_required(agent: str, error: AcpError) -> AcpError:
+    """``error`` with `auth_hint` added to its detail."""
+    hint = auth_hint(agent, error.rpc_code)
+    if not hint:
+        return error
+    return AcpError(
+        error.detail + hint,
+        error.status,
+        rpc_code=error.rpc_code,
+        rpc_message=error.rpc_message,
+        reason=error.reason,
     )

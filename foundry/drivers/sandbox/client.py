@@ -42,7 +42,12 @@ from foundry.drivers.sandbox import (
     SandboxEndpoint,
     SandboxError,
 )
-from foundry.drivers.sandbox.acp_auth import EnvAuthMethod, env_auth_methods, with_env_auth
+from foundry.drivers.sandbox.acp_auth import (
+    EnvAuthMethod,
+    env_auth_methods,
+    explain_auth_required,
+    with_env_auth,
+)
 from foundry.drivers.sandbox.sse import StreamBroke, open_event_stream
 
 __all__ = [
@@ -400,7 +405,7 @@ class AcpConnection:
         if not isinstance(answer, dict):
             raise SandboxError(f"ACP {method} on {self.server_id} answered {answer!r}", response.status_code)
         if answer.get("error") is not None:
-            raise _rpc_error(answer["error"], method)
+            raise explain_auth_required(self.agent, _rpc_error(answer["error"], method))
         return answer.get("result")
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
