@@ -239,8 +239,10 @@ def registrations(agents_dir: Path, node: Path | None = None) -> Registrations:
     natives: dict[str, str] = {}
     for agent_id, agent in installed.items():
         title = agent.spec.title
+        # Under eof_guard: these adapters do not exit when sandbox-agent closes their stdin.
+        guarded = [sys.executable, "-I", "-m", "foundry.drivers.sandbox.eof_guard", *agent.adapter]
         launchers[agent_id] = _script(
-            f"{title}'s ACP adapter (foundry agents install {agent_id})", agent.adapter, agent.spec.defaults
+            f"{title}'s ACP adapter (foundry agents install {agent_id})", guarded, agent.spec.defaults
         )
         natives[agent_id] = _script(f"{title} (foundry agents install {agent_id})", agent.native, {})
     return Registrations(launchers, natives, tuple(a.directory for a in installed.values()))
