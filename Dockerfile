@@ -21,8 +21,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# git: sandboxes clone and push task branches. nodejs/npm: sandbox-agent ships through npm, and
-# agents it installs may need Node. tini: PID 1 that reaps the orphans of Ray workers, sandbox-agent
+# git: sandboxes clone and push task branches. nodejs/npm: sandbox-agent and the agents ship through
+# npm, and Claude Code and Codex's CLI run on Node. tini: PID 1 that reaps the orphans of Ray workers, sandbox-agent
 # servers and agent processes.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git nodejs npm tini \
@@ -57,6 +57,18 @@ RUN cd /src/foundry/dashboard && npm run build && rm -rf node_modules
 RUN pip install -c /src/constraints.txt /src \
  && rm -rf /src \
  && foundry --version
+
+# The real agents sandboxes run (`foundry agents install`, versions pinned in
+# foundry/drivers/sandbox/agents.py), owned by root and read-only for the foundry user: Claude Code,
+# Codex and OpenCode with `all` (about 1.1 GB); pick fewer with e.g. --build-arg FOUNDRY_AGENTS=claude,
+# or none with FOUNDRY_AGENTS=none. Provider keys are not part of the image: each organization's
+# admins set theirs in the dashboard.
+ARG FOUNDRY_AGENTS=all
+ENV FOUNDRY_SANDBOX__AGENTS_DIR=/opt/foundry-agents
+RUN if [ "$FOUNDRY_AGENTS" != none ]; then \
+      npm_config_cache=/tmp/npm-cache foundry agents install $FOUNDRY_AGENTS && rm -rf /tmp/npm-cache; \
+    fi \
+ && foundry agents ls
 
 RUN groupadd --gid 10001 foundry \
  && useradd --uid 10001 --gid foundry --create-home --shell /usr/sbin/nologin foundry \

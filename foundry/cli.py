@@ -16,6 +16,7 @@ import click
 
 from foundry import __version__
 from foundry.bind import public_mock_refusal
+from foundry.cli_agents import agents
 from foundry.cli_github_app import github_app
 from foundry.config import ROLE_NAMES, ConfigError, Settings, get_settings, load_settings
 from foundry.logging import configure_logging, forward_host_lines_verbatim
@@ -466,6 +467,8 @@ def actors_retry_dead(role: str, key: str, address: str | None) -> None:
 
 # The GitHub App's manifest and the credentials GitHub returns for it (foundry/cli_github_app.py).
 main.add_command(github_app)
+# The real agents sandboxes run: install and list them (foundry/cli_agents.py).
+main.add_command(agents)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,9 @@ class SandboxSettings(BaseModel):
     #: Extra agents for every sandbox: agent id → shell command that runs an ACP agent on stdio. Each
     #: becomes sandbox-agent's launcher for that id (a ``mock`` entry replaces the demo agent).
     agent_commands: dict[str, str] = Field(default_factory=dict)
+    #: Where ``foundry agents install`` puts Claude Code, Codex and OpenCode (one directory each),
+    #: which every sandbox then runs; empty means ``<checkout>/.tools/agents``.
+    agents_dir: str = ""
     #: Seconds to wait for a new sandbox's ``/v1/health``.
     health_timeout: float = 30.0
     #: Per sandbox host process (one per node with the default single sandbox shard): how many
@@ -281,6 +284,15 @@ class Settings(BaseSettings):
         if self.sandbox.root_dir:
             return Path(self.sandbox.root_dir).expanduser()
         return self.data_dir / "sandboxes"
+
+    @property
+    def agents_dir(self) -> Path:
+        """Where the real agents are installed (``sandbox.agents_dir``, else ``.tools/agents``)."""
+        if self.sandbox.agents_dir:
+            return Path(self.sandbox.agents_dir).expanduser().resolve()
+        from foundry.drivers.sandbox.agents import default_agents_dir
+
+        return default_agents_dir()
 
     @property
     def sandbox_network(self) -> Literal["host", "egress", "none"]:

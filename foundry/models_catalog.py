@@ -16,6 +16,8 @@ MODEL_GROUPS: list[dict[str, object]] = [
             "gpt-5.1-codex-mini",
         ],
     },
+    # OpenCode picks its model from the provider keys it finds (the organization's credentials).
+    {"provider": "OpenCode", "agent": "opencode", "models": ["opencode-default"]},
     # Foundry's deterministic demo agent (mock mode and tests).
     {"provider": "Demo", "agent": "mock", "models": ["demo"]},
 ]

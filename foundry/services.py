@@ -134,6 +134,7 @@ def build_sandbox_provider(settings: Settings) -> Any:
         health_timeout=settings.sandbox.health_timeout,
         jail=sandbox_jail_policy(settings),
         limits=sandbox_limits(settings),
+        agents_dir=settings.agents_dir,
     )
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Foundry and its tests need on a fresh machine, idempotently:
 #   .venv/   the Python virtualenv with Foundry and its dev tools
-#   .tools/  pinned npm packages: the sandbox-agent server binary and GitHub's real webhook examples
+#   .tools/  pinned npm packages: the sandbox-agent server binary and GitHub's real webhook examples,
+#            and in .tools/agents the real Claude Code that sandboxes run
 # Re-running is cheap: each step is skipped when its stamp matches its inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +56,16 @@ if [ ! -f "$npm_stamp" ] || [ "$(cat "$npm_stamp")" != "$npm_want" ]; then
   echo "$npm_want" > "$npm_stamp"
 else
   step "npm packages in .tools: up to date"
+fi
+
+# Claude Code and its ACP adapter (pinned in foundry/drivers/sandbox/agents.py) into .tools/agents,
+# so that sandboxes can run the `claude` agent and tests/agents runs the real one (against a fake
+# model API). About 70 MB and 10-30 s the first time; a repeat run only checks the stamp (~1 s).
+# Codex and OpenCode are larger (650 and 350 MB): `.venv/bin/foundry agents install codex opencode`.
+if agents_out=$(.venv/bin/foundry agents install claude 2>&1); then
+  step "agents: $agents_out"
+else
+  echo "bootstrap: could not install Claude Code for sandboxes; tests/agents will skip: $agents_out" >&2
 fi
 
 # The browser dashboard (foundry/dashboard): pinned npm packages (npm ci, from the lockfile), then a

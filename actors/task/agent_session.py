@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from actors.task.schema import sessions, task
 from actors.task.state import append_events, load_session, refresh
 from foundry.drivers.sandbox import AcpError, SandboxError
+from foundry.drivers.sandbox.agents import AGENTS, install_hint
 from foundry.drivers.sandbox.client import AcpConnection, SandboxAgentClient
 from foundry.errors import FoundryError
 from foundry.runtime.context import InstanceContext
@@ -191,10 +192,15 @@ async def check_installed(client: SandboxAgentClient, agent: str) -> None:
     if any(a.get("id") == agent and a.get("installed") for a in agents):
         return
     installed = sorted(str(a.get("id")) for a in agents if a.get("installed"))
-    raise SandboxError(
-        f"agent {agent!r} is not installed in this sandbox (installed: {', '.join(installed) or 'none'}); "
-        "choose another model or install the agent in the sandbox image"
+    # Claude Code, Codex and OpenCode are installed on the Foundry host by one command; other ids
+    # come from the deployment's agent_commands or the sandbox image.
+    fix = (
+        f"{install_hint(agent)} (sandboxes started afterwards run it) or choose another model"
+        if agent in AGENTS
+        else "choose another model or install the agent in the sandbox image"
     )
+    listed = ", ".join(installed) or "none"
+    raise SandboxError(f"agent {agent!r} is not installed in this sandbox (installed: {listed}); {fix}")
 
 
 async def close_quietly(acp: AcpConnection) -> None:

@@ -41,6 +41,7 @@ from actors.task.state import (
 )
 from foundry import metrics
 from foundry.drivers.sandbox import AcpError, SandboxError
+from foundry.drivers.sandbox.acp_auth import auth_hint
 from foundry.drivers.sandbox.client import AcpConnection, SandboxAgentClient
 from foundry.drivers.sandbox.feed import AcpEvent, AcpEventFeed, FeedEnded
 from foundry.errors import FoundryError
@@ -227,7 +228,7 @@ class Turn:
     async def _outcome(self, end: RecordedEnd, prompt: asyncio.Task[str]) -> TurnOutcome:
         open_calls = self.recorder.open_tool_calls()
         if end.kind == "answered":
-            return _outcome_from_envelope(end.envelope, open_calls)
+            return _outcome_from_envelope(end.envelope, open_calls, self.session.agent)
         if end.kind == "agent_exited":
             code = end.envelope.get("code")
             return TurnOutcome(
@@ -328,14 +329,16 @@ class Turn:
         await self.feed.aclose()
 
 
-def _outcome_from_envelope(envelope: dict[str, Any], open_calls: list[str]) -> TurnOutcome:
+def _outcome_from_envelope(envelope: dict[str, Any], open_calls: list[str], agent: str) -> TurnOutcome:
     if envelope.get("error") is not None:
         error = envelope["error"]
         data = error.get("data") if isinstance(error, dict) else None
         reason = data.get("reason") if isinstance(data, dict) else None
         message = error.get("message") if isinstance(error, dict) else str(error)
+        # An agent without its provider key: the error says which variable to set, and where.
+        hint = auth_hint(agent, error.get("code") if isinstance(error, dict) else None)
         return TurnOutcome(
-            error=f"agent error in session/prompt: {message}" + (f": {reason}" if reason else ""),
+            error=f"agent error in session/prompt: {message}" + (f": {reason}" if reason else "") + hint,
             open_tool_calls=open_calls,
         )
     result = envelope.get("result") or {}

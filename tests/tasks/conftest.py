@@ -101,6 +101,9 @@ async def running_server(
     ``close_provider`` then also closes the provider directly, as a safety net for other tests.
     """
     port = free_port()
+    # Sandboxes run no real agent unless a test names an agents directory: whether bootstrap
+    # installed Claude Code in the checkout must not change what these tests see.
+    sandbox.setdefault("agents_dir", str(tmp_path / "no-agents"))
     base = Settings(
         data_dir=tmp_path / "data",
         mode="mock",

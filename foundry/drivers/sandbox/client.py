@@ -42,6 +42,12 @@ from foundry.drivers.sandbox import (
     SandboxEndpoint,
     SandboxError,
 )
+from foundry.drivers.sandbox.acp_auth import (
+    EnvAuthMethod,
+    env_auth_methods,
+    explain_auth_required,
+    with_env_auth,
+)
 from foundry.drivers.sandbox.sse import StreamBroke, open_event_stream
 
 __all__ = [
@@ -353,6 +359,8 @@ class AcpConnection:
         self._ids = itertools.count(1)
         #: The JSON-RPC id of the latest request (to find its mirror in the event stream).
         self.last_request_id: int | str = 0
+        #: The environment-variable authentication methods ``initialize`` advertised.
+        self._env_auth: list[EnvAuthMethod] = []
 
     @property
     def _path(self) -> str:
@@ -397,7 +405,7 @@ class AcpConnection:
         if not isinstance(answer, dict):
             raise SandboxError(f"ACP {method} on {self.server_id} answered {answer!r}", response.status_code)
         if answer.get("error") is not None:
-            raise _rpc_error(answer["error"], method)
+            raise explain_auth_required(self.agent, _rpc_error(answer["error"], method))
         return answer.get("result")
 
     async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
@@ -423,7 +431,9 @@ class AcpConnection:
                 "clientInfo": {"name": client_name, "version": client_version or foundry.__version__},
             },
         )
-        return dict(result or {})
+        answer = dict(result or {})
+        self._env_auth = env_auth_methods(answer)
+        return answer
 
     async def new_session(self, cwd: str, *, mcp_servers: Sequence[Mapping[str, Any]] = ()) -> str:
         """``session/new`` in ``cwd``; returns the agent's session id.
@@ -431,7 +441,9 @@ class AcpConnection:
         Raises:
             AcpError: the agent refused; SandboxError: the server is unreachable.
         """
-        result = await self.request("session/new", {"cwd": cwd, "mcpServers": [dict(s) for s in mcp_servers]})
+        params = {"cwd": cwd, "mcpServers": [dict(s) for s in mcp_servers]}
+        # An agent may want `authenticate` first, with the key its environment holds (`acp_auth`).
+        result = await with_env_auth(self, self._env_auth, lambda: self.request("session/new", params))
         session_id = (result or {}).get("sessionId")
         if not session_id:
             raise AcpError(f"agent returned no sessionId for session/new: {result!r}")
@@ -447,10 +459,8 @@ class AcpConnection:
         Raises:
             AcpError: the agent refused (e.g. it no longer knows the session).
         """
-        await self.request(
-            "session/load",
-            {"sessionId": session_id, "cwd": cwd, "mcpServers": [dict(s) for s in mcp_servers]},
-        )
+        params = {"sessionId": session_id, "cwd": cwd, "mcpServers": [dict(s) for s in mcp_servers]}
+        await with_env_auth(self, self._env_auth, lambda: self.request("session/load", params))
 
     async def prompt(self, session_id: str, text: str, *, request_id: int | str | None = None) -> str:
         """Run one turn with a text prompt and return its ``stopReason`` (``end_turn``, ``cancelled``…).

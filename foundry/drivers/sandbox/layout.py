@@ -4,6 +4,7 @@
 
     repo/                     the workdir (the task's checkout); the server's cwd
     .local/share/             XDG_DATA_HOME: sandbox-agent/bin/agent_processes/<agent>-acp launchers
+                              and sandbox-agent/bin/<agent>, the programs of claude, codex, opencode
     tmp/                      TMPDIR
     sandbox-agent.log         the server's log (stdout + stderr, appended across restarts)
 """
@@ -23,6 +24,8 @@ from typing import IO
 LOG_FILE = "sandbox-agent.log"
 WORKDIR = "repo"
 _LOG_TAIL_LINES = 20
+#: sandbox-agent's agents that need a program of their own besides the launcher (written by Foundry).
+NATIVE_AGENT_IDS = ("claude", "codex", "opencode")
 _LOG_TAIL_BYTES = 16_384
 
 
@@ -59,14 +62,33 @@ def describe_returncode(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-def prepare_directory(directory: Path, launchers: Mapping[str, str]) -> IO[bytes]:
-    """Create the sandbox layout, (re)write the agent launchers, and open the log for appending."""
+def prepare_directory(
+    directory: Path, launchers: Mapping[str, str], natives: Mapping[str, str] | None = None
+) -> IO[bytes]:
+    """Create the sandbox layout, (re)write the agent launchers and programs, and open the log for
+    appending.
+
+    ``launchers`` become ``agent_processes/<id>-acp``; ``natives`` become ``<id>`` beside that
+    directory, the agent's own program that sandbox-agent also requires for some agents. Launchers
+    and programs of agents no longer registered are removed: sandbox-agent would otherwise report
+    an agent as installed whose files the jail no longer shows.
+    """
+    natives = natives or {}
     (directory / WORKDIR).mkdir(parents=True, exist_ok=True)
     (directory / "tmp").mkdir(exist_ok=True)
-    processes = directory / ".local" / "share" / "sandbox-agent" / "bin" / "agent_processes"
+    install_dir = directory / ".local" / "share" / "sandbox-agent" / "bin"
+    processes = install_dir / "agent_processes"
     processes.mkdir(parents=True, exist_ok=True)
-    for agent_id, script in launchers.items():
-        path = processes / f"{agent_id}-acp"
+    for stale in processes.glob("*-acp"):
+        if stale.is_file() and stale.name.removesuffix("-acp") not in launchers:
+            stale.unlink()
+    for agent_id in NATIVE_AGENT_IDS:
+        stale = install_dir / agent_id
+        if agent_id not in natives and stale.is_file():
+            stale.unlink()
+    files = [(processes / f"{agent_id}-acp", script) for agent_id, script in launchers.items()]
+    files += [(install_dir / agent_id, script) for agent_id, script in natives.items()]
+    for path, script in files:
         path.write_text(script, encoding="utf-8")
         path.chmod(0o755)
     handle = (directory / LOG_FILE).open("ab")

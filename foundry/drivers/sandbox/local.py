@@ -34,6 +34,7 @@ from foundry.drivers.sandbox import (
     SandboxState,
     SandboxStatus,
 )
+from foundry.drivers.sandbox.agents import registrations
 from foundry.drivers.sandbox.binary import find_binary
 from foundry.drivers.sandbox.jail import IsolationStatus, JailPolicy, find_bwrap, isolation_status
 from foundry.drivers.sandbox.layout import (
@@ -82,6 +83,9 @@ class LocalSandboxProvider:
         agent_launchers: agent id → launcher script text, written to
             ``agent_processes/<agent>-acp`` in every sandbox (e.g. ``{"mock": launcher_script()}`` from
             `foundry.demo_agent.launcher` runs the demo agent for ``?agent=mock``).
+        agents_dir: where ``foundry agents install`` put the real agents (`agents`); each sandbox
+            start registers those installed then (launcher and program) and mounts their
+            directories read-only in the jail. A launcher in ``agent_launchers`` wins for its id.
         on_exit: called as ``on_exit(sandbox_id, returncode, reason)`` when a server stops on its own.
         health_timeout: seconds to wait for ``GET /v1/health`` after a start (starts of 15 s were measured
             on a busy machine, hence 30 s).
@@ -106,10 +110,12 @@ class LocalSandboxProvider:
         stop_grace: float = 5.0,
         jail: JailPolicy | None = None,
         limits: SandboxLimits | None = None,
+        agents_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.root_dir = Path(root_dir).resolve()
         self._binary = Path(binary) if binary is not None else None
         self._launchers = dict(agent_launchers or {})
+        self._agents_dir = Path(agents_dir) if agents_dir is not None else None
         for agent_id in self._launchers:
             if not re.fullmatch(r"[a-z0-9_-]+", agent_id):
                 raise SandboxError(f"invalid agent id {agent_id!r} for a launcher; use [a-z0-9_-]")
@@ -311,7 +317,14 @@ class LocalSandboxProvider:
         self, sandbox_id: str, binary: Path, extra_env: Mapping[str, str], owner: str
     ) -> RunningSandbox:
         directory = self.root_dir / sandbox_id
-        log_handle = await asyncio.to_thread(prepare_directory, directory, self._launchers)
+        # Read at every start: an agent installed while Foundry runs reaches the next sandbox.
+        agents = await asyncio.to_thread(registrations, self._agents_dir) if self._agents_dir else None
+        launchers = {**(agents.launchers if agents else {}), **self._launchers}
+        natives = agents.natives if agents else {}
+        jail = self.jail
+        if agents is not None and agents.read_only:
+            jail = dataclasses.replace(jail, read_only=(*jail.read_only, *agents.read_only))
+        log_handle = await asyncio.to_thread(prepare_directory, directory, launchers, natives)
         cgroups = await asyncio.to_thread(Cgroups, self._cgroup_group, sandbox_id, self.limits)
         rlimits = encode_rlimits(self.limits, memory_by_cgroup=cgroups.memory)
         if not self.jail.jailed:
@@ -323,13 +336,13 @@ class LocalSandboxProvider:
         try:
             spawn = await asyncio.to_thread(
                 plan_spawn,
-                self.jail,
+                jail,
                 self._bwrap,
                 binary=binary,
                 directory=directory,
                 extra_env=extra_env,
                 token_length=len(token),
-                launchers=self._launchers.values(),
+                launchers=[*launchers.values(), *natives.values()],
                 rlimits=rlimits,
                 cgroups=cgroups,
             )
