@@ -30,7 +30,6 @@ import gc
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -81,6 +80,9 @@ def _payloads(
         payload: dict[str, Any] = json.loads(json.dumps(templates[kind]))
         payload["installation"] = {"id": INSTALLATION}
         payload["repository"].update(id=repo_id, full_name=full_name, name=full_name.split("/")[1])
+        # The examples were recorded on another account: a repository of an account other than the
+        # installation's is ignored, which would measure nothing but the refusal.
+        payload["repository"]["owner"]["login"] = ORG
         sha = uuid.uuid4().hex + uuid.uuid4().hex[:8]
         if kind == "comment":
             payload["pull_request"].update(number=number, head={"ref": f"feature-{number}", "sha": sha})
@@ -346,11 +348,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             str(args.rate),
             "--seconds",
             str(args.seconds),
-            stdout=subprocess.PIPE,
+            "--out",
+            str(data_dir / "load.json"),
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
-        out, _ = await proc.communicate()
-        load = json.loads(out)
+        # The figures go through a file: anything a library prints to stdout cannot corrupt them.
+        if await proc.wait() != 0:
+            raise RuntimeError(f"the load generator exited with status {proc.returncode}")
+        load = json.loads((data_dir / "load.json").read_text())
         delivered = len(load["acked"])
         expected = before["deliveryCount"] + delivered
 
@@ -401,6 +406,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--secret", help=argparse.SUPPRESS)
     parser.add_argument("--layout", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -410,6 +416,6 @@ if __name__ == "__main__":
     uvloop.install()  # as `foundry serve` (uvicorn.run) runs
     cli = _parse()
     if cli.loadgen:
-        print(json.dumps(asyncio.run(_load(cli))))
+        Path(cli.out).write_text(json.dumps(asyncio.run(_load(cli))))
     else:
         print(json.dumps(asyncio.run(main(cli)), indent=2))
