@@ -87,8 +87,9 @@ class Delivery:
     _meta: Any = None
 
     async def meta(self) -> Any:
-        """The cache's meta row, read once per delivery and only by handlers that need it (every
-        statement costs a thread hop; 200 deliveries/s leave a few milliseconds each)."""
+        """The cache's meta row: the batch's (read once for all its deliveries; only ``installation``
+        deliveries change it, and each is a batch of its own), else read once on first use (every
+        statement costs a thread hop; hundreds of deliveries/s leave about a millisecond each)."""
         if self._meta is None:
             self._meta = await ensure_meta(self.conn, self.now)
         return self._meta
