@@ -55,6 +55,10 @@ BATCH = 200
 #: the batch grows with the backlog as far as the budget allows (measured on a busy 2-core box: a
 #: ~10 ms budget kept the ack p99 near 30 ms where 10 fixed deliveries per batch put it at ~100 ms).
 BATCH_BUDGET_S = 0.010
+#: How long a processing job waits before its first batch, and after a batch of fewer than
+#: LINGER_BELOW deliveries (seconds).
+LINGER_S = 0.02
+LINGER_BELOW = 8
 #: Queued rows read per batch, at least (then twice the size of the previous batch, up to BATCH).
 FETCH_MIN = 32
 #: A kick older than this whose command never ran (it failed) is sent again by the next delivery.
@@ -107,6 +111,10 @@ async def process_deliveries_job(ctx: InstanceContext, token: int) -> None:
     each batch's organization event over directly (same command id as its outbox copy, which then
     arrives as a duplicate): the outbox stays the durable path, this one is the fast path."""
     try:
+        # Deliveries come in bursts: the first of one starts this job, and the few milliseconds
+        # spent here let the next ones be recorded, so the first batch is not a batch of one (a
+        # batch costs about as much as several deliveries: its statements, its organization event).
+        await asyncio.sleep(LINGER_S)
         while True:
             async with ctx.write() as conn:
                 result = await apply_batch(ctx, conn, durable=False)
@@ -119,6 +127,10 @@ async def process_deliveries_job(ctx: InstanceContext, token: int) -> None:
                 )
             if not result.more:
                 return
+            if result.processed < LINGER_BELOW:
+                # Deliveries are still being recorded one command at a time (a burst waits in the
+                # mailbox): let more of them through before the next batch.
+                await asyncio.sleep(LINGER_S)
     except FoundryError as exc:
         # The durable kick (outbox) and the wake check take over; nothing is lost.
         log.warning("github-data %s: delivery processing paused: %s", ctx.key, exc)

@@ -310,36 +310,67 @@ async def apply_pulls(conn: AsyncConnection, pulls: list[PullState], now: int, c
             changes.wrote(row_values["task_id"])
 
 
+async def _rows_of_pulls(
+    conn: AsyncConnection, keys: set[tuple[str, int]], *columns: Any
+) -> dict[tuple[str, int], list[Any]]:
+    """The task rows of these pull requests, by (repository id, number), in one query: a batch of
+    deliveries names dozens of them, and a query each cost a thread hop each."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        sa.select(
+            task_summaries.c.task_id, task_summaries.c.repo_id, task_summaries.c.pr_number, *columns
+        ).where(
+            task_summaries.c.repo_id.in_(sorted({repo_id for repo_id, _ in keys})),
+            task_summaries.c.pr_number.in_(sorted({number for _, number in keys})),
+        )
+    )
+    found: dict[tuple[str, int], list[Any]] = {}
+    for r in rows:
+        if (r.repo_id, r.pr_number) in keys:
+            found.setdefault((r.repo_id, r.pr_number), []).append(r)
+    return found
+
+
+async def _update_each(conn: AsyncConnection, column: str, values: dict[str, Any]) -> None:
+    """Set ``column`` of each task row in ``values`` (task id -> value) in one statement."""
+    if values:
+        await conn.execute(
+            task_summaries.update()
+            .where(task_summaries.c.task_id == sa.bindparam("row_task_id"))
+            .values({column: sa.bindparam("row_value")}),
+            [{"row_task_id": task_id, "row_value": value} for task_id, value in values.items()],
+        )
+
+
 async def _apply_ci(conn: AsyncConnection, ci: list[CiChange], changes: _Changes) -> None:
+    by_pull = await _rows_of_pulls(
+        conn, {(c.repo_id, c.number) for c in ci}, task_summaries.c.pr_head_sha, task_summaries.c.ci_state
+    )
+    current = {r.task_id: r.ci_state for rows in by_pull.values() for r in rows}
+    written: dict[str, Any] = {}
     for c in ci:
-        rows = (
-            await conn.execute(
-                sa.select(task_summaries).where(
-                    task_summaries.c.repo_id == c.repo_id, task_summaries.c.pr_number == c.number
-                )
-            )
-        ).all()
-        for row in rows:
+        for row in by_pull.get((c.repo_id, c.number), []):
             if c.head_sha and row.pr_head_sha and row.pr_head_sha != c.head_sha:
                 continue  # CI of a commit that is no longer the PR's head
-            if row.ci_state != c.state:
-                await _update_task(conn, row.task_id, {"ci_state": c.state})
+            if current[row.task_id] != c.state:
+                current[row.task_id] = written[row.task_id] = c.state
                 changes.wrote(row.task_id)
+    await _update_each(conn, "ci_state", written)
 
 
 async def _apply_touches(conn: AsyncConnection, touched: list[Touch], changes: _Changes) -> None:
+    by_pull = await _rows_of_pulls(
+        conn, {(t.repo_id, t.number) for t in touched}, task_summaries.c.updated_at
+    )
+    current = {r.task_id: r.updated_at for rows in by_pull.values() for r in rows}
+    written: dict[str, int] = {}
     for t in touched:
-        rows = (
-            await conn.execute(
-                sa.select(task_summaries.c.task_id, task_summaries.c.updated_at).where(
-                    task_summaries.c.repo_id == t.repo_id, task_summaries.c.pr_number == t.number
-                )
-            )
-        ).all()
-        for row in rows:
-            if t.at > row.updated_at:
-                await _update_task(conn, row.task_id, {"updated_at": t.at})
+        for row in by_pull.get((t.repo_id, t.number), []):
+            if t.at > current[row.task_id]:
+                current[row.task_id] = written[row.task_id] = t.at
                 changes.wrote(row.task_id)
+    await _update_each(conn, "updated_at", written)
 
 
 async def _archive_virtual_of(
