@@ -18,8 +18,9 @@ Against the fake GitHub, through the real PyGithub driver (throttling off), on t
   of earlier deliveries. ``webhook_ack_ms_p50/p99`` are the 202 latencies seen by the sender;
   ``delivered`` counts distinct deliveries acknowledged; ``lost`` those acknowledged but never applied;
   ``applied_twice`` deliveries whose handler ran more than once plus redeliveries not recognised as
-  duplicates; ``drain_after_load_s`` and ``webhook_processed_per_s`` show how far processing (which
-  runs behind the acknowledgements) lagged.
+  duplicates; ``delivery_outcomes`` how many were applied, ignored or failed; ``drain_after_load_s``
+  and ``webhook_processed_per_s`` show how far processing (which runs behind the acknowledgements)
+  lagged. Reaching 500/s takes ``--rate`` 500 or more: the figure cannot exceed the send rate.
 """
 
 from __future__ import annotations
@@ -379,6 +380,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             applied_twice=final["deliveriesAppliedTwice"] + load["not_deduped"],
             non_202=sum(v for k, v in load["statuses"].items() if k != "202"),
             drain_after_load_s=round(time.perf_counter() - drain_started, 2),
+            # Of every delivery recorded (the resync's and earlier ones included): an "ignored" or
+            # "failed" majority would mean the benchmark measures refusals, not applies.
+            delivery_outcomes=final["deliveryOutcomes"],
         )
         # Deliveries applied per second from the first send to the last one applied: processing
         # (batched, behind the acknowledgements) may lag a sustained burst and catch up after it.

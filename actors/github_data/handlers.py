@@ -22,7 +22,6 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from actors.github_data.commands import Empty, IngestWebhook
 from actors.github_data.processing import KICK_STALE_MS, apply_batch, ensure_processor, known_kicks
@@ -39,6 +38,12 @@ RECONCILE_JOB = "reconcile-installations"
 #: Processed deliveries are forgotten after this long, checked every PRUNE_EVERY deliveries.
 DELIVERY_RETENTION_MS = 30 * 24 * 3600 * 1000
 PRUNE_EVERY = 1000
+#: Records a delivery ``queued``; no row when its id is known (a redelivery past the mailbox's dedupe).
+_INSERT_DELIVERY = (
+    "INSERT INTO webhook_deliveries"
+    " (delivery_id, event, action, installation_id, status, payload_json, applied_count, received_at)"
+    " VALUES (?, ?, ?, ?, 'queued', ?, 0, ?) ON CONFLICT (delivery_id) DO NOTHING RETURNING seq"
+)
 
 
 async def handle_ingest_webhook(ctx: CommandContext, cmd: IngestWebhook) -> dict[str, Any]:
@@ -50,23 +55,23 @@ async def handle_ingest_webhook(ctx: CommandContext, cmd: IngestWebhook) -> dict
     beyond the mailbox's retention.
     """
     now = ctx.now_ms()
-    inserted = await ctx.conn.execute(
-        sqlite_insert(webhook_deliveries)
-        .values(
-            delivery_id=cmd.delivery_id,
-            event=cmd.event,
-            action=cmd.action,
-            installation_id=cmd.installation_id,
-            status="queued",
-            payload_json=json.dumps(cmd.payload),
-            applied_count=0,
-            received_at=cmd.received_at,
-        )
-        .on_conflict_do_nothing(index_elements=["delivery_id"])
+    # Straight to the driver, inside the command's transaction: one thread hop where SQLAlchemy's
+    # aiosqlite cursor takes three (this runs once per delivery, in the mailbox loop).
+    raw = await ctx.conn.get_raw_connection()
+    inserted = await raw.driver_connection.execute_fetchall(  # type: ignore[union-attr]
+        _INSERT_DELIVERY,
+        (
+            cmd.delivery_id,
+            cmd.event,
+            cmd.action,
+            cmd.installation_id,
+            json.dumps(cmd.payload),
+            cmd.received_at,
+        ),
     )
-    if inserted.rowcount == 0:
+    if not inserted:
         return {"status": "duplicate"}
-    seq = inserted.inserted_primary_key[0] if inserted.inserted_primary_key else now
+    seq = inserted[0][0]
     if isinstance(seq, int) and seq % PRUNE_EVERY == 0:
         # Outcomes are kept well beyond the mailbox's 7 days (GitHub redelivers by hand, any time).
         await ctx.conn.execute(

@@ -321,24 +321,20 @@ async def _apply_alone(
 async def _record_outcomes(
     conn: AsyncConnection, applied: list[tuple[Any, IngestWebhook, Effects]], now: int
 ) -> None:
-    """Every outcome of the batch in one statement (executemany), and the metrics once per outcome."""
-    await conn.execute(
-        webhook_deliveries.update()
-        .where(webhook_deliveries.c.seq == sa.bindparam("row_seq"))
-        .values(
-            status=sa.bindparam("row_status"),
-            reason=sa.bindparam("row_reason"),
-            payload_json=None,
-            applied_count=webhook_deliveries.c.applied_count + 1,
-            processed_at=now,
-        ),
-        [
-            {"row_seq": row.seq, "row_status": effects.status, "row_reason": effects.reason}
-            for row, _, effects in applied
-        ],
+    """Every outcome of the batch in one statement (executemany, straight to the driver: one
+    thread hop where SQLAlchemy's aiosqlite cursor takes three), and the metrics once per outcome."""
+    raw = await conn.get_raw_connection()
+    await raw.driver_connection.executemany(  # type: ignore[union-attr]
+        _RECORD_OUTCOME, [(effects.status, effects.reason, now, row.seq) for row, _, effects in applied]
     )
     for status, count in collections.Counter(e.status for _, _, e in applied).items():
         metrics.WEBHOOKS_PROCESSED.labels("github", status).inc(count)
+
+
+_RECORD_OUTCOME = (
+    "UPDATE webhook_deliveries SET status = ?, reason = ?, payload_json = NULL,"
+    " applied_count = applied_count + 1, processed_at = ? WHERE seq = ?"
+)
 
 
 class _OrganizationBatch:
