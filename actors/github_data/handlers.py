@@ -24,7 +24,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from actors.github_data.commands import Empty, IngestWebhook
-from actors.github_data.processing import KICK_STALE_MS, apply_batch, ensure_processor, known_kicks
+from actors.github_data.processing import (
+    KICK_STALE_MS,
+    apply_batch,
+    ensure_processor,
+    known_kicks,
+    note_recorded,
+)
 from actors.github_data.schema import webhook_deliveries
 from actors.github_data.state import ensure_meta, update_meta
 from actors.github_data.sync import resume_sync
@@ -72,6 +78,7 @@ async def handle_ingest_webhook(ctx: CommandContext, cmd: IngestWebhook) -> dict
     if not inserted:
         return {"status": "duplicate"}
     seq = inserted[0][0]
+    note_recorded(ctx.key)
     if isinstance(seq, int) and seq % PRUNE_EVERY == 0:
         # Outcomes are kept well beyond the mailbox's 7 days (GitHub redelivers by hand, any time).
         await ctx.conn.execute(

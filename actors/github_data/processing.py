@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -50,15 +51,20 @@ log = logging.getLogger(__name__)
 
 #: Deliveries applied per transaction, at most ...
 BATCH = 200
-#: ... and for about this long (seconds). The transaction holds the instance's write lock, which
-#: acknowledgements of new deliveries wait for: the budget bounds what a batch adds to them, and
-#: the batch grows with the backlog as far as the budget allows (measured on a busy 2-core box: a
-#: ~10 ms budget kept the ack p99 near 30 ms where 10 fixed deliveries per batch put it at ~100 ms).
+#: ... and, beyond the first MIN_BATCH of them, for about this long (seconds). The transaction holds
+#: the instance's write lock, which acknowledgements of new deliveries wait for: the budget bounds
+#: what a batch adds to them, and the batch grows with the backlog as far as the budget allows
+#: (measured on a busy 2-core box: a ~10 ms budget kept the ack p99 near 30 ms where 10 fixed
+#: deliveries per batch, at twice today's cost each, put it at ~100 ms) ...
 BATCH_BUDGET_S = 0.010
-#: How long a processing job waits before its first batch, and after a batch of fewer than
-#: LINGER_BELOW deliveries (seconds).
-LINGER_S = 0.02
-LINGER_BELOW = 8
+#: ... but a batch never stops below this many: on a loaded box a time budget alone shrank batches
+#: to one delivery each (measured), and each batch costs about as much as several deliveries.
+MIN_BATCH = 8
+#: A processing job starts with a batch once this many deliveries were recorded since the last
+#: batch (about what a batch's budget applies on a busy 2-core box) ...
+BATCH_TARGET = 16
+#: ... or once it waited this long (seconds), whichever comes first.
+LINGER_MAX_S = 0.1
 #: Queued rows read per batch, at least (then twice the size of the previous batch, up to BATCH).
 FETCH_MIN = 32
 #: A kick older than this whose command never ran (it failed) is sent again by the next delivery.
@@ -75,6 +81,10 @@ _processors: dict[str, int] = {}
 _processor_ids = itertools.count(1)
 #: Deliveries the last batch of each instance applied (sizes the next read).
 _last_done: dict[str, int] = {}
+#: Deliveries recorded per instance since its last batch began (see `note_recorded`).
+_recorded: dict[str, int] = {}
+#: Set when `_recorded` reaches BATCH_TARGET (with the event loop it belongs to).
+_enough: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
 #: Per instance: when the pending durable kick was sent, as last seen COMMITTED by this process (set
 #: only after a commit, dropped whenever a transaction may clear it or the instance wakes). It
 #: spares each ingest a read of the meta row while a kick is known to be pending.
@@ -111,10 +121,12 @@ async def process_deliveries_job(ctx: InstanceContext, token: int) -> None:
     each batch's organization event over directly (same command id as its outbox copy, which then
     arrives as a duplicate): the outbox stays the durable path, this one is the fast path."""
     try:
-        # Deliveries come in bursts: the first of one starts this job, and the few milliseconds
-        # spent here let the next ones be recorded, so the first batch is not a batch of one (a
-        # batch costs about as much as several deliveries: its statements, its organization event).
-        await asyncio.sleep(LINGER_S)
+        # Deliveries come in bursts, recorded one mailbox command at a time: the first of a burst
+        # starts this job, and waiting here for the next ones makes the batch a batch rather than
+        # one delivery (a batch costs about as much as several deliveries: its statements, its
+        # organization event and outbox row). A batch that leaves deliveries behind was cut by its
+        # budget: the next one follows at once.
+        await _linger(ctx.key)
         while True:
             async with ctx.write() as conn:
                 result = await apply_batch(ctx, conn, durable=False)
@@ -127,10 +139,6 @@ async def process_deliveries_job(ctx: InstanceContext, token: int) -> None:
                 )
             if not result.more:
                 return
-            if result.processed < LINGER_BELOW:
-                # Deliveries are still being recorded one command at a time (a burst waits in the
-                # mailbox): let more of them through before the next batch.
-                await asyncio.sleep(LINGER_S)
     except FoundryError as exc:
         # The durable kick (outbox) and the wake check take over; nothing is lost.
         log.warning("github-data %s: delivery processing paused: %s", ctx.key, exc)
@@ -139,14 +147,38 @@ async def process_deliveries_job(ctx: InstanceContext, token: int) -> None:
             del _processors[ctx.key]
 
 
+def note_recorded(key: str) -> None:
+    """A delivery of instance ``key`` was recorded ``queued`` (a hint for `_linger` only)."""
+    count = _recorded[key] = _recorded.get(key, 0) + 1
+    entry = _enough.get(key)
+    if count >= BATCH_TARGET and entry is not None:
+        entry[1].set()
+
+
+async def _linger(key: str) -> None:
+    """Wait until `BATCH_TARGET` deliveries were recorded since the last batch, `LINGER_MAX_S` at most."""
+    loop = asyncio.get_running_loop()
+    entry = _enough.get(key)
+    if entry is None or entry[0] is not loop:
+        entry = _enough[key] = (loop, asyncio.Event())
+    if _recorded.get(key, 0) >= BATCH_TARGET:
+        return
+    entry[1].clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER_MAX_S):
+            await entry[1].wait()
+
+
 async def apply_batch(ctx: InstanceContext, conn: AsyncConnection, *, durable: bool) -> BatchResult:
     """Inside a write transaction on ``conn``: apply the oldest queued deliveries, up to `BATCH` of
-    them, for about `BATCH_BUDGET_S`, and record the organization's event in the outbox.
+    them, for about `BATCH_BUDGET_S` (`MIN_BATCH` at least), and record the organization's event in
+    the outbox.
 
     ``durable``: called by a ``process_deliveries`` command, which must leave another one behind
     when deliveries remain queued (see the module's docstring).
     """
     now = ctx.now_ms()
+    _recorded[ctx.key] = 0  # every recorded delivery is visible to this transaction
     # Read about twice what the last batch managed within its budget (payloads are kilobytes each).
     fetch = min(BATCH, max(FETCH_MIN, 2 * _last_done.get(ctx.key, 0)))
     rows = (
@@ -199,26 +231,25 @@ async def _settle_kick(
     durable: bool,
     applied: list[tuple[Any, IngestWebhook, Effects]],
 ) -> int | None:
-    """Keep "a kick is pending" true: the last kick hands over to the next; none is needed once
-    nothing is queued. Returns the pending kick's time (None: no kick pending)."""
+    """Keep "a kick is pending" true while deliveries are queued: a kick that leaves some behind
+    sends the next one; one that leaves none clears the flag (the job never does: a kick may still
+    be on its way, and while the flag is set new deliveries send none). Returns the pending kick's
+    time (None: no kick pending)."""
     known_kicks.pop(ctx.key, None)  # set again only once this transaction committed
+    if not durable:
+        return int(meta.process_kicked_at) if meta.process_pending and meta.process_kicked_at else None
     if not more:
         if meta.process_pending:
-            # Another kick may still be on its way; it will find nothing to do.
             await conn.execute(meta_table.update().where(meta_table.c.id == 1).values(process_pending=False))
         return None
-    if durable:
-        last = applied[-1][0].seq if applied else 0
-        await conn.execute(
-            meta_table.update()
-            .where(meta_table.c.id == 1)
-            .values(process_pending=True, process_kicked_at=now)
-        )
-        ctx.send_after_commit(
-            "github-data", ctx.key, "process_deliveries", {}, command_id=f"process-deliveries:a{last}"
-        )
-        return now
-    return int(meta.process_kicked_at) if meta.process_pending and meta.process_kicked_at else None
+    last = applied[-1][0].seq
+    await conn.execute(
+        meta_table.update().where(meta_table.c.id == 1).values(process_pending=True, process_kicked_at=now)
+    )
+    ctx.send_after_commit(
+        "github-data", ctx.key, "process_deliveries", {}, command_id=f"process-deliveries:a{last}"
+    )
+    return now
 
 
 def _batch_of(rows: Sequence[Any]) -> list[Any]:
@@ -261,7 +292,7 @@ async def _apply_rows(
     try:
         async with conn.begin_nested():
             for row in batch:
-                if applied and clock() > deadline:
+                if len(applied) >= MIN_BATCH and clock() > deadline:
                     break
                 cmd = _command_of(row)
                 try:
