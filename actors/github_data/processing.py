@@ -54,8 +54,8 @@ BATCH = 200
 #: ... and, beyond the first MIN_BATCH of them, for about this long (seconds). The transaction holds
 #: the instance's write lock, which acknowledgements of new deliveries wait for: the budget bounds
 #: what a batch adds to them, and the batch grows with the backlog as far as the budget allows
-#: (measured on a busy 2-core box: a ~10 ms budget kept the ack p99 near 30 ms where 10 fixed
-#: deliveries per batch, at twice today's cost each, put it at ~100 ms) ...
+#: (measured on a busy 2-core box, when each delivery had a savepoint and an update of its own: a
+#: ~10 ms budget kept the ack p99 near 30 ms where 10 fixed deliveries per batch put it at ~100 ms) ...
 BATCH_BUDGET_S = 0.010
 #: ... but a batch never stops below this many: on a loaded box a time budget alone shrank batches
 #: to one delivery each (measured), and each batch costs about as much as several deliveries.
