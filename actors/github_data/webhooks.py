@@ -24,16 +24,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from actors.github_data import webhook_sql as sql
 from actors.github_data.commands import IngestWebhook
-from actors.github_data.schema import branches, ci_checks, members, pr_items, pull_requests, repositories
+from actors.github_data.schema import branches, ci_checks, members, pull_requests, repositories
 from actors.github_data.state import (
     aggregate_ci,
     check_state,
-    ci_state_of,
     ensure_meta,
     iso,
     iso_ms,
-    load_pull,
     pr_state,
     pull_json,
     repo_json,
@@ -87,8 +86,9 @@ class Delivery:
     _meta: Any = None
 
     async def meta(self) -> Any:
-        """The cache's meta row, read once per delivery and only by handlers that need it (every
-        statement costs a thread hop; 200 deliveries/s leave a few milliseconds each)."""
+        """The cache's meta row: the batch's (read once for all its deliveries; only ``installation``
+        deliveries change it, and each is a batch of its own), else read once on first use (every
+        statement costs a thread hop; hundreds of deliveries/s leave about a millisecond each)."""
         if self._meta is None:
             self._meta = await ensure_meta(self.conn, self.now)
         return self._meta
@@ -286,7 +286,7 @@ async def _upsert_pull(
     }
     if values["gh_updated_at"] is None:
         raise MissingField(f"payload field {pr_path}.updated_at is not a timestamp")
-    stored = await load_pull(d.conn, repo_id, number)
+    stored = await sql.load_pull(d.conn, repo_id, number)
     if stored is not None:
         if values["gh_updated_at"] < stored.gh_updated_at:
             return None, f"{pr_path} #{number} is older than the stored version"
@@ -300,15 +300,15 @@ async def _upsert_pull(
             # The catalog learns the repository at the next sync; the PR is mirrored all the same.
             log.info("delivery %s: repository %s not catalogued yet: %s", d.cmd.delivery_id, repo_id, exc)
     generation = stored.changed_generation if stored is not None else await _current_generation(d)
-    stmt = sqlite_insert(pull_requests).values(
-        repo_id=repo_id, number=number, **values, changed_generation=generation, written_at=d.now
-    )
-    await d.conn.execute(
-        stmt.on_conflict_do_update(index_elements=["repo_id", "number"], set_={**values, "written_at": d.now})
-    )
+    await sql.upsert_pull(d.conn, repo_id, number, values, generation, d.now)
     row = SimpleNamespace(repo_id=repo_id, number=number, **values)
-    org["pulls"] = [pull_json(row, await ci_state_of(d.conn, repo_id, row.head_sha))]
+    org["pulls"] = [pull_json(row, await _ci_state(d, repo_id, row.head_sha))]
     return org, None
+
+
+async def _ci_state(d: Delivery, repo_id: str, sha: str | None) -> str | None:
+    """The aggregated CI state of one commit (as `ci_state_of`, in one driver call)."""
+    return aggregate_ci((await sql.ci_signals(d.conn, repo_id, sha)).values()) if sha else None
 
 
 async def on_pull_request(d: Delivery) -> Effects:
@@ -354,17 +354,10 @@ async def on_pr_item(d: Delivery) -> Effects:
     }
     if d.cmd.event == "pull_request_review" and d.cmd.action == "dismissed":
         values["state"] = "dismissed"
-    stored = (
-        await d.conn.execute(
-            sa.select(pr_items.c.gh_updated_at, pr_items.c.deleted).where(
-                pr_items.c.kind == kind, pr_items.c.item_id == item_id
-            )
-        )
-    ).first()
+    stored = await sql.stored_item(d.conn, kind, item_id)
     if stored is not None and (stored.deleted or (updated or "") < (stored.gh_updated_at or "")):
         return Effects("ignored", f"{kind} {item_id} is older than the stored version")
-    stmt = sqlite_insert(pr_items).values(kind=kind, item_id=item_id, **values)
-    await d.conn.execute(stmt.on_conflict_do_update(index_elements=["kind", "item_id"], set_=values))
+    await sql.upsert_item(d.conn, kind, item_id, values)
     org: dict[str, Any] = {"touched": [{"repoId": repo_id, "number": number, "at": iso_ms(updated) or d.now}]}
     if d.cmd.event != "issue_comment":
         # Review payloads carry the pull request too: keep its state current as a side effect.
@@ -382,34 +375,13 @@ async def on_pr_item(d: Delivery) -> Effects:
 
 async def _record_ci(d: Delivery, sha: str, source: str, state: str, numbers: list[int]) -> Effects:
     repo_id = d.repo_id()
-    signals = {
-        r.source: r.state
-        for r in await d.conn.execute(
-            sa.select(ci_checks.c.source, ci_checks.c.state).where(
-                ci_checks.c.repo_id == repo_id, ci_checks.c.sha == sha
-            )
-        )
-    }
+    signals = await sql.ci_signals(d.conn, repo_id, sha)
     if signals.get(source) == state:
         return Effects("applied", f"CI of {sha[:12]} unchanged ({aggregate_ci(signals.values())})")
     before = aggregate_ci(signals.values())
-    stmt = sqlite_insert(ci_checks).values(
-        repo_id=repo_id, sha=sha, source=source, state=state, updated_at=d.now
-    )
-    await d.conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["repo_id", "sha", "source"], set_={"state": state, "updated_at": d.now}
-        )
-    )
+    await sql.upsert_ci(d.conn, repo_id, sha, source, state, d.now)
     after = aggregate_ci({**signals, source: state}.values())
-    heads = await d.conn.execute(
-        sa.select(pull_requests.c.number).where(
-            pull_requests.c.repo_id == repo_id,
-            pull_requests.c.head_sha == sha,
-            pull_requests.c.state.in_(("open", "draft")),
-        )
-    )
-    targets = sorted({*numbers, *(r.number for r in heads)})
+    targets = sorted({*numbers, *await sql.open_pulls_at(d.conn, repo_id, sha)})
     if before == after or not targets:
         return Effects("applied", f"CI of {sha[:12]} is {after}; no pull request changed")
     return Effects(
@@ -478,23 +450,9 @@ async def on_push(d: Delivery) -> Effects:
         )
         return Effects("applied", f"branch {branch} deleted")
     sha = str(d.need("after"))
-    stmt = sqlite_insert(branches).values(repo_id=repo_id, name=branch, head_sha=sha, updated_at=d.now)
-    await d.conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["repo_id", "name"], set_={"head_sha": sha, "updated_at": d.now}
-        )
-    )
+    await sql.upsert_branch(d.conn, repo_id, branch, sha, d.now)
     # An open pull request from this branch now has a new head (its `synchronize` may come later).
-    rows = (
-        await d.conn.execute(
-            sa.select(pull_requests).where(
-                pull_requests.c.repo_id == repo_id,
-                pull_requests.c.head_ref == branch,
-                pull_requests.c.state.in_(("open", "draft")),
-                pull_requests.c.head_sha != sha,
-            )
-        )
-    ).all()
+    rows = await sql.open_pulls_on_branch(d.conn, repo_id, branch, sha)
     views = []
     for row in rows:
         await d.conn.execute(
@@ -502,8 +460,8 @@ async def on_push(d: Delivery) -> Effects:
             .where(pull_requests.c.repo_id == repo_id, pull_requests.c.number == row.number)
             .values(head_sha=sha, written_at=d.now)
         )
-        fresh = SimpleNamespace(**{**row._asdict(), "head_sha": sha})
-        views.append(pull_json(fresh, await ci_state_of(d.conn, repo_id, sha)))
+        fresh = SimpleNamespace(**{**vars(row), "head_sha": sha})
+        views.append(pull_json(fresh, await _ci_state(d, repo_id, sha)))
     return Effects("applied", org={"pulls": views} if views else {})
 
 

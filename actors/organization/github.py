@@ -230,8 +230,30 @@ def _changed(row: Any, values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if getattr(row, k) != v}
 
 
-async def _update_task(conn: AsyncConnection, task_id: str, values: dict[str, Any]) -> None:
-    await conn.execute(task_summaries.update().where(task_summaries.c.task_id == task_id).values(**values))
+class _RowWrites:
+    """Changes to task rows, written together: one statement per set of changed columns instead of
+    one per row (a batch of deliveries changes dozens of rows; each statement costs a thread hop)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, dict[str, Any]] = {}
+
+    def set(self, task_id: str, values: dict[str, Any]) -> None:
+        """Change ``values`` of row ``task_id`` (later changes of a column win, as in order)."""
+        self._values.setdefault(task_id, {}).update(values)
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for task_id, values in self._values.items():
+            params = {"row_task_id": task_id, **{f"new_{k}": v for k, v in values.items()}}
+            groups.setdefault(tuple(sorted(values)), []).append(params)
+        for columns, params_list in groups.items():
+            await conn.execute(
+                task_summaries.update()
+                .where(task_summaries.c.task_id == sa.bindparam("row_task_id"))
+                .values({c: sa.bindparam(f"new_{c}") for c in columns}),
+                params_list,
+            )
+        self._values.clear()
 
 
 async def apply_pulls(conn: AsyncConnection, pulls: list[PullState], now: int, changes: _Changes) -> None:
@@ -250,6 +272,7 @@ async def apply_pulls(conn: AsyncConnection, pulls: list[PullState], now: int, c
     }
     inserts: list[dict[str, Any]] = []
     inserted: set[str] = set()
+    writes = _RowWrites()
     for p in pulls:
         vid = virtual_task_id(p.repo_id, p.number)
         pr_ms = _ms(p.updated_at) or now
@@ -259,12 +282,12 @@ async def apply_pulls(conn: AsyncConnection, pulls: list[PullState], now: int, c
                 continue  # an older version of this PR (webhooks arrive out of order)
             diff = _changed(real, {**_pr_columns(p), "updated_at": max(real.updated_at, pr_ms)})
             if diff:
-                await _update_task(conn, real.task_id, diff)
+                writes.set(real.task_id, diff)
                 changes.wrote(real.task_id)
             shadow = by_id.get(vid)
             if shadow is not None and shadow.is_virtual and shadow.archived_at is None:
                 # The real task now carries this PR: its virtual twin leaves the sidebar.
-                await _update_task(conn, vid, {"archived_at": now})
+                writes.set(vid, {"archived_at": now})
                 changes.wrote(vid)
             continue
         row = by_id.get(vid)
@@ -302,44 +325,67 @@ async def apply_pulls(conn: AsyncConnection, pulls: list[PullState], now: int, c
             }
         diff = _changed(row, values)
         if diff:
-            await _update_task(conn, vid, diff)
+            writes.set(vid, diff)
             changes.wrote(vid)
+    await writes.flush(conn)
     if inserts:
         await conn.execute(sqlite_insert(task_summaries).on_conflict_do_nothing(), inserts)
         for row_values in inserts:
             changes.wrote(row_values["task_id"])
 
 
+async def _rows_of_pulls(
+    conn: AsyncConnection, keys: set[tuple[str, int]], *columns: Any
+) -> dict[tuple[str, int], list[Any]]:
+    """The task rows of these pull requests, by (repository id, number), in one query: a batch of
+    deliveries names dozens of them, and a query each cost a thread hop each."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        sa.select(
+            task_summaries.c.task_id, task_summaries.c.repo_id, task_summaries.c.pr_number, *columns
+        ).where(
+            task_summaries.c.repo_id.in_(sorted({repo_id for repo_id, _ in keys})),
+            task_summaries.c.pr_number.in_(sorted({number for _, number in keys})),
+        )
+    )
+    found: dict[tuple[str, int], list[Any]] = {}
+    for r in rows:
+        if (r.repo_id, r.pr_number) in keys:
+            found.setdefault((r.repo_id, r.pr_number), []).append(r)
+    return found
+
+
 async def _apply_ci(conn: AsyncConnection, ci: list[CiChange], changes: _Changes) -> None:
+    by_pull = await _rows_of_pulls(
+        conn, {(c.repo_id, c.number) for c in ci}, task_summaries.c.pr_head_sha, task_summaries.c.ci_state
+    )
+    current = {r.task_id: r.ci_state for rows in by_pull.values() for r in rows}
+    writes = _RowWrites()
     for c in ci:
-        rows = (
-            await conn.execute(
-                sa.select(task_summaries).where(
-                    task_summaries.c.repo_id == c.repo_id, task_summaries.c.pr_number == c.number
-                )
-            )
-        ).all()
-        for row in rows:
+        for row in by_pull.get((c.repo_id, c.number), []):
             if c.head_sha and row.pr_head_sha and row.pr_head_sha != c.head_sha:
                 continue  # CI of a commit that is no longer the PR's head
-            if row.ci_state != c.state:
-                await _update_task(conn, row.task_id, {"ci_state": c.state})
+            if current[row.task_id] != c.state:
+                current[row.task_id] = c.state
+                writes.set(row.task_id, {"ci_state": c.state})
                 changes.wrote(row.task_id)
+    await writes.flush(conn)
 
 
 async def _apply_touches(conn: AsyncConnection, touched: list[Touch], changes: _Changes) -> None:
+    by_pull = await _rows_of_pulls(
+        conn, {(t.repo_id, t.number) for t in touched}, task_summaries.c.updated_at
+    )
+    current = {r.task_id: r.updated_at for rows in by_pull.values() for r in rows}
+    writes = _RowWrites()
     for t in touched:
-        rows = (
-            await conn.execute(
-                sa.select(task_summaries.c.task_id, task_summaries.c.updated_at).where(
-                    task_summaries.c.repo_id == t.repo_id, task_summaries.c.pr_number == t.number
-                )
-            )
-        ).all()
-        for row in rows:
-            if t.at > row.updated_at:
-                await _update_task(conn, row.task_id, {"updated_at": t.at})
+        for row in by_pull.get((t.repo_id, t.number), []):
+            if t.at > current[row.task_id]:
+                current[row.task_id] = t.at
+                writes.set(row.task_id, {"updated_at": t.at})
                 changes.wrote(row.task_id)
+    await writes.flush(conn)
 
 
 async def _archive_virtual_of(
