@@ -221,6 +221,18 @@ async def test_environment_is_scrubbed(provider: LocalSandboxProvider, monkeypat
     assert env["XDG_DATA_HOME"].startswith(env["HOME"])
 
 
+async def test_what_runs_in_a_sandbox_yields_the_cpu_to_foundry(provider: LocalSandboxProvider):
+    endpoint = await provider.create("humble")
+    async with SandboxAgentClient(endpoint) as client:
+        result = await client.run_process("nice")
+    assert result.ok, result.stderr
+    # Below Foundry's own processes: a spinning agent must not slow the hosts, the API or the relays.
+    assert int(result.stdout.strip()) >= 10
+    pid = provider.process_id("humble")
+    assert pid is not None
+    assert os.getpriority(os.PRIO_PROCESS, pid) >= 10
+
+
 async def test_crash_is_reported_through_on_exit_and_create_restarts(
     provider: LocalSandboxProvider,
     sandbox: SandboxEndpoint,

@@ -118,6 +118,9 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         hosts = json.loads(listing.stdout)
         assert hosts["foundry.user.0"]["running"] is True
         assert hosts["foundry.organization.0"]["running"] is True
+        # The hosts run at normal priority (Ray's default for workers is nice 15, which starved them
+        # beside any busy process); sandboxes lower their own.
+        assert os.getpriority(os.PRIO_PROCESS, hosts["foundry.organization.0"]["pid"]) == 0
         # Nothing of Foundry or of its Ray listens beyond this machine's loopback.
         listening = listening_addresses(proc.pid)
         assert any(name in ("gcs_server", "raylet") for name in listening.values()), listening

@@ -117,8 +117,15 @@ def _scrub_token(pid: int, token: str) -> None:
             mem.write(b"x" * (len(needle) - len(f"{TOKEN_ENV}=")))
 
 
+#: The sandbox server and its agents run this much below Foundry's own processes: an agent that
+#: spins (a build, a test run, a runaway loop) must not slow the hosts, the API or other sandboxes'
+#: relays, which stay at normal priority.
+SANDBOX_NICENESS = 10
+
+
 def _child(binary: str, args: list[str], env: dict[str, str]) -> None:
     try:
+        os.setpriority(os.PRIO_PROCESS, 0, max(SANDBOX_NICENESS, os.getpriority(os.PRIO_PROCESS, 0)))
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         libc = ctypes.CDLL(None, use_errno=True)
