@@ -161,3 +161,17 @@ webhook_deliveries = sa.Table(
     sa.Index("ix_webhook_deliveries_status", "status", "seq"),
     sqlite_autoincrement=True,
 )
+
+#: The columns of a pull request row that come from GitHub (a sync and a webhook both write them).
+PR_FIELDS = (
+    "github_id",
+    "repo_full_name",
+    "title",
+    "state",
+    "head_ref",
+    "head_sha",
+    "base_ref",
+    "author_login",
+    "html_url",
+    "gh_updated_at",
+)

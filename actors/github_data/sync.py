@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.github_data.commands import Sync
-from actors.github_data.schema import members, meta, pull_requests, repositories
+from actors.github_data.schema import PR_FIELDS, members, meta, pull_requests, repositories
 from actors.github_data.state import ensure_meta, iso, load_meta, pr_state, update_meta
 from foundry.drivers.github import Member, PullRequest, Repository
 from foundry.errors import Conflict, DriverError, FoundryError, NotFound
@@ -41,18 +41,6 @@ VANISHED_CHECK_LIMIT = 200
 #: The organization applies even a first sync of thousands of rows well within this.
 APPLY_TIMEOUT_S = 300.0
 
-_PR_FIELDS = (
-    "github_id",
-    "repo_full_name",
-    "title",
-    "state",
-    "head_ref",
-    "head_sha",
-    "base_ref",
-    "author_login",
-    "html_url",
-    "gh_updated_at",
-)
 _REPO_FIELDS = (
     "full_name",
     "name",
@@ -407,7 +395,7 @@ async def _store(conn: AsyncConnection, now: int, generation: int, fetched: _Fet
         row = known_pulls.get((repo_id, pr.number))
         if row is not None and (
             # A webhook already stored a newer version (the list is older than it): keep it.
-            (values["gh_updated_at"] or "") < row.gh_updated_at or not _differs(row, values, _PR_FIELDS)
+            (values["gh_updated_at"] or "") < row.gh_updated_at or not _differs(row, values, PR_FIELDS)
         ):
             continue
         pull_rows.append(
@@ -425,7 +413,7 @@ async def _store(conn: AsyncConnection, now: int, generation: int, fetched: _Fet
             # Unreadable now (deleted, or beyond the read-back limit): closed for this organization.
             pull_rows.append(
                 {
-                    **{f: getattr(row, f) for f in _PR_FIELDS},
+                    **{f: getattr(row, f) for f in PR_FIELDS},
                     "repo_id": repo_id,
                     "number": number,
                     "state": "closed",

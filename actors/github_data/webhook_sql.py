@@ -16,24 +16,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-PULL_COLUMNS = (
-    "repo_id",
-    "number",
-    "github_id",
-    "repo_full_name",
-    "title",
-    "state",
-    "head_ref",
-    "head_sha",
-    "base_ref",
-    "author_login",
-    "html_url",
-    "gh_updated_at",
-    "changed_generation",
-    "written_at",
-)
+from actors.github_data.schema import PR_FIELDS
+
+PULL_COLUMNS = ("repo_id", "number", *PR_FIELDS, "changed_generation", "written_at")
 #: The columns a pull request's upsert takes from the payload (besides its key and bookkeeping).
-PULL_VALUES = PULL_COLUMNS[2:12]
+PULL_VALUES = PR_FIELDS
 ITEM_VALUES = (
     "repo_id",
     "number",
