@@ -32,6 +32,7 @@ from foundry.errors import InvalidInput, NotFound
 from foundry.ids import APP_SHELL_ID, organization_id_for
 from foundry.runtime.client import Runtime
 from foundry.runtime.keys import validate_key
+from foundry.webhooks.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ class GitHubWebhookIngest:
         self._secret = secret
         self._clock = clock
         self._owners: dict[int, str] = {}
+        self._lookups: SingleFlight[str | None] = SingleFlight()
 
     async def ingest(self, body: bytes, headers: Mapping[str, str], client: str = "?") -> dict[str, Any]:
         """Accept one delivery; returns the 202 body.
@@ -312,7 +314,7 @@ class GitHubWebhookIngest:
             return APP_SHELL_ID, None
         owner = self._owners.get(raw_id)
         if owner is None:
-            owner = await self._lookup(raw_id)
+            owner = await self._lookups.run(raw_id, lambda: self._lookup(raw_id))
         if owner is None and event == "installation":
             owner = _account_organization(installation)
         return owner or APP_SHELL_ID, raw_id

@@ -26,6 +26,7 @@ from foundry import strict_json
 from foundry.errors import NotFound
 from foundry.ids import APP_SHELL_ID
 from foundry.runtime.client import Runtime
+from foundry.webhooks.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class StripeWebhookIngest:
         self._runtime = runtime
         self._secrets = [s for s in secrets if s]
         self._owners: dict[str, str] = {}
+        self._lookups: SingleFlight[str | None] = SingleFlight()
 
     def verify(self, body: bytes, header: str | None) -> dict[str, Any]:
         """The verified event as plain data.
@@ -241,6 +243,9 @@ class StripeWebhookIngest:
         cached = self._owners.get(customer)
         if cached is not None:
             return cached
+        return await self._lookups.run(customer, lambda: self._look_up_owner(customer))
+
+    async def _look_up_owner(self, customer: str) -> str | None:
         try:
             found = await self._runtime.call(
                 "organization", APP_SHELL_ID, "stripe_customer_organization", {"customerId": customer}

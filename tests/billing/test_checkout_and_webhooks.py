@@ -3,10 +3,12 @@ duplicates, reordering, signatures, timestamps, rotation, unknown customers, bad
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -325,3 +327,29 @@ async def test_signed_events_of_the_wrong_shape_are_400_not_500(billing_server: 
         {"id": "sub_x", "object": "subscription", "customer": "cus_q", "items": [1]},
     )
     assert (await billing_server.post_event(odd)).status_code == 200
+
+
+async def test_a_burst_for_one_customer_asks_for_its_organization_once(billing_server: BillingServer) -> None:
+    runtime = billing_server.runtime
+    real = runtime._call
+    lookups: list[str] = []
+
+    async def slow_lookup(role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
+        if action == "stripe_customer_organization":
+            lookups.append(body["customerId"])
+            await asyncio.sleep(0.3)  # every request of the burst arrives while the first one asks
+        return await real(role, key, action, body)
+
+    runtime._call = slow_lookup  # type: ignore[method-assign]
+    stripe = billing_server.stripe
+    events = [
+        stripe.event(
+            "invoice.paid",
+            {"id": f"in_crowd_{i}", "object": "invoice", "customer": "cus_crowd", "created": 1},
+        )
+        for i in range(20)
+    ]
+    responses = await asyncio.gather(*(billing_server.post_event(event) for event in events))
+    assert [r.json()["status"] for r in responses] == ["unrouted"] * 20
+    # One lookup for the burst, where each delivery used to ask (and wait behind the others).
+    assert lookups == ["cus_crowd"]
