@@ -33,7 +33,10 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
         # Named at once, in the organization, before the task actor even ran.
         assert created["title"] == "docs: Document the launch procedure"
         assert created["branchName"] == "foundry/document-the-launch-procedure-1"
-        assert create_ms < 1000
+        # The answer does not wait for the task's actor or its sandbox. The bound leaves room for the
+        # first creation of a fresh server on a 2-core machine shared with the rest of the suite
+        # (1.18 s measured there once); waiting for provisioning would take several seconds.
+        assert create_ms < 2000
 
         session_topic = f"session:acme:{task_id}:{session_id}"
         task_topic = f"task:acme:{task_id}"
