@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole suite: lint, types, then every test tier (unit, Ray integration, end to end, faults)
-# spread over pytest-xdist workers, and beside them the browser tier in a run of its own (Playwright's
-# sync API keeps an event loop in the main thread that asyncio tests after it cannot share).
+# spread over pytest-xdist workers, then the browser tier in a run of its own (Playwright's sync API
+# keeps an event loop in the main thread that asyncio tests after it cannot share).
 # With arguments, runs exactly that pytest selection in one process instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,17 +11,9 @@ if [ "$#" -gt 0 ]; then
   exec .venv/bin/python -m pytest -q "$@"
 fi
 # Three workers on two cores: the cluster tiers (one worker, see tests/conftest.py) spend much of
-# their time waiting on processes, so the in-process tests fill the idle core. The browser tier runs
-# beside them in a pytest process of its own (it waits on Chromium and a live server most of the
-# time); its output follows the other tiers' once both are done.
+# their time waiting on processes, so the in-process tests fill the idle core.
 workers="${FOUNDRY_TEST_WORKERS:-3}"
 status=0
-browser_log="$(mktemp -t foundry-browser-tests.XXXXXX)"
-trap 'rm -f "$browser_log"' EXIT
-.venv/bin/python -m pytest -q -m browser --durations=10 >"$browser_log" 2>&1 &
-browser=$!
 .venv/bin/python -m pytest -q -n "$workers" --dist loadgroup -m "not browser" --durations=25 || status=$?
-wait "$browser" || status=$?
-echo "---- browser tier ----"
-cat "$browser_log"
+.venv/bin/python -m pytest -q -m browser --durations=10 || status=$?
 exit "$status"

@@ -105,6 +105,16 @@ async def second_process(server: Server) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
+async def _serve(uv: uvicorn.Server, port: int) -> None:
+    """``uv.serve()``, with its exit on a failed start (a port another process took since
+    `free_port` chose it) turned into an error of this test. As the SystemExit it is, it broke
+    pytest-asyncio's event loop runner, and every later test of the worker failed in setup."""
+    try:
+        await uv.serve()
+    except SystemExit as exc:
+        raise RuntimeError(f"uvicorn could not start on 127.0.0.1:{port} (exit {exc.code})") from None
+
+
 @asynccontextmanager
 async def serving(app: Any, port: int) -> AsyncIterator[None]:
     """Serve ``app`` with uvicorn on 127.0.0.1:``port`` (as `foundry serve` does) until the block ends."""
@@ -112,11 +122,13 @@ async def serving(app: Any, port: int) -> AsyncIterator[None]:
         app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio", lifespan="on"
     )
     uv = uvicorn.Server(config)
-    task = asyncio.create_task(uv.serve())
+    task = asyncio.create_task(_serve(uv, port))
     for _ in range(200):
-        if uv.started:
+        if uv.started or task.done():
             break
         await asyncio.sleep(0.02)
+    if task.done():
+        task.result()  # raises why the server did not start
     assert uv.started
     try:
         yield
