@@ -106,7 +106,9 @@ async def hit_limit(server: TaskServer, command: str, limit: str) -> str:
             await asyncio.sleep(0.1)
         assert "still-42" in await agent_output(client, neighbour["taskId"], neighbour["sessionId"])
     assert probe.failures == []
-    assert probe.slowest < 1.0, f"/healthz took {probe.slowest:.2f} s"
+    # The suite shares two cores between its workers, so a busy moment elsewhere can delay an answer
+    # by a second; a host that a sandbox starves stops answering for far longer (or at all).
+    assert probe.slowest < 2.5, f"/healthz took {probe.slowest:.2f} s"
     return str(detail["sandboxError"])
 
 
