@@ -37,6 +37,7 @@ from foundry.http.routes import metrics as metrics_routes
 from foundry.http.routes import organizations as organization_routes
 from foundry.http.routes import tasks as task_routes
 from foundry.http.unexpected import UnexpectedErrorsAsJson
+from foundry.http.warmup import warm_up
 from foundry.realtime.gateway import RealtimeGateway
 from foundry.runtime.client import Runtime
 from foundry.services import build_services
@@ -129,6 +130,7 @@ def create_app(
         if own_runtime and settings.github.configured:
             # Rebuild the installation index and recreate wiped organizations from GitHub.
             await start_installation_reconciliation(rt)
+        await warm_up(app.router)
         if own_runtime:
             # Everything loaded at start-up lives as long as the process: keep it out of the cyclic
             # GC's scans, which otherwise add pauses to request latency under load.
