@@ -53,8 +53,12 @@ def make_engine(path: Path) -> AsyncEngine:
     def _begin(conn: Connection) -> None:
         if conn.get_execution_options().get(READ_ONLY_OPTION):
             return
+        # IMMEDIATE takes the write lock now, waiting out another connection's write (busy_timeout).
+        # A plain BEGIN takes it at the first write instead, and SQLite does not wait there: a
+        # transaction that has already read fails at once with "database is locked" when another
+        # connection happens to be writing (seen at wake, whose first statements are reads).
         # Straight to aiosqlite: one thread hop, where SQLAlchemy's cursor path takes three.
-        await_(conn.connection.driver_connection.execute("BEGIN"))  # type: ignore[union-attr]
+        await_(conn.connection.driver_connection.execute("BEGIN IMMEDIATE"))  # type: ignore[union-attr]
 
     return engine
 

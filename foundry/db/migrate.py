@@ -262,7 +262,8 @@ async def _build_template(template: Path, location: str) -> None:
     engine = make_engine(scratch)
     try:
         await ensure_schema(engine, location)
-        async with engine.connect() as conn:
+        # Outside a transaction: SQLite refuses a checkpoint inside one.
+        async with read_only(engine).connect() as conn:
             # Fold the WAL into the main file: the template is copied as that one file.
             await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -313,5 +314,5 @@ async def schema_diff(engine: AsyncEngine, metadata: sa.MetaData) -> list[Any]:
         ctx = MigrationContext.configure(sync_conn, opts={"render_as_batch": True})
         return list(compare_metadata(ctx, metadata))
 
-    async with engine.connect() as conn:
+    async with read_only(engine).connect() as conn:
         return await conn.run_sync(_compare)

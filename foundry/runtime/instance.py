@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from foundry import metrics, request_id
 from foundry.db.engine import make_engine, read_only
 from foundry.db.migrate import ensure_schema, seed_new_database
-from foundry.errors import CommandFailed, CommandTimeout, FoundryError
+from foundry.errors import ActorUnavailable, CommandFailed, CommandTimeout, FoundryError
 from foundry.runtime.context import CommandContext, InstanceContext
 from foundry.runtime.events import Event
 from foundry.runtime.inbox import Queued
@@ -38,6 +38,8 @@ Outcome = tuple[str, Any]
 MAILBOX_RETENTION_MS = 7 * 24 * 3600 * 1000
 #: A command handler must finish within this; long work belongs in a background job.
 STEP_TIMEOUT_S = 60.0
+#: Closing waits this long for a running write transaction to end before cancelling it.
+CLOSE_WAIT_S = 10.0
 
 
 class Instance:
@@ -130,21 +132,42 @@ class Instance:
             raise
 
     async def close(self) -> None:
-        """Stop the loop and jobs and release the database (its thread and file handles)."""
+        """Let the running write transaction finish, stop the loop, outbox and jobs, and release
+        the database (its thread and file handles)."""
         self._closing = True
         self._again.clear()
-        await self.outbox.close()
-        tasks = [t for t in (self._loop_task,) if t is not None]
-        tasks.extend(self._jobs.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("task failed while closing %s/%s", self.role.name, self.key)
+        # Every write transaction holds the write lock, so holding it here means none is open when
+        # the tasks are cancelled. A task cancelled inside one can leave its connection's write
+        # lock on the file after the connection is closed (the driver's cursor keeps the statement
+        # alive until it is garbage-collected): the next owner of the file, a restarted host in
+        # this process, then found it locked.
+        try:
+            await asyncio.wait_for(self.write_lock.acquire(), CLOSE_WAIT_S)
+            locked = True
+        except TimeoutError:
+            locked = False
+            log.warning(
+                "%s/%s: a write transaction still ran %gs into closing; cancelling it",
+                self.role.name,
+                self.key,
+                CLOSE_WAIT_S,
+            )
+        try:
+            await self.outbox.close()
+            tasks = [t for t in (self._loop_task,) if t is not None]
+            tasks.extend(self._jobs.values())
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    log.exception("task failed while closing %s/%s", self.role.name, self.key)
+        finally:
+            if locked:
+                self.write_lock.release()
         for futures in self._waiters.values():
             for fut in futures:
                 if not fut.done():
@@ -270,6 +293,9 @@ class Instance:
             model = handler.model.model_validate_json(queued.body)
             ctx: CommandContext | None = None
             async with self.write_lock:
+                if self._closing:
+                    # Not run here: its inbox row stays, and the file's next owner runs it.
+                    raise asyncio.CancelledError
                 try:
                     async with self.engine.begin() as conn:
                         ctx = CommandContext(self, conn, command_id)
@@ -337,6 +363,9 @@ class Instance:
         committed = False
         try:
             async with self.write_lock:
+                if self._closing:
+                    # After close, the file belongs to whatever opens it next.
+                    raise ActorUnavailable(f"{self.role.name}/{self.key} is closing; retry shortly")
                 async with self.engine.begin() as conn:
                     ctx._conn = conn
                     try:

@@ -128,6 +128,27 @@ async def start_job(ctx: CommandContext, cmd: StartJob) -> dict[str, bool]:
     return {"started": ctx.start_job("bump", job, again_if_running=cmd.again)}
 
 
+async def start_busy_writer(ctx: CommandContext, cmd: Slow) -> dict[str, bool]:
+    """A job that runs write transaction after write transaction for ``seconds``: each adds 1000
+    to a second row, then reads several times before committing."""
+
+    async def job(jctx: InstanceContext) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cmd.seconds
+        while loop.time() < deadline:
+            async with jctx.write() as conn:
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO counters(id, value) VALUES (2, 1000) "
+                        "ON CONFLICT(id) DO UPDATE SET value = value + 1000"
+                    )
+                )
+                for _ in range(5):
+                    await conn.execute(sa.select(counters.c.value))
+
+    return {"started": ctx.start_job("busy-writer", job)}
+
+
 async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
     async with ctx.read() as conn:
         value = await _value(conn)
@@ -166,6 +187,7 @@ ROLE = Role(
         Handler("forward", Forward, forward),
         Handler("send_many", SendMany, send_many),
         Handler("start_job", StartJob, start_job),
+        Handler("start_busy_writer", Slow, start_busy_writer),
     ),
     actions=(
         Handler("get", Empty, get),

@@ -250,6 +250,23 @@ async def test_requests_that_reach_a_closing_host_are_served_by_its_replacement(
     assert set(new.awake_keys()) >= set(keys)
 
 
+async def test_a_host_closed_while_a_job_writes_leaves_the_file_writable(runtime: InProcessRuntime) -> None:
+    """Closing stops the jobs. One that was inside a write transaction must not leave the file
+    locked against the host that opens it next, nor half of that transaction in it."""
+    ref = runtime.actor("counter", "busy-writer")
+    await ref.send("incr", {}, wait=True)
+    for attempt in range(40):
+        await ref.send("start_busy_writer", {"seconds": 30}, wait=True)
+        await asyncio.sleep(0.01 * (attempt % 7 + 1))  # the job is somewhere in its transactions
+        await runtime.restart_host("counter", 0)
+        bumped = await asyncio.wait_for(ref.call("bump", {"by": 1}), 10)
+        assert bumped == {"value": 2 + attempt}
+    host = runtime.host("counter", 0)
+    async with host._instances["busy-writer"].read_engine.connect() as conn:
+        second = (await conn.exec_driver_sql("SELECT value FROM counters WHERE id = 2")).scalar()
+    assert second % 1000 == 0  # whole transactions only
+
+
 async def test_a_closed_runtime_never_starts_a_host_again(runtime: InProcessRuntime) -> None:
     """A late call or a reconnecting stream after close must not bring a host back: it would run
     recovery and jobs beside whatever opens the same databases next (a restarted runtime)."""
