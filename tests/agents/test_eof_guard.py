@@ -13,6 +13,7 @@ from pathlib import Path
 from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.drivers.sandbox.eof_guard import GRACE_S
 from foundry.drivers.sandbox.local import LocalSandboxProvider
+from tests.procs import alive as running_pids
 
 #: Echoes its first line, starts a grandchild, then ignores the end of its stdin.
 STUBBORN = """
@@ -26,11 +27,7 @@ time.sleep(300)
 
 
 def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
+    return bool(running_pids([pid]))
 
 
 def guarded(*argv: str) -> subprocess.Popen[str]:
