@@ -286,6 +286,8 @@ class Run:
                     return
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(victim.pid, signal.SIGKILL)
+                # Recovery counts from the kill, not from the search for a process to kill.
+                started = time.monotonic()
             self.result.kills += 1
             fault.recovery_s = await self._recovered(started)
         finally:
