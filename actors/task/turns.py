@@ -82,6 +82,9 @@ class TurnOutcome:
     open_tool_calls: list[str] = field(default_factory=list)
     #: The stream's events from this id on were not recorded (the stream stalled after the answer).
     lost_from: int | None = None
+    #: The agent process had exited before anything of this turn reached the stream (it died
+    #: while idle): the message can go to a new agent without anything running twice.
+    agent_gone_before_turn: bool = False
 
 
 # Turns running in this process, by (services, task key, session id): Stop finds its turn here.
@@ -237,6 +240,7 @@ class Turn:
                 + "; send the message again to start a new agent",
                 agent_gone=True,
                 open_tool_calls=open_calls,
+                agent_gone_before_turn=self.recorder.recorded == 0 and self.stop_at is None,
             )
         if end.kind == "drained" and self.stop_at is not None:
             last = self.recorder.last_recorded_id
@@ -355,24 +359,30 @@ async def run_turn(
 ) -> None:
     """Run one queued message as a turn and record its outcome (exactly one terminal event)."""
     now = ctx.now_ms()
+    # A message that already started once is one whose agent had died before it (see below): its
+    # turn is the same turn, started again on a new agent.
+    first_attempt = message.started_at is None
     async with ctx.write() as conn:
         current = await conn.execute(sa.select(messages.c.status).where(messages.c.id == message.id))
         if current.scalar() != "queued":
             return  # cancelled by Stop meanwhile
         await conn.execute(
-            messages.update().where(messages.c.id == message.id).values(status="running", started_at=now)
+            messages.update()
+            .where(messages.c.id == message.id)
+            .values(status="running", started_at=message.started_at or now)
         )
         await conn.execute(
             sessions.update()
             .where(sessions.c.session_id == session.session_id)
             .values(status="running", error=None, thinking_since=now, updated_at=now)
         )
-        await append_events(
-            ctx,
-            conn,
-            session.session_id,
-            [("turnStarted", {"messageId": message.id}), ("sessionStatus", {"status": "running"})],
-        )
+        if first_attempt:
+            await append_events(
+                ctx,
+                conn,
+                session.session_id,
+                [("turnStarted", {"messageId": message.id}), ("sessionStatus", {"status": "running"})],
+            )
         await refresh(ctx, conn)
         session = await load_session(conn, session.session_id)  # type: ignore[assignment]
     turn = Turn(ctx, client.acp(session.acp_server_id, session.agent), session, message.id)
@@ -399,6 +409,17 @@ async def run_turn(
         )
         if outcome.agent_gone:
             await close_quietly(turn.acp)
+        if outcome.agent_gone_before_turn and first_attempt:
+            # The agent died while nobody talked to it: the user's message is not the place to find
+            # out. It goes to a new agent (whose start notes that earlier context is gone).
+            log.warning(
+                "agent of session %s had exited before turn %s; starting a new one key=%s",
+                session.session_id,
+                turn.request_id,
+                ctx.key,
+            )
+            if await _requeue_for_new_agent(ctx, session.session_id, message.id, session.acp_server_id):
+                return
         await _finish_safely(
             ctx, session.session_id, message.id, outcome, agent_title=turn.recorder.agent_title
         )
@@ -426,6 +447,28 @@ async def forget_agent(ctx: InstanceContext, session_id: str, server_id: str) ->
             .where(sessions.c.session_id == session_id, sessions.c.acp_server_id == server_id)
             .values(acp_server_id=None, acp_session_id=None, last_event_id=None)
         )
+
+
+async def _requeue_for_new_agent(
+    ctx: InstanceContext, session_id: str, message_id: int, server_id: str
+) -> bool:
+    """Put a running message back in the queue and forget the session's dead agent; False when
+    the message is no longer running or Stop was asked for (then the turn ends as usual)."""
+    async with ctx.write() as conn:
+        message = (
+            await conn.execute(
+                sa.select(messages.c.status, messages.c.stop_requested_at).where(messages.c.id == message_id)
+            )
+        ).first()
+        if message is None or message.status != "running" or message.stop_requested_at is not None:
+            return False
+        await conn.execute(messages.update().where(messages.c.id == message_id).values(status="queued"))
+        await conn.execute(
+            sessions.update()
+            .where(sessions.c.session_id == session_id, sessions.c.acp_server_id == server_id)
+            .values(acp_server_id=None, acp_session_id=None, last_event_id=None)
+        )
+    return True
 
 
 async def _finish_safely(

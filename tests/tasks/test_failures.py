@@ -135,6 +135,32 @@ async def test_agent_process_killed_mid_turn_errors_the_session_and_a_new_agent_
         assert agent_pid not in demo_agent_pids(workdir)
 
 
+async def test_an_agent_that_died_while_idle_is_replaced_and_the_next_message_just_works(
+    tasks_server: TaskServer,
+):
+    """Nobody was talking to the agent when it died: the user's next message must not be the one
+    that finds out and fails. It gets a new agent, with a note that earlier context is gone."""
+    async with tasks_server.signed_in("alice") as client:
+        created = await create_task(client, prompt="A first note")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        await wait_task(client, task_id, idle_session)
+        workdir = Path(tasks_server.provider.sandbox_dir(task_id)) / "repo"
+        [agent_pid] = demo_agent_pids(workdir)
+        os.kill(agent_pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)  # the agent is gone before anyone writes to it
+
+        response = await client.post(messages_url(task_id, session_id), json={"text": "A second note"})
+        assert response.status_code == 202
+        detail = await wait_task(
+            client, task_id, lambda d: idle_session(d) or d["sessions"][0]["status"] == "error"
+        )
+        log = await events(client, task_id, session_id)
+        ends = [e["event"] for e in log if e["event"] in ("turnEnded", "turnFailed")]
+        assert ends == ["turnEnded", "turnEnded"], [e for e in log if e["event"] == "turnFailed"]
+        assert detail["sessions"][0]["status"] == "idle"
+        assert agent_pid not in demo_agent_pids(workdir)
+
+
 async def test_missing_sandbox_agent_binary_is_named_by_readyz_and_the_task(tmp_path: Path):
     missing = str(tmp_path / "no-such-sandbox-agent")
     async with running_server(tmp_path, binary=missing) as server, server.signed_in("alice") as client:
