@@ -20,6 +20,7 @@ from foundry import metrics, request_id
 from foundry.db.engine import make_engine, read_only
 from foundry.db.migrate import ensure_schema, seed_new_database
 from foundry.errors import ActorUnavailable, CommandFailed, CommandTimeout, FoundryError
+from foundry.runtime.cancel import cancel_and_wait
 from foundry.runtime.context import CommandContext, InstanceContext
 from foundry.runtime.events import Event
 from foundry.runtime.inbox import Queued
@@ -156,15 +157,7 @@ class Instance:
             await self.outbox.close()
             tasks = [t for t in (self._loop_task,) if t is not None]
             tasks.extend(self._jobs.values())
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:
-                    log.exception("task failed while closing %s/%s", self.role.name, self.key)
+            await cancel_and_wait(tasks, f"{self.role.name}/{self.key}")
         finally:
             if locked:
                 self.write_lock.release()

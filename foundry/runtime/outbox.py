@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from foundry import request_id
 from foundry.errors import FoundryError
+from foundry.runtime.cancel import cancel_and_wait
 
 if TYPE_CHECKING:
     from foundry.runtime.instance import Instance
@@ -113,15 +114,7 @@ class Outbox:
         tasks = [w.task for w in self._workers.values() if w.task is not None]
         if self._scan_task is not None:
             tasks.append(self._scan_task)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("outbox task failed while closing %s", self._where)
+        await cancel_and_wait(tasks, f"the outbox of {self._where}")
         self._workers.clear()
         self._scan_task = None
 
