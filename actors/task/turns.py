@@ -453,7 +453,8 @@ async def _requeue_for_new_agent(
     ctx: InstanceContext, session_id: str, message_id: int, server_id: str
 ) -> bool:
     """Put a running message back in the queue and forget the session's dead agent; False when
-    the message is no longer running or Stop was asked for (then the turn ends as usual)."""
+    the message is no longer running, Stop was asked for or the session was closed (then the turn
+    ends as usual)."""
     async with ctx.write() as conn:
         message = (
             await conn.execute(
@@ -462,6 +463,9 @@ async def _requeue_for_new_agent(
         ).first()
         if message is None or message.status != "running" or message.stop_requested_at is not None:
             return False
+        session = await load_session(conn, session_id)
+        if session is None or session.status == "closed":
+            return False  # closing the session is what stopped its agent
         await conn.execute(messages.update().where(messages.c.id == message_id).values(status="queued"))
         await conn.execute(
             sessions.update()
