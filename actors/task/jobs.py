@@ -128,7 +128,9 @@ async def provision_job(ctx: InstanceContext) -> None:
         token = await installation_token(ctx, row)
         step = f"clone {row.repo_full_name} into the sandbox"
         async with client_for(endpoint) as client:
-            head = await sgit.clone(client, row.clone_url, row.branch, token)
+            # Provisioning runs only until it first succeeds, so no agent has worked in this checkout
+            # yet: whatever a clone killed with its host left behind is discarded (`fresh`).
+            head = await sgit.clone(client, row.clone_url, row.branch, token, fresh=True)
     except FoundryError as exc:
         message = f"could not {step}: {exc.detail}"
         log.warning("provisioning failed key=%s step=%s: %s", ctx.key, step, exc.detail)

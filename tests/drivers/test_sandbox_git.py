@@ -135,6 +135,35 @@ async def test_clone_is_idempotent_and_keeps_local_commits(client: SandboxAgentC
         await sgit.clone(client, "file:///some/other/repo.git", BRANCH)
 
 
+@pytest.mark.parametrize("torn", ["no_head", "no_files"])
+async def test_a_clone_killed_halfway_is_started_over_by_a_fresh_clone(
+    client: SandboxAgentClient, sandbox: SandboxEndpoint, remote: Path, tmp_path: Path, torn: str
+):
+    """What a clone killed with its host leaves behind (a ``.git`` without HEAD, which fails a plain
+    clone, or objects fetched but the files never written) is cleared by a provisioning clone."""
+    workdir = Path(sandbox.workdir)
+    if torn == "no_head":
+        (workdir / ".git" / "objects" / "pack").mkdir(parents=True)
+        (workdir / ".git" / "config").write_text("[core]\n\trepositoryformatversion = 0\n")
+        (workdir / ".git" / "objects" / "pack" / "tmp_pack_Xk2").write_bytes(b"PACK\0\0")
+    else:
+        scratch = tmp_path / "scratch"
+        git("clone", "-q", "--no-checkout", remote.as_uri(), str(scratch), cwd=tmp_path)
+        for entry in scratch.iterdir():
+            entry.rename(workdir / entry.name)
+        (workdir / ".git" / "index").unlink(missing_ok=True)
+    if torn == "no_head":
+        with pytest.raises(GitError, match="already exists and is not an empty directory"):
+            await sgit.clone(client, remote.as_uri(), BRANCH)
+
+    head = await sgit.clone(client, remote.as_uri(), BRANCH, fresh=True)
+
+    assert head == git("rev-parse", "main", cwd=remote)
+    assert await sgit.current_branch(client) == BRANCH
+    assert (workdir / "README.md").read_text() == "# Demo repo\n"
+    assert await sgit.status(client) == []
+
+
 async def test_clone_tracks_an_existing_remote_branch(
     client: SandboxAgentClient, remote: Path, tmp_path: Path
 ):

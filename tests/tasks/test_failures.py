@@ -104,7 +104,9 @@ async def test_messages_queued_behind_a_turn_whose_sandbox_dies_still_run(tasks_
         ids = {e["data"]["text"]: e["data"]["messageId"] for e in log if e["event"] == "userMessage"}
         ended = [e["data"]["messageId"] for e in log if e["event"] == "turnEnded"]
         # Compact, so a failure shows the whole end of the transcript and the session as it was read.
-        tail = [(e["seq"], e["event"], e["data"].get("messageId") or e["data"].get("kind")) for e in log[-30:]]
+        tail = [
+            (e["seq"], e["event"], e["data"].get("messageId") or e["data"].get("kind")) for e in log[-30:]
+        ]
         assert [ids[t] for t in waiting] == ended[-3:], (tail, detail["sessions"])
         notes = (Path(tasks_server.provider.sandbox_dir(task_id)) / "repo" / NOTES_FILE).read_text()
         assert all(f"- {text}" in notes for text in waiting), notes

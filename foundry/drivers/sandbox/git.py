@@ -367,6 +367,7 @@ async def clone(
     *,
     cwd: str | None = None,
     timeout_ms: int = _NETWORK_TIMEOUT_MS,
+    fresh: bool = False,
 ) -> str | None:
     """Clone ``url`` into the workdir (or fetch if it is already a checkout) and check out ``branch``.
 
@@ -377,6 +378,10 @@ async def clone(
     Args:
         token: access token for an HTTPS remote; given to git only through a per-command credential
             helper and this process run's environment.
+        fresh: nothing in the workdir is anyone's work (the task's checkout was never completed), so
+            whatever is there is what an interrupted earlier clone left: a ``.git`` without HEAD, or
+            a checkout stopped halfway through writing the files. It is removed and the clone starts
+            over, instead of failing on a non-empty directory or resuming from a torn tree.
 
     Raises:
         GitError: with a sentence saying what to fix (auth, missing repository, unreachable remote…).
@@ -384,6 +389,8 @@ async def clone(
     """
     if branch is not None:
         _check_branch(branch)
+    if fresh:
+        await _discard_interrupted_clone(client, cwd)
     if not await _is_checkout(client, cwd):
         await _run(
             client,
@@ -411,6 +418,21 @@ async def clone(
     if branch is not None:
         await _checkout(client, branch, cwd=cwd)
     return await head_sha(client, cwd=cwd)
+
+
+#: Empties the workdir (dotfiles included) and prints how many entries it removed.
+_EMPTY_WORKDIR = (
+    'n=$(ls -A | wc -l); [ "$n" -eq 0 ] || find . -mindepth 1 -maxdepth 1 -exec rm -rf -- {} +; echo "$n"'
+)
+
+
+async def _discard_interrupted_clone(client: SandboxAgentClient, cwd: str | None) -> None:
+    result = await _script(client, _EMPTY_WORKDIR, action="clean up an interrupted clone", cwd=cwd)
+    removed = result.stdout.strip()
+    if removed not in ("", "0"):
+        log.warning(
+            "removed %s entries an interrupted clone left in %s", removed, cwd or client.endpoint.workdir
+        )
 
 
 async def _ref_exists(client: SandboxAgentClient, ref: str, cwd: str | None) -> bool:
