@@ -29,6 +29,8 @@ _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE
 PROCESS_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 #: A placement key: a role (``task``) or one shard of it (``audit-log.1``).
 PLACED_HOST = re.compile(r"[a-z][a-z0-9-]*(\.[0-9]+)?")
+#: A Ray node label value (Kubernetes label syntax).
+NODE_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
 
 
 class RuntimeSettings(BaseModel):
@@ -61,6 +63,13 @@ class RuntimeSettings(BaseModel):
     #: another.
     placement: dict[str, str] = Field(default_factory=lambda: {"task": "tasks", "sandbox": "tasks"})
     default_process: str = "main"
+    #: In a cluster of several nodes: host process name → the value of the ``foundry-data`` label of
+    #: the node that holds its data (``ray start --labels foundry-data=<value>``). A host's SQLite
+    #: files live on its node's disk, so Ray may start (or restart) that process on this node only;
+    #: anywhere else it would open empty databases. Processes not named run on any node (fine
+    #: with one node). A local cluster started by ``foundry serve`` is labelled with the one value
+    #: named here.
+    nodes: dict[str, str] = Field(default_factory=dict)
     #: Print the hosts' log lines in the output of the process that connects to Ray (``foundry
     #: serve``); otherwise they stay in Ray's session log files only.
     forward_host_logs: bool = True
@@ -73,6 +82,18 @@ class RuntimeSettings(BaseModel):
     def _process_name(cls, value: str) -> str:
         if not PROCESS_NAME.fullmatch(value):
             raise ValueError(f"process name {value!r} must be lowercase letters, digits and '-'")
+        return value
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, value: dict[str, str]) -> dict[str, str]:
+        for process, label in value.items():
+            cls._process_name(process)
+            if not NODE_LABEL_VALUE.fullmatch(label):
+                raise ValueError(
+                    f"node label value {label!r} (for process {process!r}) must be 1-63 letters, digits, "
+                    "'-', '_' or '.', starting and ending with a letter or digit"
+                )
         return value
 
     @field_validator("placement")

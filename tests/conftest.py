@@ -14,6 +14,7 @@ import pytest
 from foundry.clock import FakeClock
 from foundry.config import Settings
 from foundry.runtime.inprocess import InProcessRuntime
+from foundry.runtime.placement import DATA_LABEL
 from foundry.services import Services
 
 COUNTER_MODULE = "tests.runtime.counter_role"
@@ -106,6 +107,10 @@ def _shared_schema_templates(
     monkeypatch.setattr(migrate, "_build_template", build_once)
 
 
+#: The data label of the shared test Ray's one node (tests pin host processes to it).
+TEST_NODE_LABEL = "test-node"
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """One local Ray for every in-process Ray test of this pytest process (a cluster costs seconds of
@@ -122,6 +127,7 @@ def ray_cluster() -> Iterator[None]:
         log_to_driver=False,
         namespace=f"test-{uuid.uuid4().hex[:8]}",
         object_store_memory=128 * 1024 * 1024,
+        labels={DATA_LABEL: TEST_NODE_LABEL},
     )
     yield
     ray.shutdown()

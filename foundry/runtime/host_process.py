@@ -27,7 +27,7 @@ from foundry.runtime.events import encode_batch
 from foundry.runtime.host import Host
 from foundry.runtime.host_settings import host_settings
 from foundry.runtime.instance import Outcome
-from foundry.runtime.placement import hosts_by_process
+from foundry.runtime.placement import DATA_LABEL, hosts_by_process
 from foundry.runtime.role import load_role
 from foundry.services import build_services
 
@@ -150,7 +150,12 @@ class HostProcess:
             "pid": os.getpid(),
             "process": self.name,
             # Which machine holds this host's databases (they live on its local disk).
-            "node": {"id": context.get_node_id(), "ip": node_ip},
+            "node": {
+                "id": context.get_node_id(),
+                "ip": node_ip,
+                # The data volume the node holds (``runtime.nodes``), when it is labelled with one.
+                "dataLabel": (context.get_node_labels() or {}).get(DATA_LABEL),
+            },
             "pending": counts["pending"],
             "queued": counts["mailbox"],
             "awake": len(host.awake_keys()),

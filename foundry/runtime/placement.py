@@ -14,6 +14,8 @@ from foundry.runtime.role import available_roles
 
 #: A host: (role, shard).
 HostId = tuple[str, int]
+#: The Ray node label naming the data volume a node holds (``runtime.nodes``).
+DATA_LABEL = "foundry-data"
 
 
 def process_name(name: str) -> str:
@@ -60,3 +62,31 @@ def check_placement(settings: Settings) -> None:
         count = settings.runtime.shards_for(role)
         if shard and int(shard) >= count:
             raise InvalidInput(f"runtime.placement names {host!r} but {role} has {count} shard(s)")
+
+
+def node_label_of(settings: Settings, process: str) -> str | None:
+    """The ``foundry-data`` label value of the node that must run ``process``, if it is pinned."""
+    return settings.runtime.nodes.get(process)
+
+
+def check_nodes_named(settings: Settings) -> None:
+    """Refuse a node map naming a process that runs no host (a typo would leave the real process
+    free to start on a node without its data)."""
+    processes = hosts_by_process(settings)
+    for process in settings.runtime.nodes:
+        if process not in processes:
+            raise InvalidInput(
+                f"runtime.nodes names process {process!r}, which runs no host; processes are "
+                f"{', '.join(sorted(processes))}"
+            )
+
+
+def missing_node_labels(settings: Settings, nodes: list[dict[str, object]]) -> list[str]:
+    """The ``foundry-data`` values that ``runtime.nodes`` names but no live node of ``nodes`` (Ray's
+    node table) carries."""
+    present = set()
+    for node in nodes:
+        labels = node.get("Labels")
+        if node.get("Alive") and isinstance(labels, dict) and labels.get(DATA_LABEL):
+            present.add(str(labels[DATA_LABEL]))
+    return sorted({label for label in settings.runtime.nodes.values() if label not in present})

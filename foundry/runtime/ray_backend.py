@@ -26,18 +26,23 @@ from tenacity import (
 
 from foundry import request_id
 from foundry.config import Settings
-from foundry.errors import ActorUnavailable, Conflict
+from foundry.errors import ActorUnavailable, Conflict, InvalidInput
 from foundry.runtime.client import Runtime, roundtrip
 from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_cluster, write_cluster_address
 from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.host import Host
 from foundry.runtime.host_process import HostProcess, key_fingerprint
 from foundry.runtime.host_settings import public_settings, write_secrets
+from foundry.runtime.node_watch import NodeWatch
 from foundry.runtime.placement import (
+    DATA_LABEL,
     all_hosts,
     all_roles,
+    check_nodes_named,
     check_placement,
     hosts_by_process,
+    missing_node_labels,
+    node_label_of,
     process_name,
     process_of,
 )
@@ -86,10 +91,12 @@ class RayRuntime(Runtime):
         self._started_ray = False
         #: In a host process, the hosts it runs: calls to them skip Ray (set by `HostProcess`).
         self.local_hosts: dict[tuple[str, int], Host] = {}
+        self._nodes = NodeWatch(settings, ray.nodes)
 
     async def start(self) -> None:
         """Connect to Ray (the configured cluster, or a new local one) and create the host processes."""
         check_placement(self.settings)
+        check_nodes_named(self.settings)
         if not ray.is_initialized():
             address = self.settings.runtime.ray_address or None
             kwargs: dict[str, Any] = {
@@ -111,6 +118,7 @@ class RayRuntime(Runtime):
                     # core beside one against 82 % at 0, and a restarted host took far longer to
                     # come back. Sandboxes lower their own priority instead (sandbox.launch).
                     _system_config={"worker_niceness": 0},
+                    labels=_local_node_labels(self.settings),
                 )
             else:
                 kwargs["address"] = address
@@ -122,10 +130,24 @@ class RayRuntime(Runtime):
             if address is None:
                 write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
             await asyncio.to_thread(_restrict_token_file)
+        await self._check_node_labels()
+        self._nodes.start()
         await self._check_cluster_key()
         await asyncio.to_thread(write_secrets, self.settings)
         for process in hosts_by_process(self.settings):
             self._process_handle(process)
+
+    async def _check_node_labels(self) -> None:
+        """Refuse to start when ``runtime.nodes`` pins a host process to a node label that no node
+        of the cluster has: that process could never start, and every call to it would hang."""
+        missing = missing_node_labels(self.settings, await asyncio.to_thread(ray.nodes))
+        if missing:
+            wanted = ", ".join(f"{DATA_LABEL}={label}" for label in missing)
+            raise InvalidInput(
+                f"runtime.nodes needs nodes labelled {wanted}, but no live node of the Ray cluster has "
+                f"that label; start each such node with `ray start --labels {DATA_LABEL}=<value>` "
+                "(on the machine whose disk holds that data) or correct runtime.nodes"
+            )
 
     async def _check_cluster_key(self) -> None:
         """Refuse to join hosts that use another secret key than this process.
@@ -157,6 +179,7 @@ class RayRuntime(Runtime):
         down: a ``foundry serve`` that joined an existing cluster leaves its hosts (and their
         sandboxes) to it.
         """
+        await self._nodes.close()
         if self._started_ray:
             await self.stop_hosts()
             # Before `ray.shutdown`, which on rare occasions aborts the process (SIGABRT inside Ray's
@@ -212,6 +235,7 @@ class RayRuntime(Runtime):
                 max_restarts=-1,
                 max_concurrency=10_000,
                 num_cpus=0,
+                **_node_options(self.settings, process),
             ).remote(process, public_settings(self.settings))
         return self._handles[process]
 
@@ -241,6 +265,9 @@ class RayRuntime(Runtime):
                 before_sleep=note,
             ):
                 with attempt:
+                    why = self._nodes.reason(process)
+                    if why is not None:
+                        raise ActorUnavailable(why)  # not retried: the node's return is what helps
                     handle = self._process_handle(process, refresh=refresh)
                     try:
                         # Ray itself resubmits the call to a restarted incarnation as soon as it is
@@ -248,7 +275,7 @@ class RayRuntime(Runtime):
                         # retrying it here costs up to two seconds more per restart: a call to a
                         # restarting actor only fails after Ray's wait for the death information.
                         call = getattr(handle, method).options(max_task_retries=CALL_RESTART_RETRIES)
-                        return await call.remote(*args)
+                        return await self._nodes.guard(process, call.remote(*args))
                     except ActorDiedError:
                         refresh = True  # a new incarnation needs a new handle
                         raise
@@ -333,3 +360,28 @@ class RayRuntime(Runtime):
     def hosts(self) -> list[tuple[str, int]]:
         """Every (role, shard) of this deployment."""
         return all_hosts(self.settings)
+
+
+def _node_options(settings: Settings, process: str) -> dict[str, Any]:
+    """Ray options that keep ``process`` on the node holding its data (none when it is not pinned)."""
+    label = node_label_of(settings, process)
+    return {} if label is None else {"label_selector": {DATA_LABEL: label}}
+
+
+def _local_node_labels(settings: Settings) -> dict[str, str] | None:
+    """The labels of a local one-node cluster: the single ``foundry-data`` value ``runtime.nodes``
+    names (every pinned process then runs here), or none.
+
+    Raises:
+        InvalidInput: ``runtime.nodes`` names several values, which one node cannot all be.
+    """
+    labels = sorted(set(settings.runtime.nodes.values()))
+    if not labels:
+        return None
+    if len(labels) > 1:
+        raise InvalidInput(
+            f"runtime.nodes names {len(labels)} data nodes ({', '.join(labels)}) but runtime.ray_address "
+            "is empty, so Foundry would start a one-node local cluster; give the address of a cluster "
+            "with those nodes"
+        )
+    return {DATA_LABEL: labels[0]}

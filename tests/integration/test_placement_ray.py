@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from foundry.errors import InvalidInput
-from foundry.runtime.placement import all_hosts
+from foundry.runtime.placement import DATA_LABEL, all_hosts
 from foundry.runtime.ray_backend import RayRuntime
-from tests.conftest import make_settings
+from tests.conftest import TEST_NODE_LABEL, make_settings
 
 pytestmark = pytest.mark.ray
 
@@ -108,3 +108,48 @@ async def test_a_placement_naming_an_unknown_role_or_shard_is_refused_at_start(
         )
         with pytest.raises(InvalidInput, match=named):
             await RayRuntime(settings).start()
+
+
+async def test_runtime_nodes_naming_a_label_no_node_has_or_an_unknown_process_is_refused_at_start(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    for nodes, named in (
+        ({"main": "elsewhere"}, "foundry-data=elsewhere"),
+        ({"mian": TEST_NODE_LABEL}, "'mian'"),
+    ):
+        settings = make_settings(
+            tmp_path / "data",
+            runtime={"backend": "ray", "namespace": f"bad-{uuid.uuid4().hex[:8]}", "nodes": nodes},
+        )
+        with pytest.raises(InvalidInput, match=named):
+            await RayRuntime(settings).start()
+
+
+async def test_a_pinned_process_runs_on_the_node_with_its_data_label(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    import ray
+
+    settings = make_settings(
+        tmp_path / "data",
+        runtime={
+            "backend": "ray",
+            "namespace": f"pinned-{uuid.uuid4().hex[:8]}",
+            "nodes": {"tasks": TEST_NODE_LABEL},
+            "idle_seconds": 3600,
+        },
+    )
+    rt = RayRuntime(settings)
+    await rt.start()
+    try:
+        labelled = [
+            n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get(DATA_LABEL) == TEST_NODE_LABEL
+        ]
+        node = (await rt.host_info("task", 0))["node"]
+        assert node["id"] in labelled
+        assert node["dataLabel"] == TEST_NODE_LABEL
+        await rt.actor("counter", "pinned").send("incr", {"by": 1}, wait=True)
+        assert (await rt.actor("counter", "pinned").call("get"))["value"] == 1
+    finally:
+        await rt.stop_hosts()
+        await rt.close()
