@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: How often the node table is read while some process is pinned to a node.
 POLL_S = 1.0
+#: A call to a process whose node was missing re-reads the table when the last read is older.
+RECHECK_AGE_S = 0.2
 
 T = TypeVar("T")
 
@@ -38,6 +41,8 @@ class NodeWatch:
         self._missing: set[str] = set()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = 0.0
 
     @property
     def active(self) -> bool:
@@ -53,8 +58,19 @@ class NodeWatch:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    async def check(self, process: str) -> str | None:
+        """`reason`, after reading the node table again if the node was missing at the last poll
+        (so a node that just came back is not reported gone for up to a poll interval). Concurrent
+        callers share one read."""
+        if self.reason(process) is None:
+            return None
+        async with self._refresh_lock:
+            if time.monotonic() - self._refreshed_at > RECHECK_AGE_S:
+                await self.refresh()
+        return self.reason(process)
+
     def reason(self, process: str) -> str | None:
-        """Why calls to ``process`` cannot succeed now, or None."""
+        """Why calls to ``process`` cannot succeed now (as of the last read of the node table)."""
         label = self._pinned.get(process)
         if label is None or label not in self._missing:
             return None
@@ -89,6 +105,7 @@ class NodeWatch:
     async def refresh(self) -> None:
         """Read the node table once and update which pinned labels are missing."""
         nodes = await asyncio.to_thread(self._read_nodes)
+        self._refreshed_at = time.monotonic()
         missing = set(missing_node_labels(self.settings, nodes))
         if missing != self._missing:
             for label in sorted(missing - self._missing):

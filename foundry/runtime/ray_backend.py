@@ -265,7 +265,7 @@ class RayRuntime(Runtime):
                 before_sleep=note,
             ):
                 with attempt:
-                    why = self._nodes.reason(process)
+                    why = await self._nodes.check(process)
                     if why is not None:
                         raise ActorUnavailable(why)  # not retried: the node's return is what helps
                     handle = self._process_handle(process, refresh=refresh)
