@@ -93,6 +93,10 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
         sys.exit(supervise(sys.argv[1:]))
     import uvicorn
 
+    if settings.runtime.backend == "ray" and settings.runtime.ray_address:
+        from foundry.runtime.cluster_file import prepare_join
+
+        prepare_join(settings, settings.runtime.ray_address)  # before Ray is imported
     # Before Ray is imported: the operator reads the hosts' log lines in this output verbatim.
     forward_host_lines_verbatim()
     from foundry.http.app import create_app

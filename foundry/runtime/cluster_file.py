@@ -57,15 +57,36 @@ def cluster_address(settings: Settings) -> str | None:
     works against a cluster with token authentication.
     """
     if settings.runtime.ray_address:
+        prepare_join(settings, settings.runtime.ray_address)
         return settings.runtime.ray_address
+    record = _record(settings)
+    if record is None:
+        return None
+    address = str(record["address"])
+    prepare_join(settings, address)
+    return address
+
+
+def prepare_join(settings: Settings, address: str) -> None:
+    """Set up this process (before Ray is imported) to join the cluster at ``address``.
+
+    A local cluster started by another Foundry process (the first ``foundry serve`` of several on one
+    machine) listens on the loopback only and requires its authentication token: a process joining
+    it must say so to Ray, or Ray swaps 127.0.0.1 for the machine's address, where nothing listens,
+    and sends no token. The mode is taken from the record that process left in the data directory,
+    when the record names this address.
+    """
+    record = _record(settings)
+    if record is not None and record.get("address") == address and record.get("authMode"):
+        os.environ.setdefault("RAY_AUTH_MODE", str(record["authMode"]))
+    if address.startswith("127.0.0.1:"):
+        # Otherwise Ray replaces a loopback address by the machine's own, where nothing listens.
+        use_loopback_cluster()
+
+
+def _record(settings: Settings) -> dict[str, object] | None:
     try:
         record = json.loads((settings.data_dir / CLUSTER_ADDRESS_FILE).read_text())
     except FileNotFoundError:
         return None
-    if record.get("authMode"):
-        os.environ.setdefault("RAY_AUTH_MODE", record["authMode"])
-    address = str(record["address"])
-    if address.startswith("127.0.0.1:"):
-        # Otherwise Ray replaces a loopback address by the machine's own, where nothing listens.
-        use_loopback_cluster()
-    return address
+    return record if isinstance(record, dict) and "address" in record else None

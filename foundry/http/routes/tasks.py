@@ -9,6 +9,7 @@ merged into task detail here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -247,22 +248,31 @@ async def list_tasks(
 @router.get("/{taskId}", summary="Task detail with the caller's own unread/draft/active session")
 async def get_task(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
     key, summary = await _task_of(member, task_id, runtime, materialize=False)
-    if summary.get("isVirtual"):
-        # No task actor yet, and a read must not create one: the organization's row is the task.
-        detail = provisional_detail(member.organization_id, summary)
-    else:
-        detail = await runtime.call("task", key, "get")
-    state = await runtime.call(
-        "user",
-        member.caller.user_id,
-        "get_task_state",
-        {"organizationId": member.organization_id, "taskId": task_id},
+
+    async def task_detail() -> dict[str, Any]:
+        if summary.get("isVirtual"):
+            # No task actor yet, and a read must not create one: the organization's row is the task.
+            return provisional_detail(member.organization_id, summary)
+        detail: dict[str, Any] = await runtime.call("task", key, "get")
+        return detail
+
+    # Three actors, three independent reads once the organization has vouched for the task: asked
+    # together, the request costs the slowest of them instead of their sum.
+    detail, state, pr_items = await asyncio.gather(
+        task_detail(),
+        runtime.call(
+            "user",
+            member.caller.user_id,
+            "get_task_state",
+            {"organizationId": member.organization_id, "taskId": task_id},
+        ),
+        _pr_items(runtime, member.organization_id, summary),
     )
     # PR and CI state are mirrored from GitHub by the organization (the authority once a PR exists).
     if summary.get("pullRequest"):
         detail["pullRequest"] = summary["pullRequest"]
     detail["ciState"] = summary.get("ciState")
-    detail["pullRequestItems"] = await _pr_items(runtime, member.organization_id, summary)
+    detail["pullRequestItems"] = pr_items
     return _merge_viewer(detail, state)
 
 
