@@ -1,7 +1,7 @@
 """Reads and small helpers shared by github-data's commands, jobs and actions.
 
 Row → wire conversions produce the shapes the organization's GitHub commands accept
-(`actors.organization.github`): camelCase keys, GitHub's ``updated_at`` as ISO 8601 UTC.
+(`actors.organization.github_commands`): camelCase keys, GitHub's ``updated_at`` as ISO 8601 UTC.
 """
 
 from __future__ import annotations

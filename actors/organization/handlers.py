@@ -9,7 +9,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from actors.organization.billing_state import publish_admin_changes
 from actors.organization.commands import RegisterInstallation, SyncFromGitHub, UpdateSettings
-from actors.organization.github import request_sync_after_commit
+from actors.organization.github_access import request_sync_after_commit
 from actors.organization.schema import installations, members, profile
 from actors.organization.state import (
     assert_app_shell,

@@ -9,6 +9,7 @@ from actors.organization import (
     billing_events,
     billing_sync,
     github,
+    github_commands,
     handlers,
     task_list,
     tasks,
@@ -35,11 +36,13 @@ ROLE = Role(
         Handler("sync_from_github", SyncFromGitHub, handlers.handle_sync_from_github),
         Handler("update_settings", UpdateSettings, handlers.handle_update_settings),
         Handler("register_installation", RegisterInstallation, handlers.handle_register_installation),
-        # GitHub mirror (actors/organization/github.py)
-        Handler("apply_github_sync", github.ApplyGitHubSync, github.handle_apply_github_sync),
-        Handler("github_sync_progress", github.GitHubSyncProgress, github.handle_github_sync_progress),
-        Handler("github_event", github.GitHubEvent, github.handle_github_event),
-        Handler("request_github_sync", github.RequestGitHubSync, github.handle_request_github_sync),
+        # GitHub mirror (actors/organization/github*.py)
+        Handler("apply_github_sync", github_commands.ApplyGitHubSync, github.handle_apply_github_sync),
+        Handler(
+            "github_sync_progress", github_commands.GitHubSyncProgress, github.handle_github_sync_progress
+        ),
+        Handler("github_event", github_commands.GitHubEvent, github.handle_github_event),
+        Handler("request_github_sync", github_commands.RequestGitHubSync, github.handle_request_github_sync),
         # Tasks (actors/organization/tasks.py)
         Handler("create_task", tasks.CreateTask, tasks.handle_create_task),
         Handler("task_summary_updated", tasks.TaskSummaryUpdated, tasks.handle_task_summary_updated),

@@ -3,7 +3,7 @@
 The organization is the tasks' coordinator: only it creates task actors, and it owns the
 sidebar rows (``task_summaries``) that tasks push their summaries into. Of a row, this module writes
 title, status, branch, sessions, owner and error (and the pull request a task opened itself); the
-PR/CI columns otherwise belong to the GitHub mirror (`actors.organization.github`).
+PR/CI columns otherwise belong to the GitHub mirror (`actors.organization.github_task_rows`).
 """
 
 from __future__ import annotations
