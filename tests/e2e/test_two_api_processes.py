@@ -1,0 +1,165 @@
+"""Two `foundry serve` processes on one Ray, as behind a load balancer: the second joins the first
+one's local cluster by address, and a user moves between them freely.
+
+GitHub is the seeded fake, configured as a real GitHub App would be (mock mode's built-in fake is one
+per process, and two processes must share one GitHub).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from foundry.drivers.github.fake import FakeGitHub, seed_mock
+from foundry.mock import seed_mock_remotes
+
+pytestmark = pytest.mark.e2e
+
+ACME_ROCKET = "910001"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Serve:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "foundry", "serve"],
+            env={**env, "FOUNDRY_PORT": str(self.port)},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"not ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def github_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    fake = seed_mock(FakeGitHub()).start()
+    seed_mock_remotes(fake, tmp_path / "data" / "mock-remotes")
+    yield {
+        "FOUNDRY_GITHUB__APP_ID": str(fake.app_id),
+        "FOUNDRY_GITHUB__PRIVATE_KEY": fake.private_key_pem.replace("\n", "\\n"),
+        "FOUNDRY_GITHUB__CLIENT_ID": fake.client_id,
+        "FOUNDRY_GITHUB__CLIENT_SECRET": fake.client_secret,
+        "FOUNDRY_GITHUB__WEBHOOK_SECRET": secrets.token_hex(20),
+        "FOUNDRY_GITHUB__API_URL": fake.base_url,
+        "FOUNDRY_GITHUB__WEB_URL": fake.base_url,
+        "FOUNDRY_GITHUB__THROTTLE": "false",
+    }
+    fake.stop()
+
+
+def sign_in(client: httpx.Client, login: str) -> None:
+    """GitHub sign-in as a browser walks it: Foundry → the fake's consent → the callback."""
+    start = client.get("/v1/auth/sign-in/github")
+    assert start.status_code == 302, start.text
+    consent = httpx.get(str(httpx.URL(start.headers["location"]).copy_add_param("login", login)))
+    assert consent.status_code == 302, consent.text
+    client.get(consent.headers["location"])
+    assert client.get("/v1/auth/session").status_code == 200
+
+
+def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users(
+    tmp_path: Path, github_env: dict[str, str]
+) -> None:
+    env = {
+        **os.environ,
+        **github_env,
+        "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
+        "FOUNDRY_SECRET_KEY": secrets.token_urlsafe(48),
+    }
+    a = Serve(env, tmp_path / "a.log")
+    b = c = None
+    try:
+        a.wait_ready()
+        address = json.loads((tmp_path / "data" / "ray-address").read_text())["address"]
+        b = Serve({**env, "FOUNDRY_RUNTIME__RAY_ADDRESS": address}, tmp_path / "b.log")
+        # A process with another secret key would not verify the others' cookies: refused at start.
+        c = Serve(
+            {**env, "FOUNDRY_RUNTIME__RAY_ADDRESS": address, "FOUNDRY_SECRET_KEY": "another-" * 6},
+            tmp_path / "c.log",
+        )
+        b.wait_ready()
+        assert c.proc.wait(timeout=90) != 0
+        assert "secret key" in c.log.read_text()
+
+        with (
+            httpx.Client(base_url=a.url, timeout=30) as via_a,
+            httpx.Client(base_url=b.url, timeout=30) as via_b,
+        ):
+            sign_in(via_a, "alice")
+            via_b.cookies = via_a.cookies  # signed in through A, signed in on B
+            assert via_b.get("/v1/auth/session").json() == via_a.get("/v1/auth/session").json()
+            deadline = time.monotonic() + 60
+            while (
+                created := via_b.post(
+                    "/v1/organizations/acme/tasks", json={"repoId": ACME_ROCKET, "prompt": "hello"}
+                )
+            ).status_code == 404:  # until the organization's first sync
+                assert time.monotonic() < deadline, created.text
+                time.sleep(0.3)
+            assert created.status_code == 201, created.text
+            path = f"/v1/organizations/acme/tasks/{created.json()['taskId']}"
+
+            cookie = "; ".join(f"{k}={v}" for k, v in via_a.cookies.items())
+            with connect(
+                b.url.replace("http", "ws", 1) + "/v1/realtime", additional_headers={"Cookie": cookie}
+            ) as ws:
+                ws.send(json.dumps({"op": "subscribe", "topic": f"task:acme:{created.json()['taskId']}"}))
+                # Written through A, seen live on B's websocket and read through B.
+                assert via_a.patch(path, json={"title": "Renamed through A"}).status_code == 200
+                deadline = time.monotonic() + 10
+                while "Renamed through A" not in ws.recv(timeout=max(0.1, deadline - time.monotonic())):
+                    pass
+            assert via_b.get(path).json()["title"] == "Renamed through A"
+
+            # B leaves (a rolling restart): it joined the cluster, so the hosts stay and A serves on.
+            # (Uvicorn ends with the signal that stopped it, once its shutdown is complete.)
+            assert b.stop() in (0, -signal.SIGTERM)
+            assert "Application shutdown complete" in b.log.read_text()
+            assert via_a.get(path).json()["title"] == "Renamed through A"
+            assert httpx.get(f"{a.url}/readyz", timeout=10).status_code == 200
+    finally:
+        for server in (c, b, a):
+            if server is not None:
+                server.stop()
