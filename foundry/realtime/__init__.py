@@ -1,6 +1,8 @@
 """Realtime: actor events streamed to browsers over websockets.
 
-`RealtimeGateway` holds one event stream per actor host and fans it out to sockets;
+`RealtimeGateway` holds one event stream per actor host and fans it out to sockets (its parts:
+`foundry.realtime.pumps` reads the host streams, `foundry.realtime.snapshots` brings subscribers to a
+topic's state, `foundry.realtime.state` holds what they share);
 `TopicRegistry` says which actor owns a topic; `make_websocket_route` is the ``WS /v1/realtime``
 endpoint. `foundry.realtime.frames` defines every frame of the protocol, and
 `foundry.realtime.asyncapi` builds the AsyncAPI document from those models.
