@@ -43,7 +43,7 @@ from actors.task.state import (
     require_open_session,
     require_task,
 )
-from actors.task.turns import cancel_job
+from actors.task.turn_stop import cancel_job
 from foundry.errors import Conflict, InvalidInput, NotFound
 from foundry.runtime.context import CommandContext
 

@@ -1,6 +1,7 @@
 """A task's background jobs: provisioning, session loops, permission answers, closing sessions.
 
-Agent turns and Stop live in `actors.task.turns` (the session loop runs one turn per queued message).
+Agent turns live in `actors.task.turns` (the session loop runs one turn per queued message), the
+recording of their end in `actors.task.turn_end`, and Stop in `actors.task.turn_stop`.
 
 Commands only record intent and start these jobs, so the task's mailbox loop never waits on the
 network or on an agent: Stop, rename, another message… are processed while a turn runs.

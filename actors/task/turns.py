@@ -14,6 +14,10 @@ Stop ends a turn within about a second even when thousands of events are still i
 ACP ``session/cancel``, waits briefly for the agent's answer, then records what has already arrived
 and ends the turn as cancelled. The rest is skipped (and reported as ``eventsLost``) before the
 session runs its next message; an agent that ignores the cancel is shut down.
+
+This module runs turns. Recording a turn's end is `actors.task.turn_end` (also used by Stop's
+repair), and the Stop command's entry point is `actors.task.turn_stop`, which finds the running turn
+here through `live_turn`: the runner imports neither, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -21,24 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
 from actors.task.agent_session import close_quietly
 from actors.task.recorder import RecordedEnd, TranscriptRecorder
-from actors.task.sandbox_access import client_for, ensure_sandbox
-from actors.task.schema import messages, permission_requests, sessions
-from actors.task.state import (
-    USER_ROLE,
-    append_events,
-    audit,
-    load_session,
-    load_task,
-    refresh,
-    turn_job_name,
-)
+from actors.task.schema import messages, sessions
+from actors.task.state import append_events, load_session, refresh
+from actors.task.turn_end import TurnOutcome, finish_safely, forget_agent, requeue_for_new_agent
 from foundry import metrics
 from foundry.drivers.sandbox import AcpError, SandboxError
 from foundry.drivers.sandbox.acp_auth import auth_hint
@@ -63,28 +58,6 @@ STREAM_STALL_S = 3.0
 #: How long the stream may stay silent during a turn before sandbox-agent is asked whether the
 #: turn's ACP server still exists.
 AGENT_CHECK_S = 5.0
-
-
-@dataclass
-class TurnOutcome:
-    """How a turn ended: a stop reason, or an error; ``agent_gone`` when its ACP server is unusable.
-
-    A dead sandbox is reported separately by the sandbox actor (``sandbox_exited``, with the tail of
-    its log), so ``sandbox_gone`` only explains the error here. ``open_tool_calls`` are the tool
-    calls the agent left unfinished (marked cancelled when the turn was cancelled).
-    """
-
-    stop_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    error: str | None = None
-    agent_gone: bool = False
-    sandbox_gone: bool = False
-    open_tool_calls: list[str] = field(default_factory=list)
-    #: The stream's events from this id on were not recorded (the stream stalled after the answer).
-    lost_from: int | None = None
-    #: The agent process had exited before anything of this turn reached the stream (it died
-    #: while idle): the message can go to a new agent without anything running twice.
-    agent_gone_before_turn: bool = False
 
 
 # Turns running in this process, by (services, task key, session id): Stop finds its turn here.
@@ -418,9 +391,9 @@ async def run_turn(
                 turn.request_id,
                 ctx.key,
             )
-            if await _requeue_for_new_agent(ctx, session.session_id, message.id, session.acp_server_id):
+            if await requeue_for_new_agent(ctx, session.session_id, message.id, session.acp_server_id):
                 return
-        await _finish_safely(
+        await finish_safely(
             ctx, session.session_id, message.id, outcome, agent_title=turn.recorder.agent_title
         )
         if turn.cut_short is not None and not await turn.skip_rest():
@@ -437,219 +410,3 @@ async def run_turn(
         if _LIVE.get(key) is turn:
             del _LIVE[key]
         await turn.aclose()
-
-
-async def forget_agent(ctx: InstanceContext, session_id: str, server_id: str) -> None:
-    """The session's ACP server is unusable: the next message starts a new agent."""
-    async with ctx.write() as conn:
-        await conn.execute(
-            sessions.update()
-            .where(sessions.c.session_id == session_id, sessions.c.acp_server_id == server_id)
-            .values(acp_server_id=None, acp_session_id=None, last_event_id=None)
-        )
-
-
-async def _requeue_for_new_agent(
-    ctx: InstanceContext, session_id: str, message_id: int, server_id: str
-) -> bool:
-    """Put a running message back in the queue and forget the session's dead agent; False when
-    the message is no longer running, Stop was asked for or the session was closed (then the turn
-    ends as usual)."""
-    async with ctx.write() as conn:
-        message = (
-            await conn.execute(
-                sa.select(messages.c.status, messages.c.stop_requested_at).where(messages.c.id == message_id)
-            )
-        ).first()
-        if message is None or message.status != "running" or message.stop_requested_at is not None:
-            return False
-        session = await load_session(conn, session_id)
-        if session is None or session.status == "closed":
-            return False  # closing the session is what stopped its agent
-        await conn.execute(messages.update().where(messages.c.id == message_id).values(status="queued"))
-        await conn.execute(
-            sessions.update()
-            .where(sessions.c.session_id == session_id, sessions.c.acp_server_id == server_id)
-            .values(acp_server_id=None, acp_session_id=None, last_event_id=None)
-        )
-    return True
-
-
-async def _finish_safely(
-    ctx: InstanceContext, session_id: str, message_id: int, outcome: TurnOutcome, *, agent_title: str | None
-) -> None:
-    """`finish_turn`, and should that fail, a minimal ``turnFailed`` so the turn never stays running."""
-    try:
-        await finish_turn(ctx, session_id, message_id, outcome, agent_title=agent_title)
-        return
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        log.exception("recording the end of a turn failed key=%s session=%s", ctx.key, session_id)
-        error = f"the turn could not be recorded: {type(exc).__name__}: {exc}"
-    await finish_turn(ctx, session_id, message_id, TurnOutcome(error=error, agent_gone=outcome.agent_gone))
-
-
-async def finish_turn(
-    ctx: InstanceContext,
-    session_id: str,
-    message_id: int,
-    outcome: TurnOutcome,
-    *,
-    agent_title: str | None = None,
-    forced: bool = False,
-) -> None:
-    """Record a turn's end: the message, the session's status, the transcript, unread for the owner.
-
-    Idempotent per message: a turn already ended (its message is no longer running) is left alone, so
-    a turn never gets two terminal events.
-    """
-    now = ctx.now_ms()
-    async with ctx.write() as conn:
-        row = await load_task(conn)
-        session = await load_session(conn, session_id)
-        message = (
-            await conn.execute(
-                sa.select(messages.c.status, messages.c.stop_requested_at).where(messages.c.id == message_id)
-            )
-        ).first()
-        if row is None or session is None or message is None or message.status != "running":
-            return
-        stop_requested = message.stop_requested_at is not None
-        if outcome.error is not None and stop_requested:
-            # Stop shut down an agent that ignored session/cancel: the user asked for this end.
-            log.info("turn ended by Stop after: %s", outcome.error)
-            outcome = TurnOutcome(
-                stop_reason="cancelled",
-                agent_gone=outcome.agent_gone,
-                open_tool_calls=outcome.open_tool_calls,
-            )
-            forced = True
-        events: list[tuple[str, dict[str, Any]]] = []
-        if outcome.lost_from is not None:
-            events.append(("eventsLost", {"from": outcome.lost_from, "to": None, "reason": "stream stalled"}))
-        if outcome.error is not None:
-            msg_values: dict[str, Any] = {"status": "failed", "error": outcome.error}
-            events.append(("turnFailed", {"messageId": message_id, "error": outcome.error}))
-            status = "error"
-        else:
-            cancelled = outcome.stop_reason == "cancelled"
-            msg_values = {"status": "cancelled" if cancelled else "done", "stop_reason": outcome.stop_reason}
-            ended: dict[str, Any] = {"messageId": message_id, "stopReason": outcome.stop_reason}
-            if outcome.usage:
-                ended["usage"] = outcome.usage
-            if forced:
-                ended["forced"] = True
-            if cancelled:
-                events.extend(_cancelled_tool_calls(outcome.open_tool_calls))
-            events.append(("turnCancelled" if cancelled else "turnEnded", ended))
-            status = "idle"
-        await conn.execute(
-            messages.update().where(messages.c.id == message_id).values(finished_at=now, **msg_values)
-        )
-        values: dict[str, Any] = {"thinking_since": None, "updated_at": now}
-        if session.status != "closed":
-            values |= {"status": status, "error": outcome.error}
-            events.append(
-                ("sessionStatus", {"status": status, **({"error": outcome.error} if outcome.error else {})})
-            )
-        if agent_title:
-            values["agent_title"] = agent_title
-        if outcome.agent_gone:
-            values |= {"acp_server_id": None, "acp_session_id": None, "last_event_id": None}
-        await conn.execute(sessions.update().where(sessions.c.session_id == session_id).values(**values))
-        await conn.execute(
-            permission_requests.update()
-            .where(permission_requests.c.session_id == session_id, permission_requests.c.status == "pending")
-            .values(status="cancelled", answered_at=now)
-        )
-        await append_events(ctx, conn, session_id, events)
-        if outcome.error is not None:
-            audit(ctx, row, "task.error", {"step": "turn", "sessionId": session_id, "detail": outcome.error})
-        await refresh(ctx, conn)
-        if row.owner_user_id:
-            _mark_unread(ctx, row.owner_user_id, session_id)
-
-
-def _cancelled_tool_calls(calls: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """Tool calls the agent left open when the turn was cancelled, marked cancelled (ACP has no such
-    status; the update says it comes from Foundry)."""
-    return [
-        (
-            "agentUpdate",
-            {
-                "kind": "tool_call_update",
-                "update": {"sessionUpdate": "tool_call_update", "toolCallId": call, "status": "cancelled"},
-                "origin": "foundry",
-            },
-        )
-        for call in calls
-    ]
-
-
-def _mark_unread(ctx: InstanceContext, user_id: str, session_id: str) -> None:
-    """A finished turn is unread for the task owner; per-user state lives on the user actor.
-
-    Sent through the outbox of the transaction that ends the turn, so it is never lost.
-    """
-    from actors.task.naming import split_task_key
-
-    organization_id, task_id = split_task_key(ctx.key)
-    body = {"organizationId": organization_id, "taskId": task_id, "sessionId": session_id, "unread": True}
-    ctx.send_after_commit(USER_ROLE, user_id, "update_session_state", body)
-
-
-# ------------------------------------------------------------------------------------------ Stop
-
-
-async def cancel_job(ctx: InstanceContext, session_id: str) -> None:
-    """Stop: cancel the running turn (ACP ``session/cancel``, not a destroy) and end it within about a
-    second. A turn with no live job (its job died) is repaired: ended as cancelled."""
-    async with ctx.write() as conn:
-        session = await load_session(conn, session_id)
-    if session is None or session.status != "running":
-        return
-    turn = live_turn(ctx, session_id)
-    if turn is not None:
-        turn.request_stop()
-        return
-    if session.acp_server_id is not None and session.acp_session_id is not None:
-        try:
-            endpoint = await ensure_sandbox(ctx)
-            async with client_for(endpoint) as client:
-                await client.acp(session.acp_server_id, session.agent).cancel(session.acp_session_id)
-        except FoundryError as exc:
-            log.warning("session/cancel failed key=%s session=%s: %s", ctx.key, session_id, exc)
-    await repair_running_session(ctx, session_id)
-
-
-async def repair_running_session(ctx: InstanceContext, session_id: str) -> bool:
-    """End a session's ``running`` turn that has no live turn job (the watchdog's repair).
-
-    Returns True when it ended one. The turn is reported cancelled when Stop was requested, failed
-    otherwise.
-    """
-    if live_turn(ctx, session_id) is not None or ctx.job_running(turn_job_name(session_id)):
-        return False
-    async with ctx.read() as conn:
-        running = (
-            await conn.execute(
-                sa.select(messages.c.id).where(
-                    messages.c.session_id == session_id, messages.c.status == "running"
-                )
-            )
-        ).all()
-    for (message_id,) in running:
-        log.warning(
-            "repairing a turn with no live job key=%s session=%s message=%s", ctx.key, session_id, message_id
-        )
-        await finish_turn(
-            ctx,
-            session_id,
-            message_id,
-            TurnOutcome(
-                error="the turn stopped without an answer from the agent; send the message again",
-                agent_gone=True,
-            ),
-        )
-    return bool(running)
