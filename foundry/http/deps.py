@@ -17,23 +17,27 @@ from foundry.http.auth_cache import AuthCache
 from foundry.ids import APP_SHELL_ID
 from foundry.runtime.client import Runtime
 
+# The app-state lookups below are `async def` on purpose: FastAPI runs a plain `def` dependency in
+# its thread pool, a thread hop (and a wait for a free thread under load) per dependency per request
+# for what is one attribute read.
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_cookies(request: Request) -> SessionCookies:
+async def get_cookies(request: Request) -> SessionCookies:
     cookies: SessionCookies = request.app.state.cookies
     return cookies
 
 
-def get_signin(request: Request) -> SignInService:
+async def get_signin(request: Request) -> SignInService:
     signin: SignInService = request.app.state.signin
     return signin
 
@@ -177,7 +181,7 @@ class Membership:
 OrgPath = Annotated[str, Path(alias="org", min_length=1, max_length=200, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 
 
-def get_auth_cache(request: Request) -> AuthCache | None:
+async def get_auth_cache(request: Request) -> AuthCache | None:
     return auth_cache_of(request)
 
 
