@@ -13,6 +13,7 @@ from sqlalchemy.util import await_
 
 #: Execution option of engines and connections that only read (see `read_only`).
 READ_ONLY_OPTION = "foundry_read_only"
+NO_TRANSACTION_OPTION = "foundry_no_transaction"
 
 # WAL lets readers run beside the single writer; NORMAL is durable across process crashes (a power
 # loss may drop the last transactions), measured at ~0.02 ms per commit here against 0.15 ms for FULL.
@@ -51,7 +52,15 @@ def make_engine(path: Path) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(READ_ONLY_OPTION):
+        options = conn.get_execution_options()
+        if options.get(NO_TRANSACTION_OPTION):
+            return  # each statement on its own (a checkpoint is refused inside a transaction)
+        if options.get(READ_ONLY_OPTION):
+            # A deferred BEGIN: the read's statements share the snapshot its first one takes (a WAL
+            # reader never waits for the writer nor holds it up). Without it each SELECT saw the
+            # state of its own moment, and a task detail assembled from several tables once read
+            # one turn's end and the next one's start at the same time: "idle, nothing queued".
+            await_(conn.connection.driver_connection.execute("BEGIN"))  # type: ignore[union-attr]
             return
         # IMMEDIATE takes the write lock now, waiting out another connection's write (busy_timeout).
         # A plain BEGIN takes it at the first write instead, and SQLite does not wait there: a
@@ -66,9 +75,14 @@ def make_engine(path: Path) -> AsyncEngine:
 def read_only(engine: AsyncEngine) -> AsyncEngine:
     """A view of ``engine`` (same pool) for connections that only read.
 
-    They skip BEGIN, which saves a thread hop on the hot read path: each SELECT is then atomic on its
-    own, as it was under the driver's legacy mode. Never write through it: without BEGIN every
-    statement commits on its own. Reads that must see one state across statements use the engine
-    itself (or hold the instance's write lock).
+    Their transaction is a deferred ``BEGIN``: it takes no write lock, so reads run beside a write in
+    progress, and every statement of one connection sees the same committed state. Never write
+    through it (the write would contend for the lock with no busy wait at its start).
     """
     return engine.execution_options(**{READ_ONLY_OPTION: True})
+
+
+def no_transaction(engine: AsyncEngine) -> AsyncEngine:
+    """A view of ``engine`` whose connections never begin a transaction: each statement commits on
+    its own. For the statements SQLite refuses inside one (``PRAGMA wal_checkpoint``)."""
+    return engine.execution_options(**{NO_TRANSACTION_OPTION: True})

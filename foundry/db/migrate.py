@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations as _migrations_package  # the top-level package that holds the environments
-from foundry.db.engine import make_engine, read_only
+from foundry.db.engine import make_engine, no_transaction, read_only
 
 # alembic is imported where a migration runs, not here: importing it costs about 0.4 s, and every
 # process that hosts actors imports this module on its way up, which a restarted host process pays
@@ -263,7 +263,7 @@ async def _build_template(template: Path, location: str) -> None:
     try:
         await ensure_schema(engine, location)
         # Outside a transaction: SQLite refuses a checkpoint inside one.
-        async with read_only(engine).connect() as conn:
+        async with no_transaction(engine).connect() as conn:
             # Fold the WAL into the main file: the template is copied as that one file.
             await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:

@@ -156,6 +156,16 @@ async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
     return {"value": value, "tags": tags}
 
 
+async def read_slowly(ctx: InstanceContext, cmd: Slow) -> dict[str, Any]:
+    """The value, then (after ``seconds``) the tags: two statements of one read, as a detail
+    assembled from several tables is."""
+    async with ctx.read() as conn:
+        value = await _value(conn)
+        await asyncio.sleep(cmd.seconds)
+        tags = (await conn.execute(sa.select(sa.func.count()).select_from(applied))).scalar()
+    return {"value": value, "tags": tags}
+
+
 async def bump_direct(ctx: InstanceContext, cmd: Incr) -> dict[str, int]:
     async with ctx.write() as conn:
         value = await _value(conn) + cmd.by
@@ -191,6 +201,7 @@ ROLE = Role(
     ),
     actions=(
         Handler("get", Empty, get),
+        Handler("read_slowly", Slow, read_slowly),
         Handler("bump", Incr, bump_direct),
         Handler("bump_then_fail", Incr, bump_then_fail),
     ),

@@ -278,3 +278,14 @@ async def test_a_closed_runtime_never_starts_a_host_again(runtime: InProcessRunt
     with pytest.raises(ActorUnavailable, match="closed"):
         await anext(runtime.subscribe("counter", 0))
     assert await runtime.awake() == {}
+
+
+async def test_the_statements_of_one_read_see_one_state(runtime: InProcessRuntime) -> None:
+    """A read of several statements never mixes states from before and after a write (a task detail
+    built from before a turn started and after it did once read "idle, nothing queued")."""
+    ref = runtime.actor("counter", "torn")
+    await ref.send("incr", {"tag": "first"}, wait=True)
+    reading = asyncio.create_task(ref.call("read_slowly", {"seconds": 0.3}))
+    await asyncio.sleep(0.1)  # the read has taken the value
+    await ref.send("incr", {"tag": "second"}, wait=True)  # value and tag change in one transaction
+    assert await reading in ({"value": 1, "tags": 1}, {"value": 2, "tags": 2})
