@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from foundry.auth.cookies import SessionCookies
-from foundry.db.engine import make_engine, read_only
+from foundry.db.engine import make_engine, no_transaction
 from foundry.db.migrate import alembic_config, ensure_schema
 from foundry.runtime.inprocess import InProcessRuntime
 from foundry.runtime.role import load_role
@@ -80,7 +80,7 @@ async def test_sessions_written_before_are_hashed_in_place_and_keep_working(
             )
         assert await ensure_schema(engine, role.migrations_location) is True
         # Outside a transaction: SQLite refuses a checkpoint inside one.
-        async with read_only(engine).connect() as conn:
+        async with no_transaction(engine).connect() as conn:
             stored = (await conn.execute(sa.text("SELECT id FROM sessions"))).scalars().all()
             await conn.execute(sa.text("PRAGMA wal_checkpoint(TRUNCATE)"))
     finally:
