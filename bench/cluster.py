@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import wait_until  # noqa: E402
 from foundry.drivers.github.fake import FakeGitHub, seed_mock  # noqa: E402
-from foundry.mock import seed_mock_remotes  # noqa: E402
+from foundry.mock import github_app_env, seed_mock_remotes  # noqa: E402
 
 ACME_ROCKET = "910001"
 FOUNDRY = str(ROOT / ".venv" / "bin" / "foundry")
@@ -132,16 +132,7 @@ def fake_github(data_dir: Path) -> Iterator[dict[str, str]]:
     fake = seed_mock(FakeGitHub()).start()
     seed_mock_remotes(fake, data_dir / "mock-remotes")
     try:
-        yield {
-            "FOUNDRY_GITHUB__APP_ID": str(fake.app_id),
-            "FOUNDRY_GITHUB__PRIVATE_KEY": fake.private_key_pem.replace("\n", "\\n"),
-            "FOUNDRY_GITHUB__CLIENT_ID": fake.client_id,
-            "FOUNDRY_GITHUB__CLIENT_SECRET": fake.client_secret,
-            "FOUNDRY_GITHUB__WEBHOOK_SECRET": secrets.token_hex(20),
-            "FOUNDRY_GITHUB__API_URL": fake.base_url,
-            "FOUNDRY_GITHUB__WEB_URL": fake.base_url,
-            "FOUNDRY_GITHUB__THROTTLE": "false",
-        }
+        yield github_app_env(fake, secrets.token_hex(20))
     finally:
         fake.stop()
 

@@ -67,6 +67,25 @@ def start_fake_stripe(settings: Settings) -> tuple[FakeStripe, Settings]:
     return fake, settings.model_copy(update={"stripe": stripe})
 
 
+def github_app_env(fake: FakeGitHub, webhook_secret: str) -> dict[str, str]:
+    """``FOUNDRY_GITHUB__*`` variables that configure ``fake`` as this deployment's GitHub App.
+
+    For several Foundry processes that must share one GitHub (mock mode's built-in fake is one per
+    process): each is started with these, as it would be with a real App's credentials.
+    """
+    return {
+        "FOUNDRY_GITHUB__APP_ID": str(fake.app_id),
+        # One line, as env files hold it; the settings turn the escapes back into line breaks.
+        "FOUNDRY_GITHUB__PRIVATE_KEY": fake.private_key_pem.replace("\n", "\\n"),
+        "FOUNDRY_GITHUB__CLIENT_ID": fake.client_id,
+        "FOUNDRY_GITHUB__CLIENT_SECRET": fake.client_secret,
+        "FOUNDRY_GITHUB__WEBHOOK_SECRET": webhook_secret,
+        "FOUNDRY_GITHUB__API_URL": fake.base_url,
+        "FOUNDRY_GITHUB__WEB_URL": fake.base_url,
+        "FOUNDRY_GITHUB__THROTTLE": "false",
+    }
+
+
 def seed_mock_remotes(fake: FakeGitHub, root: Path) -> dict[str, str]:
     """Give every repository of ``fake`` a local bare remote under ``root`` and point its clone URL there.
 

@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,22 +22,17 @@ import pytest
 from websockets.sync.client import connect
 
 from foundry.drivers.github.fake import FakeGitHub, seed_mock
-from foundry.mock import seed_mock_remotes
+from foundry.mock import github_app_env, seed_mock_remotes
+from tests.http.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 
 ACME_ROCKET = "910001"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Serve:
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.proc = subprocess.Popen(
@@ -76,16 +70,7 @@ class Serve:
 def github_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     fake = seed_mock(FakeGitHub()).start()
     seed_mock_remotes(fake, tmp_path / "data" / "mock-remotes")
-    yield {
-        "FOUNDRY_GITHUB__APP_ID": str(fake.app_id),
-        "FOUNDRY_GITHUB__PRIVATE_KEY": fake.private_key_pem.replace("\n", "\\n"),
-        "FOUNDRY_GITHUB__CLIENT_ID": fake.client_id,
-        "FOUNDRY_GITHUB__CLIENT_SECRET": fake.client_secret,
-        "FOUNDRY_GITHUB__WEBHOOK_SECRET": secrets.token_hex(20),
-        "FOUNDRY_GITHUB__API_URL": fake.base_url,
-        "FOUNDRY_GITHUB__WEB_URL": fake.base_url,
-        "FOUNDRY_GITHUB__THROTTLE": "false",
-    }
+    yield github_app_env(fake, secrets.token_hex(20))
     fake.stop()
 
 

@@ -131,7 +131,14 @@ async def test_an_agent_crash_mid_flood_fails_the_turn_once(scripted_server: Tas
         task_id, session_id = await start_task(client, "pace 20 flood 3000 crash")
         log = await wait_turns(client, task_id, session_id, 1, timeout=60)
         assert terminal(log) == ["turnFailed"]
-        assert chunks(log) == list(range(1, 3001))  # everything it said before dying
+        # Everything it said before dying, in order, once. The one exception is sandbox-agent's: it
+        # occasionally skips an event id while an agent dies, and what it no longer has is marked
+        # `eventsLost` in the transcript, never dropped silently.
+        said = chunks(log)
+        assert said == sorted(set(said))
+        missing = set(range(1, 3001)) - set(said)
+        lost = sum(e["data"]["to"] - e["data"]["from"] + 1 for e in log if e["event"] == "eventsLost")
+        assert len(missing) <= lost, (sorted(missing), lost)
         detail = await wait_task(client, task_id, lambda d: d["sessions"][0]["status"] == "error")
         assert "exited" in detail["sessions"][0]["error"] or "connection" in detail["sessions"][0]["error"]
         # A new agent takes the next message.
