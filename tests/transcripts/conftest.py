@@ -55,6 +55,17 @@ def chunks(log: list[dict[str, Any]]) -> list[int]:
     return out
 
 
+def lost_count(log: list[dict[str, Any]]) -> float:
+    """How many event ids the transcript's `eventsLost` markers cover (infinite for an open range:
+    the stream stalled and everything after ``from`` is gone)."""
+    total = 0.0
+    for event in log:
+        if event["event"] == "eventsLost":
+            first, last = event["data"]["from"], event["data"]["to"]
+            total += float("inf") if last is None else last - first + 1
+    return total
+
+
 def terminal(log: list[dict[str, Any]]) -> list[str]:
     return [e["event"] for e in log if e["event"] in ("turnEnded", "turnFailed", "turnCancelled")]
 

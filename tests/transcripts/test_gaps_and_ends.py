@@ -12,6 +12,7 @@ from tests.transcripts.conftest import (
     TopicCollector,
     assert_seqs_dense,
     chunks,
+    lost_count,
     route_through,
     session_log,
     start_task,
@@ -137,7 +138,7 @@ async def test_an_agent_crash_mid_flood_fails_the_turn_once(scripted_server: Tas
         said = chunks(log)
         assert said == sorted(set(said))
         missing = set(range(1, 3001)) - set(said)
-        lost = sum(e["data"]["to"] - e["data"]["from"] + 1 for e in log if e["event"] == "eventsLost")
+        lost = lost_count(log)
         assert len(missing) <= lost, (sorted(missing), lost)
         detail = await wait_task(client, task_id, lambda d: d["sessions"][0]["status"] == "error")
         assert "exited" in detail["sessions"][0]["error"] or "connection" in detail["sessions"][0]["error"]

@@ -28,6 +28,7 @@ from tests.transcripts.conftest import (
     SCRIPTED_COMMAND,
     assert_seqs_dense,
     chunks,
+    lost_count,
     session_log,
     start_task,
     terminal,
@@ -89,7 +90,12 @@ async def test_host_kill_mid_flood_leaves_no_duplicates_and_a_terminal_turn(ray_
         log = await _after_restart(client, task_id, session_id)
         assert (await runtime.host_info("task", 0))["pid"] != pid
         numbers = chunks(log)
-        assert numbers == list(range(1, len(numbers) + 1))  # each recorded chunk once, in order
+        assert numbers == sorted(set(numbers))  # each recorded chunk once, in order
+        # Unpaced, a reader on a loaded machine can fall more than sandbox-agent's 1,024 buffered
+        # events behind; what it no longer has is marked `eventsLost`, never skipped silently.
+        missing = set(range(1, max(numbers, default=0) + 1)) - set(numbers)
+        lost = lost_count(log)
+        assert len(missing) <= lost, (len(missing), lost)
         assert len(terminal(log)) == 1
         assert_seqs_dense(log)
 
