@@ -40,8 +40,6 @@ FINAL_TOOL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 Item = tuple[str, dict[str, Any]]
 
-_SET_LAST_EVENT_ID = "UPDATE sessions SET last_event_id = ? WHERE session_id = ?"
-
 
 @dataclass
 class RecordedEnd:
@@ -190,12 +188,9 @@ class TranscriptRecorder:
                 last_id = entry.id
                 self._convert(entry.envelope, items, permissions)
         async with self.ctx.write() as conn:
-            if last_id is not None:
-                # Plain SQL: compiling the statement each batch cost more than running it.
-                await conn.exec_driver_sql(_SET_LAST_EVENT_ID, (last_id, self.session_id))
             if permissions:
                 await conn.execute(permission_requests.insert().prefix_with("OR IGNORE"), permissions)
-            await append_events(self.ctx, conn, self.session_id, items)
+            await append_events(self.ctx, conn, self.session_id, items, last_event_id=last_id)
             if permissions:
                 await refresh(self.ctx, conn)
         if last_id is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.task.naming import split_task_key
 from actors.task.schema import messages, permission_requests, session_events, sessions, task
+from foundry.db.engine import in_connection_thread
 from foundry.errors import Conflict, NotFound
 from foundry.runtime.context import InstanceContext
 from foundry.runtime.tables import current_seq
@@ -126,6 +128,7 @@ async def next_queued_message(conn: AsyncConnection, session_id: str) -> sa.Row[
 _INSERT_EVENTS = (
     "INSERT INTO session_events (session_id, seq, event, data, created_at) VALUES (?, ?, ?, ?, ?)"
 )
+_SET_LAST_EVENT_ID = "UPDATE sessions SET last_event_id = ? WHERE session_id = ?"
 # The topic's last seq and the log's last row in one statement: this runs for every batch of a turn.
 _LAST_SEQS = (
     "SELECT (SELECT seq FROM foundry_topic_seq WHERE topic = ?),"
@@ -152,40 +155,69 @@ def json_value(text: str | bytes) -> Any:
 
 
 async def append_events(
-    ctx: InstanceContext, conn: AsyncConnection, session_id: str, items: list[tuple[str, dict[str, Any]]]
+    ctx: InstanceContext,
+    conn: AsyncConnection,
+    session_id: str,
+    items: list[tuple[str, dict[str, Any]]],
+    *,
+    last_event_id: int | None = None,
 ) -> list[int]:
     """Append events to a session's transcript and publish each with the seq of its row.
 
-    Must run inside the transaction (``conn``) that ``ctx`` publishes from. Returns the seqs.
+    Must run inside the transaction (``conn``) that ``ctx`` publishes from. ``last_event_id`` (the
+    sandbox-agent id of the last event recorded) is stored with them. Returns the seqs.
     """
-    if not items:
+    if not items and last_event_id is None:
         return []
     organization_id, task_id = split_task_key(ctx.key)
     topic = session_topic(organization_id, task_id, session_id)
     # The runtime stamps seq = last committed seq + 1 for each publish of this transaction, in order;
     # publishes to this topic earlier in the same transaction count too.
     already = sum(1 for p in ctx._publishes if p.topic == topic)
-    topic_seq, last_row = tuple((await conn.exec_driver_sql(_LAST_SEQS, (topic, session_id))).one())
-    seq = int(topic_seq or 0) + already
-    # Defensive: never reuse a row's seq, even if the topic's counter were ever behind the log.
+    texts = [(event, json_text(data)) for event, data in items]
+    # One thread hop for the whole batch: this runs for every batch of every turn.
+    topic_seq, last_row = await in_connection_thread(
+        conn, _write_rows, topic, session_id, already, texts, ctx.now_ms(), last_event_id
+    )
+    seq = topic_seq + already
     if last_row is not None and last_row > seq:
         log.error(
-            "session %s: topic seq %d is behind its log (%d); continuing after the log", topic, seq, last_row
+            "session %s: topic seq %d is behind its log (%d); continued after the log", topic, seq, last_row
         )
         seq = last_row
-    now = ctx.now_ms()
-    rows = []
-    seqs = []
     publish = ctx.publish
+    seqs = []
     for event, data in items:
         seq += 1
         seqs.append(seq)
-        rows.append((session_id, seq, event, json_text(data), now))
-        # The data is plain JSON (it is serialized just above), so the runtime need not convert it.
+        # The data is plain JSON (it was serialized above), so the runtime need not convert it.
         publish(topic, event, data, plain=True)
-    # A plain executemany: SQLAlchemy's per-row parameter processing costs more than SQLite does.
-    await conn.exec_driver_sql(_INSERT_EVENTS, rows)
     return seqs
+
+
+def _write_rows(
+    db: sqlite3.Connection,
+    topic: str,
+    session_id: str,
+    already: int,
+    texts: list[tuple[str, str]],
+    now: int,
+    last_event_id: int | None,
+) -> tuple[int, int | None]:
+    """In the connection's thread: store the rows; returns (topic seq, last row seq) before them."""
+    if last_event_id is not None:
+        db.execute(_SET_LAST_EVENT_ID, (last_event_id, session_id))
+    topic_seq, last_row = db.execute(_LAST_SEQS, (topic, session_id)).fetchone()
+    seq = int(topic_seq or 0) + already
+    # Defensive: never reuse a row's seq, even if the topic's counter were ever behind the log.
+    if last_row is not None and last_row > seq:
+        seq = last_row
+    if texts:
+        db.executemany(
+            _INSERT_EVENTS,
+            [(session_id, seq + i, event, text, now) for i, (event, text) in enumerate(texts, 1)],
+        )
+    return int(topic_seq or 0), last_row
 
 
 async def events_after(

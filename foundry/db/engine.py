@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import await_
+
+T = TypeVar("T")
 
 #: Execution option of engines and connections that only read (see `read_only`).
 READ_ONLY_OPTION = "foundry_read_only"
@@ -86,3 +90,20 @@ def no_transaction(engine: AsyncEngine) -> AsyncEngine:
     """A view of ``engine`` whose connections never begin a transaction: each statement commits on
     its own. For the statements SQLite refuses inside one (``PRAGMA wal_checkpoint``)."""
     return engine.execution_options(**{NO_TRANSACTION_OPTION: True})
+
+
+async def in_connection_thread(conn: AsyncConnection, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(db, *args)`` with the plain ``sqlite3`` connection behind ``conn``, in that
+    connection's own thread, inside ``conn``'s transaction: any number of statements for one thread
+    hop.
+
+    Every statement through SQLAlchemy's aiosqlite adapter costs about three hops (cursor, execute,
+    close), each a GIL hand-off between the event loop and the connection's thread; on the hot paths
+    (a batch of transcript events is a read and two writes) those hand-offs cost more than SQLite.
+    ``fn`` runs off the event loop: it must only touch ``db`` and its arguments.
+    """
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection  # an aiosqlite.Connection
+    # aiosqlite runs every call through ``_execute`` on its thread; it has no public form of it.
+    db: sqlite3.Connection = driver._conn  # type: ignore[union-attr]
+    return await driver._execute(fn, db, *args)  # type: ignore[union-attr,no-any-return]

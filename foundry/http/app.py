@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +39,7 @@ from foundry.http.unexpected import UnexpectedErrorsAsJson
 from foundry.http.warmup import warm_up
 from foundry.realtime.gateway import RealtimeGateway
 from foundry.runtime.client import Runtime
+from foundry.runtime.gc_policy import settle_long_lived
 from foundry.services import build_services
 from foundry.wiring import build_runtime
 
@@ -134,7 +134,7 @@ def create_app(
         if own_runtime:
             # Everything loaded at start-up lives as long as the process: keep it out of the cyclic
             # GC's scans, which otherwise add pauses to request latency under load.
-            gc.freeze()
+            settle_long_lived()
         try:
             yield
         finally:

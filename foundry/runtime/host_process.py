@@ -24,6 +24,7 @@ from foundry import metrics, request_id
 from foundry.errors import ActorUnavailable
 from foundry.logging import configure_logging
 from foundry.runtime.events import encode_batch
+from foundry.runtime.gc_policy import settle_long_lived
 from foundry.runtime.host import Host
 from foundry.runtime.host_settings import host_settings
 from foundry.runtime.instance import Outcome
@@ -90,6 +91,7 @@ class HostProcess:
         for host in self.hosts.values():
             host.start(recover=True)
             log.info("host %s started pid=%d process=%s", host.name, os.getpid(), name)
+        settle_long_lived()
 
     def _host(self, role: str, shard: int) -> Host:
         host = self.hosts.get((role, shard))
