@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from actors.task.schema import sessions, task
 from actors.task.state import append_events, load_session, refresh
 from foundry.drivers.sandbox import AcpError, SandboxError
+from foundry.drivers.sandbox.acp import AcpConnection
 from foundry.drivers.sandbox.agents import AGENTS, install_hint
-from foundry.drivers.sandbox.client import AcpConnection, SandboxAgentClient
+from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.errors import FoundryError
 from foundry.runtime.context import InstanceContext
 

@@ -36,8 +36,9 @@ from actors.task.state import append_events, load_session, refresh
 from actors.task.turn_end import TurnOutcome, finish_safely, forget_agent, requeue_for_new_agent
 from foundry import metrics
 from foundry.drivers.sandbox import AcpError, SandboxError
+from foundry.drivers.sandbox.acp import AcpConnection
 from foundry.drivers.sandbox.acp_auth import auth_hint
-from foundry.drivers.sandbox.client import AcpConnection, SandboxAgentClient
+from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.drivers.sandbox.feed import AcpEvent, AcpEventFeed, FeedEnded
 from foundry.errors import FoundryError
 from foundry.runtime.context import InstanceContext

@@ -29,8 +29,9 @@ from foundry.drivers.sandbox import (
     SandboxProvider,
     SandboxState,
 )
+from foundry.drivers.sandbox.acp import AcpConnection
 from foundry.drivers.sandbox.binary import check_binary, find_binary
-from foundry.drivers.sandbox.client import AcpConnection, SandboxAgentClient
+from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.drivers.sandbox.local import LocalSandboxProvider
 from foundry.errors import FoundryError
 

@@ -3,8 +3,8 @@
 Every sandbox runs the real ``sandbox-agent`` HTTP server (pinned npm ``@sandbox-agent/cli``). A
 *provider* creates and destroys sandboxes and tells the caller how to reach the server (a
 `SandboxEndpoint`); everything else — ACP sessions, processes, files, git — goes through that server's
-HTTP API (`foundry.drivers.sandbox.client`, `foundry.drivers.sandbox.git`), so the same code drives a
-local process, a Docker container or an e2b cloud sandbox.
+HTTP API (`foundry.drivers.sandbox.client`, `foundry.drivers.sandbox.acp`, `foundry.drivers.sandbox.git`),
+so the same code drives a local process, a Docker container or an e2b cloud sandbox.
 
 Providers:
 

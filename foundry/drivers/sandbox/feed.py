@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 from foundry.errors import FoundryError
 
 if TYPE_CHECKING:
-    from foundry.drivers.sandbox.client import AcpConnection
+    from foundry.drivers.sandbox.acp import AcpConnection
 
 __all__ = ["AcpEvent", "AcpEventFeed", "EventsLost", "FeedEnded", "FeedItem"]
 
