@@ -15,7 +15,7 @@ import pytest
 
 from foundry.demo_agent import NOTES_FILE
 from foundry.demo_agent.launcher import launcher_script
-from foundry.drivers.sandbox import GitError, SandboxEndpoint
+from foundry.drivers.sandbox import GitError, SandboxEndpoint, git_run
 from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.binary import find_binary
 from foundry.drivers.sandbox.client import SandboxAgentClient
@@ -229,7 +229,7 @@ async def test_credential_helper_answers_with_the_token_from_the_run_env(client:
     result = await client.run_process(
         "sh",
         ["-c", script],
-        env={"HELPER": sgit._CREDENTIAL_HELPER, sgit.TOKEN_ENV: TOKEN, "GIT_TERMINAL_PROMPT": "0"},
+        env={"HELPER": git_run.CREDENTIAL_HELPER, sgit.TOKEN_ENV: TOKEN, "GIT_TERMINAL_PROMPT": "0"},
     )
 
     assert result.ok, result.stderr

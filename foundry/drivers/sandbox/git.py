@@ -1,28 +1,29 @@
-"""Git inside a sandbox, run exclusively through sandbox-agent's ``POST /v1/processes/run``.
+"""Git inside a sandbox: the operations a task needs, from queries to clone, commit and push.
 
-Credentials: commands that talk to the remote get the token in an environment variable passed to that
-one process run only, and a credential helper given per command with ``git -c credential.helper=…``
-that answers ``x-access-token`` + that variable. The token therefore never lands in ``.git/config``, in
-the remote URL, in a credential store, or in the process arguments.
-
-Every command also runs with ``GIT_TERMINAL_PROMPT=0`` (fail instead of waiting for a password),
-``LC_ALL=C`` (stable messages to classify) and ``GIT_CEILING_DIRECTORIES`` set to the workdir's parent,
-so a sandbox directory nested in another checkout never operates on that outer repository.
-
-Failures raise `GitError` whose message starts with an actionable sentence and ends with the tail of
-git's stderr.
+Queries (`head_sha`, `current_branch`, `status`, `diff`, `file_tree`, `has_unpushed_work`) never
+change the checkout; mutations (`clone`, `checkout_new_branch`, `commit_all`, `push`) are idempotent.
+Each runs through `foundry.drivers.sandbox.git_run`, which owns how one command runs in the sandbox
+(``POST /v1/processes/run``, the token given through a per-command credential helper, the environment)
+and turns failures into a `GitError` whose message starts with an actionable sentence. This module
+holds what the operations themselves decide: which commands and shell scripts to run, and how their
+output is parsed.
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from foundry.drivers.sandbox import GitError, SandboxApiError
-from foundry.drivers.sandbox.client import ProcessResult, SandboxAgentClient
+from foundry.drivers.sandbox import GitError
+from foundry.drivers.sandbox.client import SandboxAgentClient
+from foundry.drivers.sandbox.git_run import (
+    NETWORK_TIMEOUT_MS,
+    TOKEN_ENV,
+    check_branch,
+    run_git,
+    run_script,
+)
 from foundry.errors import InvalidInput
 
 __all__ = [
@@ -43,17 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "FOUNDRY_GIT_TOKEN"
-# `!` makes git run the helper through the shell; it only answers `get` (store/erase are ignored, so
-# nothing is ever persisted). The token is read from the environment of this one process run.
-_CREDENTIAL_HELPER = (
-    f'!f() {{ test "$1" = get || exit 0; echo username=x-access-token; echo "password=${TOKEN_ENV}"; }}; f'
-)
-_NETWORK_TIMEOUT_MS = 300_000  # clone/fetch/push: 5 min, as upstream's repo preparation
-_LOCAL_TIMEOUT_MS = 60_000
-_STDERR_TAIL_LINES = 15
 _EMPTY_TREE_SCRIPT = "git hash-object -t tree /dev/null"
-_BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/+-]+(?<!\.lock)(?<![./])$")
 
 # Diff of the working tree against HEAD *including untracked files*, without touching
 # the real index: `git add -A` runs against a throw-away copy of it.
@@ -108,143 +99,6 @@ class FileChange:
     orig_path: str | None = None
 
 
-# ------------------------------------------------------------------------------------------ running
-
-
-def _check_branch(branch: str) -> str:
-    if not _BRANCH.match(branch):
-        raise InvalidInput(f"invalid git branch name {branch!r}", ["branch"])
-    return branch
-
-
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
-
-
-def _tail(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return "\n".join(lines[-_STDERR_TAIL_LINES:])
-
-
-def _explain(action: str, output: str, branch: str | None) -> str:
-    """Turn git's complaint into a sentence that says what to do."""
-    text = output.lower()
-    target = f"origin/{branch}" if branch else "the remote branch"
-    if "[rejected]" in text or "non-fast-forward" in text or "fetch first" in text:
-        return (
-            f"git {action} was rejected: the remote branch has new commits; fetch and rebase (or merge) "
-            f"onto {target}, then push again"
-        )
-    if "[remote rejected]" in text or "protected branch" in text:
-        return f"git {action} was refused by the remote (branch protection or a server-side hook)"
-    if (
-        "authentication failed" in text
-        or "could not read username" in text
-        or "could not read password" in text
-        or "terminal prompts disabled" in text
-        or "permission to" in text
-        or " 403" in text
-    ):
-        return (
-            f"git {action} was refused by the remote: the access token is missing, expired or lacks "
-            "access to this repository; reconnect GitHub or check the app installation"
-        )
-    if "repository not found" in text or "does not appear to be a git repository" in text:
-        return (
-            f"git {action} failed: the remote repository was not found; check the repository URL and "
-            "that the token can access it"
-        )
-    if "could not resolve host" in text or "failed to connect" in text or "connection refused" in text:
-        return f"git {action} failed: the remote could not be reached; check the network and the URL"
-    if "not a git repository" in text:
-        return f"git {action} failed: the sandbox workdir is not a git checkout; clone the repository first"
-    if "src refspec" in text and "does not match any" in text:
-        return f"git {action} failed: the branch has no commits to push yet; commit first"
-    if "already exists and is not an empty directory" in text:
-        return (
-            f"git {action} failed: the sandbox workdir already contains files that are not a checkout "
-            "of this repository; destroy the sandbox and try again"
-        )
-    if "would be overwritten" in text or "conflict" in text:
-        return f"git {action} failed: local changes conflict with it; commit or revert them first"
-    if "please tell me who you are" in text:
-        return f"git {action} failed: no author identity is configured"
-    return f"git {action} failed"
-
-
-async def _run(
-    client: SandboxAgentClient,
-    args: Sequence[str],
-    *,
-    action: str,
-    cwd: str | None = None,
-    token: str | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout_ms: int = _LOCAL_TIMEOUT_MS,
-    branch: str | None = None,
-    check: bool = True,
-    command: str = "git",
-) -> ProcessResult:
-    """Run git (or ``sh`` for scripts) in the workdir; raise `GitError` on failure when ``check``."""
-    workdir = cwd or client.endpoint.workdir
-    run_env = {
-        "GIT_TERMINAL_PROMPT": "0",
-        "LC_ALL": "C",
-        "GIT_CEILING_DIRECTORIES": posixpath.dirname(workdir.rstrip("/")),
-    }
-    argv = list(args)
-    if token:
-        run_env[TOKEN_ENV] = token
-        if command == "git":
-            # The empty value first drops any helper configured globally (e.g. a `store` helper).
-            argv = ["-c", "credential.helper=", "-c", f"credential.helper={_CREDENTIAL_HELPER}", *argv]
-    run_env.update(env or {})
-    try:
-        result = await client.run_process(command, argv, cwd=workdir, env=run_env, timeout_ms=timeout_ms)
-    except SandboxApiError as exc:
-        if exc.status == 502 and "spawn" in exc.detail:
-            raise GitError(
-                f"git {action} failed: `{command}` is not installed in the sandbox; use an image with git",
-                exc.status,
-            ) from exc
-        raise
-    if not check or result.ok:
-        return result
-    output = _redact(f"{result.stderr}\n{result.stdout}", token)
-    tail = _tail(_redact(result.stderr, token) or _redact(result.stdout, token))
-    if result.timed_out:
-        sentence = (
-            f"git {action} timed out after {timeout_ms // 1000} s; the remote may be slow or unreachable"
-        )
-    else:
-        sentence = _explain(action, output, branch)
-    detail = f"{sentence} (exit code {result.exit_code})" if result.exit_code is not None else sentence
-    if tail:
-        detail += f"\n{tail}"
-    log.warning("git failed action=%s exit_code=%s timed_out=%s", action, result.exit_code, result.timed_out)
-    raise GitError(detail, None, "git", result.exit_code, tail)
-
-
-async def _script(
-    client: SandboxAgentClient,
-    script: str,
-    script_args: Sequence[str] = (),
-    *,
-    action: str,
-    cwd: str | None = None,
-    timeout_ms: int = _LOCAL_TIMEOUT_MS,
-) -> ProcessResult:
-    # Arguments go positionally after `sh -c script sh`, never interpolated into the script text.
-    return await _run(
-        client,
-        ["-c", script, "sh", *script_args],
-        action=action,
-        cwd=cwd,
-        timeout_ms=timeout_ms,
-        command="sh",
-    )
-
-
 # ------------------------------------------------------------------------------------------- queries
 
 
@@ -254,32 +108,32 @@ async def head_sha(client: SandboxAgentClient, *, cwd: str | None = None) -> str
     Raises:
         GitError: the workdir is not a git checkout.
     """
-    result = await _run(
+    result = await run_git(
         client, ["rev-parse", "--verify", "--quiet", "HEAD"], action="rev-parse", cwd=cwd, check=False
     )
     if result.ok:
         return result.stdout.strip() or None
     if result.exit_code == 1 and not result.stderr.strip():
         return None  # --quiet: unborn HEAD
-    await _run(client, ["rev-parse", "--git-dir"], action="rev-parse", cwd=cwd)  # raises the real error
+    await run_git(client, ["rev-parse", "--git-dir"], action="rev-parse", cwd=cwd)  # raises the real error
     return None
 
 
 async def current_branch(client: SandboxAgentClient, *, cwd: str | None = None) -> str | None:
     """The checked-out branch, or ``None`` on a detached HEAD."""
-    result = await _run(
+    result = await run_git(
         client, ["symbolic-ref", "--short", "-q", "HEAD"], action="symbolic-ref", cwd=cwd, check=False
     )
     if result.ok:
         return result.stdout.strip() or None
     if result.exit_code == 1:
         return None
-    await _run(client, ["rev-parse", "--git-dir"], action="symbolic-ref", cwd=cwd)
+    await run_git(client, ["rev-parse", "--git-dir"], action="symbolic-ref", cwd=cwd)
     return None
 
 
 async def _is_checkout(client: SandboxAgentClient, cwd: str | None) -> bool:
-    result = await _run(
+    result = await run_git(
         client, ["rev-parse", "--is-inside-work-tree"], action="rev-parse", cwd=cwd, check=False
     )
     return result.ok and result.stdout.strip() == "true"
@@ -316,7 +170,7 @@ async def status(client: SandboxAgentClient, *, cwd: str | None = None) -> list[
     Raises:
         GitError: not a checkout.
     """
-    result = await _run(client, ["status", "--porcelain=v1", "-uall", "-z"], action="status", cwd=cwd)
+    result = await run_git(client, ["status", "--porcelain=v1", "-uall", "-z"], action="status", cwd=cwd)
     return _parse_status(result.stdout)
 
 
@@ -326,7 +180,7 @@ async def diff(client: SandboxAgentClient, *, cwd: str | None = None, paths: Seq
     Read-only: the real index is left untouched. Limited to ``paths`` when given. Ignored files are not
     included. Raises `GitError` when the workdir is not a checkout.
     """
-    result = await _script(client, _DIFF_SCRIPT, list(paths), action="diff", cwd=cwd)
+    result = await run_script(client, _DIFF_SCRIPT, list(paths), action="diff", cwd=cwd)
     if result.stdout_truncated:
         log.warning("git diff output truncated by sandbox-agent cwd=%s", cwd or client.endpoint.workdir)
     return result.stdout
@@ -334,7 +188,7 @@ async def diff(client: SandboxAgentClient, *, cwd: str | None = None, paths: Seq
 
 async def file_tree(client: SandboxAgentClient, *, cwd: str | None = None) -> list[str]:
     """Sorted paths of tracked and untracked (not ignored) files. Read-only."""
-    result = await _run(
+    result = await run_git(
         client, ["ls-files", "--cached", "--others", "--exclude-standard", "-z"], action="ls-files", cwd=cwd
     )
     return sorted({path for path in result.stdout.split("\0") if path})
@@ -350,8 +204,8 @@ async def has_unpushed_work(
     the checked-out branch.
     """
     if branch is not None:
-        _check_branch(branch)
-    result = await _script(client, _UNPUSHED_SCRIPT, [branch or ""], action="status", cwd=cwd)
+        check_branch(branch)
+    result = await run_script(client, _UNPUSHED_SCRIPT, [branch or ""], action="status", cwd=cwd)
     answer = result.stdout.strip()
     return answer == "dirty" or (answer.isdigit() and int(answer) > 0)
 
@@ -366,7 +220,7 @@ async def clone(
     token: str | None = None,
     *,
     cwd: str | None = None,
-    timeout_ms: int = _NETWORK_TIMEOUT_MS,
+    timeout_ms: int = NETWORK_TIMEOUT_MS,
     fresh: bool = False,
 ) -> str | None:
     """Clone ``url`` into the workdir (or fetch if it is already a checkout) and check out ``branch``.
@@ -388,11 +242,11 @@ async def clone(
         InvalidInput: an invalid branch name.
     """
     if branch is not None:
-        _check_branch(branch)
+        check_branch(branch)
     if fresh:
         await _discard_interrupted_clone(client, cwd)
     if not await _is_checkout(client, cwd):
-        await _run(
+        await run_git(
             client,
             ["clone", "--no-progress", "--", url, "."],
             action="clone",
@@ -401,13 +255,13 @@ async def clone(
             timeout_ms=timeout_ms,
         )
     else:
-        remote = await _run(client, ["remote", "get-url", "origin"], action="fetch", cwd=cwd, check=False)
+        remote = await run_git(client, ["remote", "get-url", "origin"], action="fetch", cwd=cwd, check=False)
         if remote.ok and remote.stdout.strip() != url:
             raise GitError(
                 f"the sandbox workdir is a checkout of {remote.stdout.strip()!r}, not {url!r}; "
                 "destroy the sandbox to start over"
             )
-        await _run(
+        await run_git(
             client,
             ["fetch", "--prune", "--no-progress", "origin"],
             action="fetch",
@@ -427,7 +281,7 @@ _EMPTY_WORKDIR = (
 
 
 async def _discard_interrupted_clone(client: SandboxAgentClient, cwd: str | None) -> None:
-    result = await _script(client, _EMPTY_WORKDIR, action="clean up an interrupted clone", cwd=cwd)
+    result = await run_script(client, _EMPTY_WORKDIR, action="clean up an interrupted clone", cwd=cwd)
     removed = result.stdout.strip()
     if removed not in ("", "0"):
         log.warning(
@@ -436,7 +290,7 @@ async def _discard_interrupted_clone(client: SandboxAgentClient, cwd: str | None
 
 
 async def _ref_exists(client: SandboxAgentClient, ref: str, cwd: str | None) -> bool:
-    result = await _run(
+    result = await run_git(
         client, ["rev-parse", "--verify", "--quiet", ref], action="rev-parse", cwd=cwd, check=False
     )
     return result.ok
@@ -445,9 +299,9 @@ async def _ref_exists(client: SandboxAgentClient, ref: str, cwd: str | None) -> 
 async def _checkout(client: SandboxAgentClient, branch: str, *, cwd: str | None) -> None:
     if await _ref_exists(client, f"refs/heads/{branch}", cwd):
         if await current_branch(client, cwd=cwd) != branch:
-            await _run(client, ["checkout", "-q", branch], action="checkout", cwd=cwd, branch=branch)
+            await run_git(client, ["checkout", "-q", branch], action="checkout", cwd=cwd, branch=branch)
     elif await _ref_exists(client, f"refs/remotes/origin/{branch}", cwd):
-        await _run(
+        await run_git(
             client,
             ["checkout", "-q", "-b", branch, "--track", f"origin/{branch}"],
             action="checkout",
@@ -473,15 +327,15 @@ async def checkout_new_branch(
     Raises:
         GitError: e.g. an unknown ``start_point``; InvalidInput: an invalid branch name.
     """
-    _check_branch(branch)
+    check_branch(branch)
     if await _ref_exists(client, f"refs/heads/{branch}", cwd):
         if await current_branch(client, cwd=cwd) != branch:
-            await _run(client, ["checkout", "-q", branch], action="checkout", cwd=cwd, branch=branch)
+            await run_git(client, ["checkout", "-q", branch], action="checkout", cwd=cwd, branch=branch)
         return
     args = ["checkout", "-q", "-b", branch]
     if start_point:
         args += ["--no-track", start_point]
-    await _run(client, args, action="checkout", cwd=cwd, branch=branch)
+    await run_git(client, args, action="checkout", cwd=cwd, branch=branch)
 
 
 async def commit_all(
@@ -500,8 +354,8 @@ async def commit_all(
     """
     if not message.strip():
         raise InvalidInput("a commit message is required", ["message"])
-    await _run(client, ["add", "-A"], action="commit", cwd=cwd)
-    staged = await _run(client, ["diff", "--cached", "--quiet"], action="commit", cwd=cwd, check=False)
+    await run_git(client, ["add", "-A"], action="commit", cwd=cwd)
+    staged = await run_git(client, ["diff", "--cached", "--quiet"], action="commit", cwd=cwd, check=False)
     if staged.exit_code == 0:
         return None
     identity = {
@@ -510,7 +364,7 @@ async def commit_all(
         "GIT_COMMITTER_NAME": author.name,
         "GIT_COMMITTER_EMAIL": author.email,
     }
-    await _run(client, ["commit", "-q", "-m", message], action="commit", cwd=cwd, env=identity)
+    await run_git(client, ["commit", "-q", "-m", message], action="commit", cwd=cwd, env=identity)
     return await head_sha(client, cwd=cwd)
 
 
@@ -521,7 +375,7 @@ async def push(
     *,
     cwd: str | None = None,
     remote: str = "origin",
-    timeout_ms: int = _NETWORK_TIMEOUT_MS,
+    timeout_ms: int = NETWORK_TIMEOUT_MS,
 ) -> None:
     """Push local ``branch`` to ``remote`` and set it as upstream. Never forces.
 
@@ -532,10 +386,10 @@ async def push(
             or a branch without commits.
         InvalidInput: an invalid branch name.
     """
-    _check_branch(branch)
+    check_branch(branch)
     if not await _ref_exists(client, f"refs/heads/{branch}", cwd):
         raise GitError(f"git push failed: there is no local branch {branch!r} with commits; commit first")
-    await _run(
+    await run_git(
         client,
         ["push", "--porcelain", "-u", remote, f"refs/heads/{branch}:refs/heads/{branch}"],
         action="push",
