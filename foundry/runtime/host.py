@@ -18,8 +18,9 @@ from foundry import metrics
 from foundry.errors import ActorUnavailable, CommandFailed, FoundryError, InvalidInput, PayloadTooLarge
 from foundry.runtime.events import Event, EventHub
 from foundry.runtime.inbox import Inbox, keys_with_waiting_commands
-from foundry.runtime.instance import Instance, Outcome
+from foundry.runtime.instance import Instance
 from foundry.runtime.keys import PARTITIONS, partition_dir_name, partition_of, shard_of, validate_key
+from foundry.runtime.mailbox import Outcome
 from foundry.runtime.role import Role, to_jsonable, validate_body
 from foundry.runtime.tables import dead_letters
 

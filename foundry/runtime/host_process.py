@@ -27,7 +27,7 @@ from foundry.runtime.events import encode_batch
 from foundry.runtime.gc_policy import settle_long_lived
 from foundry.runtime.host import Host
 from foundry.runtime.host_settings import host_settings
-from foundry.runtime.instance import Outcome
+from foundry.runtime.mailbox import Outcome
 from foundry.runtime.placement import DATA_LABEL, hosts_by_process
 from foundry.runtime.role import load_role
 from foundry.services import build_services

@@ -1,4 +1,11 @@
-"""One logical actor: its SQLite file, its durable mailbox, its workflow loop and its jobs."""
+"""One logical actor: its SQLite file, its durable mailbox, its workflow loop and its jobs.
+
+`Instance` holds the control flow of one actor: waking (migrate, requeue pending commands), the
+mailbox loop that runs one command at a time, write transactions and the staging of their events and
+outbox rows, the pending marker, and closing. What needs no instance is split off so this stays one
+concern: the outcome envelope and the ``foundry_mailbox`` SQL are `foundry.runtime.mailbox`, the
+background jobs are `foundry.runtime.jobs`, and delivering sends is `foundry.runtime.outbox`.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,16 @@ from foundry.runtime.cancel import cancel_and_wait
 from foundry.runtime.context import CommandContext, InstanceContext
 from foundry.runtime.events import Event
 from foundry.runtime.inbox import Queued
+from foundry.runtime.jobs import InstanceJobs
+from foundry.runtime.mailbox import (
+    MAILBOX_RETENTION_MS,
+    RECORD_OUTCOME,
+    Outcome,
+    known_commands,
+    outcome_label,
+    outcome_row,
+    stored_outcome,
+)
 from foundry.runtime.outbox import Outbox
 from foundry.runtime.role import Handler, Role, to_jsonable
 
@@ -32,11 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Outcome envelope passed back to callers: ("ok", value) or ("err", FoundryError payload).
-Outcome = tuple[str, Any]
-
-#: Finished mailbox rows are kept this long so a retried command id still finds its outcome.
-MAILBOX_RETENTION_MS = 7 * 24 * 3600 * 1000
 #: A command handler must finish within this; long work belongs in a background job.
 STEP_TIMEOUT_S = 60.0
 #: Closing waits this long for a running write transaction to end before cancelling it.
@@ -68,9 +80,7 @@ class Instance:
         self._mailbox_conn: sqlite3.Connection | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._running_command: str | None = None
-        self._jobs: dict[str, asyncio.Task[None]] = {}
-        #: Jobs asked to start while they ran, with `again_if_running`: each runs once more after.
-        self._again: dict[str, Callable[[InstanceContext], Awaitable[None]]] = {}
+        self.jobs = InstanceJobs(self)
         self._closing = False
         self._topic_seq: dict[str, int] = {}
         self.outbox = Outbox(self)
@@ -98,7 +108,7 @@ class Instance:
                     self._queue.put_nowait((Queued(*row), None))
                 # Before the retention purge below: a command whose inbox row outlived its run (a
                 # crash between the two) must still be found here, however old.
-                known = await _known_commands(conn, mailbox, [q.command_id for q in waiting])
+                known = await known_commands(conn, mailbox, [q.command_id for q in waiting])
                 self.host.inbox.remove(self.key, [q.command_id for q in waiting if q.command_id in known])
                 for queued in waiting:
                     if queued.command_id not in known:
@@ -136,7 +146,7 @@ class Instance:
         """Let the running write transaction finish, stop the loop, outbox and jobs, and release
         the database (its thread and file handles)."""
         self._closing = True
-        self._again.clear()
+        self.jobs.again.clear()
         # Every write transaction holds the write lock, so holding it here means none is open when
         # the tasks are cancelled. A task cancelled inside one can leave its connection's write
         # lock on the file after the connection is closed (the driver's cursor keeps the statement
@@ -156,7 +166,7 @@ class Instance:
         try:
             await self.outbox.close()
             tasks = [t for t in (self._loop_task,) if t is not None]
-            tasks.extend(self._jobs.values())
+            tasks.extend(self.jobs.tasks.values())
             await cancel_and_wait(tasks, f"{self.role.name}/{self.key}")
         finally:
             if locked:
@@ -177,7 +187,7 @@ class Instance:
             and self._queue.empty()
             and self._running_command is None
             and not self._waiters
-            and not self._jobs
+            and not self.jobs.tasks
             and self.outbox.idle()
             and not self.write_lock.locked()
         )
@@ -204,7 +214,7 @@ class Instance:
         if state == "duplicate" and stored[0] != "pending":
             if fut is not None:
                 self._drop_waiter(command_id, fut)
-            outcome = _stored_outcome(stored)
+            outcome = stored_outcome(stored)
             if wait:
                 return outcome
             return ("ok", {"commandId": command_id, "status": stored[0], "duplicate": True})
@@ -271,7 +281,7 @@ class Instance:
             finally:
                 self._running_command = None
             metrics.COMMAND_SECONDS.labels(self.role.name).observe(time.perf_counter() - started)
-            metrics.COMMANDS.labels(self.role.name, _outcome_label(outcome)).inc()
+            metrics.COMMANDS.labels(self.role.name, outcome_label(outcome)).inc()
             self.touch()
             for fut in self._waiters.pop(command_id, []):
                 if not fut.done():
@@ -300,7 +310,8 @@ class Instance:
                         # hop where SQLAlchemy's aiosqlite cursor takes three.
                         raw = await conn.get_raw_connection()
                         await raw.driver_connection.execute(  # type: ignore[union-attr]
-                            _RECORD_OUTCOME, self._outcome_row(queued, "done", result_json, None)
+                            RECORD_OUTCOME,
+                            outcome_row(queued, "done", result_json, None, self.host.services.clock.now_ms()),
                         )
                 except BaseException:
                     if ctx is not None:
@@ -320,23 +331,12 @@ class Instance:
             async with self.write_lock, self.engine.begin() as conn:
                 raw = await conn.get_raw_connection()
                 await raw.driver_connection.execute(  # type: ignore[union-attr]
-                    _RECORD_OUTCOME, self._outcome_row(queued, "failed", None, json.dumps(payload))
+                    RECORD_OUTCOME,
+                    outcome_row(
+                        queued, "failed", None, json.dumps(payload), self.host.services.clock.now_ms()
+                    ),
                 )
             return ("err", payload)
-
-    def _outcome_row(
-        self, queued: Queued, status: str, result: str | None, error: str | None
-    ) -> tuple[Any, ...]:
-        return (
-            queued.command_id,
-            queued.name,
-            queued.body,
-            status,
-            result,
-            error,
-            queued.created_at,
-            self.host.services.clock.now_ms(),
-        )
 
     # ----------------------------------------------------------------------------- actions & writes
 
@@ -470,59 +470,16 @@ class Instance:
     def start_job(
         self, name: str, fn: Callable[[InstanceContext], Awaitable[None]], *, again_if_running: bool = False
     ) -> bool:
-        if self.job_running(name):
-            if again_if_running and not self._closing:
-                self._again[name] = fn
-            return False
-        task = asyncio.create_task(self._run_job(name, fn), name=f"job:{self.role.name}/{self.key}/{name}")
-        self._jobs[name] = task
-        return True
+        """Start job ``name`` unless it runs (`InstanceJobs.start`)."""
+        return self.jobs.start(name, fn, again_if_running=again_if_running)
 
     def cancel_job(self, name: str) -> bool:
-        task = self._jobs.get(name)
-        if task is None or task.done():
-            return False
-        task.cancel()
-        return True
+        """Cancel job ``name`` if it runs (`InstanceJobs.cancel`)."""
+        return self.jobs.cancel(name)
 
     def job_running(self, name: str) -> bool:
-        task = self._jobs.get(name)
-        return task is not None and not task.done()
-
-    async def _run_job(self, name: str, fn: Callable[[InstanceContext], Awaitable[None]]) -> None:
-        try:
-            await fn(InstanceContext(self))
-        except asyncio.CancelledError:
-            log.info("job %s on %s/%s cancelled", name, self.role.name, self.key)
-            raise
-        except Exception:
-            # Jobs report their own failures to the user through commands; this is the last resort.
-            log.exception("job %s on %s/%s failed", name, self.role.name, self.key)
-        finally:
-            if self._jobs.get(name) is asyncio.current_task():
-                del self._jobs[name]
-            self.touch()
-            again = self._again.pop(name, None)
-            if again is not None and not self._closing:
-                self.start_job(name, again)
-
-
-#: The mailbox row of a command that ran: inserted, or completing a row written as pending.
-_RECORD_OUTCOME = (
-    "INSERT INTO foundry_mailbox(command_id, name, body, status, result, error, created_at, finished_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(command_id) DO UPDATE SET status = excluded.status, "
-    "result = excluded.result, error = excluded.error, finished_at = excluded.finished_at"
-)
-
-
-async def _known_commands(conn: AsyncConnection, mailbox: sa.Table, command_ids: list[str]) -> set[str]:
-    """Which of ``command_ids`` the mailbox holds (ran, or queued from a pending row)."""
-    known: set[str] = set()
-    for start in range(0, len(command_ids), 500):
-        chunk = command_ids[start : start + 500]
-        rows = await conn.execute(sa.select(mailbox.c.command_id).where(mailbox.c.command_id.in_(chunk)))
-        known.update(row[0] for row in rows)
-    return known
+        """True while job ``name`` runs."""
+        return self.jobs.running(name)
 
 
 def _as_foundry_error(exc: Exception, where: str) -> FoundryError:
@@ -531,21 +488,6 @@ def _as_foundry_error(exc: Exception, where: str) -> FoundryError:
     if isinstance(exc, TimeoutError):
         return CommandFailed(f"{where} took longer than {STEP_TIMEOUT_S:g}s and was aborted")
     return CommandFailed(f"{where} failed: {type(exc).__name__}: {exc}")
-
-
-def _outcome_label(outcome: Outcome) -> str:
-    """``ok``; ``refused`` for an error the caller caused (invalid, not found, conflict); ``failed``."""
-    status, value = outcome
-    if status == "ok":
-        return "ok"
-    return "failed" if isinstance(value, dict) and value.get("code") == CommandFailed.code else "refused"
-
-
-def _stored_outcome(stored: tuple[str, Any, Any]) -> Outcome:
-    status, result, error = stored
-    if status == "failed":
-        return ("err", json.loads(error) if error else CommandFailed("command failed").to_payload())
-    return ("ok", json.loads(result) if result else None)
 
 
 #: The topic seqs a transaction stamped, stored with it.
