@@ -36,12 +36,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.github_data.commands import IngestWebhook
+from actors.github_data.delivery import Delivery, Effects, MissingField
 from actors.github_data.members import MEMBERS_JOB, members_stale, refresh_members_job
 from actors.github_data.schema import meta as meta_table
 from actors.github_data.schema import webhook_deliveries
 from actors.github_data.state import ensure_meta
 from actors.github_data.sync import start_sync
-from actors.github_data.webhooks import Delivery, Effects, MissingField, dispatch
+from actors.github_data.webhooks import dispatch
 from foundry import metrics
 from foundry.errors import FoundryError, NotFound
 from foundry.ids import APP_SHELL_ID

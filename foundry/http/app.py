@@ -34,6 +34,7 @@ from foundry.http.routes import billing as billing_routes
 from foundry.http.routes import github as github_routes
 from foundry.http.routes import metrics as metrics_routes
 from foundry.http.routes import organizations as organization_routes
+from foundry.http.routes import sessions as session_routes
 from foundry.http.routes import tasks as task_routes
 from foundry.http.unexpected import UnexpectedErrorsAsJson
 from foundry.http.warmup import warm_up
@@ -183,6 +184,7 @@ def create_app(
     app.include_router(organization_routes.router)
     app.include_router(github_routes.router)
     app.include_router(task_routes.router)
+    app.include_router(session_routes.router)
     app.include_router(billing_routes.router)
     app.include_router(metrics_routes.router)
 

@@ -1,4 +1,5 @@
-"""Tasks and their agent sessions.
+"""Tasks: create, list, read, rename, archive, open a pull request, look at the sandbox's changes and
+files, change the owner. Their agent sessions are `foundry.http.routes.sessions`.
 
 Every route: the caller must be a member of ``{org}`` (else 404, as for a missing organization),
 writes must be same-site, and the task must belong to ``{org}`` (its summary row is there; else 404).
@@ -13,39 +14,33 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_random_exponential,
-)
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
 
-from actors.task.naming import MAX_PROMPT_CHARS, split_task_key, task_key
+from actors.task.naming import MAX_PROMPT_CHARS
 from actors.task.provisional import provisional_detail
-from actors.task.state import INIT_WAIT_S, TaskNotInitialized
-from foundry.errors import Conflict, FoundryError, InvalidInput, NotFound
-from foundry.http.deps import Member, Membership, RuntimeDep, SameSiteWrite
+from foundry.errors import FoundryError, InvalidInput
+from foundry.http.deps import Member, RuntimeDep, SameSiteWrite
+from foundry.http.routes.task_access import (
+    STRICT,
+    TaskId,
+    not_started,
+    task_command,
+    task_of,
+)
 from foundry.http.strict_body import StrictJsonRoute
 from foundry.runtime.client import Runtime
-from foundry.strict_json import MAX_INT
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/organizations/{org}/tasks", tags=["tasks"], route_class=StrictJsonRoute)
-
-_STRICT = ConfigDict(extra="forbid", populate_by_name=True)
-TaskId = Annotated[str, Path(alias="taskId", min_length=1, max_length=100)]
-SessionId = Annotated[str, Path(alias="sessionId", min_length=1, max_length=100)]
 
 
 # ------------------------------------------------------------------------------------------ bodies
 
 
 class CreateTaskBody(BaseModel):
-    model_config = _STRICT
+    model_config = STRICT
     repo_id: str = Field(alias="repoId", min_length=1, max_length=40)
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     title: str | None = Field(default=None, min_length=1, max_length=300)
@@ -55,118 +50,28 @@ class CreateTaskBody(BaseModel):
 
 
 class RenameTaskBody(BaseModel):
-    model_config = _STRICT
+    model_config = STRICT
     title: str = Field(min_length=1, max_length=300)
 
 
 class ArchiveBody(BaseModel):
-    model_config = _STRICT
+    model_config = STRICT
     force: bool = False
 
 
 class PullRequestBody(BaseModel):
-    model_config = _STRICT
+    model_config = STRICT
     title: str | None = Field(default=None, min_length=1, max_length=300)
     body: str = Field(default="", max_length=60_000)
     draft: bool = False
 
 
 class OwnerBody(BaseModel):
-    model_config = _STRICT
+    model_config = STRICT
     user_id: str = Field(alias="userId", min_length=1, max_length=200)
 
 
-class CreateSessionBody(BaseModel):
-    model_config = _STRICT
-    agent: str | None = Field(default=None, min_length=1, max_length=50)
-    model: str | None = Field(default=None, min_length=1, max_length=100)
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
-
-
-class MessageBody(BaseModel):
-    model_config = _STRICT
-    text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-
-
-class RenameSessionBody(BaseModel):
-    model_config = _STRICT
-    name: str = Field(min_length=1, max_length=200)
-
-
-class DraftBody(BaseModel):
-    model_config = _STRICT
-    text: str = Field(max_length=MAX_PROMPT_CHARS)
-
-
-class PermissionBody(BaseModel):
-    model_config = _STRICT
-    #: One of the offered option ids; null answers "cancelled".
-    option_id: str | None = Field(alias="optionId", max_length=200)
-
-
 # ------------------------------------------------------------------------------------------ helpers
-
-
-async def _task_of(
-    member: Membership, task_id: str, runtime: Runtime, *, materialize: bool = True
-) -> tuple[str, dict[str, Any]]:
-    """The task's actor key and its organization summary; 404 unless it belongs to ``{org}``.
-
-    With ``materialize`` (writes), a virtual PR-backed task is materialized here: this is its first
-    interaction. Reads never materialize: they must not create state.
-    """
-    org = member.organization_id
-    summary: dict[str, Any] = await runtime.call("organization", org, "task_summary", {"taskId": task_id})
-    if materialize and summary.get("isVirtual"):
-        await runtime.actor("organization", org).send(
-            "materialize_task", {"taskId": task_id, "userId": member.caller.user_id}, wait=True
-        )
-        summary["isVirtual"] = False
-    return task_key(org, task_id), summary
-
-
-async def _prompt_gate(member: Membership, task_id: str, runtime: Runtime) -> None:
-    """Before a prompt reaches a task: the task must be this organization's (404), and the sender
-    needs a seat and a plan that accepts prompts (402). The seat is taken inside the organization's
-    serialized write, so a member's concurrent first prompts take one seat; a refusal changes nothing."""
-    org = member.organization_id
-    await runtime.call("organization", org, "task_summary", {"taskId": task_id})
-    await runtime.call("organization", org, "ensure_seat", {"userId": member.caller.user_id})
-
-
-def _not_started(summary: dict[str, Any]) -> Conflict:
-    return Conflict(
-        f"task {summary['taskId']!r} is a pull request nobody has opened a session on yet; "
-        "open a session (or send a message) to start it"
-    )
-
-
-async def _task_command(runtime: Runtime, key: str, name: str, body: dict[str, Any]) -> Any:
-    """Run a task command. The task exists (its organization row said so); if its ``initialize`` is
-    still on the way (the organization's outbox delivers it just after creation), try again, and
-    answer 409 if it is still not there: the task is being set up, it is not missing."""
-    try:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TaskNotInitialized),
-            wait=wait_random_exponential(multiplier=0.01, max=0.2),
-            stop=stop_after_delay(INIT_WAIT_S),
-        ):
-            with attempt:
-                return await runtime.actor("task", key).send(name, body, wait=True, timeout=15)
-    except RetryError:
-        raise Conflict(
-            f"task {split_task_key(key)[1]!r} is still being set up; try again in a moment"
-        ) from None
-    raise AssertionError("unreachable: every attempt returns or raises")
-
-
-async def _user_state(
-    runtime: Runtime, member: Membership, task_id: str, session_id: str, **changes: Any
-) -> dict[str, Any]:
-    body = {"organizationId": member.organization_id, "taskId": task_id, "sessionId": session_id, **changes}
-    result: dict[str, Any] = await runtime.call("user", member.caller.user_id, "update_session_state", body)
-    return result
 
 
 def _merge_viewer(detail: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +152,7 @@ async def list_tasks(
 
 @router.get("/{taskId}", summary="Task detail with the caller's own unread/draft/active session")
 async def get_task(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
-    key, summary = await _task_of(member, task_id, runtime, materialize=False)
+    key, summary = await task_of(member, task_id, runtime, materialize=False)
 
     async def task_detail() -> dict[str, Any]:
         if summary.get("isVirtual"):
@@ -280,8 +185,8 @@ async def get_task(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict
 async def rename_task(
     task_id: TaskId, body: RenameTaskBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
-    result: dict[str, Any] = await _task_command(
+    key, _ = await task_of(member, task_id, runtime)
+    result: dict[str, Any] = await task_command(
         runtime, key, "rename", {"title": body.title, "userId": member.caller.user_id}
     )
     return result
@@ -295,7 +200,7 @@ async def rename_task(
 async def archive_task(
     task_id: TaskId, member: Member, runtime: RuntimeDep, body: ArchiveBody | None = None
 ) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
+    key, _ = await task_of(member, task_id, runtime)
     force = body.force if body is not None else False
     result: dict[str, Any] = await runtime.call(
         "task", key, "archive", {"force": force, "reason": "user", "userId": member.caller.user_id}
@@ -311,7 +216,7 @@ async def archive_task(
 async def create_pull_request(
     task_id: TaskId, member: Member, runtime: RuntimeDep, body: PullRequestBody | None = None
 ) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
+    key, _ = await task_of(member, task_id, runtime)
     payload = (body or PullRequestBody()).model_dump(by_alias=True, exclude_none=True)
     result: dict[str, Any] = await runtime.call(
         "task", key, "create_pull_request", payload | {"userId": member.caller.user_id}
@@ -321,18 +226,18 @@ async def create_pull_request(
 
 @router.get("/{taskId}/diff", summary="Changes in the sandbox, untracked files included")
 async def get_diff(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
-    key, summary = await _task_of(member, task_id, runtime, materialize=False)
+    key, summary = await task_of(member, task_id, runtime, materialize=False)
     if summary.get("isVirtual"):
-        raise _not_started(summary)
+        raise not_started(summary)
     result: dict[str, Any] = await runtime.call("task", key, "diff", {})
     return result
 
 
 @router.get("/{taskId}/files", summary="File tree of the sandbox checkout")
 async def get_files(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
-    key, summary = await _task_of(member, task_id, runtime, materialize=False)
+    key, summary = await task_of(member, task_id, runtime, materialize=False)
     if summary.get("isVirtual"):
-        raise _not_started(summary)
+        raise not_started(summary)
     result: dict[str, Any] = await runtime.call("task", key, "files", {})
     return result
 
@@ -341,7 +246,7 @@ async def get_files(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dic
 async def change_owner(
     task_id: TaskId, body: OwnerBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
+    key, _ = await task_of(member, task_id, runtime)
     people: list[dict[str, Any]] = await runtime.call("organization", member.organization_id, "members")
     target = next((p for p in people if p["userId"] == body.user_id), None)
     if target is None:
@@ -350,173 +255,10 @@ async def change_owner(
             "only members can own tasks",
             ["userId"],
         )
-    result: dict[str, Any] = await _task_command(
+    result: dict[str, Any] = await task_command(
         runtime,
         key,
         "change_owner",
         {"ownerUserId": target["userId"], "ownerLogin": target["login"], "userId": member.caller.user_id},
-    )
-    return result
-
-
-# ------------------------------------------------------------------------------------------ sessions
-
-
-@router.post(
-    "/{taskId}/sessions", status_code=201, summary="Open an agent session", dependencies=[SameSiteWrite]
-)
-async def create_session(
-    task_id: TaskId, member: Member, runtime: RuntimeDep, body: CreateSessionBody | None = None
-) -> dict[str, Any]:
-    if body is not None and body.prompt is not None:
-        await _prompt_gate(member, task_id, runtime)
-    key, _ = await _task_of(member, task_id, runtime)
-    payload = (body or CreateSessionBody()).model_dump(by_alias=True, exclude_none=True)
-    result: dict[str, Any] = await _task_command(
-        runtime, key, "create_session", payload | {"userId": member.caller.user_id}
-    )
-    await _user_state(runtime, member, task_id, result["sessionId"], unread=False, makeActive=True)
-    return result
-
-
-@router.post(
-    "/{taskId}/sessions/{sessionId}/messages",
-    status_code=202,
-    summary="Send a message (queued; runs when the agent is free)",
-    dependencies=[SameSiteWrite],
-)
-async def send_message(
-    task_id: TaskId, session_id: SessionId, body: MessageBody, member: Member, runtime: RuntimeDep
-) -> dict[str, Any]:
-    """202 once the message is durably queued; the agent's answer streams on the session topic.
-    409 when the session is closed or the task archived; 402 when the organization's plan refuses
-    the prompt (``seat_limit``, ``billing_inactive``)."""
-    await _prompt_gate(member, task_id, runtime)
-    key, _ = await _task_of(member, task_id, runtime)
-    result: dict[str, Any] = await _task_command(
-        runtime,
-        key,
-        "send_message",
-        {"sessionId": session_id, "text": body.text, "userId": member.caller.user_id},
-    )
-    await _user_state(runtime, member, task_id, session_id, unread=False, draftText="", makeActive=True)
-    return result
-
-
-@router.post(
-    "/{taskId}/sessions/{sessionId}/stop",
-    status_code=202,
-    summary="Cancel the running turn (ACP session/cancel)",
-    dependencies=[SameSiteWrite],
-)
-async def stop_session(
-    task_id: TaskId, session_id: SessionId, member: Member, runtime: RuntimeDep
-) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
-    result: dict[str, Any] = await _task_command(
-        runtime, key, "stop_session", {"sessionId": session_id, "userId": member.caller.user_id}
-    )
-    return result
-
-
-@router.patch("/{taskId}/sessions/{sessionId}", summary="Rename a session", dependencies=[SameSiteWrite])
-async def rename_session(
-    task_id: TaskId, session_id: SessionId, body: RenameSessionBody, member: Member, runtime: RuntimeDep
-) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
-    result: dict[str, Any] = await _task_command(
-        runtime,
-        key,
-        "rename_session",
-        {"sessionId": session_id, "name": body.name, "userId": member.caller.user_id},
-    )
-    return result
-
-
-@router.delete("/{taskId}/sessions/{sessionId}", summary="Close a session", dependencies=[SameSiteWrite])
-async def close_session(
-    task_id: TaskId, session_id: SessionId, member: Member, runtime: RuntimeDep
-) -> dict[str, Any]:
-    """The agent is shut down in the background (sandbox-agent's DELETE hangs while an agent runs;
-    the workaround never blocks this request). The transcript stays readable."""
-    key, _ = await _task_of(member, task_id, runtime)
-    result: dict[str, Any] = await _task_command(
-        runtime, key, "close_session", {"sessionId": session_id, "userId": member.caller.user_id}
-    )
-    return result
-
-
-@router.get("/{taskId}/sessions/{sessionId}/events", summary="A page of the session transcript")
-async def get_events(
-    task_id: TaskId,
-    session_id: SessionId,
-    member: Member,
-    runtime: RuntimeDep,
-    since: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
-    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-) -> dict[str, Any]:
-    """Events with ``seq > since`` in order; page on with ``since=nextSince`` while ``more``."""
-    key, summary = await _task_of(member, task_id, runtime, materialize=False)
-    if summary.get("isVirtual"):
-        raise NotFound(f"session {session_id!r} not found in this task")
-    result: dict[str, Any] = await runtime.call(
-        "task", key, "events", {"sessionId": session_id, "since": since, "limit": limit}
-    )
-    return result
-
-
-@router.put(
-    "/{taskId}/sessions/{sessionId}/draft", summary="Save the caller's draft", dependencies=[SameSiteWrite]
-)
-async def put_draft(
-    task_id: TaskId, session_id: SessionId, body: DraftBody, member: Member, runtime: RuntimeDep
-) -> dict[str, Any]:
-    key, summary = await _task_of(member, task_id, runtime, materialize=False)
-    if summary.get("isVirtual"):
-        raise NotFound(f"session {session_id!r} not found in this task")
-    await runtime.call("task", key, "events", {"sessionId": session_id, "since": 0, "limit": 1})  # exists?
-    return await _user_state(runtime, member, task_id, session_id, draftText=body.text)
-
-
-@router.post(
-    "/{taskId}/sessions/{sessionId}/read",
-    summary="Mark a session read for the caller",
-    dependencies=[SameSiteWrite],
-)
-async def mark_read(
-    task_id: TaskId, session_id: SessionId, member: Member, runtime: RuntimeDep
-) -> dict[str, Any]:
-    key, summary = await _task_of(member, task_id, runtime, materialize=False)
-    if summary.get("isVirtual"):
-        raise NotFound(f"session {session_id!r} not found in this task")
-    await runtime.call("task", key, "events", {"sessionId": session_id, "since": 0, "limit": 1})  # exists?
-    return await _user_state(runtime, member, task_id, session_id, unread=False, makeActive=True)
-
-
-@router.post(
-    "/{taskId}/sessions/{sessionId}/permissions/{requestId}",
-    status_code=202,
-    summary="Answer an agent's permission request",
-    dependencies=[SameSiteWrite],
-)
-async def answer_permission(
-    task_id: TaskId,
-    session_id: SessionId,
-    request_id: Annotated[str, Path(alias="requestId", min_length=1, max_length=100)],
-    body: PermissionBody,
-    member: Member,
-    runtime: RuntimeDep,
-) -> dict[str, Any]:
-    key, _ = await _task_of(member, task_id, runtime)
-    result: dict[str, Any] = await _task_command(
-        runtime,
-        key,
-        "answer_permission",
-        {
-            "sessionId": session_id,
-            "requestId": request_id,
-            "optionId": body.option_id,
-            "userId": member.caller.user_id,
-        },
     )
     return result

@@ -1,0 +1,95 @@
+"""What every task and session route does before it reaches the task: find the task in the caller's
+organization, gate prompts on seats and billing, run a task command, and update the caller's own
+session state.
+
+Split from the routes (`foundry.http.routes.tasks`, `foundry.http.routes.sessions`) because both
+sets of routes go through exactly these steps, and the rules they keep (404 outside ``{org}``, reads
+never materialize a virtual task, 409 while a new task is still being set up) are easier to check
+in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Path
+from pydantic import ConfigDict
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from actors.task.naming import split_task_key, task_key
+from actors.task.state import INIT_WAIT_S, TaskNotInitialized
+from foundry.errors import Conflict
+from foundry.http.deps import Membership
+from foundry.runtime.client import Runtime
+
+#: Request bodies refuse unknown fields and accept field names as well as their aliases.
+STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+TaskId = Annotated[str, Path(alias="taskId", min_length=1, max_length=100)]
+SessionId = Annotated[str, Path(alias="sessionId", min_length=1, max_length=100)]
+
+
+async def task_of(
+    member: Membership, task_id: str, runtime: Runtime, *, materialize: bool = True
+) -> tuple[str, dict[str, Any]]:
+    """The task's actor key and its organization summary; 404 unless it belongs to ``{org}``.
+
+    With ``materialize`` (writes), a virtual PR-backed task is materialized here: this is its first
+    interaction. Reads never materialize: they must not create state.
+    """
+    org = member.organization_id
+    summary: dict[str, Any] = await runtime.call("organization", org, "task_summary", {"taskId": task_id})
+    if materialize and summary.get("isVirtual"):
+        await runtime.actor("organization", org).send(
+            "materialize_task", {"taskId": task_id, "userId": member.caller.user_id}, wait=True
+        )
+        summary["isVirtual"] = False
+    return task_key(org, task_id), summary
+
+
+async def prompt_gate(member: Membership, task_id: str, runtime: Runtime) -> None:
+    """Before a prompt reaches a task: the task must be this organization's (404), and the sender
+    needs a seat and a plan that accepts prompts (402). The seat is taken inside the organization's
+    serialized write, so a member's concurrent first prompts take one seat; a refusal changes nothing."""
+    org = member.organization_id
+    await runtime.call("organization", org, "task_summary", {"taskId": task_id})
+    await runtime.call("organization", org, "ensure_seat", {"userId": member.caller.user_id})
+
+
+def not_started(summary: dict[str, Any]) -> Conflict:
+    return Conflict(
+        f"task {summary['taskId']!r} is a pull request nobody has opened a session on yet; "
+        "open a session (or send a message) to start it"
+    )
+
+
+async def task_command(runtime: Runtime, key: str, name: str, body: dict[str, Any]) -> Any:
+    """Run a task command. The task exists (its organization row said so); if its ``initialize`` is
+    still on the way (the organization's outbox delivers it just after creation), try again, and
+    answer 409 if it is still not there: the task is being set up, it is not missing."""
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TaskNotInitialized),
+            wait=wait_random_exponential(multiplier=0.01, max=0.2),
+            stop=stop_after_delay(INIT_WAIT_S),
+        ):
+            with attempt:
+                return await runtime.actor("task", key).send(name, body, wait=True, timeout=15)
+    except RetryError:
+        raise Conflict(
+            f"task {split_task_key(key)[1]!r} is still being set up; try again in a moment"
+        ) from None
+    raise AssertionError("unreachable: every attempt returns or raises")
+
+
+async def user_state(
+    runtime: Runtime, member: Membership, task_id: str, session_id: str, **changes: Any
+) -> dict[str, Any]:
+    body = {"organizationId": member.organization_id, "taskId": task_id, "sessionId": session_id, **changes}
+    result: dict[str, Any] = await runtime.call("user", member.caller.user_id, "update_session_state", body)
+    return result
