@@ -22,6 +22,7 @@ from foundry.http.routes.task_access import (
     TaskId,
     prompt_gate,
     task_command,
+    task_key_of,
     task_of,
     user_state,
 )
@@ -74,7 +75,7 @@ async def create_session(
 ) -> dict[str, Any]:
     if body is not None and body.prompt is not None:
         await prompt_gate(member, task_id, runtime)
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     payload = (body or CreateSessionBody()).model_dump(by_alias=True, exclude_none=True)
     result: dict[str, Any] = await task_command(
         runtime, key, "create_session", payload | {"userId": member.caller.user_id}
@@ -96,7 +97,7 @@ async def send_message(
     409 when the session is closed or the task archived; 402 when the organization's plan refuses
     the prompt (``seat_limit``, ``billing_inactive``)."""
     await prompt_gate(member, task_id, runtime)
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     result: dict[str, Any] = await task_command(
         runtime,
         key,
@@ -116,7 +117,7 @@ async def send_message(
 async def stop_session(
     task_id: TaskId, session_id: SessionId, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     result: dict[str, Any] = await task_command(
         runtime, key, "stop_session", {"sessionId": session_id, "userId": member.caller.user_id}
     )
@@ -127,7 +128,7 @@ async def stop_session(
 async def rename_session(
     task_id: TaskId, session_id: SessionId, body: RenameSessionBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     result: dict[str, Any] = await task_command(
         runtime,
         key,
@@ -143,7 +144,7 @@ async def close_session(
 ) -> dict[str, Any]:
     """The agent is shut down in the background (sandbox-agent's DELETE hangs while an agent runs;
     the workaround never blocks this request). The transcript stays readable."""
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     result: dict[str, Any] = await task_command(
         runtime, key, "close_session", {"sessionId": session_id, "userId": member.caller.user_id}
     )
@@ -211,7 +212,7 @@ async def answer_permission(
     member: Member,
     runtime: RuntimeDep,
 ) -> dict[str, Any]:
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     result: dict[str, Any] = await task_command(
         runtime,
         key,

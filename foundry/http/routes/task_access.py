@@ -10,7 +10,9 @@ in one place.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Annotated, Any
+from weakref import WeakKeyDictionary
 
 from fastapi import Path
 from pydantic import ConfigDict
@@ -33,6 +35,12 @@ STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 TaskId = Annotated[str, Path(alias="taskId", min_length=1, max_length=100)]
 SessionId = Annotated[str, Path(alias="sessionId", min_length=1, max_length=100)]
 
+#: Tasks that exist, materialized, in their organization, remembered per runtime. A task is never
+#: deleted nor moved to another organization, so once its organization has vouched for it a write
+#: needs no second organization call to find it (two, for a message: the prompt gate asked too).
+MAX_KNOWN_TASKS = 100_000
+_known_tasks: WeakKeyDictionary[Runtime, OrderedDict[tuple[str, str], None]] = WeakKeyDictionary()
+
 
 async def task_of(
     member: Membership, task_id: str, runtime: Runtime, *, materialize: bool = True
@@ -49,7 +57,18 @@ async def task_of(
             "materialize_task", {"taskId": task_id, "userId": member.caller.user_id}, wait=True
         )
         summary["isVirtual"] = False
+    if not summary.get("isVirtual"):
+        _remember(runtime, org, task_id)
     return task_key(org, task_id), summary
+
+
+async def task_key_of(member: Membership, task_id: str, runtime: Runtime) -> str:
+    """The task's actor key for a write that needs nothing of its summary: `task_of` (404 unless the
+    task is ``{org}``'s, a virtual task materialized), asked of the organization once per process."""
+    if _is_known(runtime, member.organization_id, task_id):
+        return task_key(member.organization_id, task_id)
+    key, _ = await task_of(member, task_id, runtime)
+    return key
 
 
 async def prompt_gate(member: Membership, task_id: str, runtime: Runtime) -> None:
@@ -57,8 +76,27 @@ async def prompt_gate(member: Membership, task_id: str, runtime: Runtime) -> Non
     needs a seat and a plan that accepts prompts (402). The seat is taken inside the organization's
     serialized write, so a member's concurrent first prompts take one seat; a refusal changes nothing."""
     org = member.organization_id
-    await runtime.call("organization", org, "task_summary", {"taskId": task_id})
+    if not _is_known(runtime, org, task_id):
+        summary = await runtime.call("organization", org, "task_summary", {"taskId": task_id})
+        if not summary.get("isVirtual"):
+            _remember(runtime, org, task_id)
     await runtime.call("organization", org, "ensure_seat", {"userId": member.caller.user_id})
+
+
+def _is_known(runtime: Runtime, organization_id: str, task_id: str) -> bool:
+    known = _known_tasks.get(runtime)
+    if known is None or (organization_id, task_id) not in known:
+        return False
+    known.move_to_end((organization_id, task_id))
+    return True
+
+
+def _remember(runtime: Runtime, organization_id: str, task_id: str) -> None:
+    known = _known_tasks.setdefault(runtime, OrderedDict())
+    known[(organization_id, task_id)] = None
+    known.move_to_end((organization_id, task_id))
+    if len(known) > MAX_KNOWN_TASKS:
+        known.popitem(last=False)
 
 
 def not_started(summary: dict[str, Any]) -> Conflict:

@@ -26,6 +26,7 @@ from foundry.http.routes.task_access import (
     TaskId,
     not_started,
     task_command,
+    task_key_of,
     task_of,
 )
 from foundry.http.strict_body import StrictJsonRoute
@@ -185,7 +186,7 @@ async def get_task(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict
 async def rename_task(
     task_id: TaskId, body: RenameTaskBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     result: dict[str, Any] = await task_command(
         runtime, key, "rename", {"title": body.title, "userId": member.caller.user_id}
     )
@@ -200,7 +201,7 @@ async def rename_task(
 async def archive_task(
     task_id: TaskId, member: Member, runtime: RuntimeDep, body: ArchiveBody | None = None
 ) -> dict[str, Any]:
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     force = body.force if body is not None else False
     result: dict[str, Any] = await runtime.call(
         "task", key, "archive", {"force": force, "reason": "user", "userId": member.caller.user_id}
@@ -216,7 +217,7 @@ async def archive_task(
 async def create_pull_request(
     task_id: TaskId, member: Member, runtime: RuntimeDep, body: PullRequestBody | None = None
 ) -> dict[str, Any]:
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     payload = (body or PullRequestBody()).model_dump(by_alias=True, exclude_none=True)
     result: dict[str, Any] = await runtime.call(
         "task", key, "create_pull_request", payload | {"userId": member.caller.user_id}
@@ -246,7 +247,7 @@ async def get_files(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dic
 async def change_owner(
     task_id: TaskId, body: OwnerBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime)
     people: list[dict[str, Any]] = await runtime.call("organization", member.organization_id, "members")
     target = next((p for p in people if p["userId"] == body.user_id), None)
     if target is None:
