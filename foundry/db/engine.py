@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.util import await_
 
+from foundry.db.one_hop import one_hop_dbapi
+
 T = TypeVar("T")
 
 #: Execution option of engines and connections that only read (see `read_only`).
@@ -44,6 +46,8 @@ def make_engine(path: Path) -> AsyncEngine:
         # Transactions always end in commit or rollback through `Connection`, so the pool's own
         # rollback on return would only add a thread hop (~0.2 ms) to every transaction.
         pool_reset_on_return=None,
+        # Each statement in one thread hop instead of three or four (see `foundry.db.one_hop`).
+        module=one_hop_dbapi(),
     )
 
     @event.listens_for(engine.sync_engine, "connect")
