@@ -61,8 +61,8 @@ async def handle_ingest_webhook(ctx: CommandContext, cmd: IngestWebhook) -> dict
     beyond the mailbox's retention.
     """
     now = ctx.now_ms()
-    # Straight to the driver, inside the command's transaction: one thread hop where SQLAlchemy's
-    # aiosqlite cursor takes three (this runs once per delivery, in the mailbox loop).
+    # Straight to the driver, inside the command's transaction: no statement compilation or result
+    # processing (this runs once per delivery, in the mailbox loop).
     raw = await ctx.conn.get_raw_connection()
     inserted = await raw.driver_connection.execute_fetchall(  # type: ignore[union-attr]
         _INSERT_DELIVERY,

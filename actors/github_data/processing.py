@@ -353,8 +353,8 @@ async def _apply_alone(
 async def _record_outcomes(
     conn: AsyncConnection, applied: list[tuple[Any, IngestWebhook, Effects]], now: int
 ) -> None:
-    """Every outcome of the batch in one statement (executemany, straight to the driver: one
-    thread hop where SQLAlchemy's aiosqlite cursor takes three), and the metrics once per outcome."""
+    """Every outcome of the batch in one statement (executemany, straight to the driver, without
+    SQLAlchemy's statement compilation), and the metrics once per outcome."""
     raw = await conn.get_raw_connection()
     await raw.driver_connection.executemany(  # type: ignore[union-attr]
         _RECORD_OUTCOME, [(effects.status, effects.reason, now, row.seq) for row, _, effects in applied]

@@ -1,8 +1,9 @@
 """The statements webhook handlers run for every delivery, each one call to the driver.
 
-Inside the batch's transaction, straight to aiosqlite: one thread hop per statement, where
-SQLAlchemy's aiosqlite cursor takes three or four (cursor, execute, fetch, close) plus the
-statement's cache-key walk. A busy organization sends hundreds of deliveries a second and each runs
+Inside the batch's transaction, straight to aiosqlite: one thread hop per statement and no
+statement compilation. These were written when SQLAlchemy's aiosqlite cursor took three or four hops
+(cursor, execute, fetch, close; `foundry.db.one_hop` has since made it one) plus the statement's
+cache-key walk. A busy organization sends hundreds of deliveries a second and each runs
 three to five of these, so they were most of the processing cost (measured with py-spy on a Ray
 host). Semantics are those of the SQLAlchemy statements they replace (same columns, same conflict
 targets, same updated columns); rows come back as `SimpleNamespace` with the table's column names.

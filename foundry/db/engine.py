@@ -74,7 +74,7 @@ def make_engine(path: Path) -> AsyncEngine:
         # A plain BEGIN takes it at the first write instead, and SQLite does not wait there: a
         # transaction that has already read fails at once with "database is locked" when another
         # connection happens to be writing (seen at wake, whose first statements are reads).
-        # Straight to aiosqlite: one thread hop, where SQLAlchemy's cursor path takes three.
+        # Straight to aiosqlite: no statement compilation for what starts every transaction.
         await_(conn.connection.driver_connection.execute("BEGIN IMMEDIATE"))  # type: ignore[union-attr]
 
     return engine
@@ -101,9 +101,9 @@ async def in_connection_thread(conn: AsyncConnection, fn: Callable[..., T], *arg
     connection's own thread, inside ``conn``'s transaction: any number of statements for one thread
     hop.
 
-    Every statement through SQLAlchemy's aiosqlite adapter costs about three hops (cursor, execute,
-    close), each a GIL hand-off between the event loop and the connection's thread; on the hot paths
-    (a batch of transcript events is a read and two writes) those hand-offs cost more than SQLite.
+    Every statement costs one hop even through SQLAlchemy (`foundry.db.one_hop`), each a GIL
+    hand-off between the event loop and the connection's thread; on the hot paths (a batch of
+    transcript events is a read and two writes) those hand-offs cost more than SQLite.
     ``fn`` runs off the event loop: it must only touch ``db`` and its arguments.
     """
     raw = await conn.get_raw_connection()

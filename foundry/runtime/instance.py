@@ -306,8 +306,8 @@ class Instance:
                             result = await handler.fn(ctx, model)
                         result_json = json.dumps(to_jsonable(result))
                         events = await self._stage(conn, ctx)
-                        # Through the driver connection, inside the same transaction: one thread
-                        # hop where SQLAlchemy's aiosqlite cursor takes three.
+                        # Through the driver connection, inside the same transaction: plain SQL
+                        # skips SQLAlchemy's statement compilation and result processing.
                         raw = await conn.get_raw_connection()
                         await raw.driver_connection.execute(  # type: ignore[union-attr]
                             RECORD_OUTCOME,
@@ -388,8 +388,8 @@ class Instance:
                     ).scalar() or 0
                 new_seqs[item.topic] = current + 1
                 events.append(Event(item.topic, item.event, current + 1, item.data))
-            # Straight to the driver: one thread hop where SQLAlchemy's cursor path takes three, for
-            # a statement that ends every transaction that publishes.
+            # Straight to the driver (no statement compilation or result processing), for a
+            # statement that ends every transaction that publishes.
             raw = await conn.get_raw_connection()
             await raw.driver_connection.executemany(  # type: ignore[union-attr]
                 _UPSERT_TOPIC_SEQ, list(new_seqs.items())
