@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from foundry.drivers.github import InstallationToken
 from foundry.drivers.github._pygithub_calls import GitHubCalls, Item, T
 from foundry.errors import DriverError
 from github import Auth, Github, GithubIntegration
 from github.PaginatedList import PaginatedList
+
+R = TypeVar("R")
 
 __all__ = ["TOKEN_REFRESH_MARGIN", "GitHubAuth", "TokenKey"]
 
@@ -113,20 +115,11 @@ class GitHubAuth(GitHubCalls):
 
     async def _on_installation(self, installation_id: int, doing: str, work: Callable[[Github], T]) -> T:
         """Run ``work`` with the installation's client; on a 401 (token revoked early) mint once more."""
-        for attempt in (1, 2):
-            gh = await self._installation_client(installation_id)
-            try:
-                return await self._call(doing, functools.partial(work, gh), installation_id)
-            except DriverError as exc:
-                if exc.status != 401 or attempt == 2:
-                    raise
-                _log.warning(
-                    "github: installation=%s token refused (401) while %s; minting a new one",
-                    installation_id,
-                    doing,
-                )
-                self._forget_installation_token(installation_id)
-        raise AssertionError("unreachable")
+        return await self._with_fresh_token(
+            installation_id,
+            doing,
+            lambda gh: self._call(doing, functools.partial(work, gh), installation_id),
+        )
 
     async def _installation_collect(
         self,
@@ -135,12 +128,21 @@ class GitHubAuth(GitHubCalls):
         pages: Callable[[Github], PaginatedList[Item]],
         convert: Callable[[Item], T],
     ) -> list[T]:
-        for attempt in (1, 2):
+        return await self._with_fresh_token(
+            installation_id, doing, lambda gh: self._collect(doing, pages(gh), convert, installation_id)
+        )
+
+    async def _with_fresh_token(
+        self, installation_id: int, doing: str, attempt: Callable[[Github], Awaitable[R]]
+    ) -> R:
+        """``attempt`` with the installation's client; a 401 (the token was revoked before it
+        expired) mints a new token and tries once more."""
+        for tries in (1, 2):
             gh = await self._installation_client(installation_id)
             try:
-                return await self._collect(doing, pages(gh), convert, installation_id)
+                return await attempt(gh)
             except DriverError as exc:
-                if exc.status != 401 or attempt == 2:
+                if exc.status != 401 or tries == 2:
                     raise
                 _log.warning(
                     "github: installation=%s token refused (401) while %s; minting a new one",
