@@ -10,6 +10,9 @@ membership and the read itself. Figures:
 * ``actor_calls_per_request``: every actor call it made, on average; ``auth_calls_per_request``:
   those that were session or membership checks (``get_session``, ``app_snapshot``, ``member_role``),
   which the API process's session and membership cache answers once warm;
+* ``signed_in_snapshot_get_ms_p50``: ``GET /v1/app`` (session + the app snapshot) on the same
+  connection, answered from the API process's snapshot cache once warm
+  (``snapshot_actor_calls_per_request`` says how often it still asked an actor);
 * ``unauthenticated_get_ms_p50``: ``GET /healthz`` on the same connection, the floor of the stack.
 """
 
@@ -110,6 +113,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             out["auth_calls_per_request"] = round(
                 sum(1 for a in actions if a in AUTH_ACTIONS) / args.requests, 3
             )
+            # A snapshot read: session + the app snapshot, answered from the snapshot cache once warm.
+            await _timed(client, "/v1/app", 200)
+            actions.clear()
+            snapshot = await _timed(client, "/v1/app", args.requests)
+            out["signed_in_snapshot_get_ms_p50"] = _pct(snapshot, 0.5)
+            out["snapshot_actor_calls_per_request"] = round(len(actions) / args.requests, 3)
             out["unauthenticated_get_ms_p50"] = _pct(await _timed(client, "/healthz", args.requests), 0.5)
     finally:
         server.should_exit = True

@@ -33,7 +33,13 @@ from actors.user.state import (
     publish_app,
     require_profile,
 )
-from foundry.auth.cache_events import SESSION_REVOKED, session_digest, sessions_topic
+from foundry.auth.cache_events import (
+    SESSION_REVOKED,
+    VIEWER_STATE_CHANGED,
+    session_digest,
+    sessions_topic,
+    viewer_topic,
+)
 from foundry.auth.crypto import decrypt, encrypt
 from foundry.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from foundry.runtime.context import CommandContext, InstanceContext
@@ -247,6 +253,7 @@ async def update_session_state(ctx: InstanceContext, cmd: UpdateSessionState) ->
     async with ctx.write() as conn:
         if await write_session_state(conn, cmd, ctx.now_ms()):
             await publish_app(ctx, conn)
+        publish_viewer_state(ctx, cmd)
     return await get_task_state(ctx, TaskRef(organizationId=cmd.organization_id, taskId=cmd.task_id))
 
 
@@ -255,3 +262,15 @@ async def handle_update_session_state(ctx: CommandContext, cmd: UpdateSessionSta
     _require_change(cmd)
     if await write_session_state(ctx.conn, cmd, ctx.now_ms()):
         await publish_app(ctx, ctx.conn)
+    publish_viewer_state(ctx, cmd)
+
+
+def publish_viewer_state(ctx: InstanceContext, cmd: UpdateSessionState) -> None:
+    """Say (in the open transaction) that this user's state of a task changed: API processes that
+    cached it for ``GET …/tasks/{taskId}`` drop it (drafts and the active session included)."""
+    ctx.publish(
+        viewer_topic(ctx.key),
+        VIEWER_STATE_CHANGED,
+        {"organizationId": cmd.organization_id, "taskId": cmd.task_id},
+        plain=True,
+    )

@@ -1,8 +1,9 @@
-"""The events that keep the API processes' session and membership caches honest.
+"""The events that keep the API processes' session, membership and snapshot caches honest.
 
 They go on internal topics (not in the realtime topic registry, so no browser can subscribe): the
 user and organization actors publish them in the transaction that changes what they describe, and
-every API process hears them on the host streams it already holds (`foundry.http.auth_cache`).
+every API process hears them on the host streams it already holds (`foundry.http.auth_cache`,
+`foundry.http.snapshot_cache`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ MEMBERS_CHANGED = "membersChanged"
 #: The user's organization list travels whole in ``appUpdated`` on ``app:<userId>``.
 APP_PREFIX = "app:"
 APP_UPDATED = "appUpdated"
+#: ``viewerStateChanged`` ``{"organizationId", "taskId"}`` on ``viewer-state:<userId>``: the user's own
+#: state of a task (active session, unread flags, drafts) changed.
+VIEWER_PREFIX = "viewer-state:"
+VIEWER_STATE_CHANGED = "viewerStateChanged"
 
 
 def sessions_topic(user_id: str) -> str:
@@ -26,6 +31,10 @@ def sessions_topic(user_id: str) -> str:
 
 def members_topic(organization_id: str) -> str:
     return f"{MEMBERS_PREFIX}{organization_id}"
+
+
+def viewer_topic(user_id: str) -> str:
+    return f"{VIEWER_PREFIX}{user_id}"
 
 
 def session_digest(session_id: str) -> str:

@@ -14,6 +14,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp
 
 from actors.github_data.client import start_installation_reconciliation
+from actors.task.naming import task_key
 from foundry import __version__
 from foundry.auth.cookies import SessionCookies
 from foundry.auth.signin import SignInService
@@ -25,6 +26,7 @@ from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.dashboard import install_dashboard
 from foundry.http.errors import install_error_handlers
 from foundry.http.openapi import install_docs
+from foundry.http.read_your_writes import ReadYourWrites
 from foundry.http.realtime import RealtimeAccess, build_registry, mount_realtime
 from foundry.http.request_ids import RequestIds
 from foundry.http.request_metrics import RequestMetrics
@@ -36,6 +38,8 @@ from foundry.http.routes import metrics as metrics_routes
 from foundry.http.routes import organizations as organization_routes
 from foundry.http.routes import sessions as session_routes
 from foundry.http.routes import tasks as task_routes
+from foundry.http.snapshot_cache import ROLES as SNAPSHOT_ROLES
+from foundry.http.snapshot_cache import SnapshotCache
 from foundry.http.unexpected import UnexpectedErrorsAsJson
 from foundry.http.warmup import warm_up
 from foundry.realtime.gateway import RealtimeGateway
@@ -122,6 +126,12 @@ def create_app(
         app.state.auth_cache = AuthCache(rt, actor_clock)
         app.state.gateway.watch(USER_ROLE, app.state.auth_cache)
         app.state.gateway.watch(ORGANIZATION_ROLE, app.state.auth_cache)
+        # Snapshots (app, task detail, task summaries, the caller's own task state) answered from
+        # memory, fed by the same streams; writes through this process raise its floors at once.
+        app.state.snapshot_cache = SnapshotCache(rt, task_key)
+        for role in SNAPSHOT_ROLES:
+            app.state.gateway.watch(role, app.state.snapshot_cache)
+        rt.written.add(app.state.snapshot_cache.wrote)
         app.state.realtime_access = RealtimeAccess(
             settings, rt, app.state.cookies, registry, app.state.auth_cache
         )
@@ -139,6 +149,7 @@ def create_app(
         try:
             yield
         finally:
+            rt.written.remove(app.state.snapshot_cache.wrote)
             await app.state.github_app_check.close()
             await app.state.gateway.close()
             if own_runtime:
@@ -169,6 +180,9 @@ def create_app(
         same_site="lax",
         https_only=settings.base_url.startswith("https://"),
     )
+    # Inside the error middleware: the cookie of the seqs a request wrote (read-your-writes on any
+    # API process).
+    app.add_middleware(ReadYourWrites, secure=settings.base_url.startswith("https://"))
     # Added last, so it is the outermost of ours: nothing an endpoint or a middleware raises escapes
     # to Starlette's error middleware, which would close the keep-alive connection.
     app.add_middleware(UnexpectedErrorsAsJson)

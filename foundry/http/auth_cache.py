@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from foundry.auth.cache_events import (
@@ -39,6 +38,7 @@ from foundry.auth.cache_events import (
 )
 from foundry.clock import Clock
 from foundry.errors import InvalidInput
+from foundry.http.stream_trust import MAX_INVALIDATIONS, Host, StreamTrust, Ticket
 from foundry.runtime.client import Runtime
 from foundry.runtime.events import Event
 
@@ -47,23 +47,10 @@ log = logging.getLogger(__name__)
 #: Entries kept at most (least recently used dropped first).
 MAX_SESSIONS = 10_000
 MAX_MEMBERSHIPS = 10_000
-#: Invalidations remembered to refuse fills that raced them; a fill older than the oldest one
-#: remembered is refused too, so this bounds memory without ever admitting a stale fill.
-MAX_INVALIDATIONS = 10_000
-
 USER_ROLE = "user"
 ORGANIZATION_ROLE = "organization"
 
-_Host = tuple[str, int]
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """Taken before an actor read whose answer may be cached: what the cache knew then."""
-
-    tick: int
-    #: (host, its stream generation) for every host the answer depends on.
-    hosts: tuple[tuple[_Host, int], ...]
+_Host = Host
 
 
 class AuthCache:
@@ -86,35 +73,24 @@ class AuthCache:
         self._clock = clock
         self._max_sessions = max_sessions
         self._max_memberships = max_memberships
-        self._max_invalidations = max_invalidations
         #: (user, session digest) -> expiresAt (ms)
         self._sessions: OrderedDict[tuple[str, str], int] = OrderedDict()
         #: (user, organization) -> role
         self._memberships: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._live: set[_Host] = set()
-        #: Bumped at every change of a host's stream state: a fill begun under another is refused.
-        self._generation: dict[_Host, int] = {}
-        self._tick = 0
-        #: key -> tick of its last invalidation; ``_floor``: ticks below it are no longer known.
-        self._invalidated: OrderedDict[tuple[str, ...], int] = OrderedDict()
-        self._floor = 0
+        self._trust = StreamTrust(max_invalidations)
         self._counters = {"hits": 0, "misses": 0, "fills": 0, "refused_fills": 0, "evictions": 0}
 
     # ----------------------------------------------------------------------------- stream listener
 
     def stream_live(self, role: str, shard: int) -> None:
         """The host's stream is registered on it: from now on every change there is heard."""
-        host = (role, shard)
-        self._bump(host)
-        self._live.add(host)
+        self._trust.went_live((role, shard))
         log.info("auth cache: %s/%d live", role, shard)
 
     def stream_lost(self, role: str, shard: int) -> None:
         """The stream broke (or stopped): forget the host's entries and stop trusting it."""
         host = (role, shard)
-        was_live = host in self._live
-        self._live.discard(host)
-        self._bump(host)
+        was_live = self._trust.went_away(host)
         self._forget_host(host)
         if was_live:
             log.info("auth cache: %s/%d lost; asking the actors until it is back", role, shard)
@@ -122,7 +98,7 @@ class AuthCache:
     def stream_reset(self, role: str, shard: int) -> None:
         """The stream is open but lost events (this process fell behind): forget the host's entries."""
         host = (role, shard)
-        self._bump(host)
+        self._trust.fell_behind(host)
         self._forget_host(host)
 
     def events(self, role: str, shard: int, batch: list[Event]) -> None:
@@ -141,7 +117,7 @@ class AuthCache:
         """True only for a cached, unexpired session on a live user host; False means "ask the actor"."""
         key = (user_id, session_digest(session_id))
         expires_at = self._sessions.get(key)
-        if expires_at is None or not self._trusted(self._hosts_of(user_id)):
+        if expires_at is None or not self._trust.trusted(self._hosts_of(user_id)):
             self._counters["misses"] += 1
             return False
         if expires_at <= self._clock.now_ms():
@@ -153,7 +129,7 @@ class AuthCache:
         return True
 
     def begin_session(self, user_id: str) -> Ticket | None:
-        return self._begin(self._hosts_of(user_id))
+        return self._trust.begin(self._hosts_of(user_id))
 
     def fill_session(self, ticket: Ticket | None, user_id: str, session_id: str, expires_at: int) -> None:
         """Cache a session the user actor just confirmed (if nothing changed since ``ticket``)."""
@@ -171,7 +147,7 @@ class AuthCache:
         """The caller's cached role in the organization, or None ("ask the actors")."""
         key = (user_id, organization_id)
         role = self._memberships.get(key)
-        if role is None or not self._trusted(self._hosts_of(user_id, organization_id)):
+        if role is None or not self._trust.trusted(self._hosts_of(user_id, organization_id)):
             self._counters["misses"] += 1
             return None
         self._memberships.move_to_end(key)
@@ -179,7 +155,7 @@ class AuthCache:
         return role
 
     def begin_membership(self, user_id: str, organization_id: str) -> Ticket | None:
-        return self._begin(self._hosts_of(user_id, organization_id))
+        return self._trust.begin(self._hosts_of(user_id, organization_id))
 
     def fill_membership(self, ticket: Ticket | None, user_id: str, organization_id: str, role: str) -> None:
         """Cache a membership both actors just confirmed (if nothing changed since ``ticket``)."""
@@ -196,7 +172,7 @@ class AuthCache:
         return {
             "sessions": len(self._sessions),
             "memberships": len(self._memberships),
-            "live": sorted(f"{role}/{shard}" for role, shard in self._live),
+            "live": self._trust.live_hosts,
             **self._counters,
         }
 
@@ -212,36 +188,13 @@ class AuthCache:
         except InvalidInput:
             return None
 
-    def _trusted(self, hosts: tuple[_Host, ...] | None) -> bool:
-        return hosts is not None and all(h in self._live for h in hosts)
-
-    def _begin(self, hosts: tuple[_Host, ...] | None) -> Ticket | None:
-        if hosts is None or not self._trusted(hosts):
-            return None
-        return Ticket(self._tick, tuple((h, self._generation.get(h, 0)) for h in hosts))
-
     def _may_fill(self, ticket: Ticket | None, *keys: tuple[str, ...]) -> bool:
-        if ticket is None:
-            return False
-        ok = (
-            all(h in self._live and self._generation.get(h, 0) == gen for h, gen in ticket.hosts)
-            and ticket.tick >= self._floor
-            and all(self._invalidated.get(k, -1) < ticket.tick for k in keys)
-        )
+        ok = self._trust.may_fill(ticket, *keys)
         self._counters["fills" if ok else "refused_fills"] += 1
         return ok
 
-    def _bump(self, host: _Host) -> None:
-        self._generation[host] = self._generation.get(host, 0) + 1
-
     def _invalidate(self, key: tuple[str, ...]) -> None:
-        """Remember that ``key`` changed now, so a fill whose read began earlier is refused."""
-        self._invalidated[key] = self._tick
-        self._invalidated.move_to_end(key)
-        self._tick += 1
-        while len(self._invalidated) > self._max_invalidations:
-            _, tick = self._invalidated.popitem(last=False)
-            self._floor = max(self._floor, tick + 1)
+        self._trust.invalidate(key)
 
     def _forget_host(self, host: _Host) -> None:
         role, shard = host

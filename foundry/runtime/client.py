@@ -12,6 +12,7 @@ from foundry.errors import FoundryError
 from foundry.runtime.events import Event
 from foundry.runtime.keys import shard_of, validate_key
 from foundry.runtime.role import to_jsonable
+from foundry.runtime.written import WrittenListeners, written_of
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -22,9 +23,9 @@ def roundtrip(value: Any) -> Any:
     return pickle.loads(pickle.dumps(value))
 
 
-def unwrap(outcome: tuple[str, Any]) -> Any:
+def unwrap(outcome: tuple[Any, ...]) -> Any:
     """Turn a host's outcome envelope into a value or a raised `FoundryError`."""
-    status, value = outcome
+    status, value = outcome[0], outcome[1]
     if status == "ok":
         return value
     raise FoundryError.from_payload(value)
@@ -36,6 +37,8 @@ class Runtime(abc.ABC):
     def __init__(self, shard_counts: dict[str, int] | None = None, default_shards: int = 1) -> None:
         self._shard_counts = dict(shard_counts or {})
         self._default_shards = default_shards
+        #: Told the topic seqs every write through this runtime committed (read-your-writes).
+        self.written = WrittenListeners()
 
     def shards(self, role: str) -> int:
         return max(1, self._shard_counts.get(role, self._default_shards))
@@ -69,7 +72,7 @@ class Runtime(abc.ABC):
             ActorUnavailable: the host stayed unreachable across retries.
         """
         command_id = command_id or uuid.uuid4().hex
-        return unwrap(
+        return self._unwrap(
             await self._send(
                 role, key, name, to_jsonable(body), wait=wait, timeout=timeout, command_id=command_id
             )
@@ -77,7 +80,13 @@ class Runtime(abc.ABC):
 
     async def call(self, role: str, key: str, action: str, body: Any = None) -> Any:
         """Run a direct action on actor (role, key) and return its result (or raise its error)."""
-        return unwrap(await self._call(role, key, action, to_jsonable(body)))
+        return self._unwrap(await self._call(role, key, action, to_jsonable(body)))
+
+    def _unwrap(self, outcome: tuple[Any, ...]) -> Any:
+        seqs = written_of(outcome)
+        if seqs is not None:
+            self.written.note(seqs)
+        return unwrap(outcome)
 
     async def dead_letters(self, role: str, key: str) -> dict[str, Any]:
         """The dead letters in actor (role, key)'s outbox: ``{"count": N, "items": [...]}``."""
@@ -88,16 +97,16 @@ class Runtime(abc.ABC):
         return int(unwrap(await self._host_op(role, validate_key(key), "retry_dead_letters"))["retried"])
 
     @abc.abstractmethod
-    async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
+    async def _host_op(self, role: str, key: str, method: str) -> tuple[Any, ...]:
         """Run `Host` method ``method(key)`` (an operator action on one instance) on its host."""
 
     @abc.abstractmethod
     async def _send(
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str
-    ) -> tuple[str, Any]: ...
+    ) -> tuple[Any, ...]: ...
 
     @abc.abstractmethod
-    async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]: ...
+    async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[Any, ...]: ...
 
     @abc.abstractmethod
     def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:

@@ -50,6 +50,9 @@ class InstanceContext:
         self._publishes: list[PendingPublish] = []
         self._sends: list[PendingSend] = []
         self._pending_seqs: dict[str, int] | None = None
+        #: The last seq committed on each topic through this context (returned with the result of
+        #: an action or command, for read-your-writes).
+        self.committed_seqs: dict[str, int] = {}
 
     @property
     def role(self) -> str:

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from foundry.errors import ActorUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +39,9 @@ def decode_batch(message: bytes) -> list[Event]:
     return [Event(topic, event, seq, data) for topic, event, seq, data in pickle.loads(message)]
 
 
+#: Queued to every subscriber when the hub closes.
+_CLOSED: list[Event] = []
+
 #: Published in place of events when a subscriber fell too far behind and lost some: the consumer
 #: must re-read snapshots (the realtime gateway does this) instead of trusting its stream.
 OVERFLOW_TOPIC = "$overflow"
@@ -52,6 +57,14 @@ class EventHub:
     def __init__(self, max_queued: int = 10_000) -> None:
         self._subscribers: set[asyncio.Queue[list[Event]]] = set()
         self._max_queued = max_queued
+        self._closed = False
+
+    def close(self) -> None:
+        """The host is going away: every subscription ends with `ActorUnavailable`, as a Ray stream
+        of a dead host does, so subscribers reconnect to its successor instead of waiting forever."""
+        self._closed = True
+        for queue in list(self._subscribers):
+            queue.put_nowait(_CLOSED)
 
     @property
     def subscriber_count(self) -> int:
@@ -75,9 +88,17 @@ class EventHub:
         self._subscribers.add(queue)
         try:
             while True:
+                if self._closed:
+                    raise ActorUnavailable("the host's event stream closed: the host stopped")
                 batch = await queue.get()
-                while not queue.empty():
-                    batch.extend(queue.get_nowait())
+                while not queue.empty() and batch is not _CLOSED:
+                    more = queue.get_nowait()
+                    if more is _CLOSED:
+                        # Deliver what came before the close first; the next round raises.
+                        break
+                    batch.extend(more)
+                if batch is _CLOSED:
+                    continue
                 yield batch
         finally:
             self._subscribers.discard(queue)

@@ -119,6 +119,7 @@ class Host:
             instance = self._instances.pop(key)
             await instance.close()
         self.inbox.close()
+        self.hub.close()
         if self.role.on_host_stop is not None and not self._closed:
             self._closed = True
             try:

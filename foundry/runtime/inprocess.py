@@ -68,15 +68,15 @@ class InProcessRuntime(Runtime):
         return host
 
     async def _on_current_host(
-        self, role: str, key: str, op: Callable[[Host], Awaitable[tuple[str, Any]]]
-    ) -> tuple[str, Any]:
+        self, role: str, key: str, op: Callable[[Host], Awaitable[tuple[Any, ...]]]
+    ) -> tuple[Any, ...]:
         """Run ``op`` on the host of ``key``; again on its replacement if that host stopped meanwhile
         (as a Ray caller retries on a restarted host)."""
         shard = self.shard_for(role, key)
         while True:
             host = self.host(role, shard)
             outcome = roundtrip(await op(host))
-            status, value = outcome
+            status, value = outcome[0], outcome[1]
             replaced = self._hosts.get((role, shard)) is not host
             if status != "ok" and replaced and value.get("code") == ActorUnavailable.code:
                 continue
@@ -84,7 +84,7 @@ class InProcessRuntime(Runtime):
 
     async def _send(
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str
-    ) -> tuple[str, Any]:
+    ) -> tuple[Any, ...]:
         return await self._on_current_host(
             role,
             key,
@@ -93,10 +93,10 @@ class InProcessRuntime(Runtime):
             ),
         )
 
-    async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
+    async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[Any, ...]:
         return await self._on_current_host(role, key, lambda host: host.call(key, action, roundtrip(body)))
 
-    async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
+    async def _host_op(self, role: str, key: str, method: str) -> tuple[Any, ...]:
         return await self._on_current_host(role, key, lambda host: getattr(host, method)(key))
 
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:

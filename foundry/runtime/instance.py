@@ -37,6 +37,7 @@ from foundry.runtime.mailbox import (
     RECORD_OUTCOME,
     Outcome,
     known_commands,
+    ok_outcome,
     outcome_label,
     outcome_row,
     stored_outcome,
@@ -318,7 +319,7 @@ class Instance:
                         self._discard(ctx)
                     raise
                 self._committed(ctx, events)
-            return ("ok", json.loads(result_json))
+            return ok_outcome(json.loads(result_json), ctx.committed_seqs)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -343,7 +344,7 @@ class Instance:
     async def call(self, handler: Handler, model: Any) -> Outcome:
         try:
             ctx = InstanceContext(self)
-            return ("ok", to_jsonable(await handler.fn(ctx, model)))
+            return ok_outcome(to_jsonable(await handler.fn(ctx, model)), ctx.committed_seqs)
         except Exception as exc:
             error = _as_foundry_error(exc, f"{self.role.name}.{handler.name}")
             if isinstance(error, CommandFailed):
@@ -418,6 +419,7 @@ class Instance:
         """After commit: remember seqs, publish, deliver the outbox."""
         if ctx._pending_seqs:
             self._topic_seq.update(ctx._pending_seqs)
+            ctx.committed_seqs.update(ctx._pending_seqs)
             ctx._pending_seqs = None
         if events:
             self.host.hub.publish(events)

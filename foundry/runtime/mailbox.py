@@ -25,13 +25,18 @@ __all__ = [
     "RECORD_OUTCOME",
     "Outcome",
     "known_commands",
+    "ok_outcome",
     "outcome_label",
     "outcome_row",
     "stored_outcome",
 ]
 
-#: Outcome envelope passed back to callers: ("ok", value) or ("err", FoundryError payload).
-Outcome = tuple[str, Any]
+#: Outcome envelope passed back to callers: ("ok", value) or ("err", FoundryError payload). An "ok"
+#: outcome of a call or command that published events carries a third element, ``{topic: seq}`` of
+#: the last seq it committed on each topic, so a caller can ask its later reads to be at least that
+#: new (read-your-writes through the API process's snapshot cache). Read it with indexes, not by
+#: unpacking two values.
+Outcome = tuple[Any, ...]
 
 #: Finished mailbox rows are kept this long so a retried command id still finds its outcome.
 MAILBOX_RETENTION_MS = 7 * 24 * 3600 * 1000
@@ -70,9 +75,16 @@ async def known_commands(conn: AsyncConnection, mailbox: sa.Table, command_ids: 
     return known
 
 
+def ok_outcome(value: Any, committed_seqs: dict[str, int]) -> Outcome:
+    """An "ok" outcome, with the topic seqs its context committed when it published anything."""
+    if committed_seqs:
+        return ("ok", value, dict(committed_seqs))
+    return ("ok", value)
+
+
 def outcome_label(outcome: Outcome) -> str:
     """``ok``; ``refused`` for an error the caller caused (invalid, not found, conflict); ``failed``."""
-    status, value = outcome
+    status, value = outcome[0], outcome[1]
     if status == "ok":
         return "ok"
     return "failed" if isinstance(value, dict) and value.get("code") == CommandFailed.code else "refused"

@@ -286,7 +286,7 @@ class RayRuntime(Runtime):
 
     async def _send(
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str
-    ) -> tuple[str, Any]:
+    ) -> tuple[Any, ...]:
         shard = self.shard_for(role, key)
         local = self.local_hosts.get((role, shard))
         if local is not None:
@@ -298,14 +298,14 @@ class RayRuntime(Runtime):
         rid = request_id.current.get()
         return await self._with_retry(role, shard, "send", key, name, body, wait, timeout, command_id, rid)  # type: ignore[no-any-return]
 
-    async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[str, Any]:
+    async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[Any, ...]:
         shard = self.shard_for(role, key)
         local = self.local_hosts.get((role, shard))
         if local is not None:
             return roundtrip(await local.call(key, action, roundtrip(body)))  # type: ignore[no-any-return]
         return await self._with_retry(role, shard, "call", key, action, body, request_id.current.get())  # type: ignore[no-any-return]
 
-    async def _host_op(self, role: str, key: str, method: str) -> tuple[str, Any]:
+    async def _host_op(self, role: str, key: str, method: str) -> tuple[Any, ...]:
         shard = self.shard_for(role, key)
         local = self.local_hosts.get((role, shard))
         if local is not None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from foundry.http import cached_reads
 from foundry.http.deps import CurrentCaller, OptionalCaller, RuntimeDep, SameSiteWrite
 from foundry.http.strict_body import StrictJsonRoute
 from foundry.runtime.role import to_jsonable
@@ -23,11 +24,10 @@ SIGNED_OUT: dict[str, Any] = {
 
 
 @router.get("", summary="The app snapshot (signed-out snapshot without a session)")
-async def get_app(caller: OptionalCaller, runtime: RuntimeDep) -> dict[str, Any]:
+async def get_app(caller: OptionalCaller, runtime: RuntimeDep, request: Request) -> dict[str, Any]:
     if caller is None:
         return dict(SIGNED_OUT)
-    snapshot: dict[str, Any] = await runtime.call("user", caller.user_id, "app_snapshot")
-    return snapshot
+    return await cached_reads.app_snapshot(request, runtime, caller.user_id)
 
 
 class ActiveOrganization(BaseModel):

@@ -16,6 +16,7 @@ from weakref import WeakKeyDictionary
 
 from fastapi import Path
 from pydantic import ConfigDict
+from starlette.requests import HTTPConnection
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -27,6 +28,7 @@ from tenacity import (
 from actors.task.naming import split_task_key, task_key
 from actors.task.state import INIT_WAIT_S, TaskNotInitialized
 from foundry.errors import Conflict
+from foundry.http import cached_reads
 from foundry.http.deps import Membership
 from foundry.runtime.client import Runtime
 
@@ -43,15 +45,25 @@ _known_tasks: WeakKeyDictionary[Runtime, OrderedDict[tuple[str, str], None]] = W
 
 
 async def task_of(
-    member: Membership, task_id: str, runtime: Runtime, *, materialize: bool = True
+    member: Membership,
+    task_id: str,
+    runtime: Runtime,
+    *,
+    materialize: bool = True,
+    cached: HTTPConnection | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The task's actor key and its organization summary; 404 unless it belongs to ``{org}``.
 
     With ``materialize`` (writes), a virtual PR-backed task is materialized here: this is its first
-    interaction. Reads never materialize: they must not create state.
+    interaction. Reads never materialize: they must not create state. A read may pass its request as
+    ``cached`` to take the summary from the snapshot cache.
     """
     org = member.organization_id
-    summary: dict[str, Any] = await runtime.call("organization", org, "task_summary", {"taskId": task_id})
+    summary: dict[str, Any]
+    if cached is not None and not materialize:
+        summary = await cached_reads.task_summary(cached, runtime, org, task_id)
+    else:
+        summary = await runtime.call("organization", org, "task_summary", {"taskId": task_id})
     if materialize and summary.get("isVirtual"):
         await runtime.actor("organization", org).send(
             "materialize_task", {"taskId": task_id, "userId": member.caller.user_id}, wait=True

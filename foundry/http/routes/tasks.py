@@ -14,12 +14,13 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from actors.task.naming import MAX_PROMPT_CHARS
 from actors.task.provisional import provisional_detail
 from foundry.errors import FoundryError, InvalidInput
+from foundry.http import cached_reads
 from foundry.http.deps import Member, RuntimeDep, SameSiteWrite
 from foundry.http.routes.task_access import (
     STRICT,
@@ -152,27 +153,24 @@ async def list_tasks(
 
 
 @router.get("/{taskId}", summary="Task detail with the caller's own unread/draft/active session")
-async def get_task(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
-    key, summary = await task_of(member, task_id, runtime, materialize=False)
+async def get_task(task_id: TaskId, member: Member, runtime: RuntimeDep, request: Request) -> dict[str, Any]:
+    org = member.organization_id
+    # Summary, detail and the caller's own state come from this process's snapshot cache when it
+    # holds them at the seqs the caller's writes reached; otherwise from the actors.
+    _, summary = await task_of(member, task_id, runtime, materialize=False, cached=request)
 
     async def task_detail() -> dict[str, Any]:
         if summary.get("isVirtual"):
             # No task actor yet, and a read must not create one: the organization's row is the task.
-            return provisional_detail(member.organization_id, summary)
-        detail: dict[str, Any] = await runtime.call("task", key, "get")
-        return detail
+            return provisional_detail(org, summary)
+        return await cached_reads.task_detail(request, runtime, org, task_id)
 
     # Three actors, three independent reads once the organization has vouched for the task: asked
     # together, the request costs the slowest of them instead of their sum.
     detail, state, pr_items = await asyncio.gather(
         task_detail(),
-        runtime.call(
-            "user",
-            member.caller.user_id,
-            "get_task_state",
-            {"organizationId": member.organization_id, "taskId": task_id},
-        ),
-        _pr_items(runtime, member.organization_id, summary),
+        cached_reads.viewer_state(request, runtime, member.caller.user_id, org, task_id),
+        _pr_items(runtime, org, summary),
     )
     # PR and CI state are mirrored from GitHub by the organization (the authority once a PR exists).
     if summary.get("pullRequest"):
