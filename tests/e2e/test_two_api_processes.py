@@ -137,6 +137,15 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
                 while "Renamed through A" not in ws.recv(timeout=max(0.1, deadline - time.monotonic())):
                     pass
             assert via_b.get(path).json()["title"] == "Renamed through A"
+            # Read-your-writes across processes: each rename through A is in the very next read
+            # through B, although B's snapshot cache hears of it only one event delivery later (the
+            # client carries the seq its write committed).
+            for n in range(20):
+                title = f"Rename {n} through A"
+                assert via_a.patch(path, json={"title": title}).status_code == 200
+                via_b.cookies = via_a.cookies
+                assert via_b.get(path).json()["title"] == title, n
+            via_a.patch(path, json={"title": "Renamed through A"})
 
             # B leaves (a rolling restart): it joined the cluster, so the hosts stay and A serves on.
             # (Uvicorn ends with the signal that stopped it, once its shutdown is complete.)
