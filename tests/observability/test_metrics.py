@@ -71,6 +71,11 @@ async def test_metrics_are_off_by_default_then_need_the_token_and_cover_a_task_f
         assert value(found, "foundry_instances_awake", role="task") >= 1
         assert value(found, "foundry_sandboxes", state="running") >= 1
         assert value(found, "foundry_agent_turns_running") == 0  # the turn ended
+        # The task detail polled above came from the snapshot cache once warm; sessions from the
+        # session cache.
+        assert grew("foundry_api_cache_answers_total", cache="snapshot", outcome="hits") >= 1
+        assert grew("foundry_api_cache_answers_total", cache="auth", outcome="hits") >= 1
+        assert value(found, "foundry_api_snapshot_cache_bytes") > 0
         assert value(found, "foundry_outbox_dead_letters", role="organization") == 0
         # Everything in this process: one process label.
         assert {labels["process"] for labels, _ in found["foundry_http_requests_total"]} == {"api"}

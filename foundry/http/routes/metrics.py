@@ -48,7 +48,7 @@ async def prometheus_metrics(request: Request) -> Response:
             headers={"WWW-Authenticate": "Bearer"},
         )
     gateway = getattr(request.app.state, "gateway", None)
-    texts = {"api": metrics.local_exposition() + _realtime_exposition(gateway)}
+    texts = {"api": metrics.local_exposition() + _realtime_exposition(gateway) + _cache_exposition(request)}
     texts.update(await _host_expositions(request.app.state.runtime))
     return Response(metrics.merged_exposition(texts), media_type=CONTENT_TYPE_LATEST)
 
@@ -78,4 +78,36 @@ def _realtime_exposition(gateway: object) -> str:
         "# TYPE foundry_websocket_slow_consumers counter",
         f"foundry_websocket_slow_consumers_total {stats['slow_consumers']}",
     ]
+    return "\n".join(lines) + "\n"
+
+
+#: Counters both API-process caches keep (`AuthCache.stats`, `SnapshotCache.stats`).
+_CACHE_COUNTERS = ("hits", "misses", "behind", "fills", "refused_fills", "updates", "evictions")
+
+
+def _cache_exposition(request: Request) -> str:
+    """How the API process's session/membership and snapshot caches answer, read at scrape time."""
+    caches = {
+        name: getattr(request.app.state, attribute, None)
+        for name, attribute in (("auth", "auth_cache"), ("snapshot", "snapshot_cache"))
+    }
+    stats = {name: cache.stats() for name, cache in caches.items() if cache is not None}
+    if not stats:
+        return ""
+    lines = [
+        "# HELP foundry_api_cache_answers_total Reads and fills of the API process's caches, by outcome"
+        " (behind: an entry older than the caller's own write).",
+        "# TYPE foundry_api_cache_answers_total counter",
+    ]
+    for name, figures in stats.items():
+        for counter in _CACHE_COUNTERS:
+            if counter in figures:
+                labels = f'cache="{name}",outcome="{counter}"'
+                lines.append(f"foundry_api_cache_answers_total{{{labels}}} {figures[counter]}")
+    if "snapshot" in stats:
+        lines += [
+            "# HELP foundry_api_snapshot_cache_bytes JSON bytes the snapshot cache holds.",
+            "# TYPE foundry_api_snapshot_cache_bytes gauge",
+            f"foundry_api_snapshot_cache_bytes {stats['snapshot']['bytes']}",
+        ]
     return "\n".join(lines) + "\n"
