@@ -13,6 +13,8 @@ membership and the read itself. Figures:
 * ``signed_in_snapshot_get_ms_p50``: ``GET /v1/app`` (session + the app snapshot) on the same
   connection, answered from the API process's snapshot cache once warm
   (``snapshot_actor_calls_per_request`` says how often it still asked an actor);
+* ``signed_in_write_ms_p50``: ``POST /v1/app/active-organization`` (a user action that commits and
+  publishes), up to 500 of them;
 * ``unauthenticated_get_ms_p50``: ``GET /healthz`` on the same connection, the floor of the stack.
 """
 
@@ -119,6 +121,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             snapshot = await _timed(client, "/v1/app", args.requests)
             out["signed_in_snapshot_get_ms_p50"] = _pct(snapshot, 0.5)
             out["snapshot_actor_calls_per_request"] = round(len(actions) / args.requests, 3)
+            # A write: one user action that commits and publishes (the seq lands in the cookie).
+            writes = []
+            for _ in range(min(args.requests, 500)):
+                began = time.perf_counter()
+                response = await client.post("/v1/app/active-organization", json={"organizationId": "acme"})
+                writes.append((time.perf_counter() - began) * 1000)
+                assert response.status_code == 200, response.text
+            out["signed_in_write_ms_p50"] = _pct(writes, 0.5)
             out["unauthenticated_get_ms_p50"] = _pct(await _timed(client, "/healthz", args.requests), 0.5)
     finally:
         server.should_exit = True

@@ -21,7 +21,7 @@ ROLE = Role(
     metadata=metadata,
     commands=(
         Handler("sync", Sync, sync.handle_sync),
-        Handler("ingest_webhook", IngestWebhook, handlers.handle_ingest_webhook),
+        Handler("ingest_webhook", IngestWebhook, handlers.handle_ingest_webhook, batch=True),
         Handler("process_deliveries", Empty, handlers.handle_process_deliveries),
         Handler("reconcile_installations", Empty, handlers.handle_reconcile_installations),
     ),

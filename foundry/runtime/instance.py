@@ -26,8 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from foundry import metrics, request_id
 from foundry.db.engine import make_engine, read_only
 from foundry.db.migrate import ensure_schema, seed_new_database
-from foundry.errors import ActorUnavailable, CommandFailed, CommandTimeout, FoundryError
+from foundry.errors import ActorUnavailable, CommandFailed, CommandTimeout
 from foundry.runtime.cancel import cancel_and_wait
+from foundry.runtime.command_batch import MailboxQueue, execute_batch
 from foundry.runtime.context import CommandContext, InstanceContext
 from foundry.runtime.events import Event
 from foundry.runtime.inbox import Queued
@@ -35,7 +36,9 @@ from foundry.runtime.jobs import InstanceJobs
 from foundry.runtime.mailbox import (
     MAILBOX_RETENTION_MS,
     RECORD_OUTCOME,
+    STEP_TIMEOUT_S,
     Outcome,
+    as_foundry_error,
     known_commands,
     ok_outcome,
     outcome_label,
@@ -50,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: A command handler must finish within this; long work belongs in a background job.
-STEP_TIMEOUT_S = 60.0
 #: Closing waits this long for a running write transaction to end before cancelling it.
 CLOSE_WAIT_S = 10.0
 
@@ -76,7 +77,7 @@ class Instance:
         self.active = 0
         self.last_used = asyncio.get_running_loop().time()
         #: (command, request id of the sender when it was enqueued in this process).
-        self._queue: asyncio.Queue[tuple[Queued, str | None]] = asyncio.Queue()
+        self._queue = MailboxQueue(self.role.batches)
         self._waiters: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._mailbox_conn: sqlite3.Connection | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -270,23 +271,31 @@ class Instance:
 
     async def _run_loop(self) -> None:
         while True:
-            queued, rid = await self._queue.get()
-            command_id = queued.command_id
-            self._running_command = command_id
+            batch = await self._queue.next_batch()
+            self._running_command = batch[0][0].command_id
             started = time.perf_counter()
             try:
-                with request_id.bound(rid):
-                    outcome = await self._execute(queued)
-                # Committed: the mailbox row now answers for this command id.
-                self.host.inbox.remove(self.key, [command_id])
+                outcomes = None
+                if len(batch) > 1:
+                    with request_id.bound(batch[0][1]):
+                        outcomes = await execute_batch(self, [q for q, _ in batch], STEP_TIMEOUT_S)
+                if outcomes is None:
+                    outcomes = []
+                    for queued, rid in batch:
+                        with request_id.bound(rid):
+                            outcomes.append(await self._execute(queued))
+                # Committed: the mailbox rows now answer for these command ids.
+                self.host.inbox.remove(self.key, [queued.command_id for queued, _ in batch])
             finally:
                 self._running_command = None
-            metrics.COMMAND_SECONDS.labels(self.role.name).observe(time.perf_counter() - started)
-            metrics.COMMANDS.labels(self.role.name, outcome_label(outcome)).inc()
+            seconds = (time.perf_counter() - started) / len(batch)
+            for (queued, _), outcome in zip(batch, outcomes, strict=True):
+                metrics.COMMAND_SECONDS.labels(self.role.name).observe(seconds)
+                metrics.COMMANDS.labels(self.role.name, outcome_label(outcome)).inc()
+                for fut in self._waiters.pop(queued.command_id, []):
+                    if not fut.done():
+                        fut.set_result(outcome)
             self.touch()
-            for fut in self._waiters.pop(command_id, []):
-                if not fut.done():
-                    fut.set_result(outcome)
             self._unmark_if_drained()
 
     async def _execute(self, queued: Queued) -> Outcome:
@@ -323,7 +332,7 @@ class Instance:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            error = _as_foundry_error(exc, f"{self.role.name}.{name}")
+            error = as_foundry_error(exc, f"{self.role.name}.{name}")
             if isinstance(error, CommandFailed):
                 log.exception("command %s on %s/%s failed", name, self.role.name, self.key)
             else:
@@ -346,7 +355,7 @@ class Instance:
             ctx = InstanceContext(self)
             return ok_outcome(to_jsonable(await handler.fn(ctx, model)), ctx.committed_seqs)
         except Exception as exc:
-            error = _as_foundry_error(exc, f"{self.role.name}.{handler.name}")
+            error = as_foundry_error(exc, f"{self.role.name}.{handler.name}")
             if isinstance(error, CommandFailed):
                 log.exception("action %s on %s/%s failed", handler.name, self.role.name, self.key)
             return ("err", error.to_payload())
@@ -482,14 +491,6 @@ class Instance:
     def job_running(self, name: str) -> bool:
         """True while job ``name`` runs."""
         return self.jobs.running(name)
-
-
-def _as_foundry_error(exc: Exception, where: str) -> FoundryError:
-    if isinstance(exc, FoundryError):
-        return exc
-    if isinstance(exc, TimeoutError):
-        return CommandFailed(f"{where} took longer than {STEP_TIMEOUT_S:g}s and was aborted")
-    return CommandFailed(f"{where} failed: {type(exc).__name__}: {exc}")
 
 
 #: The topic seqs a transaction stamped, stored with it.

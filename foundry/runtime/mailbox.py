@@ -17,13 +17,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from foundry.errors import CommandFailed
+from foundry.errors import CommandFailed, FoundryError
 from foundry.runtime.inbox import Queued
 
 __all__ = [
     "MAILBOX_RETENTION_MS",
     "RECORD_OUTCOME",
+    "STEP_TIMEOUT_S",
     "Outcome",
+    "as_foundry_error",
     "known_commands",
     "ok_outcome",
     "outcome_label",
@@ -73,6 +75,20 @@ async def known_commands(conn: AsyncConnection, mailbox: sa.Table, command_ids: 
         rows = await conn.execute(sa.select(mailbox.c.command_id).where(mailbox.c.command_id.in_(chunk)))
         known.update(row[0] for row in rows)
     return known
+
+
+#: A command handler must finish within this; long work belongs in a background job.
+STEP_TIMEOUT_S = 60.0
+
+
+def as_foundry_error(exc: Exception, where: str) -> FoundryError:
+    """What a failed command or action reports: a `FoundryError` as raised, anything else (a bug, a
+    timeout) as `CommandFailed` naming where it happened."""
+    if isinstance(exc, FoundryError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return CommandFailed(f"{where} took longer than {STEP_TIMEOUT_S:g}s and was aborted")
+    return CommandFailed(f"{where} failed: {type(exc).__name__}: {exc}")
 
 
 def ok_outcome(value: Any, committed_seqs: dict[str, int]) -> Outcome:

@@ -192,6 +192,9 @@ ROLE = Role(
     migrations=str(Path(__file__).parent / "migrations" / "counter"),
     commands=(
         Handler("incr", Incr, incr),
+        # The same handlers, allowed to share a transaction with their queued neighbours.
+        Handler("incr_batched", Incr, incr, batch=True),
+        Handler("fail_batched", Fail, fail, batch=True),
         Handler("slow", Slow, slow),
         Handler("fail", Fail, fail),
         Handler("forward", Forward, forward),
