@@ -34,6 +34,7 @@ from tests.tasks.conftest import (
     events,
     idle_session,
     task_detail,
+    wait_summary,
     wait_task,
 )
 
@@ -184,9 +185,8 @@ async def test_task_on_real_ray_streams_resumes_stops_and_ends_in_a_pull_request
         assert server.github.requests_to("/repos/acme/rocket/pulls", "POST")
         detail = await task_detail(client, task_id)
         assert detail["pullRequest"]["number"] == pr["pullRequest"]["number"]
-        org = (await client.get("/v1/organizations/acme")).json()
-        row = next(t for t in org["taskSummaries"] if t["taskId"] == task_id)
-        assert row["pullRequest"]["number"] == pr["pullRequest"]["number"]
+        number = pr["pullRequest"]["number"]
+        await wait_summary(client, task_id, lambda row: (row["pullRequest"] or {}).get("number") == number)
 
         # Nothing unpushed any more: archive destroys the sandbox without force.
         archived = await client.post(f"/v1/organizations/acme/tasks/{task_id}/archive")

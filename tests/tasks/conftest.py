@@ -185,6 +185,25 @@ async def wait_task(
         await asyncio.sleep(0.05)
 
 
+async def wait_summary(
+    client: httpx.AsyncClient,
+    task_id: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 10,
+    org: str = "acme",
+) -> dict[str, Any]:
+    """The task's row in its organization once ``predicate`` holds. The task pushes its summary
+    through its outbox after each change, so the row follows the task's own answers by a delivery."""
+    deadline = time.monotonic() + timeout
+    while True:
+        summaries = (await client.get(f"/v1/organizations/{org}")).json()["taskSummaries"]
+        row = next((t for t in summaries if t["taskId"] == task_id), None)
+        if row is not None and predicate(row):
+            return row
+        assert time.monotonic() < deadline, f"summary never matched; last row: {json.dumps(row)[:3000]}"
+        await asyncio.sleep(0.05)
+
+
 async def events(
     client: httpx.AsyncClient, task_id: str, session_id: str, since: int = 0
 ) -> list[dict[str, Any]]:

@@ -7,7 +7,15 @@ import subprocess
 from pathlib import Path
 
 from foundry.demo_agent import NOTES_FILE
-from tests.tasks.conftest import TaskServer, create_task, events, idle_session, task_detail, wait_task
+from tests.tasks.conftest import (
+    TaskServer,
+    create_task,
+    events,
+    idle_session,
+    task_detail,
+    wait_summary,
+    wait_task,
+)
 
 
 def remote_branches(remote: Path) -> list[str]:
@@ -56,7 +64,7 @@ async def test_archive_is_refused_with_unpushed_work_unless_forced_then_rescues_
         assert detail["status"] == "archived"
         assert all(s["status"] == "closed" for s in detail["sessions"])
         # The organization hears of it from the task (its outbox), right after the archive answered.
-        for _ in range(100):
+        for _ in range(200):
             org = (await client.get("/v1/organizations/acme")).json()
             if task_id not in {t["taskId"] for t in org["taskSummaries"]}:
                 break
@@ -156,11 +164,8 @@ async def test_two_users_on_one_task_see_their_own_unread_draft_and_active_sessi
         detail = await wait_task(alice, task_id, lambda d: d["owner"]["login"] == "carol")
         assert detail["title"] == "Shared work"
         # The organization's row follows through the task's outbox, just after the answers.
-        for _ in range(100):
-            org = (await alice.get("/v1/organizations/acme")).json()
-            row = next(t for t in org["taskSummaries"] if t["taskId"] == task_id)
-            if row["ownerLogin"] == "carol" and row["title"] == "Shared work":
-                break
-            await asyncio.sleep(0.05)
+        row = await wait_summary(
+            alice, task_id, lambda row: row["ownerLogin"] == "carol" and row["title"] == "Shared work"
+        )
         assert row["ownerLogin"] == "carol"
         assert row["title"] == "Shared work"

@@ -16,6 +16,7 @@ from tests.tasks.conftest import (
     idle_session,
     running_server,
     task_detail,
+    wait_summary,
     wait_task,
 )
 
@@ -60,8 +61,7 @@ async def test_sandbox_agent_killed_mid_turn_errors_the_task_and_the_next_messag
         detail = await wait_task(client, task_id, lambda d: d["sessions"][0]["status"] == "error")
         log = await events(client, task_id, session_id)
         assert any(e["event"] == "turnFailed" for e in log)
-        org = (await client.get("/v1/organizations/acme")).json()
-        assert next(t for t in org["taskSummaries"] if t["taskId"] == task_id)["status"] == "error"
+        await wait_summary(client, task_id, lambda row: row["status"] == "error")
 
         response = await client.post(messages_url(task_id, session_id), json={"text": "After the crash"})
         assert response.status_code == 202

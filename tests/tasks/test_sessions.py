@@ -8,7 +8,15 @@ import time
 
 from foundry.demo_agent import FAILURE_REASON, NOTES_FILE
 from foundry.drivers.sandbox.client import SandboxAgentClient
-from tests.tasks.conftest import TaskServer, create_task, events, idle_session, task_detail, wait_task
+from tests.tasks.conftest import (
+    TaskServer,
+    create_task,
+    events,
+    idle_session,
+    task_detail,
+    wait_summary,
+    wait_task,
+)
 
 
 def base(task_id: str, session_id: str) -> str:
@@ -116,9 +124,7 @@ async def test_agent_failure_is_shown_and_the_next_message_works(tasks_server: T
         log = await events(client, task_id, session_id)
         failed = next(e for e in log if e["event"] == "turnFailed")
         assert FAILURE_REASON in failed["data"]["error"]
-        org = (await client.get("/v1/organizations/acme")).json()
-        row = next(t for t in org["taskSummaries"] if t["taskId"] == task_id)
-        assert row["status"] == "error"
+        row = await wait_summary(client, task_id, lambda row: row["status"] == "error")
         assert FAILURE_REASON in row["error"]
 
         response = await client.post(base(task_id, session_id) + "/messages", json={"text": "Now succeed"})

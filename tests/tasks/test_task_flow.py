@@ -14,6 +14,7 @@ from tests.tasks.conftest import (
     events,
     idle_session,
     task_detail,
+    wait_summary,
     wait_task,
 )
 
@@ -74,9 +75,7 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
         assert statuses.index("running") < len(statuses) - 1 - statuses[::-1].index("idle")
 
         # The organization broadcasts the pushed summary.
-        org = (await client.get("/v1/organizations/acme")).json()
-        row = next(t for t in org["taskSummaries"] if t["taskId"] == task_id)
-        assert row["status"] == "idle"
+        row = await wait_summary(client, task_id, lambda row: row["status"] == "idle")
         assert row["branch"] == created["branchName"]
         assert row["sessions"][0]["sessionId"] == session_id
         assert row["ownerLogin"] == "alice"
