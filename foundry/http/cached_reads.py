@@ -66,6 +66,13 @@ async def task_detail(
         ("topic", topic),
         lambda: _topic_snapshot(runtime, "task", task_key(organization_id, task_id), topic),
     )
+    cache = snapshot_cache_of(conn)
+    if cache is not None:
+        # Transcript events move a session's last seq without a ``taskUpdated``: the newest heard.
+        for session in detail.get("sessions", []):
+            heard = cache.session_seq(f"session:{organization_id}:{task_id}:{session['sessionId']}")
+            if heard > session.get("lastSeq", 0):
+                session["lastSeq"] = heard
     return detail
 
 

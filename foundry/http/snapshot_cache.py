@@ -95,6 +95,8 @@ class SnapshotCache:
         self._floors: OrderedDict[str, int] = OrderedDict()
         #: guard topic -> newest seq heard on its stream (the seq an actor read is known to reach).
         self._heard: OrderedDict[str, int] = OrderedDict()
+        #: session topic -> newest seq heard (see `events`).
+        self._session_seqs: dict[str, int] = {}
         self._counters = {"hits": 0, "misses": 0, "behind": 0, "fills": 0, "refused_fills": 0, "updates": 0}
 
     # ----------------------------------------------------------------------------- reads
@@ -167,10 +169,15 @@ class SnapshotCache:
 
     def events(self, role: str, shard: int, batch: list[Event]) -> None:
         host = (role, shard)
+        session_seqs = self._session_seqs
         for event in batch:
             topic = event.topic
             if topic.startswith(SESSION_PREFIX):
-                continue  # transcripts: the bulk of a task host's stream, never cached here
+                # Transcripts: the bulk of a task host's stream. Only their seqs are kept, for the
+                # sessions' ``lastSeq`` in a cached task detail (a transcript event publishes no
+                # ``taskUpdated``): a plain assignment per event.
+                session_seqs[topic] = event.seq
+                continue
             if topic.startswith(TASK_PREFIX):
                 self._heard_seq(topic, event.seq)
                 self._full_state(("topic", topic), event, FULL_STATE_EVENT[TASK_PREFIX], host)
@@ -185,6 +192,14 @@ class SnapshotCache:
                 self._heard_seq(topic, event.seq)
                 if event.event == VIEWER_STATE_CHANGED:
                     self._viewer_changed(topic[len(VIEWER_PREFIX) :], event.data)
+        if len(session_seqs) > self._max_floors:
+            # Forgotten seqs would leave cached details behind their transcripts: drop those too.
+            session_seqs.clear()
+            self._drop_where(lambda k: k[0] == "topic" and k[1].startswith(TASK_PREFIX))
+
+    def session_seq(self, topic: str) -> int:
+        """The newest seq heard on a session topic (0: none heard since its stream was live)."""
+        return self._session_seqs.get(topic, 0)
 
     # ----------------------------------------------------------------------------- observability
 
@@ -294,6 +309,11 @@ class SnapshotCache:
 
     def _forget_host(self, host: Host) -> None:
         self._drop_where(lambda k: self._entries[k].host == host)
+        if host[0] == "task":
+            # Session seqs are kept for every task host together: forget them all, and the details
+            # of every task host with them (they would be patched with nothing newer).
+            self._session_seqs.clear()
+            self._drop_where(lambda k: k[0] == "topic" and k[1].startswith(TASK_PREFIX))
 
 
 def guard_topic(key: Key) -> str | None:

@@ -148,3 +148,15 @@ def test_the_cookie_keeps_the_newest_topics_and_round_trips() -> None:
         "app:alice@x.y=z": 4,
         "task:acme:t1": 9,
     }
+
+
+def test_transcript_seqs_are_heard_for_cached_details_and_forgotten_with_their_stream(
+    cache: SnapshotCache,
+) -> None:
+    cache.fill(cache.begin(TASK_KEY), TASK_KEY, {"sessions": [{"sessionId": "s1", "lastSeq": 5}]}, seq=3)
+    cache.events("task", 0, [Event("session:acme:t1:s1", "agentUpdate", n, {}) for n in range(6, 10)])
+    assert cache.session_seq("session:acme:t1:s1") == 9
+    assert cache.get(TASK_KEY, 0) is not None  # a transcript event does not drop the detail
+    cache.stream_lost("task", 0)
+    assert cache.session_seq("session:acme:t1:s1") == 0
+    assert cache.get(TASK_KEY, 0) is None
