@@ -24,9 +24,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.task.detail_rows import DetailRows, read_detail_rows
 from actors.task.naming import split_task_key
-from actors.task.schema import messages, session_events, sessions, task
+from actors.task.schema import messages, permission_requests, session_events, sessions, task
 from foundry.db.engine import in_connection_thread
 from foundry.errors import Conflict, NotFound
 from foundry.runtime.context import InstanceContext
@@ -277,6 +276,49 @@ def derive_status(
     return "idle", row.last_error
 
 
+async def _session_rows(conn: AsyncConnection) -> list[sa.Row[Any]]:
+    return list(
+        (await conn.execute(sa.select(sessions).order_by(sessions.c.created_at, sessions.c.name))).all()
+    )
+
+
+async def _session_extras(
+    conn: AsyncConnection,
+) -> tuple[dict[str, int], dict[str, int], dict[str, list[Any]]]:
+    queued = {
+        r[0]: int(r[1])
+        for r in (
+            await conn.execute(
+                sa.select(messages.c.session_id, sa.func.count())
+                .where(messages.c.status == "queued")
+                .group_by(messages.c.session_id)
+            )
+        ).all()
+    }
+    # Every event of a session topic is a transcript row with the topic's seq, so the topic seqs are
+    # the transcripts' last seqs: a lookup in a small table instead of a scan of every event.
+    last_seq = {
+        str(r[0]).rsplit(":", 1)[1]: int(r[1])
+        for r in (
+            await conn.execute(
+                sa.text("SELECT topic, seq FROM foundry_topic_seq WHERE topic LIKE 'session:%'")
+            )
+        ).all()
+    }
+    pending: dict[str, list[Any]] = {}
+    for r in (
+        await conn.execute(
+            sa.select(permission_requests)
+            .where(permission_requests.c.status == "pending")
+            .order_by(permission_requests.c.created_at)
+        )
+    ).all():
+        pending.setdefault(r.session_id, []).append(
+            {"requestId": r.request_id, "options": json.loads(r.options_json)}
+        )
+    return queued, last_seq, pending
+
+
 def session_json(
     row: sa.Row[Any], queued: int = 0, last_seq: int = 0, pending: list[Any] | None = None
 ) -> dict[str, Any]:
@@ -305,16 +347,10 @@ def pull_request_json(row: sa.Row[Any]) -> dict[str, Any] | None:
     return {"number": row.pr_number, "url": row.pr_url, "state": row.pr_state, "title": row.pr_title}
 
 
-async def build_detail(conn: AsyncConnection, row: Any = None) -> dict[str, Any]:
-    """The task detail as every viewer sees it; per-user state is merged by the caller. ``row``: the
-    task row when the caller has it (else it is read with the rest; the task must be initialized)."""
-    rows = await read_detail_rows(conn)
-    return detail_of(row if row is not None else rows.task, rows)
-
-
-def detail_of(row: Any, rows: DetailRows) -> dict[str, Any]:
-    """The detail of task row ``row`` and its sessions' rows."""
-    session_rows, queued, last_seq, pending = rows.sessions, rows.queued, rows.last_seq, rows.pending
+async def build_detail(conn: AsyncConnection, row: sa.Row[Any]) -> dict[str, Any]:
+    """The task detail as every viewer sees it; per-user state is merged by the caller."""
+    session_rows = await _session_rows(conn)
+    queued, last_seq, pending = await _session_extras(conn)
     status, error = derive_status(row, session_rows, queued)
     return {
         "taskId": row.task_id,
@@ -390,11 +426,8 @@ async def refresh(ctx: InstanceContext, conn: AsyncConnection) -> dict[str, Any]
     Runs inside the caller's transaction. The organization gets the summary through the outbox (never
     lost), and only when something in it changed.
     """
-    rows = await read_detail_rows(conn)
-    row = rows.task
-    if row is None:
-        raise TaskNotInitialized(f"task {split_task_key(ctx.key)[1]!r} not found (not initialized)")
-    detail = detail_of(row, rows)
+    row = await require_task(conn, ctx.key)
+    detail = await build_detail(conn, row)
     now = ctx.now_ms()
     summary = summary_from_detail(detail)
     summary_json = json.dumps(summary, sort_keys=True)
