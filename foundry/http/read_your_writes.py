@@ -33,6 +33,8 @@ COOKIE = "foundry_seen"
 MAX_TOPICS = 16
 #: A cookie longer than this is ignored whole (16 topics of 512 characters fit).
 MAX_COOKIE_CHARS = 9_000
+#: Longest value this process sets: browsers keep cookies of about 4 KB, name and attributes included.
+MAX_RENDERED_CHARS = 3_800
 #: How long a client's seqs matter: an event reaches every API process well within it.
 MAX_AGE_S = 600
 _PAIR = re.compile(r"^([a-z][a-z0-9-]{0,31}(?::[A-Za-z0-9][A-Za-z0-9._@+=-]{0,127})+)!([0-9]{1,15})$")
@@ -62,9 +64,17 @@ def parse(value: str | None) -> dict[str, int]:
 
 
 def render(seqs: dict[str, int]) -> str:
-    """The cookie value of ``seqs`` (insertion order: oldest first; the newest `MAX_TOPICS` kept)."""
+    """The cookie value of ``seqs`` (insertion order: oldest first): the newest `MAX_TOPICS` that fit
+    in `MAX_RENDERED_CHARS` (a browser drops a larger cookie whole, silently)."""
     pairs = [f"{topic}!{seq}" for topic, seq in seqs.items() if topic.startswith(GUARDED_PREFIXES)]
-    return "|".join(pairs[-MAX_TOPICS:])
+    kept: list[str] = []
+    size = 0
+    for pair in reversed(pairs[-MAX_TOPICS:]):
+        size += len(pair) + 1
+        if size > MAX_RENDERED_CHARS:
+            break
+        kept.append(pair)
+    return "|".join(reversed(kept))
 
 
 class ReadYourWrites:

@@ -9,7 +9,7 @@ import pytest
 
 from actors.task.naming import task_key
 from foundry.config import Settings
-from foundry.http.read_your_writes import MAX_COOKIE_CHARS, MAX_TOPICS, parse, render
+from foundry.http.read_your_writes import MAX_COOKIE_CHARS, MAX_RENDERED_CHARS, MAX_TOPICS, parse, render
 from foundry.http.snapshot_cache import SnapshotCache
 from foundry.runtime.events import Event
 from foundry.runtime.inprocess import InProcessRuntime
@@ -160,3 +160,14 @@ def test_transcript_seqs_are_heard_for_cached_details_and_forgotten_with_their_s
     cache.stream_lost("task", 0)
     assert cache.session_seq("session:acme:t1:s1") == 0
     assert cache.get(TASK_KEY, 0) is None
+
+
+def test_the_cookie_stays_within_what_a_browser_keeps_and_keeps_the_newest_writes() -> None:
+    org, task = "o" * 120, "t" * 120
+    long_topics = {f"task:{org}:{task}{n}": n + 1 for n in range(MAX_TOPICS)}
+    assert len("|".join(f"{t}!{s}" for t, s in long_topics.items())) > MAX_RENDERED_CHARS
+    value = render(long_topics)
+    assert len(value) <= MAX_RENDERED_CHARS
+    kept = parse(value)
+    assert f"task:{org}:{task}{MAX_TOPICS - 1}" in kept  # the newest write is always kept
+    assert f"task:{org}:{task}0" not in kept
