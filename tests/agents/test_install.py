@@ -131,7 +131,8 @@ def test_a_sandbox_gets_the_launcher_and_the_claude_program_and_loses_them_once_
     # The program is the Claude Code the adapter runs, and answers as sandbox-agent asks it to.
     version = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.strip() == "2.1.83 (Claude Code)", version.stderr
-    script = launcher.read_text()
+    script = launcher.with_name("claude-acp.launch").read_text()
+    assert launcher.read_text().endswith('exec nice -n 5 "$0.launch" "$@"\n')
     assert (
         ": ${CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1}; export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
         in script
@@ -145,4 +146,5 @@ def test_a_sandbox_gets_the_launcher_and_the_claude_program_and_loses_them_once_
     # Restarted after the agent was removed: sandbox-agent must not see it as installed any more.
     prepare_directory(sandbox, {}, {}).close()
     assert not launcher.exists()
+    assert not launcher.with_name("claude-acp.launch").exists()
     assert not program.exists()

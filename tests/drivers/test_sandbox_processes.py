@@ -78,6 +78,26 @@ async def test_the_token_is_on_no_command_line_and_still_guards_the_server(provi
         assert ok.status_code == 200
 
 
+async def test_an_agent_runs_below_its_server_so_event_forwarding_keeps_the_cpu(
+    provider: LocalSandboxProvider,
+):
+    # sandbox-agent drops events for a subscriber it cannot forward to fast enough: an agent that
+    # takes the CPU (a flood of output, a build) must not starve the server that forwards its events.
+    await provider.create("niced", env={"FOUNDRY_DEMO_AGENT_DELAY": "0"})
+    server = provider.process_id("niced")
+    assert server is not None
+    async with SandboxAgentClient(await provider.create("niced")) as client:
+        await client.acp("probe", "mock").initialize()
+        agents = [
+            pid
+            for pid in descendants(server)
+            if alive(pid) and b"demo_agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert agents, "the agent process was not found under its server"
+        for pid in agents:
+            assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, server) + 5
+
+
 async def test_a_restarted_backend_reaps_the_servers_a_dead_one_left(tmp_path: Path):
     root = tmp_path / "sandboxes"
     dead = make_provider(root)  # stands for a backend process that was killed: never closed
