@@ -132,7 +132,7 @@ def test_a_sandbox_gets_the_launcher_and_the_claude_program_and_loses_them_once_
     version = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.strip() == "2.1.83 (Claude Code)", version.stderr
     script = launcher.with_name("claude-acp.launch").read_text()
-    assert launcher.read_text().endswith('exec nice -n 5 "$0.launch" "$@"\n')
+    assert launcher.read_text().endswith('exec nice -n 19 "$0.launch" "$@"\n')
     assert (
         ": ${CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1}; export CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"
         in script

@@ -62,12 +62,13 @@ def describe_returncode(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-#: Agents run this many niceness steps below their sandbox-agent server. sandbox-agent keeps only 512
-#: unsent events per subscriber and drops the rest for it: when an agent (its output, or a build it
-#: runs) takes the CPU that the server needs to forward events, events are lost. Favouring the server
-#: inside the sandbox also slows an agent that outruns the forwarding instead (measured with 20 agents
-#: flooding at once: +30 % events recorded per second, fewer dropped ranges).
-AGENT_NICENESS_STEP = 5
+#: Agents run at the lowest CPU priority there is, below their sandbox-agent server. sandbox-agent
+#: keeps only 512 unsent events per subscriber and drops the rest for it: when agents (their output,
+#: or the builds they run) take the CPU that the server needs to forward events, events are lost.
+#: Favouring the server inside the sandbox slows an agent that outruns the forwarding instead
+#: (measured with 20 agents flooding at once: about +30 % events recorded per second, and fewer
+#: dropped ranges than with the agents only five steps below the server).
+AGENT_NICENESS = 19
 #: The agent's own launcher, beside the ``<id>-acp`` wrapper that lowers its priority.
 LAUNCHER_SUFFIX = ".launch"
 
@@ -76,7 +77,7 @@ def _niced(agent_id: str) -> str:
     return (
         "#!/bin/sh\n"
         f"# Runs {agent_id}-acp{LAUNCHER_SUFFIX} below sandbox-agent's priority (Foundry writes this file).\n"
-        f'exec nice -n {AGENT_NICENESS_STEP} "$0{LAUNCHER_SUFFIX}" "$@"\n'
+        f'exec nice -n {AGENT_NICENESS} "$0{LAUNCHER_SUFFIX}" "$@"\n'
     )
 
 
@@ -87,7 +88,7 @@ def prepare_directory(
     appending.
 
     ``launchers`` become ``agent_processes/<id>-acp.launch``, started through a ``<id>-acp`` that
-    lowers the agent's priority (`AGENT_NICENESS_STEP`); ``natives`` become ``<id>`` beside that
+    lowers the agent's priority (`AGENT_NICENESS`); ``natives`` become ``<id>`` beside that
     directory, the agent's own program that sandbox-agent also requires for some agents. Launchers
     and programs of agents no longer registered are removed: sandbox-agent would otherwise report
     an agent as installed whose files the jail no longer shows.
