@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +18,8 @@ from sqlalchemy.util import await_
 from foundry.db.one_hop import one_hop_dbapi
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: Execution option of engines and connections that only read (see `read_only`).
 READ_ONLY_OPTION = "foundry_read_only"
@@ -68,16 +72,42 @@ def make_engine(path: Path) -> AsyncEngine:
             # reader never waits for the writer nor holds it up). Without it each SELECT saw the
             # state of its own moment, and a task detail assembled from several tables once read
             # one turn's end and the next one's start at the same time: "idle, nothing queued".
-            await_(conn.connection.driver_connection.execute("BEGIN"))  # type: ignore[union-attr]
+            _start(conn, "BEGIN")
             return
         # IMMEDIATE takes the write lock now, waiting out another connection's write (busy_timeout).
         # A plain BEGIN takes it at the first write instead, and SQLite does not wait there: a
         # transaction that has already read fails at once with "database is locked" when another
         # connection happens to be writing (seen at wake, whose first statements are reads).
         # Straight to aiosqlite: no statement compilation for what starts every transaction.
-        await_(conn.connection.driver_connection.execute("BEGIN IMMEDIATE"))  # type: ignore[union-attr]
+        _start(conn, "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _start(conn: Connection, statement: str) -> None:
+    """Begin a transaction on ``conn``'s connection, which must never be left inside one.
+
+    The pool does not roll back a returned connection (see `make_engine`), so a BEGIN whose caller
+    was cancelled must be undone here: the statement still runs in the connection's thread after the
+    caller stopped waiting, and the connection would go back to the pool inside a transaction, every
+    later BEGIN on it failing and, after ``BEGIN IMMEDIATE``, the database's write lock held for good.
+    """
+    driver = conn.connection.driver_connection
+    try:
+        await_(driver.execute(statement))  # type: ignore[union-attr]
+    except sqlite3.OperationalError as exc:
+        if "within a transaction" not in str(exc):
+            raise
+        # Left so by a path not covered below (a connection dropped without being closed, say): its
+        # owner is gone, so its transaction is abandoned and rolling it back loses nothing.
+        log.warning("a pooled connection was still inside an abandoned transaction; rolled it back")
+        await_(driver.rollback())  # type: ignore[union-attr]
+        await_(driver.execute(statement))  # type: ignore[union-attr]
+    except BaseException:
+        # Cancelled (or failed) while the BEGIN may still run: the rollback, queued behind it on the
+        # same thread, ends whatever it started. Shielded, so a second cancellation cannot skip it.
+        await_(asyncio.shield(driver.rollback()))  # type: ignore[union-attr]
+        raise
 
 
 def read_only(engine: AsyncEngine) -> AsyncEngine:
