@@ -234,6 +234,29 @@ async def test_what_runs_in_a_sandbox_yields_the_cpu_to_foundry(provider: LocalS
     assert os.getpriority(os.PRIO_PROCESS, pid) >= 10
 
 
+async def test_a_sandbox_being_stopped_is_not_reported_running(
+    provider: LocalSandboxProvider, sandbox: SandboxEndpoint
+):
+    # Idle reclamation stops a server while a task may ask for its sandbox: an endpoint handed out
+    # then is dead by the time the task uses it (its turn failed with "unreachable"). While the stop
+    # runs, the sandbox must read as not running, so the caller starts a new server once it is done.
+    stopping = asyncio.create_task(provider.stop("task-1"))
+    await asyncio.sleep(0)  # the stop has begun
+    seen = []
+    while not stopping.done():
+        status = await provider.status("task-1")
+        seen.append((status.state, status.endpoint))
+        await asyncio.sleep(0.005)
+    assert await stopping is True
+    assert seen, "the stop ended before its status could be read"
+    assert all(state is not SandboxState.RUNNING and endpoint is None for state, endpoint in seen), seen
+    # And the next create starts a new server over the same directory.
+    again = await provider.create("task-1")
+    assert (await provider.status("task-1")).state is SandboxState.RUNNING
+    async with SandboxAgentClient(again) as client:
+        await client.health()
+
+
 async def test_crash_is_reported_through_on_exit_and_create_restarts(
     provider: LocalSandboxProvider,
     sandbox: SandboxEndpoint,

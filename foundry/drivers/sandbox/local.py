@@ -236,9 +236,14 @@ class LocalSandboxProvider:
         log.info("sandbox destroyed sandbox_id=%s", sandbox_id)
 
     async def status(self, sandbox_id: str) -> SandboxStatus:
-        """The sandbox's state: ``running``/``pending`` while served, ``exited`` after a crash (or when
-        only its directory is left, e.g. after a backend restart), ``destroyed`` when unknown."""
+        """The sandbox's state: ``running``/``pending`` while served, ``exited`` after a crash, while
+        being stopped or with only its directory left (a backend restart), ``destroyed`` if unknown."""
         sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is not None and sandbox.stopping:
+            # Being stopped: its endpoint may be dead before a caller uses it; a new server waits.
+            return SandboxStatus(
+                sandbox_id, SandboxState.EXITED, detail="being stopped; its directory is kept"
+            )
         if sandbox is not None:
             endpoint = sandbox.endpoint if sandbox.state is SandboxState.RUNNING else None
             return SandboxStatus(sandbox_id, sandbox.state, endpoint, sandbox.returncode, sandbox.detail)
