@@ -157,6 +157,11 @@ class SseProxy:
     upstream: str = ""
     drop: range = range(0)
     once: bool = True
+    #: On the first stream only: forward the event with this id (and those after it) only once
+    #: sandbox-agent has sent ``hold_until`` (read on, kept here): the reader sees what follows a gap
+    #: late, when the missing ids may have left sandbox-agent's buffer of the last 1,024 events.
+    hold_at: int | None = None
+    hold_until: int = 0
     port: int = field(default_factory=free_port)
     streams: int = 0
     dropped: list[int] = field(default_factory=list)
@@ -193,17 +198,28 @@ class SseProxy:
 
         async def relay() -> AsyncIterator[bytes]:
             block: list[str] = []
+            held: list[bytes] | None = None
             try:
                 async for line in upstream.aiter_lines():
                     if line:
                         block.append(line)
                         continue
                     ids = [int(x[3:].strip()) for x in block if x.startswith("id:")]
+                    data = ("\n".join(block) + "\n\n").encode()
+                    block = []
                     if dropping and ids and ids[0] in self.drop:
                         self.dropped.append(ids[0])
-                    else:
-                        yield ("\n".join(block) + "\n\n").encode()
-                    block = []
+                        continue
+                    if dropping and ids and ids[0] == self.hold_at:
+                        held = []
+                    if held is not None:
+                        held.append(data)
+                        if ids and ids[0] >= self.hold_until:
+                            for item in held:
+                                yield item
+                            held = None
+                        continue
+                    yield data
             finally:
                 await upstream.aclose()
                 await client.aclose()

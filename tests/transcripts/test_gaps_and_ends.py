@@ -168,3 +168,23 @@ async def test_stop_while_idle_is_a_no_op_and_blank_messages_are_refused(scripte
         )
         assert blank_session.status_code == 422, blank_session.text
         assert await session_log(client, task_id, session_id) == before
+
+
+async def test_repairing_a_gap_loses_at_most_the_gap(scripted_server: TaskServer):
+    # The reader sees ids 200..202 missing only once sandbox-agent has sent event 1,600: by then
+    # they have left its buffer of the last 1,024 events and are gone, but everything after them is
+    # still on the stream being read. Re-reading must not trade that stream for a replay that starts
+    # hundreds of events later: only the gap itself may be reported lost.
+    gap = range(200, 203)
+    async with SseProxy(drop=gap, once=True, hold_at=gap.stop, hold_until=1600).serving() as proxy:
+        route_through(scripted_server, proxy)
+        async with scripted_server.signed_in("alice") as client:
+            task_id, session_id = await start_task(client, "flood 2000")
+            log = await wait_turns(client, task_id, session_id, 1, timeout=120)
+    assert proxy.dropped == list(gap)
+    lost = [e["data"] for e in log if e["event"] == "eventsLost"]
+    assert lost == [{"from": gap.start, "to": gap.stop - 1}]
+    missing = range(gap.start - 4, gap.stop - 4)  # chunk #n is event n + 4
+    assert chunks(log) == [n for n in range(1, 2001) if n not in missing]
+    assert terminal(log) == ["turnEnded"]
+    assert_seqs_dense(log)

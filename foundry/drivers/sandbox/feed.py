@@ -7,8 +7,9 @@ ids — sandbox-agent drops events for a lagging subscriber — so `AcpEventFeed
 * reads the SSE stream in its own task into an unbounded queue, so the reader never waits on whoever
   consumes the events (a database, say) and never lags because of it;
 * checks every id against the last one delivered: replays of ids already delivered are skipped; a
-  jump is repaired by reconnecting with ``Last-Event-ID`` (the server replays the missing range if it
-  still has it), and what is truly gone is delivered as `EventsLost` so the consumer can say so;
+  jump is repaired by re-reading the missing range on a second stream opened with ``Last-Event-ID``
+  (the server replays it if it still has it) while the first one is kept, and what is truly gone is
+  delivered as `EventsLost`, so the consumer can say so;
 * reopens a stream that broke while sandbox-agent is healthy, or that sandbox-agent ended while the
   ACP server still exists (it ends the stream of a subscriber that fell too far behind), and delivers
   `FeedEnded` when the stream ends for good (the ACP server was closed, or sandbox-agent is gone).
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: How often a broken stream of a healthy sandbox-agent is reopened before the feed gives up.
 MAX_RECONNECTS = 3
+#: Longest wait for sandbox-agent to replay a skipped range (it answers from memory at once).
+GAP_REREAD_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +64,6 @@ class FeedEnded:
 FeedItem = AcpEvent | EventsLost | FeedEnded
 
 
-class _Resync(Exception):
-    """Internal: reopen the stream after the last delivered id."""
-
-
 class AcpEventFeed:
     """Follows an ACP server's events after ``after`` (None: from its first event) into `queue`.
 
@@ -85,8 +84,6 @@ class AcpEventFeed:
         self._task: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._resync_requested = False
-        # The id seen beyond a gap while the missing range is being re-read.
-        self._jump: int | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -138,8 +135,6 @@ class AcpEventFeed:
                     continue
                 self.queue.put_nowait(FeedEnded(None))
                 return
-            except _Resync:
-                continue
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if self._resync_requested and (current is None or not current.cancelling()):
@@ -172,24 +167,58 @@ class AcpEventFeed:
                 if event_id < expected:
                     continue  # replayed: already delivered
                 if event_id > expected:
-                    if self._jump is None:
-                        log.warning(
-                            "event stream of %s skipped from %d to %d; re-reading the range",
-                            self.acp.server_id,
-                            expected,
-                            event_id,
-                        )
-                        self._jump = event_id
-                        raise _Resync
-                    # Re-read and still missing: sandbox-agent no longer has them.
-                    log.error("events %d..%d of %s are lost", expected, event_id - 1, self.acp.server_id)
-                    self.queue.put_nowait(EventsLost(expected, event_id - 1))
-                self._jump = None
-                self.last_id = event_id
-                self.delivered += 1
-                self.queue.put_nowait(AcpEvent(event_id, envelope))
+                    await self._fill_gap(expected, event_id)
+                self._deliver(event_id, envelope)
         finally:
             await stream.aclose()
+
+    def _deliver(self, event_id: int, envelope: dict[str, Any]) -> None:
+        self.last_id = event_id
+        self.delivered += 1
+        self.queue.put_nowait(AcpEvent(event_id, envelope))
+
+    async def _fill_gap(self, first: int, beyond: int) -> None:
+        """Ids ``first``..``beyond - 1`` were skipped: re-read them on a second stream, delivering what
+        sandbox-agent still has and `EventsLost` for the rest, then go on with the stream being read.
+
+        The stream being read is kept: it already holds everything from ``beyond`` on, while a new
+        stream would replay only sandbox-agent's last 1,024 events, which no longer reach back to
+        ``beyond`` when the reader saw the gap late.
+        """
+        log.warning(
+            "event stream of %s skipped from %d to %d; re-reading the range",
+            self.acp.server_id,
+            first,
+            beyond,
+        )
+        found: dict[int, dict[str, Any]] = {}
+        try:
+            async with asyncio.timeout(GAP_REREAD_TIMEOUT_S):
+                replay = cast("AsyncGenerator[tuple[int, dict[str, Any]], None]", self.acp.events(first - 1))
+                try:
+                    async for event_id, envelope in replay:
+                        if event_id >= beyond:
+                            break
+                        if event_id >= first:
+                            found[event_id] = envelope
+                finally:
+                    await replay.aclose()
+        except (TimeoutError, FoundryError) as exc:
+            log.warning(
+                "could not re-read events %d..%d of %s: %s", first, beyond - 1, self.acp.server_id, exc
+            )
+        for event_id in sorted(found):
+            if event_id > (self.last_id or 0) + 1:
+                self._lost((self.last_id or 0) + 1, event_id - 1)
+            self._deliver(event_id, found[event_id])
+        if (self.last_id or 0) + 1 < beyond:
+            self._lost((self.last_id or 0) + 1, beyond - 1)
+
+    def _lost(self, first: int, last: int) -> None:
+        # Re-read and still missing: sandbox-agent no longer has them.
+        log.error("events %d..%d of %s are lost", first, last, self.acp.server_id)
+        self.queue.put_nowait(EventsLost(first, last))
+        self.last_id = last
 
     async def _server_listed(self) -> bool:
         try:
