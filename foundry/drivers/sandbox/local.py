@@ -241,9 +241,7 @@ class LocalSandboxProvider:
         sandbox = self._sandboxes.get(sandbox_id)
         if sandbox is not None and sandbox.stopping:
             # Being stopped: its endpoint may be dead before a caller uses it; a new server waits.
-            return SandboxStatus(
-                sandbox_id, SandboxState.EXITED, detail="being stopped; its directory is kept"
-            )
+            return SandboxStatus(sandbox_id, SandboxState.EXITED, detail="being stopped; directory kept")
         if sandbox is not None:
             endpoint = sandbox.endpoint if sandbox.state is SandboxState.RUNNING else None
             return SandboxStatus(sandbox_id, sandbox.state, endpoint, sandbox.returncode, sandbox.detail)
