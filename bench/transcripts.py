@@ -11,8 +11,11 @@ chunk. Figures:
 
 * ``events_per_s_one_host``: transcript rows recorded per second, first flood chunk to last turn end;
 * ``lost`` / ``duplicated``: chunks missing from, or repeated in, the transcripts (events API) and the
-  websocket streams; ``stuck_turns``: turns without exactly one terminal event;
-* ``agent_done_to_recorded_ms_p50``: the agent sent its last chunk → the turn's end was recorded;
+  websocket streams (``lost_from_transcripts``: the part missing from the events API); the websockets
+  reconnect and resume like the dashboard's (``websocket_reconnects``); ``stuck_turns``: turns without
+  exactly one terminal event;
+* ``agent_done_to_recorded_ms_p50``: the agent sent its last chunk → the turn's end was recorded
+  (``agent_done_to_last_event_recorded_ms_p50``: → its last event was recorded);
 * ``stop_to_ended_ms_p50``: ``POST …/stop`` → ``turnCancelled`` on the websocket;
 * ``host_rss_mb``: RSS of the task host process at the end.
 """
