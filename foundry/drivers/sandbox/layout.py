@@ -67,8 +67,8 @@ def describe_returncode(returncode: int | None) -> str:
 #: or the builds they run) take the CPU that the server needs to forward events, events are lost.
 #: Favouring the server inside the sandbox slows an agent that outruns the forwarding instead
 #: (measured with 20 agents flooding at once: about +30 % events recorded per second; read by
-#: plain ``curl`` clients, ids skipped in 2 of 8 runs with the agents at the server's priority and in
-#: none of 8 with them below it).
+#: plain ``curl`` clients, ids skipped in 2 of 11 runs with the agents at the server's priority and
+#: in none of 8 with them below it).
 AGENT_NICENESS = 19
 #: The agent's own launcher, beside the ``<id>-acp`` wrapper that lowers its priority.
 LAUNCHER_SUFFIX = ".launch"
