@@ -160,3 +160,27 @@ async def test_an_unparsable_origin_is_refused_like_a_foreign_one(
     assert info.value.rcvd is not None
     assert info.value.rcvd.code == 4401
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+async def test_sockets_that_vanish_mid_subscribe_leave_the_organization_working(server: Server) -> None:
+    # A browser that navigates away drops its socket while the gateway is still reading the snapshot
+    # it asked for; in a process that hosts the actors that read is cancelled wherever it is. Once,
+    # a read cancelled during its BEGIN left the organization's database connection inside a
+    # transaction, and from then on every action of the organization failed.
+    async with server.signed_in("carol") as carol:
+        cookie = carol.cookies["foundry_session"]
+        url = server.url.replace("http://", "ws://") + "/v1/realtime"
+        for steps in range(80):
+            ws = await websockets.connect(url, additional_headers={"Cookie": f"foundry_session={cookie}"})
+            await ws.send(json.dumps({"op": "subscribe", "topic": "organization:acme"}))
+            for _ in range(steps % 20):
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.0005 * (steps // 20))
+            ws.transport.abort()
+        for _ in range(3):
+            assert (await carol.get("/v1/organizations/acme/members")).status_code == 200
+            changed = await carol.patch("/v1/organizations/acme/settings", json={"displayName": "Still ACME"})
+            assert changed.status_code == 200, changed.text
+        async with socket(server, cookie) as ws:
+            snap = (await subscribe(ws, "organization:acme"))[-1]
+        assert snap["data"]["settings"]["displayName"] == "Still ACME"
