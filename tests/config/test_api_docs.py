@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,15 +17,10 @@ import uvicorn
 
 from foundry.config import Settings
 from foundry.http.app import create_app
+from tests.ports import free_port
 from tests.realtime.helpers import ASYNCAPI_SCHEMA
 
 MOCK_SIGN_IN = "/v1/auth/mock/sign-in"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module", params=["mock", "production"])
@@ -39,7 +33,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         secret_key="s" * 40,
         runtime={"backend": "inprocess"},  # type: ignore[arg-type]
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     )

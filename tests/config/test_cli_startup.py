@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from importlib.metadata import version
@@ -11,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.ports import free_port
 
 
 def _foundry(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -28,7 +23,7 @@ def _foundry(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProc
     base.update(
         FOUNDRY_DATA_DIR=str(tmp_path / "data"),
         FOUNDRY_RUNTIME__BACKEND="inprocess",
-        FOUNDRY_PORT=str(_free_port()),
+        FOUNDRY_PORT=str(free_port()),
     )
     base.update(env)
     return subprocess.run(

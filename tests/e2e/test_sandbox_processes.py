@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.ports import free_port
 from tests.procs import alive
 
 pytestmark = pytest.mark.e2e
 
 ACME_ROCKET = "910001"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sandbox_processes(root: Path) -> dict[int, str]:
@@ -66,7 +60,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 def serve(
     data_dir: Path, log_path: Path, backend: str, isolation: str = "bwrap"
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "FOUNDRY_SANDBOX__ISOLATION": isolation,

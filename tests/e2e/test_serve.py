@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from foundry.drivers.sandbox.spawn import descendants
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -23,12 +24,6 @@ pytestmark = pytest.mark.e2e
 def log_lines(path: Path) -> list[str]:
     """The server's JSON log lines (its output also holds Uvicorn's and Ray's start-up banners)."""
     return [line for line in path.read_text().splitlines() if line.startswith("{")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening_addresses(root: int) -> dict[str, str]:
@@ -73,7 +68,7 @@ SECRETS = {
 
 
 def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "FOUNDRY_PORT": str(port),
