@@ -22,7 +22,7 @@ DETAIL_MARKERS = (
     "hostedInvoiceUrl",
     "paymentMethod",
     "Visa",
-    "4242",
+    '4242"',  # the card's last digits ending a JSON string ("Visa •••• 4242"); timestamps have them too
     "members",
     "takenAt",
     "currentPeriodEnd",
