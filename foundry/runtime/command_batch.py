@@ -5,9 +5,12 @@ remove). For commands that arrive by the hundred per second and do little each (
 recorded ``queued``), that bookkeeping is most of the work, so handlers marked ``batch``
 (`foundry.runtime.role.Handler`) that are queued one after another run together:
 
-* one write transaction; each command in a savepoint of its own, so one that fails (or times out) is
-  rolled back alone and recorded ``failed`` while the others stand, exactly as if they had run one by
-  one in queue order;
+* one write transaction, tried first without savepoints: a savepoint costs two statements per
+  command (on a busy host about a tenth of all its work while webhooks arrive by the hundred), and
+  almost every command succeeds. When one fails (or times out), that transaction is rolled back and
+  the batch runs again with each command in a savepoint of its own, so the failing one is rolled
+  back alone and recorded ``failed`` while the others stand, exactly as if they had run one by one in
+  queue order;
 * their events are stamped and published, and their outbox rows written, once, after the last one;
   their outcome rows are written by one statement; their inbox rows removed by one.
 
@@ -19,6 +22,7 @@ transaction); after it commits, each has its mailbox row, so a replay is answere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -78,6 +82,10 @@ class MailboxQueue:
         return batch
 
 
+class _RetryWithSavepoints(Exception):
+    """A command of a batch run without savepoints failed: roll the whole transaction back."""
+
+
 async def execute_batch(instance: Instance, items: list[Queued], step_timeout: float) -> list[Outcome] | None:
     """Run ``items`` (batchable commands, in queue order) in one transaction.
 
@@ -87,6 +95,17 @@ async def execute_batch(instance: Instance, items: list[Queued], step_timeout: f
     Raises:
         asyncio.CancelledError: the instance is closing; the commands stay in the inbox.
     """
+    try:
+        return await _commit(instance, items, step_timeout, savepoints=False)
+    except _RetryWithSavepoints:
+        return await _commit(instance, items, step_timeout, savepoints=True)
+
+
+async def _commit(
+    instance: Instance, items: list[Queued], step_timeout: float, *, savepoints: bool
+) -> list[Outcome] | None:
+    """One attempt at the batch's transaction (see `execute_batch`). Without ``savepoints``, the
+    first command that fails raises `_RetryWithSavepoints` after the transaction is rolled back."""
     staging: CommandContext | None = None
     try:
         async with instance.write_lock:
@@ -98,7 +117,9 @@ async def execute_batch(instance: Instance, items: list[Queued], step_timeout: f
                 outcomes: list[Outcome] = []
                 rows: list[tuple[Any, ...]] = []
                 for queued in items:
-                    outcome, row = await _run_one(instance, conn, queued, staging, now, step_timeout)
+                    outcome, row = await _run_one(
+                        instance, conn, queued, staging, now, step_timeout, savepoints
+                    )
                     outcomes.append(outcome)
                     rows.append(row)
                 events = await instance._stage(conn, staging)
@@ -107,6 +128,10 @@ async def execute_batch(instance: Instance, items: list[Queued], step_timeout: f
             instance._committed(staging, events)
             return outcomes
     except asyncio.CancelledError:
+        if staging is not None:
+            instance._discard(staging)
+        raise
+    except _RetryWithSavepoints:
         if staging is not None:
             instance._discard(staging)
         raise
@@ -129,19 +154,24 @@ async def _run_one(
     staging: CommandContext,
     now: int,
     step_timeout: float,
+    savepoint: bool,
 ) -> tuple[Outcome, tuple[Any, ...]]:
-    """One command of the batch in its own savepoint: its outcome and its mailbox row."""
+    """One command of the batch (in its own savepoint when ``savepoint``): its outcome and its
+    mailbox row."""
     ctx = CommandContext(instance, conn, queued.command_id)
     try:
         handler = instance.role.command(queued.name)
         model = handler.model.model_validate_json(queued.body)
-        async with conn.begin_nested():
+        async with conn.begin_nested() if savepoint else contextlib.nullcontext():
             async with asyncio.timeout(step_timeout):
                 result = await handler.fn(ctx, model)
             result_json = json.dumps(to_jsonable(result))
     except asyncio.CancelledError:
         raise
     except Exception as exc:
+        if not savepoint:
+            # Its partial writes cannot be undone alone: the batch is tried again with savepoints.
+            raise _RetryWithSavepoints from exc
         error = as_foundry_error(exc, f"{instance.role.name}.{queued.name}")
         if isinstance(error, CommandFailed):
             log.exception("command %s on %s/%s failed", queued.name, instance.role.name, instance.key)
@@ -149,7 +179,7 @@ async def _run_one(
             log.info("command %s on %s/%s refused: %s", queued.name, instance.role.name, instance.key, error)
         payload = error.to_payload()
         return ("err", payload), outcome_row(queued, "failed", None, json.dumps(payload), now)
-    # Its savepoint stands: what it staged goes out with the batch.
+    # It stands: what it staged goes out with the batch.
     staging._publishes.extend(ctx._publishes)
     staging._sends.extend(ctx._sends)
     return ("ok", json.loads(result_json)), outcome_row(queued, "done", result_json, None, now)

@@ -249,7 +249,13 @@ class RayRuntime(Runtime):
         return await self._retry(process, host_name(role, shard), method, role, shard, *args)
 
     async def _retry(self, process: str, what: str, method: str, *args: Any) -> Any:
-        refresh = False
+        # The first attempt without the retry loop: nearly every call succeeds at once, and setting
+        # the loop up cost about a tenth of the API process's work per webhook delivery.
+        try:
+            return await self._attempt(process, method, args, refresh=False)
+        except _HOST_GONE as error:
+            log.info("host %s unavailable (%s); retrying", what, type(error).__name__)
+            refresh = isinstance(error, ActorDiedError)  # a new incarnation needs a new handle
 
         def note(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -265,17 +271,8 @@ class RayRuntime(Runtime):
                 before_sleep=note,
             ):
                 with attempt:
-                    why = await self._nodes.check(process)
-                    if why is not None:
-                        raise ActorUnavailable(why)  # not retried: the node's return is what helps
-                    handle = self._process_handle(process, refresh=refresh)
                     try:
-                        # Ray itself resubmits the call to a restarted incarnation as soon as it is
-                        # up (its control store says so at once). Failing the call instead and
-                        # retrying it here costs up to two seconds more per restart: a call to a
-                        # restarting actor only fails after Ray's wait for the death information.
-                        call = getattr(handle, method).options(max_task_retries=CALL_RESTART_RETRIES)
-                        return await self._nodes.guard(process, call.remote(*args))
+                        return await self._attempt(process, method, args, refresh=refresh)
                     except ActorDiedError:
                         refresh = True  # a new incarnation needs a new handle
                         raise
@@ -283,6 +280,19 @@ class RayRuntime(Runtime):
             last = exc.last_attempt.exception()
             raise ActorUnavailable(f"host {what} unreachable for {RETRY_WINDOW_S:g}s: {last}") from last
         raise AssertionError("unreachable: every attempt returns or raises")
+
+    async def _attempt(self, process: str, method: str, args: tuple[Any, ...], *, refresh: bool) -> Any:
+        """One call of ``method`` on the process's actor (a fresh handle when ``refresh``)."""
+        why = await self._nodes.check(process)
+        if why is not None:
+            raise ActorUnavailable(why)  # not retried: the node's return is what helps
+        handle = self._process_handle(process, refresh=refresh)
+        # Ray itself resubmits the call to a restarted incarnation as soon as it is up (its control
+        # store says so at once). Failing the call instead and retrying it here costs up to two
+        # seconds more per restart: a call to a restarting actor only fails after Ray's wait for the
+        # death information.
+        call = getattr(handle, method).options(max_task_retries=CALL_RESTART_RETRIES)
+        return await self._nodes.guard(process, call.remote(*args))
 
     async def _send(
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str
