@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from foundry.drivers.sandbox import SandboxEndpoint, SandboxError
+from foundry.drivers.sandbox import SandboxApiError, SandboxEndpoint, SandboxError
 from foundry.drivers.sandbox.acp import ACP_PROTOCOL_VERSION, AcpConnection
 from foundry.drivers.sandbox.problems import problem_error
 
@@ -36,6 +36,10 @@ __all__ = [
 # Slack added to a process run's own timeout for the HTTP round trip.
 _RUN_HTTP_SLACK_SECONDS = 15.0
 _DEFAULT_RUN_TIMEOUT_MS = 30_000  # sandbox-agent's defaultRunTimeoutMs
+
+
+#: Commands run through `SandboxAgentClient.run_process` run this much below Foundry's processes.
+PROCESS_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -224,7 +228,9 @@ class SandboxAgentClient:
             SandboxApiError: e.g. 502 ``stream_error`` when the command does not exist.
             SandboxError: the server is unreachable.
         """
-        body: dict[str, Any] = {"command": command, "args": list(args)}
+        # Below the server, which relays transcripts at Foundry's own priority: a clone or a commit
+        # hook must not slow the hosts or the relays.
+        body: dict[str, Any] = {"command": "nice", "args": ["-n", str(PROCESS_NICENESS), command, *args]}
         if cwd is not None:
             body["cwd"] = cwd
         if env:
@@ -235,7 +241,12 @@ class SandboxAgentClient:
             body["maxOutputBytes"] = max_output_bytes
         seconds = (timeout_ms or _DEFAULT_RUN_TIMEOUT_MS) / 1000 + _RUN_HTTP_SLACK_SECONDS
         data = await self._json("POST", "/v1/processes/run", json=body, http_timeout=seconds)
-        return ProcessResult.from_json(data)
+        result = ProcessResult.from_json(data)
+        if result.exit_code in (126, 127) and result.stderr.startswith("nice:"):
+            # nice could not start the command (missing, or not executable): the error sandbox-agent
+            # gives for a command it cannot spawn.
+            raise SandboxApiError(f"failed to spawn process {command!r}: {result.stderr.strip()}", 502)
+        return result
 
     # ------------------------------------------------------------------------------------ filesystem
 
