@@ -119,6 +119,11 @@ class HostProcess:
                 key, name, body, wait=wait, timeout=timeout, command_id=command_id
             )
 
+    async def send_many(self, sends: list[tuple[Any, ...]]) -> list[Outcome | BaseException]:
+        """`send` for each of ``sends`` (its arguments), concurrently: one outcome or error each, in
+        order (`foundry.runtime.send_batcher`)."""
+        return await asyncio.gather(*(self.send(*args) for args in sends), return_exceptions=True)
+
     async def call(
         self, role: str, shard: int, key: str, action: str, body: Any, rid: str | None = None
     ) -> Outcome:

@@ -48,6 +48,7 @@ from foundry.runtime.placement import (
 )
 from foundry.runtime.ray_connect import init_ray
 from foundry.runtime.role import host_name, load_role
+from foundry.runtime.send_batcher import SendArgs, SendBatcher
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class RayRuntime(Runtime):
         #: In a host process, the hosts it runs: calls to them skip Ray (set by `HostProcess`).
         self.local_hosts: dict[tuple[str, int], Host] = {}
         self._nodes = NodeWatch(settings, ray.nodes)
+        #: Coalescers of acknowledged sends, by host process.
+        self._batchers: dict[str, SendBatcher] = {}
 
     async def start(self) -> None:
         """Connect to Ray (the configured cluster, or a new local one) and create the host processes."""
@@ -306,7 +309,26 @@ class RayRuntime(Runtime):
             )
             return roundtrip(outcome)  # type: ignore[no-any-return]
         rid = request_id.current.get()
-        return await self._with_retry(role, shard, "send", key, name, body, wait, timeout, command_id, rid)  # type: ignore[no-any-return]
+        args = (role, shard, key, name, body, wait, timeout, command_id, rid)
+        if wait:
+            return await self._with_retry(role, shard, "send", *args[2:])  # type: ignore[no-any-return]
+        return await self._send_batcher(role, shard).send(args)  # type: ignore[no-any-return]
+
+    def _send_batcher(self, role: str, shard: int) -> SendBatcher:
+        """The coalescer of acknowledged sends to the process that runs host (role, shard)."""
+        process = process_of(self.settings, role, shard)
+        batcher = self._batchers.get(process)
+        if batcher is None:
+            what = process_name(process)
+
+            async def send_one(args: SendArgs) -> Any:
+                return await self._retry(process, host_name(args[0], args[1]), "send", *args)
+
+            async def send_many(sends: list[SendArgs]) -> list[Any]:
+                return await self._retry(process, what, "send_many", sends)  # type: ignore[no-any-return]
+
+            batcher = self._batchers[process] = SendBatcher(send_one, send_many)
+        return batcher
 
     async def _call(self, role: str, key: str, action: str, body: Any) -> tuple[Any, ...]:
         shard = self.shard_for(role, key)
