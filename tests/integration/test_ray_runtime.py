@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from foundry.errors import InvalidInput, NotFound
 from foundry.runtime.keys import shard_of
 from foundry.runtime.ray_backend import RayRuntime
 
@@ -126,3 +127,22 @@ async def test_a_burst_of_sends_goes_in_few_calls_and_a_kill_9_mid_burst_applies
             await asyncio.sleep(0.05)
         assert sorted(state["tags"]) == sorted(c for k, c in ids if k == key), key
     assert (await ray_runtime.host_info("counter", 0))["pid"] != pid
+
+
+async def test_a_bad_send_in_a_coalesced_burst_fails_alone_with_its_own_error(
+    ray_runtime: RayRuntime,
+) -> None:
+    ref = ray_runtime.actor("counter", f"mixed-{uuid.uuid4().hex[:6]}")
+    await ref.send("incr", {"by": 0}, wait=True)
+    good = [ref.send("incr", {"by": 1}) for _ in range(100)]
+    unknown = [ref.send("no_such_command", {}) for _ in range(3)]
+    invalid = [ref.send("incr", {"by": "many"}) for _ in range(3)]
+    answers = await asyncio.gather(*good, *unknown, *invalid, return_exceptions=True)
+    assert not [a for a in answers[:100] if isinstance(a, BaseException)]
+    assert all(isinstance(a, NotFound) and "no_such_command" in str(a) for a in answers[100:103])
+    assert all(isinstance(a, InvalidInput) and a.fields == ["by"] for a in answers[103:])
+    for _ in range(300):
+        if (await ref.call("get"))["value"] == 100:
+            break
+        await asyncio.sleep(0.05)
+    assert (await ref.call("get"))["value"] == 100
