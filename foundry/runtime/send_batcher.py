@@ -68,6 +68,9 @@ class SendBatcher:
         return await answer
 
     def _flush(self) -> None:
+        # A sender cancelled while it waited (its request went away) sent nothing: its send is dropped,
+        # as a send not yet made would have been.
+        self._waiting = [(args, answer) for args, answer in self._waiting if not answer.done()]
         while self._waiting and self._in_flight < MAX_IN_FLIGHT:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             self._in_flight += 1
