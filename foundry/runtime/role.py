@@ -24,9 +24,11 @@ class Handler:
     value or None.
 
     ``batch`` (commands only): consecutive queued commands of such handlers may run in one
-    transaction, each in a savepoint of its own (`foundry.runtime.command_batch`). For small commands
+    transaction, a failing one rolled back alone (`foundry.runtime.command_batch`). For small commands
     that arrive by the hundred per second (webhook deliveries): the transaction, its outcome rows and
-    the inbox bookkeeping are then paid once per batch. Their outcomes carry no topic seqs.
+    the inbox bookkeeping are then paid once per batch. Their outcomes carry no topic seqs. When one
+    command of a batch fails, the others run a second time (the first run is rolled back), so such a
+    handler may do nothing outside its transaction that is not harmless to repeat.
     """
 
     name: str
