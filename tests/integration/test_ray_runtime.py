@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import uuid
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,16 @@ from foundry.runtime.keys import shard_of
 from foundry.runtime.ray_backend import RayRuntime
 
 pytestmark = pytest.mark.ray
+
+
+async def _settled(runtime: RayRuntime, key: str, value: int) -> dict[str, Any]:
+    """Counter ``key``'s state once its value reaches ``value`` (or after 15 s, for the assert)."""
+    for _ in range(300):
+        state: dict[str, Any] = await runtime.actor("counter", key).call("get")
+        if state["value"] == value:
+            break
+        await asyncio.sleep(0.05)
+    return state
 
 
 async def test_commands_are_routed_to_the_shard_that_owns_the_key(ray_runtime: RayRuntime) -> None:
@@ -54,11 +65,7 @@ async def test_kill_9_with_1000_queued_commands_applies_each_exactly_once(ray_ru
     # The caller in flight retries with its command id and gets its result exactly once.
     assert (await asyncio.wait_for(waiter, 60))["value"] == 100
     for key in keys:
-        for _ in range(300):
-            state = await ray_runtime.actor("counter", key).call("get")
-            if state["value"] == 100:
-                break
-            await asyncio.sleep(0.05)
+        state = await _settled(ray_runtime, key, 100)
         assert state["value"] == 100, key
         tags = [t for t in state["tags"] if t != "waiter"]
         assert sorted(tags) == sorted(f"{key}:{i}" for i in range(100))
@@ -120,11 +127,7 @@ async def test_a_burst_of_sends_goes_in_few_calls_and_a_kill_9_mid_burst_applies
     assert sends >= len(plan)
     assert calls < sends / 5, (calls, sends)
     for key in keys:
-        for _ in range(300):
-            state = await ray_runtime.actor("counter", key).call("get")
-            if state["value"] == 200:
-                break
-            await asyncio.sleep(0.05)
+        state = await _settled(ray_runtime, key, 200)
         assert sorted(state["tags"]) == sorted(c for k, c in ids if k == key), key
     assert (await ray_runtime.host_info("counter", 0))["pid"] != pid
 
@@ -141,8 +144,4 @@ async def test_a_bad_send_in_a_coalesced_burst_fails_alone_with_its_own_error(
     assert not [a for a in answers[:100] if isinstance(a, BaseException)]
     assert all(isinstance(a, NotFound) and "no_such_command" in str(a) for a in answers[100:103])
     assert all(isinstance(a, InvalidInput) and a.fields == ["by"] for a in answers[103:])
-    for _ in range(300):
-        if (await ref.call("get"))["value"] == 100:
-            break
-        await asyncio.sleep(0.05)
-    assert (await ref.call("get"))["value"] == 100
+    assert (await _settled(ray_runtime, ref.key, 100))["value"] == 100
