@@ -87,6 +87,20 @@ class WsClient:
             if predicate(frame):
                 return frame
 
+    async def first_about(self, topic: str, timeout: float = 20) -> dict[str, Any]:
+        """The first frame naming ``topic``, skipping live events of the other subscriptions.
+
+        A refusal must be awaited this way: on a busy organization an event of an earlier
+        subscription can arrive between the subscribe and its answer.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no frame about {topic}; got {self.frames[-5:]}"
+            frame = await self.next_frame(remaining)
+            if frame.get("topic") == topic:
+                return frame
+
     def events(self, topic: str) -> list[dict[str, Any]]:
         return [f for f in self.frames if f.get("topic") == topic and "seq" in f]
 
