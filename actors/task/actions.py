@@ -47,6 +47,7 @@ from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.errors import Conflict, FoundryError, NotFound
 from foundry.runtime.context import InstanceContext
+from foundry.runtime.role import PlainJson
 from foundry.runtime.tables import current_seq
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ async def get(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
     return provisional_detail(split_task_key(ctx.key)[0], summary, archived_at=await early_archived_at(ctx))
 
 
-async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
+async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any] | PlainJson:
     """The realtime gateway's read of ``task:<org>:<task>`` (``{"seq", "data"}``) or of a session
     transcript ``session:<org>:<task>:<sid>`` (``{"seq", "events"}`` after ``since``, paged)."""
     async with ctx.read() as conn:
@@ -101,11 +102,13 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any]:
             session_id = cmd.topic[len(prefix) :]
             await require_session(conn, session_id)
             seq, events = await events_after(conn, organization_id, task_id, session_id, cmd.since or 0, 500)
-            return {"seq": seq, "events": [{k: e[k] for k in ("seq", "event", "data")} for e in events]}
+            return PlainJson(
+                {"seq": seq, "events": [{k: e[k] for k in ("seq", "event", "data")} for e in events]}
+            )
     raise NotFound(f"task {ctx.key!r} does not own topic {cmd.topic!r}")
 
 
-async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any]:
+async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any] | PlainJson:
     """A page of a session transcript after ``since`` (``GET …/events?since=``).
 
     Returns ``{sessionId, seq, events, nextSince, more}``: ``seq`` is the last seq of the log, so a
@@ -124,13 +127,16 @@ async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any]:
             conn, row.organization_id, row.task_id, cmd.session_id, cmd.since, cmd.limit
         )
     next_since = page[-1]["seq"] if page else cmd.since
-    return {
-        "sessionId": cmd.session_id,
-        "seq": seq,
-        "events": page,
-        "nextSince": next_since,
-        "more": next_since < seq,
-    }
+    # Stored JSON, read back: plain data already, so the runtime skips converting the page.
+    return PlainJson(
+        {
+            "sessionId": cmd.session_id,
+            "seq": seq,
+            "events": page,
+            "nextSince": next_since,
+            "more": next_since < seq,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------ git

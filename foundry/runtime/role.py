@@ -120,8 +120,33 @@ def validate_body(handler: Handler, body: Any, role: str) -> BaseModel:
         raise InvalidInput(f"{role}.{handler.name}: invalid body ({problems})", fields) from None
 
 
+#: Values `to_jsonable` returns as they are. Checked by exact type before any call: a page of
+#: transcript events is thousands of scalars, and a call per scalar cost as much as reading the page.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+@dataclass(frozen=True, slots=True)
+class PlainJson:
+    """A handler's result that is plain JSON data already (read from stored JSON, say): returned as
+    it is, without `to_jsonable`'s walk. For large results such as pages of transcript events."""
+
+    value: Any
+
+
 def to_jsonable(value: Any) -> Any:
     """A handler's return value as plain JSON data."""
+    cls = type(value)
+    if cls in _SCALARS:
+        return value
+    if cls is PlainJson:
+        return value.value
+    if cls is dict:
+        return {
+            (k if type(k) is str else str(k)): (v if type(v) in _SCALARS else to_jsonable(v))
+            for k, v in value.items()
+        }
+    if cls is list:
+        return [v if type(v) in _SCALARS else to_jsonable(v) for v in value]
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, list | tuple):
