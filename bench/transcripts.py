@@ -17,7 +17,10 @@ chunk. Figures:
 * ``agent_done_to_recorded_ms_p50``: the agent sent its last chunk → the turn's end was recorded
   (``agent_done_to_last_event_recorded_ms_p50``: → its last event was recorded);
 * ``stop_to_ended_ms_p50``: ``POST …/stop`` → ``turnCancelled`` on the websocket;
-* ``host_rss_mb``: RSS of the task host process at the end.
+* ``host_rss_mb``: RSS of the task host process at the end;
+* ``cpu_s_by_process``: CPU seconds each kind of process the bench started spent during the flood,
+  and ``cpu_us_per_event_all_processes``: their sum per recorded event (``cores`` divided by it
+  bounds events/s on this machine).
 """
 
 from __future__ import annotations
@@ -59,6 +62,55 @@ def _cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_kind(host_pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds of every live process this bench started (its descendants), with their kind."""
+    parents: dict[int, int] = {}
+    found: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name, rest = (entry / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # exited meanwhile
+        fields = rest.split()
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        if pid == os.getpid():
+            kind = "api_and_bench"
+        elif pid == host_pid:
+            kind = "task_host"
+        elif b"scripted_agent" in cmdline:
+            kind = "agents"
+        elif name.startswith("sandbox-agent"):
+            kind = "sandbox_agent"
+        elif name.startswith("ray::HostProces"):
+            kind = "other_hosts"
+        else:
+            kind = "ray_daemons_and_other"
+        found[pid] = (kind, (int(fields[11]) + int(fields[12])) / tick)
+
+    def descends(pid: int) -> bool:
+        for _ in range(64):
+            if pid == os.getpid():
+                return True
+            pid = parents.get(pid, 0)
+            if pid <= 1:
+                return False
+        return False
+
+    return {pid: v for pid, v in found.items() if descends(pid)}
+
+
+def _cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    spent: dict[str, float] = {}
+    for pid, (kind, cpu) in after.items():
+        spent[kind] = spent.get(kind, 0.0) + cpu - before.get(pid, (kind, 0.0))[1]
+    return {kind: round(cpu, 2) for kind, cpu in sorted(spent.items(), key=lambda kv: -kv[1])}
 
 
 def _chunks(events: list[dict[str, Any]]) -> list[int]:
@@ -226,6 +278,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # 1. Every session floods at once (each after a short pause, so all are queued first).
             host_pid = await _host_pid(runtime, "task")
             cpu_before = _cpu_s(host_pid)
+            all_before = _cpu_by_kind(host_pid)
             for session_id in sessions:
                 sent = await client.post(
                     f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/messages",
@@ -239,6 +292,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 600,
             )
             host_cpu = _cpu_s(host_pid) - cpu_before
+            cpu_by_kind = _cpu_spent(all_before, _cpu_by_kind(host_pid))
             lost = lost_recorded = duplicated = stuck = recorded = 0
             first_chunk_ms, last_end_ms, done_to_recorded, done_to_last_chunk = [], [], [], []
             for i, session_id in enumerate(sessions):
@@ -272,6 +326,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # it spent reading the streams, recording, publishing (and answering the bench's polls).
             out["events_per_host_cpu_s"] = round(recorded / host_cpu) if host_cpu else None
             out["host_cpu_s"] = round(host_cpu, 2)
+            # Where the machine's CPU went during the flood: every process on the events' path
+            # (agents → sandbox-agent → task host → API → the bench's websocket readers) shares the
+            # cores, so events/s can be no higher than cores / (CPU seconds of all of them per event).
+            out["cpu_s_by_process"] = cpu_by_kind
+            out["cpu_us_per_event_all_processes"] = (
+                round(sum(cpu_by_kind.values()) / recorded * 1e6) if recorded else None
+            )
+            out["cores"] = os.cpu_count()
             out["load_average_1m"] = os.getloadavg()[0]
             out["lost"] = lost
             out["lost_from_transcripts"] = lost_recorded  # the rest: missing on the websockets
