@@ -11,6 +11,11 @@ from actors.audit_log.commands import AuditLogEvent, ListEvents
 from actors.audit_log.schema import events
 from foundry.runtime.context import InstanceContext
 
+#: Kinds of event only an organization's admins read: who holds a seat, seat counts, checkouts and
+#: plan changes, agent-credential changes. A member gets the billing summary and no credentials, so
+#: the audit log must not tell them either.
+ADMIN_ONLY_KINDS = ("billing.", "organization.agent_credential_")
+
 
 async def list_events(ctx: InstanceContext, query: ListEvents) -> list[dict[str, Any]]:
     """Events matching every given filter, newest first, at most ``limit``; page with ``beforeId``."""
@@ -25,6 +30,10 @@ async def list_events(ctx: InstanceContext, query: ListEvents) -> list[dict[str,
         stmt = stmt.where(events.c.kind == query.kind)
     if query.before_id is not None:
         stmt = stmt.where(events.c.id < query.before_id)
+    if not query.admin_view:
+        # In the query, not after it: a member's page is as full as anyone's.
+        for prefix in ADMIN_ONLY_KINDS:
+            stmt = stmt.where(sa.not_(events.c.kind.startswith(prefix, autoescape=True)))
     async with ctx.read() as conn:
         rows = (await conn.execute(stmt)).all()
     return [

@@ -31,6 +31,9 @@ class ListEvents(BaseModel):
     kind: str | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     before_id: int | None = Field(default=None, alias="beforeId", ge=1)
+    #: False for a member who is not an admin: events of `ADMIN_ONLY_KINDS` are left out. The HTTP
+    #: route always says which; operators' and internal reads see everything.
+    admin_view: bool = Field(default=True, alias="adminView")
 
 
 class AuditLogEvent(BaseModel):

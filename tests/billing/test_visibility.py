@@ -9,7 +9,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from tests.billing.conftest import BillingServer, upgrade_to_team
+from tests.billing.conftest import BillingServer, eventually, upgrade_to_team
 from tests.github.conftest import GitHub
 from tests.github.test_webhook_families import hook
 from tests.tasks.conftest import WsClient
@@ -199,3 +199,43 @@ async def test_an_admin_demoted_on_github_loses_the_billing_topic_before_anythin
         assert_no_details(after_error)
     finally:
         await github.aclose()
+
+
+async def test_the_audit_log_shows_members_no_billing_or_credential_event(
+    billing_server: BillingServer,
+) -> None:
+    """Seat holders, seat counts, checkouts and agent-credential changes are admin business: the
+    audit log a member reads leaves them out (filtered before the limit, so a page is still full)."""
+    async with billing_server.signed_in("carol") as carol, billing_server.signed_in("alice") as alice:
+        await upgrade_to_team(billing_server, carol)
+        put = await carol.put(
+            "/v1/organizations/acme/agent-credentials/GEMINI_API_KEY", json={"value": "k" * 24}
+        )
+        assert put.status_code == 204, put.text
+        created = await alice.post("/v1/organizations/acme/tasks", json={"repoId": "910001", "prompt": "go"})
+        assert created.status_code == 201, created.text
+
+        async def kinds(client: Any, **params: Any) -> list[str]:
+            answer = await client.get("/v1/organizations/acme/audit-log", params={"limit": 1000, **params})
+            assert answer.status_code == 200, answer.text
+            return [e["kind"] for e in answer.json()]
+
+        async def seat_audited() -> bool:
+            return "billing.seat_taken" in await kinds(carol)
+
+        await eventually(seat_audited, what="alice's seat in the audit log")
+        admin_kinds = await kinds(carol)
+        member_kinds = await kinds(alice)
+        member_page = await kinds(alice, limit=1)
+        asked_for = await kinds(alice, kind="billing.seat_taken")
+    assert {"billing.checkout_started", "billing.seat_taken", "organization.agent_credential_set"} <= set(
+        admin_kinds
+    )
+    hidden = [
+        k for k in member_kinds if k.startswith("billing.") or k.startswith("organization.agent_credential")
+    ]
+    assert hidden == [], member_kinds
+    assert "task.created" in member_kinds
+    assert member_kinds == [k for k in admin_kinds if k in member_kinds]
+    assert member_page == member_kinds[:1]
+    assert asked_for == []

@@ -68,9 +68,10 @@ async def get_audit_log(
         "limit": limit,
         "beforeId": before_id,
     }
-    result: list[dict[str, Any]] = await runtime.call(
-        "audit-log", member.organization_id, "list", {k: v for k, v in filters.items() if v is not None}
-    )
+    body = {k: v for k, v in filters.items() if v is not None}
+    # Billing and agent-credential events are for admins (a member sees neither elsewhere).
+    body["adminView"] = member.is_admin
+    result: list[dict[str, Any]] = await runtime.call("audit-log", member.organization_id, "list", body)
     return result
 
 
