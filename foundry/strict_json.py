@@ -88,12 +88,27 @@ def _check_strings(value: Any) -> None:
             stack.extend(item)
 
 
-def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadJson(f"key {key[:80]!r} appears more than once in an object")
+            seen.add(key)
+    return value
+
+
+def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, unique_keys: bool = False) -> Any:
     """Parse ``data`` strictly (see the module docstring).
+
+    ``unique_keys`` refuses an object that repeats a key: parsers disagree on which value wins, so a
+    client could show one value to a proxy and another to Foundry. For requests (small); webhook
+    payloads are signed by their sender and skip the per-object check.
 
     Raises:
         BadJson: not UTF-8, not JSON, nested deeper than ``max_depth``, NaN/Infinity, a number out
-            of range, or a lone surrogate.
+            of range, a lone surrogate, or (with ``unique_keys``) a repeated key.
     """
     if isinstance(data, bytes | bytearray):
         try:
@@ -105,7 +120,13 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     try:
         # The C scanner guards its own recursion (RecursionError, well before the C stack is at
         # risk), so the depth limit is checked on the parsed value.
-        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        value = json.loads(
+            text,
+            parse_int=_int,
+            parse_float=_float,
+            parse_constant=_constant,
+            object_pairs_hook=_unique_keys if unique_keys else None,
+        )
     except BadJson:
         raise
     except RecursionError:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from foundry import errors
+from foundry.http.strict_body import BAD_JSON_SCOPE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,10 @@ def install_error_handlers(app: FastAPI) -> None:
             fields.append(name)
             problems.append(f"{name}: {err.get('msg')}")
         syntax = [e for e in exc.errors() if e.get("type") == "json_invalid"]
-        if syntax:
+        bad_json = request.scope.get(BAD_JSON_SCOPE_KEY)
+        if bad_json is not None:
+            detail, fields = f"request body is not valid JSON: {bad_json}", ["body"]
+        elif syntax:
             why = (syntax[0].get("ctx") or {}).get("error")
             detail = "request body is not valid JSON" + (f": {why}" if why else "")
             fields = ["body"]

@@ -7,7 +7,6 @@ surrogates) reaches the handlers and fails there. Every router of the API uses `
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -16,18 +15,29 @@ from fastapi.routing import APIRoute
 
 from foundry import strict_json
 
+#: Where `StrictJsonRequest` leaves why a body is not acceptable JSON, for the 422 handler.
+BAD_JSON_SCOPE_KEY = "foundry.bad_json"
+
 
 class StrictJsonRequest(Request):
-    """A request whose ``json()`` is `strict_json.loads`; failures look like JSON syntax errors."""
+    """A request whose ``json()`` is `strict_json.loads`, keys unique.
+
+    A body that is not acceptable JSON is returned as its raw bytes, which no body model accepts,
+    and the reason is left in the scope under `BAD_JSON_SCOPE_KEY`. Raising instead would make
+    FastAPI answer 422 before it resolves the route's dependencies: a signed-out caller, or a member
+    of another organization, would learn that the body was wrong before being told they may not
+    ask at all. This way the body fails validation only once authentication and authorization have
+    passed, and the 422 handler names the JSON problem.
+    """
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                self._json = strict_json.loads(body)
+                self._json = strict_json.loads(body, unique_keys=True)
             except strict_json.BadJson as exc:
-                # The one exception FastAPI maps to a 422 ``json_invalid`` error; the message is kept.
-                raise json.JSONDecodeError(str(exc), "", 0) from None
+                self.scope[BAD_JSON_SCOPE_KEY] = str(exc)
+                self._json = bytes(body)
         return self._json
 
 

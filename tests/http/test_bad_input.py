@@ -25,6 +25,37 @@ async def test_malformed_json_is_422(server: Server, method: str, path: str) -> 
     assert response.json()["fields"] == ["body"]
 
 
+@pytest.mark.parametrize(("method", "path"), WRITE_ROUTES[:2])
+async def test_who_may_ask_is_checked_before_the_body(server: Server, method: str, path: str) -> None:
+    """A malformed body tells a signed-out caller only that they must sign in (401), and a member of
+    another organization only that there is nothing there (404): never that the body was wrong."""
+    bad = {"content": b'{"displayName": ', "headers": {"Content-Type": "application/json"}}
+    async with server.client() as anonymous:
+        assert (await anonymous.request(method, path, **bad)).status_code == 401  # type: ignore[arg-type]
+    if path.startswith("/v1/organizations/acme"):
+        async with server.signed_in("bob") as bob:
+            outsider = await bob.request(method, path, **bad)  # type: ignore[arg-type]
+        assert outsider.status_code == 404, outsider.text
+        async with server.signed_in("alice") as alice:
+            member = await alice.request(method, path, **bad)  # type: ignore[arg-type]
+        assert member.status_code == 403, member.text  # settings are for admins
+
+
+async def test_a_repeated_key_is_refused_rather_than_one_value_silently_winning(server: Server) -> None:
+    async with server.signed_in("carol") as carol:
+        before = (await carol.get("/v1/organizations/acme")).json()
+        response = await carol.patch(
+            "/v1/organizations/acme/settings",
+            content=b'{"displayName": "Decoy", "displayName": "Acme Evil"}',
+            headers={"Content-Type": "application/json"},
+        )
+        after = (await carol.get("/v1/organizations/acme")).json()
+    assert response.status_code == 422, response.text
+    assert response.json()["fields"] == ["body"]
+    assert "'displayName' appears more than once" in response.json()["detail"]
+    assert before == after
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "fields"),
     [

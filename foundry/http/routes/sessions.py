@@ -75,7 +75,8 @@ async def create_session(
 ) -> dict[str, Any]:
     if body is not None and body.prompt is not None:
         await prompt_gate(member, task_id, runtime)
-    key = await task_key_of(member, task_id, runtime)
+    # Opening a session is a virtual PR task's first interaction: it is materialized here.
+    key, _ = await task_of(member, task_id, runtime)
     payload = (body or CreateSessionBody()).model_dump(by_alias=True, exclude_none=True)
     result: dict[str, Any] = await task_command(
         runtime, key, "create_session", payload | {"userId": member.caller.user_id}
@@ -97,7 +98,7 @@ async def send_message(
     409 when the session is closed or the task archived; 402 when the organization's plan refuses
     the prompt (``seat_limit``, ``billing_inactive``)."""
     await prompt_gate(member, task_id, runtime)
-    key = await task_key_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime, session_id=session_id)
     result: dict[str, Any] = await task_command(
         runtime,
         key,
@@ -117,7 +118,7 @@ async def send_message(
 async def stop_session(
     task_id: TaskId, session_id: SessionId, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key = await task_key_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime, session_id=session_id)
     result: dict[str, Any] = await task_command(
         runtime, key, "stop_session", {"sessionId": session_id, "userId": member.caller.user_id}
     )
@@ -128,7 +129,7 @@ async def stop_session(
 async def rename_session(
     task_id: TaskId, session_id: SessionId, body: RenameSessionBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key = await task_key_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime, session_id=session_id)
     result: dict[str, Any] = await task_command(
         runtime,
         key,
@@ -144,7 +145,7 @@ async def close_session(
 ) -> dict[str, Any]:
     """The agent is shut down in the background (sandbox-agent's DELETE hangs while an agent runs;
     the workaround never blocks this request). The transcript stays readable."""
-    key = await task_key_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime, session_id=session_id)
     result: dict[str, Any] = await task_command(
         runtime, key, "close_session", {"sessionId": session_id, "userId": member.caller.user_id}
     )
@@ -212,7 +213,7 @@ async def answer_permission(
     member: Member,
     runtime: RuntimeDep,
 ) -> dict[str, Any]:
-    key = await task_key_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime, session_id=session_id)
     result: dict[str, Any] = await task_command(
         runtime,
         key,

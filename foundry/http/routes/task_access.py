@@ -27,7 +27,7 @@ from tenacity import (
 
 from actors.task.naming import split_task_key, task_key
 from actors.task.state import INIT_WAIT_S, TaskNotInitialized
-from foundry.errors import Conflict
+from foundry.errors import Conflict, NotFound
 from foundry.http import cached_reads
 from foundry.http.deps import Membership
 from foundry.runtime.client import Runtime
@@ -74,12 +74,23 @@ async def task_of(
     return task_key(org, task_id), summary
 
 
-async def task_key_of(member: Membership, task_id: str, runtime: Runtime) -> str:
-    """The task's actor key for a write that needs nothing of its summary: `task_of` (404 unless the
-    task is ``{org}``'s, a virtual task materialized), asked of the organization once per process."""
+async def task_key_of(
+    member: Membership, task_id: str, runtime: Runtime, *, session_id: str | None = None
+) -> str:
+    """The task's actor key for a write to an existing task or one of its sessions: 404 unless the
+    task is ``{org}``'s (asked of the organization once per process).
+
+    Never materializes a virtual PR task: only opening a session does (`task_of`). A virtual task has
+    no session (404 for ``session_id``) and nothing to rename, archive or hand over yet (409), and a
+    refused request must not have created the task and made its sender the owner.
+    """
     if _is_known(runtime, member.organization_id, task_id):
         return task_key(member.organization_id, task_id)
-    key, _ = await task_of(member, task_id, runtime)
+    key, summary = await task_of(member, task_id, runtime, materialize=False)
+    if summary.get("isVirtual"):
+        if session_id is not None:
+            raise NotFound(f"session {session_id!r} not found in this task")
+        raise not_started(summary)
     return key
 
 
@@ -114,7 +125,7 @@ def _remember(runtime: Runtime, organization_id: str, task_id: str) -> None:
 def not_started(summary: dict[str, Any]) -> Conflict:
     return Conflict(
         f"task {summary['taskId']!r} is a pull request nobody has opened a session on yet; "
-        "open a session (or send a message) to start it"
+        "open a session on it to start it"
     )
 
 
