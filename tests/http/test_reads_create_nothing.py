@@ -114,3 +114,49 @@ async def test_a_virtual_pull_request_task_is_read_without_creating_it(server: S
         # Still virtual: nothing materialized it.
         summaries = (await alice.get("/v1/organizations/acme")).json()["taskSummaries"]
         assert next(t for t in summaries if t["taskId"] == task["taskId"])["isVirtual"] is True
+
+
+async def test_refused_writes_leave_a_virtual_pull_request_task_virtual_and_unowned(server: Server) -> None:
+    """Only opening a session starts a pull request's task. Every other write is refused (404 for a
+    session it does not have, 409 for the task itself) and creates nothing: no task actor, no owner,
+    nothing materialized by a request that failed."""
+    async with server.signed_in("alice") as alice:
+        summaries: list[dict[str, Any]] = []
+        for _ in range(250):
+            summaries = (await alice.get("/v1/organizations/acme")).json()["taskSummaries"]
+            if any(t["isVirtual"] for t in summaries):
+                break
+            await asyncio.sleep(0.02)
+        task = next(t for t in summaries if t["isVirtual"])
+        base = f"/v1/organizations/acme/tasks/{task['taskId']}"
+        before = databases(server.settings.data_dir)
+        session_writes = [
+            ("POST", f"{base}/sessions/s-1/stop", None),
+            ("POST", f"{base}/sessions/s-1/messages", {"text": "hi"}),
+            ("PATCH", f"{base}/sessions/s-1", {"name": "n"}),
+            ("DELETE", f"{base}/sessions/s-1", None),
+            ("POST", f"{base}/sessions/s-1/permissions/r-1", {"optionId": "allow"}),
+        ]
+        for method, path, body in session_writes:
+            answer = await alice.request(method, path, json=body)
+            assert answer.status_code == 404, (path, answer.text)
+            assert answer.json()["detail"] == "session 's-1' not found in this task"
+        task_writes = [
+            ("PATCH", base, {"title": "mine now"}),
+            ("POST", f"{base}/archive", {"force": True}),
+            ("POST", f"{base}/owner", {"userId": "gh-5001"}),
+            ("POST", f"{base}/pull-request", {}),
+        ]
+        for method, path, body in task_writes:
+            answer = await alice.request(method, path, json=body)
+            assert answer.status_code == 409, (path, answer.text)
+            assert "nobody has opened a session on yet" in answer.json()["detail"]
+        row = next(
+            t
+            for t in (await alice.get("/v1/organizations/acme")).json()["taskSummaries"]
+            if t["taskId"] == task["taskId"]
+        )
+    assert row["isVirtual"] is True
+    assert row.get("ownerUserId") is None
+    assert row["title"] == task["title"]
+    assert databases(server.settings.data_dir) - before == set()
