@@ -12,7 +12,13 @@ from __future__ import annotations
 import json
 import logging
 
+from starlette.middleware.body_limit import _RequestBodyLimitResponseSent, _RequestBodyTooLarge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: How Starlette's request body limit (outside this middleware) stops a request it has answered, or
+#: is about to answer, with 413: control flow, not a crash. Logged as one would be a traceback per
+#: oversized request, which any anonymous client could send.
+_BODY_LIMIT_SIGNALS = (_RequestBodyLimitResponseSent, _RequestBodyTooLarge)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,9 @@ class UnexpectedErrorsAsJson:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except _BODY_LIMIT_SIGNALS:
+            log.info("%s %s: request body over the limit (413)", scope.get("method"), scope.get("path"))
+            raise
         except Exception as exc:
             method, path = scope.get("method", "?"), scope.get("path", "?")
             log.exception("%s %s crashed", method, path)

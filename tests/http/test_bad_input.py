@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tests.http.conftest import Server
@@ -100,7 +102,11 @@ async def test_bad_query_parameters(
 
 
 @pytest.mark.parametrize(("method", "path"), WRITE_ROUTES)
-async def test_oversized_bodies_are_413(server: Server, method: str, path: str) -> None:
+async def test_oversized_bodies_are_413(
+    server: Server, method: str, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """413 in JSON, and no error in the log: an anonymous client sending big bodies must not fill
+    the operator's error log (and alerts) with tracebacks."""
     big = b'{"displayName": "' + b"x" * (server.settings.max_body_bytes + 10) + b'"}'
     async with server.signed_in("carol") as carol:
         response = await carol.request(
@@ -117,6 +123,9 @@ async def test_oversized_bodies_are_413(server: Server, method: str, path: str) 
     assert response.status_code == 413
     assert response.json()["error"] == "payload_too_large"
     assert chunked.status_code == 413
+    assert chunked.json()["error"] == "payload_too_large"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == []
 
 
 async def test_bad_organization_names_and_unknown_routes(server: Server) -> None:

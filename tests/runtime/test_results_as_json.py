@@ -34,7 +34,9 @@ def test_nested_models_tuples_and_odd_keys_become_plain_json() -> None:
     }
     # Plain built-in types all the way down: what json.dumps and a pickle across processes expect.
     assert json.loads(json.dumps(out)) == out
-    assert type(out["7"]) is dict and type(out["counts"]) is dict and type(out["repos"][1]) is list
+    assert type(out["7"]) is dict
+    assert type(out["counts"]) is dict
+    assert type(out["repos"][1]) is list
 
 
 def test_a_plain_json_result_is_returned_as_it_is() -> None:
