@@ -12,8 +12,14 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from pydantic import ConfigDict
 
 from foundry import strict_json
+
+#: Every request body model's configuration: unknown fields are refused, fields are accepted by name
+#: as well as alias, and values are not coerced (``"yes"`` or ``1`` is not a boolean, ``"5"`` not a
+#: number): a client that sends the wrong type is told so rather than guessed at.
+BODY_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 #: Where `StrictJsonRequest` leaves why a body is not acceptable JSON, for the 422 handler.
 BAD_JSON_SCOPE_KEY = "foundry.bad_json"

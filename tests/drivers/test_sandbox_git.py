@@ -235,3 +235,16 @@ async def test_credential_helper_answers_with_the_token_from_the_run_env(client:
     assert result.ok, result.stderr
     assert "username=x-access-token" in result.stdout
     assert f"password={TOKEN}" in result.stdout
+
+
+async def test_a_nul_in_text_for_git_is_named_not_blamed_on_a_missing_git(
+    client: SandboxAgentClient, remote: Path
+):
+    """No process can take a NUL in its arguments. A commit message carrying one (from a stored
+    title, say) is refused by name; it was reported as "`git` is not installed in the sandbox"."""
+    await sgit.clone(client, remote.as_uri(), BRANCH, TOKEN)
+    await agent_edit(client, "Document the release")
+    with pytest.raises(InvalidInput, match="contains a NUL character"):
+        await sgit.commit_all(client, "Add\x00notes", AUTHOR)
+    # Nothing was half done: the same change commits with a clean message.
+    assert await sgit.commit_all(client, "Add notes", AUTHOR) is not None

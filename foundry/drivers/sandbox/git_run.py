@@ -29,6 +29,9 @@ from foundry.drivers.sandbox import GitError, SandboxApiError
 from foundry.drivers.sandbox.client import ProcessResult, SandboxAgentClient
 from foundry.errors import InvalidInput
 
+#: How a spawn failure reads when the program itself is missing (from the OS, or from `nice`).
+_MISSING_PROGRAM = re.compile(r"No such file or directory|not found|os error 2", re.IGNORECASE)
+
 __all__ = [
     "CREDENTIAL_HELPER",
     "NETWORK_TIMEOUT_MS",
@@ -141,14 +144,18 @@ async def run_git(
             # The empty value first drops any helper configured globally (e.g. a `store` helper).
             argv = ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}", *argv]
     run_env.update(env or {})
+    if any("\x00" in arg for arg in argv):
+        # No process can receive a NUL in its arguments; say so rather than fail to start git.
+        raise InvalidInput(f"git {action}: the text given to git contains a NUL character (U+0000)")
     try:
         result = await client.run_process(command, argv, cwd=workdir, env=run_env, timeout_ms=timeout_ms)
     except SandboxApiError as exc:
         if exc.status == 502 and "spawn" in exc.detail:
-            raise GitError(
-                f"git {action} failed: `{command}` is not installed in the sandbox; use an image with git",
-                exc.status,
-            ) from exc
+            if _MISSING_PROGRAM.search(exc.detail):
+                why = f"`{command}` is not installed in the sandbox; use an image with git"
+            else:
+                why = f"could not start `{command}`: {exc.detail}"
+            raise GitError(f"git {action} failed: {why}", exc.status) from exc
         raise
     if not check or result.ok:
         return result

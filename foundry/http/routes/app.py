@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from foundry.http import cached_reads
 from foundry.http.deps import CurrentCaller, OptionalCaller, RuntimeDep, SameSiteWrite
-from foundry.http.strict_body import StrictJsonRoute
+from foundry.http.strict_body import BODY_CONFIG, StrictJsonRoute
 from foundry.runtime.role import to_jsonable
 
 router = APIRouter(prefix="/v1/app", tags=["app"], route_class=StrictJsonRoute)
@@ -31,7 +31,7 @@ async def get_app(caller: OptionalCaller, runtime: RuntimeDep, request: Request)
 
 
 class ActiveOrganization(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = BODY_CONFIG
     organization_id: str | None = Field(alias="organizationId", max_length=200)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from authlib.integrations.base_client.errors import MismatchingStateError, OAuthError
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from foundry.auth.signin import SignedIn
 from foundry.errors import DriverError, InvalidInput, NotFound, Unauthorized
@@ -20,7 +20,7 @@ from foundry.http.deps import (
     SettingsDep,
     SignInDep,
 )
-from foundry.http.strict_body import StrictJsonRoute
+from foundry.http.strict_body import BODY_CONFIG, StrictJsonRoute
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/auth", tags=["auth"], route_class=StrictJsonRoute)
@@ -95,7 +95,7 @@ async def callback_github(
 
 
 class MockSignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = BODY_CONFIG
     login: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9-]+$")
 
 

@@ -12,18 +12,18 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from foundry import metrics
 from foundry.config import Settings
 from foundry.errors import Forbidden, NotConfigured
 from foundry.http.deps import Admin, CurrentCaller, RuntimeDep, SameSiteWrite, SettingsDep, require_member
 from foundry.http.errors import error_body
-from foundry.http.strict_body import StrictJsonRoute
+from foundry.http.strict_body import BODY_CONFIG, StrictJsonRoute
 from foundry.webhooks.stripe import MAX_WEBHOOK_BYTES, StripeWebhookIngest, StripeWebhookRejected
 
 router = APIRouter(tags=["billing"], route_class=StrictJsonRoute)
-_STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+_STRICT = BODY_CONFIG
 ORG = "/v1/organizations/{org}/billing"
 
 

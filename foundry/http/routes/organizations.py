@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from actors.organization.agent_credentials import MAX_VALUE_CHARS, check_name, check_value
 from foundry.http.deps import Admin, Member, RuntimeDep, SameSiteWrite
-from foundry.http.strict_body import StrictJsonRoute
+from foundry.http.strict_body import BODY_CONFIG, StrictJsonRoute
+from foundry.http.text_fields import LABEL, SECRET
 from foundry.logging import redact_value
 from foundry.strict_json import MAX_INT
 
@@ -28,8 +29,10 @@ async def get_organization(member: Member, runtime: RuntimeDep) -> dict[str, Any
 
 
 class SettingsPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    display_name: str | None = Field(default=None, alias="displayName", min_length=1, max_length=200)
+    model_config = BODY_CONFIG
+    display_name: Annotated[str, Field(min_length=1, max_length=200), LABEL] | None = Field(
+        default=None, alias="displayName"
+    )
     default_model: str | None = Field(default=None, alias="defaultModel", min_length=1, max_length=100)
 
 
@@ -81,12 +84,16 @@ CredentialName = Annotated[str, Path(min_length=1, max_length=100)]
 
 
 class CredentialBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    value: str = Field(
-        min_length=1,
-        max_length=MAX_VALUE_CHARS,
-        description="the secret; never returned, never logged; no newlines or NUL characters",
-    )
+    model_config = BODY_CONFIG
+    value: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_VALUE_CHARS,
+            description="the secret; never returned, never logged; visible characters and spaces only",
+        ),
+        SECRET,
+    ]
 
 
 @router.get("/agent-credentials", summary="Agent credentials set (admins; never the values)")

@@ -27,6 +27,7 @@ from foundry.http.routes.task_access import (
     user_state,
 )
 from foundry.http.strict_body import StrictJsonRoute
+from foundry.http.text_fields import LABEL, PROMPT
 from foundry.strict_json import MAX_INT
 
 router = APIRouter(prefix="/v1/organizations/{org}/tasks", tags=["tasks"], route_class=StrictJsonRoute)
@@ -39,18 +40,18 @@ class CreateSessionBody(BaseModel):
     model_config = STRICT
     agent: str | None = Field(default=None, min_length=1, max_length=50)
     model: str | None = Field(default=None, min_length=1, max_length=100)
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    name: Annotated[str, Field(min_length=1, max_length=200), LABEL] | None = None
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), PROMPT] | None = None
 
 
 class MessageBody(BaseModel):
     model_config = STRICT
-    text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    text: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), PROMPT]
 
 
 class RenameSessionBody(BaseModel):
     model_config = STRICT
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, Field(min_length=1, max_length=200), LABEL]
 
 
 class DraftBody(BaseModel):
@@ -76,7 +77,7 @@ async def create_session(
     if body is not None and body.prompt is not None:
         await prompt_gate(member, task_id, runtime)
     # Opening a session is a virtual PR task's first interaction: it is materialized here.
-    key, _ = await task_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime, materialize=True)
     payload = (body or CreateSessionBody()).model_dump(by_alias=True, exclude_none=True)
     result: dict[str, Any] = await task_command(
         runtime, key, "create_session", payload | {"userId": member.caller.user_id}

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from weakref import WeakKeyDictionary
 
 from fastapi import Path
-from pydantic import ConfigDict
 from starlette.requests import HTTPConnection
 from tenacity import (
     AsyncRetrying,
@@ -30,10 +29,11 @@ from actors.task.state import INIT_WAIT_S, TaskNotInitialized
 from foundry.errors import Conflict, NotFound
 from foundry.http import cached_reads
 from foundry.http.deps import Membership
+from foundry.http.strict_body import BODY_CONFIG
 from foundry.runtime.client import Runtime
 
 #: Request bodies refuse unknown fields and accept field names as well as their aliases.
-STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+STRICT = BODY_CONFIG
 TaskId = Annotated[str, Path(alias="taskId", min_length=1, max_length=100)]
 SessionId = Annotated[str, Path(alias="sessionId", min_length=1, max_length=100)]
 
@@ -75,18 +75,24 @@ async def task_of(
 
 
 async def task_key_of(
-    member: Membership, task_id: str, runtime: Runtime, *, session_id: str | None = None
+    member: Membership,
+    task_id: str,
+    runtime: Runtime,
+    *,
+    session_id: str | None = None,
+    materialize: bool = False,
 ) -> str:
-    """The task's actor key for a write to an existing task or one of its sessions: 404 unless the
-    task is ``{org}``'s (asked of the organization once per process).
+    """The task's actor key for a write: 404 unless the task is ``{org}``'s (asked of the
+    organization once per process).
 
-    Never materializes a virtual PR task: only opening a session does (`task_of`). A virtual task has
-    no session (404 for ``session_id``) and nothing to rename, archive or hand over yet (409), and a
-    refused request must not have created the task and made its sender the owner.
+    Only opening a session (``materialize``) materializes a virtual PR task. Any other write finds
+    none: a virtual task has no session (404 for ``session_id``) and nothing to rename, archive or
+    hand over yet (409). A refused request must not have created the task and made its sender the
+    owner.
     """
     if _is_known(runtime, member.organization_id, task_id):
         return task_key(member.organization_id, task_id)
-    key, summary = await task_of(member, task_id, runtime, materialize=False)
+    key, summary = await task_of(member, task_id, runtime, materialize=materialize)
     if summary.get("isVirtual"):
         if session_id is not None:
             raise NotFound(f"session {session_id!r} not found in this task")

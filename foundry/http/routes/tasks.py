@@ -31,6 +31,7 @@ from foundry.http.routes.task_access import (
     task_of,
 )
 from foundry.http.strict_body import StrictJsonRoute
+from foundry.http.text_fields import LABEL, PROMPT
 from foundry.runtime.client import Runtime
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ router = APIRouter(prefix="/v1/organizations/{org}/tasks", tags=["tasks"], route
 class CreateTaskBody(BaseModel):
     model_config = STRICT
     repo_id: str = Field(alias="repoId", min_length=1, max_length=40)
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    title: str | None = Field(default=None, min_length=1, max_length=300)
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), PROMPT]
+    title: Annotated[str, Field(min_length=1, max_length=300), LABEL] | None = None
     branch: str | None = Field(default=None, min_length=1, max_length=200)
     agent: str | None = Field(default=None, min_length=1, max_length=50)
     model: str | None = Field(default=None, min_length=1, max_length=100)
@@ -53,7 +54,7 @@ class CreateTaskBody(BaseModel):
 
 class RenameTaskBody(BaseModel):
     model_config = STRICT
-    title: str = Field(min_length=1, max_length=300)
+    title: Annotated[str, Field(min_length=1, max_length=300), LABEL]
 
 
 class ArchiveBody(BaseModel):
@@ -63,8 +64,9 @@ class ArchiveBody(BaseModel):
 
 class PullRequestBody(BaseModel):
     model_config = STRICT
-    title: str | None = Field(default=None, min_length=1, max_length=300)
-    body: str = Field(default="", max_length=60_000)
+    title: Annotated[str, Field(min_length=1, max_length=300), LABEL] | None = None
+    # Markdown for GitHub: newlines kept; a NUL is refused like anywhere else.
+    body: str = Field(default="", max_length=60_000, pattern=r"^[^\x00]*$")
     draft: bool = False
 
 
