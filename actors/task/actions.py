@@ -335,6 +335,12 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
     if row.archived_at is not None:
         return {"archived": True, "already": True, "rescueBranch": None}
     async with _git_lock(ctx.key):
+        # Read again under the lock: a concurrent archive may have finished while this one waited,
+        # and its sandbox is gone (inspecting it would answer 409 to a request that is a repeat).
+        async with ctx.read() as conn:
+            row = await require_task(conn, ctx.key)
+        if row.archived_at is not None:
+            return {"archived": True, "already": True, "rescueBranch": None}
         rescue: str | None = None
         rescued: dict[str, Any] = {}
         inspected = row.provision_state == "ready"

@@ -101,6 +101,25 @@ async def test_archive_after_the_work_is_pushed_needs_no_force(tasks_server: Tas
         )
 
 
+async def test_concurrent_archives_all_answer_archived_and_one_does_the_work(tasks_server: TaskServer):
+    """A double click, or two people at once: every archive of the task answers 200, exactly one of
+    them did it (rescued the work, destroyed the sandbox), the others say ``already``."""
+    async with tasks_server.signed_in("alice") as alice, tasks_server.signed_in("carol") as carol:
+        created = await create_task(alice, prompt="Concurrent archive")
+        task_id = created["taskId"]
+        await wait_task(alice, task_id, idle_session)
+        url = f"/v1/organizations/acme/tasks/{task_id}/archive"
+        answers = await asyncio.gather(
+            *(client.post(url, json={"force": True}) for client in (alice, carol, alice, carol, alice))
+        )
+        audit = (await alice.get("/v1/organizations/acme/audit-log", params={"taskId": task_id})).json()
+    assert [a.status_code for a in answers] == [200] * 5, [a.text for a in answers]
+    assert sorted(a.json()["already"] for a in answers) == [False, True, True, True, True]
+    (done,) = [a.json() for a in answers if not a.json()["already"]]
+    assert done["rescueBranch"] is not None  # the demo agent left notes uncommitted
+    assert [e["kind"] for e in audit].count("task.archive") == 1
+
+
 async def test_two_users_on_one_task_see_their_own_unread_draft_and_active_session(tasks_server: TaskServer):
     async with tasks_server.signed_in("alice") as alice, tasks_server.signed_in("carol") as carol:
         created = await create_task(alice, prompt="Shared work")
