@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import Container
 
+from foundry.branch_names import branch_problem
 from foundry.errors import InvalidInput
 from foundry.models_catalog import KNOWN_MODELS, MODEL_GROUPS, agent_for_model
 
@@ -21,9 +22,6 @@ _TITLE_TYPES = ("feat", "fix", "docs", "refactor")
 _TITLE_MAX = 62
 _SLUG_MAX = 40
 # A conservative subset of `git check-ref-format --branch`: what a task branch may be called.
-_BRANCH_RE = re.compile(
-    r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)(?!.*/\.)[A-Za-z0-9._/+-]{1,200}(?<!\.lock)(?<![./])$"
-)
 TASK_ID_RE = re.compile(r"^(?:[0-9a-f]{32}|pr-[0-9]+-[0-9]+)$")
 
 
@@ -80,12 +78,9 @@ def _slug(title: str) -> str:
 
 def check_branch_name(branch: str) -> str:
     """Return ``branch`` if git accepts it as a branch name, else raise `InvalidInput`."""
-    if not _BRANCH_RE.match(branch):
-        raise InvalidInput(
-            f"invalid branch name {branch!r}: use letters, digits and ._/+- (no '..', no leading '-', "
-            "no trailing '/' or '.lock')",
-            ["branch"],
-        )
+    problem = branch_problem(branch)
+    if problem is not None:
+        raise InvalidInput(f"invalid branch name {branch!r}: {problem}", ["branch"])
     return branch
 
 

@@ -25,6 +25,7 @@ import posixpath
 import re
 from collections.abc import Mapping, Sequence
 
+from foundry.branch_names import branch_problem
 from foundry.drivers.sandbox import GitError, SandboxApiError
 from foundry.drivers.sandbox.client import ProcessResult, SandboxAgentClient
 from foundry.errors import InvalidInput
@@ -52,13 +53,13 @@ CREDENTIAL_HELPER = (
 NETWORK_TIMEOUT_MS = 300_000  # clone/fetch/push: 5 min, as upstream's repo preparation
 _LOCAL_TIMEOUT_MS = 60_000
 _STDERR_TAIL_LINES = 15
-_BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/+-]+(?<!\.lock)(?<![./])$")
 
 
 def check_branch(branch: str) -> str:
     """``branch`` when it is a valid branch name; else raise `InvalidInput`."""
-    if not _BRANCH.match(branch):
-        raise InvalidInput(f"invalid git branch name {branch!r}", ["branch"])
+    problem = branch_problem(branch)
+    if problem is not None:
+        raise InvalidInput(f"invalid git branch name {branch!r}: {problem}", ["branch"])
     return branch
 
 
