@@ -52,8 +52,14 @@ async def test_oauth_round_trip_duplicate_callback_and_sign_out(server: Server) 
         assert out.status_code == 200
         async with server.client(cookies={"foundry_session": cookie}) as stale:
             gone = await stale.get("/v1/auth/session")
+            # Signing out again (a double click, a retry, a second tab) is still a success that
+            # clears the cookie, not a 401 that leaves the dead cookie in the browser.
+            again = await stale.post("/v1/auth/sign-out")
         assert gone.status_code == 401
         assert gone.json()["error"] == "unauthorized"
+        assert again.status_code == 200, again.text
+        assert again.json()["auth"]["status"] == "signed_out"
+        assert 'foundry_session=""' in again.headers["set-cookie"] or "Max-Age=0" in again.headers["set-cookie"]
 
 
 async def test_concurrent_duplicate_callbacks_share_one_sign_in(server: Server) -> None:

@@ -15,6 +15,7 @@ from foundry.errors import DriverError, InvalidInput, NotFound, Unauthorized
 from foundry.http.deps import (
     CookiesDep,
     CurrentCaller,
+    OptionalCaller,
     RuntimeDep,
     SameSiteWrite,
     SettingsDep,
@@ -127,8 +128,11 @@ async def get_session(caller: CurrentCaller, runtime: RuntimeDep) -> dict[str, A
 
 
 @router.post("/sign-out", summary="Revoke the session and clear the cookie", dependencies=[SameSiteWrite])
-async def sign_out(caller: CurrentCaller, runtime: RuntimeDep, cookies: CookiesDep) -> Response:
-    await runtime.call("user", caller.user_id, "revoke_session", {"sessionId": caller.session_id})
+async def sign_out(caller: OptionalCaller, runtime: RuntimeDep, cookies: CookiesDep) -> Response:
+    """Idempotent: a second click, a retry after a lost answer or a session already revoked or
+    expired elsewhere still answers 200 and clears the cookie (a 401 left the browser holding it)."""
+    if caller is not None:
+        await runtime.call("user", caller.user_id, "revoke_session", {"sessionId": caller.session_id})
     response = JSONResponse({"auth": {"status": "signed_out", "currentUserId": None}})
     cookies.clear(response)
     return response
