@@ -25,6 +25,7 @@ from foundry.http.auth_cache import ORGANIZATION_ROLE, USER_ROLE, AuthCache
 from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.dashboard import install_dashboard
 from foundry.http.errors import install_error_handlers
+from foundry.http.head_requests import HeadAsGet
 from foundry.http.openapi import install_docs
 from foundry.http.read_your_writes import ReadYourWrites
 from foundry.http.realtime import RealtimeAccess, build_registry, mount_realtime
@@ -187,6 +188,7 @@ def create_app(
     # to Starlette's error middleware, which would close the keep-alive connection.
     app.add_middleware(UnexpectedErrorsAsJson)
     app.add_middleware(RequestMetrics)
+    app.add_middleware(HeadAsGet)
     # Outermost: the crash log line above and the 500 it answers carry the request id too.
     app.add_middleware(RequestIds)
     mount_realtime(app, settings)

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from foundry import errors
 from foundry.http.strict_body import BAD_JSON_SCOPE_KEY
@@ -56,6 +57,28 @@ def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"error": code, "detail": detail, **extra}
 
 
+def _methods_for(request: Request) -> list[str]:
+    """Every method some route of the app accepts on the request's path (HEAD wherever GET is)."""
+    methods: set[str] = set()
+
+    def walk(routes: Any, scope: dict[str, Any]) -> None:
+        for route in routes:
+            match, child = route.matches(scope)
+            if match == Match.NONE:
+                continue
+            # An included router (FastAPI wraps each in ``original_router``): look inside.
+            nested = getattr(getattr(route, "original_router", route), "routes", None)
+            if nested is not None and not getattr(route, "methods", None):
+                walk(nested, {**scope, **child})
+            else:
+                methods.update(getattr(route, "methods", None) or ())
+
+    walk(request.app.router.routes, {**request.scope, "method": "GET"})
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that render every failure as ``{"error","detail"}``."""
 
@@ -98,7 +121,14 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
-        return JSONResponse(error_body(code, detail), status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only; FastAPI
+            # registers one route per method, so list every route's.
+            allowed = _methods_for(request)
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            detail = f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
+        return JSONResponse(error_body(code, detail), status_code=exc.status_code, headers=headers)
 
     # Anything else is answered by `foundry.http.unexpected.UnexpectedErrorsAsJson`, which (unlike an
     # ``Exception`` handler here) does not re-raise, so the connection survives.

@@ -137,3 +137,25 @@ async def test_bad_organization_names_and_unknown_routes(server: Server) -> None
         unknown = await alice.get("/v1/nothing-here")
         assert unknown.status_code == 404
         assert unknown.json()["error"] == "not_found"
+
+
+async def test_head_answers_like_get_and_a_405_names_every_allowed_method(server: Server) -> None:
+    """Uptime checkers probe with HEAD; a client that used the wrong method is told all the right
+    ones (the Allow header named only one route's)."""
+    async with server.signed_in("carol") as carol:
+        health = await carol.head("/healthz")
+        org_get = await carol.get("/v1/organizations/acme")
+        org_head = await carol.head("/v1/organizations/acme")
+        tasks_put = await carol.put("/v1/organizations/acme/tasks", json={})
+        settings_get = await carol.get("/v1/organizations/acme/settings")
+    assert health.status_code == 200
+    assert health.content == b""
+    assert org_head.status_code == 200
+    assert org_head.content == b""
+    assert org_head.headers["content-type"] == org_get.headers["content-type"]
+    assert tasks_put.status_code == 405
+    assert tasks_put.headers["allow"] == "GET, HEAD, POST"
+    assert tasks_put.json()["error"] == "method_not_allowed"
+    assert "use GET or HEAD or POST" in tasks_put.json()["detail"]
+    assert settings_get.status_code == 405
+    assert settings_get.headers["allow"] == "PATCH"
