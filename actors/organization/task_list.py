@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +21,8 @@ from foundry.errors import InvalidInput
 from foundry.runtime.context import InstanceContext
 
 TaskStatus = Literal["virtual", "provisioning", "running", "idle", "error", "archived"]
+#: The same, as values (the API checks a ``status`` filter against them).
+TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 
 
 class ListTasks(BaseModel):

@@ -13,6 +13,7 @@ from starlette.routing import Match
 
 from foundry import errors
 from foundry.http.strict_body import BAD_JSON_SCOPE_KEY
+from foundry.runtime.role import plain_message
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 loc = loc[1:] if len(loc) > 1 else loc
             name = ".".join(loc) or "body"
             fields.append(name)
-            problems.append(f"{name}: {err.get('msg')}")
+            problems.append(f"{name}: {plain_message(str(err.get('msg')))}")
         syntax = [e for e in exc.errors() if e.get("type") == "json_invalid"]
         bad_json = request.scope.get(BAD_JSON_SCOPE_KEY)
         if bad_json is not None:

@@ -100,6 +100,11 @@ class Role:
         return handler
 
 
+def plain_message(msg: str) -> str:
+    """A validation message without pydantic's "Value error, " preamble."""
+    return msg.removeprefix("Value error, ")
+
+
 def validate_body(handler: Handler, body: Any, role: str) -> BaseModel:
     """Parse a body into the handler's model, or raise `InvalidInput` naming every bad field."""
     if isinstance(body, handler.model):
@@ -115,9 +120,12 @@ def validate_body(handler: Handler, body: Any, role: str) -> BaseModel:
     except ValidationError as exc:
         fields = [".".join(str(p) for p in err["loc"]) or "body" for err in exc.errors()]
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {plain_message(err['msg'])}"
+            for err in exc.errors()
         )
-        raise InvalidInput(f"{role}.{handler.name}: invalid body ({problems})", fields) from None
+        # The detail reaches the person who sent the request: it names their fields, not the
+        # internal command (which the log line of the refusal names).
+        raise InvalidInput(f"invalid input: {problems}", fields) from None
 
 
 #: Values `to_jsonable` returns as they are. Checked by exact type before any call: a page of

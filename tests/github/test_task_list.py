@@ -66,7 +66,7 @@ async def test_tasks_are_listed_once_across_pages_and_filtered(
         ({"limit": 0}, "limit"),
         ({"limit": 201}, "limit"),
         ({"limit": "ten"}, "limit"),
-        ({"status": "sleeping"}, "statuses"),
+        ({"status": "sleeping"}, "status"),
         ({"cursor": "not-a-cursor!"}, "cursor"),
         ({"q": "x" * 201}, "q"),
     ],

@@ -159,3 +159,22 @@ async def test_head_answers_like_get_and_a_405_names_every_allowed_method(server
     assert "use GET or HEAD or POST" in tasks_put.json()["detail"]
     assert settings_get.status_code == 405
     assert settings_get.headers["allow"] == "PATCH"
+
+
+async def test_error_details_name_the_callers_fields_not_internal_commands(server: Server) -> None:
+    async with server.signed_in("carol") as carol:
+        model = await carol.patch("/v1/organizations/acme/settings", json={"defaultModel": "nope"})
+        status = await carol.get("/v1/organizations/acme/tasks", params={"status": "idle,bogus"})
+        blank = await carol.patch("/v1/organizations/acme/settings", json={"displayName": "  "})
+    assert model.status_code == 422
+    assert model.json()["fields"] == ["defaultModel"]
+    assert model.json()["detail"].startswith("invalid input: defaultModel: unknown model 'nope'")
+    assert status.status_code == 422
+    assert status.json()["fields"] == ["status"]
+    assert "unknown status 'bogus'" in status.json()["detail"]
+    assert blank.json()["detail"] == "invalid request: displayName: must contain more than whitespace"
+    for answer in (model, status, blank):
+        text = answer.json()["detail"]
+        assert "organization." not in text
+        assert "Value error" not in text
+        assert "statuses" not in text

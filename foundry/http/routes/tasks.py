@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
+from actors.organization.task_list import TASK_STATUSES
 from actors.task.naming import MAX_PROMPT_CHARS
 from actors.task.provisional import provisional_detail
 from foundry.errors import FoundryError, InvalidInput
@@ -147,6 +148,11 @@ async def list_tasks(
     body: dict[str, Any] = {"limit": limit}
     if status:
         body["statuses"] = [s.strip() for s in status.split(",") if s.strip()]
+        unknown = [s for s in body["statuses"] if s not in TASK_STATUSES]
+        if unknown:
+            raise InvalidInput(
+                f"unknown status {unknown[0]!r:.60}; use {', '.join(TASK_STATUSES)}", ["status"]
+            )
     for name, value in (("repoId", repo_id), ("ownerLogin", owner), ("query", q), ("cursor", cursor)):
         if value is not None:
             body[name] = value
