@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from actors.task.commands import Archive, Empty, EventsPage, PullRequestRequest, Snapshot
+from actors.task.commands import Archive, Empty, EventsPage, PromptTarget, PullRequestRequest, Snapshot
 from actors.task.gitwork import file_tree, unpushed_work
 from actors.task.naming import rescue_branch, split_task_key
 from actors.task.provisional import (
@@ -38,6 +38,7 @@ from actors.task.state import (
     events_after,
     load_task,
     refresh,
+    require_open_session,
     require_session,
     require_task,
     session_topic,
@@ -106,6 +107,17 @@ async def snapshot(ctx: InstanceContext, cmd: Snapshot) -> dict[str, Any] | Plai
                 {"seq": seq, "events": [{k: e[k] for k in ("seq", "event", "data")} for e in events]}
             )
     raise NotFound(f"task {ctx.key!r} does not own topic {cmd.topic!r}")
+
+
+async def check_prompt_target(ctx: InstanceContext, cmd: PromptTarget) -> dict[str, Any]:
+    """Refuse, without writing anything, what ``send_message`` / ``create_session`` would refuse
+    about where a prompt goes (the task archived, the session missing or closed). The API asks first
+    and only then takes a seat for the sender: a prompt that is refused takes none."""
+    async with ctx.read() as conn:
+        assert_not_archived(await require_task(conn, ctx.key))
+        if cmd.session_id is not None:
+            await require_open_session(conn, cmd.session_id)
+    return {"ok": True}
 
 
 async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any] | PlainJson:

@@ -57,6 +57,13 @@ class SendMessage(BaseModel):
     user_id: str | None = UserId
 
 
+class PromptTarget(BaseModel):
+    """Where a prompt would go: a session of the task, or (no ``sessionId``) a new session."""
+
+    model_config = _STRICT
+    session_id: str | None = Field(default=None, alias="sessionId", max_length=100)
+
+
 class SessionRef(BaseModel):
     model_config = _STRICT
     session_id: str = SessionId

@@ -240,3 +240,31 @@ async def test_a_webhook_from_before_a_confirmed_seat_change_never_rolls_the_pai
         await billing_server.post_event(stripe.event("customer.subscription.updated", one, now))
     ).status_code == 200
     assert (await billing_server.billing())["seats"]["paid"] == 2
+
+
+async def test_a_prompt_refused_for_where_it_goes_takes_no_seat(billing_server: BillingServer) -> None:
+    """A message to a session that does not exist (404) or is closed (409), or a session opened
+    with a prompt on an archived task (409), is refused before the sender's seat is taken: a
+    refused request must not change what the organization pays."""
+    async with billing_server.signed_in("carol") as carol, billing_server.signed_in("alice") as alice:
+        await upgrade_to_team(billing_server, carol)
+        created = (await _prompt(carol)).json()
+        base = f"/v1/organizations/acme/tasks/{created['taskId']}"
+        await eventually(lambda: _synced(billing_server), what="carol's seat synced")
+        missing = await alice.post(f"{base}/sessions/nope/messages", json={"text": "hi"})
+        closed_session = (await carol.post(f"{base}/sessions", json={})).json()["sessionId"]
+        assert (await carol.delete(f"{base}/sessions/{closed_session}")).status_code == 200
+        to_closed = await alice.post(f"{base}/sessions/{closed_session}/messages", json={"text": "hi"})
+        assert (await carol.post(f"{base}/archive", json={"force": True})).status_code == 200
+        on_archived = await alice.post(f"{base}/sessions", json={"prompt": "hi"})
+        seats_after_refusals = (await billing_server.billing())["seats"]
+        # A prompt that is accepted still takes the seat.
+        assert (await _prompt(alice)).status_code == 201
+        seats_after_prompt = (await billing_server.billing())["seats"]
+    assert missing.status_code == 404, missing.text
+    assert to_closed.status_code == 409, to_closed.text
+    assert on_archived.status_code == 409, on_archived.text
+    assert [m["login"] for m in seats_after_refusals["members"]] == ["carol"]
+    assert sorted(m["login"] for m in seats_after_prompt["members"]) == ["alice", "carol"]
+    taken = [e["payload"]["login"] for e in await _audit(billing_server, "billing.seat_taken")]  # type: ignore[index]
+    assert sorted(taken) == ["alice", "carol"]

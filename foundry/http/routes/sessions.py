@@ -20,6 +20,8 @@ from foundry.http.routes.task_access import (
     STRICT,
     SessionId,
     TaskId,
+    check_prompt_target,
+    gate_new_session_prompt,
     prompt_gate,
     task_command,
     task_key_of,
@@ -75,7 +77,7 @@ async def create_session(
     task_id: TaskId, member: Member, runtime: RuntimeDep, body: CreateSessionBody | None = None
 ) -> dict[str, Any]:
     if body is not None and body.prompt is not None:
-        await prompt_gate(member, task_id, runtime)
+        await gate_new_session_prompt(member, task_id, runtime)
     # Opening a session is a virtual PR task's first interaction: it is materialized here.
     key = await task_key_of(member, task_id, runtime, materialize=True)
     payload = (body or CreateSessionBody()).model_dump(by_alias=True, exclude_none=True)
@@ -98,8 +100,9 @@ async def send_message(
     """202 once the message is durably queued; the agent's answer streams on the session topic.
     409 when the session is closed or the task archived; 402 when the organization's plan refuses
     the prompt (``seat_limit``, ``billing_inactive``)."""
-    await prompt_gate(member, task_id, runtime)
     key = await task_key_of(member, task_id, runtime, session_id=session_id)
+    await check_prompt_target(runtime, key, session_id)
+    await prompt_gate(member, task_id, runtime)
     result: dict[str, Any] = await task_command(
         runtime,
         key,

@@ -11,6 +11,7 @@ in one place.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from weakref import WeakKeyDictionary
 
@@ -139,6 +140,32 @@ async def task_command(runtime: Runtime, key: str, name: str, body: dict[str, An
     """Run a task command. The task exists (its organization row said so); if its ``initialize`` is
     still on the way (the organization's outbox delivers it just after creation), try again, and
     answer 409 if it is still not there: the task is being set up, it is not missing."""
+    return await _while_initializing(
+        key, lambda: runtime.actor("task", key).send(name, body, wait=True, timeout=15)
+    )
+
+
+async def check_prompt_target(runtime: Runtime, key: str, session_id: str | None = None) -> None:
+    """Refuse a prompt the task would refuse (archived task, missing or closed session) before
+    `prompt_gate` takes a seat for its sender: a refused prompt must take none."""
+    body = {"sessionId": session_id} if session_id is not None else {}
+    await _while_initializing(key, lambda: runtime.call("task", key, "check_prompt_target", body))
+
+
+async def gate_new_session_prompt(member: Membership, task_id: str, runtime: Runtime) -> None:
+    """Before a session opens with a prompt: what the task would refuse, then the seat. A virtual
+    PR task has nothing to refuse yet, and is materialized only after both passed."""
+    org = member.organization_id
+    if _is_known(runtime, org, task_id):
+        await check_prompt_target(runtime, task_key(org, task_id))
+    else:
+        key, summary = await task_of(member, task_id, runtime, materialize=False)
+        if not summary.get("isVirtual"):
+            await check_prompt_target(runtime, key)
+    await prompt_gate(member, task_id, runtime)
+
+
+async def _while_initializing(key: str, attempt_call: Callable[[], Awaitable[Any]]) -> Any:
     try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(TaskNotInitialized),
@@ -146,7 +173,7 @@ async def task_command(runtime: Runtime, key: str, name: str, body: dict[str, An
             stop=stop_after_delay(INIT_WAIT_S),
         ):
             with attempt:
-                return await runtime.actor("task", key).send(name, body, wait=True, timeout=15)
+                return await attempt_call()
     except RetryError:
         raise Conflict(
             f"task {split_task_key(key)[1]!r} is still being set up; try again in a moment"
