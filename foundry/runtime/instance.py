@@ -46,6 +46,7 @@ from foundry.runtime.mailbox import (
     stored_outcome,
 )
 from foundry.runtime.outbox import Outbox
+from foundry.runtime.pending_marker import PendingMarker
 from foundry.runtime.role import Handler, Role, to_jsonable
 
 if TYPE_CHECKING:
@@ -86,8 +87,7 @@ class Instance:
         self._closing = False
         self._topic_seq: dict[str, int] = {}
         self.outbox = Outbox(self)
-        self._marker = host.pending_marker(key)
-        self._marked = False
+        self.marker = PendingMarker(host.pending_marker(key))
         self._tables = self.role.metadata.tables
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -133,13 +133,15 @@ class Instance:
             if has_outbox or not self._queue.empty():
                 self._mark_pending()
             else:
-                self._marked = True  # a leftover marker from before a crash: remove it
-                self._unmark_if_drained()
+                # Perhaps a leftover marker from before a crash: removed only once the wake is
+                # complete, after ``on_wake`` has restarted the jobs it resumes (they keep it).
+                self.marker.assume_leftover()
             self._loop_task = asyncio.create_task(self._run_loop(), name=f"loop:{self.role.name}/{self.key}")
             if has_outbox:
                 self.outbox.schedule()
             if self.role.on_wake is not None:
                 await self.role.on_wake(InstanceContext(self))
+            self._unmark_if_drained()
         except BaseException:
             await self.close()
             raise
@@ -462,19 +464,13 @@ class Instance:
         return self._queue.qsize() + (self._running_command is not None)
 
     def _mark_pending(self) -> None:
-        """Note on disk, before the row commits, that this instance has work a restart must resume.
-
-        The host's recovery scan lists these markers instead of opening every database file (about
-        2 ms a file: 2 s for a shard of 1,000 instances).
-        """
-        if not self._marked:
-            self._marker.touch()
-            self._marked = True
+        """Note on disk, before the row commits, that this instance has work a restart must resume."""
+        self.marker.mark()
 
     def _unmark_if_drained(self) -> None:
-        if self._marked and self._queue.empty() and self._running_command is None and self.outbox.idle():
-            self._marker.unlink(missing_ok=True)
-            self._marked = False
+        drained = self._queue.empty() and self._running_command is None and self.outbox.idle()
+        if drained and not self.jobs.tasks:
+            self.marker.clear()
 
     # ----------------------------------------------------------------------------- jobs
 

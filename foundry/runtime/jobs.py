@@ -44,6 +44,11 @@ class InstanceJobs:
             if again_if_running and not instance._closing:
                 self.again[name] = fn
             return False
+        # A job is work a restart must resume (the role's ``on_wake`` does): the pending marker makes
+        # the host's recovery wake this instance after a crash, as it does for queued commands.
+        # Without it a turn or a provisioning cut short by a kill -9 stayed "running" until someone
+        # happened to read the task.
+        instance._mark_pending()
         task = asyncio.create_task(
             self._run(name, fn), name=f"job:{instance.role.name}/{instance.key}/{name}"
         )
@@ -80,3 +85,6 @@ class InstanceJobs:
             again = self.again.pop(name, None)
             if again is not None and not instance._closing:
                 self.start(name, again)
+            elif not instance._closing:
+                # Closing (sleep or shutdown) keeps the marker: a job it cut short must resume.
+                instance._unmark_if_drained()

@@ -250,6 +250,31 @@ async def test_a_task_queued_for_a_sandbox_still_starts_after_a_restart(tmp_path
         assert [e for e in log if e["event"] == "turnEnded"]
 
 
+async def test_a_turn_cut_short_by_a_restart_ends_without_anyone_reading_the_task(tmp_path: Path):
+    """A running turn is a job, not a queued command: after a restart the host's recovery must still
+    wake its task, which reports the turn interrupted. It stayed "running" until someone happened to
+    read the task (the organization's summaries, read here, never wake a task)."""
+    async with (
+        running_server(tmp_path) as server,
+        server.signed_in("alice") as client,
+    ):
+        created = await create_task(client, prompt="A slow note")
+        await wait_task(client, created["taskId"], lambda d: d["sessions"][0]["status"] == "running")
+    async with running_server(tmp_path) as server, server.signed_in("alice") as client:
+        deadline = time.monotonic() + 60
+        while True:
+            org = (await client.get("/v1/organizations/acme")).json()
+            summary = next(t for t in org["taskSummaries"] if t["taskId"] == created["taskId"])
+            if summary["status"] != "running":
+                break
+            assert time.monotonic() < deadline, f"still {summary['status']} 60 s after the restart"
+            await asyncio.sleep(0.2)
+        log = await events(client, created["taskId"], created["sessionId"])
+        ends = [e for e in log if e["event"] in ("turnEnded", "turnFailed", "turnCancelled")]
+        assert [e["event"] for e in ends] == ["turnFailed"], ends
+        assert "restart" in ends[0]["data"]["error"]
+
+
 # ------------------------------------------------------------------------------------------ session/load
 
 
