@@ -111,6 +111,14 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
         except ActorUnavailable as exc:
             raise ConfigRefused(str(exc)) from exc
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not (settings.runtime.backend == "ray" and settings.runtime.ray_address):
+        # This server starts the hosts on the data directory's files: it must be the only one.
+        from foundry.data_dir_lock import DataDirInUse, lock_data_dir
+
+        try:
+            lock_data_dir(settings.data_dir)
+        except DataDirInUse as exc:
+            raise ConfigRefused(str(exc)) from exc
     click.echo(
         f"foundry: {settings.mode} mode, data in {settings.data_dir}, http://{settings.host}:{settings.port}"
     )

@@ -101,6 +101,21 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         assert ready.json()["checks"]["runtime"]["ok"] is True
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
         assert (tmp_path / "data").is_dir()
+        # A second server on the same data directory is refused at once, naming the holder: it would
+        # have started its own hosts on the same files and reaped this one's sandboxes.
+        address_file = (tmp_path / "data" / "ray-address").read_text()
+        second = subprocess.run(
+            [sys.executable, "-m", "foundry", "serve"],
+            env={**env, "FOUNDRY_PORT": str(free_port())},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stderr[-2000:]
+        holder = (tmp_path / "data" / ".serve.lock").read_text().strip()
+        assert f"is in use by another foundry serve (pid {holder})" in second.stderr, second.stderr
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+        assert (tmp_path / "data" / "ray-address").read_text() == address_file
         # An operator can see the hosts of the running server.
         listing = subprocess.run(
             [sys.executable, "-m", "foundry", "actors", "ls"],

@@ -1,0 +1,51 @@
+"""One `foundry serve` owns a data directory.
+
+A second server started on the same directory (an operator's second terminal, a service manager
+starting the new one while the old one still stops) would start its own Ray and hosts on the same
+SQLite files and inboxes, reap the first one's live sandboxes as leftovers and overwrite the
+``ray-address`` file. The server that starts the hosts takes an exclusive lock on
+``<data_dir>/.serve.lock`` for as long as it runs (the kernel releases it when the process ends, even
+on ``kill -9``); another one is refused at start, naming the holder. An API process that joins the
+first one's cluster (``runtime.ray_address``) starts no hosts and takes no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+LOCK_FILE = ".serve.lock"
+
+#: The open lock file of this process (kept open: closing it would release the lock).
+_held: IO[str] | None = None
+
+
+class DataDirInUse(Exception):
+    """Another running server holds the data directory's lock."""
+
+
+def lock_data_dir(data_dir: Path) -> None:
+    """Take the data directory's lock for the life of this process, or raise `DataDirInUse`."""
+    global _held
+    if _held is not None:
+        return
+    path = data_dir / LOCK_FILE
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise DataDirInUse(
+            f"data directory {data_dir} is in use by another foundry serve (pid {holder}); stop that "
+            "one first, or give this one its own FOUNDRY_DATA_DIR (a second API process joins the "
+            "first one's cluster with FOUNDRY_RUNTIME__RAY_ADDRESS instead)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held = handle
