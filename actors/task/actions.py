@@ -378,6 +378,14 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
             except FoundryError as exc:
                 await _record_git_error(ctx, "saving the work before archiving", exc)
                 raise
+        # A turn still running ends as cancelled, not as failed on the connection the destruction
+        # breaks: marked as stopped first, its job records turnCancelled whichever error it sees.
+        async with ctx.write() as conn:
+            await conn.execute(
+                messages.update()
+                .where(messages.c.status == "running", messages.c.stop_requested_at.is_(None))
+                .values(stop_requested_at=ctx.now_ms())
+            )
         # Nothing is left to lose: destroy the sandbox. Running jobs are not cancelled (a cancel
         # landing inside a write would upset the runtime's topic seqs): with the sandbox gone, a
         # turn or a clone fails at once and records it; the task is archived by then.

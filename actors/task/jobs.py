@@ -353,6 +353,50 @@ async def close_servers_job(ctx: InstanceContext, servers: list[tuple[str, str]]
 # ------------------------------------------------------------------------------------------ wake
 
 
+async def _end_interrupted_turn(
+    ctx: InstanceContext,
+    conn: AsyncConnection,
+    message_id: int,
+    session_id: str,
+    now: int,
+    *,
+    error: str | None,
+) -> None:
+    """End a turn its process took down with it: failed (``error``), or cancelled when the user had
+    pressed Stop and been answered before the crash (they asked for this end, not for a resend).
+    Its pending permission requests end too: no agent is waiting for the answer any more."""
+    status = "error" if error else "idle"
+    if error:
+        message_values: dict[str, Any] = {"status": "failed", "error": error}
+        ended: tuple[str, dict[str, Any]] = ("turnFailed", {"messageId": message_id, "error": error})
+    else:
+        message_values = {"status": "cancelled", "stop_reason": "cancelled"}
+        ended = ("turnCancelled", {"messageId": message_id, "stopReason": "cancelled", "forced": True})
+    await conn.execute(
+        messages.update().where(messages.c.id == message_id).values(finished_at=now, **message_values)
+    )
+    await conn.execute(
+        sessions.update()
+        .where(sessions.c.session_id == session_id, sessions.c.status == "running")
+        .values(
+            status=status,
+            error=error,
+            thinking_since=None,
+            acp_server_id=None,
+            acp_session_id=None,
+            last_event_id=None,
+            updated_at=now,
+        )
+    )
+    await conn.execute(
+        permission_requests.update()
+        .where(permission_requests.c.session_id == session_id, permission_requests.c.status == "pending")
+        .values(status="cancelled", answered_at=now)
+    )
+    session_status = {"status": status, **({"error": error} if error else {})}
+    await append_events(ctx, conn, session_id, [ended, ("sessionStatus", session_status)])
+
+
 async def resume_after_wake(ctx: InstanceContext) -> None:
     """At wake (after a host restart): turns that were running were interrupted with their process —
     say so in their sessions — and unfinished provisioning or queued messages start again."""
@@ -364,7 +408,9 @@ async def resume_after_wake(ctx: InstanceContext) -> None:
             now = ctx.now_ms()
             interrupted = (
                 await conn.execute(
-                    sa.select(messages.c.id, messages.c.session_id).where(messages.c.status == "running")
+                    sa.select(messages.c.id, messages.c.session_id, messages.c.stop_requested_at).where(
+                        messages.c.status == "running"
+                    )
                 )
             ).all()
             error = "the agent turn was interrupted by a server restart; send the message again"
@@ -378,33 +424,9 @@ async def resume_after_wake(ctx: InstanceContext) -> None:
                     )
                 ).all()
             ]
-            for message_id, session_id in interrupted:
-                await conn.execute(
-                    messages.update()
-                    .where(messages.c.id == message_id)
-                    .values(status="failed", error=error, finished_at=now)
-                )
-                await conn.execute(
-                    sessions.update()
-                    .where(sessions.c.session_id == session_id, sessions.c.status == "running")
-                    .values(
-                        status="error",
-                        error=error,
-                        thinking_since=None,
-                        acp_server_id=None,
-                        acp_session_id=None,
-                        last_event_id=None,
-                        updated_at=now,
-                    )
-                )
-                await append_events(
-                    ctx,
-                    conn,
-                    session_id,
-                    [
-                        ("turnFailed", {"messageId": message_id, "error": error}),
-                        ("sessionStatus", {"status": "error", "error": error}),
-                    ],
+            for message_id, session_id, stop_requested_at in interrupted:
+                await _end_interrupted_turn(
+                    ctx, conn, message_id, session_id, now, error=None if stop_requested_at else error
                 )
             if row.provision_state == "provisioning":
                 await conn.execute(task.update().where(task.c.id == 1).values(provision_state="pending"))

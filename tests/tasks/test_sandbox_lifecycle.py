@@ -10,6 +10,7 @@ import asyncio
 import os
 import shlex
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -273,6 +274,58 @@ async def test_a_turn_cut_short_by_a_restart_ends_without_anyone_reading_the_tas
         ends = [e for e in log if e["event"] in ("turnEnded", "turnFailed", "turnCancelled")]
         assert [e["event"] for e in ends] == ["turnFailed"], ends
         assert "restart" in ends[0]["data"]["error"]
+
+
+async def test_after_a_restart_a_dead_turns_permission_request_is_withdrawn_and_a_stopped_turn_cancelled(
+    tmp_path: Path,
+):
+    """The turn a restart cut short while it waited for a permission leaves no question behind
+    (answering it is a 409, not a 202 recorded for a turn nobody runs), and a turn whose Stop had
+    been acknowledged ends cancelled, as the user asked, not failed with "send the message again"."""
+    async with running_server(tmp_path) as server, server.signed_in("alice") as client:
+        asking = await create_task(client, prompt="permission please edit")
+        await wait_task(client, asking["taskId"], lambda d: d["sessions"][0]["pendingPermissions"])
+        stopped = await create_task(client, prompt="A slow note")
+        await wait_task(client, stopped["taskId"], lambda d: d["sessions"][0]["status"] == "running")
+        path = server.runtime.host("task", 0).path_for(f"acme:{stopped['taskId']}")
+    # What an acknowledged Stop writes, with the crash before the turn could end: the flag alone.
+    with sqlite3.connect(path) as db:
+        assert db.execute("UPDATE messages SET stop_requested_at = 1 WHERE status = 'running'").rowcount == 1
+    async with running_server(tmp_path) as server, server.signed_in("alice") as client:
+        asked = await wait_task(client, asking["taskId"], lambda d: d["sessions"][0]["status"] != "running")
+        base = f"/v1/organizations/acme/tasks/{asking['taskId']}/sessions/{asking['sessionId']}"
+        answer = await client.post(f"{base}/permissions/0", json={"optionId": "allow"})
+        ended = await wait_task(client, stopped["taskId"], lambda d: d["sessions"][0]["status"] != "running")
+        log = await events(client, stopped["taskId"], stopped["sessionId"])
+    assert asked["sessions"][0]["pendingPermissions"] == []
+    assert answer.status_code == 409, answer.text
+    assert ended["sessions"][0]["status"] == "idle"
+    assert ended["sessions"][0]["error"] is None
+    ends = [e["event"] for e in log if e["event"] in ("turnEnded", "turnFailed", "turnCancelled")]
+    assert ends == ["turnCancelled"]
+
+
+async def test_archiving_during_a_turn_cancels_it_rather_than_failing_it(tmp_path: Path):
+    async with running_server(tmp_path) as server, server.signed_in("alice") as client:
+        created = await create_task(client, prompt="A slow note")
+        task_id = created["taskId"]
+        await wait_task(client, task_id, lambda d: d["sessions"][0]["status"] == "running")
+        archived = await client.post(f"/v1/organizations/acme/tasks/{task_id}/archive", json={"force": True})
+        assert archived.status_code == 200, archived.text
+        deadline = time.monotonic() + 30
+        while True:
+            log = await events(client, task_id, created["sessionId"])
+            ends = [e for e in log if e["event"] in ("turnEnded", "turnFailed", "turnCancelled")]
+            if ends:
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # nothing else may follow
+        log = await events(client, task_id, created["sessionId"])
+        detail = await task_detail(client, task_id)
+    ends = [e["event"] for e in log if e["event"] in ("turnEnded", "turnFailed", "turnCancelled")]
+    assert ends == ["turnCancelled"], [e for e in log if e["event"] == "turnFailed"]
+    assert detail["sessions"][0]["error"] is None
 
 
 # ------------------------------------------------------------------------------------------ session/load
