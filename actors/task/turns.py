@@ -328,6 +328,16 @@ def _outcome_from_envelope(envelope: dict[str, Any], open_calls: list[str], agen
 # ------------------------------------------------------------------------------------------ running
 
 
+def _turn_error(exc: Exception) -> str:
+    """What the person sees of an error that broke a turn (the log has the exception itself)."""
+    if isinstance(exc, SandboxError):
+        return (
+            "lost the connection to the sandbox during the turn (its sandbox-agent stopped or "
+            "restarted); send the message again"
+        )
+    return f"the turn failed: {type(exc).__name__}: {exc}"
+
+
 async def run_turn(
     ctx: InstanceContext, client: SandboxAgentClient, session: sa.Row[Any], message: sa.Row[Any]
 ) -> None:
@@ -371,7 +381,7 @@ async def run_turn(
             raise
         except Exception as exc:
             log.exception("turn failed key=%s session=%s", ctx.key, session.session_id)
-            outcome = TurnOutcome(error=f"the turn failed: {type(exc).__name__}: {exc}", agent_gone=True)
+            outcome = TurnOutcome(error=_turn_error(exc), agent_gone=True)
         if _LIVE.get(key) is turn:
             del _LIVE[key]
         log.info(

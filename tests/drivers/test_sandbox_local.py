@@ -274,6 +274,9 @@ async def test_crash_is_reported_through_on_exit_and_create_restarts(
     assert (sandbox_id, returncode) == ("task-1", -signal.SIGKILL)
     assert "killed by SIGKILL" in reason
     assert "last log lines" in reason
+    # The reason is shown on the task's page: a few short lines, not kilobytes of tracing.
+    assert len(reason.split("last log lines:\n", 1)[1].splitlines()) <= 3
+    assert len(reason) < 900, reason
     assert (await provider.status("task-1")).state is SandboxState.EXITED
 
     restarted = await provider.create("task-1")

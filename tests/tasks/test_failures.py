@@ -108,6 +108,10 @@ async def test_messages_queued_behind_a_turn_whose_sandbox_dies_still_run(tasks_
             (e["seq"], e["event"], e["data"].get("messageId") or e["data"].get("kind")) for e in log[-30:]
         ]
         assert [ids[t] for t in waiting] == ended[-3:], (tail, detail["sessions"])
+        # The turn the crash broke says so in words, not as a transport exception with a URL.
+        failed = [e["data"]["error"] for e in log if e["event"] == "turnFailed"]
+        assert failed, tail
+        assert all("SandboxError" not in f and "http://" not in f for f in failed), failed
         notes = (Path(tasks_server.provider.sandbox_dir(task_id)) / "repo" / NOTES_FILE).read_text()
         assert all(f"- {text}" in notes for text in waiting), notes
         assert detail["sandboxError"] is None

@@ -50,6 +50,13 @@ def read_log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
 
+def brief(tail: str, lines: int = 3, width: int = 200) -> str:
+    """The last ``lines`` lines of a log tail, each cut to ``width`` characters: for a person."""
+    return "\n".join(
+        line if len(line) <= width else line[: width - 1] + "…" for line in tail.splitlines()[-lines:]
+    )
+
+
 def describe_returncode(returncode: int | None) -> str:
     if returncode is None:
         return "is still running"

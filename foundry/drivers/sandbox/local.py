@@ -39,6 +39,7 @@ from foundry.drivers.sandbox.binary import find_binary
 from foundry.drivers.sandbox.jail import IsolationStatus, JailPolicy, find_bwrap, isolation_status
 from foundry.drivers.sandbox.layout import (
     WORKDIR,
+    brief,
     describe_returncode,
     prepare_directory,
     read_log_tail,
@@ -432,10 +433,12 @@ class LocalSandboxProvider:
             )
         else:
             tail = await asyncio.to_thread(read_log_tail, sandbox.log_path)
+            # For the task's page a few lines; the whole tail goes to the operator's log.
             reason = (
                 f"sandbox-agent for sandbox {sandbox.sandbox_id} {describe_returncode(returncode)} "
-                f"unexpectedly; last log lines:\n{tail}"
+                f"unexpectedly; last log lines:\n{brief(tail)}"
             )
+            log.warning("sandbox %s log before it exited:\n%s", sandbox.sandbox_id, tail)
         sandbox.detail = reason
         log.warning("sandbox exited unexpectedly sandbox_id=%s returncode=%s", sandbox.sandbox_id, returncode)
         # Reap the agents it spawned too; with the server gone they only wait for stdin EOF.
