@@ -119,21 +119,32 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
             lock_data_dir(settings.data_dir)
         except DataDirInUse as exc:
             raise ConfigRefused(str(exc)) from exc
+    from foundry.runtime import local_cluster_watch
+
+    local_cluster_watch.enabled = True
     click.echo(
         f"foundry: {settings.mode} mode, data in {settings.data_dir}, http://{settings.host}:{settings.port}"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ws="websockets-sansio",
-        # Frames are small JSON fanned out to many sockets; per-socket deflate costs CPU on every
-        # frame for every subscriber and buys little.
-        ws_per_message_deflate=False,
-        log_level=settings.log_level.lower(),
-        # Uvicorn's own lines go through Foundry's handler (one format, request ids, redaction).
-        log_config=None,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            ws="websockets-sansio",
+            # Frames are small JSON fanned out to many sockets; per-socket deflate costs CPU on every
+            # frame for every subscriber and buys little.
+            ws_per_message_deflate=False,
+            log_level=settings.log_level.lower(),
+            # Uvicorn's own lines go through Foundry's handler (one format, request ids, redaction).
+            log_config=None,
+        )
     )
+    # A stop like Ctrl-C's (the same orderly shutdown), but ending in a failure status below.
+    local_cluster_watch.on_lost = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if local_cluster_watch.lost is not None:
+        # Non-zero, so that the service manager starts Foundry again.
+        raise click.ClickException(f"{local_cluster_watch.lost}; start foundry serve again")
 
 
 # ------------------------------------------------------------------------------------------ db

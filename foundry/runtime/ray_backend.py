@@ -27,6 +27,7 @@ from tenacity import (
 from foundry import request_id
 from foundry.config import Settings
 from foundry.errors import ActorUnavailable, Conflict, InvalidInput
+from foundry.runtime import local_cluster_watch
 from foundry.runtime.client import Runtime, roundtrip
 from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_cluster, write_cluster_address
 from foundry.runtime.events import Event, decode_batch
@@ -90,6 +91,7 @@ class RayRuntime(Runtime):
         #: Ray handles by process name.
         self._handles: dict[str, Any] = {}
         self._started_ray = False
+        self._cluster_watch: asyncio.Task[None] | None = None
         #: In a host process, the hosts it runs: calls to them skip Ray (set by `HostProcess`).
         self.local_hosts: dict[tuple[str, int], Host] = {}
         self._nodes = NodeWatch(settings, ray.nodes)
@@ -130,6 +132,10 @@ class RayRuntime(Runtime):
                 use_loopback_cluster()
             await init_ray(kwargs)
             self._started_ray = True
+            if local_cluster_watch.enabled:
+                self._cluster_watch = asyncio.create_task(
+                    local_cluster_watch.watch_local_cluster(), name="local-cluster-watch"
+                )
             if address is None:
                 write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
             await asyncio.to_thread(_restrict_token_file)
@@ -183,6 +189,8 @@ class RayRuntime(Runtime):
         sandboxes) to it.
         """
         await self._nodes.close()
+        if self._cluster_watch is not None:
+            self._cluster_watch.cancel()
         if self._started_ray:
             await self.stop_hosts()
             # Before `ray.shutdown`, which on rare occasions aborts the process (SIGABRT inside Ray's

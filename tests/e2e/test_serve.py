@@ -193,3 +193,52 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_a_dead_raylet_stops_the_server_with_a_failure_status_and_leaves_nothing(tmp_path: Path) -> None:
+    """Ray does not restart a local raylet: the server used to stay up, unready, timing out every
+    request. It now stops in order and exits 1, naming the cause, for the service manager to start
+    it again."""
+    port = free_port()
+    env = {**os.environ, "FOUNDRY_PORT": str(port), "FOUNDRY_DATA_DIR": str(tmp_path / "data")}
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "foundry", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "never ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        tree = descendants(proc.pid)
+        (raylet,) = [p for p in tree if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"]
+        os.kill(raylet, signal.SIGKILL)
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = log_path.read_text()
+    assert status == 1, output[-3000:]
+    assert f"the local Ray cluster lost its raylet (pid {raylet}" in output
+    assert [p for p in tree if _alive(p)] == []
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited; only its parent's reaping is left)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
