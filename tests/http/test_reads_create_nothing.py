@@ -117,9 +117,9 @@ async def test_a_virtual_pull_request_task_is_read_without_creating_it(server: S
 
 
 async def test_refused_writes_leave_a_virtual_pull_request_task_virtual_and_unowned(server: Server) -> None:
-    """Only opening a session starts a pull request's task. Every other write is refused (404 for a
-    session it does not have, 409 for the task itself) and creates nothing: no task actor, no owner,
-    nothing materialized by a request that failed."""
+    """A write that can only fail on a virtual pull-request task (it has no session yet; its pull
+    request exists) is refused and creates nothing: no task actor, no owner. The first write that
+    succeeds (renaming it, here) is what makes it a task, owned by whoever did it."""
     async with server.signed_in("alice") as alice:
         summaries: list[dict[str, Any]] = []
         for _ in range(250):
@@ -141,22 +141,30 @@ async def test_refused_writes_leave_a_virtual_pull_request_task_virtual_and_unow
             answer = await alice.request(method, path, json=body)
             assert answer.status_code == 404, (path, answer.text)
             assert answer.json()["detail"] == "session 's-1' not found in this task"
-        task_writes = [
-            ("PATCH", base, {"title": "mine now"}),
-            ("POST", f"{base}/archive", {"force": True}),
-            ("POST", f"{base}/owner", {"userId": "gh-5001"}),
-            ("POST", f"{base}/pull-request", {}),
+        refused = [
+            ("POST", f"{base}/pull-request", {}, 409),
+            ("POST", f"{base}/owner", {"userId": "gh-nobody"}, 422),
+            ("PATCH", base, {"title": "   "}, 422),
         ]
-        for method, path, body in task_writes:
+        for method, path, body, status in refused:
             answer = await alice.request(method, path, json=body)
-            assert answer.status_code == 409, (path, answer.text)
-            assert "nobody has opened a session on yet" in answer.json()["detail"]
-        row = next(
-            t
-            for t in (await alice.get("/v1/organizations/acme")).json()["taskSummaries"]
-            if t["taskId"] == task["taskId"]
-        )
-    assert row["isVirtual"] is True
-    assert row.get("ownerUserId") is None
-    assert row["title"] == task["title"]
-    assert databases(server.settings.data_dir) - before == set()
+            assert answer.status_code == status, (path, answer.text)
+
+        async def row() -> dict[str, Any]:
+            listed = (await alice.get("/v1/organizations/acme")).json()["taskSummaries"]
+            return dict(next(t for t in listed if t["taskId"] == task["taskId"]))
+
+        still = await row()
+        assert databases(server.settings.data_dir) - before == set()
+        renamed = await alice.patch(base, json={"title": "Review the launch PR"})
+        for _ in range(200):  # the task pushes its new summary to the organization just after
+            now = await row()
+            if now["title"] == "Review the launch PR":
+                break
+            await asyncio.sleep(0.05)
+    assert still["isVirtual"] is True
+    assert still.get("ownerUserId") is None
+    assert still["title"] == task["title"]
+    assert renamed.status_code == 200, renamed.text
+    assert now["isVirtual"] is False
+    assert now["title"] == "Review the launch PR"

@@ -86,10 +86,11 @@ async def task_key_of(
     """The task's actor key for a write: 404 unless the task is ``{org}``'s (asked of the
     organization once per process).
 
-    Only opening a session (``materialize``) materializes a virtual PR task. Any other write finds
-    none: a virtual task has no session (404 for ``session_id``) and nothing to rename, archive or
-    hand over yet (409). A refused request must not have created the task and made its sender the
-    owner.
+    A virtual PR task is materialized (``materialize``) only by a write that succeeds on it: opening
+    a session, renaming, archiving, handing it over; the first of them makes it a task. A write that
+    can only fail on it finds none and changes nothing: it has no session yet (404 for
+    ``session_id``) and its pull request exists already (409). A refused request must not have
+    created the task and made its sender the owner.
     """
     if _is_known(runtime, member.organization_id, task_id):
         return task_key(member.organization_id, task_id)

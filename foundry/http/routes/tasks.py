@@ -192,7 +192,7 @@ async def get_task(task_id: TaskId, member: Member, runtime: RuntimeDep, request
 async def rename_task(
     task_id: TaskId, body: RenameTaskBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key = await task_key_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime, materialize=True)
     result: dict[str, Any] = await task_command(
         runtime, key, "rename", {"title": body.title, "userId": member.caller.user_id}
     )
@@ -207,7 +207,7 @@ async def rename_task(
 async def archive_task(
     task_id: TaskId, member: Member, runtime: RuntimeDep, body: ArchiveBody | None = None
 ) -> dict[str, Any]:
-    key = await task_key_of(member, task_id, runtime)
+    key = await task_key_of(member, task_id, runtime, materialize=True)
     force = body.force if body is not None else False
     result: dict[str, Any] = await runtime.call(
         "task", key, "archive", {"force": force, "reason": "user", "userId": member.caller.user_id}
@@ -223,6 +223,7 @@ async def archive_task(
 async def create_pull_request(
     task_id: TaskId, member: Member, runtime: RuntimeDep, body: PullRequestBody | None = None
 ) -> dict[str, Any]:
+    # A virtual task's pull request exists already: 409, and nothing materialized.
     key = await task_key_of(member, task_id, runtime)
     payload = (body or PullRequestBody()).model_dump(by_alias=True, exclude_none=True)
     result: dict[str, Any] = await runtime.call(
@@ -253,7 +254,6 @@ async def get_files(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dic
 async def change_owner(
     task_id: TaskId, body: OwnerBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
-    key = await task_key_of(member, task_id, runtime)
     people: list[dict[str, Any]] = await runtime.call("organization", member.organization_id, "members")
     target = next((p for p in people if p["userId"] == body.user_id), None)
     if target is None:
@@ -262,6 +262,8 @@ async def change_owner(
             "only members can own tasks",
             ["userId"],
         )
+    # Only once the request is sure to succeed: it may be a virtual task's first interaction.
+    key = await task_key_of(member, task_id, runtime, materialize=True)
     result: dict[str, Any] = await task_command(
         runtime,
         key,
