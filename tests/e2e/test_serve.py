@@ -67,6 +67,33 @@ SECRETS = {
 }
 
 
+def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`foundry serve` as an operator starts it, its output in ``log_path``."""
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "foundry", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> httpx.Response:
+    """The first 200 of ``/readyz`` (within 90 s, while the server runs)."""
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+        try:
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            if ready.status_code == 200:
+                return ready
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+
+
 def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
     port = free_port()
     env = {
@@ -76,28 +103,9 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         "FOUNDRY_LOG_FORMAT": "json",
         **SECRETS,
     }
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foundry", "serve"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_serve(env, tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 90
-        ready = None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
-                if ready.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        assert ready is not None
-        assert ready.status_code == 200, (tmp_path / "serve.log").read_text()[-3000:]
+        ready = wait_ready(proc, port, tmp_path / "serve.log")
         assert ready.json()["checks"]["runtime"]["ok"] is True
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
         assert (tmp_path / "data").is_dir()
@@ -202,25 +210,9 @@ def test_a_dead_raylet_stops_the_server_with_a_failure_status_and_leaves_nothing
     port = free_port()
     env = {**os.environ, "FOUNDRY_PORT": str(port), "FOUNDRY_DATA_DIR": str(tmp_path / "data")}
     log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "foundry", "serve"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_serve(env, log_path)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "never ready"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+        wait_ready(proc, port, log_path)
         tree = descendants(proc.pid)
         (raylet,) = [p for p in tree if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"]
         os.kill(raylet, signal.SIGKILL)
