@@ -255,6 +255,8 @@ async def test_a_prompt_refused_for_where_it_goes_takes_no_seat(billing_server: 
         closed_session = (await carol.post(f"{base}/sessions", json={})).json()["sessionId"]
         assert (await carol.delete(f"{base}/sessions/{closed_session}")).status_code == 200
         to_closed = await alice.post(f"{base}/sessions/{closed_session}/messages", json={"text": "hi"})
+        bad_model = await alice.post(f"{base}/sessions", json={"prompt": "hi", "model": "no-such-model"})
+        bad_agent = await alice.post(f"{base}/sessions", json={"prompt": "hi", "agent": "no-such-agent"})
         assert (await carol.post(f"{base}/archive", json={"force": True})).status_code == 200
         on_archived = await alice.post(f"{base}/sessions", json={"prompt": "hi"})
         seats_after_refusals = (await billing_server.billing())["seats"]
@@ -264,6 +266,8 @@ async def test_a_prompt_refused_for_where_it_goes_takes_no_seat(billing_server: 
     assert missing.status_code == 404, missing.text
     assert to_closed.status_code == 409, to_closed.text
     assert on_archived.status_code == 409, on_archived.text
+    assert (bad_model.status_code, bad_model.json()["fields"]) == (422, ["model"])
+    assert (bad_agent.status_code, bad_agent.json()["fields"]) == (422, ["agent"])
     assert [m["login"] for m in seats_after_refusals["members"]] == ["carol"]
     assert sorted(m["login"] for m in seats_after_prompt["members"]) == ["alice", "carol"]
     taken = [e["payload"]["login"] for e in await _audit(billing_server, "billing.seat_taken")]  # type: ignore[index]

@@ -145,6 +145,8 @@ async def test_refused_writes_leave_a_virtual_pull_request_task_virtual_and_unow
             ("POST", f"{base}/pull-request", {}, 409),
             ("POST", f"{base}/owner", {"userId": "gh-nobody"}, 422),
             ("PATCH", base, {"title": "   "}, 422),
+            ("POST", f"{base}/sessions", {"prompt": "review", "agent": "no-such-agent"}, 422),
+            ("POST", f"{base}/sessions", {"model": "no-such-model"}, 422),
         ]
         for method, path, body, status in refused:
             answer = await alice.request(method, path, json=body)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from actors.task.naming import MAX_PROMPT_CHARS
+from actors.task.naming import MAX_PROMPT_CHARS, resolve_agent_model
 from foundry.errors import NotFound
 from foundry.http.deps import Member, RuntimeDep, SameSiteWrite
 from foundry.http.routes.task_access import (
@@ -30,6 +30,7 @@ from foundry.http.routes.task_access import (
 )
 from foundry.http.strict_body import StrictJsonRoute
 from foundry.http.text_fields import LABEL, PROMPT
+from foundry.models_catalog import DEFAULT_MODEL
 from foundry.strict_json import MAX_INT
 
 router = APIRouter(prefix="/v1/organizations/{org}/tasks", tags=["tasks"], route_class=StrictJsonRoute)
@@ -76,6 +77,9 @@ class PermissionBody(BaseModel):
 async def create_session(
     task_id: TaskId, member: Member, runtime: RuntimeDep, body: CreateSessionBody | None = None
 ) -> dict[str, Any]:
+    if body is not None and (body.agent is not None or body.model is not None):
+        # An unknown agent or model is refused before anything happens: no seat, nothing materialized.
+        resolve_agent_model(body.agent, body.model, DEFAULT_MODEL)
     if body is not None and body.prompt is not None:
         await gate_new_session_prompt(member, task_id, runtime)
     # Opening a session is a virtual PR task's first interaction: it is materialized here.
