@@ -19,7 +19,7 @@ def branch_problem(branch: str) -> str | None:
     problems = [
         (branch.startswith("-"), "it must not start with '-'"),
         (branch in ("HEAD", "@"), f"{branch!r} is reserved by git"),
-        (branch.startswith("refs/"), "give the branch's own name, without 'refs/' (e.g. 'main')"),
+        (branch.lower().startswith("refs/"), "give the branch's own name, without 'refs/' (e.g. 'main')"),
         ("" in parts, "it must not start or end with '/' nor contain '//'"),
         (any(p.startswith(".") for p in parts), "no part of it may start with '.'"),
         (any(p.endswith(".lock") for p in parts), "no part of it may end with '.lock'"),

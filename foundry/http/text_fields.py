@@ -22,10 +22,21 @@ from pydantic import AfterValidator
 #: Unicode categories with nothing to read: controls, format characters (zero-width space, BOM,
 #: direction marks), separators.
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+#: Marks that only modify the character before them (combining marks, variation selectors): text
+#: of nothing else has nothing to read either.
+_MARK_CATEGORIES = frozenset({"Mn", "Me", "Mc"})
+#: Letters and symbols that render as blank space: Hangul fillers, the blank Braille pattern.
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 def _has_visible(text: str) -> bool:
-    return any(not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES for ch in text)
+    return any(
+        not ch.isspace()
+        and ch not in _BLANK_CHARACTERS
+        and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES
+        and unicodedata.category(ch) not in _MARK_CATEGORIES
+        for ch in text
+    )
 
 
 def _first_control(text: str) -> str | None:

@@ -316,7 +316,7 @@ def parse_client_frame(text: str | None) -> Subscribe | Unsubscribe | Ping:
             "too_large", f"client frames are limited to {MAX_CLIENT_FRAME_CHARS} characters, got {len(text)}"
         )
     try:
-        message = strict_json.loads(text)
+        message = strict_json.loads(text, unique_keys=True)
     except strict_json.BadJson as exc:  # nesting, NaN, huge numbers and lone surrogates too
         raise ClientFrameError("bad_json", f"the frame is not valid JSON: {exc}") from exc
     if not isinstance(message, dict):

@@ -72,3 +72,4 @@ def test_the_usual_names_are_accepted_and_refs_prefixes_are_not() -> None:
         assert branch_problem(name) is None, name
     assert git_accepts("refs/heads/main")  # git would make a branch named "refs/heads/main"
     assert "without 'refs/'" in (branch_problem("refs/heads/main") or "")
+    assert branch_problem("REFS/heads/x") is not None

@@ -243,6 +243,12 @@ HOSTILE_FRAMES: list[tuple[str, str | bytes, str]] = [
     ("binary", b"\xff\x00\x01", "bad_json"),
     ("array", "[1,2,3]", "bad_json"),
     ("unknown_op", '{"op":"explode"}', "unknown_op"),
+    # Which topic would it be? Parsers disagree; refused like a request body repeating a key.
+    (
+        "repeated_key",
+        '{"op":"subscribe","topic":"organization:globex","topic":"organization:acme"}',
+        "bad_json",
+    ),
 ]
 
 

@@ -14,7 +14,11 @@ import pytest
 from tests.tasks.conftest import ACME_ROCKET, TaskServer, create_task, running_server
 
 #: Nothing to read: whitespace, zero-width spaces, byte order marks, direction marks, NUL.
-EMPTY_TEXTS = ["   ", "\t\n\r ", "\u200b", "\ufeff", "\u200e\u200f", "\u00a0\u3000", "\x00", " \x00 \u200b "]
+EMPTY_TEXTS = [
+    *("   ", "\t\n\r ", "\u200b", "\ufeff", "\u200e\u200f", "\u00a0\u3000", "\x00", " \x00 \u200b "),
+    # Blank-looking letters and symbols, and marks with nothing to mark.
+    *("\u3164", "\u2800", "\u034f", "\ufe0f", "\u0301", "\u3164\u200b\u2800"),
+]
 #: Control characters that have no place in a one-line title or name.
 CONTROL_TEXTS = ["a\x00b", "\x1b[31mred", "bell\x07", "del\x7f", "nul at end\x00"]
 
@@ -119,3 +123,22 @@ async def test_credential_values_and_booleans_are_taken_as_typed(quiet_server: T
         detail = (await carol.get(base)).json()
     assert all(c["name"] != "GEMINI_API_KEY" for c in listed), listed
     assert detail["archivedAt"] is None
+
+
+async def test_drafts_refuse_a_nul_and_a_closed_session(quiet_server: TaskServer) -> None:
+    """A draft is a message not sent yet: no NUL (it could never be sent), and only for a session
+    that can still receive it (a closed one is a 409 and does not become the active session)."""
+    async with quiet_server.signed_in("alice") as alice:
+        task = await create_task(alice)
+        base = f"/v1/organizations/acme/tasks/{task['taskId']}"
+        other = (await alice.post(f"{base}/sessions", json={"name": "Other"})).json()["sessionId"]
+        assert (await alice.delete(f"{base}/sessions/{other}")).status_code == 200
+        before = await alice.get(base)
+        nul = await alice.put(f"{base}/sessions/{task['sessionId']}/draft", json={"text": "a\x00b"})
+        closed = await alice.put(f"{base}/sessions/{other}/draft", json={"text": "later"})
+        after = await alice.get(base)
+        kept = await alice.put(f"{base}/sessions/{task['sessionId']}/draft", json={"text": "  later\n"})
+    _refused(nul, "text")
+    assert closed.status_code == 409, closed.text
+    assert after.json().get("activeSessionId") == before.json().get("activeSessionId")
+    assert kept.status_code == 200, kept.text

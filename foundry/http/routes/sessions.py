@@ -59,7 +59,8 @@ class RenameSessionBody(BaseModel):
 
 class DraftBody(BaseModel):
     model_config = STRICT
-    text: str = Field(max_length=MAX_PROMPT_CHARS)
+    # What the person is typing (may be empty); a NUL could never be sent, so it is not kept either.
+    text: str = Field(max_length=MAX_PROMPT_CHARS, pattern=r"^[^\x00]*$")
 
 
 class PermissionBody(BaseModel):
@@ -188,7 +189,8 @@ async def put_draft(
     key, summary = await task_of(member, task_id, runtime, materialize=False)
     if summary.get("isVirtual"):
         raise NotFound(f"session {session_id!r} not found in this task")
-    await runtime.call("task", key, "events", {"sessionId": session_id, "since": 0, "limit": 1})  # exists?
+    # A draft is a message not sent yet: only for a session that could still receive it.
+    await check_prompt_target(runtime, key, session_id)
     return await user_state(runtime, member, task_id, session_id, draftText=body.text)
 
 
