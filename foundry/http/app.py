@@ -125,6 +125,7 @@ def create_app(
         # Expiry is judged by the actors' clock: an in-process runtime's own (tests inject one there).
         actor_clock = getattr(getattr(rt, "services", None), "clock", services.clock)
         app.state.auth_cache = AuthCache(rt, actor_clock)
+        app.state.auth_cache.revocation_listeners.append(app.state.gateway.end_session)
         app.state.gateway.watch(USER_ROLE, app.state.auth_cache)
         app.state.gateway.watch(ORGANIZATION_ROLE, app.state.auth_cache)
         # Snapshots (app, task detail, task summaries, the caller's own task state) answered from

@@ -71,6 +71,8 @@ class AuthCache:
     ) -> None:
         self._runtime = runtime
         self._clock = clock
+        #: Called with ``(user_id, session digest or None for all)`` when a session is signed out.
+        self.revocation_listeners: list[Callable[[str, str | None], None]] = []
         self._max_sessions = max_sessions
         self._max_memberships = max_memberships
         #: (user, session digest) -> expiresAt (ms)
@@ -212,6 +214,9 @@ class AuthCache:
 
     def _session_revoked(self, user_id: str, data: Any) -> None:
         digest = data.get("session") if isinstance(data, dict) else None
+        for listener in self.revocation_listeners:
+            # Websockets opened with the session close too (they authenticated once, at connect).
+            listener(user_id, digest if isinstance(digest, str) else None)
         if not isinstance(digest, str):
             # A role bug: forget every session of the user rather than keep a revoked one.
             log.error("auth cache: sessionRevoked for %s without a session digest: %r", user_id, data)

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 
 from actors.task.naming import task_key
 from foundry import __version__
+from foundry.auth.cache_events import session_digest
 from foundry.auth.cookies import SessionCookies
 from foundry.config import Settings
 from foundry.errors import Conflict, InvalidInput, Unauthorized
@@ -67,6 +68,8 @@ class RealtimeAccess:
             caller = await authenticate(self.runtime, self.cookies, websocket)
         except Unauthorized:
             return None
+        # Signing this session out closes the socket (`RealtimeGateway.end_session`).
+        websocket.state.session_digest = session_digest(caller.session_id)
         return caller.user_id
 
     async def authorize(self, user_id: str, topic: str) -> bool:

@@ -61,6 +61,7 @@ from foundry.realtime.snapshots import SNAPSHOT_ACTION, SnapshotSync
 from foundry.realtime.state import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
+    CLOSE_SIGNED_OUT,
     CLOSE_SLOW_CONSUMER,
     Authorize,
     GatewayState,
@@ -220,6 +221,22 @@ class RealtimeGateway:
             self._state.sockets.pop(sock.id, None)
             if not sock.client_gone:
                 await self._close_quietly(websocket, sock.close_code or 1000, sock.close_frame)
+
+    def end_session(self, user_id: str, session_digest: str | None) -> int:
+        """Close the sockets opened with a session that was just signed out (every session of the
+        user when ``session_digest`` is None): they stop at once, with close code 4401 as if they
+        had connected without a session. Returns how many were closed."""
+        closed = 0
+        for sock in list(self._state.sockets.values()):
+            if sock.user_id != user_id or sock.done.is_set():
+                continue
+            if session_digest is not None and sock.session_digest not in (session_digest, None):
+                continue
+            sock.finish(CLOSE_SIGNED_OUT, frames.error("unauthorized", "signed out: sign in again"))
+            closed += 1
+        if closed:
+            log.info("realtime: closed %d socket(s) of user %s whose session was signed out", closed, user_id)
+        return closed
 
     async def _close_quietly(self, websocket: WebSocket, code: int, frame: str | None) -> None:
         # A slow client may never make room for the close frame: bounded waits, then uvicorn

@@ -51,6 +51,8 @@ class StreamListener(Protocol):
 CLOSE_SLOW_CONSUMER = 1013
 CLOSE_GOING_AWAY = 1001
 CLOSE_INTERNAL_ERROR = 1011
+#: The socket's session ended (signed out): as for a connection without a session.
+CLOSE_SIGNED_OUT = 4401
 # ------------------------------------------------------------------------------------------ state
 
 
@@ -71,6 +73,9 @@ class Socket:
         self.close_code: int | None = None
         self.close_frame: str | None = None
         self.client_gone = False
+        #: Digest of the session the socket was opened with (`foundry.auth` digests), if known:
+        #: signing that session out closes the socket.
+        self.session_digest: str | None = getattr(websocket.state, "session_digest", None)
 
     def finish(self, code: int | None = None, frame: str | None = None) -> None:
         """End this socket (once): drop its backlog, remember how to close it, wake `serve`."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 
@@ -123,3 +124,57 @@ async def test_the_cache_serves_again_once_a_broken_stream_is_back(server: Serve
         await within(1.0, asks_the_organization, "process B asking while the organization stream is down")
         streams.restore("organization")
         await calls.warm(lambda: b.get(ORG_PATH), timeout=8.0)
+
+
+async def test_signing_out_closes_the_sessions_websockets_on_every_process(server: Server) -> None:
+    """A websocket authenticates once, at connect: after sign-out it kept subscribing and receiving
+    live events. Its session's sign-out now closes it (4401, as a connection without a session),
+    on this process and another one; a socket of the user's other session stays open."""
+    import json
+
+    from websockets.asyncio.client import connect
+
+    async with (
+        server.signed_in("alice") as alice,
+        server.signed_in("alice") as other_session,
+        second_process(server) as other,
+    ):
+        sockets = []
+        for base, client in ((server.url, alice), (other, alice), (server.url, other_session)):
+            ws = await connect(
+                base.replace("http://", "ws://") + "/v1/realtime",
+                additional_headers={"Cookie": cookie_header(client)},
+            )
+            await ws.send(json.dumps({"op": "subscribe", "topic": "organization:acme"}))
+            while json.loads(await asyncio.wait_for(ws.recv(), 10)).get("event") != "snapshot":
+                pass
+            sockets.append(ws)
+        try:
+            assert (await alice.post("/v1/auth/sign-out")).status_code == 200
+            for ws in sockets[:2]:
+                frames = await _frames_until_closed(ws)
+                assert ws.close_code == 4401
+                assert frames[-1]["error"] == "unauthorized", frames
+            kept = sockets[2]
+            await kept.send(json.dumps({"op": "ping"}))
+            answer: dict[str, Any] = {}
+            while answer.get("op") != "pong":  # live events of its subscription may come first
+                answer = json.loads(await asyncio.wait_for(kept.recv(), 10))
+                assert answer.get("op") != "error", answer
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+
+async def _frames_until_closed(ws: Any) -> list[dict[str, Any]]:
+    """Every frame until the server closes the socket (within 5 s of each other)."""
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+
+    frames: list[dict[str, Any]] = []
+    try:
+        while True:
+            frames.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+    except ConnectionClosed:
+        return frames
