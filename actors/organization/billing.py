@@ -8,6 +8,7 @@ never wait behind a Stripe round trip), then apply what Stripe answered through 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any, Literal
@@ -35,11 +36,13 @@ from actors.organization.schema import (
     stripe_unrouted_events,
 )
 from actors.organization.state import assert_app_shell, assert_real_organization, require_profile
-from foundry.errors import Conflict, InvalidInput, NotConfigured, NotFound
+from foundry.errors import Conflict, FoundryError, InvalidInput, NotConfigured, NotFound
 from foundry.ids import APP_SHELL_ID
 from foundry.runtime.context import InstanceContext
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+
+log = logging.getLogger(__name__)
 
 
 class BillingRef(BaseModel):
@@ -222,6 +225,14 @@ async def start_checkout(ctx: InstanceContext, cmd: StartCheckout) -> dict[str, 
             assert current is not None
             customer = current.customer_id
             await publish_billing(ctx, conn)
+    previous = row.checkout_session_id if row is not None else None
+    if previous:
+        # One payable checkout at a time: each one paid would start a subscription of its own, and
+        # an older page left open in a tab could still be paid after the plan changed.
+        try:
+            await driver.expire_checkout_session(previous)
+        except FoundryError as exc:
+            log.info("billing %s: previous checkout session %s not expired: %s", ctx.key, previous, exc)
     session = await driver.create_checkout_session(
         customer=str(customer),
         price=settings.price_team,

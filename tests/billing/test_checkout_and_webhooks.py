@@ -353,3 +353,19 @@ async def test_a_burst_for_one_customer_asks_for_its_organization_once(billing_s
     assert [r.json()["status"] for r in responses] == ["unrouted"] * 20
     # One lookup for the burst, where each delivery used to ask (and wait behind the others).
     assert lookups == ["cus_crowd"]
+
+
+async def test_only_the_latest_checkout_can_be_paid(billing_server: BillingServer) -> None:
+    """Each paid checkout starts a subscription of its own: with two tabs open, both could be paid
+    and the organization charged twice. Starting a checkout expires the previous one."""
+    async with billing_server.signed_in("carol") as carol:
+        first = await carol.post("/v1/organizations/acme/billing/checkout", json={"plan": "team"})
+        second = await carol.post("/v1/organizations/acme/billing/checkout", json={"plan": "team"})
+        assert first.status_code == second.status_code == 200, (first.text, second.text)
+        async with httpx.AsyncClient(timeout=10) as browser:
+            stale = await browser.get(first.json()["url"])
+            paid = await browser.get(second.json()["url"])
+    assert stale.status_code == 400, stale.text
+    assert paid.status_code == 303, paid.text
+    live = [s for s in billing_server.stripe.subscriptions.values() if s["status"] != "canceled"]
+    assert len(live) == 1

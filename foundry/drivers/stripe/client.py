@@ -85,6 +85,13 @@ class StripeDriver:
             ),
         )
 
+    async def expire_checkout_session(self, session_id: str) -> dict[str, Any]:
+        """Close an open Checkout session: it can no longer be paid (`DriverError` unless open)."""
+        return await self._do(
+            f"checkout session {session_id!r} expiry",
+            self._client.v1.checkout.sessions.expire_async(session_id),
+        )
+
     async def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
         """A Checkout session (`NotFound` for an unknown id)."""
         return await self._do(

@@ -148,6 +148,8 @@ class FakeStripe(PaymentMethodsMixin):
                 raise _Error(404, "invalid_request_error", f"No such checkout.session: '{session_id}'")
             if session["status"] == "complete":
                 return session
+            if session["status"] != "open":  # as Stripe's page shows for an expired session
+                raise _Error(400, "invalid_request_error", "This Checkout Session is no longer active")
             now = int(time.time())
             quantity = int(session["_quantity"])
             sub_id = f"sub_fake{next(self._ids):06d}"
@@ -397,6 +399,23 @@ class FakeStripe(PaymentMethodsMixin):
             )
             self.sessions[sid] = session
             return public(session)
+        if (
+            method == "POST"
+            and len(parts) == 4
+            and parts[:2] == ["checkout", "sessions"]
+            and parts[3] == "expire"
+        ):
+            found = self.sessions.get(parts[2])
+            if found is None:
+                raise _Error(404, "invalid_request_error", f"No such checkout.session: '{parts[2]}'")
+            if found["status"] != "open":
+                raise _Error(
+                    400,
+                    "invalid_request_error",
+                    'Only Checkout Sessions with a status in ["open"] can be expired.',
+                )
+            found["status"] = "expired"
+            return public(found)
         if method == "GET" and len(parts) == 3 and parts[:2] == ["checkout", "sessions"]:
             found = self.sessions.get(parts[2])
             if found is None or found.get("object") != "checkout.session":
