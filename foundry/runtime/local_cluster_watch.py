@@ -35,6 +35,8 @@ lost: str | None = None
 
 def dead_daemons() -> list[str]:
     """The essential daemons of the cluster this process started that have exited."""
+    # Ray keeps the daemons' process handles on the node object of the driver that started them;
+    # no public API says whether they still run (``ray.nodes()`` needs the very GCS that may be gone).
     node = getattr(ray._private.worker, "_global_node", None)
     if node is None:
         return []
