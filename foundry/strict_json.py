@@ -24,6 +24,8 @@ from typing import Any
 #: SQLite integers are signed 64-bit.
 MAX_INT = 2**63 - 1
 MIN_INT = -(2**63)
+#: With ``wide_ints``, integers up to this many digits are parsed for the caller to range-check.
+WIDE_INT_DIGITS = 1000
 #: Deeper documents are refused before parsing; no Foundry input nests anywhere near this.
 MAX_DEPTH = 64
 
@@ -43,6 +45,13 @@ def _int(text: str) -> int:
     if not MIN_INT <= value <= MAX_INT:
         raise BadJson(f"integer {text} is out of range (at most 64-bit signed)")
     return value
+
+
+def _wide_int(text: str) -> int:
+    # Any size Python converts quickly; the caller checks the range and can name the field.
+    if len(text.lstrip("-")) > WIDE_INT_DIGITS:
+        raise BadJson(f"integer {text[:24]}… has more than {WIDE_INT_DIGITS} digits")
+    return int(text)
 
 
 def _float(text: str) -> float:
@@ -99,8 +108,13 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
-def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, unique_keys: bool = False) -> Any:
+def loads(
+    data: bytes | str, *, max_depth: int = MAX_DEPTH, unique_keys: bool = False, wide_ints: bool = False
+) -> Any:
     """Parse ``data`` strictly (see the module docstring).
+
+    ``wide_ints`` keeps integers beyond 64 bits (up to `WIDE_INT_DIGITS` digits) for a caller that
+    validates every integer field it reads against its own range, so its error can name the field.
 
     ``unique_keys`` refuses an object that repeats a key: parsers disagree on which value wins, so a
     client could show one value to a proxy and another to Foundry. For requests (small); webhook
@@ -122,7 +136,7 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH, unique_keys: bool = 
         # risk), so the depth limit is checked on the parsed value.
         value = json.loads(
             text,
-            parse_int=_int,
+            parse_int=_wide_int if wide_ints else _int,
             parse_float=_float,
             parse_constant=_constant,
             object_pairs_hook=_unique_keys if unique_keys else None,

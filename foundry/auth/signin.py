@@ -81,8 +81,10 @@ class SignInService:
                 "ipAddress": ip_address,
             },
         )
-        # Durable and fire-and-forget: the redirect never waits for GitHub org listing.
-        await user.send("discover_organizations", {})
+        # The redirect never waits for GitHub's org listing (a background job), only for the
+        # command that marks discovery as running: a request for one of the user's organizations
+        # arriving right after sign-in then waits for discovery instead of finding no organization.
+        await user.send("discover_organizations", {}, wait=True)
         return SignedIn(user_id, session["sessionId"], session["expiresAt"])
 
     async def complete_callback(self, state: str, exchange: Any, **client: Any) -> SignedIn:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -16,6 +18,12 @@ from foundry.errors import Forbidden, FoundryError, NotFound, Unauthorized
 from foundry.http.auth_cache import AuthCache
 from foundry.ids import APP_SHELL_ID
 from foundry.runtime.client import Runtime
+
+#: How long a request for an organization not (yet) in the caller's list waits for a running
+#: organization discovery to end, and how often it looks. Discovery takes about a second per
+#: organization on GitHub; past the wait the organization is reported not found.
+DISCOVERY_WAIT_S = 10.0
+DISCOVERY_POLL_S = 0.05
 
 # The app-state lookups below are `async def` on purpose: FastAPI runs a plain `def` dependency in
 # its thread pool, a thread hop (and a wait for a free thread under load) per dependency per request
@@ -102,8 +110,7 @@ async def member_role(
             return role
     ticket = cache.begin_membership(user_id, organization_id) if cache is not None else None
     # The caller's own list first: a made-up organization name never wakes (or creates) an actor.
-    app = await runtime.call("user", user_id, "app_snapshot")
-    if organization_id not in {o["id"] for o in app["organizations"]}:
+    if organization_id not in await _organizations_of(runtime, user_id):
         return None
     # The organization's member list (from GitHub) is the authority on the role.
     result = await runtime.call("organization", organization_id, "member_role", {"userId": user_id})
@@ -113,6 +120,22 @@ async def member_role(
     if cache is not None:
         cache.fill_membership(ticket, user_id, organization_id, role)
     return role
+
+
+async def _organizations_of(runtime: Runtime, user_id: str) -> set[str]:
+    """The ids of the user's organizations, once any organization discovery in progress has ended.
+
+    Sign-in answers before discovery (GitHub's org listing) finishes, and a dashboard loads the
+    organization at once: answering "not found" in that window would send a new member away from
+    their own organization. Only a request for an organization missing from the list waits.
+    """
+    deadline = time.monotonic() + DISCOVERY_WAIT_S
+    while True:
+        app = await runtime.call("user", user_id, "app_snapshot")
+        ids = {o["id"] for o in app["organizations"]}
+        if app["organizationSync"]["status"] != "syncing" or time.monotonic() >= deadline:
+            return ids
+        await asyncio.sleep(DISCOVERY_POLL_S)
 
 
 async def optional_caller(request: Request, runtime: RuntimeDep, cookies: CookiesDep) -> Caller | None:

@@ -82,9 +82,9 @@ class _ServerModel(BaseModel):
 
 
 class Subscribe(_ClientModel):
-    """Start receiving a topic: answered by `subscribed` then a snapshot (or a replay), or by an
-    `error` frame carrying the topic. Subscribing again to a held topic is acknowledged and
-    changes nothing."""
+    """Start receiving a topic: answered by `subscribed` then a snapshot (or a replay), once the
+    topic's state was read, or by an `error` frame carrying the topic (and no `subscribed`).
+    Subscribing again to a held topic is acknowledged and changes nothing."""
 
     model_config = ConfigDict(title="subscribe")
     op: Literal["subscribe"]
@@ -316,7 +316,8 @@ def parse_client_frame(text: str | None) -> Subscribe | Unsubscribe | Ping:
             "too_large", f"client frames are limited to {MAX_CLIENT_FRAME_CHARS} characters, got {len(text)}"
         )
     try:
-        message = strict_json.loads(text, unique_keys=True)
+        # Wide integers: `since` is range-checked by its model, so a too-large one is named.
+        message = strict_json.loads(text, unique_keys=True, wide_ints=True)
     except strict_json.BadJson as exc:  # nesting, NaN, huge numbers and lone surrogates too
         raise ClientFrameError("bad_json", f"the frame is not valid JSON: {exc}") from exc
     if not isinstance(message, dict):

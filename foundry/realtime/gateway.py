@@ -316,8 +316,8 @@ class RealtimeGateway:
             return
         existing = sock.subs.get(route.topic)
         if existing is not None:
-            # Already held: acknowledge (unless still being authorized: that answer will come).
-            if existing.pump is not None:
+            # Already held: acknowledge (unless still being authorized or read: that answer will come).
+            if existing.pump is not None and not existing.first:
                 self._state.push(sock, frames.subscribed(route.topic), live=False)
             return
         limit = self._state.max_subscriptions

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable
 
 from foundry.errors import ActorUnavailable
-from foundry.realtime import frames
 from foundry.realtime.frames import event_frame
 from foundry.realtime.snapshots import SnapshotSync
 from foundry.realtime.state import GatewayState, Pump, StreamListener, Sub, Topic
@@ -65,8 +64,9 @@ class HostPumps:
             topic = pump.topics[route.topic] = Topic(route)
         topic.subs.add(sub)
         sub.pump, sub.state = pump, topic
-        # Registered on the pump before the snapshot is read: no live event can slip between.
-        self._state.push(sub.socket, frames.subscribed(route.topic), live=False)
+        # Registered on the pump before the snapshot is read: no live event can slip between. The
+        # `subscribed` answer goes out with the first snapshot (`SnapshotSync`): only then is it
+        # known that the topic exists (a made-up session id is refused by its snapshot read).
         self._sync.request_sync(sub)
 
     def pump(self, role: str, shard: int) -> Pump:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry.errors import ActorUnavailable, CommandFailed, FoundryError
-from foundry.realtime.frames import event_frame
+from foundry.realtime.frames import event_frame, subscribed
 from foundry.realtime.state import GatewayState, Pump, Sub, Topic
 from foundry.realtime.topics import TopicRoute
 
@@ -184,7 +184,10 @@ class SnapshotSync:
         return Snapshot(seq, None, events, complete)
 
     def _apply(self, sub: Sub, snap: Snapshot) -> None:
-        """Send a subscriber what it lacks from a snapshot or replay."""
+        """Send a subscriber what it lacks from a snapshot or replay (after `subscribed`, the first
+        time: the topic is known to exist once its snapshot was read)."""
+        if sub.first:
+            self._state.push(sub.socket, subscribed(sub.topic), live=False)
         last = sub.last_seq
         if sub.first and last is not None and snap.seq < last:
             # The client claims a seq the owner has not reached (a stale client after a data reset):
@@ -193,6 +196,11 @@ class SnapshotSync:
                 "realtime: %s since=%d is ahead of seq %d; sending from scratch", sub.topic, last, snap.seq
             )
             last = None
+            if snap.frame is None:
+                # An append-only log read after that `since` holds nothing: read it from the start.
+                sub.last_seq, sub.first = None, False
+                self.request_sync(sub)
+                return
         if snap.frame is not None:
             if last is None or snap.seq > last or (sub.force and snap.seq == last):
                 self._state.push(sub.socket, snap.frame, live=False)

@@ -116,3 +116,21 @@ async def test_mock_sign_in_of_an_unknown_user(server: Server) -> None:
         response = await client.post("/v1/auth/mock/sign-in", json={"login": "mallory"})
     assert response.status_code == 404
     assert "alice" in response.json()["detail"]
+
+
+async def test_an_organization_is_reachable_the_moment_sign_in_answers(server: Server) -> None:
+    """Discovery of the user's organizations runs after sign-in answers; a page that loads the
+    organization (or subscribes to it) at once must not be told it does not exist."""
+    server.github.latency = 0.15  # GitHub answering as slowly as it does in practice
+    async with server.client() as client:
+        signed_in = await client.post("/v1/auth/mock/sign-in", json={"login": "carol"})
+        assert signed_in.status_code == 200, signed_in.text
+        first = await client.get("/v1/organizations/acme")
+        assert first.status_code == 200, first.text
+        assert first.json()["organizationId"] == "acme"
+        # A made-up organization is still not found, once discovery has answered.
+        missing = await client.get("/v1/organizations/no-such-org")
+        assert missing.status_code == 404
+        assert "not found" in missing.json()["detail"]
+    server.github.latency = 0.0
+    await server.github_settled(["acme", "globex"])

@@ -179,6 +179,9 @@ BAD_FRAMES: list[tuple[str, str | None, str, list[str] | None, str | None]] = [
     ("since_float", _since('1.5'), "invalid_input", ["since"], ACME),
     ("since_negative", _since('-1'), "invalid_input", ["since"], ACME),
     ("since_list", _since('[1]'), "invalid_input", ["since"], ACME),
+    ("since_beyond_64_bits", _since(str(2**70)), "invalid_input", ["since"], ACME),
+    ("since_one_past_max", _since(str(2**63)), "invalid_input", ["since"], ACME),
+    ("since_thousands_of_digits", _since("9" * 5000), "bad_json", None, None),
 ]  # fmt: skip
 
 

@@ -157,6 +157,29 @@ async def test_websocket_resubscribe_with_since_gets_exactly_the_gap(tasks_serve
         assert page["nextSince"] == last + 3
 
 
+async def test_a_session_subscription_is_acknowledged_only_when_it_can_be_served(tasks_server: TaskServer):
+    """A client treats `subscribed` as holding the topic: a session that does not exist gets only
+    an error, and a `since` beyond the transcript (a client from before a data reset) gets the
+    transcript from its start rather than waiting for events that will never come."""
+    async with tasks_server.signed_in("alice") as client:
+        created = await create_task(client, prompt="First note")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        await wait_task(client, task_id, idle_session)
+        log = await events(client, task_id, session_id)
+        async with tasks_server.websocket(client) as ws:
+            made_up = f"session:acme:{task_id}:session-nope"
+            await ws.subscribe(made_up)
+            answer = await ws.first_about(made_up)
+            assert answer["op"] == "error", answer
+            assert answer["error"] == "not_found", answer
+            topic = f"session:acme:{task_id}:{session_id}"
+            await ws.subscribe(topic, since=2**63 - 1)
+            assert (await ws.first_about(topic))["op"] == "subscribed"
+            await ws.until(lambda f: f.get("topic") == topic and f.get("seq") == log[-1]["seq"])
+            replayed = ws.events(topic)
+        assert [(e["seq"], e["event"]) for e in replayed] == [(e["seq"], e["event"]) for e in log]
+
+
 async def test_virtual_pull_request_task_materializes_on_first_interaction(tasks_server: TaskServer):
     async with tasks_server.signed_in("alice") as client:
         org = (await client.get("/v1/organizations/acme")).json()
