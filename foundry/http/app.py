@@ -171,6 +171,9 @@ def create_app(
         redoc_url=None,
     )
     app.state.settings = settings
+    # A path with a trailing slash is not silently redirected (an empty-bodied 307 that a client may
+    # not follow, or follow without its body): it gets the JSON 404 naming the path it meant.
+    app.router.redirect_slashes = False
     install_error_handlers(app)
     # authlib keeps the OAuth state in this signed cookie (never in a database row that a retried
     # callback could find consumed).

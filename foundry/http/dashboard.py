@@ -57,7 +57,9 @@ class _Asset:
 
 
 def reserved(path: str) -> bool:
-    """True for paths of the API and its docs, which the SPA must never answer."""
+    """True for paths of the API and its docs, which the SPA must never answer (in any case: a
+    mistyped ``/V1/app`` gets the API's JSON 404, not a web page)."""
+    path = path.lower()
     return path in RESERVED_EXACT or path.startswith(RESERVED_PREFIXES)
 
 

@@ -58,8 +58,9 @@ def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"error": code, "detail": detail, **extra}
 
 
-def _methods_for(request: Request) -> list[str]:
-    """Every method some route of the app accepts on the request's path (HEAD wherever GET is)."""
+def _methods_for(request: Request, path: str | None = None) -> list[str]:
+    """Every method some route of the app accepts on the request's path, or on ``path`` (HEAD
+    wherever GET is)."""
     methods: set[str] = set()
 
     def walk(routes: Any, scope: dict[str, Any]) -> None:
@@ -74,10 +75,24 @@ def _methods_for(request: Request) -> list[str]:
             else:
                 methods.update(getattr(route, "methods", None) or ())
 
-    walk(request.app.router.routes, {**request.scope, "method": "GET"})
+    scope = {**request.scope, "method": "GET"}
+    if path is not None:
+        scope["path"] = path
+    walk(request.app.router.routes, scope)
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods)
+
+
+def _did_you_mean(request: Request) -> str:
+    """A hint for a path that differs from a route's only by a trailing slash or by case (routes
+    are matched exactly: no redirect, which a client might not follow with its body)."""
+    path = request.url.path
+    candidates = [path.rstrip("/"), path.lower(), path.lower().rstrip("/")]
+    for candidate in dict.fromkeys(c for c in candidates if c and c != path):
+        if _methods_for(request, candidate):
+            return f"; did you mean {candidate}?"
+    return ""
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -121,7 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no route {request.method} {request.url.path}"
+            detail = f"no route {request.method} {request.url.path}" + _did_you_mean(request)
         headers = exc.headers
         if exc.status_code == 405:
             # Starlette names the methods of the first route that matched the path only; FastAPI

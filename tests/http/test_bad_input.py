@@ -161,6 +161,28 @@ async def test_head_answers_like_get_and_a_405_names_every_allowed_method(server
     assert settings_get.headers["allow"] == "PATCH"
 
 
+async def test_a_near_miss_path_gets_a_json_404_naming_the_route_it_meant(server: Server) -> None:
+    """A trailing slash or a capital letter away from a route: neither an empty-bodied redirect
+    (which a client may not follow, or follow without its body) nor the dashboard's web page."""
+    async with server.signed_in("carol") as carol:
+        slash_get = await carol.get("/v1/organizations/acme/tasks/")
+        slash_post = await carol.post("/v1/organizations/acme/tasks/", json={"repoId": "910001"})
+        upper = await carol.get("/V1/app")
+        health = await carol.get("/healthz/")
+        tasks = (await carol.get("/v1/organizations/acme/tasks")).json()
+    for response, meant in [
+        (slash_get, "/v1/organizations/acme/tasks"),
+        (slash_post, "/v1/organizations/acme/tasks"),
+        (upper, "/v1/app"),
+        (health, "/healthz"),
+    ]:
+        assert response.status_code == 404, (meant, response.status_code, response.text[:100])
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["error"] == "not_found"
+        assert response.json()["detail"].endswith(f"did you mean {meant}?")
+    assert all(t["taskId"].startswith("pr-") for t in tasks["tasks"])  # the POST created nothing
+
+
 async def test_error_details_name_the_callers_fields_not_internal_commands(server: Server) -> None:
     async with server.signed_in("carol") as carol:
         model = await carol.patch("/v1/organizations/acme/settings", json={"defaultModel": "nope"})
