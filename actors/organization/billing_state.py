@@ -250,13 +250,6 @@ def billing_topic(organization_id: str) -> str:
 ACCESS_CHANGED = "accessChanged"
 
 
-def publish_admin_changes(ctx: InstanceContext, before: dict[str, str], after: dict[str, str]) -> None:
-    """After the member list changed (user id → role, before and after): when someone lost the
-    admin role (demoted or removed), have the gateway end their ``billing:<org>`` subscriptions."""
-    if any(role == "admin" and after.get(user_id) != "admin" for user_id, role in before.items()):
-        ctx.publish(billing_topic(ctx.key), ACCESS_CHANGED, {}, plain=True)
-
-
 def billing_summary(details: dict[str, Any]) -> dict[str, Any]:
     """What every member may see of the billing state: enough to use the product, nothing more.
 

@@ -32,7 +32,6 @@ import sqlalchemy as sa
 from actors.organization.commands import Empty
 from actors.organization.github_access import (
     apply_installation,
-    audit_after_commit,
     replace_members,
     request_sync_after_commit,
     write_repos,
@@ -56,6 +55,7 @@ from actors.organization.github_task_rows import (
 from actors.organization.schema import profile, repos
 from actors.organization.state import (
     assert_real_organization,
+    audit_after_commit,
     load_profile,
     publish_header,
     publish_task_changes,

@@ -9,17 +9,15 @@ the task-row rules because they write the organization's own tables (``profile``
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.organization.billing_state import publish_admin_changes
 from actors.organization.github_commands import InstallationChange, MemberState, RepoState
 from actors.organization.github_task_rows import TaskRowChanges, archive_virtual_of, changed_columns
+from actors.organization.member_changes import announce_member_changes
 from actors.organization.schema import members, profile, repos, task_summaries
-from actors.organization.state import load_profile, publish_members_changed
+from actors.organization.state import audit_after_commit, load_profile, publish_members_changed
 from foundry.errors import InvalidInput
 from foundry.ids import APP_SHELL_ID, organization_id_for, user_id_for
 from foundry.models_catalog import DEFAULT_MODEL
@@ -30,19 +28,6 @@ def request_sync_after_commit(ctx: CommandContext, reason: str) -> None:
     """Ask this organization's github-data to run a full sync once the command commits."""
     ctx.send_after_commit(
         "github-data", ctx.key, "sync", {"reason": reason[:200]}, command_id=ctx.derived_id("github-sync")
-    )
-
-
-def audit_after_commit(
-    ctx: CommandContext, kind: str, payload: dict[str, Any], actor: str | None = None
-) -> None:
-    """Append ``kind`` to this organization's audit log once the command commits."""
-    ctx.send_after_commit(
-        "audit-log",
-        ctx.key,
-        "append",
-        {"kind": kind, "payload": payload, "actorUserId": actor},
-        command_id=ctx.derived_id(f"audit-{kind}"),
     )
 
 
@@ -118,16 +103,10 @@ async def replace_members(ctx: CommandContext, team: list[MemberState], now: int
             stmt.on_conflict_do_update(index_elements=["user_id"], set_={**values, "updated_at": now})
         )
         changed = True
-    added = sorted(set(after) - set(before))
-    if added or gone:
-        audit_after_commit(
-            ctx, "organization.members_synced", {"added": added, "removed": gone, "source": source}
-        )
-    # The cache's invalidation first: a gateway re-checking access after the admin change must not
-    # read the role it had cached before it.
-    if changed:
-        publish_members_changed(ctx)
-    publish_admin_changes(ctx, {u: r.role for u, r in before.items()}, {u: m.role for u, m in after.items()})
+    roles_before = {u: r.role for u, r in before.items()}
+    announced = announce_member_changes(ctx, roles_before, {u: m.role for u, m in after.items()}, source)
+    if changed and not announced:
+        publish_members_changed(ctx)  # a login or avatar changed: the member list readers re-read
     return changed
 
 

@@ -7,16 +7,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from actors.organization.billing_state import publish_admin_changes
 from actors.organization.commands import RegisterInstallation, SyncFromGitHub, UpdateSettings
 from actors.organization.github_access import request_sync_after_commit
+from actors.organization.member_changes import announce_member_changes
 from actors.organization.schema import installations, members, profile
 from actors.organization.state import (
     assert_app_shell,
     assert_real_organization,
     load_profile,
     publish_header,
-    publish_members_changed,
     require_profile,
 )
 from foundry.errors import InvalidInput
@@ -62,7 +61,6 @@ async def handle_sync_from_github(ctx: CommandContext, cmd: SyncFromGitHub) -> d
     after = {user_id_for(m.user_github_id): m for m in cmd.members}
     if set(after) != set(before) or any(before[u] != m.role for u, m in after.items() if u in before):
         await ctx.conn.execute(members.delete().where(members.c.user_id.not_in(list(after))))
-        publish_members_changed(ctx)
         for user_id, m in after.items():
             row = {
                 "github_account_id": m.user_github_id,
@@ -73,20 +71,7 @@ async def handle_sync_from_github(ctx: CommandContext, cmd: SyncFromGitHub) -> d
             }
             stmt = sqlite_insert(members).values(user_id=user_id, **row)
             await ctx.conn.execute(stmt.on_conflict_do_update(index_elements=["user_id"], set_=row))
-        ctx.send_after_commit(
-            "audit-log",
-            ctx.key,
-            "append",
-            {
-                "kind": "organization.members_synced",
-                "payload": {
-                    "added": sorted(set(after) - set(before)),
-                    "removed": sorted(set(before) - set(after)),
-                },
-            },
-            command_id=ctx.derived_id("audit"),
-        )
-        publish_admin_changes(ctx, before, {u: m.role for u, m in after.items()})
+        announce_member_changes(ctx, before, {u: m.role for u, m in after.items()})
     if status == "connected" and (
         existing is None
         or existing.installation_status != "connected"

@@ -13,7 +13,7 @@ from foundry.auth.cache_events import MEMBERS_CHANGED, members_topic
 from foundry.config import StripeSettings
 from foundry.errors import InvalidInput, NotFound
 from foundry.ids import APP_SHELL_ID
-from foundry.runtime.context import InstanceContext
+from foundry.runtime.context import CommandContext, InstanceContext
 from foundry.runtime.tables import dead_letters
 
 
@@ -185,6 +185,19 @@ async def build_snapshot(
 async def publish_header(ctx: InstanceContext, conn: AsyncConnection) -> None:
     """Publish ``organizationUpdated`` (profile, settings, GitHub status, repos) in the transaction."""
     ctx.publish(organization_topic(ctx.key), "organizationUpdated", await build_header(conn, ctx.key))
+
+
+def audit_after_commit(
+    ctx: CommandContext, kind: str, payload: dict[str, Any], actor: str | None = None
+) -> None:
+    """Append ``kind`` to this organization's audit log once the command commits."""
+    ctx.send_after_commit(
+        "audit-log",
+        ctx.key,
+        "append",
+        {"kind": kind, "payload": payload, "actorUserId": actor},
+        command_id=ctx.derived_id(f"audit-{kind}"),
+    )
 
 
 def publish_members_changed(ctx: InstanceContext) -> None:

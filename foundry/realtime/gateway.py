@@ -35,7 +35,8 @@ tells the client it is live again) or the replay of what it missed. The runtime'
 (this process fell behind on the host) triggers the same resync on the stream that is still open.
 
 Access changes: subscriptions are authorized at subscribe. When who may read a topic changes (an
-admin demoted on ``billing:<org>``), its owner publishes `ACCESS_CHANGED_EVENT`; every subscriber is
+admin demoted on ``billing:<org>``; a member removed on ``organization:<org>``, which covers every
+topic of the organization), its owner publishes `ACCESS_CHANGED_EVENT`; every subscriber is
 then held (events buffered, no snapshot) until ``authorize`` answers again, and one refused now gets
 an error frame ``forbidden`` ending the subscription, before anything published after the change.
 
@@ -57,6 +58,11 @@ from foundry.errors import FoundryError
 from foundry.realtime import frames
 from foundry.realtime.frames import ClientFrameError, Ping, Subscribe
 from foundry.realtime.pumps import ACCESS_CHANGED_EVENT, HostPumps
+
+#: The topic whose `ACCESS_CHANGED_EVENT` re-checks every topic of its organization.
+ORGANIZATION_PREFIX = "organization:"
+#: The role of per-user topics (``app:<userId>``), which belong to no organization.
+USER_ROLE = "user"
 from foundry.realtime.snapshots import SNAPSHOT_ACTION, SnapshotSync
 from foundry.realtime.state import (
     CLOSE_GOING_AWAY,
@@ -375,7 +381,23 @@ class RealtimeGateway:
 
     def _recheck_access(self, topic: Topic) -> None:
         """Hold every subscriber of ``topic`` until its access is checked again (who may read the
-        topic changed); a subscriber refused now is ended with an error frame."""
+        topic changed); a subscriber refused now is ended with an error frame.
+
+        On ``organization:<org>`` the change is the member list's: every topic of that
+        organization (its billing, tasks and sessions, on whatever host) is checked again."""
+        topics = [topic]
+        if topic.name.startswith(ORGANIZATION_PREFIX):
+            organization_id = topic.route.ids[0]
+            topics = [
+                t
+                for pump in self._state.pumps.values()
+                for t in pump.topics.values()
+                if t.route.role != USER_ROLE and t.route.ids and t.route.ids[0] == organization_id
+            ]
+        for t in topics:
+            self._hold_for_recheck(t)
+
+    def _hold_for_recheck(self, topic: Topic) -> None:
         for sub in tuple(topic.subs):
             if sub.closed:
                 continue

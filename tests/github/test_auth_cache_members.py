@@ -10,6 +10,7 @@ from tests.github.test_webhook_families import hook
 from tests.http.auth_calls import ActorCalls
 from tests.http.conftest import Server, second_process
 from tests.http.test_auth_cache import ORG_PATH, client_of, cookie_header, within
+from tests.http.test_realtime import frame, socket, subscribe
 
 
 async def _role(server: Server, github_id: int) -> Any:
@@ -75,3 +76,31 @@ async def test_an_admin_demoted_to_member_loses_admin_routes_in_every_process(
 
             await within(1.0, forbidden, f"{client.base_url} refusing the demoted admin")
             assert (await client.get(ORG_PATH)).status_code == 200
+
+
+async def test_a_member_removed_by_a_webhook_loses_the_live_topics_already_open(
+    server: Server, github: GitHub
+) -> None:
+    """Access is checked at subscribe; a socket opened before the removal must not go on receiving
+    the organization's events (nor be told `subscribed` again on it)."""
+    async with (
+        server.signed_in("alice") as alice,
+        server.signed_in("carol") as carol,
+        socket(server, alice.cookies["foundry_session"]) as ws,
+    ):
+        assert (await subscribe(ws, "organization:acme"))[-1]["event"] == "snapshot"
+        server.github.remove_member("acme", "alice")
+        removed = hook("organization", "member_added")
+        removed["action"] = "member_removed"
+        removed["membership"]["user"].update(login="alice", id=5001)
+        await github.send("organization", removed)
+        ended = await frame(ws, timeout=5.0)
+        while ended.get("op") != "error":
+            ended = await frame(ws, timeout=5.0)
+        assert (ended["error"], ended["topic"]) == ("forbidden", "organization:acme")
+        # An admin's later change reaches her no more, and subscribing again is refused.
+        renamed = await carol.patch("/v1/organizations/acme/settings", json={"displayName": "Acme Secret"})
+        assert renamed.status_code == 200, renamed.text
+        again = await subscribe(ws, "organization:acme")
+        assert [f.get("op") for f in again] == ["error"], again
+        assert again[-1]["error"] == "forbidden"
