@@ -20,7 +20,8 @@ from actors.github_data.state import ensure_meta
 
 
 class MissingField(Exception):
-    """The delivery lacks a field its handler needs; it is recorded as failed with this reason."""
+    """The delivery lacks a field its handler needs, or carries a value that cannot be applied; it is
+    recorded as failed with this reason."""
 
 
 @dataclass
@@ -84,6 +85,12 @@ class Delivery:
         value = self.need(*path)
         if isinstance(value, bool) or not isinstance(value, int):
             raise MissingField(f"payload field {'.'.join(path)} must be an integer, got {value!r}")
+        return value
+
+    def need_str(self, *path: str) -> str:
+        value = self.need(*path)
+        if not isinstance(value, str):
+            raise MissingField(f"payload field {'.'.join(path)} must be a string, got {value!r}"[:300])
         return value
 
     def repo_id(self) -> str:

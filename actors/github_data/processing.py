@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.github_data.commands import IngestWebhook
@@ -43,6 +44,7 @@ from actors.github_data.schema import webhook_deliveries
 from actors.github_data.state import ensure_meta
 from actors.github_data.sync import start_sync
 from actors.github_data.webhooks import dispatch
+from actors.organization.github_commands import GitHubEvent
 from foundry import metrics
 from foundry.errors import FoundryError, NotFound
 from foundry.ids import APP_SHELL_ID
@@ -324,7 +326,26 @@ async def _dispatch(
 ) -> Effects:
     if ctx.key == APP_SHELL_ID:
         return await _unrouted(ctx, cmd)
-    return await dispatch(Delivery(cmd, conn, now, meta))
+    effects = await dispatch(Delivery(cmd, conn, now, meta))
+    if effects.org:
+        _check_acceptable(effects.org)
+    return effects
+
+
+def _check_acceptable(org: dict[str, Any]) -> None:
+    """Refuse (as this delivery's failure) what the organization's ``github_event`` would refuse.
+
+    The organization gets one event per batch: a value it cannot take (a pull request numbered -1,
+    say) would make it refuse the whole event, and with it every other delivery of the batch,
+    after all of them were recorded applied. Checked here, the delivery fails alone, with the
+    reason, before anything of it is stored.
+    """
+    try:
+        GitHubEvent.model_validate(org)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise MissingField(f"the organization cannot take it: {where}: {first['msg']}") from None
 
 
 async def _apply_alone(

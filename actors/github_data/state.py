@@ -15,6 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.github_data.schema import ci_checks, meta, pull_requests
+from foundry.display_text import one_line
 
 #: Precedence when several CI signals disagree on one commit: one failure fails the commit.
 _CI_RANK = {"failure": 4, "error": 3, "pending": 2, "success": 1}
@@ -59,6 +60,16 @@ def pr_state(state: str | None, draft: bool | None, merged: bool | None) -> str:
     if state == "closed":
         return "closed"
     return "draft" if draft else "open"
+
+
+#: The longest pull request title the organization keeps (GitHub's own limit is 256).
+PR_TITLE_LIMIT = 1000
+
+
+def pr_title(title: str) -> str:
+    """A pull request title as shown: one line, no control or direction-override characters
+    (`foundry.display_text`), cut at `PR_TITLE_LIMIT`."""
+    return one_line(title, PR_TITLE_LIMIT)
 
 
 def check_state(status: str | None, conclusion: str | None) -> str:

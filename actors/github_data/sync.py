@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.github_data.commands import Sync
 from actors.github_data.schema import PR_FIELDS, members, meta, pull_requests, repositories
-from actors.github_data.state import ensure_meta, iso, load_meta, pr_state, update_meta
+from actors.github_data.state import ensure_meta, iso, load_meta, pr_state, pr_title, update_meta
 from foundry.drivers.github import Member, PullRequest, Repository
 from foundry.errors import Conflict, DriverError, FoundryError, NotFound
 from foundry.runtime.client import ActorRef
@@ -337,7 +337,7 @@ def pull_values(pr: PullRequest, repo_full_name: str) -> dict[str, Any]:
     return {
         "github_id": pr.id,
         "repo_full_name": repo_full_name,
-        "title": pr.title,
+        "title": pr_title(pr.title),
         "state": pr_state(pr.state, pr.draft, pr.merged),
         "head_ref": pr.head_ref,
         "head_sha": pr.head_sha,

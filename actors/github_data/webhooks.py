@@ -31,6 +31,7 @@ from actors.github_data.state import (
     iso,
     iso_ms,
     pr_state,
+    pr_title,
     pull_json,
     repo_json,
     update_meta,
@@ -107,9 +108,25 @@ async def _current_generation(d: Delivery) -> int:
 
 
 async def _upsert_repo(d: Delivery) -> dict[str, Any]:
+    """Mirror the payload's repository; returns the organization's part of the event (the
+    repository, and the one it displaced, if any)."""
     repo_id = d.repo_id()
     values = _repo_values(d)
     generation = await _current_generation(d)
+    org: dict[str, Any] = {}
+    displaced = (
+        await d.conn.execute(
+            sa.select(repositories.c.repo_id).where(
+                repositories.c.full_name == values["full_name"], repositories.c.repo_id != repo_id
+            )
+        )
+    ).all()
+    if displaced:
+        # Names are unique on GitHub at any moment: the repository that had this one was deleted
+        # (or renamed) and its delivery never came. The newer news wins; a sync re-reads the rest.
+        gone = [r.repo_id for r in displaced]
+        await _forget_repos(d, gone)
+        org["reposRemoved"] = gone
     stmt = sqlite_insert(repositories).values(
         repo_id=repo_id, **values, changed_generation=generation, written_at=d.now
     )
@@ -123,7 +140,18 @@ async def _upsert_repo(d: Delivery) -> dict[str, Any]:
         .values(repo_full_name=values["full_name"])
     )
     row = (await d.conn.execute(sa.select(repositories).where(repositories.c.repo_id == repo_id))).one()
-    return repo_json(row)
+    org["reposUpserted"] = [repo_json(row)]
+    return org
+
+
+async def _forget_repos(d: Delivery, repo_ids: list[str]) -> None:
+    """Drop repositories from the mirror; their open pull requests are closed with them."""
+    await d.conn.execute(repositories.delete().where(repositories.c.repo_id.in_(repo_ids)))
+    await d.conn.execute(
+        pull_requests.update()
+        .where(pull_requests.c.repo_id.in_(repo_ids), pull_requests.c.state.in_(("open", "draft")))
+        .values(state="closed", written_at=d.now)
+    )
 
 
 async def _known_repo(d: Delivery, repo_id: str) -> bool:
@@ -138,14 +166,9 @@ async def on_repository(d: Delivery) -> Effects:
     owner = str(d.opt("repository", "owner", "login") or "")
     moved_away = action == "transferred" and meta.github_login and owner.lower() != meta.github_login.lower()
     if action == "deleted" or moved_away:
-        await d.conn.execute(repositories.delete().where(repositories.c.repo_id == repo_id))
-        await d.conn.execute(
-            pull_requests.update()
-            .where(pull_requests.c.repo_id == repo_id, pull_requests.c.state.in_(("open", "draft")))
-            .values(state="closed", written_at=d.now)
-        )
+        await _forget_repos(d, [repo_id])
         return Effects("applied", org={"reposRemoved": [repo_id]})
-    return Effects("applied", org={"reposUpserted": [await _upsert_repo(d)]})
+    return Effects("applied", org=await _upsert_repo(d))
 
 
 # ------------------------------------------------------------------------------------ members
@@ -198,7 +221,7 @@ async def _upsert_pull(
     values = {
         "github_id": d.opt(pr_path, "id"),
         "repo_full_name": d.need("repository", "full_name"),
-        "title": d.need(pr_path, "title"),
+        "title": pr_title(d.need_str(pr_path, "title")),
         "state": pr_state(d.need(pr_path, "state"), bool(d.opt(pr_path, "draft")), merged),
         "head_ref": d.need(pr_path, "head", "ref"),
         "head_sha": d.need(pr_path, "head", "sha"),
@@ -218,7 +241,7 @@ async def _upsert_pull(
     org: dict[str, Any] = {}
     if stored is None and not await _known_repo(d, repo_id):
         try:
-            org["reposUpserted"] = [await _upsert_repo(d)]
+            org.update(await _upsert_repo(d))
         except MissingField as exc:
             # The catalog learns the repository at the next sync; the PR is mirrored all the same.
             log.info("delivery %s: repository %s not catalogued yet: %s", d.cmd.delivery_id, repo_id, exc)

@@ -25,9 +25,10 @@ action, each of which ties those writes into one transaction and one set of even
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from pydantic import BaseModel, ValidationError
 
 from actors.organization.commands import Empty
 from actors.organization.github_access import (
@@ -66,6 +67,8 @@ from foundry.runtime.context import CommandContext, InstanceContext
 
 log = logging.getLogger(__name__)
 
+M = TypeVar("M", bound=BaseModel)
+
 
 # ------------------------------------------------------------------------------------------ commands
 
@@ -91,7 +94,7 @@ async def handle_apply_github_sync(ctx: CommandContext, cmd: ApplyGitHubSync) ->
     )
     now = ctx.now_ms()
     changes = TaskRowChanges()
-    new_repos = [RepoState.model_validate(r) for r in batch["repos"]]
+    new_repos = _valid_rows(ctx.key, RepoState, batch["repos"], "repository")
     existing_ids = {r.repo_id for r in (await ctx.conn.execute(sa.select(repos.c.repo_id))).all()}
     removed = sorted(existing_ids - {r.repo_id for r in new_repos})
     repo_writes = await write_repos(ctx.conn, new_repos, removed, now, changes)
@@ -99,7 +102,7 @@ async def handle_apply_github_sync(ctx: CommandContext, cmd: ApplyGitHubSync) ->
     if batch.get("members") is not None and current.kind == "organization":
         team = [MemberState.model_validate(m) for m in batch["members"]]
         members_changed = await replace_members(ctx, team, now, "github_sync")
-    await apply_pulls(ctx.conn, [PullState.model_validate(p) for p in batch["pulls"]], now, changes)
+    await apply_pulls(ctx.conn, _valid_rows(ctx.key, PullState, batch["pulls"], "pull request"), now, changes)
     await ctx.conn.execute(
         profile.update()
         .where(profile.c.id == 1)
@@ -124,6 +127,28 @@ async def handle_apply_github_sync(ctx: CommandContext, cmd: ApplyGitHubSync) ->
         "membersChanged": members_changed,
         "pullsReceived": len(batch["pulls"]),
     }
+
+
+def _valid_rows(organization_id: str, model: type[M], rows: list[Any], what: str) -> list[M]:
+    """The rows of a sync that the organization can take. One it cannot (stored by an older
+    version, say) is skipped with a warning: it must not fail the sync of everything else, every
+    time, for good."""
+    valid: list[M] = []
+    for row in rows:
+        try:
+            valid.append(model.model_validate(row))
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            log.warning(
+                "organization %s: sync skipped a %s it cannot take (%s: %s): %s",
+                organization_id,
+                what,
+                where,
+                first["msg"],
+                str(row)[:300],
+            )
+    return valid
 
 
 async def handle_github_sync_progress(ctx: CommandContext, cmd: GitHubSyncProgress) -> dict[str, Any]:

@@ -43,7 +43,17 @@ async def write_repos(
         await conn.execute(repos.delete().where(repos.c.repo_id.in_(gone)))
         await archive_virtual_of(conn, gone, now, changes)
         writes += len(gone)
+    holders = {row.full_name: repo_id for repo_id, row in existing.items() if repo_id not in gone}
     for r in upserted:
+        stale = holders.get(r.full_name)
+        if stale is not None and stale != r.repo_id:
+            # GitHub names are unique at any moment: the repository that had this name was deleted
+            # (or renamed) and we were not told. The newer news wins; a sync re-reads the truth.
+            await conn.execute(repos.delete().where(repos.c.repo_id == stale))
+            await archive_virtual_of(conn, [stale], now, changes)
+            existing.pop(stale, None)
+            writes += 1
+        holders[r.full_name] = r.repo_id
         values = {
             "full_name": r.full_name,
             "default_branch": r.default_branch,

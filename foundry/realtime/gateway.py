@@ -58,11 +58,6 @@ from foundry.errors import FoundryError
 from foundry.realtime import frames
 from foundry.realtime.frames import ClientFrameError, Ping, Subscribe
 from foundry.realtime.pumps import ACCESS_CHANGED_EVENT, HostPumps
-
-#: The topic whose `ACCESS_CHANGED_EVENT` re-checks every topic of its organization.
-ORGANIZATION_PREFIX = "organization:"
-#: The role of per-user topics (``app:<userId>``), which belong to no organization.
-USER_ROLE = "user"
 from foundry.realtime.snapshots import SNAPSHOT_ACTION, SnapshotSync
 from foundry.realtime.state import (
     CLOSE_GOING_AWAY,
@@ -78,6 +73,11 @@ from foundry.realtime.state import (
 )
 from foundry.realtime.topics import InvalidTopic, TopicRegistry
 from foundry.runtime.client import Runtime
+
+#: The topic whose `ACCESS_CHANGED_EVENT` re-checks every topic of its organization.
+ORGANIZATION_PREFIX = "organization:"
+#: The role of per-user topics (``app:<userId>``), which belong to no organization.
+USER_ROLE = "user"
 
 __all__ = [
     "ACCESS_CHANGED_EVENT",

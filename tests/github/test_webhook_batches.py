@@ -9,6 +9,7 @@ ingest commands waits in its mailbox, as under a real burst.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from typing import Any
 
@@ -110,3 +111,89 @@ async def test_a_burst_is_applied_while_it_is_still_being_recorded(
         e for e in events.named("taskSummariesUpdated") if TASK in {t["taskId"] for t in e.data["upserted"]}
     ]
     assert 1 <= len(broadcasts) <= EDITS // 2, f"{len(broadcasts)} broadcasts for {EDITS} edits of one task"
+
+
+def _opened(number: int, delivery: str, title: str | None = None) -> dict[str, Any]:
+    payload = example("pull_request", "opened")
+    payload["number"] = number
+    payload["pull_request"].update(number=number, title=title or f"Valid {number}")
+    payload["pull_request"]["head"]["ref"] = f"branch-{number}"
+    return _body("pull_request", payload, delivery)
+
+
+async def test_a_delivery_the_organization_cannot_take_fails_alone_and_costs_no_other(
+    server: Server, github: GitHub, acme: httpx.AsyncClient
+) -> None:
+    """Deliveries are applied in batches with one organization event per batch: a value the
+    organization refuses (a PR numbered -1) must fail that delivery alone, not the event of every
+    delivery batched with it; text GitHub allows but Foundry will not show (control and direction
+    override characters, an endless title) is cleaned rather than lost; a repository re-created
+    under a name the mirror still holds replaces the old one; and the next full sync still works."""
+    valid = {1000 + i: str(uuid.uuid4()) for i in range(60)}
+    bodies = [_opened(n, d) for n, d in valid.items()]
+    negative = str(uuid.uuid4())
+    bodies.insert(20, _opened(-1, negative))
+    hostile = str(uuid.uuid4())
+    bodies.insert(40, _opened(2000, hostile, title="ctrl\u0000\u0007\u202etitle " + "x" * 1200))
+    recreated = example("repository", "created")
+    # A new repository under the name the mirror holds (deleted and re-created; the deletion's
+    # delivery was lost).
+    recreated["repository"].update(id=999_000_111, name="anvil", full_name="acme/anvil")
+    reused = str(uuid.uuid4())
+    bodies.insert(50, _body("repository", recreated, reused))
+
+    await asyncio.gather(
+        *(
+            server.runtime.send(
+                "github-data", "acme", "ingest_webhook", b, command_id=f"github-delivery:{b['deliveryId']}"
+            )
+            for b in bodies
+        )
+    )
+    for delivery in [*valid.values(), negative, hostile, reused]:
+        await github.recorded(delivery)
+    rows = await github.deliveries()
+    assert rows[negative]["status"] == "failed", rows[negative]
+    assert "number" in rows[negative]["reason"], rows[negative]
+    for delivery in [*valid.values(), hostile, reused]:
+        assert rows[delivery]["status"] == "applied", rows[delivery]
+
+    async def listed() -> dict[str, Any] | None:
+        tasks = await github.tasks()
+        wanted = [f"pr-{HELLO_WORLD_ID}-{n}" for n in valid]
+        return tasks if all(t in tasks for t in wanted) else None
+
+    tasks = await eventually(listed, timeout=30, what="every valid pull request listed")
+    cleaned = tasks[f"pr-{HELLO_WORLD_ID}-2000"]["title"]
+    assert cleaned.startswith("ctrltitle xxx"), cleaned[:40]
+    assert len(cleaned) <= 1000
+    assert cleaned.endswith("…")
+    catalog = (await acme.get("/v1/organizations/acme")).json()["repos"]
+    assert [r["id"] for r in catalog if r["fullName"] == "acme/anvil"] == ["999000111"], (
+        rows[reused],
+        catalog,
+    )
+    status = await github.sync()
+    assert status["syncStatus"] != "error", status
+
+
+async def test_a_mirrored_row_the_organization_cannot_take_does_not_fail_every_sync(
+    server: Server, github: GitHub, acme: httpx.AsyncClient
+) -> None:
+    """A pull request row an older version stored with a value the organization refuses: the next
+    full syncs skip it (with a warning) instead of failing every time, for good."""
+    await github.sync()
+    mirrors = list((server.settings.data_dir / "github-data").rglob("acme.sqlite3"))
+    assert len(mirrors) == 1, mirrors
+    with sqlite3.connect(mirrors[0]) as db:
+        columns = [r[1] for r in db.execute("PRAGMA table_info(pull_requests)")]
+        row = dict(zip(columns, db.execute("SELECT * FROM pull_requests LIMIT 1").fetchone(), strict=True))
+        row.update(number=-1, title="stored by an older version", changed_generation=10**6)
+        marks = ", ".join("?" for _ in columns)
+        db.execute(f"INSERT INTO pull_requests ({', '.join(columns)}) VALUES ({marks})", list(row.values()))
+    for _ in range(2):
+        status = await github.sync()
+        assert status["syncStatus"] == "synced", status
+        organization = (await acme.get("/v1/organizations/acme")).json()
+        assert organization["github"]["syncStatus"] == "synced", organization["github"]
+    assert all("older version" not in t["title"] for t in (await github.tasks()).values())

@@ -240,7 +240,7 @@ async def test_a_delivery_that_crashes_its_handler_is_isolated(
     broken = owned_by(example("pull_request", "opened"), ACME_LOGIN)
     broken["repository"].update(id=999_001, full_name="acme/ghost", name="ghost")
     trimmed = trim_payload("pull_request", broken)
-    trimmed["pull_request"]["title"] = ["not", "a", "string"]
+    trimmed["pull_request"]["head"]["ref"] = ["not", "a", "string"]  # no handler expects a list
     first = str(uuid.uuid4())
     await server.runtime.actor("github-data", "acme").send(
         "ingest_webhook",
