@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.organization.commands import Empty
 from actors.organization.github_access import (
@@ -185,6 +186,14 @@ async def handle_github_event(ctx: CommandContext, cmd: GitHubEvent) -> dict[str
     if current is None:
         log.info("organization %s has no profile yet; GitHub event ignored", ctx.key)
         return {"applied": False, "reason": "organization does not exist"}
+    if current.installation_status == "install_required":
+        # Deliveries GitHub sent before the uninstall arrive after it: they must not put
+        # repositories or pull requests back into the catalog the uninstall emptied.
+        if header:
+            await publish_header(ctx, ctx.conn)
+        if changes.task_ids:
+            await publish_task_changes(ctx, ctx.conn, sorted(changes.task_ids))
+        return {"applied": header, "reason": "the GitHub App is not installed", "headerChanged": header}
     if cmd.repos_upserted or cmd.repos_removed:
         header |= await write_repos(ctx.conn, cmd.repos_upserted, cmd.repos_removed, now, changes) > 0
     if cmd.members_changed and current.kind == "organization":
@@ -192,7 +201,7 @@ async def handle_github_event(ctx: CommandContext, cmd: GitHubEvent) -> dict[str
         if listed.get("members") is not None:
             team = [MemberState.model_validate(m) for m in listed["members"]]
             header |= await replace_members(ctx, team, now, "github_webhook")
-    await apply_pulls(ctx.conn, cmd.pulls, now, changes)
+    await apply_pulls(ctx.conn, await _of_catalogued_repos(ctx.conn, cmd.pulls), now, changes)
     await apply_ci(ctx.conn, cmd.ci, changes)
     await apply_touches(ctx.conn, cmd.touched, changes)
     if cmd.webhook is not None:
@@ -207,6 +216,22 @@ async def handle_github_event(ctx: CommandContext, cmd: GitHubEvent) -> dict[str
     if header:
         await publish_header(ctx, ctx.conn)
     return {"applied": True, "taskSummaryWrites": changes.writes, "headerChanged": header}
+
+
+async def _of_catalogued_repos(conn: AsyncConnection, pulls: list[PullState]) -> list[PullState]:
+    """The pull requests of repositories in the catalog. A late delivery for a repository that left
+    the installation (the catalog follows the installation's list) must not bring its pull
+    requests back as tasks; one of a new repository comes with the repository in the same event."""
+    if not pulls:
+        return pulls
+    wanted = sorted({p.repo_id for p in pulls})
+    known = {
+        r.repo_id for r in (await conn.execute(sa.select(repos.c.repo_id).where(repos.c.repo_id.in_(wanted))))
+    }
+    skipped = [f"{p.repo_full_name}#{p.number}" for p in pulls if p.repo_id not in known]
+    if skipped:
+        log.info("GitHub event: pull requests of repositories not in the catalog ignored: %s", skipped[:20])
+    return [p for p in pulls if p.repo_id in known]
 
 
 async def handle_request_github_sync(ctx: CommandContext, cmd: RequestGitHubSync) -> dict[str, Any]:

@@ -8,10 +8,13 @@ were recorded at unrelated times), and the few actions that have no example.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import httpx
 
+from foundry.webhooks.github import trim_payload
 from tests.fakes.webhooks import example, owned_by
 from tests.github.conftest import ACME_INSTALLATION, ACME_LOGIN, HELLO_WORLD_ID, GitHub, eventually
 from tests.http.conftest import Server
@@ -292,6 +295,30 @@ async def test_installation_lifecycle_of_a_new_account(server: Server, github: G
     summary = await github.organization(org)
     assert summary["repos"] == []
     assert summary["github"]["installationStatus"] == "install_required"
+    # Nor does a delivery GitHub sent before the uninstall, routed to the organization's mirror
+    # before the uninstall was known and applied after it.
+    late_pr = example("pull_request", "synchronize")
+    late_pr["pull_request"]["updated_at"] = "2030-01-01T00:00:00Z"
+    late_id = str(uuid.uuid4())
+    await server.runtime.send(
+        "github-data",
+        org,
+        "ingest_webhook",
+        {
+            "deliveryId": late_id,
+            "event": "pull_request",
+            "action": "synchronize",
+            "installationId": 957387,
+            "receivedAt": 1,
+            "payload": trim_payload("pull_request", late_pr),
+        },
+        command_id=f"github-delivery:{late_id}",
+    )
+    await github.recorded(late_id, key=org)
+    await asyncio.sleep(1.0)  # the organization applies what github-data recorded a moment later
+    summary = await github.organization(org)
+    assert summary["repos"] == []
+    assert summary["taskSummaries"] == []
 
 
 async def test_repository_events_keep_the_catalog_current(
@@ -336,6 +363,11 @@ async def test_repository_events_keep_the_catalog_current(
         return (await github.task(TASK) or {}).get("archivedAt") is not None
 
     await eventually(archived_task, what="the virtual task of the deleted repository archived")
+    # A delivery GitHub sent before the deletion, arriving after it, brings nothing back.
+    await github.send("pull_request", pr_hook("synchronize", 59))
+    await asyncio.sleep(1.0)  # the organization applies what github-data recorded a moment later
+    assert await archived_task()
+    assert HELLO_WORLD_ID not in await repos()
 
 
 async def test_member_changes_apply_at_once(server: Server, github: GitHub) -> None:
