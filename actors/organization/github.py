@@ -63,6 +63,7 @@ from actors.organization.state import (
     publish_task_changes,
     require_profile,
 )
+from actors.task.naming import task_key
 from foundry.errors import Conflict
 from foundry.runtime.context import CommandContext, InstanceContext
 
@@ -119,6 +120,7 @@ async def handle_apply_github_sync(ctx: CommandContext, cmd: ApplyGitHubSync) ->
     )
     if changes.task_ids:
         await publish_task_changes(ctx, ctx.conn, sorted(changes.task_ids))
+    tell_tasks_of_pull_requests(ctx, changes)
     await publish_header(ctx, ctx.conn)
     return {
         "applied": True,
@@ -213,9 +215,20 @@ async def handle_github_event(ctx: CommandContext, cmd: GitHubEvent) -> dict[str
         )
     if changes.task_ids:
         await publish_task_changes(ctx, ctx.conn, sorted(changes.task_ids))
+    tell_tasks_of_pull_requests(ctx, changes)
     if header:
         await publish_header(ctx, ctx.conn)
     return {"applied": True, "taskSummaryWrites": changes.writes, "headerChanged": header}
+
+
+def tell_tasks_of_pull_requests(ctx: CommandContext, changes: TaskRowChanges) -> None:
+    """Each real task whose pull request GitHub changed (merged, closed, reopened, retitled) shows
+    it on its own topic: whoever looks at the task sees the change live, not at the next reload."""
+    for task_id, pull in sorted(changes.real_pulls.items()):
+        key = task_key(ctx.key, task_id)
+        ctx.send_after_commit(
+            "task", key, "mirror_pull_request", pull, command_id=ctx.derived_id(f"mirror-pr:{task_id}")
+        )
 
 
 async def _of_catalogued_repos(conn: AsyncConnection, pulls: list[PullState]) -> list[PullState]:

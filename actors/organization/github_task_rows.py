@@ -32,6 +32,8 @@ class TaskRowChanges:
 
     task_ids: set[str] = field(default_factory=set)
     writes: int = 0
+    #: Real (not virtual) tasks whose pull request changed: task id → the PR as the task shows it.
+    real_pulls: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def wrote(self, task_id: str, count: int = 1) -> None:
         self.task_ids.add(task_id)
@@ -118,6 +120,13 @@ async def apply_pulls(
             if diff:
                 writes.set(real.task_id, diff)
                 changes.wrote(real.task_id)
+                if set(diff) & {"pr_number", "pr_state", "pr_url", "pr_title"}:
+                    changes.real_pulls[real.task_id] = {
+                        "number": p.number,
+                        "url": p.url,
+                        "state": p.state,
+                        "title": p.title,
+                    }
             shadow = by_id.get(vid)
             if shadow is not None and shadow.is_virtual and shadow.archived_at is None:
                 # The real task now carries this PR: its virtual twin leaves the sidebar.

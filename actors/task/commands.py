@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.task.naming import MAX_PROMPT_CHARS
@@ -90,6 +92,16 @@ class Rename(BaseModel):
     model_config = _STRICT
     title: str = Field(min_length=1, max_length=300)
     user_id: str | None = UserId
+
+
+class MirrorPullRequest(BaseModel):
+    """The task's pull request as GitHub shows it now (sent by the organization's mirror)."""
+
+    model_config = _STRICT
+    number: int = Field(gt=0)
+    url: str | None = Field(default=None, max_length=2000)
+    state: Literal["open", "draft", "closed", "merged"]
+    title: str = Field(max_length=1000)
 
 
 class ChangeOwner(BaseModel):

@@ -19,6 +19,7 @@ from actors.task.commands import (
     ChangeOwner,
     CreateSession,
     Initialize,
+    MirrorPullRequest,
     Rename,
     RenameSession,
     SandboxExited,
@@ -410,6 +411,17 @@ async def handle_rename(ctx: CommandContext, cmd: Rename) -> dict[str, Any]:
         )
         await refresh(ctx, ctx.conn)
     return {"taskId": row.task_id, "title": title}
+
+
+async def handle_mirror_pull_request(ctx: CommandContext, cmd: MirrorPullRequest) -> dict[str, Any]:
+    """Show the pull request as GitHub has it now (merged, closed, reopened, retitled), archived
+    task or not: its page and everyone on its topic see the change at once."""
+    row = await require_task(ctx.conn, ctx.key)
+    values = {"pr_number": cmd.number, "pr_url": cmd.url, "pr_state": cmd.state, "pr_title": cmd.title}
+    if any(getattr(row, column) != value for column, value in values.items()):
+        await ctx.conn.execute(task.update().where(task.c.id == 1).values(**values))
+        await refresh(ctx, ctx.conn)
+    return {"taskId": row.task_id, "pullRequest": cmd.model_dump()}
 
 
 async def handle_change_owner(ctx: CommandContext, cmd: ChangeOwner) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from actors.task.commands import (
     Empty,
     EventsPage,
     Initialize,
+    MirrorPullRequest,
     PromptTarget,
     PullRequestRequest,
     Rename,
@@ -39,6 +40,7 @@ ROLE = Role(
         Handler("answer_permission", AnswerPermission, handlers.handle_answer_permission),
         Handler("rename", Rename, handlers.handle_rename),
         Handler("change_owner", ChangeOwner, handlers.handle_change_owner),
+        Handler("mirror_pull_request", MirrorPullRequest, handlers.handle_mirror_pull_request),
         Handler("sandbox_exited", SandboxExited, handlers.handle_sandbox_exited),
     ),
     actions=(

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import time
+from typing import Any
 
 from foundry.demo_agent import NOTES_FILE
+from tests.fakes.webhooks import example, owned_by
+from tests.github.conftest import GitHub
 from tests.tasks.conftest import (
     ACME_ROCKET,
     TaskServer,
@@ -116,6 +119,30 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
             "task.push",
             "task.pull_request_created",
         } <= kinds
+
+        # Merged on GitHub: whoever has the task open sees it on the task's own topic at once.
+        merged = owned_by(example("pull_request", "closed"), "acme")
+        merged["repository"].update(id=int(ACME_ROCKET), name="rocket", full_name="acme/rocket")
+        merged["number"] = pr["pullRequest"]["number"]
+        merged["pull_request"].update(
+            number=pr["pullRequest"]["number"], merged=True, state="closed", updated_at="2030-01-01T00:00:00Z"
+        )
+        merged["pull_request"]["head"]["ref"] = created["branchName"]
+        merged["installation"] = {"id": 1001}
+        github = GitHub(tasks_server)
+        try:
+            assert (await github.send("pull_request", merged))["status"] == "applied"
+        finally:
+            await github.aclose()
+
+        def merged_shown(f: dict[str, Any]) -> bool:
+            if f.get("topic") != task_topic:
+                return False
+            pull = f["data"].get("pullRequest") or {}
+            return bool(pull.get("state") == "merged")
+
+        shown = await ws.until(merged_shown)
+        assert shown["data"]["pullRequest"]["number"] == pr["pullRequest"]["number"]
 
 
 async def test_websocket_resubscribe_with_since_gets_exactly_the_gap(tasks_server: TaskServer):
