@@ -60,10 +60,17 @@ async def list_tasks(ctx: InstanceContext, cmd: ListTasks) -> dict[str, Any]:
     """One page of tasks matching the filters; archived tasks only when asked for by status."""
     t = task_summaries
     where: list[Any] = []
+    # A pull request closed on GitHub archives its virtual row (``archived_at``) but keeps the
+    # status "virtual": archived means either, and an archived row matches "archived" only.
+    archived = sa.or_(t.c.status == "archived", t.c.archived_at.is_not(None))
+    live = [s for s in cmd.statuses if s != "archived"]
     if cmd.statuses:
-        where.append(t.c.status.in_(cmd.statuses))
+        matches = [sa.and_(t.c.status.in_(live), sa.not_(archived))] if live else []
+        if "archived" in cmd.statuses:
+            matches.append(archived)
+        where.append(sa.or_(*matches))
     else:
-        where.append(t.c.status != "archived")
+        where.append(sa.not_(archived))
     if cmd.repo_id is not None:
         where.append(t.c.repo_id == cmd.repo_id)
     if cmd.owner_login is not None:

@@ -96,3 +96,24 @@ def _newest_first(task: dict[str, Any]) -> tuple[int, str]:
 
 def _reverse(text: str) -> str:
     return "".join(chr(0x10FFFF - ord(c)) for c in text)
+
+
+async def test_a_pull_request_closed_on_github_is_listed_as_archived_only(
+    server: Server, github: GitHub, acme: httpx.AsyncClient
+) -> None:
+    """A closed pull request archives its virtual row: it leaves the default list and the
+    ``virtual`` filter, and ``status=archived`` finds it."""
+    server.github.add_pull("acme/anvil", 7001, "Soon closed", "feat/soon-closed")
+    assert (await github.sync())["syncStatus"] == "synced"
+    task_id = "pr-910002-7001"
+    assert task_id in {t["taskId"] for page in await pages(acme, status="virtual") for t in page}
+    server.github.add_pull("acme/anvil", 7001, "Soon closed", "feat/soon-closed", state="closed", merged=True)
+    assert (await github.sync())["syncStatus"] == "synced"
+
+    def listed(found: list[list[dict[str, Any]]]) -> bool:
+        return task_id in {t["taskId"] for page in found for t in page}
+
+    assert not listed(await pages(acme))
+    assert not listed(await pages(acme, status="virtual"))
+    assert listed(await pages(acme, status="archived"))
+    assert listed(await pages(acme, status="virtual,archived"))
