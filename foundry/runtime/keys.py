@@ -20,11 +20,13 @@ def validate_key(key: object) -> str:
     """Return the key if it is safe as a file name, else raise `InvalidInput` naming the problem."""
     if not isinstance(key, str):
         raise InvalidInput(f"actor key must be a string, got {type(key).__name__}", ["key"])
+    # Quoted at most 80 characters: the key may come from a request, and so may its length.
+    shown = repr(key[:80]) + ("…" if len(key) > 80 else "")
     if "\x00" in key or "/" in key or "\\" in key or ".." in key:
-        raise InvalidInput(f"actor key {key!r} contains a path character ('/', '\\\\', '..' or NUL)", ["key"])
+        raise InvalidInput(f"actor key {shown} contains a path character ('/', '\\\\', '..' or NUL)", ["key"])
     if not _KEY_RE.match(key):
         raise InvalidInput(
-            f"actor key {key!r} must be 1-200 characters of letters, digits and ._:@+=- "
+            f"actor key {shown} must be 1-200 characters of letters, digits and ._:@+=- "
             "and start with a letter or digit",
             ["key"],
         )

@@ -343,7 +343,12 @@ def _account_organization(installation: dict[str, Any]) -> str | None:
     try:
         return validate_key(organization_id_for(kind, account["login"]))
     except InvalidInput as exc:
-        log.warning("github webhook: account %r gives no valid organization id: %s", account["login"], exc)
+        # Quoted short: the login comes from the request, and a log line must not be its size.
+        log.warning(
+            "github webhook: account %r gives no valid organization id: %s",
+            account["login"][:100],
+            str(exc)[:300],
+        )
         return None
 
 

@@ -81,3 +81,16 @@ async def test_a_repository_of_another_account_is_ignored(
     assert "555001" not in listed
     tasks = await github.tasks("acme")
     assert not [t for t in tasks.values() if t["repoId"] == "555001"]
+
+
+async def test_an_endless_account_login_is_refused_without_flooding_the_log(
+    server: Server, github: GitHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a sender puts in a field, the log line that names it stays a line."""
+    created = example("installation", "created")
+    created["installation"]["account"]["login"] = "x" * 5000
+    with caplog.at_level(logging.INFO):
+        response = await github.deliver("installation", created)
+    assert response.status_code < 500, response.text
+    assert len(response.text) < 2000
+    assert max(len(r.getMessage()) for r in caplog.records) < 2000
