@@ -147,7 +147,7 @@ async def finish_turn(
             if forced:
                 ended["forced"] = True
             if cancelled:
-                events.extend(_cancelled_tool_calls(outcome.open_tool_calls))
+                events.extend(cancelled_tool_calls(outcome.open_tool_calls))
             events.append(("turnCancelled" if cancelled else "turnEnded", ended))
             status = "idle"
         await conn.execute(
@@ -177,7 +177,7 @@ async def finish_turn(
             _mark_unread(ctx, row.owner_user_id, session_id)
 
 
-def _cancelled_tool_calls(calls: list[str]) -> list[tuple[str, dict[str, Any]]]:
+def cancelled_tool_calls(calls: list[str]) -> list[tuple[str, dict[str, Any]]]:
     """Tool calls the agent left open when the turn was cancelled, marked cancelled (ACP has no such
     status; the update says it comes from Foundry)."""
     return [
