@@ -395,7 +395,16 @@ async def handle_materialize_task(ctx: CommandContext, cmd: MaterializeTask) -> 
     if not row.is_virtual:
         return {"taskId": row.task_id, "materialized": False}
     if row.archived_at is not None:
-        raise Conflict(f"the pull request of task {cmd.task_id!r} is closed; its task was archived")
+        catalogued = (
+            await ctx.conn.execute(sa.select(repos.c.repo_id).where(repos.c.repo_id == row.repo_id))
+        ).first()
+        if catalogued is None:
+            raise Conflict(
+                f"task {cmd.task_id!r} was archived: its repository {row.repo_full_name} is no longer "
+                "available to the GitHub App"
+            )
+        outcome = "was merged" if row.pr_state == "merged" else "is closed"
+        raise Conflict(f"the pull request of task {cmd.task_id!r} {outcome}; its task was archived")
     profile = await require_profile(ctx.conn, ctx.key)
     owner = await _member(ctx.conn, ctx.key, cmd.user_id)
     repo = (await ctx.conn.execute(sa.select(repos).where(repos.c.repo_id == row.repo_id))).first()

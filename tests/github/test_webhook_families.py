@@ -368,6 +368,10 @@ async def test_repository_events_keep_the_catalog_current(
     await asyncio.sleep(1.0)  # the organization applies what github-data recorded a moment later
     assert await archived_task()
     assert HELLO_WORLD_ID not in await repos()
+    # Why it cannot be started says what happened: its pull request was not closed on GitHub.
+    refused = await acme.post(f"/v1/organizations/acme/tasks/{TASK}/sessions", json={})
+    assert refused.status_code == 409, refused.text
+    assert "no longer available to the GitHub App" in refused.json()["detail"]
 
 
 async def test_member_changes_apply_at_once(server: Server, github: GitHub) -> None:
