@@ -31,6 +31,8 @@ export interface Repo {
   id: string;
   fullName: string;
   defaultBranch: string;
+  /** Archived on GitHub: read-only, no task can push to it. */
+  archived: boolean;
   taskCount: number;
 }
 

@@ -53,9 +53,18 @@ export const appState = new Store<AppState>({ phase: "loading", snapshot: null, 
 
 const EXPIRED = "Your session has ended. Sign in again to continue.";
 
-export function signedOut(message: string | null): void {
+/**
+ * Back to the sign-in page. `returnHere`: after signing in again, come back to this page (the
+ * session expired mid-work). Not after signing out on purpose: whoever signs in next may not be
+ * allowed to see it.
+ */
+export function signedOut(message: string | null, returnHere = true): void {
   realtime.stop();
   appState.set({ phase: "signed_out", snapshot: null, message });
+  if (!returnHere) {
+    navigate("/sign-in", true);
+    return;
+  }
   if (!location.pathname.startsWith("/sign-in")) {
     const next = location.pathname + location.search;
     navigate(next && next !== "/" ? `/sign-in?next=${encodeURIComponent(next)}` : "/sign-in", true);
@@ -98,7 +107,7 @@ export async function signOut(): Promise<void> {
     await api("POST", "/v1/auth/sign-out");
   } finally {
     unsubscribeApp = null;
-    signedOut("You have signed out.");
+    signedOut("You have signed out.", false);
   }
 }
 

@@ -26,6 +26,8 @@ const STATUS_LABEL: Record<string, string> = {
   pending: "Starting",
   closed: "Closed",
   pr: "Pull request",
+  virtual: "Pull request, not started",
+  queued: "Waiting for a sandbox",
 };
 
 export function StatusBadge({ status }: { status: string }) {

@@ -22,12 +22,24 @@ export function agentOf(model: string): string | undefined {
   return config.modelGroups.find((g) => g.models.includes(model))?.agent;
 }
 
+/** What was typed into a dialog closed without creating (Escape, a stray click): kept per
+ * organization for this tab, so reopening the dialog brings it back. */
+const unsent = new Map<string, { repoId: string; prompt: string; model: string; title: string; branch: string }>();
+
 export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () => void }) {
-  const [repoId, setRepoId] = useState(org.repos[0]?.id ?? "");
-  const [prompt, setPrompt] = useState("");
-  const [model, setModel] = useState("");
-  const [title, setTitle] = useState("");
-  const [branch, setBranch] = useState("");
+  // Archived repositories are read-only on GitHub: listed last, not offered by default.
+  const repos = [...org.repos.filter((r) => !r.archived), ...org.repos.filter((r) => r.archived)];
+  const kept = unsent.get(org.organizationId);
+  const [repoId, setRepoId] = useState(kept?.repoId ?? repos.find((r) => !r.archived)?.id ?? "");
+  const [prompt, setPrompt] = useState(kept?.prompt ?? "");
+  const [model, setModel] = useState(kept?.model ?? "");
+  const [title, setTitle] = useState(kept?.title ?? "");
+  const [branch, setBranch] = useState(kept?.branch ?? "");
+  const close = () => {
+    if (prompt.trim() || title.trim() || branch.trim()) unsent.set(org.organizationId, { repoId, prompt, model, title, branch });
+    else unsent.delete(org.organizationId);
+    onClose();
+  };
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
 
@@ -45,6 +57,7 @@ export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () 
     if (branch.trim()) body.branch = branch.trim();
     try {
       const created = await api<{ taskId: string }>("POST", `/v1/organizations/${enc(org.organizationId)}/tasks`, body);
+      unsent.delete(org.organizationId);
       onClose();
       navigate(`/o/${enc(org.organizationId)}/t/${enc(created.taskId)}`);
     } catch (err) {
@@ -55,12 +68,16 @@ export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () 
   }
 
   return (
-    <Modal title="New task" onClose={onClose}>
+    <Modal title="New task" onClose={close}>
       <form class="form" onSubmit={submit}>
         <div class="field">
           <label for="nt-repo">Repository</label>
           <select id="nt-repo" value={repoId} required onChange={(e) => setRepoId((e.currentTarget as HTMLSelectElement).value)}>
-            {org.repos.map((r) => <option key={r.id} value={r.id}>{r.fullName}</option>)}
+            {repos.map((r) => (
+              <option key={r.id} value={r.id} disabled={r.archived}>
+                {r.archived ? `${r.fullName} (archived on GitHub)` : r.fullName}
+              </option>
+            ))}
           </select>
         </div>
         <div class="field">
@@ -83,7 +100,7 @@ export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () 
         </div>
         {error && <p class="error-note" role="alert">{error}</p>}
         <div class="actions">
-          <button type="button" class="btn" onClick={onClose}>Cancel</button>
+          <button type="button" class="btn" onClick={close}>Cancel</button>
           <button type="submit" class="btn btn-primary" disabled={busy || !repoId || !prompt.trim()}>{busy ? "Creating…" : "Create task"}</button>
         </div>
       </form>

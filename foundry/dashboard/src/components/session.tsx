@@ -6,6 +6,7 @@ import { renderMarkdown } from "../lib/markdown";
 import { realtime } from "../lib/realtime";
 import { useStore } from "../lib/store";
 import { Transcript, type Item } from "../lib/transcript";
+import type { Member } from "../org";
 import type { SessionInfo } from "../pages/task";
 import { appState } from "../session";
 import { ErrorNote } from "./common";
@@ -53,7 +54,7 @@ function useTranscript(orgId: string, taskId: string, sessionId: string, onTurnE
   return model;
 }
 
-export function SessionPane({ orgId, taskId, session, base, draft, archived, taskStatus }: { orgId: string; taskId: string; session: SessionInfo; base: string; draft: string; archived: boolean; taskStatus: string }) {
+export function SessionPane({ orgId, taskId, session, base, draft, archived, taskStatus, members }: { orgId: string; taskId: string; session: SessionInfo; base: string; draft: string; archived: boolean; taskStatus: string; members: Map<string, Member> | null }) {
   const sbase = `${base}/sessions/${enc(session.sessionId)}`;
   const markRead = () => {
     if (document.visibilityState === "visible") api("POST", `${sbase}/read`).catch((e) => console.warn("mark read", e));
@@ -76,9 +77,13 @@ export function SessionPane({ orgId, taskId, session, base, draft, archived, tas
     return () => document.removeEventListener("visibilitychange", onVisible);
   }, [unread, session.sessionId]);
   const running = session.status === "running";
+  const me = app.snapshot?.auth.currentUserId ?? null;
+  // "You" for this viewer's own messages; everyone else's by their login.
+  const author = (userId: string | null): string =>
+    userId === null ? "Someone" : userId === me ? "You" : members?.get(userId)?.login ?? "A former member";
   return (
     <div class="session-pane">
-      <TranscriptView model={model} sbase={sbase} />
+      <TranscriptView model={model} sbase={sbase} author={author} />
       <div class="session-foot">
         <span class="muted small" data-testid="session-info">
           {session.agent} · {session.model}
@@ -91,7 +96,7 @@ export function SessionPane({ orgId, taskId, session, base, draft, archived, tas
   );
 }
 
-function TranscriptView({ model, sbase }: { model: Transcript; sbase: string }) {
+function TranscriptView({ model, sbase, author }: { model: Transcript; sbase: string; author: (userId: string | null) => string }) {
   const scroller = useRef<HTMLDivElement>(null);
   const pinned = useRef(true);
   useLayoutEffect(() => {
@@ -114,22 +119,33 @@ function TranscriptView({ model, sbase }: { model: Transcript; sbase: string }) 
       }}
     >
       {model.items.length === 0 && <p class="muted">No messages yet.</p>}
-      {model.items.map((it) => <ItemView key={it.key} item={it} rev={it.rev} sbase={sbase} />)}
+      {model.items.map((it) => <ItemView key={it.key} item={it} rev={it.rev} sbase={sbase} author={it.kind === "user" ? author(it.userId) : ""} />)}
       {model.running && <p class="thinking muted" aria-live="polite">The agent is working…</p>}
+      {model.queued.map((it) => <ItemView key={it.key} item={it} rev={it.rev} sbase={sbase} author={author(it.userId)} />)}
     </div>
   );
 }
 
 /** Re-renders only when the item changed (its rev): a long transcript costs one item per frame. */
-class ItemView extends Component<{ item: Item; rev: number; sbase: string }> {
-  shouldComponentUpdate(next: { item: Item; rev: number }): boolean {
-    return next.item !== this.props.item || next.rev !== this.props.rev;
+class ItemView extends Component<{ item: Item; rev: number; sbase: string; author: string }> {
+  shouldComponentUpdate(next: { item: Item; rev: number; author: string }): boolean {
+    return next.item !== this.props.item || next.rev !== this.props.rev || next.author !== this.props.author;
   }
   render() {
-    const { item, sbase } = this.props;
+    const { item, sbase, author } = this.props;
     switch (item.kind) {
       case "user":
-        return <div class="msg msg-user" data-kind="user"><div class="msg-role">You</div><div class="msg-body prose">{renderMarkdown(item.text)}</div></div>;
+        // What a person typed is shown as typed: `__init__` or `2*3*4` are not formatting.
+        return (
+          <div class={`msg msg-user msg-${item.state}`} data-kind="user" data-state={item.state}>
+            <div class="msg-role">
+              {author}
+              {item.state === "queued" && <span class="badge">waiting: runs when the agent is free</span>}
+              {item.state === "dropped" && <span class="badge badge-warn">not sent</span>}
+            </div>
+            <div class="msg-body plain">{item.text}</div>
+          </div>
+        );
       case "text":
         return (
           <div class={`msg msg-${item.role}`} data-kind={item.role}>

@@ -12,7 +12,16 @@ export interface PermissionOption {
 }
 
 export type Item =
-  | { kind: "user"; key: string; rev: number; text: string; userId: string | null }
+  | {
+      kind: "user";
+      key: string;
+      rev: number;
+      text: string;
+      userId: string | null;
+      messageId: number | null;
+      /** sent: its turn ran (or runs); queued: waits for the agent; dropped: Stop or a close discarded it. */
+      state: "sent" | "queued" | "dropped";
+    }
   | { kind: "text"; key: string; rev: number; role: "agent" | "thought"; text: string }
   | { kind: "plan"; key: string; rev: number; entries: { content: string; status: string; priority?: string }[] }
   | {
@@ -40,8 +49,12 @@ export type Item =
     }
   | { kind: "notice"; key: string; rev: number; tone: "info" | "error" | "muted"; text: string };
 
+type UserItem = Extract<Item, { kind: "user" }>;
+
 export class Transcript {
   items: Item[] = [];
+  /** Messages sent while a turn ran, waiting for theirs: shown after the running reply, not inside it. */
+  queued: UserItem[] = [];
   version = 0;
   lastSeq = 0;
   usage: { used: number; size: number } | null = null;
@@ -59,12 +72,33 @@ export class Transcript {
       case "sessionCreated":
         this.notice(key, "muted", `Session “${d.name ?? ""}” opened · ${d.agent ?? "agent"} / ${d.model ?? "model"}`);
         break;
-      case "userMessage":
-        this.items.push({ kind: "user", key, rev: 0, text: String(d.text ?? ""), userId: d.userId ?? null });
+      case "userMessage": {
+        const waits = this.running || this.queued.length > 0;
+        const item: UserItem = {
+          kind: "user",
+          key,
+          rev: 0,
+          text: String(d.text ?? ""),
+          userId: d.userId ?? null,
+          messageId: typeof d.messageId === "number" ? d.messageId : null,
+          state: waits ? "queued" : "sent",
+        };
+        if (waits) this.queued.push(item);
+        else this.items.push(item);
         break;
-      case "turnStarted":
+      }
+      case "turnStarted": {
         this.running = true;
+        const at = this.queued.findIndex((q) => q.messageId === d.messageId);
+        if (at >= 0) {
+          // Its turn starts now: the message takes its place in the conversation, before the reply.
+          const [item] = this.queued.splice(at, 1);
+          item.state = "sent";
+          item.rev++;
+          this.items.push(item);
+        }
         break;
+      }
       case "turnEnded":
         this.running = false;
         if (d.stopReason === "cancelled") this.notice(key, "info", d.forced ? "Stopped (the agent was shut down)." : "Stopped.");
@@ -97,6 +131,7 @@ export class Transcript {
         break;
       case "stopRequested":
         this.notice(key, "muted", d.turnRunning ? "Stop requested…" : "Stop requested (no turn was running).");
+        if (d.droppedQueued > 0) this.dropQueued(key, `Stop discarded ${d.droppedQueued === 1 ? "the waiting message" : `${d.droppedQueued} waiting messages`}; they were not sent to the agent.`);
         break;
       case "sessionRenamed":
         this.notice(key, "muted", `Renamed to “${d.name}”`);
@@ -104,6 +139,7 @@ export class Transcript {
       case "sessionClosed":
         this.running = false;
         this.notice(key, "muted", d.reason === "archived" ? "Session closed: the task was archived." : "Session closed.");
+        this.dropQueued(`${key}-q`, "The waiting messages were not sent: the session was closed.");
         break;
       case "sandboxExited":
         this.notice(key, "error", `The sandbox stopped: ${d.reason ?? "unknown reason"}`);
@@ -156,6 +192,18 @@ export class Transcript {
       if (it.kind === "text" && it.role === "agent") return it.text;
     }
     return "";
+  }
+
+  /** Waiting messages that will never run: shown where they were discarded, marked not sent. */
+  private dropQueued(key: string, why: string): void {
+    if (this.queued.length === 0) return;
+    for (const item of this.queued) {
+      item.state = "dropped";
+      item.rev++;
+      this.items.push(item);
+    }
+    this.queued = [];
+    this.notice(`${key}-dropped`, "info", why);
   }
 
   private notice(key: string, tone: "info" | "error" | "muted", text: string): void {

@@ -49,7 +49,12 @@ interface Viewer {
 
 type TaskState = { state: "loading" } | { state: "notfound" } | { state: "error"; detail: string } | { state: "ready"; detail: TaskDetail; viewer: Viewer };
 
-function useTask(orgId: string, taskId: string): TaskState {
+/**
+ * The task's detail and this viewer's state, live. A pull request nobody has started yet has no
+ * task of its own to follow (the server refuses its topic): `virtual` says so, from the
+ * organization's live list, and when it turns false the task is read and followed afresh.
+ */
+function useTask(orgId: string, taskId: string, virtual: boolean): TaskState {
   const [st, setSt] = useState<TaskState>({ state: "loading" });
   useEffect(() => {
     let alive = true;
@@ -73,24 +78,40 @@ function useTask(orgId: string, taskId: string): TaskState {
         if (e instanceof ApiError && e.status === 404) setSt({ state: "notfound" });
         else setSt({ state: "error", detail: errorText(e) });
       });
-    const stop = realtime.subscribe(`task:${orgId}:${taskId}`, (e) => {
-      if (e.event === "snapshot" || e.event === "taskUpdated") {
-        detail = e.data as TaskDetail;
-        publish();
-      }
-    });
+    const stop = virtual
+      ? () => {}
+      : realtime.subscribe(`task:${orgId}:${taskId}`, (e) => {
+          if (e.event === "snapshot" || e.event === "taskUpdated") {
+            detail = e.data as TaskDetail;
+            publish();
+          }
+        });
     return () => {
       alive = false;
       stop();
     };
-  }, [orgId, taskId]);
+  }, [orgId, taskId, virtual]);
   return st;
+}
+
+/** Members by user id, for the author of each message and the owner picker. */
+function useMembers(orgId: string, memberCount: number): Map<string, Member> | null {
+  const [members, setMembers] = useState<Map<string, Member> | null>(null);
+  useEffect(() => {
+    api<Member[]>("GET", `/v1/organizations/${enc(orgId)}/members`).then(
+      (list) => setMembers(new Map(list.map((m) => [m.userId, m]))),
+      (e) => console.warn("members", e),
+    );
+  }, [orgId, memberCount]);
+  return members;
 }
 
 type Tab = "agent" | "changes" | "files" | "activity";
 
 export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole: string; taskId: string; query: URLSearchParams }) {
-  const st = useTask(org.organizationId, taskId);
+  const virtual = org.taskSummaries.find((t) => t.taskId === taskId)?.isVirtual ?? false;
+  const st = useTask(org.organizationId, taskId, virtual);
+  const members = useMembers(org.organizationId, org.memberCount);
   const [tab, setTab] = useState<Tab>((query.get("tab") as Tab) || "agent");
   const [picked, setPicked] = useState<string | null>(null);
   if (st.state === "loading") return <p class="muted pad" aria-busy="true">Loading task…</p>;
@@ -98,12 +119,19 @@ export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole:
   if (st.state === "error") return <p class="error-note pad" role="alert">{st.detail}</p>;
   const { detail, viewer } = st;
   const open = detail.sessions.filter((s) => s.status !== "closed");
-  const active = open.find((s) => s.sessionId === picked) ?? open.find((s) => s.sessionId === viewer.activeSessionId) ?? open[0] ?? null;
+  // A closed session stays on screen for whoever had it open (read-only, their unsent text kept),
+  // and any closed session can be opened again to read; an archived task shows its last session.
+  const active =
+    detail.sessions.find((s) => s.sessionId === picked) ??
+    open.find((s) => s.sessionId === viewer.activeSessionId) ??
+    open[0] ??
+    (detail.archivedAt !== null ? detail.sessions[detail.sessions.length - 1] : undefined) ??
+    null;
   const base = `/v1/organizations/${enc(org.organizationId)}/tasks/${enc(taskId)}`;
   return (
     <article class="task" aria-labelledby="task-title" data-status={detail.status}>
       <a class="back-link" href={`/o/${enc(org.organizationId)}`} onClick={linkClick}>← Tasks</a>
-      <TaskHeader org={org} detail={detail} base={base} />
+      <TaskHeader org={org} detail={detail} base={base} members={members} />
       <div class="tabs" role="tablist" aria-label="Task views">
         {(["agent", "changes", "files", "activity"] as Tab[]).map((t) => (
           <button key={t} role="tab" id={`tab-${t}`} aria-selected={tab === t} aria-controls={`panel-${t}`} class="tab" onClick={() => setTab(t)}>
@@ -113,7 +141,7 @@ export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole:
       </div>
       <section role="tabpanel" id={`panel-${tab}`} aria-labelledby={`tab-${tab}`} class="tab-panel">
         {tab === "agent" && (
-          <SessionTabs detail={detail} viewer={viewer} active={active} base={base} onPick={setPicked} orgId={org.organizationId} />
+          <SessionTabs detail={detail} viewer={viewer} active={active} base={base} onPick={setPicked} orgId={org.organizationId} members={members} />
         )}
         {tab === "changes" && <DiffView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} />}
         {tab === "files" && <FilesView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} />}
@@ -123,12 +151,13 @@ export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole:
   );
 }
 
-function TaskHeader({ org, detail, base }: { org: OrgSnapshot; detail: TaskDetail; base: string }) {
+function TaskHeader({ org, detail, base, members: byId }: { org: OrgSnapshot; detail: TaskDetail; base: string; members: Map<string, Member> | null }) {
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState<string | null>(null);
   const [archiveConflict, setArchiveConflict] = useState<string | null>(null);
   const [confirmArchive, setConfirmArchive] = useState(false);
-  const [members, setMembers] = useState<Member[] | null>(null);
+  const [renaming, setRenaming] = useState<string | null>(null);
+  const members = byId ? [...byId.values()] : null;
   const archived = detail.archivedAt !== null;
 
   async function run(label: string, fn: () => Promise<unknown>) {
@@ -161,14 +190,25 @@ function TaskHeader({ org, detail, base }: { org: OrgSnapshot; detail: TaskDetai
     }
   }
 
-  useEffect(() => {
-    api<Member[]>("GET", `/v1/organizations/${enc(org.organizationId)}/members`).then(setMembers, (e) => console.warn("members", e));
-  }, [org.organizationId, org.memberCount]);
+  async function rename(title: string) {
+    setBusy("rename");
+    try {
+      await api("PATCH", base, { title });
+      setRenaming(null);
+    } catch (e) {
+      setError(errorText(e));
+    } finally {
+      setBusy(null);
+    }
+  }
 
   return (
     <header class="task-head">
       <div class="task-title-row">
         <h1 id="task-title" class="task-title">{detail.title}</h1>
+        {!archived && detail.status !== "virtual" && (
+          <button class="icon-btn" aria-label="Rename task" onClick={() => { setError(null); setRenaming(detail.title); }}>✎</button>
+        )}
         <StatusBadge status={detail.status} />
       </div>
       <p class="task-meta">
@@ -205,7 +245,7 @@ function TaskHeader({ org, detail, base }: { org: OrgSnapshot; detail: TaskDetai
           <button class="btn btn-danger" disabled={busy !== null} onClick={() => setConfirmArchive(true)}>Archive</button>
         )}
       </div>
-      <ErrorNote error={error} />
+      {renaming === null && <ErrorNote error={error} />}
       {confirmArchive && (
         <Modal title="Archive this task?" onClose={() => setConfirmArchive(false)}>
           <p>The sandbox is destroyed and running agents stop. The transcript stays readable.</p>
@@ -213,6 +253,27 @@ function TaskHeader({ org, detail, base }: { org: OrgSnapshot; detail: TaskDetai
             <button class="btn" onClick={() => setConfirmArchive(false)}>Cancel</button>
             <button class="btn btn-danger" disabled={busy !== null} onClick={() => void archive(false)}>{busy === "archive" ? "Archiving…" : "Archive"}</button>
           </div>
+        </Modal>
+      )}
+      {renaming !== null && (
+        <Modal title="Rename task" onClose={() => setRenaming(null)}>
+          <form
+            class="form"
+            onSubmit={(e) => {
+              e.preventDefault();
+              void rename(renaming.trim());
+            }}
+          >
+            <div class="field">
+              <label for="task-title-input">Title</label>
+              <input id="task-title-input" class="input" value={renaming} maxLength={300} required onInput={(e) => setRenaming((e.currentTarget as HTMLInputElement).value)} />
+            </div>
+            <ErrorNote error={error} />
+            <div class="actions">
+              <button type="button" class="btn" onClick={() => setRenaming(null)}>Cancel</button>
+              <button type="submit" class="btn btn-primary" disabled={!renaming.trim() || busy !== null}>{busy === "rename" ? "Renaming…" : "Rename"}</button>
+            </div>
+          </form>
         </Modal>
       )}
       {archiveConflict && (
@@ -229,21 +290,38 @@ function TaskHeader({ org, detail, base }: { org: OrgSnapshot; detail: TaskDetai
   );
 }
 
-function SessionTabs({ detail, viewer, active, base, onPick, orgId }: { detail: TaskDetail; viewer: Viewer; active: SessionInfo | null; base: string; onPick: (id: string) => void; orgId: string }) {
+function SessionTabs({ detail, viewer, active, base, onPick, orgId, members }: { detail: TaskDetail; viewer: Viewer; active: SessionInfo | null; base: string; onPick: (id: string) => void; orgId: string; members: Map<string, Member> | null }) {
   const [error, setError] = useState<string | null>(null);
   const [renaming, setRenaming] = useState<SessionInfo | null>(null);
+  const [closing, setClosing] = useState<SessionInfo | null>(null);
   const [name, setName] = useState("");
-  const open = detail.sessions.filter((s) => s.status !== "closed");
+  const [opening, setOpening] = useState(false);
   const archived = detail.archivedAt !== null;
+  // An archived task's sessions are all closed: they are its tabs, to read.
+  const open = archived ? detail.sessions : detail.sessions.filter((s) => s.status !== "closed");
+  const closed = archived ? [] : detail.sessions.filter((s) => s.status === "closed");
   // Unread flags come live with this user's app snapshot (a turn ending elsewhere shows at once).
   const app = useStore(appState);
   const unread = unreadByTask(app.snapshot, orgId).get(detail.taskId);
 
   async function newSession() {
+    if (opening) return; // one session per click, however fast the second click comes
+    setOpening(true);
     setError(null);
     try {
       const s = await api<{ sessionId: string }>("POST", `${base}/sessions`, {});
       onPick(s.sessionId);
+    } catch (e) {
+      setError(errorText(e));
+    } finally {
+      setOpening(false);
+    }
+  }
+
+  async function closeSession(s: SessionInfo) {
+    setClosing(null);
+    try {
+      await api("DELETE", `${base}/sessions/${enc(s.sessionId)}`);
     } catch (e) {
       setError(errorText(e));
     }
@@ -254,26 +332,52 @@ function SessionTabs({ detail, viewer, active, base, onPick, orgId }: { detail: 
       <div class="session-tabs" role="group" aria-label="Agent sessions">
         {open.map((s) => (
           <div key={s.sessionId} class={`session-tab${active?.sessionId === s.sessionId ? " active" : ""}`}>
-            <button aria-pressed={active?.sessionId === s.sessionId} class="session-tab-main" onClick={() => onPick(s.sessionId)} data-session-id={s.sessionId}>
+            <button aria-pressed={active?.sessionId === s.sessionId} class="session-tab-main" onClick={() => onPick(s.sessionId)} data-session-id={s.sessionId} title={s.name}>
               <span class={`dot status-${s.status}`} aria-hidden="true" />
-              {s.name}
+              <span class="session-tab-name">{s.name}</span>
               {unread?.has(s.sessionId) && active?.sessionId !== s.sessionId && <span class="unread-dot" title="Unread"><span class="sr-only">(unread)</span></span>}
             </button>
             {!archived && (
               <>
                 <button class="icon-btn" aria-label={`Rename session ${s.name}`} onClick={() => { setRenaming(s); setName(s.name); }}>✎</button>
-                <button class="icon-btn" aria-label={`Close session ${s.name}`} onClick={() => api("DELETE", `${base}/sessions/${enc(s.sessionId)}`).catch((e) => setError(errorText(e)))}>✕</button>
+                <button class="icon-btn" aria-label={`Close session ${s.name}`} onClick={() => setClosing(s)}>✕</button>
               </>
             )}
           </div>
         ))}
-        {!archived && <button class="btn btn-small" onClick={() => void newSession()}>+ New session</button>}
+        {!archived && (
+          <button class="btn btn-small" disabled={opening} onClick={() => void newSession()}>{opening ? "Opening…" : "+ New session"}</button>
+        )}
       </div>
-      <ErrorNote error={error} />
+      {closed.length > 0 && (
+        <details class="closed-sessions">
+          <summary class="muted small">Closed sessions ({closed.length})</summary>
+          <div class="session-tabs" role="group" aria-label="Closed sessions">
+            {closed.map((s) => (
+              <button key={s.sessionId} class={`btn btn-small btn-ghost${active?.sessionId === s.sessionId ? " active" : ""}`} aria-pressed={active?.sessionId === s.sessionId} onClick={() => onPick(s.sessionId)} data-session-id={s.sessionId} title={s.name}>
+                <span class="session-tab-name">{s.name}</span>
+              </button>
+            ))}
+          </div>
+        </details>
+      )}
+      {!renaming && <ErrorNote error={error} />}
       {active ? (
-        <SessionPane key={active.sessionId} orgId={orgId} taskId={detail.taskId} session={active} base={base} draft={viewer.drafts[active.sessionId] ?? ""} archived={archived} taskStatus={detail.status} />
+        <SessionPane key={active.sessionId} orgId={orgId} taskId={detail.taskId} session={active} base={base} draft={viewer.drafts[active.sessionId] ?? ""} archived={archived} taskStatus={detail.status} members={members} />
       ) : (
-        <p class="muted pad">{archived ? "This task is archived." : "No open session. Start one with “New session”."}</p>
+        <p class="muted pad">{archived ? "This task is archived and has no session to show." : "No open session. Start one with “New session”."}</p>
+      )}
+      {closing && (
+        <Modal title="Close this session?" onClose={() => setClosing(null)}>
+          <p>
+            “{closing.name}” stops its agent{closing.status === "running" ? " and the turn it is running" : ""}. Its transcript stays readable under
+            Closed sessions; no one can send it messages any more.
+          </p>
+          <div class="actions">
+            <button class="btn" onClick={() => setClosing(null)}>Keep it open</button>
+            <button class="btn btn-danger" onClick={() => void closeSession(closing)}>Close session</button>
+          </div>
+        </Modal>
       )}
       {renaming && (
         <Modal title="Rename session" onClose={() => setRenaming(null)}>
@@ -286,10 +390,11 @@ function SessionTabs({ detail, viewer, active, base, onPick, orgId }: { detail: 
           >
             <div class="field">
               <label for="session-name">Session name</label>
-              <input id="session-name" class="input" value={name} required onInput={(e) => setName((e.currentTarget as HTMLInputElement).value)} />
+              <input id="session-name" class="input" value={name} maxLength={200} required onInput={(e) => setName((e.currentTarget as HTMLInputElement).value)} />
             </div>
+            <ErrorNote error={error} />
             <div class="actions">
-              <button type="button" class="btn" onClick={() => setRenaming(null)}>Cancel</button>
+              <button type="button" class="btn" onClick={() => { setRenaming(null); setError(null); }}>Cancel</button>
               <button type="submit" class="btn btn-primary" disabled={!name.trim()}>Rename</button>
             </div>
           </form>

@@ -69,6 +69,7 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
             </ul>
           </section>
         ))}
+        <ArchivedTasks org={org} base={base} taskId={taskId} />
       </nav>
       <main class="task-pane" id="task-pane">
         {taskId ? (
@@ -82,6 +83,53 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
       </main>
       {creating && <NewTaskDialog org={org} onClose={() => setCreating(false)} />}
     </div>
+  );
+}
+
+/** Archived tasks, read when opened (they are not in the live list): each can be opened to read
+ * its transcript. Pages of 50, newest first. */
+function ArchivedTasks({ org, base, taskId }: { org: OrgSnapshot; base: string; taskId: string | null }) {
+  const [open, setOpen] = useState(false);
+  const [tasks, setTasks] = useState<TaskSummary[]>([]);
+  const [cursor, setCursor] = useState<string | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const load = async (after: string | null) => {
+    setBusy(true);
+    setError(null);
+    try {
+      const page = await api<{ tasks: TaskSummary[]; nextCursor: string | null }>(
+        "GET",
+        `/v1/organizations/${enc(org.organizationId)}/tasks?status=archived&limit=50${after ? `&cursor=${enc(after)}` : ""}`,
+      );
+      setTasks((before) => (after ? [...before, ...page.tasks] : page.tasks));
+      setCursor(page.nextCursor);
+    } catch (e) {
+      setError(errorText(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  useEffect(() => {
+    if (open) void load(null);
+  }, [open, org.organizationId]);
+  return (
+    <details class="archived-tasks" onToggle={(e) => setOpen((e.currentTarget as HTMLDetailsElement).open)}>
+      <summary class="muted small">Archived tasks</summary>
+      {error && <p class="error-note small" role="alert">{error}</p>}
+      {open && !busy && tasks.length === 0 && !error && <p class="muted small">No archived task.</p>}
+      <ul class="task-list">
+        {tasks.map((t) => (
+          <li key={t.taskId}>
+            <a href={`${base}/t/${encodeURIComponent(t.taskId)}`} onClick={linkClick} class={`task-row${t.taskId === taskId ? " selected" : ""}`} data-task-id={t.taskId} data-archived="true">
+              <span class="task-row-title">{t.title}</span>
+              <span class="task-row-meta muted small">{t.repoFullName}</span>
+            </a>
+          </li>
+        ))}
+      </ul>
+      {cursor && <button class="btn btn-small" disabled={busy} onClick={() => void load(cursor)}>{busy ? "Loading…" : "More"}</button>}
+    </details>
   );
 }
 
