@@ -50,13 +50,18 @@ def test_session_rename_and_close_show_live_in_another_window(people: People, sh
         )
     carol.screenshot(path=shots / "task-sessions-renamed.png")
 
-    # carol closes it: the tab goes away in both windows; the first session stays.
+    # carol closes it (after confirming): the tab goes away in both windows; the first session stays.
     carol.get_by_role("button", name="Close session Review notes").click()
+    confirm = carol.get_by_role("dialog", name="Close this session?")
+    confirm.get_by_role("button", name="Close session").click()
     for page in (alice, carol):
-        expect(page.locator(f"button[data-session-id='{session_id}']")).to_have_count(0, timeout=30_000)
+        open_tab = session_tabs(page).and_(page.locator(f"[data-session-id='{session_id}']"))
+        expect(open_tab).to_have_count(0, timeout=30_000)
         expect(session_tabs(page)).to_have_count(1)
-    # alice's page falls back to the open session: its transcript is shown.
-    expect(alice.get_by_role("log", name="Transcript")).to_contain_text("Working on: Sessions to rename")
+    # alice had it on screen: it stays, read-only, saying it was closed; it is listed as closed.
+    expect(alice.get_by_role("log", name="Transcript")).to_contain_text("Session closed.")
+    expect(alice.get_by_label("Message to the agent")).to_be_disabled()
+    expect(alice.get_by_text("Closed sessions (1)")).to_be_visible()
     assert alice.errors == []  # type: ignore[attr-defined]
     assert carol.errors == []  # type: ignore[attr-defined]
 

@@ -20,7 +20,7 @@ def test_a_pull_request_task_started_in_its_page_shows_its_session_without_a_rel
     page.get_by_role("button", name="+ New session").click()
     # The task became real: its own live topic now drives the page (it was refused while virtual).
     tabs = page.get_by_role("group", name="Agent sessions")
-    expect(tabs.get_by_role("button", name="Session 1")).to_be_visible(timeout=30_000)
+    expect(tabs.get_by_role("button", name="Session 1", exact=True)).to_be_visible(timeout=30_000)
     expect(task).not_to_have_attribute("data-status", "virtual", timeout=30_000)
     expect(page.get_by_label("Message to the agent")).to_be_enabled()
     assert page.errors == []  # type: ignore[attr-defined]
@@ -70,23 +70,36 @@ def test_closing_a_session_asks_first_and_its_transcript_stays_readable(people: 
     wait_idle(page)
     page.get_by_role("button", name="+ New session").click()
     tabs = page.get_by_role("group", name="Agent sessions")
-    expect(tabs.get_by_role("button", name="Session 2")).to_be_visible(timeout=30_000)
+    expect(tabs.get_by_role("button", name="Session 2", exact=True)).to_be_visible(timeout=30_000)
     composer = page.get_by_label("Message to the agent")
     composer.fill("unsent words")
     page.get_by_role("button", name="Close session Session 2").click()
     dialog = page.get_by_role("dialog", name="Close this session?")
     dialog.get_by_role("button", name="Keep it open").click()
-    expect(tabs.get_by_role("button", name="Session 2")).to_be_visible()
+    expect(tabs.get_by_role("button", name="Session 2", exact=True)).to_be_visible()
     page.get_by_role("button", name="Close session Session 2").click()
     page.get_by_role("dialog", name="Close this session?").get_by_role("button", name="Close session").click()
     # The closed session stays on screen, read-only, with what was being typed.
     expect(transcript(page)).to_contain_text("Session closed.", timeout=30_000)
     expect(composer).to_be_disabled()
     expect(composer).to_have_value("unsent words")
-    expect(tabs.get_by_role("button", name="Session 2")).to_have_count(0)
+    expect(tabs.get_by_role("button", name="Session 2", exact=True)).to_have_count(0)
     # Any closed session can be opened again to read.
-    tabs.get_by_role("button", name="Session 1").click()
+    tabs.get_by_role("button", name="Session 1", exact=True).click()
     page.get_by_text(re.compile(r"Closed sessions \(1\)")).click()
-    page.get_by_role("group", name="Closed sessions").get_by_role("button", name="Session 2").click()
+    closed = page.get_by_role("group", name="Closed sessions")
+    closed.get_by_role("button", name="Session 2", exact=True).click()
     expect(transcript(page)).to_contain_text("Session closed.")
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_signing_out_does_not_hand_the_page_to_the_next_person(people: People) -> None:
+    page = people.page("carol")
+    page.goto("/o/globex")
+    expect(page.get_by_role("navigation", name="Tasks")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/sign-in$"))
+    # alice is not in globex: she lands in her own workspace, not on "Page not found".
+    page.get_by_role("button", name=re.compile("Continue as alice")).click()
+    expect(page).to_have_url(re.compile(r"/o/acme$"))
+    expect(page.get_by_role("navigation", name="Tasks")).to_be_visible()

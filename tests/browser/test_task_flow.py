@@ -110,6 +110,11 @@ def test_task_from_prompt_to_archive(people: People, shots: Path) -> None:
     expect(page).to_have_url(re.compile(r"/o/acme$"), timeout=60_000)
     expect(page.locator(f"a[data-task-id='{task_id}']")).to_have_count(0)
 
+    # Archived, it is listed under Archived tasks, and its transcript stays readable (read-only).
+    page.get_by_text("Archived tasks").click()
+    page.locator(f"a[data-task-id='{task_id}'][data-archived=true]").click()
+    expect(log).to_contain_text("Working on: Write a", timeout=30_000)
+    expect(composer).to_be_disabled()
     # The task's audit entries record what happened.
     page.goto(f"/o/acme/t/{task_id}")
     page.get_by_role("tab", name="Activity").click()

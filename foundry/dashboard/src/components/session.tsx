@@ -258,13 +258,21 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running 
   const timer = useRef<number | undefined>(undefined);
   const saved = useRef(initialDraft);
 
-  const saveDraft = (value: string) => {
+  const latest = useRef(initialDraft);
+  const saveDraft = (value: string, delay = 500) => {
+    latest.current = value;
     window.clearTimeout(timer.current);
     timer.current = window.setTimeout(() => {
       if (value === saved.current) return;
+      const before = saved.current;
       saved.current = value;
-      api("PUT", `${sbase}/draft`, { text: value }).catch((e) => console.warn("draft not saved", e));
-    }, 500);
+      api("PUT", `${sbase}/draft`, { text: value }).catch((e) => {
+        // Offline, or the server restarting: try again until it is stored (the newest text only).
+        console.warn("draft not saved yet; retrying", e);
+        if (saved.current === value) saved.current = before;
+        if (latest.current === value) saveDraft(value, 3000);
+      });
+    }, delay);
   };
   useEffect(() => () => window.clearTimeout(timer.current), []);
 
@@ -286,6 +294,7 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running 
       await api("POST", `${sbase}/messages`, { text });
       setText("");
       saved.current = "";
+      latest.current = ""; // a draft save still retrying must not bring the sent text back
     } catch (e) {
       setError(errorText(e));
     } finally {

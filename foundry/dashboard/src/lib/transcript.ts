@@ -60,6 +60,7 @@ export class Transcript {
   usage: { used: number; size: number } | null = null;
   agentTitle: string | null = null;
   running = false;
+  private lastTurnError: string | null = null;
   private tools = new Map<string, Extract<Item, { kind: "tool" }>>();
   private permissions = new Map<string, Extract<Item, { kind: "permission" }>>();
 
@@ -123,11 +124,14 @@ export class Transcript {
       case "turnFailed":
         this.running = false;
         this.notice(key, "error", `The turn failed: ${d.error ?? "unknown error"}`);
+        this.lastTurnError = d.error ?? null;
         this.cancelPending();
         break;
       case "sessionStatus":
         this.running = d.status === "running";
-        if (d.status === "error" && d.error) this.notice(key, "error", `Session error: ${d.error}`);
+        // The session's error is usually the failed turn's, just shown: say it once.
+        if (d.status === "error" && d.error && d.error !== this.lastTurnError) this.notice(key, "error", `Session error: ${d.error}`);
+        if (d.status !== "error") this.lastTurnError = null;
         break;
       case "stopRequested":
         this.notice(key, "muted", d.turnRunning ? "Stop requested…" : "Stop requested (no turn was running).");

@@ -332,9 +332,9 @@ function SessionTabs({ detail, viewer, active, base, onPick, orgId, members }: {
       <div class="session-tabs" role="group" aria-label="Agent sessions">
         {open.map((s) => (
           <div key={s.sessionId} class={`session-tab${active?.sessionId === s.sessionId ? " active" : ""}`}>
-            <button aria-pressed={active?.sessionId === s.sessionId} class="session-tab-main" onClick={() => onPick(s.sessionId)} data-session-id={s.sessionId} title={s.name}>
+            <button aria-pressed={active?.sessionId === s.sessionId} class="session-tab-main" onClick={() => onPick(s.sessionId)} data-session-id={s.sessionId}>
               <span class={`dot status-${s.status}`} aria-hidden="true" />
-              <span class="session-tab-name">{s.name}</span>
+              <span class="session-tab-name" title={s.name}>{s.name}</span>
               {unread?.has(s.sessionId) && active?.sessionId !== s.sessionId && <span class="unread-dot" title="Unread"><span class="sr-only">(unread)</span></span>}
             </button>
             {!archived && (
@@ -354,8 +354,8 @@ function SessionTabs({ detail, viewer, active, base, onPick, orgId, members }: {
           <summary class="muted small">Closed sessions ({closed.length})</summary>
           <div class="session-tabs" role="group" aria-label="Closed sessions">
             {closed.map((s) => (
-              <button key={s.sessionId} class={`btn btn-small btn-ghost${active?.sessionId === s.sessionId ? " active" : ""}`} aria-pressed={active?.sessionId === s.sessionId} onClick={() => onPick(s.sessionId)} data-session-id={s.sessionId} title={s.name}>
-                <span class="session-tab-name">{s.name}</span>
+              <button key={s.sessionId} class={`btn btn-small btn-ghost${active?.sessionId === s.sessionId ? " active" : ""}`} aria-pressed={active?.sessionId === s.sessionId} onClick={() => onPick(s.sessionId)} data-session-id={s.sessionId}>
+                <span class="session-tab-name" title={s.name}>{s.name}</span>
               </button>
             ))}
           </div>
