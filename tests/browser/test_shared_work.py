@@ -90,6 +90,16 @@ def test_closing_a_session_asks_first_and_its_transcript_stays_readable(people: 
     closed = page.get_by_role("group", name="Closed sessions")
     closed.get_by_role("button", name="Session 2", exact=True).click()
     expect(transcript(page)).to_contain_text("Session closed.")
+    # The task's view is in the address (a reload or a link opens it), and the arrows move along.
+    page.get_by_role("tab", name="Changes").click()
+    expect(page).to_have_url(re.compile(r"\?tab=changes$"))
+    page.reload()
+    expect(page.get_by_role("tab", name="Changes")).to_have_attribute("aria-selected", "true")
+    page.get_by_role("tab", name="Changes").press("ArrowRight")
+    expect(page.get_by_role("tab", name="Files")).to_be_focused()
+    expect(page).to_have_url(re.compile(r"\?tab=files$"))
+    page.get_by_role("tab", name="Files").press("Home")
+    expect(page).to_have_url(re.compile(r"/t/[0-9a-f]+$"))
     assert page.errors == []  # type: ignore[attr-defined]
 
 

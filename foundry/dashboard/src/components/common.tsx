@@ -66,7 +66,11 @@ export function Modal({ title, onClose, children }: { title: string; onClose: ()
     const d = ref.current!;
     const previous = document.activeElement as HTMLElement | null;
     if (!d.open) d.showModal();
-    return () => previous?.focus?.();
+    // Start where the typing is (the first field), not on the dialog's close button.
+    d.querySelector<HTMLElement>(".modal-head ~ * input, .modal-head ~ * textarea, .modal-head ~ * select")?.focus();
+    return () => {
+      if (previous?.isConnected) previous.focus();
+    };
   }, []);
   return (
     <dialog

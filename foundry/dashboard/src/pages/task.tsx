@@ -107,12 +107,19 @@ function useMembers(orgId: string, memberCount: number): Map<string, Member> | n
 }
 
 type Tab = "agent" | "changes" | "files" | "activity";
+const TABS: Tab[] = ["agent", "changes", "files", "activity"];
 
 export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole: string; taskId: string; query: URLSearchParams }) {
   const virtual = org.taskSummaries.find((t) => t.taskId === taskId)?.isVirtual ?? false;
   const st = useTask(org.organizationId, taskId, virtual);
   const members = useMembers(org.organizationId, org.memberCount);
-  const [tab, setTab] = useState<Tab>((query.get("tab") as Tab) || "agent");
+  const asked = query.get("tab") as Tab | null;
+  const [tab, setTabState] = useState<Tab>(asked && TABS.includes(asked) ? asked : "agent");
+  // The view is in the address (a link or a reload opens it); the agent view is the plain URL.
+  const setTab = (t: Tab) => {
+    setTabState(t);
+    navigate(`${location.pathname}${t === "agent" ? "" : `?tab=${t}`}`, true);
+  };
   const [picked, setPicked] = useState<string | null>(null);
   if (st.state === "loading") return <p class="muted pad" aria-busy="true">Loading task…</p>;
   if (st.state === "notfound") return <NotFoundPage />;
@@ -132,9 +139,23 @@ export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole:
     <article class="task" aria-labelledby="task-title" data-status={detail.status}>
       <a class="back-link" href={`/o/${enc(org.organizationId)}`} onClick={linkClick}>← Tasks</a>
       <TaskHeader org={org} detail={detail} base={base} members={members} />
-      <div class="tabs" role="tablist" aria-label="Task views">
-        {(["agent", "changes", "files", "activity"] as Tab[]).map((t) => (
-          <button key={t} role="tab" id={`tab-${t}`} aria-selected={tab === t} aria-controls={`panel-${t}`} class="tab" onClick={() => setTab(t)}>
+      <div
+        class="tabs"
+        role="tablist"
+        aria-label="Task views"
+        onKeyDown={(e) => {
+          // The tabs pattern: arrows move between tabs, Home and End to the first and last.
+          const at = TABS.indexOf(tab);
+          const next = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: TABS.length - 1 }[e.key];
+          if (next === undefined) return;
+          e.preventDefault();
+          const t = TABS[(next + TABS.length) % TABS.length];
+          setTab(t);
+          document.getElementById(`tab-${t}`)?.focus();
+        }}
+      >
+        {TABS.map((t) => (
+          <button key={t} role="tab" id={`tab-${t}`} aria-selected={tab === t} aria-controls={`panel-${t}`} tabIndex={tab === t ? 0 : -1} class="tab" onClick={() => setTab(t)}>
             {{ agent: "Agent", changes: "Changes", files: "Files", activity: "Activity" }[t]}
           </button>
         ))}
