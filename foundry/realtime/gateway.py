@@ -379,23 +379,24 @@ class RealtimeGateway:
 
     # ----------------------------------------------------------------------------- access changes
 
-    def _recheck_access(self, topic: Topic) -> None:
-        """Hold every subscriber of ``topic`` until its access is checked again (who may read the
-        topic changed); a subscriber refused now is ended with an error frame.
+    def _recheck_access(self, name: str) -> None:
+        """Hold every subscriber of topic ``name`` until its access is checked again (who may read
+        the topic changed); a subscriber refused now is ended with an error frame.
 
         On ``organization:<org>`` the change is the member list's: every topic of that
-        organization (its billing, tasks and sessions, on whatever host) is checked again."""
-        topics = [topic]
-        if topic.name.startswith(ORGANIZATION_PREFIX):
-            organization_id = topic.route.ids[0]
-            topics = [
-                t
-                for pump in self._state.pumps.values()
-                for t in pump.topics.values()
-                if t.route.role != USER_ROLE and t.route.ids and t.route.ids[0] == organization_id
-            ]
-        for t in topics:
-            self._hold_for_recheck(t)
+        organization held here (its billing, tasks and sessions, on whatever host) is checked
+        again, whether or not anyone here follows the organization topic itself."""
+        organization_id = name[len(ORGANIZATION_PREFIX) :] if name.startswith(ORGANIZATION_PREFIX) else None
+        for pump in self._state.pumps.values():
+            for topic in pump.topics.values():
+                route = topic.route
+                if topic.name == name or (
+                    organization_id is not None
+                    and route.role != USER_ROLE
+                    and route.ids
+                    and route.ids[0] == organization_id
+                ):
+                    self._hold_for_recheck(topic)
 
     def _hold_for_recheck(self, topic: Topic) -> None:
         for sub in tuple(topic.subs):

@@ -42,12 +42,14 @@ class HostPumps:
     Args:
         state: the gateway's shared state.
         sync: serves the subscribers' snapshots and delivers their live events.
-        access_changed: called with a topic whose owner published `ACCESS_CHANGED_EVENT`, after
+        access_changed: called with the name of a topic whose owner published
+            `ACCESS_CHANGED_EVENT` (held by a subscriber here or not: a member's removal, published
+            on ``organization:<org>``, ends their task and session topics too), after
             that event was fanned out (`RealtimeGateway` re-checks its subscribers' access).
     """
 
     def __init__(
-        self, state: GatewayState, sync: SnapshotSync, access_changed: Callable[[Topic], None]
+        self, state: GatewayState, sync: SnapshotSync, access_changed: Callable[[str], None]
     ) -> None:
         self._state = state
         self._sync = sync
@@ -229,6 +231,8 @@ class HostPumps:
                 continue
             topic = topics.get(event.topic)
             if topic is None:
+                if event.event == ACCESS_CHANGED_EVENT:
+                    self._access_changed(event.topic)
                 continue
             topic.heard = True
             try:
@@ -251,4 +255,4 @@ class HostPumps:
                 else:
                     self._sync.deliver(sub, event.seq, text)
             if event.event == ACCESS_CHANGED_EVENT:
-                self._access_changed(topic)
+                self._access_changed(topic.name)

@@ -3,6 +3,7 @@ sandbox-agent running the demo agent, and a local bare repository as the GitHub 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from typing import Any
@@ -233,3 +234,48 @@ async def test_virtual_pull_request_task_materializes_on_first_interaction(tasks
         assert row["isVirtual"] is False
         detail = await wait_task(client, virtual["taskId"], idle_session)
         assert detail["provisioning"]["state"] == "ready"
+
+
+async def test_a_removed_member_loses_task_and_session_topics_without_following_the_organization(
+    tasks_server: TaskServer,
+):
+    """Access to a task's topics comes from membership of its organization: removed on GitHub, the
+    member's socket gets `forbidden` on them and nothing newer, even when it never subscribed to
+    the organization's own topic."""
+    async with tasks_server.signed_in("alice") as client, tasks_server.signed_in("carol") as carol:
+        created = await create_task(client, prompt="Private plans")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        await wait_task(client, task_id, idle_session)
+        task_topic = f"task:acme:{task_id}"
+        session_topic = f"session:acme:{task_id}:{session_id}"
+        async with tasks_server.websocket(client) as ws:
+            await ws.subscribe(task_topic)
+            await ws.subscribe(session_topic)
+            await ws.until(lambda f: f.get("topic") == task_topic and f.get("event") == "snapshot")
+            tasks_server.github.remove_member("acme", "alice")
+            removed = example("organization", "member_added")
+            removed["action"] = "member_removed"
+            removed["membership"]["user"].update(login="alice", id=5001)
+            removed["organization"]["login"] = "acme"
+            removed["installation"] = {"id": 1001}
+            github = GitHub(tasks_server)
+            try:
+                assert (await github.send("organization", removed))["status"] == "applied"
+            finally:
+                await github.aclose()
+            refused: dict[str, dict[str, Any]] = {}
+            while len(refused) < 2:
+                frame = await ws.next_frame()
+                if frame.get("op") == "error":
+                    refused[frame["topic"]] = frame
+            assert {t: f["error"] for t, f in refused.items()} == {
+                task_topic: "forbidden",
+                session_topic: "forbidden",
+            }
+            renamed = await carol.patch(
+                f"/v1/organizations/acme/tasks/{task_id}", json={"title": "Secret title"}
+            )
+            assert renamed.status_code == 200, renamed.text
+            await ws.ws.send(json.dumps({"op": "ping"}))
+            while (frame := await ws.next_frame()).get("op") != "pong":
+                assert "Secret title" not in json.dumps(frame), frame
