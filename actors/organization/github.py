@@ -229,6 +229,15 @@ def tell_tasks_of_pull_requests(ctx: CommandContext, changes: TaskRowChanges) ->
         ctx.send_after_commit(
             "task", key, "mirror_pull_request", pull, command_id=ctx.derived_id(f"mirror-pr:{task_id}")
         )
+    for task_id, entry in sorted(changes.pull_outcomes.items()):
+        # Merged, closed or reopened on GitHub: part of the task's history like what Foundry did.
+        ctx.send_after_commit(
+            "audit-log",
+            ctx.key,
+            "append",
+            {"kind": "task.pull_request_state", "taskId": task_id, "actorUserId": None, **entry},
+            command_id=ctx.derived_id(f"audit-pr-state:{task_id}"),
+        )
 
 
 async def _of_catalogued_repos(conn: AsyncConnection, pulls: list[PullState]) -> list[PullState]:

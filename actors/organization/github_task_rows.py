@@ -34,6 +34,8 @@ class TaskRowChanges:
     writes: int = 0
     #: Real (not virtual) tasks whose pull request changed: task id → the PR as the task shows it.
     real_pulls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Real tasks whose pull request changed state on GitHub: task id → the audit entry's fields.
+    pull_outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def wrote(self, task_id: str, count: int = 1) -> None:
         self.task_ids.add(task_id)
@@ -120,6 +122,12 @@ async def apply_pulls(
             if diff:
                 writes.set(real.task_id, diff)
                 changes.wrote(real.task_id)
+                if real.pr_number == p.number and real.pr_state != p.state:
+                    changes.pull_outcomes[real.task_id] = {
+                        "repoId": real.repo_id,
+                        "branchName": real.branch,
+                        "payload": {"number": p.number, "from": real.pr_state, "to": p.state},
+                    }
                 if set(diff) & {"pr_number", "pr_state", "pr_url", "pr_title"}:
                     changes.real_pulls[real.task_id] = {
                         "number": p.number,

@@ -3,6 +3,7 @@ sandbox-agent running the demo agent, and a local bare repository as the GitHub 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -144,6 +145,16 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
 
         shown = await ws.until(merged_shown)
         assert shown["data"]["pullRequest"]["number"] == pr["pullRequest"]["number"]
+        # ... and it is in the task's history.
+        for _ in range(100):
+            audit = (
+                await client.get("/v1/organizations/acme/audit-log", params={"taskId": task_id})
+            ).json()
+            outcomes = [e["payload"] for e in audit if e["kind"] == "task.pull_request_state"]
+            if outcomes:
+                break
+            await asyncio.sleep(0.05)
+        assert outcomes == [{"number": pr["pullRequest"]["number"], "from": "open", "to": "merged"}]
 
 
 async def test_websocket_resubscribe_with_since_gets_exactly_the_gap(tasks_server: TaskServer):
