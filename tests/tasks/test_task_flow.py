@@ -24,6 +24,16 @@ from tests.tasks.conftest import (
 )
 
 
+async def deliver(server: TaskServer, event: str, payload: dict[str, Any]) -> None:
+    """A signed delivery for acme's installation, through the webhook endpoint, applied."""
+    payload["installation"] = {"id": 1001}
+    github = GitHub(server)
+    try:
+        assert (await github.send(event, payload))["status"] == "applied"
+    finally:
+        await github.aclose()
+
+
 def git(remote, *args: str) -> str:
     return subprocess.run(
         ["git", "--git-dir", str(remote), *args], capture_output=True, text=True, check=True
@@ -130,12 +140,7 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
             number=pr["pullRequest"]["number"], merged=True, state="closed", updated_at="2030-01-01T00:00:00Z"
         )
         merged["pull_request"]["head"]["ref"] = created["branchName"]
-        merged["installation"] = {"id": 1001}
-        github = GitHub(tasks_server)
-        try:
-            assert (await github.send("pull_request", merged))["status"] == "applied"
-        finally:
-            await github.aclose()
+        await deliver(tasks_server, "pull_request", merged)
 
         def merged_shown(f: dict[str, Any]) -> bool:
             if f.get("topic") != task_topic:
@@ -268,12 +273,7 @@ async def test_a_removed_member_loses_task_and_session_topics_without_following_
             removed["action"] = "member_removed"
             removed["membership"]["user"].update(login="alice", id=5001)
             removed["organization"]["login"] = "acme"
-            removed["installation"] = {"id": 1001}
-            github = GitHub(tasks_server)
-            try:
-                assert (await github.send("organization", removed))["status"] == "applied"
-            finally:
-                await github.aclose()
+            await deliver(tasks_server, "organization", removed)
             refused: dict[str, dict[str, Any]] = {}
             while len(refused) < 2:
                 frame = await ws.next_frame()
