@@ -113,3 +113,19 @@ def test_signing_out_does_not_hand_the_page_to_the_next_person(people: People) -
     page.get_by_role("button", name=re.compile("Continue as alice")).click()
     expect(page).to_have_url(re.compile(r"/o/acme$"))
     expect(page.get_by_role("navigation", name="Tasks")).to_be_visible()
+
+
+def test_the_session_on_screen_stays_there_when_it_closes_however_it_was_reached(people: People) -> None:
+    page = people.page("alice")
+    page.goto("/o/acme")
+    task_id = open_new_task(page, "A note on the default session")
+    wait_idle(page)
+    page.goto(f"/o/acme/t/{task_id}")  # Session 1 is shown because it is the task's, not clicked
+    composer = page.get_by_label("Message to the agent")
+    composer.fill("typed before the close")
+    page.get_by_role("button", name="Close session Session 1").click()
+    page.get_by_role("dialog", name="Close this session?").get_by_role("button", name="Close session").click()
+    expect(transcript(page)).to_contain_text("Session closed.", timeout=30_000)
+    expect(transcript(page)).to_contain_text("Working on: A note on the default session")
+    expect(composer).to_have_value("typed before the close")
+    expect(composer).to_be_disabled()

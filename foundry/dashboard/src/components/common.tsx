@@ -66,10 +66,17 @@ export function Modal({ title, onClose, children }: { title: string; onClose: ()
     const d = ref.current!;
     const previous = document.activeElement as HTMLElement | null;
     if (!d.open) d.showModal();
-    // Start where the typing is (the first field), not on the dialog's close button.
-    d.querySelector<HTMLElement>(".modal-head ~ * input, .modal-head ~ * textarea, .modal-head ~ * select")?.focus();
+    // Start where the typing is (the first field), or on the first choice of a confirmation (the
+    // safe one comes first), not on the dialog's close button.
+    const first =
+      d.querySelector<HTMLElement>(".modal-head ~ * input, .modal-head ~ * textarea, .modal-head ~ * select") ??
+      d.querySelector<HTMLElement>(".actions button");
+    first?.focus();
     return () => {
-      if (previous?.isConnected) previous.focus();
+      // After the dialog has left the page (closing it moves focus to the body first).
+      window.setTimeout(() => {
+        if (previous?.isConnected) previous.focus();
+      }, 0);
     };
   }, []);
   return (

@@ -46,8 +46,9 @@ function useLoad<T>(url: string, version: number, ready: boolean): { data: T | n
   return { data, error, loading };
 }
 
-export function DiffView({ base, version, ready }: { base: string; version: number; ready: boolean }) {
+export function DiffView({ base, version, ready, archived = false }: { base: string; version: number; ready: boolean; archived?: boolean }) {
   const { data, error, loading } = useLoad<DiffAnswer>(`${base}/diff`, version, ready);
+  if (archived) return <p class="muted pad">This task is archived: its sandbox is gone, and with it the working copy. Its pushed branch and pull request are on GitHub.</p>;
   if (!ready) return <p class="muted pad">Changes appear once the sandbox is ready.</p>;
   if (error) return <ErrorNote error={error} />;
   if (!data) return <p class="muted pad" aria-busy={loading}>Loading changes…</p>;
@@ -124,8 +125,9 @@ function TreeList({ node }: { node: TreeNode }) {
   );
 }
 
-export function FilesView({ base, version, ready }: { base: string; version: number; ready: boolean }) {
+export function FilesView({ base, version, ready, archived = false }: { base: string; version: number; ready: boolean; archived?: boolean }) {
   const { data, error } = useLoad<{ paths: string[] }>(`${base}/files`, version, ready);
+  if (archived) return <p class="muted pad">This task is archived: its sandbox is gone, and with it the working copy.</p>;
   if (!ready) return <p class="muted pad">Files appear once the sandbox is ready.</p>;
   if (error) return <ErrorNote error={error} />;
   if (!data) return <p class="muted pad">Loading files…</p>;

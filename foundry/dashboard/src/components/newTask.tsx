@@ -2,7 +2,7 @@ import { useState } from "preact/hooks";
 import { api, enc, errorText } from "../lib/api";
 import { navigate } from "../lib/router";
 import type { OrgSnapshot } from "../org";
-import { config } from "../session";
+import { config, currentUserId } from "../session";
 import { Modal } from "./common";
 
 export function ModelSelect({ id, value, onChange, allowDefault, defaultLabel, disabled }: { id: string; value: string; onChange: (v: string) => void; allowDefault: boolean; defaultLabel?: string; disabled?: boolean }) {
@@ -22,22 +22,23 @@ export function agentOf(model: string): string | undefined {
   return config.modelGroups.find((g) => g.models.includes(model))?.agent;
 }
 
-/** What was typed into a dialog closed without creating (Escape, a stray click): kept per
- * organization for this tab, so reopening the dialog brings it back. */
+/** What was typed into a dialog closed without creating (Escape, a stray click): kept per user and
+ * organization for this tab, so reopening the dialog brings it back (to the same person only). */
 const unsent = new Map<string, { repoId: string; prompt: string; model: string; title: string; branch: string }>();
 
 export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () => void }) {
   // Archived repositories are read-only on GitHub: listed last, not offered by default.
   const repos = [...org.repos.filter((r) => !r.archived), ...org.repos.filter((r) => r.archived)];
-  const kept = unsent.get(org.organizationId);
+  const slot = `${currentUserId() ?? ""}:${org.organizationId}`;
+  const kept = unsent.get(slot);
   const [repoId, setRepoId] = useState(kept?.repoId ?? repos.find((r) => !r.archived)?.id ?? "");
   const [prompt, setPrompt] = useState(kept?.prompt ?? "");
   const [model, setModel] = useState(kept?.model ?? "");
   const [title, setTitle] = useState(kept?.title ?? "");
   const [branch, setBranch] = useState(kept?.branch ?? "");
   const close = () => {
-    if (prompt.trim() || title.trim() || branch.trim()) unsent.set(org.organizationId, { repoId, prompt, model, title, branch });
-    else unsent.delete(org.organizationId);
+    if (prompt.trim() || title.trim() || branch.trim()) unsent.set(slot, { repoId, prompt, model, title, branch });
+    else unsent.delete(slot);
     onClose();
   };
   const [busy, setBusy] = useState(false);
@@ -57,7 +58,7 @@ export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () 
     if (branch.trim()) body.branch = branch.trim();
     try {
       const created = await api<{ taskId: string }>("POST", `/v1/organizations/${enc(org.organizationId)}/tasks`, body);
-      unsent.delete(org.organizationId);
+      unsent.delete(slot);
       onClose();
       navigate(`/o/${enc(org.organizationId)}/t/${enc(created.taskId)}`);
     } catch (err) {

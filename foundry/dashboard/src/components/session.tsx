@@ -80,7 +80,7 @@ export function SessionPane({ orgId, taskId, session, base, draft, archived, tas
   const me = app.snapshot?.auth.currentUserId ?? null;
   // "You" for this viewer's own messages; everyone else's by their login.
   const author = (userId: string | null): string =>
-    userId === null ? "Someone" : userId === me ? "You" : members?.get(userId)?.login ?? "A former member";
+    userId === null ? "Someone" : userId === me ? "You" : members === null ? "A member" : members.get(userId)?.login ?? "A former member";
   return (
     <div class="session-pane">
       <TranscriptView model={model} sbase={sbase} author={author} />

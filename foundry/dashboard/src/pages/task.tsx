@@ -1,5 +1,5 @@
 // One task: header and actions, session tabs with the live transcript, changes, files, activity.
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useRef, useState } from "preact/hooks";
 import { Avatar, ErrorNote, Modal, PrBadge, StatusBadge } from "../components/common";
 import { AuditList } from "../components/audit";
 import { DiffView, FilesView } from "../components/diff";
@@ -121,6 +121,7 @@ export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole:
     navigate(`${location.pathname}${t === "agent" ? "" : `?tab=${t}`}`, true);
   };
   const [picked, setPicked] = useState<string | null>(null);
+  const shown = useRef<string | null>(null);
   if (st.state === "loading") return <p class="muted pad" aria-busy="true">Loading task…</p>;
   if (st.state === "notfound") return <NotFoundPage />;
   if (st.state === "error") return <p class="error-note pad" role="alert">{st.detail}</p>;
@@ -128,12 +129,15 @@ export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole:
   const open = detail.sessions.filter((s) => s.status !== "closed");
   // A closed session stays on screen for whoever had it open (read-only, their unsent text kept),
   // and any closed session can be opened again to read; an archived task shows its last session.
+  // The session on screen stays there when it closes, however the viewer came to it.
   const active =
     detail.sessions.find((s) => s.sessionId === picked) ??
+    detail.sessions.find((s) => s.sessionId === shown.current) ??
     open.find((s) => s.sessionId === viewer.activeSessionId) ??
     open[0] ??
     (detail.archivedAt !== null ? detail.sessions[detail.sessions.length - 1] : undefined) ??
     null;
+  shown.current = active?.sessionId ?? null;
   const base = `/v1/organizations/${enc(org.organizationId)}/tasks/${enc(taskId)}`;
   return (
     <article class="task" aria-labelledby="task-title" data-status={detail.status}>
@@ -164,8 +168,8 @@ export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole:
         {tab === "agent" && (
           <SessionTabs detail={detail} viewer={viewer} active={active} base={base} onPick={setPicked} orgId={org.organizationId} members={members} />
         )}
-        {tab === "changes" && <DiffView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} />}
-        {tab === "files" && <FilesView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} />}
+        {tab === "changes" && <DiffView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} archived={detail.archivedAt !== null} />}
+        {tab === "files" && <FilesView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} archived={detail.archivedAt !== null} />}
         {tab === "activity" && <AuditList orgId={org.organizationId} filters={{ taskId }} version={detail.updatedAt} compact />}
       </section>
     </article>
@@ -277,7 +281,7 @@ function TaskHeader({ org, detail, base, members: byId }: { org: OrgSnapshot; de
         </Modal>
       )}
       {renaming !== null && (
-        <Modal title="Rename task" onClose={() => setRenaming(null)}>
+        <Modal title="Rename task" onClose={() => { setRenaming(null); setError(null); }}>
           <form
             class="form"
             onSubmit={(e) => {
@@ -291,7 +295,7 @@ function TaskHeader({ org, detail, base, members: byId }: { org: OrgSnapshot; de
             </div>
             <ErrorNote error={error} />
             <div class="actions">
-              <button type="button" class="btn" onClick={() => setRenaming(null)}>Cancel</button>
+              <button type="button" class="btn" onClick={() => { setRenaming(null); setError(null); }}>Cancel</button>
               <button type="submit" class="btn btn-primary" disabled={!renaming.trim() || busy !== null}>{busy === "rename" ? "Renaming…" : "Rename"}</button>
             </div>
           </form>
