@@ -61,6 +61,33 @@ def _pr_columns(p: PullState) -> dict[str, Any]:
     }
 
 
+#: The columns of a task row that the task's own page shows (through ``mirror_pull_request``).
+_TASK_PULL_COLUMNS = {
+    "pr_number",
+    "pr_state",
+    "pr_url",
+    "pr_title",
+    "pr_head_sha",
+    "pr_author_login",
+    "pr_updated_at",
+    "ci_state",
+}
+
+
+def _task_pull(columns: dict[str, Any]) -> dict[str, Any]:
+    """The pull request as the task's ``mirror_pull_request`` takes it, from a row's columns."""
+    return {
+        "number": columns["pr_number"],
+        "url": columns["pr_url"],
+        "state": columns["pr_state"],
+        "title": columns["pr_title"],
+        "headSha": columns["pr_head_sha"],
+        "authorLogin": columns["pr_author_login"],
+        "updatedAt": columns["pr_updated_at"],
+        "ciState": columns["ci_state"],
+    }
+
+
 def changed_columns(row: Any, values: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``values`` that differ from ``row`` (every GitHub write compares first)."""
     return {k: v for k, v in values.items() if getattr(row, k) != v}
@@ -128,13 +155,8 @@ async def apply_pulls(
                         "branchName": real.branch,
                         "payload": {"number": p.number, "from": real.pr_state, "to": p.state},
                     }
-                if set(diff) & {"pr_number", "pr_state", "pr_url", "pr_title"}:
-                    changes.real_pulls[real.task_id] = {
-                        "number": p.number,
-                        "url": p.url,
-                        "state": p.state,
-                        "title": p.title,
-                    }
+                if set(diff) & _TASK_PULL_COLUMNS:
+                    changes.real_pulls[real.task_id] = _task_pull({**real._asdict(), **_pr_columns(p)})
             shadow = by_id.get(vid)
             if shadow is not None and shadow.is_virtual and shadow.archived_at is None:
                 # The real task now carries this PR: its virtual twin leaves the sidebar.
@@ -210,7 +232,10 @@ async def _rows_of_pulls(
 async def apply_ci(conn: AsyncConnection, ci: list[CiChange], changes: TaskRowChanges) -> None:
     """Set the CI state of each pull request's rows, unless it is of a commit no longer the head."""
     by_pull = await _rows_of_pulls(
-        conn, {(c.repo_id, c.number) for c in ci}, task_summaries.c.pr_head_sha, task_summaries.c.ci_state
+        conn,
+        {(c.repo_id, c.number) for c in ci},
+        task_summaries.c.is_virtual,
+        *(task_summaries.c[name] for name in sorted(_TASK_PULL_COLUMNS - {"pr_number"})),
     )
     current = {r.task_id: r.ci_state for rows in by_pull.values() for r in rows}
     writes = _RowWrites()
@@ -222,6 +247,8 @@ async def apply_ci(conn: AsyncConnection, ci: list[CiChange], changes: TaskRowCh
                 current[row.task_id] = c.state
                 writes.set(row.task_id, {"ci_state": c.state})
                 changes.wrote(row.task_id)
+                if not row.is_virtual:
+                    changes.real_pulls[row.task_id] = _task_pull({**row._asdict(), "ci_state": c.state})
     await writes.flush(conn)
 
 

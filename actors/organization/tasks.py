@@ -430,6 +430,10 @@ async def handle_materialize_task(ctx: CommandContext, cmd: MaterializeTask) -> 
             "url": row.pr_url,
             "state": row.pr_state,
             "title": row.pr_title,
+            "headSha": row.pr_head_sha,
+            "authorLogin": row.pr_author_login,
+            "updatedAt": row.pr_updated_at,
+            "ciState": row.ci_state,
         }
     body = _initialize_body(
         ctx.key,

@@ -102,6 +102,10 @@ class MirrorPullRequest(BaseModel):
     url: str | None = Field(default=None, max_length=2000)
     state: Literal["open", "draft", "closed", "merged"]
     title: str = Field(max_length=1000)
+    head_sha: str | None = Field(default=None, alias="headSha", max_length=64)
+    author_login: str | None = Field(default=None, alias="authorLogin", max_length=100)
+    updated_at: str | None = Field(default=None, alias="updatedAt", max_length=40)
+    ci_state: Literal["pending", "success", "failure", "error"] | None = Field(default=None, alias="ciState")
 
 
 class ChangeOwner(BaseModel):

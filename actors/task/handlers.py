@@ -156,6 +156,10 @@ async def handle_initialize(ctx: CommandContext, cmd: Initialize) -> dict[str, A
             pr_url=pr.get("url"),
             pr_state=pr.get("state"),
             pr_title=pr.get("title"),
+            pr_head_sha=pr.get("headSha"),
+            pr_author_login=pr.get("authorLogin"),
+            pr_updated_at=pr.get("updatedAt"),
+            ci_state=pr.get("ciState"),
             created_at=now,
             updated_at=now,
             archived_at=early.archived_at if early is not None else None,
@@ -414,10 +418,20 @@ async def handle_rename(ctx: CommandContext, cmd: Rename) -> dict[str, Any]:
 
 
 async def handle_mirror_pull_request(ctx: CommandContext, cmd: MirrorPullRequest) -> dict[str, Any]:
-    """Show the pull request as GitHub has it now (merged, closed, reopened, retitled), archived
-    task or not: its page and everyone on its topic see the change at once."""
+    """Show the pull request as GitHub has it now (merged, closed, reopened, retitled, a new head
+    commit, its CI), archived task or not: its page and everyone on its topic see the change at
+    once."""
     row = await require_task(ctx.conn, ctx.key)
-    values = {"pr_number": cmd.number, "pr_url": cmd.url, "pr_state": cmd.state, "pr_title": cmd.title}
+    values = {
+        "pr_number": cmd.number,
+        "pr_url": cmd.url,
+        "pr_state": cmd.state,
+        "pr_title": cmd.title,
+        "pr_head_sha": cmd.head_sha,
+        "pr_author_login": cmd.author_login,
+        "pr_updated_at": cmd.updated_at,
+        "ci_state": cmd.ci_state,
+    }
     if any(getattr(row, column) != value for column, value in values.items()):
         await ctx.conn.execute(task.update().where(task.c.id == 1).values(**values))
         await refresh(ctx, ctx.conn)

@@ -48,6 +48,12 @@ task = sa.Table(
     sa.Column("pr_url", sa.String, nullable=True),
     sa.Column("pr_state", sa.String, nullable=True),
     sa.Column("pr_title", sa.String, nullable=True),
+    # Mirrored from GitHub by the organization, so the task's own topic shows a new head commit
+    # (a push, a force push) and its CI as they happen, like the organization's list does.
+    sa.Column("pr_head_sha", sa.String, nullable=True),
+    sa.Column("pr_author_login", sa.String, nullable=True),
+    sa.Column("pr_updated_at", sa.String, nullable=True),
+    sa.Column("ci_state", sa.String, nullable=True),
     sa.Column("pushed_sha", sa.String, nullable=True),
     sa.Column("pushed_at", sa.Integer, nullable=True),
     # The last summary pushed to the organization, to push only real changes.

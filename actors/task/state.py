@@ -344,7 +344,15 @@ def session_json(
 def pull_request_json(row: sa.Row[Any]) -> dict[str, Any] | None:
     if row.pr_number is None:
         return None
-    return {"number": row.pr_number, "url": row.pr_url, "state": row.pr_state, "title": row.pr_title}
+    return {
+        "number": row.pr_number,
+        "url": row.pr_url,
+        "state": row.pr_state,
+        "title": row.pr_title,
+        "authorLogin": row.pr_author_login,
+        "headSha": row.pr_head_sha,
+        "updatedAt": row.pr_updated_at,
+    }
 
 
 async def build_detail(conn: AsyncConnection, row: sa.Row[Any]) -> dict[str, Any]:
@@ -375,6 +383,7 @@ async def build_detail(conn: AsyncConnection, row: sa.Row[Any]) -> dict[str, Any
         "lastError": row.last_error,
         "owner": {"userId": row.owner_user_id, "login": row.owner_login},
         "pullRequest": pull_request_json(row),
+        "ciState": row.ci_state,
         "pushedSha": row.pushed_sha,
         "pushedAt": row.pushed_at,
         "sessions": [
@@ -389,6 +398,12 @@ async def build_detail(conn: AsyncConnection, row: sa.Row[Any]) -> dict[str, Any
     }
 
 
+def _own_pull_request(pull: dict[str, Any] | None) -> dict[str, Any] | None:
+    if pull is None:
+        return None
+    return {k: pull[k] for k in ("number", "url", "state", "title")}
+
+
 def summary_from_detail(detail: dict[str, Any]) -> dict[str, Any]:
     """What the task pushes to the organization's ``task_summaries`` row."""
     return {
@@ -400,7 +415,8 @@ def summary_from_detail(detail: dict[str, Any]) -> dict[str, Any]:
         "ownerUserId": detail["owner"]["userId"],
         "ownerLogin": detail["owner"]["login"],
         "archived": detail["archivedAt"] is not None,
-        "pullRequest": detail["pullRequest"],
+        # What the task itself decided (the PR it opened); the rest is the organization's mirror.
+        "pullRequest": _own_pull_request(detail["pullRequest"]),
         "sessions": [
             {
                 "sessionId": s["sessionId"],

@@ -132,6 +132,34 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
             "task.pull_request_created",
         } <= kinds
 
+        # A push GitHub saw (a force push, say) moves the PR's head: the task's own topic shows the
+        # new head commit, and then its CI, as the organization's list does.
+        new_head = "f" * 40
+        pushed = owned_by(example("pull_request", "synchronize"), "acme")
+        pushed["repository"].update(id=int(ACME_ROCKET), name="rocket", full_name="acme/rocket")
+        pushed["number"] = pr["pullRequest"]["number"]
+        pushed["pull_request"].update(
+            number=pr["pullRequest"]["number"], state="open", merged=False, updated_at="2029-01-01T00:00:00Z"
+        )
+        pushed["pull_request"]["head"].update(ref=created["branchName"], sha=new_head)
+        await deliver(tasks_server, "pull_request", pushed)
+
+        def task_frame(f: dict[str, Any]) -> dict[str, Any] | None:
+            data = f.get("data")
+            return data if f.get("topic") == task_topic and isinstance(data, dict) else None
+
+        def head_of(f: dict[str, Any]) -> str | None:
+            return ((task_frame(f) or {}).get("pullRequest") or {}).get("headSha")
+
+        moved = await ws.until(lambda f: head_of(f) == new_head)
+        assert moved["data"]["pullRequest"]["updatedAt"] == "2029-01-01T00:00:00Z"
+        status = owned_by(example("status"), "acme")
+        status["repository"].update(id=int(ACME_ROCKET), name="rocket", full_name="acme/rocket")
+        status.update(sha=new_head, state="success", context="ci/tests")
+        await deliver(tasks_server, "status", status)
+        await ws.until(lambda f: (task_frame(f) or {}).get("ciState") == "success")
+        assert (await task_detail(client, task_id))["pullRequest"]["headSha"] == new_head
+
         # Merged on GitHub: whoever has the task open sees it on the task's own topic at once.
         merged = owned_by(example("pull_request", "closed"), "acme")
         merged["repository"].update(id=int(ACME_ROCKET), name="rocket", full_name="acme/rocket")
