@@ -104,7 +104,10 @@ async def handle_apply_github_sync(ctx: CommandContext, cmd: ApplyGitHubSync) ->
     if batch.get("members") is not None and current.kind == "organization":
         team = [MemberState.model_validate(m) for m in batch["members"]]
         members_changed = await replace_members(ctx, team, now, "github_sync")
-    await apply_pulls(ctx.conn, _valid_rows(ctx.key, PullState, batch["pulls"], "pull request"), now, changes)
+    # A repository that left the installation takes its pull requests out of reach, not closed on
+    # GitHub: its archived rows keep them as last seen (the mirror's "closed" is its own bookkeeping).
+    pulls = _valid_rows(ctx.key, PullState, batch["pulls"], "pull request")
+    await apply_pulls(ctx.conn, await _of_catalogued_repos(ctx.conn, pulls), now, changes)
     await ctx.conn.execute(
         profile.update()
         .where(profile.c.id == 1)

@@ -368,6 +368,10 @@ async def test_repository_events_keep_the_catalog_current(
     await asyncio.sleep(1.0)  # the organization applies what github-data recorded a moment later
     assert await archived_task()
     assert HELLO_WORLD_ID not in await repos()
+    # Archived with its pull request as GitHub last showed it: nobody closed it.
+    assert (await github.task(TASK))["pullRequest"]["state"] == "open"
+    listed = (await acme.get("/v1/organizations/acme/tasks", params={"status": "archived"})).json()["tasks"]
+    assert [t["pullRequest"]["state"] for t in listed if t["taskId"] == TASK] == ["open"]
     # Why it cannot be started says what happened: its pull request was not closed on GitHub.
     refused = await acme.post(f"/v1/organizations/acme/tasks/{TASK}/sessions", json={})
     assert refused.status_code == 409, refused.text
@@ -423,3 +427,39 @@ async def test_ping_and_unused_events_are_recorded(
     assert "not used" in recorded["reason"]
     labeled = await github.send("pull_request", pr_hook("labeled", 9))
     assert labeled["status"] == "applied"  # any PR action keeps the mirror current
+
+
+async def test_a_repository_taken_from_the_app_keeps_its_pull_requests_as_last_seen(
+    server: Server, github: GitHub
+) -> None:
+    """Taking a repository out of the installation closes none of its pull requests on GitHub: its
+    archived tasks keep showing them open, after the webhook and after a full sync alike."""
+    fake = server.github
+    fake.add_installation(957387, "Codertocat", "User", account_id=21031067)
+    fake.add_repo(957387, "Codertocat", "Hello-World", id=186853002)
+    fake.add_pull("Codertocat/Hello-World", 2, "Update the README with new information.", "changes")
+    assert (await github.send("installation", example("installation", "created"), key="personal-codertocat"))[
+        "status"
+    ] == "applied"
+    org = "personal-codertocat"
+
+    async def open_and_archived() -> bool:
+        row = await github.task(TASK, org) or {}
+        return row.get("archivedAt") is not None and row["pullRequest"]["state"] == "open"
+
+    await eventually(lambda: github.task(TASK, org), what="the pull request's task")
+    fake.set_repo_installation("Codertocat/Hello-World", None)
+    removed = example("installation_repositories", "removed")
+    removed["installation"].update(id=957387, account=created_account(example("installation", "created")))
+    removed["repositories_removed"] = [
+        {"id": 186853002, "name": "Hello-World", "full_name": "Codertocat/Hello-World", "private": False}
+    ]
+    assert (await github.send("installation_repositories", removed, key=org))["status"] == "applied"
+    await eventually(open_and_archived, what="the task archived with its pull request open")
+    await github.sync(org)
+    assert (await github.organization(org))["repos"] == []
+    assert await open_and_archived()
+
+
+def created_account(installation_created: dict[str, Any]) -> dict[str, Any]:
+    return dict(installation_created["installation"]["account"])

@@ -244,6 +244,11 @@ class FakeState:
             self._world.pulls.setdefault(repo.full_name, {})
             return repo.id
 
+    def set_repo_installation(self, full_name: str, installation_id: int | None) -> None:
+        """Give the repository to another installation (``None``: taken out of the App's reach)."""
+        with self._lock:
+            self._world.repos[full_name].installation_id = installation_id
+
     def add_pull(
         self,
         repo_full_name: str,
