@@ -230,10 +230,16 @@ async def test_an_unexpected_error_is_a_json_500_and_keeps_the_connection(
 # ------------------------------------------------------------------------------------------ websocket
 
 HOSTILE_FRAMES: list[tuple[str, str | bytes, str]] = [
-    ("since_2_64", json.dumps({"op": "subscribe", "topic": "organization:acme", "since": 2**64}),
-     "invalid_input"),
-    ("since_2_63", json.dumps({"op": "subscribe", "topic": "organization:acme", "since": 2**63}),
-     "invalid_input"),
+    (
+        "since_2_64",
+        json.dumps({"op": "subscribe", "topic": "organization:acme", "since": 2**64}),
+        "invalid_input",
+    ),
+    (
+        "since_2_63",
+        json.dumps({"op": "subscribe", "topic": "organization:acme", "since": 2**63}),
+        "invalid_input",
+    ),
     ("since_float", '{"op":"subscribe","topic":"organization:acme","since":1.5}', "invalid_input"),
     ("since_nan", '{"op":"subscribe","topic":"organization:acme","since":NaN}', "bad_json"),
     ("since_negative", '{"op":"subscribe","topic":"organization:acme","since":-1}', "invalid_input"),

@@ -180,9 +180,7 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
         assert shown["data"]["pullRequest"]["number"] == pr["pullRequest"]["number"]
         # ... and it is in the task's history.
         for _ in range(100):
-            audit = (
-                await client.get("/v1/organizations/acme/audit-log", params={"taskId": task_id})
-            ).json()
+            audit = (await client.get("/v1/organizations/acme/audit-log", params={"taskId": task_id})).json()
             outcomes = [e["payload"] for e in audit if e["kind"] == "task.pull_request_state"]
             if outcomes:
                 break
