@@ -92,7 +92,9 @@ async def handle_sync_from_github(ctx: CommandContext, cmd: SyncFromGitHub) -> d
             command_id=ctx.derived_id("installation"),
         )
     await publish_header(ctx, ctx.conn)
-    return {"organizationId": ctx.key, "created": existing is None}
+    # The name its admins chose in Settings (GitHub's only until then): what each member's list shows.
+    display_name = existing.display_name if existing is not None else cmd.display_name
+    return {"organizationId": ctx.key, "created": existing is None, "displayName": display_name}
 
 
 async def handle_update_settings(ctx: CommandContext, cmd: UpdateSettings) -> dict[str, Any]:

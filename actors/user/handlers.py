@@ -110,7 +110,7 @@ async def _discover(ctx: InstanceContext) -> list[dict[str, Any]]:
                 {"userGithubId": m.id, "login": m.login, "avatarUrl": m.avatar_url, "role": m.role}
                 for m in await github.list_org_members(installation.id, login)
             ]
-        await ctx.actor("organization", org_id).send(
+        synced = await ctx.actor("organization", org_id).send(
             "sync_from_github",
             {
                 "kind": kind,
@@ -127,7 +127,6 @@ async def _discover(ctx: InstanceContext) -> list[dict[str, Any]]:
         )
         role = next((m["role"] for m in members if m["userGithubId"] == viewer.id), None)
         if role is not None:
-            found.append(
-                {"id": org_id, "displayName": display_name, "kind": kind, "role": role, "avatarUrl": avatar}
-            )
+            name = (synced.get("displayName") if isinstance(synced, dict) else None) or display_name
+            found.append({"id": org_id, "displayName": name, "kind": kind, "role": role, "avatarUrl": avatar})
     return found

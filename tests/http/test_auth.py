@@ -134,3 +134,17 @@ async def test_an_organization_is_reachable_the_moment_sign_in_answers(server: S
         assert "not found" in missing.json()["detail"]
     server.github.latency = 0.0
     await server.github_settled(["acme", "globex"])
+
+
+async def test_each_members_organization_list_uses_the_name_chosen_in_settings(server: Server) -> None:
+    async with server.signed_in("carol") as carol:
+        original = (await carol.get("/v1/organizations/acme")).json()["settings"]["displayName"]
+        renamed = await carol.patch("/v1/organizations/acme/settings", json={"displayName": "Acme Rockets"})
+        assert renamed.status_code == 200, renamed.text
+        try:
+            # The next discovery of any member (a sign-in, a refresh) lists the chosen name.
+            async with server.signed_in("alice") as alice:
+                app = (await alice.get("/v1/app")).json()
+            assert {o["id"]: o["displayName"] for o in app["organizations"]} == {"acme": "Acme Rockets"}
+        finally:
+            await carol.patch("/v1/organizations/acme/settings", json={"displayName": original})

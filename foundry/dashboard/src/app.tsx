@@ -82,7 +82,7 @@ function OrgLayout({ snap, orgId, rest, query }: { snap: AppSnapshot; orgId: str
     else if (rest === "/billing") body = <BillingPage org={view.org} viewerRole={view.viewerRole} query={query} />;
     else body = <NotFoundPage />;
   }
-  return <Shell snap={snap} org={view.state === "ready" ? orgId : null} section={rest.startsWith("/settings") ? "settings" : rest.startsWith("/billing") ? "billing" : "workspace"}>{body}</Shell>;
+  return <Shell snap={snap} org={view.state === "ready" ? orgId : null} name={view.state === "ready" ? view.org.profile.displayName : undefined} section={rest.startsWith("/settings") ? "settings" : rest.startsWith("/billing") ? "billing" : "workspace"}>{body}</Shell>;
 }
 
 function SyncingOrg() {
@@ -94,7 +94,7 @@ function SyncingOrg() {
   );
 }
 
-function Shell({ snap, org, section, children }: { snap: AppSnapshot; org: string | null; section?: string; children: any }) {
+function Shell({ snap, org, name, section, children }: { snap: AppSnapshot; org: string | null; name?: string; section?: string; children: any }) {
   const user = snap.user;
   const current = snap.organizations.find((o) => o.id === org);
   return (
@@ -113,7 +113,8 @@ function Shell({ snap, org, section, children }: { snap: AppSnapshot; org: strin
             }}
           >
             <option value="">Choose organization…</option>
-            {snap.organizations.map((o) => <option key={o.id} value={o.id}>{o.displayName}</option>)}
+            {/* The organization on screen by its live name (a rename in Settings shows at once). */}
+            {snap.organizations.map((o) => <option key={o.id} value={o.id}>{o.id === org && name ? name : o.displayName}</option>)}
           </select>
         </div>
         {current && (

@@ -43,11 +43,24 @@ export async function api<T>(method: string, path: string, body?: unknown): Prom
   }
   if (!res.ok) {
     const err = data as { error?: string; detail?: string } | null;
-    const failure = new ApiError(res.status, err?.error ?? "error", err?.detail ?? `HTTP ${res.status}`, data);
+    const detail = typeof err?.detail === "string" && err.detail ? err.detail : statusText(res.status, res.statusText);
+    const failure = new ApiError(res.status, err?.error ?? "error", detail, data);
     if (res.status === 401 && unauthorized && !path.startsWith("/v1/auth/mock")) unauthorized();
     throw failure;
   }
   return data as T;
+}
+
+/** What a failure without Foundry's JSON body means to the person (a proxy's page, a crash). */
+function statusText(status: number, reason: string): string {
+  const code = `HTTP ${status}${reason ? ` ${reason}` : ""}`;
+  if (status === 502 || status === 503 || status === 504) {
+    return `Foundry is not answering right now (${code}). Nothing was lost; try again in a moment.`;
+  }
+  if (status >= 500) return `Foundry failed to answer (${code}). Try again; if it keeps failing, tell your administrator.`;
+  if (status === 413) return `That is too large for Foundry to accept (${code}).`;
+  if (status === 429) return `Too many requests (${code}). Wait a moment and try again.`;
+  return `The request was refused (${code}).`;
 }
 
 export function errorText(e: unknown): string {

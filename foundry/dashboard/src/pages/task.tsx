@@ -37,6 +37,8 @@ export interface TaskDetail {
   defaultBranch: string | null;
   owner: { userId: string | null; login: string | null };
   pullRequest: { number: number; url: string | null; state: string | null; title?: string | null } | null;
+  /** Waiting for a sandbox slot: its place in the line (1 = next) and why it waits. */
+  sandboxQueue?: { position: number; reason: string | null } | null;
   sessions: SessionInfo[];
   updatedAt: number;
   archivedAt: number | null;
@@ -115,6 +117,10 @@ export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole:
   const members = useMembers(org.organizationId, org.memberCount);
   const asked = query.get("tab") as Tab | null;
   const [tab, setTabState] = useState<Tab>(asked && TABS.includes(asked) ? asked : "agent");
+  useEffect(() => {
+    // A view that does not exist (an old or mistyped link) opens the agent view: say so in the address.
+    if (asked !== null && !TABS.includes(asked)) navigate(location.pathname, true);
+  }, [asked]);
   // The view is in the address (a link or a reload opens it); the agent view is the plain URL.
   const setTab = (t: Tab) => {
     setTabState(t);
@@ -242,6 +248,12 @@ function TaskHeader({ org, detail, base, members: byId }: { org: OrgSnapshot; de
         {detail.pullRequest && <> · <PrBadge pr={detail.pullRequest} /></>}
       </p>
       {detail.error && <p class="error-note" role="alert" data-testid="task-error">{detail.error}</p>}
+      {detail.sandboxQueue && !archived && (
+        <p class="muted" role="status" data-testid="sandbox-queue">
+          In line for a sandbox ({detail.sandboxQueue.position <= 1 ? "next" : `number ${detail.sandboxQueue.position}`})
+          {detail.sandboxQueue.reason ? `: ${detail.sandboxQueue.reason}` : ""}. It starts on its own when one is free.
+        </p>
+      )}
       <div class="task-actions">
         <div class="owner-field">
           <Avatar url={members?.find((m) => m.userId === detail.owner.userId)?.avatarUrl} login={detail.owner.login} />
