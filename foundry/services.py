@@ -156,21 +156,20 @@ def sandbox_jail_policy(settings: Settings) -> Any:
     """How sandboxes are isolated (`foundry.drivers.sandbox.jail.JailPolicy`) under ``settings``.
 
     Besides the system, a jail sees read-only the files that its agent launchers name (the provider
-    finds them), and in mock mode the local git remotes read-write: they stand in for GitHub, which a
-    real sandbox reaches over the network.
+    finds them), and in mock mode its organization's local git remotes read-write: they stand in for
+    GitHub, which a real sandbox reaches over the network.
     """
     from foundry.drivers.sandbox.jail import JailPolicy
 
-    shared: list[Path] = []
+    remotes: Path | None = None
     if settings.mode == "mock":
         remotes = settings.data_dir / "mock-remotes"
         remotes.mkdir(parents=True, exist_ok=True)
-        shared.append(remotes)
     network = settings.sandbox_network
     return JailPolicy(
         isolation=settings.sandbox.isolation,
         network=network,
-        shared=tuple(shared),
+        accounts_root=remotes,
         bwrap=settings.sandbox.bwrap,
         pasta=settings.sandbox.pasta,
         egress_allow=tuple(settings.sandbox.egress_allow),

@@ -170,7 +170,10 @@ async def release_seat(ctx: InstanceContext, cmd: ReleaseSeat) -> dict[str, Any]
     assert_real_organization(ctx.key)
     async with ctx.write() as conn:
         seat = (
-            await conn.execute(sa.select(billing_seats).where(billing_seats.c.login == cmd.login))
+            # GitHub logins are case-insensitive: ALICE is alice.
+            await conn.execute(
+                sa.select(billing_seats).where(sa.func.lower(billing_seats.c.login) == cmd.login.lower())
+            )
         ).first()
         if seat is None:
             raise NotFound(f"{cmd.login!r} holds no seat in {ctx.key!r}")
@@ -180,7 +183,7 @@ async def release_seat(ctx: InstanceContext, cmd: ReleaseSeat) -> dict[str, Any]
         await record_seat_change(ctx, conn, "released", seat.user_id, seat.login, used, row, cmd.user_id)
         await publish_billing(ctx, conn)
         kick_seat_sync_after_commit(ctx)
-    return {"released": cmd.login, "seatsUsed": used}
+    return {"released": seat.login, "seatsUsed": used}
 
 
 # ------------------------------------------------------------------------------------------ checkout
@@ -241,6 +244,7 @@ async def start_checkout(ctx: InstanceContext, cmd: StartCheckout) -> dict[str, 
         success_url=cmd.success_url,
         cancel_url=cmd.cancel_url,
         idempotency_key=f"{ctx.key}:checkout:{uuid.uuid4().hex}",
+        started_by=cmd.user_id,
     )
     async with ctx.write() as conn:
         await conn.execute(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -133,6 +134,8 @@ async def apply_subscription(
         )
         return "ignored"
     sub_created = int(sub.get("created") or 0)
+    # A subscription Foundry has not applied yet (the first, or a new one after a cancellation).
+    new_subscription = sub_id != row.subscription_id
     if row.subscription_id and sub_id != row.subscription_id:
         if row.sub_created is not None and sub_created < row.sub_created:
             return "stale"  # an older subscription than the one in force
@@ -144,12 +147,27 @@ async def apply_subscription(
         stored = row.sub_state_created or 0
         if created < stored or (created == stored and kind == "created"):
             return "stale"
+    if actor is None and new_subscription:
+        # Stripe's webhook of a new subscription comes before the admin's browser is back from
+        # Checkout: the admin who started it is named in the subscription itself.
+        metadata = sub.get("metadata")
+        started_by = metadata.get("startedBy") if isinstance(metadata, dict) else None
+        actor = started_by if isinstance(started_by, str) and len(started_by) <= 200 else None
     stripe_status = str(sub.get("status") or "active")
     status = _STATUS.get(stripe_status, "past_due")
     if kind == "deleted":
         status = "canceled"
     elif status in ("active", "trialing") and sub.get("cancel_at_period_end"):
         status = "scheduled_cancel"
+    cancel_at = _ms(sub.get("cancel_at")) if status != "canceled" else None
+    # (A deletion is final whatever else that second said.)
+    stored_second = row.sub_state_created or 0
+    same_second = not new_subscription and kind not in ("observed", "deleted") and created == stored_second
+    if same_second and (status, cancel_at) != (row.status, row.cancel_at):
+        # Two states of one second (Stripe's times are whole seconds) that disagree, say a cancel
+        # and its undo: which is newer is unknown, so Stripe is asked for the subscription as it is.
+        reread_subscription_soon(ctx, sub_id)
+        return "ambiguous"
     item = _item(sub)
     now = ctx.now_ms()
     values: dict[str, Any] = {
@@ -160,10 +178,10 @@ async def apply_subscription(
         "price_id": (item.get("price") or {}).get("id")
         if isinstance(item.get("price"), dict)
         else row.price_id,
-        "paid_seats": await _paid_seats(conn, now, row, item),
+        "paid_seats": await _paid_seats(conn, now, row, item, new_subscription),
         "current_period_end": _ms(item.get("current_period_end") or sub.get("current_period_end")),
         "trial_end": _ms(sub.get("trial_end")),
-        "cancel_at": _ms(sub.get("cancel_at")) if status != "canceled" else None,
+        "cancel_at": cancel_at,
         "sub_state_created": created,
         "sub_created": sub_created,
         # A canceled subscription never comes back (Stripe starts a new one), whoever reported it.
@@ -201,8 +219,8 @@ async def apply_subscription(
             f"plan:{sub_id}:{created}:{kind}:{status}",
             actor,
         )
-    if row.subscription_item_id is None and values["subscription_item_id"] and status != "canceled":
-        # The first subscription state: seats taken since checkout started need Stripe's quantity.
+    if new_subscription and values["subscription_item_id"] and status != "canceled":
+        # A subscription's first state: seats taken since its checkout started need Stripe's quantity.
         await _catch_up_quantity(ctx, conn, values)
     return "applied"
 
@@ -256,18 +274,23 @@ async def apply_invoice(
     return "applied" if done.rowcount else "stale"
 
 
-async def _paid_seats(conn: AsyncConnection, now_ms: int, row: Any, item: dict[str, Any]) -> int | None:
+async def _paid_seats(
+    conn: AsyncConnection, now_ms: int, row: Any, item: dict[str, Any], new_subscription: bool
+) -> int | None:
     """The seat count to keep after a subscription event.
 
     Stripe's event times are whole seconds, so the webhooks of two seat changes made in one second
     can arrive in either order, and the first change's event can come last. An event whose quantity
     is that of an earlier recent seat change of Foundry's, not of its latest confirmed one, is that
     late event: the quantity Stripe confirmed to the latest change stands. Any other quantity (a
-    change made in Stripe's dashboard, say) is applied.
+    change made in Stripe's dashboard, say) is applied, and so is any quantity of a subscription
+    not applied before: the seat changes were synced to an older one.
     """
     quantity = item.get("quantity")
     if not isinstance(quantity, int):
-        return row.paid_seats  # type: ignore[no-any-return]
+        return None if new_subscription else row.paid_seats
+    if new_subscription:
+        return quantity
     recent = (
         (
             await conn.execute(
@@ -311,6 +334,31 @@ async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str
         )
         return {"eventId": cmd.event_id, "outcome": "duplicate"}
     row = found if found is not None else await ensure_billing(conn, now)
+    try:
+        async with conn.begin_nested():
+            outcome = await _apply_event(ctx, conn, cmd, row, now)
+    except Exception:
+        # Recorded as failed (visible in billing_events, with the traceback in the log) rather than
+        # lost: the event's id is taken, so Stripe's redelivery would be a duplicate.
+        log.exception(
+            "billing %s: Stripe event %s (%s) could not be applied", ctx.key, cmd.event_id, cmd.type
+        )
+        outcome = "failed"
+    await conn.execute(
+        billing_events.insert().values(
+            event_id=cmd.event_id, type=cmd.type, created=cmd.created, outcome=outcome, received_at=now
+        )
+    )
+    if outcome == "applied":
+        publish_billing_soon(ctx)
+        kick_seat_sync_after_commit(ctx)
+    return {"eventId": cmd.event_id, "outcome": outcome}
+
+
+async def _apply_event(
+    ctx: CommandContext, conn: AsyncConnection, cmd: StripeEvent, row: Any, now: int
+) -> str:
+    """Apply one new event to the billing state; returns its outcome."""
     obj = cmd.object
     customer = cmd.customer_id or (obj.get("customer") if isinstance(obj.get("customer"), str) else None)
     outcome = "ignored"
@@ -348,15 +396,7 @@ async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str
             await conn.execute(
                 billing.update().where(billing.c.id == 1).values(past_due_since=now, updated_at=now)
             )
-    await conn.execute(
-        billing_events.insert().values(
-            event_id=cmd.event_id, type=cmd.type, created=cmd.created, outcome=outcome, received_at=now
-        )
-    )
-    if outcome == "applied":
-        publish_billing_soon(ctx)
-        kick_seat_sync_after_commit(ctx)
-    return {"eventId": cmd.event_id, "outcome": outcome}
+    return outcome
 
 
 async def handle_apply_subscription(ctx: CommandContext, cmd: ApplySubscription) -> dict[str, Any]:
@@ -386,6 +426,44 @@ def publish_billing_soon(ctx: InstanceContext) -> None:
             await publish_billing(job, conn)
 
     ctx.start_job("billing-publish", publish, again_if_running=True)
+
+
+#: Attempts to read a subscription whose same-second states disagreed, and the first wait between.
+REREAD_ATTEMPTS = 6
+REREAD_FIRST_WAIT_S = 1.0
+
+
+def reread_subscription_soon(ctx: InstanceContext, sub_id: str) -> None:
+    """Read ``sub_id`` from Stripe in a job and apply it as observed now (retrying while Stripe
+    fails; the state in force stays meanwhile)."""
+
+    async def reread(job: InstanceContext) -> None:
+        wait = REREAD_FIRST_WAIT_S
+        for attempt in range(1, REREAD_ATTEMPTS + 1):
+            try:
+                sub = await job.services.driver("stripe").retrieve_subscription(sub_id)
+                await job.self_ref.send(
+                    "apply_subscription",
+                    {"subscription": sub, "observedAt": int(time.time()), "reason": "reread"},
+                    wait=True,
+                )
+                return
+            except Exception as exc:
+                log.warning(
+                    "billing %s: reading subscription %s again failed (attempt %d of %d): %s",
+                    job.key,
+                    sub_id,
+                    attempt,
+                    REREAD_ATTEMPTS,
+                    exc,
+                )
+                await asyncio.sleep(wait)
+                wait *= 2
+        log.error(
+            "billing %s: subscription %s could not be read again; its state may be stale", job.key, sub_id
+        )
+
+    ctx.start_job(f"billing-reread:{sub_id}", reread, again_if_running=True)
 
 
 def kick_seat_sync_after_commit(ctx: InstanceContext) -> None:

@@ -108,9 +108,10 @@ async def build_billing(conn: AsyncConnection, settings: StripeSettings) -> dict
             "limit": seat_limit(plan, settings, row.paid_seats if row else None),
             "members": seats,
         },
-        "currentPeriodEnd": row.current_period_end if row else None,
-        "trialEnd": row.trial_end if row else None,
-        "cancelAt": row.cancel_at if row else None,
+        # The free plan renews nothing: the dates of a subscription that ended are not shown.
+        "currentPeriodEnd": row.current_period_end if row and plan == "team" else None,
+        "trialEnd": row.trial_end if row and plan == "team" else None,
+        "cancelAt": row.cancel_at if row and plan == "team" else None,
         "pastDueSince": row.past_due_since if row else None,
         "graceEndsAt": grace_ends,
         "paymentMethod": row.payment_method if row else None,
@@ -188,6 +189,7 @@ async def record_seat_change(
     seats_after: int,
     row: sa.Row[Any] | None,
     actor_user_id: str | None = None,
+    reason: str | None = None,
 ) -> int:
     """Write the seat change (to be synced to Stripe when a subscription exists) and its audit entry."""
     syncable = (
@@ -214,17 +216,39 @@ async def record_seat_change(
         "append",
         {
             "kind": f"billing.seat_{kind}",
-            "actorUserId": actor_user_id or user_id,
+            # A seat freed because its holder left is nobody's action.
+            "actorUserId": actor_user_id or (None if reason else user_id),
             "payload": {
                 "userId": user_id,
                 "login": login,
                 "seatsAfter": seats_after,
                 "seatChangeId": change_id,
+                **({"reason": reason} if reason else {}),
             },
         },
         command_id=f"{ctx.key}:billing-seat-change:{change_id}",
     )
     return int(change_id)
+
+
+async def release_seats_of_departed(ctx: InstanceContext, conn: AsyncConnection, user_ids: list[str]) -> int:
+    """Free the seats of people who left the organization, in the open transaction: nobody pays for
+    a member who is gone, and on the free plan their seat goes to whoever prompts next. Returns how
+    many seats were released."""
+    if not user_ids:
+        return 0
+    held = (await conn.execute(sa.select(billing_seats).where(billing_seats.c.user_id.in_(user_ids)))).all()
+    if not held:
+        return 0
+    await conn.execute(billing_seats.delete().where(billing_seats.c.user_id.in_([s.user_id for s in held])))
+    row = await ensure_billing(conn, ctx.now_ms())
+    used = await seat_count(conn)
+    for seat in sorted(held, key=lambda s: s.user_id):
+        # One row per seat for Stripe's sync; the count after all of them is what Stripe ends at.
+        await record_seat_change(
+            ctx, conn, "released", seat.user_id, seat.login, used, row, reason="left the organization"
+        )
+    return len(held)
 
 
 def audit_plan_change(

@@ -114,7 +114,8 @@ async def replace_members(ctx: CommandContext, team: list[MemberState], now: int
         )
         changed = True
     roles_before = {u: r.role for u, r in before.items()}
-    announced = announce_member_changes(ctx, roles_before, {u: m.role for u, m in after.items()}, source)
+    roles_after: dict[str, str] = {u: m.role for u, m in after.items()}
+    announced = await announce_member_changes(ctx, roles_before, roles_after, source)
     if changed and not announced:
         publish_members_changed(ctx)  # a login or avatar changed: the member list readers re-read
     return changed

@@ -71,7 +71,7 @@ async def handle_sync_from_github(ctx: CommandContext, cmd: SyncFromGitHub) -> d
             }
             stmt = sqlite_insert(members).values(user_id=user_id, **row)
             await ctx.conn.execute(stmt.on_conflict_do_update(index_elements=["user_id"], set_=row))
-        announce_member_changes(ctx, before, {u: m.role for u, m in after.items()})
+        await announce_member_changes(ctx, before, {u: m.role for u, m in after.items()})
     if status == "connected" and (
         existing is None
         or existing.installation_status != "connected"

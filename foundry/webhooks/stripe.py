@@ -114,6 +114,44 @@ def trim_object(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Whole numbers (or null) the handlers compute with, by object kind: a signed event with text
+#: there would be acknowledged and then fail where it is applied, and a redelivery would then be a
+#: duplicate; refused here, Stripe keeps it for a retry and the log names the field.
+_NUMBERS: dict[str, tuple[str, ...]] = {
+    "subscription": ("created", "cancel_at", "current_period_end", "trial_end"),
+    "invoice": ("amount_due", "amount_paid", "created", "period_end"),
+}
+_ITEM_NUMBERS = ("quantity", "current_period_end")
+#: Stripe's ids are short; anything longer than this is not one.
+MAX_ID_CHARS = 255
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def check_shape(event_id: str, trimmed: dict[str, Any], customer: str | None) -> None:
+    """Refuse (400, naming the field) a trimmed object the handlers could not apply.
+
+    Raises:
+        StripeWebhookRejected: a number that is not a whole non-negative number, or an id that is
+            not a short string.
+    """
+    kind = str(trimmed.get("object"))
+    bad = [f"data.object.{k}" for k in _NUMBERS.get(kind, ()) if not _is_number(trimmed.get(k))]
+    for i, item in enumerate((trimmed.get("items") or {}).get("data") or []):
+        bad += [f"data.object.items.data[{i}].{k}" for k in _ITEM_NUMBERS if not _is_number(item.get(k))]
+    ident = trimmed.get("id")
+    if ident is not None and not (isinstance(ident, str) and len(ident) <= MAX_ID_CHARS):
+        bad.append("data.object.id")
+    if customer is not None and len(customer) > MAX_ID_CHARS:
+        bad.append("data.object.customer")
+    if bad:
+        raise StripeWebhookRejected(
+            400, "invalid_event", f"event {event_id}: {', '.join(bad)} must be a whole number or a short id"
+        )
+
+
 def event_customer(event: dict[str, Any]) -> str | None:
     """The Stripe customer an event is about: the object's ``customer``, a customer's own id, or
     (a detached payment method names none any more) the one in ``previous_attributes``."""
@@ -206,8 +244,13 @@ class StripeWebhookIngest:
         if event_type not in HANDLED_EVENTS:
             log.info("stripe webhook %s (%s) not handled; acknowledged", event_id, event_type)
             return {"eventId": event_id, "status": "ignored"}
-        obj = event["data"]["object"]
+        obj = trim_object(event["data"]["object"])
         customer = event_customer(event)
+        try:
+            check_shape(event_id, obj, customer)
+        except StripeWebhookRejected as exc:
+            log.warning("stripe webhook refused: %s: %s", exc.code, exc.detail)
+            raise
         organization = await self._owner(customer) if customer else None
         if organization is None:
             log.warning(
@@ -232,7 +275,7 @@ class StripeWebhookIngest:
                 "eventId": event_id,
                 "type": event_type,
                 "created": event["created"],
-                "object": trim_object(obj),
+                "object": obj,
                 "customerId": customer,
             },
             command_id=f"stripe-event:{event_id}",

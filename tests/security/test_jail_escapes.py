@@ -52,8 +52,9 @@ class Scene:
 async def scene(tmp_path: Path, isolation: str) -> AsyncIterator[Scene]:
     async with running_server(tmp_path, isolation=isolation) as server, server.signed_in("alice"):
         provider = server.provider
-        a = await provider.create("escape-a")
-        b = await provider.create("escape-b")
+        # A task's sandbox of acme, the attacker's, and one of globex, the victim.
+        a = await provider.create("escape-a", owner="acme:escape-a")
+        b = await provider.create("escape-b", owner="globex:escape-b")
         (Path(b.workdir) / "private.txt").write_text(B_SECRET)
         b_pid = provider.process_id("escape-b")
         assert b_pid is not None
@@ -118,6 +119,10 @@ WRITES = {
     "write into the data directory": lambda s: s.data_dir / "written-from-a-sandbox",
     "write beside its own directory": lambda s: Path(s.a.workdir).parent.parent / "written-from-a-sandbox",
     "write into another sandbox": lambda s: Path(s.b.workdir) / "written-from-a-sandbox",
+    # Mock mode's stand-in for GitHub: the sandbox of an acme task reaches acme's remotes only.
+    "write into another organization's repositories": lambda s: (
+        s.data_dir / "mock-remotes" / "globex" / "written-from-a-sandbox"
+    ),
 }
 HOME_ESCAPES = {
     "read Ray's token in the home directory": lambda s: (
@@ -165,12 +170,13 @@ async def test_the_jail_runs_as_an_unprivileged_user_on_a_read_only_system(jaile
         "id -u; grep CapEff /proc/self/status; ls /proc | grep -c '^[0-9]'; "
         "touch /usr/x /etc/x /x 2>/dev/null || echo read-only; "
         "cat /etc/shadow >/dev/null 2>&1 || echo masked; "
-        "echo ok > $HOME/repo/written && cat $HOME/repo/written; echo tmp > /tmp/t && cat /tmp/t"
+        "echo ok > $HOME/repo/written && cat $HOME/repo/written; echo tmp > /tmp/t && cat /tmp/t; "
+        f"echo own > {jailed.data_dir / 'mock-remotes' / 'acme' / 'written'} && echo remote"
     )
     lines = result.stdout.split()
     assert result.exit_code == 0, result.stderr
     assert lines[0] == "1000"
     assert lines[1:3] == ["CapEff:", "0000000000000000"]
     assert int(lines[3]) < 20  # only the jail's own few processes
-    assert lines[4:] == ["read-only", "masked", "ok", "tmp"]
+    assert lines[4:] == ["read-only", "masked", "ok", "tmp", "remote"]
     assert (Path(jailed.a.workdir) / "written").read_text() == "ok\n"  # its own directory is writable

@@ -101,8 +101,10 @@ class JailPolicy:
             network was not chosen explicitly); None makes creation fail with the reason.
         read_only: extra host paths mounted read-only at their own path (the files that agent
             launchers name by absolute path are mounted without being listed here).
-        shared: extra host paths mounted read-write at their own path (mock mode's git remotes, which
-            stand in for GitHub).
+        shared: extra host paths mounted read-write at their own path.
+        accounts_root: mock mode's git remotes, which stand in for GitHub: one directory per GitHub
+            account. A sandbox gets read-write only its own organization's account (`for_owner`), so
+            an agent cannot push to, or rewrite, another organization's repositories.
         bwrap: the ``bwrap`` executable; empty looks it up on ``PATH``.
         pasta: the ``pasta`` executable (``egress``); empty looks it up on ``PATH``.
         egress_allow: addresses or CIDR ranges ``egress`` reaches although they are in a blocked range
@@ -113,10 +115,25 @@ class JailPolicy:
     network: Network = "none"
     read_only: tuple[Path, ...] = field(default_factory=tuple)
     shared: tuple[Path, ...] = field(default_factory=tuple)
+    accounts_root: Path | None = None
     bwrap: str = ""
     pasta: str = ""
     egress_allow: tuple[str, ...] = field(default_factory=tuple)
     network_fallback: Network | None = None
+
+    def for_owner(self, organization_id: str) -> JailPolicy:
+        """This policy for a sandbox of ``organization_id``: its account's remotes shared."""
+        if self.accounts_root is None:
+            return self
+        from foundry.ids import organization_id_for
+
+        def owns(account: Path) -> bool:
+            ids = {organization_id_for(kind, account.name) for kind in ("organization", "personal")}
+            return account.is_dir() and organization_id in ids
+
+        root = self.accounts_root
+        accounts = [d for d in sorted(root.iterdir()) if owns(d)] if root.is_dir() else []
+        return dataclasses.replace(self, shared=(*self.shared, *accounts), accounts_root=None)
 
     @property
     def jailed(self) -> bool:

@@ -325,7 +325,7 @@ class LocalSandboxProvider:
         agents = await asyncio.to_thread(registrations, self._agents_dir) if self._agents_dir else None
         launchers = {**(agents.launchers if agents else {}), **self._launchers}
         natives = agents.natives if agents else {}
-        jail = self.jail
+        jail = self.jail.for_owner(owner.rpartition(":")[0] or owner)
         if agents is not None and agents.read_only:
             jail = dataclasses.replace(jail, read_only=(*jail.read_only, *agents.read_only))
         log_handle = await asyncio.to_thread(prepare_directory, directory, launchers, natives)

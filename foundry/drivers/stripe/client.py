@@ -66,8 +66,13 @@ class StripeDriver:
         success_url: str,
         cancel_url: str,
         idempotency_key: str,
+        started_by: str | None = None,
     ) -> dict[str, Any]:
-        """A subscription Checkout session for ``quantity`` seats of ``price``."""
+        """A subscription Checkout session for ``quantity`` seats of ``price``; the subscription it
+        creates carries ``startedBy`` (the admin's user id) so its webhooks can name who upgraded."""
+        sub_metadata = {"organizationId": organization_id}
+        if started_by:
+            sub_metadata["startedBy"] = started_by
         return await self._do(
             "checkout session creation",
             self._client.v1.checkout.sessions.create_async(
@@ -79,7 +84,7 @@ class StripeDriver:
                     "success_url": success_url,
                     "cancel_url": cancel_url,
                     "metadata": {"organizationId": organization_id},
-                    "subscription_data": {"metadata": {"organizationId": organization_id}},
+                    "subscription_data": {"metadata": sub_metadata},
                 },
                 options={"idempotency_key": idempotency_key},
             ),

@@ -179,7 +179,8 @@ class FakeStripe(PaymentMethodsMixin):
                 ended_at=None,
                 trial_start=None,
                 trial_end=None,
-                metadata=dict(session.get("metadata") or {}),
+                # As Stripe does: the subscription's metadata is Checkout's subscription_data.metadata.
+                metadata=dict(session.get("_subscription_metadata") or {}),
                 default_payment_method=None,
             )
             sub["items"] = {
@@ -395,6 +396,7 @@ class FakeStripe(PaymentMethodsMixin):
                 url=f"{self.base_url}/checkout/{sid}",
                 created=int(time.time()),
                 _quantity=int(items[0].get("quantity", 1)),
+                _subscription_metadata=(params.get("subscription_data") or {}).get("metadata") or {},
                 _price=items[0].get("price", self.price_team),
             )
             self.sessions[sid] = session
