@@ -110,7 +110,9 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
             probe_address(settings.runtime.ray_address)
         except ActorUnavailable as exc:
             raise ConfigRefused(str(exc)) from exc
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from foundry.data_dir_lock import keep_private
+
+    keep_private(settings.data_dir)
     if not (settings.runtime.backend == "ray" and settings.runtime.ray_address):
         # This server starts the hosts on the data directory's files: it must be the only one.
         from foundry.data_dir_lock import DataDirInUse, lock_data_dir

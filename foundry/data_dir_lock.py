@@ -12,9 +12,12 @@ first one's cluster (``runtime.ray_address``) starts no hosts and takes no lock.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".serve.lock"
 
@@ -49,3 +52,17 @@ def lock_data_dir(data_dir: Path) -> None:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     _held = handle
+
+
+def keep_private(data_dir: Path) -> None:
+    """Make the data directory (databases, transcripts, checkouts, keys) Foundry's user's alone.
+
+    Everything this process and its children create is owner-only (umask 077), and the directory
+    itself is 0700, which also closes what an older run or a permissive umask left readable inside.
+    """
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.chmod(0o700)
+    except OSError as exc:  # not ours (a mounted volume, say): say so, the files are still 0600
+        log.warning("could not make %s private (mode 0700): %s", data_dir, exc)

@@ -97,11 +97,20 @@ class RayRuntime(Runtime):
         self._nodes = NodeWatch(settings, ray.nodes)
         #: Coalescers of acknowledged sends, by host process.
         self._batchers: dict[str, SendBatcher] = {}
+        #: Each role's clean-up after the cluster stopped, loaded at start (see `start`).
+        self._cluster_stop_hooks: list[tuple[str, Any]] = []
 
     async def start(self) -> None:
         """Connect to Ray (the configured cluster, or a new local one) and create the host processes."""
         check_placement(self.settings)
         check_nodes_named(self.settings)
+        # Loaded now, not at shutdown: code replaced on disk while Foundry runs (an upgrade in place)
+        # must not make the stop fail on an import of a newer version.
+        self._cluster_stop_hooks = [
+            (name, hook)
+            for name in all_roles(self.settings)
+            if (hook := load_role(name, self.settings.runtime.extra_roles).on_cluster_stop) is not None
+        ]
         if not ray.is_initialized():
             address = self.settings.runtime.ray_address or None
             kwargs: dict[str, Any] = {
@@ -205,10 +214,7 @@ class RayRuntime(Runtime):
     async def _after_cluster_stop(self) -> None:
         """Let each role release what hosts that died without closing left behind (every host has
         been asked to close and answered or timed out, so nothing of theirs is still in use)."""
-        for name in all_roles(self.settings):
-            hook = load_role(name, self.settings.runtime.extra_roles).on_cluster_stop
-            if hook is None:
-                continue
+        for name, hook in self._cluster_stop_hooks:
             try:
                 await hook(self.settings)
             except Exception:

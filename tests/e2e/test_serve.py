@@ -103,6 +103,7 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         "FOUNDRY_LOG_FORMAT": "json",
         **SECRETS,
     }
+    (tmp_path / "data").mkdir(mode=0o755)  # as an operator might have made it
     proc = start_serve(env, tmp_path / "serve.log")
     try:
         ready = wait_ready(proc, port, tmp_path / "serve.log")
@@ -179,6 +180,12 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
             # An id that could forge log lines is replaced by a fresh one.
             forged = client.get("/healthz", headers={"X-Request-Id": 'x" rid=admin'})
             assert forged.headers["x-request-id"] not in ("", 'x" rid=admin')
+        # The data (databases, transcripts, checkouts) is this user's alone, whatever the umask was.
+        data = tmp_path / "data"
+        assert data.stat().st_mode & 0o777 == 0o700
+        databases = sorted(data.rglob("*.sqlite3"))
+        assert databases
+        assert [p for p in databases if p.stat().st_mode & 0o077] == []
         deadline = time.monotonic() + 60
         while True:
             lines = [json.loads(line) for line in log_lines(tmp_path / "serve.log")]

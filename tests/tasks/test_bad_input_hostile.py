@@ -277,3 +277,30 @@ async def test_hostile_websocket_frames_get_an_error_frame_and_the_socket_stays_
         assert (await ws.next_frame(10)) == {"op": "subscribed", "topic": "organization:acme"}
         snapshot = await ws.next_frame(10)
         assert snapshot["event"] == "snapshot"
+
+
+#: A body each task route takes, naming things that do not exist either (a user who is no member).
+TASK_ROUTE_BODIES: dict[str, dict[str, Any]] = {
+    "/owner": {"userId": "gh-999999"},
+    "": {"title": "Renamed"},
+    "/archive": {},
+    "/pull-request": {},
+    "/sessions": {},
+}
+
+
+async def test_a_task_of_another_organization_or_none_is_404_whatever_the_body_says(
+    quiet_server: TaskServer,
+) -> None:
+    """Whether a task exists is answered the same way on every route: the body is not looked at
+    first (a 422 about the body would tell a task id of another organization from no task)."""
+    async with quiet_server.signed_in("bob") as bob:
+        globex_task = (await create_task(bob, org="globex", repoId="920001"))["taskId"]
+    async with quiet_server.signed_in("alice") as alice:
+        for task_id in ("no-such-task", globex_task):
+            for suffix, body in TASK_ROUTE_BODIES.items():
+                method = "PATCH" if suffix == "" else "POST"
+                path = f"/v1/organizations/acme/tasks/{task_id}{suffix}"
+                response = await alice.request(method, path, json=body)
+                assert response.status_code == 404, (method, path, response.status_code, response.text)
+                assert response.json()["error"] == "not_found"

@@ -254,6 +254,9 @@ async def get_files(task_id: TaskId, member: Member, runtime: RuntimeDep) -> dic
 async def change_owner(
     task_id: TaskId, body: OwnerBody, member: Member, runtime: RuntimeDep
 ) -> dict[str, Any]:
+    # The task first (404 for one not in this organization, whatever the body says), without
+    # making a virtual task real: the new owner may still be refused.
+    await task_key_of(member, task_id, runtime)
     people: list[dict[str, Any]] = await runtime.call("organization", member.organization_id, "members")
     target = next((p for p in people if p["userId"] == body.user_id), None)
     if target is None:
