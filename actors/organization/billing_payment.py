@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.organization.billing_state import load_billing, publish_billing
+from actors.organization.billing_state import audit_plan_change, load_billing, publish_billing
 from actors.organization.schema import billing, billing_payment_methods
 from foundry.errors import DriverError, FoundryError, NotFound
 from foundry.ids import APP_SHELL_ID
@@ -251,10 +251,17 @@ async def settle_label(ctx: InstanceContext, conn: AsyncConnection) -> bool:
     row = await load_billing(conn)
     if row is None or row.payment_method == resolution.label:
         return False
+    now = ctx.now_ms()
     await conn.execute(
-        billing.update()
-        .where(billing.c.id == 1)
-        .values(payment_method=resolution.label, updated_at=ctx.now_ms())
+        billing.update().where(billing.c.id == 1).values(payment_method=resolution.label, updated_at=now)
+    )
+    # Changed in Stripe's portal (or by Checkout): who did it is Stripe's to know, not Foundry's.
+    audit_plan_change(
+        ctx,
+        "billing.payment_method_changed",
+        {"from": row.payment_method, "to": resolution.label},
+        f"payment-method:{now}:{resolution.label}",
+        None,
     )
     return True
 

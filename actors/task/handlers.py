@@ -291,17 +291,28 @@ async def handle_stop_session(ctx: CommandContext, cmd: SessionRef) -> dict[str,
 
 
 async def handle_rename_session(ctx: CommandContext, cmd: RenameSession) -> dict[str, Any]:
-    await _open_task(ctx)
-    await require_open_session(ctx.conn, cmd.session_id)
+    """Rename a session (the transcript says so; the task's history too, like a task rename)."""
+    row = await _open_task(ctx)
+    session = await require_open_session(ctx.conn, cmd.session_id)
     name = " ".join(cmd.name.split())
     if not name:
         raise InvalidInput("session name is required", ["name"])
+    if name == session.name:
+        return {"sessionId": cmd.session_id, "name": name}
     await ctx.conn.execute(
         sessions.update()
         .where(sessions.c.session_id == cmd.session_id)
         .values(name=name, updated_at=ctx.now_ms())
     )
     await append_events(ctx, ctx.conn, cmd.session_id, [("sessionRenamed", {"name": name})])
+    audit(
+        ctx,
+        row,
+        "task.session_renamed",
+        {"sessionId": cmd.session_id, "from": session.name, "to": name},
+        user_id=cmd.user_id,
+        command_id=ctx.derived_id("audit"),
+    )
     await refresh(ctx, ctx.conn)
     return {"sessionId": cmd.session_id, "name": name}
 

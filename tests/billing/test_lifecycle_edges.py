@@ -203,3 +203,16 @@ async def test_a_signed_event_with_text_where_a_number_goes_is_refused_before_it
 
     await eventually(listed, what="the good event applied")
     assert not any(i["id"] == "in_lots" for i in (await billing_server.billing())["invoices"])
+
+
+async def test_a_new_payment_method_is_in_the_audit_log(billing_server: BillingServer) -> None:
+    async with billing_server.signed_in("carol") as carol:
+        await upgrade_to_team(billing_server, carol)
+
+    async def changed() -> list[dict[str, Any]]:
+        return await _audit(billing_server, "billing.payment_method_changed")
+
+    await eventually(lambda: _nonempty(changed()), what="the payment method audited")
+    assert [(e["payload"]["from"], e["payload"]["to"]) for e in await changed()] == [  # type: ignore[index]
+        (None, "Visa •••• 4242")
+    ]

@@ -77,6 +77,16 @@ async def test_stop_cancels_the_running_turn_while_other_commands_flow(tasks_ser
         assert kinds.count("turnEnded") == 1
         assert "stopRequested" in kinds
         assert "sessionRenamed" in kinds
+        # ... and in the task's history, with who renamed it from what.
+        for _ in range(100):
+            audit = (await client.get("/v1/organizations/acme/audit-log", params={"taskId": task_id})).json()
+            renames = [e for e in audit if e["kind"] == "task.session_renamed"]
+            if renames:
+                break
+            await asyncio.sleep(0.05)
+        assert [(e["payload"]["from"], e["payload"]["to"], e["actorUserId"]) for e in renames] == [
+            ("Session 1", "Slow one", "gh-5001")
+        ]
 
 
 async def test_permission_request_is_an_event_answered_through_the_api(tasks_server: TaskServer):
