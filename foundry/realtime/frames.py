@@ -196,7 +196,10 @@ class SnapshotFrame(_ServerModel):
 
 class EventFrame(_ServerModel):
     """One change on a topic (`organizationUpdated`, `taskUpdated`, `agentUpdate`, `turnEnded`, ...).
-    Append-only topics (a session's transcript) replay the events after `since` as these frames."""
+    Append-only topics (a session's transcript) replay the events after `since` as these frames.
+    `accessChanged` (no data) says who may read the topic changed (a member left, an admin lost the
+    role): each subscriber's access was checked again before it arrives; one refused gets the error
+    frame `forbidden` instead, and nothing after it."""
 
     model_config = ConfigDict(title="event")
     topic: str = Field(description="The topic the event was published on.")

@@ -235,6 +235,10 @@ class HostPumps:
                     self._access_changed(event.topic)
                 continue
             topic.heard = True
+            if event.event == ACCESS_CHANGED_EVENT:
+                # Hold every subscriber for its re-check before the event is queued: one who lost
+                # access gets `forbidden` and nothing more, not even this event.
+                self._access_changed(topic.name)
             try:
                 text = event_frame(event.topic, event.event, event.seq, event.data)
             except (TypeError, ValueError):
@@ -254,5 +258,3 @@ class HostPumps:
                     sub.pending.append((event.seq, text))
                 else:
                     self._sync.deliver(sub, event.seq, text)
-            if event.event == ACCESS_CHANGED_EVENT:
-                self._access_changed(topic.name)
