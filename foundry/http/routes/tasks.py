@@ -256,7 +256,7 @@ async def change_owner(
 ) -> dict[str, Any]:
     # The task first (404 for one not in this organization, whatever the body says), without
     # making a virtual task real: the new owner may still be refused.
-    await task_key_of(member, task_id, runtime)
+    await task_of(member, task_id, runtime, materialize=False)
     people: list[dict[str, Any]] = await runtime.call("organization", member.organization_id, "members")
     target = next((p for p in people if p["userId"] == body.user_id), None)
     if target is None:
