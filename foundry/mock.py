@@ -8,11 +8,13 @@ pull requests end to end without the network. Sandboxes get Foundry's demo agent
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -35,6 +37,7 @@ def start_fake_github(settings: Settings) -> tuple[FakeGitHub, Settings]:
     """
     fake = seed_mock(FakeGitHub()).start()
     seed_mock_remotes(fake, settings.data_dir / "mock-remotes")
+    keep_opened_pulls(fake, settings.data_dir / "mock-remotes" / OPENED_PULLS)
     github = GitHubSettings(
         app_id=fake.app_id,
         private_key=fake.private_key_pem,  # type: ignore[arg-type]
@@ -84,6 +87,42 @@ def github_app_env(fake: FakeGitHub, webhook_secret: str) -> dict[str, str]:
         "FOUNDRY_GITHUB__WEB_URL": fake.base_url,
         "FOUNDRY_GITHUB__THROTTLE": "false",
     }
+
+
+#: Pull requests that tasks opened on the fake GitHub, one JSON object per line (outside every
+#: account's directory: no sandbox sees it).
+OPENED_PULLS = "opened-pulls.jsonl"
+
+
+def keep_opened_pulls(fake: FakeGitHub, path: Path) -> None:
+    """Give back to ``fake`` the pull requests opened through it before a restart, and record new ones.
+
+    The fake's world is in memory; a task's pull request must keep its number across restarts (a
+    new one numbered like it would be taken for it). A line that cannot be read is skipped with a
+    warning, as is one of a repository the seed no longer has.
+    """
+    if path.exists():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                pull = json.loads(line)
+                fake.add_pull(
+                    pull["repo"],
+                    int(pull["number"]),
+                    str(pull["title"]),
+                    str(pull["head"]),
+                    base_ref=str(pull["base"]),
+                    body=pull.get("body"),
+                    author=pull.get("author"),
+                    draft=bool(pull.get("draft")),
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("mock GitHub: line %d of %s skipped: %s", number, path, exc)
+
+    def record(pull: dict[str, Any]) -> None:
+        with path.open("a") as out:
+            out.write(json.dumps(pull) + "\n")
+
+    fake.on_pull_created = record
 
 
 def seed_mock_remotes(fake: FakeGitHub, root: Path) -> dict[str, str]:

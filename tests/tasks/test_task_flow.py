@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from foundry.demo_agent import NOTES_FILE
+from foundry.mock import start_fake_github
 from tests.fakes.webhooks import example, owned_by
 from tests.github.conftest import GitHub
 from tests.tasks.conftest import (
@@ -119,6 +120,16 @@ async def test_create_task_streams_live_and_ends_in_a_pull_request(tasks_server:
         detail = await task_detail(client, task_id)
         assert detail["pullRequest"]["number"] == pr["pullRequest"]["number"]
         assert detail["lastError"] is None
+        # Mock mode's GitHub keeps the pull requests tasks opened: after a restart the number is
+        # still this task's, and the next pull request gets the next number.
+        restarted, _ = start_fake_github(tasks_server.settings)
+        try:
+            number = pr["pullRequest"]["number"]
+            kept = restarted._world.pulls["acme/rocket"][number]
+            assert (kept.head_ref, kept.state) == (created["branchName"], "open")
+            assert restarted.add_pull("acme/rocket", None, "Next one", "next-branch") == number + 1
+        finally:
+            restarted.stop()
         # Pushing again is harmless and does not open a second PR.
         again = (await client.post(f"/v1/organizations/acme/tasks/{task_id}/pull-request", json={})).json()
         assert again["created"] is False

@@ -200,6 +200,19 @@ class DataRoutes(FakeAuth):
             author=author,
             draft=bool(body.get("draft", False)),
         )
+        if self.on_pull_created is not None:
+            self.on_pull_created(
+                {
+                    "repo": found.full_name,
+                    "number": number,
+                    "title": str(body.get("title") or ""),
+                    "head": head_ref,
+                    "base": base_ref,
+                    "body": body.get("body"),
+                    "author": author,
+                    "draft": bool(body.get("draft", False)),
+                }
+            )
         return self._json(
             self._render.render_pull(self._world.pulls[found.full_name][number], "pulls/create"), 201
         )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from foundry.clock import Clock
 from foundry.drivers.github._fake_records import (
@@ -93,6 +93,7 @@ class FakeState:
     latency: float
     requests: list[RecordedRequest]
     max_in_flight: int
+    on_pull_created: Callable[[dict[str, Any]], None] | None
     _port: int
     _server: HttpServer | None
     _thread: threading.Thread | None

@@ -49,6 +49,8 @@ import itertools
 import json
 import secrets
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -132,6 +134,9 @@ class FakeGitHub(AppRoutes, DataRoutes):
         self.latency = 0.0  # seconds each request takes, to make concurrency observable
         self.requests: list[RecordedRequest] = []
         self.max_in_flight = 0
+        #: Called with each pull request opened through the API (mock mode keeps them on disk, as
+        #: GitHub would: numbers must not start over after a restart).
+        self.on_pull_created: Callable[[dict[str, Any]], None] | None = None
 
         self._port = port
         self._server: HttpServer | None = None
