@@ -23,6 +23,7 @@ from actors.organization.billing_state import (
     build_billing,
     ensure_billing,
     load_billing,
+    prompt_standing,
     publish_billing,
     record_seat_change,
     seat_count,
@@ -163,6 +164,13 @@ async def ensure_seat(ctx: InstanceContext, cmd: SeatRequest) -> dict[str, Any]:
             await publish_billing(ctx, conn)
             kick_seat_sync_after_commit(ctx)
     return {"taken": taken}
+
+
+async def seat(ctx: InstanceContext, cmd: SeatRequest) -> dict[str, Any]:
+    """``{"held", "refusal"}``: the member's seat, and what their next prompt would get (a read)."""
+    assert_real_organization(ctx.key)
+    async with ctx.read() as conn:
+        return await prompt_standing(ctx, conn, cmd.user_id)
 
 
 async def release_seat(ctx: InstanceContext, cmd: ReleaseSeat) -> dict[str, Any]:

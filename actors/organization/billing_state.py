@@ -140,12 +140,11 @@ def check_active(row: sa.Row[Any], settings: StripeSettings, now: int, organizat
         )
 
 
-async def take_seat(ctx: InstanceContext, conn: AsyncConnection, user_id: str) -> bool:
-    """Give ``user_id`` a seat on their first prompt; check the plan allows the prompt at all.
-
-    Runs inside the organization's write transaction (serialized), so concurrent first prompts of one
-    member take exactly one seat. Returns True when a seat was taken now. Limits apply only while
-    billing is configured; without Stripe, seats are still counted.
+async def _seat_check(
+    ctx: InstanceContext, conn: AsyncConnection, user_id: str, *, write: bool = True
+) -> tuple[bool, str, int, Any]:
+    """``(held, login, seats used, billing row)`` for ``user_id``, raising what a prompt would get
+    (``write``: inside the write that may take the seat, the billing row is created if missing).
 
     Raises:
         NotFound: the user is not a member.
@@ -155,14 +154,14 @@ async def take_seat(ctx: InstanceContext, conn: AsyncConnection, user_id: str) -
     settings = ctx.services.settings.stripe
     enforce = settings.configured
     now = ctx.now_ms()
-    row = await ensure_billing(conn, now) if enforce else await load_billing(conn)
+    row = await ensure_billing(conn, now) if enforce and write else await load_billing(conn)
     if enforce and row is not None:
         check_active(row, settings, now, ctx.key)
     held = (
         await conn.execute(sa.select(billing_seats.c.user_id).where(billing_seats.c.user_id == user_id))
     ).first()
     if held is not None:
-        return False
+        return True, "", 0, row
     member = (await conn.execute(sa.select(members.c.login).where(members.c.user_id == user_id))).first()
     if member is None:
         raise NotFound(f"organization {ctx.key!r} not found")
@@ -175,9 +174,40 @@ async def take_seat(ctx: InstanceContext, conn: AsyncConnection, user_id: str) -
             f"{'it is' if used == 1 else 'they are'} taken: {member.login} needs a seat to send prompts. "
             "An admin can upgrade to the team plan (paid per seat) on the billing page, or release a seat"
         )
-    await conn.execute(billing_seats.insert().values(user_id=user_id, login=member.login, taken_at=now))
-    await record_seat_change(ctx, conn, "taken", user_id, member.login, used + 1, row)
+    return False, str(member.login), used, row
+
+
+async def take_seat(ctx: InstanceContext, conn: AsyncConnection, user_id: str) -> bool:
+    """Give ``user_id`` a seat on their first prompt; check the plan allows the prompt at all.
+
+    Runs inside the organization's write transaction (serialized), so concurrent first prompts of one
+    member take exactly one seat. Returns True when a seat was taken now. Limits apply only while
+    billing is configured; without Stripe, seats are still counted.
+
+    Raises:
+        NotFound: the user is not a member.
+        SeatLimitReached: the plan has no seat left for a new member (402 ``seat_limit``).
+        BillingInactive: the subscription is canceled or past due beyond grace (402).
+    """
+    held, login, used, row = await _seat_check(ctx, conn, user_id)
+    if held:
+        return False
+    await conn.execute(billing_seats.insert().values(user_id=user_id, login=login, taken_at=ctx.now_ms()))
+    await record_seat_change(ctx, conn, "taken", user_id, login, used + 1, row)
     return True
+
+
+async def prompt_standing(ctx: InstanceContext, conn: AsyncConnection, user_id: str) -> dict[str, Any]:
+    """Whether ``user_id`` holds a seat, and what their next prompt would be refused with (None: it
+    would be taken), without taking anything: a member learns it before writing a prompt."""
+    try:
+        held, _, _, _ = await _seat_check(ctx, conn, user_id, write=False)
+    except (SeatLimitReached, BillingInactive) as exc:
+        held = (
+            await conn.execute(sa.select(billing_seats.c.user_id).where(billing_seats.c.user_id == user_id))
+        ).first() is not None
+        return {"held": held, "refusal": {"error": exc.code, "detail": exc.detail}}
+    return {"held": held, "refusal": None}
 
 
 async def record_seat_change(

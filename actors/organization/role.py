@@ -68,6 +68,7 @@ ROLE = Role(
         Handler("billing", billing.BillingRef, billing.get_billing),
         Handler("stripe_event_stats", billing.BillingRef, billing.stripe_event_stats),
         Handler("ensure_seat", billing.SeatRequest, billing.ensure_seat),
+        Handler("seat", billing.SeatRequest, billing.seat),
         Handler("release_seat", billing.ReleaseSeat, billing.release_seat),
         Handler("start_checkout", billing.StartCheckout, billing.start_checkout),
         Handler("complete_checkout", billing.CompleteCheckout, billing.complete_checkout),

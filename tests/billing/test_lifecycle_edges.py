@@ -216,3 +216,33 @@ async def test_a_new_payment_method_is_in_the_audit_log(billing_server: BillingS
     assert [(e["payload"]["from"], e["payload"]["to"]) for e in await changed()] == [  # type: ignore[index]
         (None, "Visa •••• 4242")
     ]
+
+
+async def test_a_member_learns_before_writing_a_prompt_that_it_would_be_refused(
+    billing_server: BillingServer,
+) -> None:
+    async with billing_server.signed_in("carol") as carol, billing_server.signed_in("alice") as alice:
+        assert (await alice.get("/v1/organizations/acme/billing/seat")).json() == {
+            "held": False,
+            "refusal": None,
+        }
+        assert (await _prompt(alice)).status_code == 201  # the free plan's one seat
+        assert (await alice.get("/v1/organizations/acme/billing/seat")).json() == {
+            "held": True,
+            "refusal": None,
+        }
+        standing = (await carol.get("/v1/organizations/acme/billing/seat")).json()
+        assert standing["held"] is False
+        assert standing["refusal"]["error"] == "seat_limit"
+        # What the prompt itself would answer, word for word; asking took no seat.
+        refused = await _prompt(carol)
+        assert refused.status_code == 402
+        assert refused.json()["detail"] == standing["refusal"]["detail"]
+        assert [m["login"] for m in (await billing_server.billing())["seats"]["members"]] == ["alice"]
+        assert (await carol.delete("/v1/organizations/acme/billing/seats/alice")).status_code == 200
+        assert (await carol.get("/v1/organizations/acme/billing/seat")).json() == {
+            "held": False,
+            "refusal": None,
+        }
+    async with billing_server.signed_in("bob") as bob:
+        assert (await bob.get("/v1/organizations/acme/billing/seat")).status_code == 404

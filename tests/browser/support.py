@@ -27,7 +27,7 @@ CHROMIUM = "/usr/bin/chromium"
 class Server:
     """``foundry serve`` in mock mode (in-process actor runtime: fast to start) on a free port."""
 
-    def __init__(self, data_dir: Path, agent_delay: str = "0.002") -> None:
+    def __init__(self, data_dir: Path, agent_delay: str = "0.002", free_seats: int = 10) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.url = f"http://127.0.0.1:{self.port}"
@@ -42,7 +42,7 @@ class Server:
             "FOUNDRY_LOG_LEVEL": "WARNING",
             # Several members prompt in acme here; the free plan's one-seat limit is tested in
             # tests/billing, not by the dashboard flows.
-            "FOUNDRY_STRIPE__FREE_SEATS": "10",
+            "FOUNDRY_STRIPE__FREE_SEATS": str(free_seats),
         }
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(

@@ -4,10 +4,14 @@ a failure that is not Foundry's JSON (a proxy's error page)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
-from playwright.sync_api import Route, expect
+import pytest
+from playwright.sync_api import Browser, Route, expect
 
 from tests.browser.conftest import People
+from tests.browser.support import Server
+from tests.browser.test_task_flow import open_new_task
 
 PR_TASK = "/o/acme/t/pr-910001-1"
 
@@ -73,3 +77,40 @@ def test_a_rename_in_settings_shows_in_the_organization_switcher_at_once(people:
         name.fill(original)
         save.click()
         expect(switcher.locator("option[value=acme]")).to_have_text(original)
+
+
+@pytest.fixture(scope="module")
+def one_seat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose free plan has one seat (the shared one has ten: many flows prompt in acme)."""
+    srv = Server(tmp_path_factory.mktemp("one-seat") / "data", free_seats=1)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_a_member_without_a_seat_on_a_full_plan_is_told_before_writing_a_prompt(
+    browser: Browser, one_seat_server: Server
+) -> None:
+    """acme's free plan has one seat. Once alice holds it, carol's New task dialog and her task's
+    composer say her prompt would be refused, before she writes it; alice sees no notice."""
+    people = People(browser, one_seat_server.url)
+    try:
+        alice, carol = people.page("alice"), people.page("carol")
+        alice.goto("/o/acme")
+        task_id = open_new_task(alice, "Take the only seat")
+        expect(alice.get_by_test_id("seat-notice")).to_have_count(0)
+        carol.goto("/o/acme")
+        carol.get_by_role("button", name="New task").click()
+        notice = carol.get_by_role("dialog", name="New task").get_by_test_id("seat-notice")
+        expect(notice).to_contain_text("Your prompts are not accepted yet")
+        expect(notice).to_contain_text("carol needs a seat to send prompts")
+        carol.keyboard.press("Escape")
+        carol.goto(f"/o/acme/t/{task_id}")
+        expect(carol.get_by_test_id("seat-notice")).to_contain_text("Your messages are not accepted yet")
+        # An admin frees the seat: the notice goes, live.
+        assert carol.request.delete("/v1/organizations/acme/billing/seats/alice").status == 200
+        expect(carol.get_by_test_id("seat-notice")).to_have_count(0)
+    finally:
+        people.close()

@@ -64,6 +64,7 @@ ROUTES: list[tuple[str, str, bool]] = [
     ("POST", "/v1/organizations/{org}/tasks/{taskId}/sessions/{sessionId}/read", False),
     ("POST", "/v1/organizations/{org}/tasks/{taskId}/sessions/{sessionId}/permissions/{requestId}", True),
     ("GET", "/v1/organizations/{org}/billing", False),
+    ("GET", "/v1/organizations/{org}/billing/seat", False),
     ("POST", "/v1/organizations/{org}/billing/checkout", True),
     ("GET", "/v1/billing/checkout/complete", False),
     ("POST", "/v1/organizations/{org}/billing/portal", False),

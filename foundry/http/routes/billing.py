@@ -1,8 +1,9 @@
 """Billing: the plan and seats (admins), Stripe Checkout and portal, and Stripe's webhook.
 
 Authorization as everywhere: signed out 401, another organization 404, a member who is not an
-admin 403. Without Stripe settings every billing route answers 503 naming the missing variables;
-the rest of the product keeps working (seats are still counted, nothing is limited).
+admin 403 (except ``…/billing/seat``, each member's own standing). Without Stripe settings every
+admin billing route answers 503 naming the missing variables; the rest of the product keeps working
+(seats are still counted, nothing is limited).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from pydantic import BaseModel, Field
 from foundry import metrics
 from foundry.config import Settings
 from foundry.errors import Forbidden, NotConfigured
-from foundry.http.deps import Admin, CurrentCaller, RuntimeDep, SameSiteWrite, SettingsDep, require_member
+from foundry.http.deps import (
+    Admin,
+    CurrentCaller,
+    Member,
+    RuntimeDep,
+    SameSiteWrite,
+    SettingsDep,
+    require_member,
+)
 from foundry.http.errors import error_body
 from foundry.http.strict_body import BODY_CONFIG, StrictJsonRoute
 from foundry.webhooks.stripe import MAX_WEBHOOK_BYTES, StripeWebhookIngest, StripeWebhookRejected
@@ -153,6 +162,17 @@ async def switch_plan(
     _configured(settings)
     result: dict[str, Any] = await runtime.call(
         "organization", admin.organization_id, "switch_to_free", {"userId": admin.caller.user_id}
+    )
+    return result
+
+
+@router.get(ORG + "/seat", summary="The caller's own seat and prompt standing (any member)")
+async def own_seat(member: Member, runtime: RuntimeDep) -> dict[str, Any]:
+    """``{"held": bool, "refusal": {"error", "detail"} | null}``: what a prompt of the caller would
+    get now (402 ``seat_limit`` or ``billing_inactive``), asked before they write one. Answers
+    ``refusal: null`` when billing is not configured (nothing is limited)."""
+    result: dict[str, Any] = await runtime.call(
+        "organization", member.organization_id, "seat", {"userId": member.caller.user_id}
     )
     return result
 

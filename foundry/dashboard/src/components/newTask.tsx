@@ -1,6 +1,7 @@
 import { useState } from "preact/hooks";
 import { api, enc, errorText } from "../lib/api";
 import { navigate } from "../lib/router";
+import { useSeatNotice } from "../lib/seat";
 import type { OrgSnapshot } from "../org";
 import { config, currentUserId } from "../session";
 import { Modal } from "./common";
@@ -43,6 +44,7 @@ export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () 
   };
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
+  const seatNotice = useSeatNotice(org.organizationId, org.billing);
 
   async function submit(e: Event) {
     e.preventDefault();
@@ -99,6 +101,9 @@ export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () 
             <input id="nt-branch" class="input" value={branch} onInput={(e) => setBranch((e.currentTarget as HTMLInputElement).value)} />
           </div>
         </div>
+        {seatNotice && !error && (
+          <p class="notice" role="status" data-testid="seat-notice">Your prompts are not accepted yet: {seatNotice}.</p>
+        )}
         {error && <p class="error-note" role="alert">{error}</p>}
         <div class="actions">
           <button type="button" class="btn" onClick={close}>Cancel</button>

@@ -6,7 +6,8 @@ import { renderMarkdown } from "../lib/markdown";
 import { realtime } from "../lib/realtime";
 import { useStore } from "../lib/store";
 import { Transcript, type Item } from "../lib/transcript";
-import type { Member } from "../org";
+import { useSeatNotice } from "../lib/seat";
+import type { BillingSummary, Member } from "../org";
 import type { SessionInfo } from "../pages/task";
 import { appState } from "../session";
 import { ErrorNote } from "./common";
@@ -54,12 +55,13 @@ function useTranscript(orgId: string, taskId: string, sessionId: string, onTurnE
   return model;
 }
 
-export function SessionPane({ orgId, taskId, session, base, draft, archived, taskStatus, members }: { orgId: string; taskId: string; session: SessionInfo; base: string; draft: string; archived: boolean; taskStatus: string; members: Map<string, Member> | null }) {
+export function SessionPane({ orgId, taskId, session, base, draft, archived, taskStatus, members, billing }: { orgId: string; taskId: string; session: SessionInfo; base: string; draft: string; archived: boolean; taskStatus: string; members: Map<string, Member> | null; billing?: BillingSummary }) {
   const sbase = `${base}/sessions/${enc(session.sessionId)}`;
   const markRead = () => {
     if (document.visibilityState === "visible") api("POST", `${sbase}/read`).catch((e) => console.warn("mark read", e));
   };
   const model = useTranscript(orgId, taskId, session.sessionId, markRead);
+  const seatNotice = useSeatNotice(orgId, billing);
   useEffect(markRead, [session.sessionId]);
   // The session is on screen: whenever this user's state says it is unread (a turn ended, and the
   // task's note may land after the turnEnded event this page already saw), or the tab comes back
@@ -91,7 +93,7 @@ export function SessionPane({ orgId, taskId, session, base, draft, archived, tas
           {session.queuedMessages > 0 && ` · ${session.queuedMessages} queued`}
         </span>
       </div>
-      <Composer sbase={sbase} initialDraft={draft} session={session} archived={archived} taskStatus={taskStatus} running={running} />
+      <Composer sbase={sbase} initialDraft={draft} session={session} archived={archived} taskStatus={taskStatus} running={running} seatNotice={seatNotice} />
     </div>
   );
 }
@@ -251,7 +253,7 @@ function PermissionView({ item, sbase }: { item: Extract<Item, { kind: "permissi
   );
 }
 
-function Composer({ sbase, initialDraft, session, archived, taskStatus, running }: { sbase: string; initialDraft: string; session: SessionInfo; archived: boolean; taskStatus: string; running: boolean }) {
+function Composer({ sbase, initialDraft, session, archived, taskStatus, running, seatNotice }: { sbase: string; initialDraft: string; session: SessionInfo; archived: boolean; taskStatus: string; running: boolean; seatNotice: string | null }) {
   const [text, setText] = useState(initialDraft);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
@@ -310,6 +312,9 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running 
         void send();
       }}
     >
+      {seatNotice && !reason && (
+        <p class="notice" role="status" data-testid="seat-notice">Your messages are not accepted yet: {seatNotice}.</p>
+      )}
       <label for="composer-text" class="sr-only">Message to the agent</label>
       <textarea
         id="composer-text"

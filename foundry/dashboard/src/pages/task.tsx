@@ -8,7 +8,7 @@ import { api, ApiError, enc, errorText } from "../lib/api";
 import { linkClick, navigate } from "../lib/router";
 import { realtime } from "../lib/realtime";
 import { useStore } from "../lib/store";
-import type { Member, OrgSnapshot } from "../org";
+import type { BillingSummary, Member, OrgSnapshot } from "../org";
 import { appState, unreadByTask } from "../session";
 import { NotFoundPage } from "./notfound";
 
@@ -172,7 +172,7 @@ export function TaskView({ org, taskId, query }: { org: OrgSnapshot; viewerRole:
       </div>
       <section role="tabpanel" id={`panel-${tab}`} aria-labelledby={`tab-${tab}`} class="tab-panel">
         {tab === "agent" && (
-          <SessionTabs detail={detail} viewer={viewer} active={active} base={base} onPick={setPicked} orgId={org.organizationId} members={members} />
+          <SessionTabs detail={detail} viewer={viewer} active={active} base={base} onPick={setPicked} orgId={org.organizationId} members={members} billing={org.billing} />
         )}
         {tab === "changes" && <DiffView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} archived={detail.archivedAt !== null} />}
         {tab === "files" && <FilesView base={base} version={detail.updatedAt} ready={detail.status !== "provisioning" && !detail.archivedAt} archived={detail.archivedAt !== null} />}
@@ -327,7 +327,7 @@ function TaskHeader({ org, detail, base, members: byId }: { org: OrgSnapshot; de
   );
 }
 
-function SessionTabs({ detail, viewer, active, base, onPick, orgId, members }: { detail: TaskDetail; viewer: Viewer; active: SessionInfo | null; base: string; onPick: (id: string) => void; orgId: string; members: Map<string, Member> | null }) {
+function SessionTabs({ detail, viewer, active, base, onPick, orgId, members, billing }: { detail: TaskDetail; viewer: Viewer; active: SessionInfo | null; base: string; onPick: (id: string) => void; orgId: string; members: Map<string, Member> | null; billing?: BillingSummary }) {
   const [error, setError] = useState<string | null>(null);
   const [renaming, setRenaming] = useState<SessionInfo | null>(null);
   const [closing, setClosing] = useState<SessionInfo | null>(null);
@@ -400,7 +400,7 @@ function SessionTabs({ detail, viewer, active, base, onPick, orgId, members }: {
       )}
       {!renaming && <ErrorNote error={error} />}
       {active ? (
-        <SessionPane key={active.sessionId} orgId={orgId} taskId={detail.taskId} session={active} base={base} draft={viewer.drafts[active.sessionId] ?? ""} archived={archived} taskStatus={detail.status} members={members} />
+        <SessionPane key={active.sessionId} orgId={orgId} taskId={detail.taskId} session={active} base={base} draft={viewer.drafts[active.sessionId] ?? ""} archived={archived} taskStatus={detail.status} members={members} billing={billing} />
       ) : (
         <p class="muted pad">{archived ? "This task is archived and has no session to show." : "No open session. Start one with “New session”."}</p>
       )}
