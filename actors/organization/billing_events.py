@@ -335,7 +335,7 @@ async def handle_stripe_event(ctx: CommandContext, cmd: StripeEvent) -> dict[str
         return {"eventId": cmd.event_id, "outcome": "duplicate"}
     row = found if found is not None else await ensure_billing(conn, now)
     try:
-        async with conn.begin_nested():
+        async with ctx.savepoint():
             outcome = await _apply_event(ctx, conn, cmd, row, now)
     except Exception:
         # Recorded as failed (visible in billing_events, with the traceback in the log) rather than

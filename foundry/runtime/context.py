@@ -100,6 +100,22 @@ class InstanceContext:
         async with self._instance.transaction(self) as conn:
             yield conn
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[AsyncConnection]:
+        """A savepoint of the current transaction: if the block raises, its writes are rolled back
+        and so are the events it published and the commands it sent (they would describe writes
+        that never happened)."""
+        if self._conn is None:
+            raise RuntimeError("savepoint() needs a transaction")
+        published, sent = len(self._publishes), len(self._sends)
+        try:
+            async with self._conn.begin_nested():
+                yield self._conn
+        except BaseException:
+            del self._publishes[published:]
+            del self._sends[sent:]
+            raise
+
     def publish(self, topic: str, event: str, data: Any, *, plain: bool = False) -> None:
         """Publish on a topic this instance owns, once the current transaction commits.
 

@@ -246,3 +246,44 @@ async def test_a_member_learns_before_writing_a_prompt_that_it_would_be_refused(
         }
     async with billing_server.signed_in("bob") as bob:
         assert (await bob.get("/v1/organizations/acme/billing/seat")).status_code == 404
+
+
+async def test_an_event_that_fails_where_it_is_applied_is_recorded_failed_not_lost(
+    billing_server: BillingServer,
+) -> None:
+    """Past the ingest's checks (sent to the organization directly, as a future Stripe field might
+    slip through): the failure is recorded under the event id, with nothing of it applied."""
+    stripe = billing_server.stripe
+    async with billing_server.signed_in("carol") as carol:
+        await upgrade_to_team(billing_server, carol)
+    invoice = copy.deepcopy(next(iter(stripe.invoices.values())))
+    result = await billing_server.runtime.send(
+        "organization",
+        "acme",
+        "stripe_event",
+        {
+            "eventId": "evt_broken",
+            "type": "invoice.paid",
+            "created": 1,
+            "object": {**invoice, "amount_due": "lots"},
+        },
+        wait=True,
+    )
+    assert result == {"eventId": "evt_broken", "outcome": "failed"}
+    stats = await billing_server.runtime.call("organization", "acme", "stripe_event_stats")
+    assert stats["byOutcome"]["failed"] == 1
+    # A redelivery is a duplicate of the recorded failure, and the organization goes on.
+    again = await billing_server.runtime.send(
+        "organization",
+        "acme",
+        "stripe_event",
+        {
+            "eventId": "evt_broken",
+            "type": "invoice.paid",
+            "created": 1,
+            "object": {**invoice, "amount_due": "lots"},
+        },
+        wait=True,
+    )
+    assert again["outcome"] == "duplicate"
+    assert (await billing_server.billing())["plan"] == "team"
