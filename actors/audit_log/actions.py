@@ -27,7 +27,8 @@ async def list_events(ctx: InstanceContext, query: ListEvents) -> list[dict[str,
     if query.branch is not None:
         stmt = stmt.where(events.c.branch_name == query.branch)
     if query.kind is not None:
-        stmt = stmt.where(events.c.kind == query.kind)
+        # A kind or its beginning: "billing" finds every billing.* entry, "task.create" task.created.
+        stmt = stmt.where(events.c.kind.startswith(query.kind, autoescape=True))
     if query.before_id is not None:
         stmt = stmt.where(events.c.id < query.before_id)
     if not query.admin_view:

@@ -116,6 +116,7 @@ async def build_billing(conn: AsyncConnection, settings: StripeSettings) -> dict
         "graceEndsAt": grace_ends,
         "paymentMethod": row.payment_method if row else None,
         "hasCustomer": bool(row and row.customer_id),
+        "freeSeats": settings.free_seats,
         "sync": {"pending": pending, "lastError": last_error},
         "invoices": invoices,
         "updatedAt": row.updated_at if row else None,
@@ -240,6 +241,9 @@ async def record_seat_change(
     ).inserted_primary_key
     assert inserted is not None
     change_id = int(inserted[0])
+    # The billing state changed for every member (who may prompt now): its time moves, so pages
+    # that ask about their own standing ask again.
+    await conn.execute(billing.update().where(billing.c.id == 1).values(updated_at=now))
     ctx.send_after_commit(
         AUDIT_ROLE,
         ctx.key,
@@ -313,7 +317,7 @@ def billing_summary(details: dict[str, Any]) -> dict[str, Any]:
     ``billingUpdated`` events all use it.
 
     ``seatLimitReached``: a member without a seat cannot send a first prompt until an admin upgrades
-    or releases a seat.
+    or releases a seat. ``freeSeats``: the seats of the free plan (this server's setting).
     """
     seats = details["seats"]
     return {
@@ -321,6 +325,7 @@ def billing_summary(details: dict[str, Any]) -> dict[str, Any]:
         "plan": details["plan"],
         "status": details["status"],
         "seatLimitReached": seats["limit"] is not None and seats["used"] >= seats["limit"],
+        "freeSeats": details["freeSeats"],
         "updatedAt": details["updatedAt"],
     }
 

@@ -7,10 +7,12 @@ transaction with the uniqueness check); they have no I/O.
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Container
 
 from foundry.branch_names import branch_problem
+from foundry.display_text import one_line
 from foundry.errors import InvalidInput
 from foundry.models_catalog import KNOWN_MODELS, MODEL_GROUPS, agent_for_model
 
@@ -19,6 +21,9 @@ MAX_PROMPT_CHARS = 100_000
 BRANCH_PREFIX = "foundry/"
 RESCUE_PREFIX = "foundry/rescue/"
 _TITLE_TYPES = ("feat", "fix", "docs", "refactor")
+#: What a derived title drops from the prompt's first line: markup and symbols. Words of any script,
+#: digits, apostrophes and plain punctuation stay ("Überarbeite alice's README (v2)").
+_TITLE_NOISE = re.compile(r"[^\w\s'\u2019.,:;!?()/#&+@-]|_")
 _TITLE_MAX = 62
 _SLUG_MAX = 40
 # A conservative subset of `git check-ref-format --branch`: what a task branch may be called.
@@ -47,7 +52,7 @@ def derive_title(prompt: str, explicit: str | None = None) -> str:
     The source is the explicit title, else the first non-empty line of the prompt, else "update task".
     A leading ``feat:``/``fix:``/``docs:``/``refactor:`` is kept; otherwise the type is guessed from
     the words (fix/bug → fix, doc/readme → docs, refactor → refactor, else feat). The summary keeps
-    letters, digits, spaces and dashes, collapsed and cut to 62 characters.
+    words of any script, digits and plain punctuation, on one line, cut to 62 characters.
     """
     if explicit is not None and explicit.strip():
         return " ".join(explicit.split())[:200]
@@ -66,13 +71,16 @@ def derive_title(prompt: str, explicit: str | None = None) -> str:
             kind = "refactor"
         else:
             kind = "feat"
-    summary = " ".join(re.sub(r"[^A-Za-z0-9 -]", " ", source).split())[:_TITLE_MAX].strip()
+    source = source.lstrip("#>*- \t")  # a Markdown heading, quote or list marker is not the title
+    summary = one_line(_TITLE_NOISE.sub(" ", source), _TITLE_MAX).strip()
     return f"{kind}: {summary or 'update task'}"
 
 
 def _slug(title: str) -> str:
     summary = title.split(":", 1)[1] if ":" in title and title.split(":", 1)[0] in _TITLE_TYPES else title
-    slug = re.sub(r"[^a-z0-9]+", "-", summary.lower()).strip("-")[:_SLUG_MAX].strip("-")
+    # Accents go rather than the letter ("Überarbeite" → "uberarbeite"); other scripts give "task".
+    ascii_summary = unicodedata.normalize("NFKD", summary).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_summary.lower()).strip("-")[:_SLUG_MAX].strip("-")
     return slug or "task"
 
 

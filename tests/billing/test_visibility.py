@@ -15,7 +15,7 @@ from tests.github.test_webhook_families import hook
 from tests.tasks.conftest import WsClient
 
 #: The whole member-facing billing summary: what a member needs to use the product.
-SUMMARY_KEYS = {"enabled", "plan", "status", "seatLimitReached", "updatedAt"}
+SUMMARY_KEYS = {"enabled", "plan", "status", "seatLimitReached", "freeSeats", "updatedAt"}
 #: Words that appear only in billing details (JSON keys and values the fake Stripe produces).
 DETAIL_MARKERS = (
     "invoices",

@@ -11,7 +11,7 @@ from playwright.sync_api import Browser, Route, expect
 
 from tests.browser.conftest import People
 from tests.browser.support import Server
-from tests.browser.test_task_flow import open_new_task
+from tests.browser.test_task_flow import open_new_task, wait_idle
 
 PR_TASK = "/o/acme/t/pr-910001-1"
 
@@ -110,7 +110,124 @@ def test_a_member_without_a_seat_on_a_full_plan_is_told_before_writing_a_prompt(
         carol.goto(f"/o/acme/t/{task_id}")
         expect(carol.get_by_test_id("seat-notice")).to_contain_text("Your messages are not accepted yet")
         # An admin frees the seat: the notice goes, live.
+        alice.goto(f"/o/acme/t/{task_id}")
+        expect(alice.get_by_label("Message to the agent")).to_be_enabled()
         assert carol.request.delete("/v1/organizations/acme/billing/seats/alice").status == 200
         expect(carol.get_by_test_id("seat-notice")).to_have_count(0)
+        # carol takes it with her first message; the plan is as full as before, but alice no longer
+        # holds a seat: her page says so, live.
+        carol.get_by_label("Message to the agent").fill("My first message")
+        carol.get_by_role("button", name="Send").click()
+        expect(alice.get_by_test_id("seat-notice")).to_contain_text("alice needs a seat to send prompts")
+    finally:
+        people.close()
+
+
+def test_a_draft_survives_switching_sessions_and_views_even_when_typed_just_before(people: People) -> None:
+    page = people.page("alice")
+    page.goto("/o/acme")
+    task_id = open_new_task(page, "Drafts across tabs")
+    wait_idle(page)
+    composer = page.get_by_label("Message to the agent")
+    composer.fill("Draft of session one")
+    page.get_by_role("button", name="+ New session").click()
+    tabs = page.get_by_role("group", name="Agent sessions")
+    expect(tabs.get_by_role("button", name="Session 2", exact=True)).to_be_visible(timeout=30_000)
+    composer.fill("Typed right before switching")
+    tabs.get_by_role("button", name="Session 1", exact=True).click()  # within the save delay
+    expect(composer).to_have_value("Draft of session one")
+    page.get_by_role("tab", name="Changes").click()
+    page.get_by_role("tab", name="Agent").click()
+    expect(composer).to_have_value("Draft of session one")
+    tabs.get_by_role("button", name="Session 2", exact=True).click()
+    expect(composer).to_have_value("Typed right before switching")
+    # ... and it reached the server: a reload shows both.
+    page.reload()
+    expect(page.get_by_label("Message to the agent")).to_have_value("Typed right before switching")
+    detail = page.request.get(f"/v1/organizations/acme/tasks/{task_id}").json()
+    assert sorted(s["draft"]["text"] for s in detail["sessions"]) == [
+        "Draft of session one",
+        "Typed right before switching",
+    ]
+
+
+def test_another_admins_save_does_not_overwrite_what_this_form_has_not_saved(people: People) -> None:
+    first, second = people.page("carol"), people.page("carol")
+    for page in (first, second):
+        page.goto("/o/acme/settings")
+        expect(page.get_by_label("Display name")).to_be_enabled()
+    original = first.get_by_label("Display name").input_value()
+    save = second.get_by_role("region", name="General").get_by_role("button", name="Save")
+    try:
+        first.get_by_label("Display name").fill("Typed here, not saved")
+        second.get_by_label("Display name").fill("Saved over there")
+        save.click()
+        expect(second.get_by_role("status")).to_contain_text("Settings saved")
+        expect(first.get_by_role("combobox", name="Organization").locator("option[value=acme]")).to_have_text(
+            "Saved over there"
+        )
+        expect(first.get_by_label("Display name")).to_have_value("Typed here, not saved")
+    finally:
+        second.get_by_label("Display name").fill(original)
+        save.click()
+        expect(
+            second.get_by_role("combobox", name="Organization").locator("option[value=acme]")
+        ).to_have_text(original)
+
+
+def test_a_long_organization_name_does_not_widen_a_phone_screen(
+    browser: Browser, one_seat_server: Server
+) -> None:
+    people = People(browser, one_seat_server.url)
+    try:
+        carol = people.page("carol", width=375, height=740)
+        carol.goto("/o/acme/settings")
+        name = carol.get_by_label("Display name")
+        expect(name).to_be_enabled()
+        long_name = "The Extremely Long Organization Name Of A Company With Many Departments And Divisions"
+        name.fill(long_name)
+        carol.get_by_role("region", name="General").get_by_role("button", name="Save").click()
+        expect(carol.get_by_role("combobox", name="Organization").locator("option[value=acme]")).to_have_text(
+            long_name
+        )
+        for path in ("/o/acme", "/o/acme/settings", "/o/acme/billing"):
+            carol.goto(path)
+            expect(carol.get_by_role("combobox", name="Organization")).to_be_visible()
+            assert carol.evaluate("document.documentElement.scrollWidth") <= 375, path
+    finally:
+        people.close()
+
+
+def test_losing_a_seat_on_a_plan_that_stays_full_shows_the_notice_live(
+    browser: Browser, one_seat_server: Server
+) -> None:
+    """Back on the free plan with two seats held (one more than it has): releasing alice's seat
+    leaves the plan exactly as full, and alice's open task says at once that her messages wait."""
+    people = People(browser, one_seat_server.url)
+    try:
+        carol, alice = people.page("carol"), people.page("alice")
+        base = "/v1/organizations/acme/billing"
+        started = carol.request.post(f"{base}/checkout", data={"plan": "team"})
+        assert started.ok, started.text()
+        paid = carol.request.get(started.json()["url"], max_redirects=0)
+        assert paid.status == 303
+        assert carol.request.get(paid.headers["location"], max_redirects=0).status == 302
+        expect_plan = lambda: carol.request.get(base).json()["plan"]  # noqa: E731
+        for _ in range(100):
+            if expect_plan() == "team":
+                break
+            carol.wait_for_timeout(100)
+        created = alice.request.post(
+            "/v1/organizations/acme/tasks", data={"repoId": "910001", "prompt": "Alice on the team plan"}
+        )
+        assert created.status == 201, created.text()
+        assert carol.request.post(f"{base}/plan", data={"plan": "free"}).ok
+        seats = carol.request.get(base).json()["seats"]
+        assert (seats["used"], seats["limit"]) == (2, 1)
+        alice.goto(f"/o/acme/t/{created.json()['taskId']}")
+        expect(alice.get_by_label("Message to the agent")).to_be_enabled()
+        expect(alice.get_by_test_id("seat-notice")).to_have_count(0)
+        assert carol.request.delete(f"{base}/seats/alice").ok
+        expect(alice.get_by_test_id("seat-notice")).to_contain_text("alice needs a seat to send prompts")
     finally:
         people.close()

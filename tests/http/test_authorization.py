@@ -90,6 +90,15 @@ async def test_settings_need_an_admin_and_land_in_the_audit_log(server: Server) 
                 break
         assert events[0]["actorUserId"] == (await carol.get("/v1/app")).json()["user"]["id"]
         assert events[0]["payload"]["changed"] == {"display_name": "ACME Rockets", "default_model": "opus"}
+        # A kind's beginning finds its family (what a person types into the filter).
+        for prefix in ("organization", "organization.settings", "organization.settings_up"):
+            found = (await alice.get("/v1/organizations/acme/audit-log", params={"kind": prefix})).json()
+            assert events[0]["id"] in [e["id"] for e in found], prefix
+            assert all(e["kind"].startswith(prefix) for e in found)
+        literal = (
+            await alice.get("/v1/organizations/acme/audit-log", params={"kind": "organization%"})
+        ).json()
+        assert literal == []  # the filter is text, not a pattern
 
 
 async def test_members_carry_github_roles(server: Server) -> None:

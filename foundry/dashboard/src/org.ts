@@ -64,6 +64,8 @@ export interface BillingSummary {
   status: string;
   /** A member without a seat cannot send a first prompt until an admin upgrades or frees a seat. */
   seatLimitReached: boolean;
+  /** The seats of the free plan (this server's setting). */
+  freeSeats: number;
   updatedAt: number | null;
 }
 
@@ -92,6 +94,8 @@ export interface Billing {
   graceEndsAt: number | null;
   paymentMethod: string | null;
   hasCustomer: boolean;
+  /** The seats of the free plan (this server's setting). */
+  freeSeats: number;
   sync: { pending: number; lastError: string | null };
   invoices: Invoice[];
   updatedAt: number | null;

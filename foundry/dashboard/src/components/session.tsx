@@ -9,7 +9,7 @@ import { Transcript, type Item } from "../lib/transcript";
 import { useSeatNotice } from "../lib/seat";
 import type { BillingSummary, Member } from "../org";
 import type { SessionInfo } from "../pages/task";
-import { appState } from "../session";
+import { appState, currentUserId } from "../session";
 import { ErrorNote } from "./common";
 
 const MIN_RENDER_MS = 80;
@@ -253,16 +253,26 @@ function PermissionView({ item, sbase }: { item: Extract<Item, { kind: "permissi
   );
 }
 
+/**
+ * What this person typed in each composer during this page's life, saved or not, by user and
+ * session: switching session tabs or views remounts the composer, and the draft the task page read
+ * at load is older than that.
+ */
+const typed = new Map<string, string>();
+
 function Composer({ sbase, initialDraft, session, archived, taskStatus, running, seatNotice }: { sbase: string; initialDraft: string; session: SessionInfo; archived: boolean; taskStatus: string; running: boolean; seatNotice: string | null }) {
-  const [text, setText] = useState(initialDraft);
+  const slot = `${currentUserId() ?? ""}:${sbase}`;
+  const start = typed.get(slot) ?? initialDraft;
+  const [text, setText] = useState(start);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const timer = useRef<number | undefined>(undefined);
   const saved = useRef(initialDraft);
 
-  const latest = useRef(initialDraft);
+  const latest = useRef(start);
   const saveDraft = (value: string, delay = 500) => {
     latest.current = value;
+    typed.set(slot, value);
     window.clearTimeout(timer.current);
     timer.current = window.setTimeout(() => {
       if (value === saved.current) return;
@@ -276,7 +286,17 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running,
       });
     }, delay);
   };
-  useEffect(() => () => window.clearTimeout(timer.current), []);
+  useEffect(() => {
+    if (start !== initialDraft) saveDraft(start); // typed here before, not saved yet
+    return () => {
+      // Leaving (another session tab, another view): what was typed is saved now, not dropped.
+      window.clearTimeout(timer.current);
+      if (latest.current !== saved.current) {
+        const value = latest.current;
+        api("PUT", `${sbase}/draft`, { text: value }).catch((e) => console.warn("draft not saved on leaving", e));
+      }
+    };
+  }, []);
 
   const reason = archived
     ? "This task is archived."
@@ -297,8 +317,10 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running,
       setText("");
       saved.current = "";
       latest.current = ""; // a draft save still retrying must not bring the sent text back
+      typed.set(slot, "");
     } catch (e) {
       setError(errorText(e));
+      saveDraft(text, 0); // refused: the text stays, in the draft too (a reload keeps it)
     } finally {
       setBusy(false);
     }

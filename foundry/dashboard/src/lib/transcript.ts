@@ -135,7 +135,7 @@ export class Transcript {
         break;
       case "stopRequested":
         this.notice(key, "muted", d.turnRunning ? "Stop requested…" : "Stop requested (no turn was running).");
-        if (d.droppedQueued > 0) this.dropQueued(key, `Stop discarded ${d.droppedQueued === 1 ? "the waiting message" : `${d.droppedQueued} waiting messages`}; they were not sent to the agent.`);
+        if (d.droppedQueued > 0) this.dropQueued(key, d.droppedQueued === 1 ? "Stop discarded the waiting message; it was not sent to the agent." : `Stop discarded ${d.droppedQueued} waiting messages; they were not sent to the agent.`);
         break;
       case "sessionRenamed":
         this.notice(key, "muted", `Renamed to “${d.name}”`);

@@ -7,6 +7,7 @@ import { ErrorNote, Modal } from "../components/common";
 import { api, enc, errorText } from "../lib/api";
 import { dateTime, plural, safeUrl } from "../lib/format";
 import { realtime } from "../lib/realtime";
+import { navigate } from "../lib/router";
 import type { Billing, BillingSummary, OrgSnapshot } from "../org";
 
 const STATUS_TEXT: Record<string, string> = {
@@ -48,8 +49,12 @@ function useBillingDetails(orgId: string, admin: boolean): Details | null {
   return admin ? details : null;
 }
 
-function planName(plan: string): string {
-  return plan === "team" ? "Team (per seat)" : "Free (1 seat)";
+function seatsText(n: number): string {
+  return `${n} seat${n === 1 ? "" : "s"}`;
+}
+
+function planName(plan: string, freeSeats: number): string {
+  return plan === "team" ? "Team (per seat)" : `Free (${seatsText(freeSeats)})`;
 }
 
 export function BillingPage({ org, viewerRole, query }: { org: OrgSnapshot; viewerRole: string; query: URLSearchParams }) {
@@ -92,7 +97,7 @@ function MemberBilling({ org, summary }: { org: OrgSnapshot; summary: BillingSum
         <h2 id="plan-heading">Plan</h2>
         <dl class="facts">
           <dt>Plan</dt>
-          <dd data-testid="billing-plan-name">{planName(summary.plan)}</dd>
+          <dd data-testid="billing-plan-name">{planName(summary.plan, summary.freeSeats)}</dd>
           <dt>Status</dt>
           <dd>
             <span class={`badge billing-${summary.status}`} data-testid="billing-status">{STATUS_TEXT[summary.status] ?? summary.status}</span>
@@ -121,6 +126,8 @@ function AdminBilling({ org, billing, query }: { org: OrgSnapshot; billing: Bill
   const checkout = query.get("checkout");
 
   async function act(name: string, run: () => Promise<unknown>) {
+    // The note about the checkout that brought the admin here is done with once they act again.
+    if (checkout) navigate(location.pathname, true);
     setBusy(name);
     setError(null);
     try {
@@ -145,14 +152,18 @@ function AdminBilling({ org, billing, query }: { org: OrgSnapshot; billing: Bill
   return (
     <main class="page narrow">
       <h1>Billing</h1>
-      {checkout === "success" && <p class="note-ok" role="status">Thank you: the team plan is active once Stripe confirms the payment.</p>}
+      {checkout === "success" && (
+        <p class="ok-note" role="status">
+          {team && billing.status === "active" ? "Thank you: the team plan is active." : "Thank you: the team plan is active once Stripe confirms the payment."}
+        </p>
+      )}
       {checkout === "canceled" && <p class="muted" role="status">Checkout was canceled; nothing was charged.</p>}
       <ErrorNote error={error} />
       <section class="card" aria-labelledby="plan-heading" data-testid="billing-plan">
         <h2 id="plan-heading">Plan</h2>
         <dl class="facts">
           <dt>Plan</dt>
-          <dd data-testid="billing-plan-name">{planName(billing.plan)}</dd>
+          <dd data-testid="billing-plan-name">{planName(billing.plan, billing.freeSeats)}</dd>
           <dt>Status</dt>
           <dd>
             <span class={`badge billing-${billing.status}`} data-testid="billing-status">{STATUS_TEXT[billing.status] ?? billing.status}</span>
@@ -182,6 +193,12 @@ function AdminBilling({ org, billing, query }: { org: OrgSnapshot; billing: Bill
             </>
           )}
         </dl>
+        {seats.limit !== null && seats.used > seats.limit && (
+          <p class="notice" role="status" data-testid="over-limit">
+            {seats.used} members hold seats, more than the {seatsText(seats.limit)} of this plan. They keep working; nobody else can
+            take a seat until enough are released (under Seats) or the plan has more.
+          </p>
+        )}
         {billing.status === "past_due" && (
           <p class="error-note" role="alert">
             The last payment failed.{" "}
@@ -212,7 +229,7 @@ function AdminBilling({ org, billing, query }: { org: OrgSnapshot; billing: Bill
               onClick={() =>
                 setConfirm({
                   title: "Cancel the team plan",
-                  text: "The plan stays active until the end of the current period, then the organization returns to one seat.",
+                  text: `The plan stays active until the end of the current period, then the organization returns to the free plan (${seatsText(billing.freeSeats)}).`,
                   action: "Cancel at period end",
                   run: () => api("POST", `${base}/cancel`),
                 })
@@ -233,7 +250,11 @@ function AdminBilling({ org, billing, query }: { org: OrgSnapshot; billing: Bill
               onClick={() =>
                 setConfirm({
                   title: "Switch to the free plan",
-                  text: "The team subscription ends now. The free plan has one seat: members beyond it cannot send new prompts.",
+                  text:
+                    `The team subscription ends now. The free plan has ${seatsText(billing.freeSeats)}; ${seats.used} ${seats.used === 1 ? "is" : "are"} held now. ` +
+                    (seats.used >= billing.freeSeats
+                      ? "Members who hold a seat keep it; nobody else can send prompts until seats are released."
+                      : "Members who hold a seat keep it."),
                   action: "Switch to free",
                   run: () => api("POST", `${base}/plan`, { plan: "free" }),
                 })

@@ -18,9 +18,14 @@ export function SettingsPage({ org, viewerRole }: { org: OrgSnapshot; viewerRole
   const [filters, setFilters] = useState({ repoId: "", taskId: "", kind: "" });
   const [draftFilters, setDraftFilters] = useState(filters);
 
-  // Another admin's change arrives live; follow it unless this form has unsaved edits.
-  useEffect(() => setDisplayName(org.settings.displayName), [org.settings.displayName]);
-  useEffect(() => setModel(org.settings.defaultModel), [org.settings.defaultModel]);
+  // Another admin's change arrives live; a field follows it unless this form changed that field
+  // and has not saved it (the last values this form showed from the server are the base).
+  const [base, setBase] = useState(org.settings);
+  useEffect(() => {
+    setDisplayName((mine) => (mine === base.displayName ? org.settings.displayName : mine));
+    setModel((mine) => (mine === base.defaultModel ? org.settings.defaultModel : mine));
+    setBase(org.settings);
+  }, [org.settings.displayName, org.settings.defaultModel]);
   useEffect(() => {
     api<Member[]>("GET", `/v1/organizations/${enc(org.organizationId)}/members`).then(setMembers, (e) => setError(errorText(e)));
   }, [org.organizationId, org.memberCount]);
@@ -111,7 +116,7 @@ export function SettingsPage({ org, viewerRole }: { org: OrgSnapshot; viewerRole
           </div>
           <div class="field">
             <label for="f-kind">Kind</label>
-            <input id="f-kind" class="input" placeholder="e.g. task.create" value={draftFilters.kind} onInput={(e) => setDraftFilters({ ...draftFilters, kind: (e.currentTarget as HTMLInputElement).value.trim() })} />
+            <input id="f-kind" class="input" placeholder="e.g. task.created, or billing for every billing entry" value={draftFilters.kind} onInput={(e) => setDraftFilters({ ...draftFilters, kind: (e.currentTarget as HTMLInputElement).value.trim() })} />
           </div>
           <button type="submit" class="btn">Apply filters</button>
         </form>

@@ -1,5 +1,5 @@
 // The workspace: the live task sidebar (grouped by repository) and the selected task.
-import { useEffect, useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { Avatar, StatusBadge } from "../components/common";
 import { NewTaskDialog } from "../components/newTask";
 import { api, enc, errorText } from "../lib/api";
@@ -113,6 +113,14 @@ function ArchivedTasks({ org, base, taskId }: { org: OrgSnapshot; base: string; 
   useEffect(() => {
     if (open) void load(null);
   }, [open, org.organizationId]);
+  // A task leaving the live list (archived by anyone, or its PR closed) joins this one: read it again.
+  const live = useRef<Set<string>>(new Set());
+  useEffect(() => {
+    const now = new Set(org.taskSummaries.map((t) => t.taskId));
+    const left = [...live.current].some((id) => !now.has(id));
+    live.current = now;
+    if (open && left) void load(null);
+  }, [org.taskSummaries]);
   return (
     <details class="archived-tasks" onToggle={(e) => setOpen((e.currentTarget as HTMLDetailsElement).open)}>
       <summary class="muted small">Archived tasks</summary>
