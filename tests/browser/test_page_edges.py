@@ -221,9 +221,19 @@ def test_losing_a_seat_on_a_plan_that_stays_full_shows_the_notice_live(
             "/v1/organizations/acme/tasks", data={"repoId": "910001", "prompt": "Alice on the team plan"}
         )
         assert created.status == 201, created.text()
+        # carol holds one too (she may already, from an earlier test on this server).
+        own = carol.request.post(
+            "/v1/organizations/acme/tasks", data={"repoId": "910001", "prompt": "Carol's"}
+        )
+        assert own.status == 201, own.text()
         assert carol.request.post(f"{base}/plan", data={"plan": "free"}).ok
         seats = carol.request.get(base).json()["seats"]
         assert (seats["used"], seats["limit"]) == (2, 1)
+        carol.goto("/o/acme/billing")
+        expect(carol.get_by_test_id("billing-plan-name")).to_have_text("Free (1 seat)")
+        expect(carol.get_by_test_id("over-limit")).to_contain_text(
+            "2 members hold seats, more than the 1 seat"
+        )
         alice.goto(f"/o/acme/t/{created.json()['taskId']}")
         expect(alice.get_by_label("Message to the agent")).to_be_enabled()
         expect(alice.get_by_test_id("seat-notice")).to_have_count(0)
