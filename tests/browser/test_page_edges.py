@@ -11,7 +11,7 @@ from playwright.sync_api import Browser, Route, expect
 
 from tests.browser.conftest import People
 from tests.browser.support import Server
-from tests.browser.test_task_flow import open_new_task, wait_idle
+from tests.browser.test_task_flow import open_new_task, transcript, wait_idle
 
 PR_TASK = "/o/acme/t/pr-910001-1"
 
@@ -128,6 +128,11 @@ def test_a_draft_survives_switching_sessions_and_views_even_when_typed_just_befo
     page.goto("/o/acme")
     task_id = open_new_task(page, "Drafts across tabs")
     wait_idle(page)
+    # The turn is over: its plan shows no step as still running.
+    plan = transcript(page).locator("[data-kind=plan]")
+    expect(plan.locator("li").first).to_be_visible()
+    expect(plan.locator(".plan-in_progress")).to_have_count(0)
+    expect(plan.locator(".plan-not_done").first).to_be_visible()
     composer = page.get_by_label("Message to the agent")
     composer.fill("Draft of session one")
     page.get_by_role("button", name="+ New session").click()

@@ -160,12 +160,17 @@ class ItemView extends Component<{ item: Item; rev: number; sbase: string; autho
           <div class="plan" data-kind="plan">
             <div class="msg-role">Plan</div>
             <ol>
-              {item.entries.map((p, n) => (
-                <li key={n} class={`plan-${p.status}`}>
-                  <span class="plan-mark" aria-hidden="true">{p.status === "completed" ? "✓" : p.status === "in_progress" ? "◐" : "○"}</span>
-                  {p.content} <span class="sr-only">({p.status})</span>
-                </li>
-              ))}
+              {item.entries.map((p, n) => {
+                // After its turn, a step left open is shown as not done rather than still running.
+                const status = item.ended && p.status !== "completed" ? "not_done" : p.status;
+                const label = { completed: "done", in_progress: "in progress", pending: "pending", not_done: "not done when the turn ended" }[status] ?? status;
+                return (
+                  <li key={n} class={`plan-${status}`}>
+                    <span class="plan-mark" aria-hidden="true">{status === "completed" ? "✓" : status === "in_progress" ? "◐" : status === "not_done" ? "–" : "○"}</span>
+                    {p.content} <span class="sr-only">({label})</span>
+                  </li>
+                );
+              })}
             </ol>
           </div>
         );

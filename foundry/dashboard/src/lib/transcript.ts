@@ -23,7 +23,7 @@ export type Item =
       state: "sent" | "queued" | "dropped";
     }
   | { kind: "text"; key: string; rev: number; role: "agent" | "thought"; text: string }
-  | { kind: "plan"; key: string; rev: number; entries: { content: string; status: string; priority?: string }[] }
+  | { kind: "plan"; key: string; rev: number; entries: { content: string; status: string; priority?: string }[]; ended?: boolean }
   | {
       kind: "tool";
       key: string;
@@ -215,6 +215,13 @@ export class Transcript {
   }
 
   private cancelPending(): void {
+    // The turn is over: a plan's steps still "in progress" or "pending" will not move any more.
+    for (const item of this.items) {
+      if (item.kind === "plan" && !item.ended) {
+        item.ended = true;
+        item.rev++;
+      }
+    }
     for (const p of this.permissions.values()) {
       if (p.state === "pending") {
         p.state = "cancelled";
