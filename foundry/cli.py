@@ -56,7 +56,9 @@ def main(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Interface to bind (default FOUNDRY_HOST or 127.0.0.1).")
-@click.option("--port", default=None, type=int, help="Port (default FOUNDRY_PORT or 7741).")
+@click.option(
+    "--port", default=None, type=click.IntRange(1, 65535), help="Port (default FOUNDRY_PORT or 7741)."
+)
 @click.option(
     "--allow-public-mock",
     is_flag=True,
@@ -69,7 +71,7 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
     overrides: dict[str, object] = {}
     if host:
         overrides["host"] = host
-    if port:
+    if port is not None:
         overrides["port"] = port
     if allow_public_mock:
         overrides["allow_public_mock"] = True

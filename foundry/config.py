@@ -13,6 +13,7 @@ import re
 import secrets
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -106,6 +107,18 @@ class RuntimeSettings(BaseModel):
         return value
 
 
+def _http_url(value: str, *, empty_ok: bool = False) -> str:
+    """``value`` if it is an absolute http(s) URL with a host (OAuth redirects, API bases)."""
+    if empty_ok and not value:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+        raise ValueError(
+            f"must be an absolute http(s) URL such as https://foundry.example.com, not {value!r}"
+        )
+    return value
+
+
 class GitHubSettings(BaseModel):
     """The GitHub App (repository access, webhooks) and its OAuth client (sign-in)."""
 
@@ -118,6 +131,11 @@ class GitHubSettings(BaseModel):
     web_url: str = "https://github.com"
     #: PyGithub's own pacing between requests; off against the local fake.
     throttle: bool = True
+
+    @field_validator("api_url", "web_url")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        return _http_url(value)
 
     @field_validator("private_key")
     @classmethod
@@ -137,8 +155,9 @@ class GitHubSettings(BaseModel):
 class AuthSettings(BaseModel):
     """Sessions and cookies."""
 
-    session_ttl_seconds: int = 14 * 24 * 3600
-    cookie_name: str = "foundry_session"
+    session_ttl_seconds: int = Field(default=14 * 24 * 3600, ge=60)
+    #: An HTTP cookie name (RFC 6265 token): anything else would fail every sign-in.
+    cookie_name: str = Field(default="foundry_session", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
     #: Allowed browser origins for writes besides the app URL (comma-free list).
     extra_origins: list[str] = Field(default_factory=list)
 
@@ -232,6 +251,12 @@ class StripeSettings(BaseModel):
     price_team: str = ""
     #: Stripe's API base; tests and mock mode point it at the fake Stripe.
     api_base: str = "https://api.stripe.com"
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base(cls, value: str) -> str:
+        return _http_url(value)
+
     #: Seats of the ``free`` plan.
     free_seats: int = Field(default=1, ge=1)
     #: Days a ``past_due`` subscription keeps accepting new prompts.
@@ -265,7 +290,7 @@ class Settings(BaseSettings):
 
     mode: Literal["mock", "production"] = "mock"
     host: str = "127.0.0.1"
-    port: int = 7741
+    port: int = Field(default=7741, ge=1, le=65535)
     data_dir: Path = Path(".data")
     #: Public URL of the app (used for OAuth redirects and the Secure cookie flag).
     app_url: str = ""
@@ -287,12 +312,17 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     stripe: StripeSettings = Field(default_factory=StripeSettings)
     #: Largest JSON request body the API accepts (webhooks have their own, larger limit).
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("app_url")
+    @classmethod
+    def _app_url(cls, value: str) -> str:
+        return _http_url(value, empty_ok=True)
 
     @field_validator("data_dir")
     @classmethod
@@ -371,21 +401,29 @@ class Settings(BaseSettings):
         missing: list[str] = []
         if self.mode != "production":
             return missing
-        if not self.secret_key.get_secret_value():
+        key = self.secret_key.get_secret_value().strip()
+        if not key:
             missing.append("FOUNDRY_SECRET_KEY")
+        elif len(key) < MIN_SECRET_KEY_CHARS:
+            # It signs every session and derives the key that encrypts GitHub tokens at rest.
+            missing.append(f"FOUNDRY_SECRET_KEY (at least {MIN_SECRET_KEY_CHARS} characters)")
         if not self.app_url:
             missing.append("FOUNDRY_APP_URL")
         gh = self.github
         for name, value in (
             ("APP_ID", gh.app_id),
-            ("PRIVATE_KEY", gh.private_key.get_secret_value()),
-            ("CLIENT_ID", gh.client_id),
-            ("CLIENT_SECRET", gh.client_secret.get_secret_value()),
-            ("WEBHOOK_SECRET", gh.webhook_secret.get_secret_value()),
+            ("PRIVATE_KEY", gh.private_key.get_secret_value().strip()),
+            ("CLIENT_ID", gh.client_id.strip()),
+            ("CLIENT_SECRET", gh.client_secret.get_secret_value().strip()),
+            ("WEBHOOK_SECRET", gh.webhook_secret.get_secret_value().strip()),
         ):
             if not value:
                 missing.append(f"FOUNDRY_GITHUB__{name}")
         return missing
+
+
+#: The shortest ``FOUNDRY_SECRET_KEY`` production accepts.
+MIN_SECRET_KEY_CHARS = 32
 
 
 @functools.lru_cache(maxsize=1)
