@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,8 +15,9 @@ import click
 from foundry import __version__
 from foundry.bind import public_mock_refusal
 from foundry.cli_agents import agents
+from foundry.cli_db import db
 from foundry.cli_github_app import github_app
-from foundry.config import ROLE_NAMES, ConfigError, Settings, get_settings, load_settings
+from foundry.config import ConfigError, Settings, get_settings, load_settings
 from foundry.logging import configure_logging, forward_host_lines_verbatim
 from foundry.supervise import is_supervised, supervise
 
@@ -149,116 +148,6 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
     if local_cluster_watch.lost is not None:
         # Non-zero, so that the service manager starts Foundry again.
         raise click.ClickException(f"{local_cluster_watch.lost}; start foundry serve again")
-
-
-# ------------------------------------------------------------------------------------------ db
-
-
-@main.group()
-def db() -> None:
-    """Per-actor databases and their migrations."""
-
-
-def _role_names(role: str | None) -> list[str]:
-    from foundry.runtime.role import available_roles
-
-    roles = available_roles()
-    if role is None:
-        return roles
-    if role not in ROLE_NAMES:
-        raise click.BadParameter(
-            f"unknown role {role!r}; choose from {', '.join(ROLE_NAMES)}", param_hint="--role"
-        )
-    if role not in roles:
-        raise click.BadParameter(f"role {role!r} is not implemented yet", param_hint="--role")
-    return [role]
-
-
-@db.command("upgrade")
-@click.option("--role", default=None, help="Only this role (default: all).")
-def db_upgrade(role: str | None) -> None:
-    """Migrate every existing actor database to its role's head (instances also migrate at wake)."""
-    from foundry.db.engine import make_engine
-    from foundry.db.migrate import ensure_schema
-    from foundry.runtime.role import load_role
-
-    settings = get_settings()
-
-    async def _run() -> None:
-        for name in _role_names(role):
-            spec = load_role(name)
-            # Partition folders only: `.schema` templates and the `.inbox` files are not actor databases.
-            files = sorted((settings.data_dir / name).glob("[0-9a-f][0-9a-f]/*.sqlite3"))
-            migrated = 0
-            for path in files:
-                engine = make_engine(path)
-                try:
-                    migrated += await ensure_schema(engine, spec.migrations_location)
-                finally:
-                    await engine.dispose()
-            click.echo(f"{name}: {len(files)} databases, {migrated} migrated")
-
-    asyncio.run(_run())
-
-
-@db.command("check")
-def db_check() -> None:
-    """Fail when a role's models and its migrations disagree."""
-    from foundry.db.engine import make_engine
-    from foundry.db.migrate import ensure_schema, schema_diff
-    from foundry.runtime.role import load_role
-
-    async def _run() -> int:
-        problems = 0
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in _role_names(None):
-                spec = load_role(name)
-                engine = make_engine(Path(tmp) / f"{name}.sqlite3")
-                try:
-                    await ensure_schema(engine, spec.migrations_location)
-                    diff = await schema_diff(engine, spec.metadata)
-                finally:
-                    await engine.dispose()
-                if diff:
-                    problems += 1
-                    click.echo(f"{name}: models differ from migrations:")
-                    for item in diff:
-                        click.echo(f"  {item}")
-                else:
-                    click.echo(f"{name}: ok")
-        return problems
-
-    if asyncio.run(_run()):
-        sys.exit(1)
-
-
-@db.command("revision")
-@click.option("--role", required=True, help="The role whose schema changed.")
-@click.option("-m", "--message", required=True, help="What the revision does.")
-@click.option("--autogenerate", is_flag=True, help="Diff the models against the migrations.")
-def db_revision(role: str, message: str, autogenerate: bool) -> None:
-    """Write a new migration for a role, numbered after the last one."""
-    from alembic import command
-
-    from foundry.db.migrate import alembic_config
-    from foundry.runtime.role import load_role
-
-    _role_names(role)
-    spec = load_role(role)
-    versions = Path(spec.migrations_location) / "versions"
-    versions.mkdir(parents=True, exist_ok=True)
-    numbers = [int(m.group(1)) for p in versions.glob("*.py") if (m := re.match(r"(\d{4})_", p.name))]
-    rev_id = f"{(max(numbers) if numbers else 0) + 1:04d}"
-    cfg = alembic_config(spec.migrations_location)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg.set_main_option("sqlalchemy.url", f"sqlite:///{tmp}/scratch.sqlite3")
-        try:
-            if autogenerate:
-                command.upgrade(cfg, "head")
-            command.revision(cfg, message=message, autogenerate=autogenerate, rev_id=rev_id)
-        finally:
-            cfg.set_main_option("sqlalchemy.url", "")
-    click.echo(f"{role}: wrote revision {rev_id}")
 
 
 # ------------------------------------------------------------------------------------------ backups
@@ -493,6 +382,7 @@ def actors_retry_dead(role: str, key: str, address: str | None) -> None:
 
 
 # The GitHub App's manifest and the credentials GitHub returns for it (foundry/cli_github_app.py).
+main.add_command(db)
 main.add_command(github_app)
 # The real agents sandboxes run: install and list them (foundry/cli_agents.py).
 main.add_command(agents)

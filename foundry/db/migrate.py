@@ -83,6 +83,19 @@ def head_revision(location: str) -> str | None:
     return script_directory(location).get_current_head()
 
 
+class UnknownSchemaRevision(Exception):
+    """A database's recorded revision is none of this code's migrations (a newer Foundry wrote it)."""
+
+
+@functools.cache
+def known_revisions(location: str) -> frozenset[str]:
+    """Every revision id of one environment."""
+    graph = _revision_graph(Path(location) / "versions")
+    if graph is not None:
+        return frozenset(graph[0])
+    return frozenset(rev.revision for rev in script_directory(location).walk_revisions())
+
+
 def _revision_graph(versions: Path) -> tuple[set[str], set[str]] | None:
     """Every revision id in ``versions`` and every id named as a down revision; None if unsure."""
     revisions: set[str] = set()
@@ -222,9 +235,15 @@ async def ensure_schema(engine: AsyncEngine, location: str) -> bool:
     Fast path: one SELECT against the cached head (about 3 ms on this hardware).
     """
     head = head_revision(location)
-    if await current_revision(engine) == head:
+    current = await current_revision(engine)
+    if current == head:
         return False
     path = engine.url.database or ""
+    if current is not None and current not in known_revisions(location):
+        raise UnknownSchemaRevision(
+            f"{path} has schema revision {current!r}, which this Foundry does not know: a newer "
+            "Foundry wrote it. Run that version again, or restore a backup made by this one"
+        )
     lock = _LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
     async with lock:
         try:

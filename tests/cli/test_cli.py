@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -31,6 +33,48 @@ def test_db_upgrade_migrates_existing_actor_files(tmp_path: Path) -> None:
     assert "audit-log: 1 databases, 1 migrated" in result.stdout
     again = _foundry("db", "upgrade", "--role", "audit-log", data_dir=tmp_path)
     assert "audit-log: 1 databases, 0 migrated" in again.stdout
+
+
+def test_db_upgrade_refuses_what_it_must_not_touch_in_one_line(tmp_path: Path) -> None:
+    missing = _foundry("db", "upgrade", data_dir=tmp_path / "mistyped")
+    assert missing.returncode == 1
+    assert (
+        missing.stderr.strip()
+        == f"Error: no data directory at {tmp_path / 'mistyped'} (set FOUNDRY_DATA_DIR)"
+    )
+    # A database a newer Foundry migrated: named, not a traceback (and nothing else touched).
+    newer = tmp_path / "audit-log" / "00" / "acme.sqlite3"
+    newer.parent.mkdir(parents=True)
+    newer.touch()
+    assert _foundry("db", "upgrade", "--role", "audit-log", data_dir=tmp_path).returncode == 0
+    with sqlite3.connect(newer) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    result = _foundry("db", "upgrade", "--role", "audit-log", data_dir=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{newer} has schema revision '0099', which this Foundry does not know" in result.stderr
+    # A running server holds the directory: its hosts migrate at wake, never beside this command.
+    lock = tmp_path / ".serve.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import fcntl,time; f=open({str(lock)!r},'w'); f.write('4242'); f.flush(); "
+            "fcntl.flock(f, fcntl.LOCK_EX); time.sleep(30)",
+        ],
+    )
+    try:
+        for _ in range(100):
+            if lock.exists() and lock.read_text():
+                break
+            time.sleep(0.05)
+        busy = _foundry("db", "upgrade", data_dir=tmp_path)
+        assert busy.returncode == 1
+        assert "is in use by another foundry serve (pid 4242)" in busy.stderr, busy.stderr
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_unknown_role_is_a_clear_error(tmp_path: Path) -> None:
