@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from foundry import metrics
-from foundry.errors import ActorUnavailable, CommandFailed, FoundryError, InvalidInput, PayloadTooLarge
+from foundry.errors import (
+    ActorUnavailable,
+    CommandFailed,
+    FoundryError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+)
 from foundry.runtime.events import Event, EventHub
 from foundry.runtime.inbox import Inbox, keys_with_waiting_commands
 from foundry.runtime.instance import Instance
@@ -198,6 +205,7 @@ class Host:
         """The dead letters in instance ``key``'s outbox: ``{"count", "items"}``."""
         try:
             self._check_key(key)
+            self._check_exists(key)
             instance = await self._acquire(key)
         except FoundryError as exc:
             return ("err", exc.to_payload())
@@ -213,6 +221,7 @@ class Host:
         """Deliver instance ``key``'s dead letters again, with fresh attempt counts; ``{"retried": N}``."""
         try:
             self._check_key(key)
+            self._check_exists(key)
             instance = await self._acquire(key)
         except FoundryError as exc:
             return ("err", exc.to_payload())
@@ -282,6 +291,14 @@ class Host:
         validate_key(key)
         if shard_of(key, self.shards) != self.shard:
             raise InvalidInput(f"key {key!r} belongs to shard {shard_of(key, self.shards)}, not {self.shard}")
+
+    def _check_exists(self, key: str) -> None:
+        """An operator's inspection names an instance that has data; it must not create one (a
+        mistyped key would otherwise leave an empty database behind, and in every backup)."""
+        if key not in self._instances and not self.path_for(key).exists():
+            raise NotFound(
+                f"no {self.role.name} instance {key!r} on this host (no database at {self.path_for(key)})"
+            )
 
     def pending_marker(self, key: str) -> Path:
         return self.pending_dir / key

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from foundry.clock import FakeClock
-from foundry.errors import ActorUnavailable
+from foundry.errors import ActorUnavailable, NotFound
 from foundry.runtime.inprocess import InProcessRuntime
 from foundry.services import Services
 from tests.conftest import COUNTER_MODULE, make_settings
@@ -205,6 +205,11 @@ async def test_a_target_that_always_fails_becomes_a_visible_dead_letter_that_can
     assert await host.dead_letter_counts() == {}
     assert not (host.dead_dir / "sender").exists()
     assert await rt.retry_dead_letters("counter", "sender") == 0
+    # An operator's mistyped key finds nothing and creates nothing.
+    for look in (rt.dead_letters, rt.retry_dead_letters):
+        with pytest.raises(NotFound, match="no counter instance 'sendr'"):
+            await look("counter", "sendr")
+    assert not host.path_for("sendr").exists()
 
 
 async def test_attempts_and_backoff_survive_a_restart(tmp_path: Path) -> None:
