@@ -37,7 +37,7 @@ def _role_names(role: str | None) -> list[str]:
 @click.option("--role", default=None, help="Only this role (default: all).")
 def db_upgrade(role: str | None) -> None:
     """Migrate every existing actor database to its role's head (instances also migrate at wake)."""
-    from foundry.data_dir_lock import DataDirInUse, lock_data_dir
+    from foundry.data_dir_lock import DataDirInUse, lock_data_dir, release_data_dir
     from foundry.db.engine import make_engine
     from foundry.db.migrate import ensure_schema
     from foundry.runtime.role import load_role
@@ -66,7 +66,10 @@ def db_upgrade(role: str | None) -> None:
                     await engine.dispose()
             click.echo(f"{name}: {len(files)} databases, {migrated} migrated")
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    finally:
+        release_data_dir()
 
 
 @db.command("check")

@@ -54,6 +54,14 @@ def lock_data_dir(data_dir: Path) -> None:
     _held = handle
 
 
+def release_data_dir() -> None:
+    """Give the lock back (a command that needed the directory to itself for a while)."""
+    global _held
+    if _held is not None:
+        _held.close()
+        _held = None
+
+
 def keep_private(data_dir: Path) -> None:
     """Make the data directory (databases, transcripts, checkouts, keys) Foundry's user's alone.
 

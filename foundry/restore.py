@@ -172,9 +172,17 @@ def _write_markers(root: Path, databases: list[Path]) -> None:
         role_dir, key = path.parent.parent, path.name.removesuffix(".sqlite3")
         (role_dir / ".pending").mkdir(exist_ok=True)
         (role_dir / ".dead").mkdir(exist_ok=True)
-        if _has_pending_work(path):
-            (role_dir / ".pending" / key).touch()
-        if dead := _dead_letters(path):
+        try:
+            if _has_pending_work(path):
+                (role_dir / ".pending" / key).touch()
+            dead = _dead_letters(path)
+        except sqlite3.DatabaseError as exc:
+            # Its checksum matched: the file was already damaged when the backup was made.
+            raise BackupError(
+                f"{path.relative_to(root)} in the backup is not a readable SQLite database ({exc}); "
+                "restore an older backup"
+            ) from exc
+        if dead:
             (role_dir / ".dead" / key).write_text(str(dead))
 
 

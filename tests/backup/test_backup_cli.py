@@ -3,6 +3,7 @@ they copy, and every refusal (one line, exit status 1, nothing half-written)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -196,6 +197,30 @@ def test_restore_of_a_tampered_or_incomplete_backup_is_refused(data_dir: Path, t
     line = one_line_error(cli("restore", str(backup), data_dir=tmp_path / "new"))
     assert "missing from" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data"]  # nothing half-written
+
+
+def test_a_database_damaged_before_the_backup_is_named_in_one_line(data_dir: Path, tmp_path: Path) -> None:
+    """Its checksum matches (the file was already damaged when it was copied): restore says which
+    file it is instead of a traceback, and leaves nothing behind."""
+    backup = tmp_path / "backup"
+    assert cli("backup", str(backup), data_dir=data_dir).exit_code == 0
+    rel = db_path(Path(), "organization", "globex")
+    victim = backup / rel
+    victim.write_bytes(victim.read_bytes()[:8192])
+    manifest = json.loads((backup / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == str(rel):
+            entry["sha256"] = hashlib.sha256(victim.read_bytes()).hexdigest()
+            entry["size"] = victim.stat().st_size
+    (backup / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("restore", str(backup), data_dir=tmp_path / "new")
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if not line.startswith("restore: ")]
+    assert len(errors) == 1, result.output  # the progress lines, then one error
+    assert f"{rel} in the backup is not a readable SQLite database" in errors[0]
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data"]
 
 
 def test_restore_into_a_non_empty_data_dir_or_a_running_server_is_refused(
