@@ -21,6 +21,7 @@ from foundry.auth.signin import SignInService
 from foundry.config import Settings
 from foundry.drivers.sandbox.binary import check_binary
 from foundry.github_app_check import GitHubAppCheck
+from foundry.http.api_headers import ApiHeaders
 from foundry.http.auth_cache import ORGANIZATION_ROLE, USER_ROLE, AuthCache
 from foundry.http.body_limit import JsonContentTooLarge
 from foundry.http.dashboard import install_dashboard
@@ -191,6 +192,7 @@ def create_app(
     # Added last, so it is the outermost of ours: nothing an endpoint or a middleware raises escapes
     # to Starlette's error middleware, which would close the keep-alive connection.
     app.add_middleware(UnexpectedErrorsAsJson)
+    app.add_middleware(ApiHeaders)
     app.add_middleware(RequestMetrics)
     app.add_middleware(HeadAsGet)
     # Outermost: the crash log line above and the 500 it answers carry the request id too.

@@ -159,6 +159,11 @@ async def test_head_answers_like_get_and_a_405_names_every_allowed_method(server
     assert "use GET or HEAD or POST" in tasks_put.json()["detail"]
     assert settings_get.status_code == 405
     assert settings_get.headers["allow"] == "PATCH"
+    # An organization's data is never cached on the way nor sniffed as something else, errors
+    # included.
+    for answer in (org_get, org_head, tasks_put, settings_get):
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["cache-control"] == "no-store"
 
 
 async def test_a_near_miss_path_gets_a_json_404_naming_the_route_it_meant(server: Server) -> None:
