@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -44,6 +45,9 @@ class _FoundryGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Foundry: orchestrate coding agents for teams."""
+    # Everything a command writes (databases, backups and their manifests, restored directories)
+    # is the operator's alone, whatever the shell's umask.
+    os.umask(0o077)
     # Every command refuses a wrong configuration up front, in one line naming the variable, before
     # it imports or starts anything.
     if not ctx.meta.get("foundry.help") and not ctx.resilient_parsing:
@@ -172,10 +176,17 @@ def _progress(verb: str) -> Callable[[int, int], None]:
 @click.option(
     "--lock-timeout",
     default=1.0,
+    type=click.FloatRange(min=0.0, max=3600.0),
     show_default=True,
     help="Seconds to wait for a database another process keeps from being read (per try).",
 )
-@click.option("--attempts", default=5, show_default=True, help="Tries before leaving such a database out.")
+@click.option(
+    "--attempts",
+    default=5,
+    type=click.IntRange(1, 100),
+    show_default=True,
+    help="Tries before leaving such a database out.",
+)
 def backup_command(dest: Path, lock_timeout: float, attempts: int) -> None:
     """Copy every actor database into DEST (new or empty) while the server keeps running.
 

@@ -130,6 +130,8 @@ def test_backup_copies_every_actor_database_and_the_secret_key_only(data_dir: Pa
     left_out = {"host-secrets.json", "sandboxes", ".schema", "checkout.sqlite3"}
     assert not {p.name for p in dest.rglob("*")} & left_out
     assert (dest / "secret_key").stat().st_mode & 0o077 == 0
+    # Nothing of it is readable by other users: the manifest names organizations and tasks.
+    assert [p for p in [dest, *dest.rglob("*")] if p.stat().st_mode & 0o077] == []
 
 
 def test_restore_brings_the_data_back_and_rebuilds_the_runtime_indexes(
@@ -158,6 +160,7 @@ def test_restore_brings_the_data_back_and_rebuilds_the_runtime_indexes(
     assert sorted(p.name for p in (target / "organization" / ".pending").iterdir()) == ["acme"]
     assert (target / "organization" / ".dead" / "acme").read_text() == "1"
     assert not (target / "host-secrets.json").exists()
+    assert [p for p in [target, *target.rglob("*")] if p.stat().st_mode & 0o077] == []
 
 
 def test_backup_into_a_non_empty_destination_is_refused(data_dir: Path, tmp_path: Path) -> None:
