@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["InstanceJobs"]
 
+from foundry.errors import FoundryError
+
 log = logging.getLogger(__name__)
 
 
@@ -75,6 +77,10 @@ class InstanceJobs:
         except asyncio.CancelledError:
             log.info("job %s on %s/%s cancelled", name, instance.role.name, instance.key)
             raise
+        except FoundryError as exc:
+            # A known failure (a configuration, a driver's answer) says what is wrong in its message:
+            # one line, without a traceback wall that hides it.
+            log.error("job %s on %s/%s failed: %s: %s", name, instance.role.name, instance.key, exc.code, exc)
         except Exception:
             # Jobs report their own failures to the user through commands; this is the last resort.
             log.exception("job %s on %s/%s failed", name, instance.role.name, instance.key)

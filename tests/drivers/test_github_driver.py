@@ -135,6 +135,27 @@ async def test_a_jwt_from_the_wrong_key_is_refused(
     await impostor.aclose()
 
 
+async def test_a_private_key_that_does_not_parse_is_named_as_the_setting(
+    fake: FakeGitHub, clock: FakeClock, sleeps: RecordingSleep
+) -> None:
+    broken = PyGithubDriver(
+        fake.app_id,
+        "notapem-but-long-SECRETPK123",
+        fake.client_id,
+        fake.client_secret,
+        base_url=fake.base_url,
+        throttle=False,
+        clock=clock,
+        sleep=sleeps,
+    )
+    with pytest.raises(DriverError) as caught:
+        await broken.list_installations()
+    assert "FOUNDRY_GITHUB__PRIVATE_KEY" in caught.value.detail
+    assert "does not parse" in caught.value.detail
+    assert "SECRETPK123" not in caught.value.detail
+    await broken.aclose()
+
+
 async def test_list_installations_follows_every_page(driver: PyGithubDriver, fake: FakeGitHub) -> None:
     for n in range(150):
         fake.add_installation(5000 + n, f"org-{n}")

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import jwt
 import requests
 
 from foundry.clock import Clock
@@ -94,6 +95,14 @@ class GitHubCalls:
                 waited += delay
             except requests.RequestException as exc:
                 raise DriverError(f"GitHub unreachable while {doing}: {exc}", None, VENDOR) from exc
+            except jwt.InvalidKeyError as exc:
+                # PyJWT says "public key" whichever it was: it is the App's private key, set by the operator.
+                raise DriverError(
+                    f"the GitHub App private key (FOUNDRY_GITHUB__PRIVATE_KEY) does not parse while {doing}: "
+                    "give the PEM file GitHub generated for the App",
+                    None,
+                    VENDOR,
+                ) from exc
 
     def _slot(self, installation_id: int) -> asyncio.Semaphore:
         slot = self._slots.get(installation_id)
