@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foundry.config_env import ConfigError as ConfigError  # re-exported: callers catch it here
@@ -37,17 +45,21 @@ NODE_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
 class RuntimeSettings(BaseModel):
     """How the virtual-actor runtime runs."""
 
+    # A key no setting has (a typo inside the group's JSON) is refused, as an unknown variable is;
+    # so are infinite and NaN numbers.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     backend: Literal["ray", "inprocess"] = "ray"
     #: Address of an existing Ray cluster; empty starts a local one for this process.
     ray_address: str = ""
-    namespace: str = "foundry"
+    namespace: str = Field(default="foundry", min_length=1, max_length=100)
     #: Host actors per role; more shards spread load over more processes (and nodes).
     shards: dict[str, int] = Field(default_factory=dict)
-    default_shards: int = 1
+    default_shards: int = Field(default=1, ge=1, le=1024)
     #: An instance that handled nothing for this long closes its database and leaves memory.
-    idle_seconds: float = 120.0
+    idle_seconds: float = Field(default=120.0, gt=0)
     #: Ray object store size for the local cluster (bytes); small, Foundry passes little data.
-    object_store_bytes: int = 256 * 1024 * 1024
+    object_store_bytes: int = Field(default=256 * 1024 * 1024, ge=80 * 1024 * 1024)  # Ray's minimum is 75 MiB
     #: Extra roles by name → module defining ``ROLE`` (tests add their own roles this way).
     extra_roles: dict[str, str] = Field(default_factory=dict)
     #: A send to another actor that failed this many times becomes a dead letter: kept in the
@@ -74,6 +86,18 @@ class RuntimeSettings(BaseModel):
     #: Print the hosts' log lines in the output of the process that connects to Ray (``foundry
     #: serve``); otherwise they stay in Ray's session log files only.
     forward_host_logs: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuntimeSettings:
+        roles = set(ROLE_NAMES) | set(self.extra_roles)
+        for role, count in self.shards.items():
+            if role not in roles:
+                raise ValueError(f"shards names {role!r}, which is not a role ({', '.join(sorted(roles))})")
+            if not 1 <= count <= 1024:
+                raise ValueError(f"shards of {role!r} must be 1-1024, not {count}")
+        if self.outbox_backoff_base_s > self.outbox_backoff_cap_s:
+            raise ValueError("outbox_backoff_base_s must not be larger than outbox_backoff_cap_s")
+        return self
 
     def shards_for(self, role: str) -> int:
         return max(1, int(self.shards.get(role, self.default_shards)))
@@ -122,7 +146,11 @@ def _http_url(value: str, *, empty_ok: bool = False) -> str:
 class GitHubSettings(BaseModel):
     """The GitHub App (repository access, webhooks) and its OAuth client (sign-in)."""
 
-    app_id: int = 0
+    # A key no setting has (a typo inside the group's JSON) is refused, as an unknown variable is;
+    # so are infinite and NaN numbers.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    app_id: int = Field(default=0, ge=0)
     private_key: SecretStr = SecretStr("")
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
@@ -155,6 +183,10 @@ class GitHubSettings(BaseModel):
 class AuthSettings(BaseModel):
     """Sessions and cookies."""
 
+    # A key no setting has (a typo inside the group's JSON) is refused, as an unknown variable is;
+    # so are infinite and NaN numbers.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     session_ttl_seconds: int = Field(default=14 * 24 * 3600, ge=60)
     #: An HTTP cookie name (RFC 6265 token): anything else would fail every sign-in.
     cookie_name: str = Field(default="foundry_session", pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
@@ -164,6 +196,10 @@ class AuthSettings(BaseModel):
 
 class SandboxSettings(BaseModel):
     """Where tasks' sandboxes run: the provider and what every sandbox gets."""
+
+    # A key no setting has (a typo inside the group's JSON) is refused, as an unknown variable is;
+    # so are infinite and NaN numbers.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     #: ``local`` runs one sandbox-agent process per sandbox; ``docker`` and ``e2b`` are to follow.
     provider: Literal["local"] = "local"
@@ -187,7 +223,7 @@ class SandboxSettings(BaseModel):
     #: which every sandbox then runs; empty means ``<checkout>/.tools/agents``.
     agents_dir: str = ""
     #: Seconds to wait for a new sandbox's ``/v1/health``.
-    health_timeout: float = 30.0
+    health_timeout: float = Field(default=30.0, gt=0)
     #: Per sandbox host process (one per node with the default single sandbox shard): how many
     #: sandboxes may be starting at once (CPU-bound: spawn, health, agent start), and how many may run
     #: at once (memory-bound: a server plus its agents). Beyond either, tasks wait in a FIFO queue and
@@ -244,6 +280,10 @@ class SandboxSettings(BaseModel):
 class StripeSettings(BaseModel):
     """Stripe: per-seat billing. Empty keys disable the billing routes (503 naming the setting)."""
 
+    # A key no setting has (a typo inside the group's JSON) is refused, as an unknown variable is;
+    # so are infinite and NaN numbers.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
     secret_key: SecretStr = SecretStr("")
     #: Every secret a webhook signature may be made with; more than one while a secret is rotated.
     webhook_secrets: list[SecretStr] = Field(default_factory=list)
@@ -256,6 +296,12 @@ class StripeSettings(BaseModel):
     @classmethod
     def _api_base(cls, value: str) -> str:
         return _http_url(value)
+
+    @model_validator(mode="after")
+    def _backoff(self) -> StripeSettings:
+        if self.retry_base_s > self.retry_cap_s:
+            raise ValueError("retry_base_s must not be larger than retry_cap_s")
+        return self
 
     #: Seats of the ``free`` plan.
     free_seats: int = Field(default=1, ge=1)
