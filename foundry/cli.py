@@ -132,7 +132,9 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
     click.echo(
         f"foundry: {settings.mode} mode, data in {settings.data_dir}, http://{settings.host}:{settings.port}"
     )
-    server = uvicorn.Server(
+    from foundry.http.serving import OrderlyStopServer
+
+    server = OrderlyStopServer(
         uvicorn.Config(
             create_app(settings),
             host=settings.host,

@@ -5,7 +5,7 @@ process group. A terminal's Ctrl-C, ``kill -- -<pgid>`` or a service manager tha
 group would stop them together with the server: the hosts die before they can stop their sandbox
 servers, and the driver itself is terminated by Ray as soon as its raylet is gone, half-way through
 its shutdown. So the command the operator runs is a small supervisor: it starts the real server in a
-new session, forwards SIGINT/SIGTERM/SIGHUP to it as one SIGTERM, waits, and exits with its status.
+new session, forwards SIGINT/SIGTERM/SIGHUP to it as one SIGINT, waits, and exits with its status.
 The server shuts down in order (hosts close and stop their sandboxes, then Ray), and if the supervisor
 itself is killed, the kernel sends the server SIGTERM (``PR_SET_PDEATHSIG``), so nothing is orphaned.
 """
@@ -56,10 +56,17 @@ def supervise(argv: list[str]) -> int:
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
+        if stopping:
+            log.info(
+                "received %s; the server (pid %d) is already stopping", signal.Signals(signum).name, child.pid
+            )
+            return
         stopping = True
         log.info("received %s; stopping the server (pid %d)", signal.Signals(signum).name, child.pid)
         try:
-            child.send_signal(signal.SIGTERM)
+            # SIGINT: the same orderly shutdown as SIGTERM for the server, but Ray's crash handler
+            # in its process (which catches SIGTERM) does not print a stack dump that reads like a crash.
+            child.send_signal(signal.SIGINT)
         except ProcessLookupError:
             log.info("the server (pid %d) had already exited", child.pid)
 
@@ -67,7 +74,7 @@ def supervise(argv: list[str]) -> int:
         signal.signal(signum, forward)
     status = child.wait()
     _end_session_leftovers(child.pid)
-    if stopping and status in (0, -signal.SIGTERM):
+    if stopping and status in (0, -signal.SIGINT, -signal.SIGTERM):
         return 0
     if status < 0:
         return 128 - status

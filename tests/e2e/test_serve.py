@@ -208,6 +208,9 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    # An orderly stop reads as one: status 0, and no crash-like stack dump in the operator's log.
+    assert proc.returncode == 0
+    assert "SIGTERM received" not in (tmp_path / "serve.log").read_text()
 
 
 def test_a_dead_raylet_stops_the_server_with_a_failure_status_and_leaves_nothing(tmp_path: Path) -> None:
