@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -129,8 +130,14 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
     from foundry.runtime import local_cluster_watch
 
     local_cluster_watch.enabled = True
-    click.echo(
-        f"foundry: {settings.mode} mode, data in {settings.data_dir}, http://{settings.host}:{settings.port}"
+    # A log record like every other line (JSON when the operator asked for it).
+    logging.getLogger("foundry.serve").info(
+        "foundry %s: %s mode, data in %s, http://%s:%d",
+        __version__,
+        settings.mode,
+        settings.data_dir,
+        settings.host,
+        settings.port,
     )
     from foundry.http.serving import OrderlyStopServer
 

@@ -133,12 +133,23 @@ def configure_logging(
     handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets))
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Uvicorn's loggers bring their own handlers and format: route them through this one.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    adopt_library_loggers()
+    # Deprecation and other warnings of libraries: records like any other, in the same format.
+    logging.captureWarnings(True)
+    forward_host_lines_verbatim()
+
+
+#: Libraries that bring their own handlers and format (Ray sets its own up when it is imported).
+_LIBRARY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "ray")
+
+
+def adopt_library_loggers() -> None:
+    """Route the libraries' loggers through this process's handler: one format for every line
+    (JSON when asked), with the process name and redaction. Called again after ``import ray``."""
+    for name in _LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-    forward_host_lines_verbatim()
 
 
 def forward_host_lines_verbatim() -> None:

@@ -27,6 +27,7 @@ from tenacity import (
 from foundry import request_id
 from foundry.config import Settings
 from foundry.errors import ActorUnavailable, Conflict, InvalidInput
+from foundry.logging import adopt_library_loggers
 from foundry.runtime import local_cluster_watch
 from foundry.runtime.client import Runtime, roundtrip
 from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_cluster, write_cluster_address
@@ -52,6 +53,9 @@ from foundry.runtime.role import host_name, load_role
 from foundry.runtime.send_batcher import SendArgs, SendBatcher
 
 log = logging.getLogger(__name__)
+# Importing Ray gave its logger a handler and format of its own: its lines (the cluster started,
+# joined) go through Foundry's, in the operator's one format.
+adopt_library_loggers()
 
 #: How long a caller keeps retrying a host that is restarting (a kill -9 restart takes 1-2 s here).
 RETRY_WINDOW_S = 30.0

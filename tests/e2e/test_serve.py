@@ -211,6 +211,13 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
     # An orderly stop reads as one: status 0, and no crash-like stack dump in the operator's log.
     assert proc.returncode == 0
     assert "SIGTERM received" not in (tmp_path / "serve.log").read_text()
+    # Asked for JSON, the operator gets JSON only: Ray's, uvicorn's and the libraries' warnings too.
+    other = [
+        line
+        for line in (tmp_path / "serve.log").read_text().splitlines()
+        if line and not line.startswith("{")
+    ]
+    assert other == []
 
 
 def test_a_dead_raylet_stops_the_server_with_a_failure_status_and_leaves_nothing(tmp_path: Path) -> None:
