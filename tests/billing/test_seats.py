@@ -270,5 +270,13 @@ async def test_a_prompt_refused_for_where_it_goes_takes_no_seat(billing_server: 
     assert (bad_agent.status_code, bad_agent.json()["fields"]) == (422, ["agent"])
     assert [m["login"] for m in seats_after_refusals["members"]] == ["carol"]
     assert sorted(m["login"] for m in seats_after_prompt["members"]) == ["alice", "carol"]
-    taken = [e["payload"]["login"] for e in await _audit(billing_server, "billing.seat_taken")]  # type: ignore[index]
-    assert sorted(taken) == ["alice", "carol"]
+
+    # Audit entries travel through the organization's outbox: they land shortly after the answers.
+    async def taken() -> list[str]:
+        entries = await _audit(billing_server, "billing.seat_taken")
+        return sorted(str(e["payload"]["login"]) for e in entries)  # type: ignore[index]
+
+    async def both_audited() -> bool:
+        return await taken() == ["alice", "carol"]
+
+    await eventually(both_audited, what="both seats in the audit log")
