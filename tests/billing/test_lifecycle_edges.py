@@ -257,33 +257,17 @@ async def test_an_event_that_fails_where_it_is_applied_is_recorded_failed_not_lo
     async with billing_server.signed_in("carol") as carol:
         await upgrade_to_team(billing_server, carol)
     invoice = copy.deepcopy(next(iter(stripe.invoices.values())))
-    result = await billing_server.runtime.send(
-        "organization",
-        "acme",
-        "stripe_event",
-        {
-            "eventId": "evt_broken",
-            "type": "invoice.paid",
-            "created": 1,
-            "object": {**invoice, "amount_due": "lots"},
-        },
-        wait=True,
-    )
+    broken = {
+        "eventId": "evt_broken",
+        "type": "invoice.paid",
+        "created": 1,
+        "object": {**invoice, "amount_due": "lots"},
+    }
+    result = await billing_server.runtime.send("organization", "acme", "stripe_event", broken, wait=True)
     assert result == {"eventId": "evt_broken", "outcome": "failed"}
     stats = await billing_server.runtime.call("organization", "acme", "stripe_event_stats")
     assert stats["byOutcome"]["failed"] == 1
     # A redelivery is a duplicate of the recorded failure, and the organization goes on.
-    again = await billing_server.runtime.send(
-        "organization",
-        "acme",
-        "stripe_event",
-        {
-            "eventId": "evt_broken",
-            "type": "invoice.paid",
-            "created": 1,
-            "object": {**invoice, "amount_due": "lots"},
-        },
-        wait=True,
-    )
+    again = await billing_server.runtime.send("organization", "acme", "stripe_event", broken, wait=True)
     assert again["outcome"] == "duplicate"
     assert (await billing_server.billing())["plan"] == "team"

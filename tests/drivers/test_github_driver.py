@@ -138,16 +138,11 @@ async def test_a_jwt_from_the_wrong_key_is_refused(
 async def test_a_private_key_that_does_not_parse_is_named_as_the_setting(
     fake: FakeGitHub, clock: FakeClock, sleeps: RecordingSleep
 ) -> None:
-    broken = PyGithubDriver(
-        fake.app_id,
-        "notapem-but-long-SECRETPK123",
-        fake.client_id,
-        fake.client_secret,
-        base_url=fake.base_url,
-        throttle=False,
-        clock=clock,
-        sleep=sleeps,
-    )
+    fake.private_key_pem, real = "notapem-but-long-SECRETPK123", fake.private_key_pem
+    try:
+        broken = make_driver(fake, clock, sleeps)
+    finally:
+        fake.private_key_pem = real
     with pytest.raises(DriverError) as caught:
         await broken.list_installations()
     assert "FOUNDRY_GITHUB__PRIVATE_KEY" in caught.value.detail
