@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.routing import Match
 
 from foundry import errors
@@ -137,6 +138,11 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}" + _did_you_mean(request)
+        if exc.status_code == 413 and detail == "Content Too Large":
+            # A body sent without Content-Length (chunked) found too large while being read: the same
+            # sentence as one refused by its declared length.
+            limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY) or request.app.state.settings.max_body_bytes
+            detail = f"request body is larger than the limit of {limit} bytes"
         headers = exc.headers
         if exc.status_code == 405:
             # Starlette names the methods of the first route that matched the path only; FastAPI

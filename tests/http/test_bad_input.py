@@ -124,6 +124,9 @@ async def test_oversized_bodies_are_413(
     assert response.json()["error"] == "payload_too_large"
     assert chunked.status_code == 413
     assert chunked.json()["error"] == "payload_too_large"
+    # Declared or found while reading, the answer names the limit in the same words.
+    assert chunked.json()["detail"] == response.json()["detail"]
+    assert f"limit of {server.settings.max_body_bytes} bytes" in chunked.json()["detail"]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert errors == []
 
