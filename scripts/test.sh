@@ -14,6 +14,13 @@ fi
 # their time waiting on processes, so the in-process tests fill the idle core.
 workers="${FOUNDRY_TEST_WORKERS:-3}"
 status=0
-.venv/bin/python -m pytest -q -n "$workers" --dist loadgroup -m "not browser" --durations=25 || status=$?
+# The first tier's outcome is repeated at the very end: a CI log is often read from its tail, and the
+# browser tier's output would otherwise bury which non-browser test failed.
+first_tier="$(mktemp)"
+trap 'rm -f "$first_tier"' EXIT
+.venv/bin/python -m pytest -q -n "$workers" --dist loadgroup -m "not browser" --durations=25 \
+  | tee "$first_tier" || status=$?
 .venv/bin/python -m pytest -q -m browser --durations=10 || status=$?
+echo "== non-browser tiers:"
+grep -E '^(FAILED|ERROR) | in [0-9.]+s( \(.*\))?( =+)?$' "$first_tier" || echo "(no summary line)"
 exit "$status"

@@ -24,6 +24,7 @@ from foundry import metrics, request_id
 from foundry.errors import ActorUnavailable
 from foundry.logging import configure_logging
 from foundry.runtime.events import encode_batch
+from foundry.runtime.forwarded_logs import CLOSED_MARKER
 from foundry.runtime.gc_policy import settle_long_lived
 from foundry.runtime.host import Host
 from foundry.runtime.host_settings import host_settings
@@ -199,12 +200,20 @@ class HostProcess:
             f"# TYPE {name} counter\n{name}_total {self.restarts}\n"
         )
 
-    async def shutdown(self) -> None:
+    async def shutdown(self) -> int | None:
         """Close every host before the process goes away: instances, then the roles' resources (the
         sandbox role stops its sandbox-agent processes, which live in their own process groups and
-        would otherwise outlive a killed worker)."""
+        would otherwise outlive a killed worker).
+
+        Returns this process's pid when its last line is `CLOSED_MARKER` (the caller waits for that
+        line to be forwarded), or None when the log level hides it.
+        """
         for host in self.hosts.values():
             try:
                 await host.close()
             except Exception:
                 log.exception("host %s did not close cleanly", host.name)
+        if not log.isEnabledFor(logging.INFO):
+            return None
+        log.info("%s %s", CLOSED_MARKER, self.name)
+        return os.getpid()

@@ -32,6 +32,7 @@ from foundry.runtime import local_cluster_watch
 from foundry.runtime.client import Runtime, roundtrip
 from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_cluster, write_cluster_address
 from foundry.runtime.events import Event, decode_batch
+from foundry.runtime.forwarded_logs import ForwardedLogWatch
 from foundry.runtime.host import Host
 from foundry.runtime.host_process import HostProcess, key_fingerprint
 from foundry.runtime.host_settings import public_settings, write_secrets
@@ -66,6 +67,8 @@ RETRY_WINDOW_S = 30.0
 CALL_RESTART_RETRIES = 3
 #: How long a clean stop waits for each host to close (the sandbox host stops its processes).
 HOST_SHUTDOWN_S = 30.0
+#: How long a stop waits for the host processes' last log lines to be forwarded (normally ~0.1 s).
+FORWARDED_LOGS_S = 3.0
 
 
 _RemoteProcess = ray.remote(HostProcess)
@@ -103,6 +106,7 @@ class RayRuntime(Runtime):
         self._batchers: dict[str, SendBatcher] = {}
         #: Each role's clean-up after the cluster stopped, loaded at start (see `start`).
         self._cluster_stop_hooks: list[tuple[str, Any]] = []
+        self._forwarded_logs = ForwardedLogWatch()
 
     async def start(self) -> None:
         """Connect to Ray (the configured cluster, or a new local one) and create the host processes."""
@@ -145,6 +149,8 @@ class RayRuntime(Runtime):
                 use_loopback_cluster()
             await init_ray(kwargs)
             self._started_ray = True
+            if kwargs["log_to_driver"]:
+                self._forwarded_logs.install()
             if local_cluster_watch.enabled:
                 self._cluster_watch = asyncio.create_task(
                     local_cluster_watch.watch_local_cluster(), name="local-cluster-watch"
@@ -213,6 +219,7 @@ class RayRuntime(Runtime):
             # On the calling (main) thread, where the driver's core worker was created: everything is
             # closed by now, so blocking the event loop for the shutdown's second or two costs nothing.
             ray.shutdown()
+            self._forwarded_logs.uninstall()
             self._started_ray = False
 
     async def _after_cluster_stop(self) -> None:
@@ -231,19 +238,23 @@ class RayRuntime(Runtime):
         cluster (a test run sharing one Ray) calls it to leave nothing of its namespace running.
         """
 
-        async def one(process: str) -> None:
+        async def one(process: str) -> int | None:
             handle = self._process_handle(process)
+            pid: int | None = None
             try:
-                await asyncio.wait_for(handle.shutdown.remote(), HOST_SHUTDOWN_S)
+                pid = await asyncio.wait_for(handle.shutdown.remote(), HOST_SHUTDOWN_S)
             except Exception:
                 log.exception("host process %s did not shut down cleanly", process_name(process))
             try:
                 ray.kill(handle, no_restart=True)
             except Exception:
                 log.exception("could not end host process %s", process_name(process))
+            return pid
 
-        await asyncio.gather(*(one(process) for process in hosts_by_process(self.settings)))
+        pids = await asyncio.gather(*(one(process) for process in hosts_by_process(self.settings)))
         self._handles.clear()
+        # What the hosts logged while closing reaches the operator before Ray's log forwarding ends.
+        await self._forwarded_logs.wait_for([pid for pid in pids if pid is not None], FORWARDED_LOGS_S)
 
     def _process_handle(self, process: str, *, refresh: bool = False) -> Any:
         """The Ray handle of host process ``process``, created if it does not exist yet."""

@@ -196,7 +196,10 @@ def test_a_clean_stop_on_ray_leaves_no_sandbox_process(tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         code = proc.wait(timeout=120)
         log_text = (tmp_path / "serve.log").read_text()
+        # The hosts' last lines, logged a moment before Ray's log forwarding ends, reach the operator.
         assert "stopped its sandboxes" in log_text, log_text[-3000:]
+        assert "host process closed: tasks" in log_text, log_text[-3000:]
+        assert "did not arrive" not in log_text, log_text[-3000:]
         # Ray's core worker now and then aborts inside `ray.shutdown` (exit 128 + SIGABRT) after
         # everything else has stopped; any other non-zero status is a failed stop.
         assert code in (0, 128 + signal.SIGABRT), (code, log_text[-3000:])
