@@ -246,3 +246,17 @@ def test_losing_a_seat_on_a_plan_that_stays_full_shows_the_notice_live(
         expect(alice.get_by_test_id("seat-notice")).to_contain_text("alice needs a seat to send prompts")
     finally:
         people.close()
+
+
+def test_people_have_their_pictures_in_mock_mode_without_the_internet(people: People) -> None:
+    """Mock mode's GitHub serves the avatars it names: the page shows a picture, not a broken image
+    or a request to the internet."""
+    page = people.page("alice")
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if "githubusercontent" in r.url else None)
+    page.goto("/o/acme")
+    picture = page.locator(".user-menu img.avatar")
+    expect(picture).to_be_visible()
+    page.wait_for_function("() => document.querySelector('.user-menu img.avatar')?.naturalWidth > 0")
+    expect(page.locator(".user-menu .avatar-fallback")).to_have_count(0)
+    assert outside == []

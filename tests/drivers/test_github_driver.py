@@ -254,9 +254,7 @@ async def test_member_roles_come_from_two_list_calls(driver: PyGithubDriver, fak
     by_login = {m.login: m for m in members}
     assert len(members) == 242
     assert by_login["carol"].role == "admin"
-    assert by_login["alice"] == Member(
-        5001, "alice", "https://avatars.githubusercontent.com/u/5001?v=4", "member"
-    )
+    assert by_login["alice"] == Member(5001, "alice", f"{fake.base_url}/avatars/u/5001?v=4", "member")
     assert sorted(m.login for m in members if m.role == "admin") == [
         "carol",
         "dev-000",
@@ -515,8 +513,14 @@ async def test_oauth_code_exchange_and_user_endpoints(driver: PyGithubDriver, fa
 
     assert token.startswith("ghu_")
     assert user == GitHubUser(
-        5003, "carol", "Carol Chen", "https://avatars.githubusercontent.com/u/5003?v=4", "carol@acme.example"
+        5003, "carol", "Carol Chen", f"{fake.base_url}/avatars/u/5003?v=4", "carol@acme.example"
     )
+    # Served by the fake itself: mock mode shows people's pictures without the internet.
+    async with httpx.AsyncClient() as client:
+        avatar = await client.get(user.avatar_url)
+    assert avatar.status_code == 200
+    assert avatar.headers["content-type"] == "image/svg+xml"
+    assert b">C</text>" in avatar.content
     assert fake.requests_to("/user/emails") == []  # public email: no extra call
     assert [(o.login, o.id) for o in orgs] == [("acme", 7001), ("globex", 7002)]
     assert [i.id for i in installations] == [1001, 1002]

@@ -9,6 +9,7 @@ answer filtered by what the caller's token may see.
 from __future__ import annotations
 
 import copy
+import html
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +81,20 @@ class DataRoutes(FakeAuth):
         if account.type == "Organization":
             return self._json(self._render.render_org(account, "orgs/get"))
         return self._json(self._render.render_user(account, "users/get-by-username"))
+
+    def _get_avatar(self, request: Request, user_id: str) -> Response:
+        """An account's avatar (public, like GitHub's): its initial on a colour of its own."""
+        account = next((a for a in self._world.accounts.values() if str(a.id) == user_id), None)
+        if account is None:
+            raise HttpError(404, "Not Found")
+        hue = account.id * 47 % 360
+        svg = (
+            '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64" viewBox="0 0 64 64">'
+            f'<rect width="64" height="64" fill="hsl({hue},45%,45%)"/>'
+            '<text x="32" y="43" font-family="sans-serif" font-size="30" fill="#fff" '
+            f'text-anchor="middle">{html.escape(account.login[:1].upper())}</text></svg>'
+        )
+        return Response(200, svg.encode(), {"Content-Type": "image/svg+xml", "Cache-Control": "max-age=300"})
 
     def _get_org(self, request: Request, org: str) -> Response:
         self._principal(request)

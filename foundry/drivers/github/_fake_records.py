@@ -158,12 +158,21 @@ def rewrite(node: JSON, pairs: Iterable[tuple[str, str]]) -> JSON:
     return node
 
 
+#: GitHub's hosts and where the fake serves them. Avatars too: mock mode runs offline, and a page
+#: showing people must not wait on (or fail to load) images from the internet.
+_LOCAL_PATHS = (
+    ("https://api.github.com", ""),
+    ("https://github.com", ""),
+    ("https://avatars.githubusercontent.com", "/avatars"),
+)
+
+
 def localize(node: JSON, base_url: str) -> JSON:
     """Point GitHub's own URLs at ``base_url`` (PyGithub refuses to follow foreign hosts)."""
     if isinstance(node, str):
-        for prefix in ("https://api.github.com", "https://github.com"):
+        for prefix, local in _LOCAL_PATHS:
             if node == prefix or node.startswith(prefix + "/"):
-                return base_url + node[len(prefix) :]
+                return base_url + local + node[len(prefix) :]
         return node
     if isinstance(node, list):
         return [localize(item, base_url) for item in node]

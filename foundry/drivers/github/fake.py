@@ -169,6 +169,7 @@ class FakeGitHub(AppRoutes, DataRoutes):
             ("GET", "/user/orgs", self._list_user_orgs),
             ("GET", "/user/installations", self._list_user_installations),
             ("GET", "/users/{username}", self._get_public_user),
+            ("GET", "/avatars/u/{user_id}", self._get_avatar),
             ("GET", "/orgs/{org}", self._get_org),
             ("GET", "/orgs/{org}/members", self._list_members),
             ("GET", "/repos/{owner}/{repo}", self._get_repo),
