@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -20,6 +19,15 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
+
+from foundry.drivers.sandbox.host_files import (
+    append_handle,
+    ensure_dirs,
+    list_entries,
+    read_tail,
+    remove_entries,
+    replace_file,
+)
 
 LOG_FILE = "sandbox-agent.log"
 WORKDIR = "repo"
@@ -38,14 +46,11 @@ def free_port(host: str) -> int:
 
 
 def read_log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - _LOG_TAIL_BYTES))
-            data = handle.read()
-    except FileNotFoundError:
-        return "(no log file)"
+    """The last ``lines`` lines of the server's log; never follows a link the agent put in its place
+    (`host_files.read_tail`)."""
+    data = read_tail(path.parent, path.name, _LOG_TAIL_BYTES)
+    if isinstance(data, str):
+        return data
     text = data.decode("utf-8", errors="replace").rstrip()
     return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
@@ -102,28 +107,29 @@ def prepare_directory(
     an agent as installed whose files the jail no longer shows.
     """
     natives = natives or {}
-    (directory / WORKDIR).mkdir(parents=True, exist_ok=True)
-    (directory / "tmp").mkdir(exist_ok=True)
-    install_dir = directory / ".local" / "share" / "sandbox-agent" / "bin"
-    processes = install_dir / "agent_processes"
-    processes.mkdir(parents=True, exist_ok=True)
-    for stale in [*processes.glob("*-acp"), *processes.glob(f"*-acp{LAUNCHER_SUFFIX}")]:
-        agent_id = stale.name.removesuffix(LAUNCHER_SUFFIX).removesuffix("-acp")
-        if stale.is_file() and agent_id not in launchers:
-            stale.unlink()
-    for agent_id in NATIVE_AGENT_IDS:
-        stale = install_dir / agent_id
-        if agent_id not in natives and stale.is_file():
-            stale.unlink()
-    files = [(processes / f"{agent_id}-acp", _niced(agent_id)) for agent_id in launchers]
-    files += [
-        (processes / f"{agent_id}-acp{LAUNCHER_SUFFIX}", script) for agent_id, script in launchers.items()
+    # The directory is the jail's writable mount: every path below is walked and written without
+    # following what the agent may have put there (`host_files`).
+    bin_parts = (".local", "share", "sandbox-agent", "bin")
+    processes = (*bin_parts, "agent_processes")
+    directory.mkdir(parents=True, exist_ok=True)  # Foundry's own path (the jail mounts it, below)
+    ensure_dirs(directory, (WORKDIR,), ("tmp",), processes)
+    stale = [
+        name
+        for name, regular in list_entries(directory, processes)
+        if regular
+        and name.endswith(("-acp", f"-acp{LAUNCHER_SUFFIX}"))
+        and name.removesuffix(LAUNCHER_SUFFIX).removesuffix("-acp") not in launchers
     ]
-    files += [(install_dir / agent_id, script) for agent_id, script in natives.items()]
-    for path, script in files:
-        path.write_text(script, encoding="utf-8")
-        path.chmod(0o755)
-    handle = (directory / LOG_FILE).open("ab")
+    remove_entries(directory, processes, stale)
+    programs = [name for name, regular in list_entries(directory, bin_parts) if regular]
+    unused = [name for name in programs if name in NATIVE_AGENT_IDS and name not in natives]
+    remove_entries(directory, bin_parts, unused)
+    for agent_id, script in launchers.items():
+        replace_file(directory, processes, f"{agent_id}-acp", _niced(agent_id))
+        replace_file(directory, processes, f"{agent_id}-acp{LAUNCHER_SUFFIX}", script)
+    for agent_id, script in natives.items():
+        replace_file(directory, bin_parts, agent_id, script)
+    handle = append_handle(directory, LOG_FILE)
     handle.write(f"--- foundry: starting sandbox-agent at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
     handle.flush()
     return handle
