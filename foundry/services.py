@@ -156,8 +156,8 @@ def sandbox_jail_policy(settings: Settings) -> Any:
     """How sandboxes are isolated (`foundry.drivers.sandbox.jail.JailPolicy`) under ``settings``.
 
     Besides the system, a jail sees read-only the files that its agent launchers name (the provider
-    finds them), and in mock mode its organization's local git remotes read-write: they stand in for
-    GitHub, which a real sandbox reaches over the network.
+    finds them). In mock mode the organization's local git remotes stand in for GitHub: Foundry's
+    own fetches and pushes reach them (`remote_git`), the agent's jail does not.
     """
     from foundry.drivers.sandbox.jail import JailPolicy
 

@@ -17,11 +17,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.sandbox.admission import Admission, Ticket, admission_for
-from actors.sandbox.commands import Destroy, Empty, Ensure, Lease, Reclaim
+from actors.sandbox.commands import Destroy, Empty, Ensure, Lease, Reclaim, RemoteGit
 from actors.sandbox.schema import sandbox
 from actors.sandbox.supervision import exit_router, reap_orphan
 from foundry.drivers.sandbox import SandboxEndpoint, SandboxError, SandboxState
 from foundry.drivers.sandbox.binary import find_binary
+from foundry.drivers.sandbox.remote_git import RemoteGitRequest
 from foundry.errors import Conflict
 from foundry.logging import redact_value
 from foundry.runtime.context import InstanceContext
@@ -304,4 +305,18 @@ async def get_status(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
         "crashes": row.crashes,
         "providerState": live.state.value,
         "pid": row.pid,
+    }
+
+
+async def remote_git(ctx: InstanceContext, cmd: RemoteGit) -> dict[str, Any]:
+    """Run one git network command for the task's checkout outside the agent's jail; the process's
+    outcome (``exitCode``, ``timedOut``, ``stdout``, ``stderr``)."""
+    provider = ctx.services.driver("sandbox")
+    request = RemoteGitRequest(op=cmd.op, url=cmd.url, token=cmd.token, sha=cmd.sha, branch=cmd.branch)
+    result = await provider.remote_git(provider_sandbox_id(ctx.key), request, timeout_ms=cmd.timeout_ms)
+    return {
+        "exitCode": result.exit_code,
+        "timedOut": result.timed_out,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
@@ -44,6 +46,19 @@ class Destroy(BaseModel):
 
     model_config = _STRICT
     reason: str = Field(default="", max_length=500)
+
+
+class RemoteGit(BaseModel):
+    """Fetch every branch of ``url`` into the checkout, or push commit ``sha`` to ``branch`` there
+    (`foundry.drivers.sandbox.remote_git`)."""
+
+    model_config = _STRICT
+    op: Literal["fetch", "push"]
+    url: str = Field(min_length=1, max_length=2000)
+    token: str | None = Field(default=None, max_length=1000)
+    sha: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+    branch: str | None = Field(default=None, max_length=255)
+    timeout_ms: int = Field(default=300_000, gt=0, le=3_600_000, alias="timeoutMs")
 
 
 class Exited(BaseModel):

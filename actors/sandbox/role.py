@@ -7,7 +7,7 @@ task creates (``ensure``) and destroys its sandbox.
 from __future__ import annotations
 
 from actors.sandbox import actions, handlers, supervision
-from actors.sandbox.commands import Destroy, Empty, Ensure, Exited, Lease, Reclaim
+from actors.sandbox.commands import Destroy, Empty, Ensure, Exited, Lease, Reclaim, RemoteGit
 from actors.sandbox.schema import metadata
 from foundry.runtime.role import Handler, Role
 
@@ -23,6 +23,7 @@ ROLE = Role(
         Handler("renew", Lease, actions.renew),
         Handler("release", Lease, actions.release),
         Handler("reclaim", Reclaim, actions.reclaim),
+        Handler("remote_git", RemoteGit, actions.remote_git),
     ),
     on_host_start=supervision.on_host_start,
     on_host_stop=supervision.on_host_stop,

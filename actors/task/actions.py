@@ -27,7 +27,13 @@ from actors.task.provisional import (
     provisional_detail,
     provisional_snapshot,
 )
-from actors.task.sandbox_access import author_for, client_for, ensure_sandbox, installation_token
+from actors.task.sandbox_access import (
+    author_for,
+    client_for,
+    ensure_sandbox,
+    installation_token,
+    remote_git_for,
+)
 from actors.task.schema import messages, permission_requests, sessions, task
 from actors.task.state import (
     SANDBOX_ROLE,
@@ -246,7 +252,7 @@ async def create_pull_request(ctx: InstanceContext, cmd: PullRequestRequest) -> 
                 step = "committing the changes"
                 committed = await sgit.commit_all(client, cmd.title or row.title, author_for(row))
                 step = "pushing the branch"
-                await sgit.push(client, row.branch, token)
+                await sgit.push(client, row.branch, row.clone_url, token, remote=remote_git_for(ctx))
                 head = await sgit.head_sha(client)
         except FoundryError as exc:
             await _record_git_error(ctx, step, exc)
@@ -371,7 +377,7 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
                         rescue = rescue_branch(row.task_id, ctx.now_ms())
                         await sgit.checkout_new_branch(client, rescue)
                         await sgit.commit_all(client, f"Rescue of task {row.title}", author_for(row))
-                        await sgit.push(client, rescue, token)
+                        await sgit.push(client, rescue, row.clone_url, token, remote=remote_git_for(ctx))
                         rescued = work.as_json()
             except Conflict:
                 raise

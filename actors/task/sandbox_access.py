@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from actors.task.schema import task
 from actors.task.state import SANDBOX_ROLE, audit, load_task, refresh
 from foundry.drivers.sandbox import SandboxEndpoint
-from foundry.drivers.sandbox.client import SandboxAgentClient
-from foundry.drivers.sandbox.git import GitAuthor
+from foundry.drivers.sandbox.client import ProcessResult, SandboxAgentClient
+from foundry.drivers.sandbox.git import GitAuthor, RemoteGit
 from foundry.errors import Conflict, DriverError, FoundryError
 from foundry.runtime.context import InstanceContext
 
@@ -183,12 +183,28 @@ def client_for(endpoint: SandboxEndpoint) -> SandboxAgentClient:
     return SandboxAgentClient(endpoint)
 
 
+def remote_git_for(ctx: InstanceContext) -> RemoteGit:
+    """How this task's git fetches and pushes: through its sandbox actor, which runs them outside the
+    agent's jail (the token never reaches a process the agent can see)."""
+
+    async def run(body: dict[str, Any]) -> ProcessResult:
+        answer: dict[str, Any] = await ctx.actor(SANDBOX_ROLE, ctx.key).call("remote_git", body)
+        return ProcessResult(
+            exit_code=answer["exitCode"],
+            timed_out=bool(answer["timedOut"]),
+            stdout=str(answer["stdout"]),
+            stderr=str(answer["stderr"]),
+        )
+
+    return run
+
+
 async def installation_token(ctx: InstanceContext, row: sa.Row[Any]) -> str | None:
     """A short-lived installation token narrowed to this task's repository, or None when the
     organization has no installation (a public remote, or a local ``file://`` one in mock mode).
 
-    The token reaches git only through a per-command credential helper (never the sandbox's
-    environment or ``.git/config``).
+    The token reaches git only outside the agent's jail (`remote_git_for`), through a per-command
+    credential helper: never the sandbox, its environment or ``.git/config``.
 
     Raises:
         DriverError / NotFound: GitHub refused (e.g. the App was uninstalled).

@@ -10,6 +10,7 @@ import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +19,11 @@ from foundry.demo_agent.launcher import launcher_script
 from foundry.drivers.sandbox import GitError, SandboxEndpoint, git_run
 from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.binary import find_binary
-from foundry.drivers.sandbox.client import SandboxAgentClient
+from foundry.drivers.sandbox.client import ProcessResult, SandboxAgentClient
+from foundry.drivers.sandbox.git_network import RemoteGit
 from foundry.drivers.sandbox.jail import JailPolicy
 from foundry.drivers.sandbox.local import LocalSandboxProvider
+from foundry.drivers.sandbox.remote_git import RemoteGitRequest
 from foundry.errors import InvalidInput
 
 BRANCH = "foundry/task-1"
@@ -58,14 +61,36 @@ def remote(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def sandbox(tmp_path: Path, remote: Path) -> AsyncIterator[SandboxEndpoint]:
-    # The jail sees the remote as it would see GitHub: the only host path besides its own directory.
+async def provider(tmp_path: Path, remote: Path) -> AsyncIterator[LocalSandboxProvider]:
+    # Foundry's fetches and pushes reach the remote as they would reach GitHub (`remote_git`).
     jail = JailPolicy(shared=(remote,))
     provider = LocalSandboxProvider(
         tmp_path / "sandboxes", find_binary(), {"mock": launcher_script()}, jail=jail
     )
-    yield await provider.create("task-1", env={"FOUNDRY_DEMO_AGENT_DELAY": "0"})
+    yield provider
     await provider.aclose()
+
+
+@pytest.fixture
+async def sandbox(provider: LocalSandboxProvider) -> SandboxEndpoint:
+    return await provider.create("task-1", env={"FOUNDRY_DEMO_AGENT_DELAY": "0"})
+
+
+@pytest.fixture
+def network(provider: LocalSandboxProvider, sandbox: SandboxEndpoint) -> RemoteGit:
+    """What the sandbox actor's ``remote_git`` does for a task: the provider runs the command."""
+
+    async def run(body: dict[str, Any]) -> ProcessResult:
+        request = RemoteGitRequest(
+            op=body["op"],
+            url=body["url"],
+            token=body.get("token"),
+            sha=body.get("sha"),
+            branch=body.get("branch"),
+        )
+        return await provider.remote_git("task-1", request, timeout_ms=body["timeoutMs"])
+
+    return run
 
 
 @pytest.fixture
@@ -84,11 +109,11 @@ async def agent_edit(client: SandboxAgentClient, prompt: str) -> None:
 
 
 async def test_clone_edit_diff_commit_push(
-    client: SandboxAgentClient, sandbox: SandboxEndpoint, remote: Path
+    client: SandboxAgentClient, network: RemoteGit, sandbox: SandboxEndpoint, remote: Path
 ):
     seed_sha = git("rev-parse", "main", cwd=remote)
 
-    head = await sgit.clone(client, remote.as_uri(), BRANCH, TOKEN)
+    head = await sgit.clone(client, remote.as_uri(), BRANCH, TOKEN, remote=network)
 
     assert head == seed_sha
     assert await sgit.current_branch(client) == BRANCH
@@ -112,8 +137,8 @@ async def test_clone_edit_diff_commit_push(
     assert await sgit.diff(client) == ""
     assert await sgit.has_unpushed_work(client), "committed but not pushed"
 
-    await sgit.push(client, BRANCH, TOKEN)
-    await sgit.push(client, BRANCH, TOKEN)  # idempotent
+    await sgit.push(client, BRANCH, remote.as_uri(), TOKEN, remote=network)
+    await sgit.push(client, BRANCH, remote.as_uri(), TOKEN, remote=network)  # idempotent
 
     assert git("rev-parse", BRANCH, cwd=remote) == sha
     assert (
@@ -124,20 +149,27 @@ async def test_clone_edit_diff_commit_push(
     assert TOKEN not in Path(sandbox.workdir, ".git", "config").read_text()
 
 
-async def test_clone_is_idempotent_and_keeps_local_commits(client: SandboxAgentClient, remote: Path):
-    await sgit.clone(client, remote.as_uri(), BRANCH)
+async def test_clone_is_idempotent_and_keeps_local_commits(
+    client: SandboxAgentClient, network: RemoteGit, remote: Path
+):
+    await sgit.clone(client, remote.as_uri(), BRANCH, remote=network)
     await agent_edit(client, "local work")
     local = await sgit.commit_all(client, "local work", AUTHOR)
 
-    assert await sgit.clone(client, remote.as_uri(), BRANCH) == local
+    assert await sgit.clone(client, remote.as_uri(), BRANCH, remote=network) == local
 
     with pytest.raises(GitError, match="checkout of"):
-        await sgit.clone(client, "file:///some/other/repo.git", BRANCH)
+        await sgit.clone(client, "file:///some/other/repo.git", BRANCH, remote=network)
 
 
 @pytest.mark.parametrize("torn", ["no_head", "no_files"])
 async def test_a_clone_killed_halfway_is_started_over_by_a_fresh_clone(
-    client: SandboxAgentClient, sandbox: SandboxEndpoint, remote: Path, tmp_path: Path, torn: str
+    client: SandboxAgentClient,
+    network: RemoteGit,
+    sandbox: SandboxEndpoint,
+    remote: Path,
+    tmp_path: Path,
+    torn: str,
 ):
     """What a clone killed with its host leaves behind (a ``.git`` without HEAD, which fails a plain
     clone, or objects fetched but the files never written) is cleared by a provisioning clone."""
@@ -154,9 +186,9 @@ async def test_a_clone_killed_halfway_is_started_over_by_a_fresh_clone(
         (workdir / ".git" / "index").unlink(missing_ok=True)
     if torn == "no_head":
         with pytest.raises(GitError, match="already exists and is not an empty directory"):
-            await sgit.clone(client, remote.as_uri(), BRANCH)
+            await sgit.clone(client, remote.as_uri(), BRANCH, remote=network)
 
-    head = await sgit.clone(client, remote.as_uri(), BRANCH, fresh=True)
+    head = await sgit.clone(client, remote.as_uri(), BRANCH, remote=network, fresh=True)
 
     assert head == git("rev-parse", "main", cwd=remote)
     assert await sgit.current_branch(client) == BRANCH
@@ -165,7 +197,7 @@ async def test_a_clone_killed_halfway_is_started_over_by_a_fresh_clone(
 
 
 async def test_clone_tracks_an_existing_remote_branch(
-    client: SandboxAgentClient, remote: Path, tmp_path: Path
+    client: SandboxAgentClient, network: RemoteGit, remote: Path, tmp_path: Path
 ):
     other = tmp_path / "other"
     git("clone", "-q", remote.as_uri(), str(other), cwd=tmp_path)
@@ -175,17 +207,19 @@ async def test_clone_tracks_an_existing_remote_branch(
     git("commit", "-q", "-m", "PR work", cwd=other)
     git("push", "-q", "origin", BRANCH, cwd=other)
 
-    head = await sgit.clone(client, remote.as_uri(), BRANCH)
+    head = await sgit.clone(client, remote.as_uri(), BRANCH, remote=network)
 
     assert head == git("rev-parse", "HEAD", cwd=other)
     assert "feature.txt" in await sgit.file_tree(client)
 
 
-async def test_push_rejected_explains_what_to_do(client: SandboxAgentClient, remote: Path, tmp_path: Path):
-    await sgit.clone(client, remote.as_uri(), BRANCH)
+async def test_push_rejected_explains_what_to_do(
+    client: SandboxAgentClient, network: RemoteGit, remote: Path, tmp_path: Path
+):
+    await sgit.clone(client, remote.as_uri(), BRANCH, remote=network)
     await agent_edit(client, "first")
     await sgit.commit_all(client, "first", AUTHOR)
-    await sgit.push(client, BRANCH, TOKEN)
+    await sgit.push(client, BRANCH, remote.as_uri(), TOKEN, remote=network)
     # Someone else pushes to the same branch meanwhile.
     other = tmp_path / "other"
     git("clone", "-q", "-b", BRANCH, remote.as_uri(), str(other), cwd=tmp_path)
@@ -197,7 +231,7 @@ async def test_push_rejected_explains_what_to_do(client: SandboxAgentClient, rem
     await sgit.commit_all(client, "second", AUTHOR)
 
     with pytest.raises(GitError) as caught:
-        await sgit.push(client, BRANCH, TOKEN)
+        await sgit.push(client, BRANCH, remote.as_uri(), TOKEN, remote=network)
 
     error = caught.value
     assert error.detail.startswith("git push was rejected: the remote branch has new commits;")
@@ -207,20 +241,22 @@ async def test_push_rejected_explains_what_to_do(client: SandboxAgentClient, rem
     assert TOKEN not in error.detail
 
 
-async def test_errors_are_actionable(client: SandboxAgentClient, tmp_path: Path):
+async def test_errors_are_actionable(client: SandboxAgentClient, network: RemoteGit, tmp_path: Path):
     with pytest.raises(GitError, match="not a git checkout; clone the repository first"):
         await sgit.status(client)
     with pytest.raises(GitError, match="not a git checkout"):
         await sgit.has_unpushed_work(client)
 
     with pytest.raises(GitError, match="remote repository was not found"):
-        await sgit.clone(client, (tmp_path / "missing.git").as_uri(), BRANCH)
+        await sgit.clone(client, (tmp_path / "missing.git").as_uri(), BRANCH, remote=network)
 
     with pytest.raises(InvalidInput):
         await sgit.checkout_new_branch(client, "-bad..name")
 
 
-async def test_credential_helper_answers_with_the_token_from_the_run_env(client: SandboxAgentClient):
+async def test_credential_helper_answers_with_the_token_from_the_run_env(
+    client: SandboxAgentClient, network: RemoteGit
+):
     # What git would ask an HTTPS remote's helper; the token only exists in this run's environment.
     script = (
         'printf "protocol=https\\nhost=github.com\\n\\n" | '
@@ -238,13 +274,54 @@ async def test_credential_helper_answers_with_the_token_from_the_run_env(client:
 
 
 async def test_a_nul_in_text_for_git_is_named_not_blamed_on_a_missing_git(
-    client: SandboxAgentClient, remote: Path
+    client: SandboxAgentClient, network: RemoteGit, remote: Path
 ):
     """No process can take a NUL in its arguments. A commit message carrying one (from a stored
     title, say) is refused by name; it was reported as "`git` is not installed in the sandbox"."""
-    await sgit.clone(client, remote.as_uri(), BRANCH, TOKEN)
+    await sgit.clone(client, remote.as_uri(), BRANCH, TOKEN, remote=network)
     await agent_edit(client, "Document the release")
     with pytest.raises(InvalidInput, match="contains a NUL character"):
         await sgit.commit_all(client, "Add\x00notes", AUTHOR)
     # Nothing was half done: the same change commits with a clean message.
     assert await sgit.commit_all(client, "Add notes", AUTHOR) is not None
+
+
+async def test_an_agent_cannot_take_the_token_or_redirect_a_push(
+    client: SandboxAgentClient, network: RemoteGit, sandbox: SandboxEndpoint, remote: Path, tmp_path: Path
+):
+    """What an agent can do to its checkout before Foundry pushes: hooks that save the environment,
+    a configuration that sends the push (and its credential) elsewhere, and a process that watches
+    every other process's environment in the jail. None of it sees the token or moves the push."""
+    await sgit.clone(client, remote.as_uri(), BRANCH, TOKEN, remote=network)
+    await agent_edit(client, "work to push")
+    sha = await sgit.commit_all(client, "work", AUTHOR)
+    home = Path(sandbox.workdir).parent
+    decoy = tmp_path / "decoy.git"
+    git("init", "-q", "--bare", str(decoy), cwd=tmp_path)
+    planted = f"""set -e
+mkdir -p .git/hooks myhooks
+for hook in .git/hooks/pre-push myhooks/pre-push .git/hooks/reference-transaction; do
+  printf '#!/bin/sh\\nenv >> {home}/hook-saw.txt\\n' > $hook; chmod +x $hook
+done
+git config core.hooksPath myhooks
+git config url.{decoy.as_uri()}.insteadOf {remote.as_uri()}
+git config url.{decoy.as_uri()}.pushInsteadOf {remote.as_uri()}
+git config remote.origin.pushurl {decoy.as_uri()}
+git config credential.helper '!f() {{ cat >> {home}/helper-saw.txt; env >> {home}/helper-saw.txt; }}; f'
+setsid sh -c 'end=$(( $(date +%s) + 20 )); while [ $(date +%s) -lt $end ]; do
+  cat /proc/[0-9]*/environ 2>/dev/null | tr "\\0" "\\n" | grep FOUNDRY_GIT >> {home}/watched.txt
+done' >/dev/null 2>&1 &
+"""
+    result = await client.run_process("sh", ["-c", planted])
+    assert result.ok, result.stderr
+
+    await sgit.push(client, BRANCH, remote.as_uri(), TOKEN, remote=network)
+
+    assert git("rev-parse", BRANCH, cwd=remote) == sha  # pushed where Foundry said
+    assert git("for-each-ref", cwd=decoy) == ""  # not where the checkout's configuration said
+    assert not (home / "hook-saw.txt").exists()  # no hook of the checkout ran
+    assert not (home / "helper-saw.txt").exists()  # nor its credential helper
+    leaked = [p.name for p in home.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaked == []  # the watcher saw no process with the token either
+    tracking = await client.run_process("git", ["rev-parse", f"refs/remotes/origin/{BRANCH}"])
+    assert tracking.stdout.strip() == sha  # the checkout knows what was pushed

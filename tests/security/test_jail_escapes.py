@@ -119,7 +119,7 @@ WRITES = {
     "write into the data directory": lambda s: s.data_dir / "written-from-a-sandbox",
     "write beside its own directory": lambda s: Path(s.a.workdir).parent.parent / "written-from-a-sandbox",
     "write into another sandbox": lambda s: Path(s.b.workdir) / "written-from-a-sandbox",
-    # Mock mode's stand-in for GitHub: the sandbox of an acme task reaches acme's remotes only.
+    # Mock mode's stand-in for GitHub: Foundry's own pushes reach it, no sandbox does.
     "write into another organization's repositories": lambda s: (
         s.data_dir / "mock-remotes" / "globex" / "written-from-a-sandbox"
     ),
@@ -171,12 +171,13 @@ async def test_the_jail_runs_as_an_unprivileged_user_on_a_read_only_system(jaile
         "touch /usr/x /etc/x /x 2>/dev/null || echo read-only; "
         "cat /etc/shadow >/dev/null 2>&1 || echo masked; "
         "echo ok > $HOME/repo/written && cat $HOME/repo/written; echo tmp > /tmp/t && cat /tmp/t; "
-        f"echo own > {jailed.data_dir / 'mock-remotes' / 'acme' / 'written'} && echo remote"
+        f"echo own > {jailed.data_dir / 'mock-remotes' / 'acme' / 'written'} 2>/dev/null || echo no-remotes"
     )
     lines = result.stdout.split()
     assert result.exit_code == 0, result.stderr
     assert lines[0] == "1000"
     assert lines[1:3] == ["CapEff:", "0000000000000000"]
     assert int(lines[3]) < 20  # only the jail's own few processes
-    assert lines[4:] == ["read-only", "masked", "ok", "tmp", "remote"]
+    # Not even its own organization's mock remotes: Foundry pushes there itself (`remote_git`).
+    assert lines[4:] == ["read-only", "masked", "ok", "tmp", "no-remotes"]
     assert (Path(jailed.a.workdir) / "written").read_text() == "ok\n"  # its own directory is writable

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from foundry.drivers.sandbox import GitError
 from foundry.drivers.sandbox.client import SandboxAgentClient
+from foundry.drivers.sandbox.git_network import RemoteGit, fetch_into_checkout, push_commit
 from foundry.drivers.sandbox.git_run import (
     NETWORK_TIMEOUT_MS,
     TOKEN_ENV,
@@ -30,6 +31,7 @@ __all__ = [
     "TOKEN_ENV",
     "FileChange",
     "GitAuthor",
+    "RemoteGit",
     "checkout_new_branch",
     "clone",
     "commit_all",
@@ -219,19 +221,22 @@ async def clone(
     branch: str | None = None,
     token: str | None = None,
     *,
+    remote: RemoteGit,
     cwd: str | None = None,
     timeout_ms: int = NETWORK_TIMEOUT_MS,
     fresh: bool = False,
 ) -> str | None:
-    """Clone ``url`` into the workdir (or fetch if it is already a checkout) and check out ``branch``.
+    """Make the workdir a checkout of ``url`` (or bring an existing one up to date) and check out
+    ``branch``.
 
     Idempotent. ``branch`` is checked out as follows: an existing local branch is kept as it is (local
     commits are never reset); else it tracks ``origin/<branch>`` when the remote has it; else it is
     created from the remote's default branch. Returns the HEAD commit id (``None`` for an empty remote).
 
     Args:
-        token: access token for an HTTPS remote; given to git only through a per-command credential
-            helper and this process run's environment.
+        token: access token for an HTTPS remote; used only by ``remote``, outside the agent's jail
+            (`git_network`).
+        remote: runs the fetch itself (the sandbox actor's ``remote_git``).
         fresh: nothing in the workdir is anyone's work (the task's checkout was never completed), so
             whatever is there is what an interrupted earlier clone left: a ``.git`` without HEAD, or
             a checkout stopped halfway through writing the files. It is removed and the clone starts
@@ -245,33 +250,45 @@ async def clone(
         check_branch(branch)
     if fresh:
         await _discard_interrupted_clone(client, cwd)
-    if not await _is_checkout(client, cwd):
-        await run_git(
-            client,
-            ["clone", "--no-progress", "--", url, "."],
-            action="clone",
-            cwd=cwd,
-            token=token,
-            timeout_ms=timeout_ms,
-        )
+    new_checkout = not await _is_checkout(client, cwd)
+    if new_checkout:
+        await run_script(client, _EMPTY_CHECKOUT, [url], action="clone", cwd=cwd)
     else:
-        remote = await run_git(client, ["remote", "get-url", "origin"], action="fetch", cwd=cwd, check=False)
-        if remote.ok and remote.stdout.strip() != url:
+        configured = await run_git(
+            client, ["remote", "get-url", "origin"], action="fetch", cwd=cwd, check=False
+        )
+        if configured.ok and configured.stdout.strip() != url:
             raise GitError(
-                f"the sandbox workdir is a checkout of {remote.stdout.strip()!r}, not {url!r}; "
+                f"the sandbox workdir is a checkout of {configured.stdout.strip()!r}, not {url!r}; "
                 "destroy the sandbox to start over"
             )
+    fetched = await fetch_into_checkout(
+        client,
+        remote,
+        url,
+        token,
+        cwd=cwd,
+        timeout_ms=timeout_ms,
+        action="clone" if new_checkout else "fetch",
+    )
+    if new_checkout and fetched.default_branch is not None:
+        default = fetched.default_branch
         await run_git(
-            client,
-            ["fetch", "--prune", "--no-progress", "origin"],
-            action="fetch",
-            cwd=cwd,
-            token=token,
-            timeout_ms=timeout_ms,
+            client, ["checkout", "-q", "-b", default, "--track", f"origin/{default}"], action="clone", cwd=cwd
         )
     if branch is not None:
         await _checkout(client, branch, cwd=cwd)
     return await head_sha(client, cwd=cwd)
+
+
+#: A new, empty checkout whose ``origin`` is $1 (the fetch brings its branches; see `clone`).
+_EMPTY_CHECKOUT = """set -e
+if [ -n "$(ls -A)" ]; then
+  echo "fatal: destination path '.' already exists and is not an empty directory." >&2; exit 128
+fi
+git init -q
+git remote add origin "$1"
+"""
 
 
 #: Empties the workdir (dotfiles included) and prints how many entries it removed.
@@ -371,13 +388,15 @@ async def commit_all(
 async def push(
     client: SandboxAgentClient,
     branch: str,
+    url: str,
     token: str | None = None,
     *,
+    remote: RemoteGit,
     cwd: str | None = None,
-    remote: str = "origin",
     timeout_ms: int = NETWORK_TIMEOUT_MS,
 ) -> None:
-    """Push local ``branch`` to ``remote`` and set it as upstream. Never forces.
+    """Push local ``branch`` to ``url`` (the task's repository, never the checkout's own idea of its
+    remote) and set it as upstream. Never forces.
 
     Idempotent: pushing an up-to-date branch succeeds without changes.
 
@@ -389,12 +408,4 @@ async def push(
     check_branch(branch)
     if not await _ref_exists(client, f"refs/heads/{branch}", cwd):
         raise GitError(f"git push failed: there is no local branch {branch!r} with commits; commit first")
-    await run_git(
-        client,
-        ["push", "--porcelain", "-u", remote, f"refs/heads/{branch}:refs/heads/{branch}"],
-        action="push",
-        cwd=cwd,
-        token=token,
-        timeout_ms=timeout_ms,
-        branch=branch,
-    )
+    await push_commit(client, remote, url, branch, token, cwd=cwd, timeout_ms=timeout_ms)

@@ -38,6 +38,7 @@ __all__ = [
     "NETWORK_TIMEOUT_MS",
     "TOKEN_ENV",
     "check_branch",
+    "git_failure",
     "run_git",
     "run_script",
 ]
@@ -160,6 +161,13 @@ async def run_git(
         raise
     if not check or result.ok:
         return result
+    raise git_failure(action, result, token=token, branch=branch, timeout_ms=timeout_ms)
+
+
+def git_failure(
+    action: str, result: ProcessResult, *, token: str | None, branch: str | None, timeout_ms: int
+) -> GitError:
+    """The `GitError` of a failed git command: an actionable sentence, then git's own last words."""
     output = _redact(f"{result.stderr}\n{result.stdout}", token)
     tail = _tail(_redact(result.stderr, token) or _redact(result.stdout, token))
     if result.timed_out:
@@ -172,7 +180,7 @@ async def run_git(
     if tail:
         detail += f"\n{tail}"
     log.warning("git failed action=%s exit_code=%s timed_out=%s", action, result.exit_code, result.timed_out)
-    raise GitError(detail, None, "git", result.exit_code, tail)
+    return GitError(detail, None, "git", result.exit_code, tail)
 
 
 async def run_script(

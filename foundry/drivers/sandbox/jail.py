@@ -63,7 +63,9 @@ __all__ = [
     "find_pasta",
     "interpreter_paths",
     "isolation_status",
+    "namespace_args",
     "probe",
+    "system_args",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,8 @@ class JailPolicy:
             launchers name by absolute path are mounted without being listed here).
         shared: extra host paths mounted read-write at their own path.
         accounts_root: mock mode's git remotes, which stand in for GitHub: one directory per GitHub
-            account. A sandbox gets read-write only its own organization's account (`for_owner`), so
-            an agent cannot push to, or rewrite, another organization's repositories.
+            account. Foundry's fetches and pushes for a sandbox (`remote_git`) get read-write only
+            its own organization's account (`for_owner`); the agent's jail gets none.
         bwrap: the ``bwrap`` executable; empty looks it up on ``PATH``.
         pasta: the ``pasta`` executable (``egress``); empty looks it up on ``PATH``.
         egress_allow: addresses or CIDR ranges ``egress`` reaches although they are in a blocked range
@@ -240,7 +242,8 @@ def _etc_masks() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(files), tuple(dirs)
 
 
-def _system_args() -> list[str]:
+def system_args() -> list[str]:
+    """The read-only system every jail sees (`/usr`, the `/bin` and `/lib*` links, `/etc` masked)."""
     args: list[str] = []
     for path in _SYSTEM_DIRS:
         if os.path.islink(path):
@@ -255,6 +258,27 @@ def _system_args() -> list[str]:
     for path in dirs:
         args += ["--tmpfs", path, "--remount-ro", path]
     return args
+
+
+def namespace_args() -> list[str]:
+    """A jail's own user, PID, IPC and UTS namespaces, as `JAIL_UID` without capabilities, in a
+    session of its own, ending with its parent."""
+    return [
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--uid",
+        str(JAIL_UID),
+        "--gid",
+        str(JAIL_UID),
+        "--hostname",
+        "sandbox",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+    ]
 
 
 def bwrap_command(
@@ -273,26 +297,10 @@ def bwrap_command(
     ``sandbox-agent`` executable), the interpreter (`interpreter_paths`) and the files the agent
     ``launchers`` name (`files_named`) are mounted read-only.
     """
-    args = [
-        bwrap,
-        "--unshare-user",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--uid",
-        str(JAIL_UID),
-        "--gid",
-        str(JAIL_UID),
-        "--hostname",
-        "sandbox",
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-    ]
+    args = [bwrap, *namespace_args()]
     if policy.own_network:
         args.append("--unshare-net")
-    args += _system_args()
+    args += system_args()
     # Mounted over /tmp before the sandbox directory, which may itself live under /tmp.
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     read_only = [*interpreter_paths(), binary.resolve(), *files_named(launchers), *policy.read_only]
@@ -317,7 +325,7 @@ def _probe_args(bwrap: str, network: Network, pasta: str | None) -> list[str]:
         "--new-session",
         "--cap-drop",
         "ALL",
-        *_system_args(),
+        *system_args(),
         "--proc",
         "/proc",
         "--dev",

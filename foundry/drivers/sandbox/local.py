@@ -36,6 +36,7 @@ from foundry.drivers.sandbox import (
 )
 from foundry.drivers.sandbox.agents import registrations
 from foundry.drivers.sandbox.binary import find_binary
+from foundry.drivers.sandbox.client import ProcessResult
 from foundry.drivers.sandbox.jail import IsolationStatus, JailPolicy, find_bwrap, isolation_status
 from foundry.drivers.sandbox.layout import (
     WORKDIR,
@@ -47,6 +48,7 @@ from foundry.drivers.sandbox.layout import (
 )
 from foundry.drivers.sandbox.limits import Cgroups, SandboxLimits, encode_rlimits, limits_mechanism
 from foundry.drivers.sandbox.procs import ProcessRecord, Registry, boot_id, reap_leftovers, start_ticks
+from foundry.drivers.sandbox.remote_git import RemoteGitRequest, run_remote_git
 from foundry.drivers.sandbox.server import (
     PortTaken,
     RunningSandbox,
@@ -251,6 +253,21 @@ class LocalSandboxProvider:
             return SandboxStatus(sandbox_id, SandboxState.EXITED, detail="not running; its directory is kept")
         return SandboxStatus(sandbox_id, SandboxState.DESTROYED)
 
+    async def remote_git(
+        self, sandbox_id: str, request: RemoteGitRequest, *, timeout_ms: int
+    ) -> ProcessResult:
+        """Fetch into, or push from, the running sandbox's checkout, outside the agent's jail
+        (`remote_git`): the token never reaches a process the agent can see.
+
+        Raises:
+            SandboxError: the sandbox is not running (its organization's remotes are known from it).
+        """
+        sandbox = self._sandboxes.get(self._checked_id(sandbox_id))
+        if sandbox is None or sandbox.state is not SandboxState.RUNNING:
+            raise SandboxError(f"sandbox {sandbox_id} is not running; git cannot reach its remote now")
+        policy = self.jail.for_owner(sandbox.owner.rpartition(":")[0] or sandbox.owner)
+        return await run_remote_git(policy, self._bwrap, sandbox.directory, request, timeout_ms=timeout_ms)
+
     async def aclose(self) -> None:
         """Stop every server this provider started; directories are kept. Idempotent."""
         sandboxes = list(self._sandboxes.values())
@@ -325,7 +342,10 @@ class LocalSandboxProvider:
         agents = await asyncio.to_thread(registrations, self._agents_dir) if self._agents_dir else None
         launchers = {**(agents.launchers if agents else {}), **self._launchers}
         natives = agents.natives if agents else {}
-        jail = self.jail.for_owner(owner.rpartition(":")[0] or owner)
+        # Not `for_owner`: mock mode's remotes are only mounted where Foundry itself fetches and
+        # pushes (`remote_git`); an agent that could write them could plant hooks that run in every
+        # other task's push, or fill the disk outside its own directory's limit.
+        jail = self.jail
         if agents is not None and agents.read_only:
             jail = dataclasses.replace(jail, read_only=(*jail.read_only, *agents.read_only))
         log_handle = await asyncio.to_thread(prepare_directory, directory, launchers, natives)
