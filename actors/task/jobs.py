@@ -34,6 +34,7 @@ from actors.task.sandbox_access import (
     client_for,
     ensure_sandbox,
     installation_token,
+    remote_git_for,
     running_sandbox,
 )
 from actors.task.schema import messages, permission_requests, session_events, sessions, task
@@ -134,11 +135,19 @@ async def provision_job(ctx: InstanceContext) -> None:
         async with client_for(endpoint) as client:
             # Provisioning runs only until it first succeeds, so no agent has worked in this checkout
             # yet: whatever a clone killed with its host left behind is discarded (`fresh`).
-            head = await sgit.clone(client, row.clone_url, row.branch, token, fresh=True)
+            head = await sgit.clone(
+                client, row.clone_url, row.branch, token, remote=remote_git_for(ctx), fresh=True
+            )
     except FoundryError as exc:
         message = f"could not {step}: {exc.detail}"
-        log.warning("provisioning failed key=%s step=%s: %s", ctx.key, step, exc.detail)
         async with ctx.write() as conn:
+            current = await load_task(conn)
+            if current is None or current.archived_at is not None:
+                # Archived while it waited or provisioned (its sandbox destroyed with it): that is
+                # the end of provisioning, not a failure to show in the task's history.
+                log.info("provisioning ended: task archived key=%s step=%s (%s)", ctx.key, step, exc.detail)
+                return
+            log.warning("provisioning failed key=%s step=%s: %s", ctx.key, step, exc.detail)
             await conn.execute(
                 task.update()
                 .where(task.c.id == 1)
