@@ -41,6 +41,25 @@ def key_fingerprint(secret_key: str) -> str:
     return hmac.new(secret_key.encode(), b"foundry cluster key check", hashlib.sha256).hexdigest()[:16]
 
 
+def deployment_of(settings: Any) -> dict[str, Any]:
+    """The settings two processes of one deployment must agree on: the secret key (as a keyed
+    digest), the data directory every node keeps its databases in, and which host runs where."""
+    runtime = settings.runtime
+    return {
+        "secret key (FOUNDRY_SECRET_KEY)": key_fingerprint(settings.effective_secret_key()),
+        "data directory (FOUNDRY_DATA_DIR)": str(settings.data_dir),
+        "host placement (FOUNDRY_RUNTIME__PLACEMENT, __DEFAULT_PROCESS)": [
+            sorted(runtime.placement.items()),
+            runtime.default_process,
+        ],
+        "shards (FOUNDRY_RUNTIME__SHARDS, __DEFAULT_SHARDS)": [
+            sorted(runtime.shards.items()),
+            runtime.default_shards,
+        ],
+        "node of each host process (FOUNDRY_RUNTIME__NODES)": sorted(runtime.nodes.items()),
+    }
+
+
 def _count_restart(data_dir: Path, name: str) -> int:
     """How many times Ray restarted process ``name`` (this start counted when it is a restart)."""
     path = data_dir / ".processes" / f"{name}.restarts"
@@ -187,6 +206,10 @@ class HostProcess:
     async def key_fingerprint(self) -> str:
         """Which secret key this process signs and verifies with, without revealing it."""
         return key_fingerprint(self.settings.effective_secret_key())
+
+    async def deployment(self) -> dict[str, Any]:
+        """What every API process that joins these hosts must share with them (`deployment_of`)."""
+        return deployment_of(self.settings)
 
     async def metrics(self) -> str:
         """This process's metrics (Prometheus text): its hosts, commands, sandboxes and turns, plus

@@ -34,7 +34,7 @@ from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_clu
 from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.forwarded_logs import ForwardedLogWatch
 from foundry.runtime.host import Host
-from foundry.runtime.host_process import HostProcess, key_fingerprint
+from foundry.runtime.host_process import HostProcess, deployment_of
 from foundry.runtime.host_settings import public_settings, write_secrets
 from foundry.runtime.node_watch import NodeWatch
 from foundry.runtime.placement import (
@@ -98,6 +98,7 @@ class RayRuntime(Runtime):
         #: Ray handles by process name.
         self._handles: dict[str, Any] = {}
         self._started_ray = False
+        self._owns_cluster = False
         self._cluster_watch: asyncio.Task[None] | None = None
         #: In a host process, the hosts it runs: calls to them skip Ray (set by `HostProcess`).
         self.local_hosts: dict[tuple[str, int], Host] = {}
@@ -149,6 +150,9 @@ class RayRuntime(Runtime):
                 use_loopback_cluster()
             await init_ray(kwargs)
             self._started_ray = True
+            # Only the process that started the local cluster stops its hosts: one that joined a
+            # cluster (another API process, a rolling restart) leaves them serving the others.
+            self._owns_cluster = address is None
             if kwargs["log_to_driver"]:
                 self._forwarded_logs.install()
             if local_cluster_watch.enabled:
@@ -178,26 +182,31 @@ class RayRuntime(Runtime):
             )
 
     async def _check_cluster_key(self) -> None:
-        """Refuse to join hosts that use another secret key than this process.
+        """Refuse to join hosts of a deployment set up otherwise than this process.
 
         Several API processes share the hosts: a session cookie signed by one must verify on every
-        other, and this process is about to rewrite the hosts' secrets file with its own values.
+        other, this process is about to rewrite the hosts' secrets file with its own values, and
+        when it (re)starts a host it must be the same host on the same node with the same data
+        directory, never one that opens empty databases elsewhere.
         """
         process = next(iter(hosts_by_process(self.settings)))
         try:
             handle = ray.get_actor(process_name(process), namespace=self.settings.runtime.namespace)
         except ValueError:
-            return  # no hosts yet: this process starts them with its key
+            return  # no hosts yet: this process starts them with its settings
         try:
-            theirs: str = await asyncio.wait_for(handle.key_fingerprint.remote(), RETRY_WINDOW_S)
+            theirs: dict[str, Any] = await asyncio.wait_for(handle.deployment.remote(), RETRY_WINDOW_S)
         except (TimeoutError, RayActorError) as exc:
-            log.warning("could not compare secret keys with host process %s: %s", process, exc)
+            log.warning("could not compare settings with host process %s: %s", process, exc)
             return
-        if theirs != key_fingerprint(self.settings.effective_secret_key()):
+        ours = roundtrip(deployment_of(self.settings))
+        differ = [name for name, value in ours.items() if theirs.get(name) != value]
+        if differ:
             raise Conflict(
-                "this process's secret key (FOUNDRY_SECRET_KEY) differs from the one the running "
-                f"Foundry's hosts use (process {process_name(process)}): sessions signed by one API "
-                "process would not verify on another. Give every API process the same secret key."
+                f"this process's {', '.join(differ)} differs from the running Foundry's (host process "
+                f"{process_name(process)}): every API process of a deployment needs the same values, or "
+                "its sessions would not verify elsewhere and the hosts it starts would use other "
+                "databases. Start it with the same settings."
             )
 
     async def close(self) -> None:
@@ -211,11 +220,12 @@ class RayRuntime(Runtime):
         if self._cluster_watch is not None:
             self._cluster_watch.cancel()
         if self._started_ray:
-            await self.stop_hosts()
-            # Before `ray.shutdown`, which on rare occasions aborts the process (SIGABRT inside Ray's
-            # core worker) after everything else is stopped: the sweep must not depend on it.
-            await self._after_cluster_stop()
-            clear_cluster_address(self.settings)
+            if self._owns_cluster:
+                await self.stop_hosts()
+                # Before `ray.shutdown`, which on rare occasions aborts the process (SIGABRT inside
+                # Ray's core worker) after everything else is stopped: the sweep must not depend on it.
+                await self._after_cluster_stop()
+                clear_cluster_address(self.settings)
             # On the calling (main) thread, where the driver's core worker was created: everything is
             # closed by now, so blocking the event loop for the shutdown's second or two costs nothing.
             ray.shutdown()

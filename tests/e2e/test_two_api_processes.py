@@ -107,6 +107,13 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
         b.wait_ready()
         assert c.proc.wait(timeout=90) != 0
         assert "secret key" in c.log.read_text()
+        # Nor one with another data directory: hosts it (re)started would open empty databases.
+        record = json.loads((tmp_path / "data" / "ray-address").read_text())
+        other = {"FOUNDRY_DATA_DIR": str(tmp_path / "other"), "RAY_AUTH_MODE": record["authMode"]}
+        d = Serve({**env, "FOUNDRY_RUNTIME__RAY_ADDRESS": address, **other}, tmp_path / "d.log")
+        assert d.proc.wait(timeout=90) != 0
+        assert "data directory (FOUNDRY_DATA_DIR) differs" in d.log.read_text()
+        assert not list((tmp_path / "other").rglob("*.sqlite3"))
 
         with (
             httpx.Client(base_url=a.url, timeout=30) as via_a,
@@ -145,13 +152,16 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
                 assert via_a.patch(path, json={"title": title}).status_code == 200
                 via_b.cookies = via_a.cookies
                 assert via_b.get(path).json()["title"] == title, n
-            via_a.patch(path, json={"title": "Renamed through A"})
 
             # B leaves (a rolling restart): it joined the cluster, so the hosts stay and A serves on.
             # (Uvicorn ends with the signal that stopped it, once its shutdown is complete.)
             assert b.stop() in (0, -signal.SIGTERM)
+            left = b.log.read_text() + a.log.read_text()
             assert "Application shutdown complete" in b.log.read_text()
-            assert via_a.get(path).json()["title"] == "Renamed through A"
+            assert "host process closed" not in left  # the hosts (and their sandboxes) kept running
+            assert "stopped its sandboxes" not in left
+            assert via_a.patch(path, json={"title": "After B left"}).status_code == 200
+            assert via_a.get(path).json()["title"] == "After B left"
             assert httpx.get(f"{a.url}/readyz", timeout=10).status_code == 200
     finally:
         for server in (c, b, a):
