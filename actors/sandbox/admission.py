@@ -1,11 +1,12 @@
-"""Bounding sandboxes per host process: start/run caps with a fair FIFO queue, leases, idle reclaim.
+"""Bounding sandboxes per host process: start/run caps with a fair queue, leases, idle reclaim.
 
 One `Admission` per sandbox host process (the provider's processes are that process's children, so
 the caps bound what one machine runs when the sandbox role has one shard per node, the default). It
 keeps three things in memory, all of which die with the process together with the sandboxes they
 describe:
 
-* **the queue**: sandboxes waiting to start, oldest first. A waiter keeps its place by asking again
+* **the queue**: sandboxes waiting to start, taking turns between organizations and oldest first
+  within one (`Admission._order`). A waiter keeps its place by asking again
   (the task's ``ensure`` polls); one that stops asking for `QUEUE_STALE_S` (its task went away) is
   dropped. Each waiter also has a file in ``<sandbox root>/.queue/`` so that after a restart the
   queued tasks are woken in their original order and the queue is rebuilt before anyone else asks.
@@ -33,8 +34,10 @@ from foundry.errors import FoundryError
 log = logging.getLogger(__name__)
 
 ROLE_NAME = "sandbox"
-#: A queued sandbox whose task has not asked again for this long is dropped from the queue.
-QUEUE_STALE_S = 10.0
+#: A queued sandbox whose task has not asked again for this long is dropped from the queue. Long:
+#: under load (a thousand queued tasks on two cores) a task's next ask can come late, and losing
+#: the place sends it to the back. A task that goes away (archived) leaves the queue explicitly.
+QUEUE_STALE_S = 300.0
 #: A released lease still protects the sandbox this long (the task's next job picks it up).
 RELEASE_GRACE_S = 3.0
 #: Longest single wait inside `Admission.admit` before re-checking the slots.
@@ -73,6 +76,9 @@ class Admission:
     activity: dict[str, float] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Bumped on every change of the queue or the slots; keys `_order`'s cache.
+    _version: int = 0
+    _order_cache: tuple[int, float, list[str]] | None = None
     _reaper: asyncio.Task[None] | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -88,11 +94,39 @@ class Admission:
         return len(running | self.starting)
 
     def position(self, sandbox_id: str) -> int:
-        """1-based place of a waiting sandbox (0 when not queued)."""
-        for index, waiting in enumerate(self.queue, start=1):
-            if waiting == sandbox_id:
-                return index
-        return 0
+        """1-based place of a waiting sandbox in the order slots are given (0 when not queued)."""
+        order = self._order()
+        return order.index(sandbox_id) + 1 if sandbox_id in order else 0
+
+    def _order(self) -> list[str]:
+        """The queue in the order slots go to it: fair between organizations, then oldest first.
+
+        A waiter's turn is its organization's sandboxes already running or starting plus the waiters
+        of its organization ahead of it: one organization's burst of a thousand tasks takes turns
+        with another organization's single task instead of making it wait for all of them.
+        """
+        now = time.monotonic()
+        if (
+            self._order_cache is not None
+            and self._order_cache[0] == self._version
+            and now < self._order_cache[1]
+        ):
+            return self._order_cache[2]
+        active = set(self.provider.running_ids()) | self.starting
+        turns: dict[str, int] = {}
+        for sandbox_id in active:
+            organization = _organization(self.keys.get(sandbox_id, ""))
+            turns[organization] = turns.get(organization, 0) + 1
+        ranked = []
+        for sandbox_id, waiter in self.queue.items():  # oldest first
+            organization = _organization(waiter.key)
+            turn = turns.get(organization, 0)
+            turns[organization] = turn + 1
+            ranked.append((turn, waiter.queued_at, sandbox_id))
+        order = [sandbox_id for _, _, sandbox_id in sorted(ranked)]
+        # Cached briefly: every queued task asks every few seconds, each ask wants its place.
+        self._order_cache = (self._version, now + 0.25, order)
+        return order
 
     def reason(self) -> str:
         if len(self.starting) >= self.max_starting:
@@ -113,9 +147,10 @@ class Admission:
                 return Ticket.RETRY
             self._enqueue(sandbox_id, key)
             self._drop_stale()
-            if next(iter(self.queue)) == sandbox_id and self._slot_free():
+            if self._slot_free() and self._order()[0] == sandbox_id:
                 self._dequeue(sandbox_id)
                 self.starting.add(sandbox_id)
+                self._version += 1
                 self.activity[sandbox_id] = time.monotonic()
                 return Ticket.ADMITTED
             if len(self.starting) < self.max_starting:
@@ -142,6 +177,7 @@ class Admission:
 
     def notify(self) -> None:
         """Slots may have changed (a sandbox stopped, crashed or was destroyed): wake the waiters."""
+        self._version += 1
         self._changed.set()
 
     def leave_queue(self, sandbox_id: str) -> None:
@@ -175,6 +211,7 @@ class Admission:
             return
         waiter = _Waiter(key, time.time(), now)
         self.queue[sandbox_id] = waiter
+        self._version += 1
         self._write_queue_file(sandbox_id, waiter)
         log.debug("sandbox asks for a slot sandbox_id=%s position=%d", sandbox_id, len(self.queue))
 
@@ -255,13 +292,23 @@ class Admission:
         """Running cap reached with sandboxes waiting: stop the least recently used one not in use."""
         if not self.queue or self.running_count() - len(self.evicting) < self.max_running:
             return
+        running = self.provider.running_ids()
+        per_organization: dict[str, int] = {}
+        for sandbox_id in running:
+            organization = _organization(self.keys.get(sandbox_id, ""))
+            per_organization[organization] = per_organization.get(organization, 0) + 1
+        # From the organization running the most (a burst makes room for itself first), then the
+        # least recently used.
         candidates = sorted(
             (
                 sandbox_id
-                for sandbox_id in self.provider.running_ids()
+                for sandbox_id in running
                 if sandbox_id not in self.evicting and not self.busy(sandbox_id)
             ),
-            key=self._idle_since,
+            key=lambda sandbox_id: (
+                -per_organization.get(_organization(self.keys.get(sandbox_id, "")), 0),
+                self._idle_since(sandbox_id),
+            ),
         )
         if candidates:
             self._reclaim_soon(candidates[0], "another task is waiting for a sandbox slot")
@@ -314,6 +361,11 @@ class Admission:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._reaper = None
+
+
+def _organization(key: str) -> str:
+    """The organization of a sandbox actor's key ``<orgId>:<taskId>``."""
+    return key.rpartition(":")[0]
 
 
 def admission_for(provider: Any, runtime: Any, settings: Any) -> Admission:

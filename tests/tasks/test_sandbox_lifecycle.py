@@ -367,3 +367,24 @@ async def test_an_agent_that_can_load_sessions_gets_its_session_back_after_a_cra
         # The history the agent replayed while loading is not recorded a second time.
         kinds = [e["data"].get("kind") for e in log if e["event"] == "agentUpdate"]
         assert "user_message_chunk" not in kinds
+
+
+async def test_archiving_a_task_that_waits_for_a_sandbox_records_no_error(tmp_path: Path):
+    """Its provisioning ends when the archive destroys the sandbox it waited for: the task's history
+    says it was archived, not that something failed."""
+    async with (
+        running_server(tmp_path, max_running=1) as server,
+        server.signed_in("alice") as client,
+    ):
+        first = await create_task(client, prompt="A slow note that holds the only slot")
+        await wait_task(client, first["taskId"], lambda d: d["sessions"][0]["status"] == "running")
+        second = await create_task(client, prompt="Waiting for a slot")
+        task_id = second["taskId"]
+        await wait_task(client, task_id, lambda d: d["status"] == "queued")
+        archived = await client.post(f"/v1/organizations/acme/tasks/{task_id}/archive", json={"force": True})
+        assert archived.status_code == 200, archived.text
+        await asyncio.sleep(3)  # the provisioning job notices and ends
+        audit = (await client.get("/v1/organizations/acme/audit-log", params={"taskId": task_id})).json()
+        kinds = [e["kind"] for e in audit]
+        assert "task.archive" in kinds
+        assert "task.error" not in kinds, audit
