@@ -150,6 +150,18 @@ def adopt_library_loggers() -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    server = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _RefusalTraceback) for f in server.filters):
+        server.addFilter(_RefusalTraceback())
+
+
+class _RefusalTraceback(logging.Filter):
+    """Drops the traceback uvicorn logs for a start-up that Foundry refused with a one-line reason
+    (`foundry.http.app.StartupRefused`): the reason is already in the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage() if record.args else str(record.msg)
+        return "StartupRefused" not in text
 
 
 def forward_host_lines_verbatim() -> None:

@@ -20,6 +20,7 @@ from foundry.auth.cookies import SessionCookies
 from foundry.auth.signin import SignInService
 from foundry.config import Settings
 from foundry.drivers.sandbox.binary import check_binary
+from foundry.errors import FoundryError
 from foundry.github_app_check import GitHubAppCheck
 from foundry.http.api_headers import ApiHeaders
 from foundry.http.auth_cache import ORGANIZATION_ROLE, USER_ROLE, AuthCache
@@ -51,6 +52,11 @@ from foundry.services import build_services
 from foundry.wiring import build_runtime
 
 log = logging.getLogger(__name__)
+
+
+class StartupRefused(RuntimeError):
+    """Start-up stopped for a reason already logged in one line (`foundry.logging` keeps the
+    framework from printing its traceback as well)."""
 
 
 def _oauth_client(settings: Settings) -> Any:
@@ -109,7 +115,13 @@ def create_app(
             log.info("mock mode: fake Stripe at %s", stripe_fake.base_url)
         rt = runtime or build_runtime(settings)
         if own_runtime:
-            await rt.start()
+            try:
+                await rt.start()
+            except FoundryError as exc:
+                # The sentence is the whole story (a setting to fix, a cluster that does not answer):
+                # one line for the operator, not the framework's 70-line traceback of the lifespan.
+                log.error("Foundry could not start: %s", exc.detail)
+                raise StartupRefused(exc.detail) from None
         services = build_services(settings)
         app.state.settings = settings
         app.state.runtime = rt

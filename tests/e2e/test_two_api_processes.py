@@ -107,6 +107,9 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
         b.wait_ready()
         assert c.proc.wait(timeout=90) != 0
         assert "secret key" in c.log.read_text()
+        # One line saying why, not the web framework's traceback of its start-up.
+        assert "Foundry could not start: " in c.log.read_text()
+        assert "Traceback" not in c.log.read_text()
         # Nor one with another data directory: hosts it (re)started would open empty databases.
         record = json.loads((tmp_path / "data" / "ray-address").read_text())
         other = {"FOUNDRY_DATA_DIR": str(tmp_path / "other"), "RAY_AUTH_MODE": record["authMode"]}
