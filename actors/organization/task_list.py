@@ -20,7 +20,7 @@ from actors.organization.state import task_summary_json
 from foundry.errors import InvalidInput
 from foundry.runtime.context import InstanceContext
 
-TaskStatus = Literal["virtual", "provisioning", "running", "idle", "error", "archived"]
+TaskStatus = Literal["virtual", "queued", "provisioning", "running", "idle", "error", "archived"]
 #: The same, as values (the API checks a ``status`` filter against them).
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 

@@ -381,6 +381,15 @@ async def test_archiving_a_task_that_waits_for_a_sandbox_records_no_error(tmp_pa
         second = await create_task(client, prompt="Waiting for a slot")
         task_id = second["taskId"]
         await wait_task(client, task_id, lambda d: d["status"] == "queued")
+        # Found by the status the list shows it with (the list follows the task a moment later).
+        deadline = time.monotonic() + 20
+        while True:
+            listed = await client.get("/v1/organizations/acme/tasks", params={"status": "queued"})
+            assert listed.status_code == 200, listed.text
+            if [t["taskId"] for t in listed.json()["tasks"]] == [task_id]:
+                break
+            assert time.monotonic() < deadline, listed.json()
+            await asyncio.sleep(0.2)
         archived = await client.post(f"/v1/organizations/acme/tasks/{task_id}/archive", json={"force": True})
         assert archived.status_code == 200, archived.text
         await asyncio.sleep(3)  # the provisioning job notices and ends

@@ -130,8 +130,8 @@ async def list_tasks(
         str | None,
         Query(
             max_length=100,
-            description="Comma-separated statuses (virtual, provisioning, running, idle, error, archived); "
-            "archived tasks are listed only when named here",
+            description="Comma-separated statuses (virtual, queued, provisioning, running, idle, error, "
+            "archived); archived tasks are listed only when named here",
         ),
     ] = None,
     repo_id: Annotated[str | None, Query(alias="repoId", max_length=200)] = None,
