@@ -21,6 +21,7 @@ from foundry.cli_db import db
 from foundry.cli_github_app import github_app
 from foundry.config import ConfigError, Settings, get_settings, load_settings
 from foundry.logging import configure_logging, forward_host_lines_verbatim
+from foundry.open_files import raise_open_file_limit
 from foundry.supervise import is_supervised, supervise
 
 T = TypeVar("T")
@@ -92,6 +93,8 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
     configure_logging(
         settings.log_level, settings.log_format, process="api", secrets=settings.secret_values()
     )
+    if not is_supervised():
+        raise_open_file_limit()  # inherited by the server, Ray's daemons and the host processes
     if settings.runtime.backend == "ray" and not settings.runtime.ray_address and not is_supervised():
         # This process would own a local Ray whose daemons share its process group: serve from a
         # child in a session of its own instead (see foundry.supervise). Decided before the web

@@ -23,6 +23,7 @@ import ray
 from foundry import metrics, request_id
 from foundry.errors import ActorUnavailable
 from foundry.logging import configure_logging
+from foundry.open_files import raise_open_file_limit
 from foundry.runtime.events import encode_batch
 from foundry.runtime.forwarded_logs import CLOSED_MARKER
 from foundry.runtime.gc_policy import settle_long_lived
@@ -89,6 +90,8 @@ class HostProcess:
         configure_logging(
             settings.log_level, settings.log_format, process=name, secrets=settings.secret_values()
         )
+        # On a node started with `ray start`, the limit is that node's, not `foundry serve`'s.
+        raise_open_file_limit()
         self.name = name
         self.settings = settings
         self.restarts = _count_restart(settings.data_dir, name)

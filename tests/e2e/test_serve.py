@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -67,8 +68,17 @@ SECRETS = {
 }
 
 
-def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """`foundry serve` as an operator starts it, its output in ``log_path``."""
+def start_serve(
+    env: dict[str, str], log_path: Path, *, soft_nofile: int | None = None
+) -> subprocess.Popen[bytes]:
+    """`foundry serve` as an operator starts it, its output in ``log_path`` (``soft_nofile``: the
+    soft open-file limit it is started with, as a login shell's 1,024)."""
+
+    def limited() -> None:  # pragma: no cover - runs in the child before exec
+        if soft_nofile is not None:
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft_nofile, hard))
+
     with log_path.open("w") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "foundry", "serve"],
@@ -76,7 +86,13 @@ def start_serve(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=limited,
         )
+
+
+def soft_open_files(pid: int) -> int:
+    line = next(line for line in Path(f"/proc/{pid}/limits").read_text().splitlines() if "open files" in line)
+    return int(line.split()[3])
 
 
 def wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> httpx.Response:
@@ -104,7 +120,7 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         **SECRETS,
     }
     (tmp_path / "data").mkdir(mode=0o755)  # as an operator might have made it
-    proc = start_serve(env, tmp_path / "serve.log")
+    proc = start_serve(env, tmp_path / "serve.log", soft_nofile=1024)
     try:
         ready = wait_ready(proc, port, tmp_path / "serve.log")
         assert ready.json()["checks"]["runtime"]["ok"] is True
@@ -140,6 +156,11 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         # The hosts run at normal priority (Ray's default for workers is nice 15, which starved them
         # beside any busy process); sandboxes lower their own.
         assert os.getpriority(os.PRIO_PROCESS, hosts["foundry.organization.0"]["pid"]) == 0
+        # Started with a login shell's 1,024 open files, the hosts may use up to the hard limit (a
+        # busy task host holds about ten per active task).
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        for name in ("foundry.organization.0", "foundry.task.0"):
+            assert soft_open_files(hosts[name]["pid"]) == hard, name
         # Nothing of Foundry or of its Ray listens beyond this machine's loopback.
         listening = listening_addresses(proc.pid)
         assert any(name in ("gcs_server", "raylet") for name in listening.values()), listening
