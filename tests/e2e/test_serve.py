@@ -156,11 +156,12 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         # The hosts run at normal priority (Ray's default for workers is nice 15, which starved them
         # beside any busy process); sandboxes lower their own.
         assert os.getpriority(os.PRIO_PROCESS, hosts["foundry.organization.0"]["pid"]) == 0
-        # Started with a login shell's 1,024 open files, the hosts may use up to the hard limit (a
-        # busy task host holds about ten per active task).
+        # Started with a login shell's 1,024 open files, the server (a socket per browser and per
+        # request) and the hosts (about ten per active task) may use up to the hard limit.
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        for name in ("foundry.organization.0", "foundry.task.0"):
-            assert soft_open_files(hosts[name]["pid"]) == hard, name
+        server = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
+        for pid in (proc.pid, server, hosts["foundry.organization.0"]["pid"], hosts["foundry.task.0"]["pid"]):
+            assert soft_open_files(pid) == hard, pid
         # Nothing of Foundry or of its Ray listens beyond this machine's loopback.
         listening = listening_addresses(proc.pid)
         assert any(name in ("gcs_server", "raylet") for name in listening.values()), listening
