@@ -97,7 +97,12 @@ class NodeWatch:
                     return pending.result()
                 why = self.reason(process)
                 if why is not None:
-                    raise ActorUnavailable(why)
+                    # Sent before the node went: whether it was queued there is unknown until then.
+                    raise ActorUnavailable(
+                        f"{why}. This request had already reached it and may still be applied when "
+                        "the node is back; to send it again safely, repeat it with the same "
+                        "Idempotency-Key header"
+                    )
         finally:
             if not pending.done():
                 pending.cancel()

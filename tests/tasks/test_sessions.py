@@ -220,3 +220,36 @@ async def test_an_agent_the_sandbox_lacks_is_named_with_the_installed_ones(tasks
         detail = await wait_task(client, task_id, lambda d: d["sessions"][1]["status"] == "error")
         error = detail["sessions"][1]["error"]
         assert "'claude' is not installed in this sandbox (installed: mock)" in error
+
+
+async def test_a_message_sent_again_with_its_idempotency_key_is_queued_once(tasks_server: TaskServer):
+    """An answer that never came (a dropped connection, a 503 while the node was away) leaves the
+    sender not knowing; sending again with the same key must not make the agent run it twice."""
+    async with tasks_server.signed_in("alice") as client, tasks_server.signed_in("carol") as carol:
+        created = await create_task(client, prompt="First note")
+        task_id, session_id = created["taskId"], created["sessionId"]
+        await wait_task(client, task_id, idle_session)
+        url = base(task_id, session_id) + "/messages"
+        headers = {"Idempotency-Key": "3f1c2a9e-retry-me"}
+        answers = [await client.post(url, json={"text": "Only once"}, headers=headers) for _ in range(3)]
+        assert [a.status_code for a in answers] == [202] * 3, [a.text for a in answers]
+        assert answers[1].json() == answers[0].json() == answers[2].json()
+        # Another person's same key, and another key, are other messages.
+        other = await carol.post(url, json={"text": "Carol's own"}, headers=headers)
+        fresh = await client.post(url, json={"text": "A new one"}, headers={"Idempotency-Key": "another"})
+        assert other.status_code == fresh.status_code == 202
+        assert other.json() != answers[0].json()
+        bad = await client.post(url, json={"text": "x"}, headers={"Idempotency-Key": "has spaces in it"})
+        assert bad.status_code == 422
+        assert "Idempotency-Key" in bad.text
+        await wait_task(
+            client, task_id, lambda d: idle_session(d) and d["sessions"][0]["queuedMessages"] == 0
+        )
+        texts = [
+            e["data"]["text"]
+            for e in await events(client, task_id, session_id)
+            if e["event"] == "userMessage"
+        ]
+        assert texts.count("Only once") == 1, texts
+        assert "Carol's own" in texts
+        assert "A new one" in texts

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from actors.task.naming import MAX_PROMPT_CHARS, resolve_agent_model
 from foundry.errors import NotFound
 from foundry.http.deps import Member, RuntimeDep, SameSiteWrite
+from foundry.http.idempotency import IdempotencyKey, command_id_for
 from foundry.http.routes.task_access import (
     STRICT,
     SessionId,
@@ -100,11 +101,18 @@ async def create_session(
     dependencies=[SameSiteWrite],
 )
 async def send_message(
-    task_id: TaskId, session_id: SessionId, body: MessageBody, member: Member, runtime: RuntimeDep
+    task_id: TaskId,
+    session_id: SessionId,
+    body: MessageBody,
+    member: Member,
+    runtime: RuntimeDep,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     """202 once the message is durably queued; the agent's answer streams on the session topic.
     409 when the session is closed or the task archived; 402 when the organization's plan refuses
-    the prompt (``seat_limit``, ``billing_inactive``)."""
+    the prompt (``seat_limit``, ``billing_inactive``). Sent again with the same ``Idempotency-Key``
+    (after an answer that never came, or a 503), it is queued once and the first answer repeated."""
     key = await task_key_of(member, task_id, runtime, session_id=session_id)
     await check_prompt_target(runtime, key, session_id)
     await prompt_gate(member, task_id, runtime)
@@ -113,6 +121,7 @@ async def send_message(
         key,
         "send_message",
         {"sessionId": session_id, "text": body.text, "userId": member.caller.user_id},
+        command_id=command_id_for(member.caller.user_id, request.url.path, idempotency_key),
     )
     await user_state(runtime, member, task_id, session_id, unread=False, draftText="", makeActive=True)
     return result

@@ -137,12 +137,16 @@ def not_started(summary: dict[str, Any]) -> Conflict:
     )
 
 
-async def task_command(runtime: Runtime, key: str, name: str, body: dict[str, Any]) -> Any:
+async def task_command(
+    runtime: Runtime, key: str, name: str, body: dict[str, Any], *, command_id: str | None = None
+) -> Any:
     """Run a task command. The task exists (its organization row said so); if its ``initialize`` is
     still on the way (the organization's outbox delivers it just after creation), try again, and
-    answer 409 if it is still not there: the task is being set up, it is not missing."""
+    answer 409 if it is still not there: the task is being set up, it is not missing. A
+    ``command_id`` (`foundry.http.idempotency`) makes a repeated request apply once."""
     return await _while_initializing(
-        key, lambda: runtime.actor("task", key).send(name, body, wait=True, timeout=15)
+        key,
+        lambda: runtime.actor("task", key).send(name, body, wait=True, timeout=15, command_id=command_id),
     )
 
 
