@@ -260,3 +260,37 @@ def test_people_have_their_pictures_in_mock_mode_without_the_internet(people: Pe
     page.wait_for_function("() => document.querySelector('.user-menu img.avatar')?.naturalWidth > 0")
     expect(page.locator(".user-menu .avatar-fallback")).to_have_count(0)
     assert outside == []
+
+
+def test_a_message_whose_answer_was_lost_is_sent_again_once(people: People) -> None:
+    """The message reached Foundry but its answer did not reach the page (a proxy's 503): the text
+    stays, and pressing Send again does not make the agent read it twice."""
+    page = people.page("alice")
+    page.goto("/o/acme")
+    open_new_task(page, "A first note")
+    wait_idle(page)
+    keys: list[str | None] = []
+
+    def answer_lost(route: Route) -> None:
+        keys.append(route.request.headers.get("idempotency-key"))
+        if len(keys) == 1:
+            route.fetch()  # Foundry queues it ...
+            route.fulfill(
+                status=503, content_type="text/html", body="<html>503</html>"
+            )  # ... the page never hears
+        else:
+            route.continue_()
+
+    page.route("**/sessions/*/messages", answer_lost)
+    composer = page.get_by_label("Message to the agent")
+    composer.fill("Say this only once")
+    page.get_by_role("button", name="Send").click()
+    expect(page.get_by_role("alert")).to_contain_text("Foundry is not answering right now")
+    expect(composer).to_have_value("Say this only once")
+    page.get_by_role("button", name="Send").click()
+    expect(composer).to_have_value("")
+    wait_idle(page)
+    assert len(keys) == 2
+    assert keys[0] is not None
+    assert keys[0] == keys[1]
+    expect(transcript(page).get_by_text("Say this only once", exact=True)).to_have_count(1)

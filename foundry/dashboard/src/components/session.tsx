@@ -1,7 +1,7 @@
 // One agent session: the live transcript, pending permission prompts, the composer and Stop.
 import { Component } from "preact";
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
-import { api, enc, errorText } from "../lib/api";
+import { api, enc, errorText, newIdempotencyKey, outcomeUnknown } from "../lib/api";
 import { renderMarkdown } from "../lib/markdown";
 import { realtime } from "../lib/realtime";
 import { useStore } from "../lib/store";
@@ -311,19 +311,25 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running,
         ? null
         : null;
   const canSend = !reason && !busy && text.trim().length > 0;
+  const pendingSend = useRef<{ text: string; key: string } | null>(null);
 
   async function send() {
     if (!canSend) return;
     setBusy(true);
     setError(null);
     window.clearTimeout(timer.current);
+    // The same text sent again after an answer that never came keeps its key: queued at most once.
+    const key = pendingSend.current?.text === text ? pendingSend.current.key : newIdempotencyKey();
+    pendingSend.current = { text, key };
     try {
-      await api("POST", `${sbase}/messages`, { text });
+      await api("POST", `${sbase}/messages`, { text }, { "Idempotency-Key": key });
+      pendingSend.current = null;
       setText("");
       saved.current = "";
       latest.current = ""; // a draft save still retrying must not bring the sent text back
       typed.set(slot, "");
     } catch (e) {
+      if (!outcomeUnknown(e)) pendingSend.current = null; // refused: a new send is a new message
       setError(errorText(e));
       saveDraft(text, 0); // refused: the text stays, in the draft too (a reload keeps it)
     } finally {

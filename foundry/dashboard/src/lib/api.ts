@@ -20,10 +20,10 @@ export function onUnauthorized(handler: () => void): void {
 
 export const enc = encodeURIComponent;
 
-export async function api<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const init: RequestInit = { method, credentials: "same-origin", headers: { accept: "application/json" } };
+export async function api<T>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
+  const init: RequestInit = { method, credentials: "same-origin", headers: { accept: "application/json", ...headers } };
   if (body !== undefined) {
-    init.headers = { accept: "application/json", "content-type": "application/json" };
+    init.headers = { accept: "application/json", "content-type": "application/json", ...headers };
     init.body = JSON.stringify(body);
   }
   let res: Response;
@@ -66,4 +66,16 @@ function statusText(status: number, reason: string): string {
 export function errorText(e: unknown): string {
   if (e instanceof ApiError) return e.detail;
   return e instanceof Error ? e.message : String(e);
+}
+
+/** A fresh Idempotency-Key (random; works without a secure context, where randomUUID is missing). */
+export function newIdempotencyKey(): string {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Whether a failed write may still have been applied: sending it again must reuse its key. */
+export function outcomeUnknown(e: unknown): boolean {
+  return e instanceof ApiError && (e.status === 0 || e.status === 502 || e.status === 503 || e.status === 504);
 }
