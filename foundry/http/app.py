@@ -46,6 +46,7 @@ from foundry.http.snapshot_cache import SnapshotCache
 from foundry.http.unexpected import UnexpectedErrorsAsJson
 from foundry.http.warmup import warm_up
 from foundry.realtime.gateway import RealtimeGateway
+from foundry.runtime import local_cluster_watch
 from foundry.runtime.client import Runtime
 from foundry.runtime.gc_policy import settle_long_lived
 from foundry.services import build_services
@@ -236,6 +237,9 @@ def create_app(
         checks: dict[str, Any] = {}
         ok = True
         try:
+            if local_cluster_watch.problem is not None:
+                # Hosts may still answer for a while after the head is gone; this process will not.
+                raise ConnectionError(local_cluster_watch.problem)
             awake = await asyncio.wait_for(app.state.runtime.awake(), 5.0)
             checks["runtime"] = {"ok": True, "hosts": len(awake)}
         except Exception as exc:

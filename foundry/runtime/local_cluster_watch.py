@@ -1,9 +1,12 @@
-"""Stop Foundry when the local Ray cluster it started loses its raylet or its GCS.
+"""Stop Foundry when the Ray cluster it runs on is gone: the local cluster it started lost its
+raylet or its GCS, or the head of the cluster it joined stopped answering.
 
 Ray does not restart those daemons, and without them no host answers: the server stayed up, with
-``/readyz`` failing and every request timing out, for as long as nobody noticed. Exiting non-zero
-instead lets the service manager (systemd, compose, …) start Foundry again, which starts a fresh
-cluster whose hosts resume every instance's work from its files.
+``/readyz`` failing and every request timing out, for as long as nobody noticed. A process that
+joined a cluster even said it was ready for the minute until Ray itself ended it, with no line of
+Foundry's. Exiting non-zero instead, with the reason, lets the service manager (systemd, compose, …)
+start Foundry again, which starts a fresh cluster (or joins the head once it is back) whose hosts
+resume every instance's work from its files.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ log = logging.getLogger(__name__)
 #: The daemons without which the local cluster cannot run anything.
 ESSENTIAL = ("raylet", "gcs_server")
 CHECK_INTERVAL_S = 2.0
+#: A joined cluster's head (its GCS) not answering for this long: not ready (``problem``).
+UNREADY_AFTER_S = 4.0
+#: ... and for this long: stop, before Ray's own end of the process (60 s without its GCS).
+LOST_AFTER_S = 20.0
+#: While the joined cluster's head does not answer, why (``/readyz`` shows it); None otherwise.
+problem: str | None = None
 
 #: Set by ``foundry serve`` only: a test or a script that starts a runtime must not be stopped.
 enabled = False
@@ -62,3 +71,40 @@ async def watch_local_cluster() -> None:
             else:
                 os.kill(os.getpid(), signal.SIGTERM)
             return
+
+
+def _probe_gcs() -> None:
+    """One round trip to the cluster's control store (raises when it does not answer in 3 s)."""
+    client = ray._private.worker.global_worker.gcs_client  # type: ignore[attr-defined]
+    client.internal_kv_get(b"foundry-liveness-probe", b"foundry", timeout=3)
+
+
+async def watch_joined_cluster(address: str, probe: Callable[[], None] = _probe_gcs) -> None:
+    """Ask the joined cluster's head every few seconds; while it does not answer, say so (``problem``,
+    one log line); after `LOST_AFTER_S`, stop this server as `watch_local_cluster` does."""
+    global lost, problem
+    last_ok = asyncio.get_running_loop().time()
+    while True:
+        await asyncio.sleep(CHECK_INTERVAL_S)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(probe), 5.0)
+        except Exception as exc:
+            down = asyncio.get_running_loop().time() - last_ok
+            if down < UNREADY_AFTER_S:
+                continue
+            if problem is None:
+                log.error("the Ray cluster at %s is not answering (its head, the GCS): %s", address, exc)
+            problem = f"the Ray cluster at {address} has not answered for {down:.0f} s (its head, the GCS)"
+            if down >= LOST_AFTER_S:
+                lost = problem
+                log.error("%s; stopping so that Foundry can be started again once it is back", lost)
+                if on_lost is not None:
+                    on_lost()
+                else:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+            continue
+        if problem is not None:
+            log.warning("the Ray cluster at %s answers again", address)
+        problem = None
+        last_ok = asyncio.get_running_loop().time()

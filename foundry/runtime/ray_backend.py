@@ -156,9 +156,12 @@ class RayRuntime(Runtime):
             if kwargs["log_to_driver"]:
                 self._forwarded_logs.install()
             if local_cluster_watch.enabled:
-                self._cluster_watch = asyncio.create_task(
-                    local_cluster_watch.watch_local_cluster(), name="local-cluster-watch"
+                watch = (
+                    local_cluster_watch.watch_local_cluster()
+                    if address is None
+                    else local_cluster_watch.watch_joined_cluster(address)
                 )
+                self._cluster_watch = asyncio.create_task(watch, name="cluster-watch")
             if address is None:
                 write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
             await asyncio.to_thread(_restrict_token_file)

@@ -22,6 +22,7 @@ import pytest
 from websockets.sync.client import connect
 
 from foundry.drivers.github.fake import FakeGitHub, seed_mock
+from foundry.drivers.sandbox.spawn import descendants
 from foundry.mock import github_app_env, seed_mock_remotes
 from tests.http.conftest import free_port
 
@@ -168,5 +169,51 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
             assert httpx.get(f"{a.url}/readyz", timeout=10).status_code == 200
     finally:
         for server in (c, b, a):
+            if server is not None:
+                server.stop()
+
+
+def test_a_joined_process_whose_cluster_head_is_gone_says_so_and_stops(
+    tmp_path: Path, github_env: dict[str, str]
+) -> None:
+    """The head's control store (GCS) dies: a joined process used to report ready for the minute
+    until Ray ended it without a word of Foundry's. It turns unready naming the cluster, then stops
+    with a failure status and the reason, for its service manager to start it again."""
+    env = {
+        **os.environ,
+        **github_env,
+        "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
+        "FOUNDRY_SECRET_KEY": secrets.token_urlsafe(48),
+    }
+    a = Serve(env, tmp_path / "a.log")
+    b = None
+    try:
+        a.wait_ready()
+        address = json.loads((tmp_path / "data" / "ray-address").read_text())["address"]
+        b = Serve({**env, "FOUNDRY_RUNTIME__RAY_ADDRESS": address}, tmp_path / "b.log")
+        b.wait_ready()
+        daemons = [
+            p for p in descendants(a.proc.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "gcs_server"
+        ]
+        (pid,) = daemons
+        os.kill(pid, signal.SIGKILL)
+        unready = None
+        deadline = time.monotonic() + 20
+        while unready is None and time.monotonic() < deadline:
+            try:
+                answer = httpx.get(f"{b.url}/readyz", timeout=10)
+                if answer.status_code == 503:
+                    unready = answer.json()
+            except httpx.TransportError:
+                break
+            time.sleep(0.5)
+        assert unready is not None, b.log.read_text()[-3000:]
+        assert address in unready["checks"]["runtime"]["detail"]
+        status = b.proc.wait(timeout=60)
+        output = b.log.read_text()
+        assert status == 1, output[-3000:]
+        assert f"the Ray cluster at {address} has not answered" in output
+    finally:
+        for server in (b, a):
             if server is not None:
                 server.stop()
