@@ -90,6 +90,14 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
     refusal = public_mock_refusal(settings)
     if refusal:
         raise ConfigRefused(refusal)
+    if settings.mode == "mock" and settings.runtime.ray_address and not settings.github.configured:
+        # Its own fake GitHub would overwrite the hosts' GitHub settings with another App's key, and
+        # every GitHub call of a restarted host would then be refused.
+        raise ConfigRefused(
+            "a second API process in mock mode cannot share the first one's built-in fake GitHub (it "
+            "lives in that process): joining a cluster (FOUNDRY_RUNTIME__RAY_ADDRESS) needs one GitHub "
+            "App for every API process, configured with FOUNDRY_GITHUB__* (see Deployment files)"
+        )
     configure_logging(
         settings.log_level, settings.log_format, process="api", secrets=settings.secret_values()
     )

@@ -77,6 +77,11 @@ def _one_line_refusal(result: subprocess.CompletedProcess[str]) -> str:
             "production mode needs these settings: FOUNDRY_SECRET_KEY (at least 32 characters), "
             "FOUNDRY_GITHUB__CLIENT_SECRET",
         ),
+        (
+            # Its own fake GitHub would replace the hosts' GitHub settings with another App's key.
+            {"FOUNDRY_RUNTIME__BACKEND": "ray", "FOUNDRY_RUNTIME__RAY_ADDRESS": "127.0.0.1:6399"},
+            "a second API process in mock mode cannot share the first one's built-in fake GitHub",
+        ),
     ],
     ids=[
         "mode",
@@ -93,6 +98,7 @@ def _one_line_refusal(result: subprocess.CompletedProcess[str]) -> str:
         "github-url",
         "stripe-url",
         "weak-production-secrets",
+        "mock-join-without-github",
     ],
 )
 def test_serve_refuses_a_bad_setting_in_one_line_naming_it(
