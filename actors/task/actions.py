@@ -206,32 +206,37 @@ async def _clear_git_error(ctx: InstanceContext) -> None:
 
 
 async def diff(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
-    """``{files: [{path, kind}], diff}``: the working tree against HEAD, untracked files included.
-    Starts a crashed sandbox again to read it."""
+    """``{files: [{path, kind}], diff, filesTruncated, diffTruncated}``: the working tree against
+    HEAD, untracked files included, each cut short (and saying so) past sandbox-agent's 1 MiB output
+    limit: a reviewer must know that the changes shown are not all of them. Starts a crashed sandbox
+    again to read it."""
     await _ready_task(ctx)
     try:
         async with _sandbox(ctx) as client:
-            changes = await sgit.status(client)
-            patch = await sgit.diff(client)
+            changes, files_cut = await sgit.status_listing(client)
+            patch, patch_cut = await sgit.diff_listing(client)
     except FoundryError as exc:
         await _record_git_error(ctx, "reading the diff", exc)
         raise
     return {
         "files": [{"path": c.path, "kind": c.kind, "origPath": c.orig_path} for c in changes],
         "diff": patch,
+        "filesTruncated": files_cut,
+        "diffTruncated": patch_cut,
     }
 
 
 async def files(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
-    """``{paths, tree}``: tracked and untracked (not ignored) files of the checkout."""
+    """``{paths, tree, truncated}``: tracked and untracked (not ignored) files of the checkout
+    (``truncated``: cut short at sandbox-agent's output limit)."""
     await _ready_task(ctx)
     try:
         async with _sandbox(ctx) as client:
-            paths = await sgit.file_tree(client)
+            paths, cut = await sgit.file_listing(client)
     except FoundryError as exc:
         await _record_git_error(ctx, "listing the files", exc)
         raise
-    return {"paths": paths, "tree": file_tree(paths)}
+    return {"paths": paths, "tree": file_tree(paths), "truncated": cut}
 
 
 async def create_pull_request(ctx: InstanceContext, cmd: PullRequestRequest) -> dict[str, Any]:

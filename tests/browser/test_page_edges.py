@@ -294,3 +294,19 @@ def test_a_message_whose_answer_was_lost_is_sent_again_once(people: People) -> N
     assert keys[0] is not None
     assert keys[0] == keys[1]
     expect(transcript(page).get_by_text("Say this only once", exact=True)).to_have_count(1)
+
+
+def test_changes_cut_short_say_that_not_every_change_is_shown(people: People) -> None:
+    page = people.page("alice")
+    page.goto("/o/acme")
+
+    def cut(route: Route) -> None:
+        answer = route.fetch().json()
+        answer.update(filesTruncated=True, diffTruncated=True)
+        route.fulfill(json=answer)
+
+    page.route("**/v1/organizations/acme/tasks/*/diff", cut)
+    open_new_task(page, "A note to review")
+    wait_idle(page)
+    page.get_by_role("tab", name=re.compile("Changes", re.I)).click()
+    expect(page.get_by_test_id("diff-truncated")).to_contain_text("this is not all of them")

@@ -325,3 +325,30 @@ done' >/dev/null 2>&1 &
     assert leaked == []  # the watcher saw no process with the token either
     tracking = await client.run_process("git", ["rev-parse", f"refs/remotes/origin/{BRANCH}"])
     assert tracking.stdout.strip() == sha  # the checkout knows what was pushed
+
+
+async def test_listings_past_the_output_limit_say_so_and_invent_no_path(
+    client: SandboxAgentClient, network: RemoteGit, sandbox: SandboxEndpoint, remote: Path
+):
+    """sandbox-agent cuts a command's output at 1 MiB. A change list cut there used to end in a path
+    cut in two (a file that does not exist) and did not say that changes were missing: a change could
+    hide from review behind thousands of padding files."""
+    await sgit.clone(client, remote.as_uri(), BRANCH, remote=network)
+    padding = Path(sandbox.workdir) / "padding"
+    padding.mkdir()
+    names = [f"{n:05d}-{'x' * 190}" for n in range(6000)]  # ~1.2 MB of paths
+    for name in names:
+        (padding / name).write_text("pad\n")
+    real = {f"padding/{name}" for name in names} | {"README.md"}
+
+    changes, files_cut = await sgit.status_listing(client)
+    patch, patch_cut = await sgit.diff_listing(client)
+    paths, tree_cut = await sgit.file_listing(client)
+
+    assert files_cut
+    assert patch_cut
+    assert tree_cut
+    assert 0 < len(changes) < len(names)
+    assert {c.path for c in changes} <= real
+    assert set(paths) <= real
+    assert patch.endswith("\n")  # whole lines only

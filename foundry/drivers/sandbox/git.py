@@ -166,14 +166,42 @@ def _parse_status(output: str) -> list[FileChange]:
     return changes
 
 
+def _whole_entries(output: str, truncated: bool) -> str:
+    """``-z`` output that sandbox-agent cut at its output limit, without the entry it cut in two (a
+    path that does not exist, shown as if it did)."""
+    return output[: output.rfind("\0") + 1] if truncated else output
+
+
+def _whole_lines(output: str, truncated: bool) -> str:
+    return output[: output.rfind("\n") + 1] if truncated else output
+
+
+async def status_listing(
+    client: SandboxAgentClient, *, cwd: str | None = None
+) -> tuple[list[FileChange], bool]:
+    """`status`, and whether the list is cut short (sandbox-agent's output limit, 1 MiB: some
+    hundred thousand paths)."""
+    result = await run_git(client, ["status", "--porcelain=v1", "-uall", "-z"], action="status", cwd=cwd)
+    return _parse_status(_whole_entries(result.stdout, result.stdout_truncated)), result.stdout_truncated
+
+
 async def status(client: SandboxAgentClient, *, cwd: str | None = None) -> list[FileChange]:
     """Changed paths (staged, unstaged and untracked, every untracked file listed). Read-only.
 
     Raises:
         GitError: not a checkout.
     """
-    result = await run_git(client, ["status", "--porcelain=v1", "-uall", "-z"], action="status", cwd=cwd)
-    return _parse_status(result.stdout)
+    return (await status_listing(client, cwd=cwd))[0]
+
+
+async def diff_listing(
+    client: SandboxAgentClient, *, cwd: str | None = None, paths: Sequence[str] = ()
+) -> tuple[str, bool]:
+    """`diff`, and whether it is cut short (at sandbox-agent's 1 MiB output limit, after a whole line)."""
+    result = await run_script(client, _DIFF_SCRIPT, list(paths), action="diff", cwd=cwd)
+    if result.stdout_truncated:
+        log.warning("git diff output truncated by sandbox-agent cwd=%s", cwd or client.endpoint.workdir)
+    return _whole_lines(result.stdout, result.stdout_truncated), result.stdout_truncated
 
 
 async def diff(client: SandboxAgentClient, *, cwd: str | None = None, paths: Sequence[str] = ()) -> str:
@@ -182,18 +210,21 @@ async def diff(client: SandboxAgentClient, *, cwd: str | None = None, paths: Seq
     Read-only: the real index is left untouched. Limited to ``paths`` when given. Ignored files are not
     included. Raises `GitError` when the workdir is not a checkout.
     """
-    result = await run_script(client, _DIFF_SCRIPT, list(paths), action="diff", cwd=cwd)
-    if result.stdout_truncated:
-        log.warning("git diff output truncated by sandbox-agent cwd=%s", cwd or client.endpoint.workdir)
-    return result.stdout
+    return (await diff_listing(client, cwd=cwd, paths=paths))[0]
+
+
+async def file_listing(client: SandboxAgentClient, *, cwd: str | None = None) -> tuple[list[str], bool]:
+    """`file_tree`, and whether it is cut short (sandbox-agent's output limit)."""
+    result = await run_git(
+        client, ["ls-files", "--cached", "--others", "--exclude-standard", "-z"], action="ls-files", cwd=cwd
+    )
+    whole = _whole_entries(result.stdout, result.stdout_truncated)
+    return sorted({path for path in whole.split("\0") if path}), result.stdout_truncated
 
 
 async def file_tree(client: SandboxAgentClient, *, cwd: str | None = None) -> list[str]:
     """Sorted paths of tracked and untracked (not ignored) files. Read-only."""
-    result = await run_git(
-        client, ["ls-files", "--cached", "--others", "--exclude-standard", "-z"], action="ls-files", cwd=cwd
-    )
-    return sorted({path for path in result.stdout.split("\0") if path})
+    return (await file_listing(client, cwd=cwd))[0]
 
 
 async def has_unpushed_work(

@@ -8,6 +8,8 @@ const KIND_LABEL: Record<string, string> = { A: "added", M: "modified", D: "dele
 interface DiffAnswer {
   files: { path: string; kind: string; origPath: string | null }[];
   diff: string;
+  filesTruncated?: boolean;
+  diffTruncated?: boolean;
 }
 
 /** Splits `git diff` output into one chunk of lines per file, keyed by the new path. */
@@ -56,7 +58,13 @@ export function DiffView({ base, version, ready, archived = false }: { base: str
   const byFile = splitDiff(data.diff);
   return (
     <div class="diff-view" data-testid="diff-view">
-      <p class="muted small">{data.files.length} changed file{data.files.length === 1 ? "" : "s"}</p>
+      <p class="muted small">{data.files.length} changed file{data.files.length === 1 ? "" : "s"}{data.filesTruncated ? " shown" : ""}</p>
+      {(data.filesTruncated || data.diffTruncated) && (
+        <p class="notice" role="status" data-testid="diff-truncated">
+          {data.filesTruncated ? "There are more changed files than can be shown here" : "The changes are too large to show in full"}: this is not
+          all of them. A pull request includes every change, so review it on GitHub or in the checkout.
+        </p>
+      )}
       {data.files.map((f) => {
         const lines = byFile.get(f.path);
         return (
@@ -126,14 +134,19 @@ function TreeList({ node }: { node: TreeNode }) {
 }
 
 export function FilesView({ base, version, ready, archived = false }: { base: string; version: number; ready: boolean; archived?: boolean }) {
-  const { data, error } = useLoad<{ paths: string[] }>(`${base}/files`, version, ready);
+  const { data, error } = useLoad<{ paths: string[]; truncated?: boolean }>(`${base}/files`, version, ready);
   if (archived) return <p class="muted pad">This task is archived: its sandbox is gone, and with it the working copy.</p>;
   if (!ready) return <p class="muted pad">Files appear once the sandbox is ready.</p>;
   if (error) return <ErrorNote error={error} />;
   if (!data) return <p class="muted pad">Loading files…</p>;
   return (
     <div class="files-view" data-testid="files-view">
-      <p class="muted small">{data.paths.length} files</p>
+      <p class="muted small">{data.paths.length} files{data.truncated ? " shown" : ""}</p>
+      {data.truncated && (
+        <p class="notice" role="status" data-testid="files-truncated">
+          There are more files than can be listed here: this is not all of them.
+        </p>
+      )}
       <TreeList node={buildTree(data.paths)} />
     </div>
   );
