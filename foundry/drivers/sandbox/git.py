@@ -58,7 +58,7 @@ if [ -f "$real" ]; then cp "$real" "$idx"; else rm -f "$idx"; fi
 export GIT_INDEX_FILE="$idx"
 git add -A
 if git rev-parse --verify --quiet HEAD >/dev/null; then base=HEAD; else base=$({_EMPTY_TREE_SCRIPT}); fi
-git diff --cached --no-color --no-ext-diff "$base" -- "$@"
+git diff --cached --no-color --no-ext-diff --no-textconv "$base" -- "$@"
 """
 
 # Prints "dirty", or the number of commits of the branch ($1, default: HEAD) missing on origin.

@@ -129,6 +129,19 @@ def _jailed(
     return [*args, "--remount-ro", "/", "--chdir", str(shadow), "--", *argv]
 
 
+async def _bounded(stream: asyncio.StreamReader) -> tuple[bytes, bool]:
+    """Everything ``stream`` writes until it ends, but only the first `_OUTPUT_LIMIT` bytes kept;
+    whether more was dropped."""
+    kept = bytearray()
+    dropped = False
+    while chunk := await stream.read(65_536):
+        room = _OUTPUT_LIMIT - len(kept)
+        if room > 0:
+            kept += chunk[:room]
+        dropped = dropped or len(chunk) > room
+    return bytes(kept), dropped
+
+
 async def run_remote_git(
     policy: JailPolicy,
     bwrap: str | None,
@@ -160,19 +173,28 @@ async def run_remote_git(
             cwd=shadow,
             start_new_session=True,
         )
+        assert process.stdout is not None
+        assert process.stderr is not None
+        # Read as it comes and keep at most `_OUTPUT_LIMIT` of each: the agent controls what git
+        # complains about (a 300 MB alternates file is one complaint per line), and all of it would
+        # otherwise sit in this process, which hosts every organization's sandboxes.
+        reading = asyncio.gather(_bounded(process.stdout), _bounded(process.stderr), process.wait())
         try:
-            out, err = await asyncio.wait_for(process.communicate(), timeout_ms / 1000)
+            (out, out_cut), (err, err_cut), _ = await asyncio.wait_for(reading, timeout_ms / 1000)
             timed_out = False
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            out, err = await process.communicate()
+            await process.wait()
+            out, out_cut, err, err_cut = b"", False, b"", False
             timed_out = True
         return ProcessResult(
             exit_code=None if timed_out or (process.returncode or 0) < 0 else process.returncode,
             timed_out=timed_out,
-            stdout=out[:_OUTPUT_LIMIT].decode(errors="replace"),
-            stderr=err[:_OUTPUT_LIMIT].decode(errors="replace"),
+            stdout=out.decode(errors="replace"),
+            stderr=err.decode(errors="replace"),
+            stdout_truncated=out_cut,
+            stderr_truncated=err_cut,
             duration_ms=int((time.monotonic() - started) * 1000),
         )
     finally:
