@@ -271,6 +271,9 @@ class SandboxSettings(BaseModel):
     #: Disk usage of the sandbox directory (checked every ``limits_interval_s``); also the largest
     #: file a process may write.
     disk_mb: int = Field(default=20 * 1024, ge=0)
+    #: Files and directories in the sandbox directory: empty files take no disk space but each
+    #: takes one of the file system's inodes, which every sandbox and Foundry's databases share.
+    max_files: int = Field(default=1_000_000, ge=0)
     #: How often each running sandbox is measured against its limits.
     limits_interval_s: float = Field(default=2.0, gt=0)
     #: Longest an agent turn may run; it is then cancelled and fails naming this limit.

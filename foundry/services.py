@@ -148,6 +148,7 @@ def sandbox_limits(settings: Settings) -> Any:
         max_processes=sandbox.max_processes,
         cpu_seconds=sandbox.cpu_seconds,
         disk_mb=sandbox.disk_mb,
+        max_files=sandbox.max_files,
         check_interval_s=sandbox.limits_interval_s,
     )
 

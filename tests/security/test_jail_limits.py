@@ -25,7 +25,7 @@ from tests.tasks.conftest import TaskServer, create_task, events, idle_session, 
 pytestmark = pytest.mark.security
 
 SHELL_AGENT = f"{sys.executable} -I {Path(__file__).with_name('shell_agent.py')}"
-LIMITS = {"max_processes": 64, "disk_mb": 64, "memory_mb": 256, "limits_interval_s": 0.3}
+LIMITS = {"max_processes": 64, "disk_mb": 64, "max_files": 5000, "memory_mb": 256, "limits_interval_s": 0.3}
 MB = 1024 * 1024
 
 
@@ -124,6 +124,14 @@ async def test_writing_10_gb_stops_at_the_disk_limit(server: TaskServer):
     assert "disk limit" in error
     directories = [p for p in server.provider.root_dir.iterdir() if p.is_dir()]
     assert all(disk_usage(p) < 1024 * MB for p in directories)
+
+
+async def test_a_flood_of_empty_files_stops_at_the_file_limit(server: TaskServer):
+    """Empty files take no disk space, so the disk limit never saw them; each takes an inode, which
+    the whole machine (Foundry's databases included) shares."""
+    command = "mkdir many && cd many && seq 200000 | xargs touch; sleep 60"
+    error = await hit_limit(server, command, "sandbox.max_files = 5000")
+    assert "file limit" in error
 
 
 async def test_one_10_gb_file_stops_at_the_file_size_limit(server: TaskServer):

@@ -62,6 +62,8 @@ class SandboxLimits:
         cpu_seconds: CPU time of each process (``RLIMIT_CPU``).
         disk_mb: disk usage of the sandbox directory (checked every ``check_interval_s``); also the
             largest file any process may write.
+        max_files: files and directories in the sandbox directory (checked with ``disk_mb``): a
+            file system's inodes run out long before its bytes with empty files.
         check_interval_s: how often the watchdog measures the sandbox.
     """
 
@@ -69,6 +71,7 @@ class SandboxLimits:
     max_processes: int = 512
     cpu_seconds: int = 4 * 3600
     disk_mb: int = 20 * 1024
+    max_files: int = 1_000_000
     check_interval_s: float = 2.0
 
     def named(self, field: str) -> str:

@@ -2,9 +2,10 @@
 hit (the provider then stops the sandbox with that message, see `LocalSandboxProvider`).
 
 What it checks: the cgroups' own records of a refused fork or an out-of-memory kill (`Cgroups.hit`),
-the disk usage of the sandbox directory against ``disk_mb``, and — where no ``pids`` cgroup counts
-them — the number of the sandbox's processes against ``max_processes`` (``RLIMIT_NPROC`` then holds
-them back, but a fork bomb would keep the sandbox busy forever).
+the disk usage of the sandbox directory against ``disk_mb`` and its files against ``max_files``,
+and — where no ``pids`` cgroup counts them — the number of the sandbox's processes against
+``max_processes`` (``RLIMIT_NPROC`` then holds them back, but a fork bomb would keep the sandbox busy
+forever).
 """
 
 from __future__ import annotations
@@ -31,13 +32,20 @@ _DISK_DUTY = 0.1
 
 
 def disk_usage(directory: Path) -> int:
-    """Bytes allocated to the files under ``directory`` (not following links, not leaving its file
-    system). Files that vanish while walking are skipped."""
+    """Bytes allocated to the files under ``directory`` (see `usage`)."""
+    return usage(directory)[0]
+
+
+def usage(directory: Path) -> tuple[int, int]:
+    """Bytes allocated to the files under ``directory``, and how many entries (each an inode) it
+    holds; not following links, not leaving its file system. Files that vanish while walking are
+    skipped."""
     try:
         device = os.lstat(directory).st_dev
     except OSError:
-        return 0
+        return 0, 0
     total = 0
+    count = 0
     todo = [str(directory)]
     while todo:
         current = todo.pop()
@@ -45,6 +53,7 @@ def disk_usage(directory: Path) -> int:
             entries = list(os.scandir(current))
         except OSError:
             continue
+        count += len(entries)
         for entry in entries:
             try:
                 info = entry.stat(follow_symlinks=False)
@@ -53,7 +62,7 @@ def disk_usage(directory: Path) -> int:
             total += info.st_blocks * 512
             if stat.S_ISDIR(info.st_mode) and info.st_dev == device:
                 todo.append(entry.path)
-    return total
+    return total, count
 
 
 def first_hit(
@@ -71,10 +80,12 @@ def first_hit(
         and len(descendants(leader)) - 2 >= limits.max_processes
     ):
         return f"it reached its process limit ({limits.named('max_processes')})"
-    if measure_disk and limits.disk_mb > 0:
-        used = disk_usage(directory)
-        if used >= limits.disk_mb * _MB:
+    if measure_disk and (limits.disk_mb > 0 or limits.max_files > 0):
+        used, files = usage(directory)
+        if limits.disk_mb > 0 and used >= limits.disk_mb * _MB:
             return f"its directory reached its disk limit ({limits.named('disk_mb')}; {used // _MB} MB used)"
+        if limits.max_files > 0 and files >= limits.max_files:
+            return f"its directory reached its file limit ({limits.named('max_files')}; {files} files)"
     return None
 
 
