@@ -310,3 +310,16 @@ def test_changes_cut_short_say_that_not_every_change_is_shown(people: People) ->
     wait_idle(page)
     page.get_by_role("tab", name=re.compile("Changes", re.I)).click()
     expect(page.get_by_test_id("diff-truncated")).to_contain_text("this is not all of them")
+
+
+def test_the_task_filter_narrows_the_list_once_typing_pauses(people: People) -> None:
+    page = people.page("alice")
+    page.goto("/o/acme")
+    rows = page.locator("nav.sidebar a.task-row")
+    expect(rows.first).to_be_visible()
+    everything = rows.count()
+    page.get_by_label("Filter tasks").press_sequentially("no-task-is-called-this", delay=20)
+    expect(page.get_by_text("No task matches the filter.")).to_be_visible()
+    expect(rows).to_have_count(0)
+    page.get_by_label("Filter tasks").fill("")
+    expect(rows).to_have_count(everything)

@@ -1,4 +1,5 @@
 // The workspace: the live task sidebar (grouped by repository) and the selected task.
+import { memo } from "preact/compat";
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { Avatar, StatusBadge } from "../components/common";
 import { NewTaskDialog } from "../components/newTask";
@@ -12,7 +13,14 @@ import { TaskView } from "./task";
 export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot; viewerRole: string; taskId: string | null; query: URLSearchParams }) {
   const [filter, setFilter] = useState("");
   const [creating, setCreating] = useState(false);
-  const groups = useMemo(() => group(org.taskSummaries, filter), [org.taskSummaries, filter]);
+  const [showAll, setShowAll] = useState(false);
+  // The list follows the filter a moment after typing stops: with a thousand tasks, filtering at
+  // every keystroke made typing itself lag.
+  const applied = useSettled(filter, 150);
+  const { groups, hidden } = useMemo(
+    () => group(org.taskSummaries, applied, showAll ? Infinity : LIST_CAP),
+    [org.taskSummaries, applied, showAll],
+  );
   const base = `/o/${encodeURIComponent(org.organizationId)}`;
   const app = useStore(appState);
   const avatars = useMemberAvatars(org);
@@ -37,38 +45,23 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
             <h2 class="repo-name">{repo}</h2>
             <ul class="task-list">
               {tasks.map((t) => (
-                <li key={t.taskId}>
-                  <a
-                    href={`${base}/t/${encodeURIComponent(t.taskId)}`}
-                    onClick={linkClick}
-                    class={`task-row${t.taskId === taskId ? " selected" : ""}`}
-                    aria-current={t.taskId === taskId ? "page" : undefined}
-                    data-task-id={t.taskId}
-                  >
-                    <span class="task-row-title">
-                      {hasUnread(t, unread.get(t.taskId)) && (
-                        <span class="unread-dot" data-testid="unread-dot" title="Unread">
-                          <span class="sr-only">Unread: </span>
-                        </span>
-                      )}
-                      {t.title}
-                    </span>
-                    <span class="task-row-meta">
-                      <StatusBadge status={t.isVirtual ? "pr" : t.status} />
-                      {t.pullRequest && <span class={`badge pr-${t.pullRequest.state ?? "unknown"}`}>#{t.pullRequest.number} {t.pullRequest.state}</span>}
-                      {t.ownerLogin && (
-                        <span class="owner" title={`Owner: ${t.ownerLogin}`}>
-                          <Avatar url={t.ownerUserId ? avatars.get(t.ownerUserId) : null} login={t.ownerLogin} size={16} />
-                          <span class="sr-only">Owner {t.ownerLogin}</span>
-                        </span>
-                      )}
-                    </span>
-                  </a>
-                </li>
+                <TaskRow
+                  key={t.taskId}
+                  t={t}
+                  href={`${base}/t/${encodeURIComponent(t.taskId)}`}
+                  selected={t.taskId === taskId}
+                  unread={hasUnread(t, unread.get(t.taskId))}
+                  avatar={t.ownerUserId ? (avatars.get(t.ownerUserId) ?? null) : null}
+                />
               ))}
             </ul>
           </section>
         ))}
+        {hidden > 0 && (
+          <button class="btn btn-small" data-testid="show-all-tasks" onClick={() => setShowAll(true)}>
+            Show {hidden} more task{hidden === 1 ? "" : "s"}
+          </button>
+        )}
         <ArchivedTasks org={org} base={base} taskId={taskId} />
       </nav>
       <main class="task-pane" id="task-pane">
@@ -84,6 +77,52 @@ export function Workspace({ org, viewerRole, taskId, query }: { org: OrgSnapshot
       {creating && <NewTaskDialog org={org} onClose={() => setCreating(false)} />}
     </div>
   );
+}
+
+/** Rows drawn before "Show N more": a thousand rows at once made every live update slow to draw. */
+const LIST_CAP = 300;
+
+/** One row of the task list; drawn again only when its own task (or its selection, unread dot or
+ * owner's picture) changed, not at every change of another task. */
+const TaskRow = memo(function TaskRow({ t, href, selected, unread, avatar }: { t: TaskSummary; href: string; selected: boolean; unread: boolean; avatar: string | null }) {
+  return (
+    <li>
+      <a href={href} onClick={linkClick} class={`task-row${selected ? " selected" : ""}`} aria-current={selected ? "page" : undefined} data-task-id={t.taskId}>
+        <span class="task-row-title">
+          {unread && (
+            <span class="unread-dot" data-testid="unread-dot" title="Unread">
+              <span class="sr-only">Unread: </span>
+            </span>
+          )}
+          {t.title}
+        </span>
+        <span class="task-row-meta">
+          <StatusBadge status={t.isVirtual ? "pr" : t.status} />
+          {t.pullRequest && <span class={`badge pr-${t.pullRequest.state ?? "unknown"}`}>#{t.pullRequest.number} {t.pullRequest.state}</span>}
+          {t.ownerLogin && (
+            <span class="owner" title={`Owner: ${t.ownerLogin}`}>
+              <Avatar url={avatar} login={t.ownerLogin} size={16} />
+              <span class="sr-only">Owner {t.ownerLogin}</span>
+            </span>
+          )}
+        </span>
+      </a>
+    </li>
+  );
+});
+
+/** ``value`` once it has not changed for ``ms`` milliseconds (the empty value at once). */
+function useSettled(value: string, ms: number): string {
+  const [settled, setSettled] = useState(value);
+  useEffect(() => {
+    if (value === "") {
+      setSettled(value);
+      return;
+    }
+    const timer = window.setTimeout(() => setSettled(value), ms);
+    return () => window.clearTimeout(timer);
+  }, [value, ms]);
+  return settled;
 }
 
 /** Archived tasks, read when opened (they are not in the live list): each can be opened to read
@@ -161,16 +200,25 @@ function hasUnread(t: TaskSummary, sessions: Set<string> | undefined): boolean {
   return false;
 }
 
-function group(tasks: TaskSummary[], filter: string): [string, TaskSummary[]][] {
+/** The tasks matching ``filter`` grouped by repository, at most ``cap`` of them (the most recently
+ * changed: ``tasks`` is newest first), and how many more match. */
+function group(tasks: TaskSummary[], filter: string, cap: number): { groups: [string, TaskSummary[]][]; hidden: number } {
   const f = filter.trim().toLowerCase();
   const out = new Map<string, TaskSummary[]>();
+  let shown = 0;
+  let hidden = 0;
   for (const t of tasks) {
     if (f && !`${t.title} ${t.repoFullName} ${t.branch ?? ""} ${t.ownerLogin ?? ""} ${t.pullRequest ? "#" + t.pullRequest.number : ""}`.toLowerCase().includes(f)) continue;
+    if (shown >= cap) {
+      hidden += 1;
+      continue;
+    }
+    shown += 1;
     const list = out.get(t.repoFullName) ?? [];
     list.push(t);
     out.set(t.repoFullName, list);
   }
-  return [...out.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+  return { groups: [...out.entries()].sort((a, b) => a[0].localeCompare(b[0])), hidden };
 }
 
 const PHASES: Record<string, [label: string, unit: string]> = {
