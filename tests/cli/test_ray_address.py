@@ -58,6 +58,10 @@ def test_serve_with_a_ray_address_nobody_answers_exits_naming_it(tmp_path: Path)
         "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
         "FOUNDRY_PORT": str(_closed_port()),
         "FOUNDRY_RUNTIME__RAY_ADDRESS": address,
+        # A joined process needs the deployment's GitHub App (mock mode's fake is the first process's).
+        "FOUNDRY_GITHUB__APP_ID": "1",
+        "FOUNDRY_GITHUB__PRIVATE_KEY": "not-checked-before-the-cluster-answers",
+        "FOUNDRY_GITHUB__CLIENT_ID": "Iv1.test",
     }
     started = time.monotonic()
     done = subprocess.run(
