@@ -168,9 +168,12 @@ def forward_host_lines_verbatim() -> None:
     """Ray prefixes each forwarded host line with ``(HostProcess pid=…)``, which breaks JSON lines
     and repeats what the line says already, and folds lines that several processes print alike into
     one "[repeated Nx]" line, which hides events from the operator. Both settings are read when Ray
-    is imported: set the environment for later imports and the module for an earlier one."""
+    is imported: set the environment for later imports and the module for an earlier one. Colour
+    codes around forwarded lines are turned off too (they end up in log files and collectors)."""
     for name in ("RAY_DISABLE_WORKER_LOG_PREFIX", "RAY_DEDUP_LOGS"):
         os.environ.setdefault(name, "1" if name == "RAY_DISABLE_WORKER_LOG_PREFIX" else "0")
+    # Read at every line: Ray's own forwarded lines (the raylet's) carry no terminal colour codes.
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     for module_name in ("ray._private.ray_constants", "ray._private.ray_logging"):
         module = sys.modules.get(module_name)
         if module is not None:

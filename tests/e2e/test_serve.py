@@ -217,6 +217,7 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert {"api", "main", "tasks"} <= processes, traced
+        assert "\x1b[" not in (tmp_path / "serve.log").read_text()  # no terminal colour codes
         assert any(
             e["msg"].startswith("host foundry.task.0 started") and e["process"] == "tasks" for e in lines
         )
