@@ -163,17 +163,34 @@ def _dead_letters(path: Path) -> int:
         conn.close()
 
 
+def _resume_query(role_name: str) -> str | None:
+    """The role's test for a job its wake resumes (a task waiting for a sandbox slot, say): the
+    backup has no record of running jobs, only their state in the databases."""
+    from foundry.runtime.role import load_role
+
+    try:
+        return load_role(role_name).resume_query
+    except FoundryError:
+        log.warning(
+            "restore: %s is not a role of this Foundry; only its pending commands are resumed", role_name
+        )
+        return None
+
+
 def _write_markers(root: Path, databases: list[Path]) -> None:
     """Rebuild the runtime's indexes from the restored files: the recovery scan wakes the instances
     with ``.pending`` markers (pending commands or sends), and ``.dead`` holds dead-letter counts."""
     from foundry.runtime.host import _has_pending_work  # the runtime's own test for pending work
 
+    resume_queries: dict[str, str | None] = {}
     for path in databases:
         role_dir, key = path.parent.parent, path.name.removesuffix(".sqlite3")
         (role_dir / ".pending").mkdir(exist_ok=True)
         (role_dir / ".dead").mkdir(exist_ok=True)
+        if role_dir.name not in resume_queries:
+            resume_queries[role_dir.name] = _resume_query(role_dir.name)
         try:
-            if _has_pending_work(path):
+            if _has_pending_work(path, resume_queries[role_dir.name]):
                 (role_dir / ".pending" / key).touch()
             dead = _dead_letters(path)
         except sqlite3.DatabaseError as exc:

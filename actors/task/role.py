@@ -54,4 +54,10 @@ ROLE = Role(
         Handler("archive", Archive, actions.archive),
     ),
     on_wake=resume_after_wake,
+    # What `resume_after_wake` picks up again: unfinished provisioning (a task waiting for a sandbox
+    # slot, or cloning) and queued or interrupted messages of a task that is not archived.
+    resume_query=(
+        "SELECT 1 FROM task WHERE archived_at IS NULL AND (provision_state IN ('pending', 'provisioning')"
+        " OR EXISTS (SELECT 1 FROM messages WHERE status IN ('queued', 'running'))) LIMIT 1"
+    ),
 )

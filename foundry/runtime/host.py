@@ -397,7 +397,7 @@ class Host:
                 continue
             for path in folder.glob("*.sqlite3"):
                 key = path.name[: -len(".sqlite3")]
-                if key not in found and _has_pending_work(path):
+                if key not in found and _has_pending_work(path, self.role.resume_query):
                     found.add(key)
         return sorted(found)
 
@@ -412,13 +412,17 @@ def _make_dirs(*paths: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
 
 
-def _has_pending_work(path: Path) -> bool:
+def _has_pending_work(path: Path, resume_query: str | None = None) -> bool:
+    """Whether the instance at ``path`` has work a start must resume: pending commands or sends, or
+    (``resume_query``, the role's) a job its wake picks up again."""
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error:
         log.exception("recovery: cannot open %s", path)
         return False
     try:
+        if resume_query is not None and conn.execute(resume_query).fetchone():
+            return True
         pending = conn.execute("SELECT 1 FROM foundry_mailbox WHERE status='pending' LIMIT 1").fetchone()
         try:
             outbox = conn.execute("SELECT 1 FROM foundry_outbox WHERE status='pending' LIMIT 1").fetchone()

@@ -55,6 +55,10 @@ class Role:
         on_cluster_stop: called with the `Settings` in the process that owns the cluster, once every
             host has closed (or failed to); releases what hosts that died without closing left
             behind (a terminal's Ctrl-C or a service manager's stop may signal Ray's daemons too).
+        resume_query: SQL over an instance's database that returns a row when its wake would
+            resume work of a job (`on_wake`), not only of its mailbox or outbox. A running job
+            keeps the instance's ``.pending`` marker while the host lives; `foundry restore`
+            rebuilds the markers from the files, and asks this query for the jobs.
     """
 
     name: str
@@ -68,6 +72,7 @@ class Role:
     on_host_start: Callable[[Any], Awaitable[None]] | None = None
     on_host_stop: Callable[[Any], Awaitable[None]] | None = None
     on_cluster_stop: Callable[[Any], Awaitable[None]] | None = None
+    resume_query: str | None = None
     _commands: dict[str, Handler] = field(init=False, repr=False, compare=False)
     _actions: dict[str, Handler] = field(init=False, repr=False, compare=False)
 

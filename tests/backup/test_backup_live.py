@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -139,3 +140,39 @@ async def test_backup_during_writes_restores_every_acknowledged_write(tmp_path: 
         assert response.status_code == 200, response.text
         task = await create_task(carol, prompt="Check the restored workspace")
         assert (await task_detail(carol, task["taskId"]))["title"]
+
+
+async def test_a_task_waiting_for_a_sandbox_in_the_backup_starts_after_the_restore(tmp_path: Path) -> None:
+    """A backup has no sandboxes and no record of running jobs: a task that waited in the sandbox
+    queue at the cut used to stay `queued` after a restore, with a stale place, until someone
+    opened it. Nobody touches it here: it must start on its own."""
+    backup_dir = tmp_path / "backup"
+    async with running_server(tmp_path / "live", max_running=1) as live, live.signed_in("alice") as alice:
+        first = await create_task(alice, prompt="A slow note that holds the only slot")
+        deadline = time.monotonic() + 60
+        while (await task_detail(alice, first["taskId"]))["sessions"][0]["status"] != "running":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        second = await create_task(alice, prompt="Waiting for a slot")
+        while (await task_detail(alice, second["taskId"]))["status"] != "queued":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        cookies = dict(alice.cookies)
+        code, _, err = await foundry("backup", str(backup_dir), data_dir=live.settings.data_dir)
+        assert code == 0, err
+    # Restored in place of the lost data directory (mock mode's clone URLs name its path).
+    shutil.rmtree(tmp_path / "live" / "data")
+    code, _, err = await foundry("restore", str(backup_dir), data_dir=tmp_path / "live" / "data")
+    assert code == 0, err
+    async with (
+        running_server(tmp_path / "live", max_running=1) as server,
+        server.client(cookies=cookies) as alice,
+    ):
+        deadline = time.monotonic() + 60
+        while True:  # the organization's list only: reading the task itself would wake it
+            org = (await alice.get("/v1/organizations/acme")).json()
+            summary = next(t for t in org["taskSummaries"] if t["taskId"] == second["taskId"])
+            if summary["status"] == "idle":
+                break
+            assert time.monotonic() < deadline, summary
+            await asyncio.sleep(0.3)
