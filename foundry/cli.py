@@ -21,7 +21,7 @@ from foundry.cli_db import db
 from foundry.cli_github_app import github_app
 from foundry.config import ConfigError, Settings, get_settings, load_settings
 from foundry.logging import configure_logging, forward_host_lines_verbatim
-from foundry.open_files import raise_open_file_limit
+from foundry.open_files import open_file_refusal, raise_open_file_limit
 from foundry.supervise import is_supervised, supervise
 
 T = TypeVar("T")
@@ -102,7 +102,10 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
         settings.log_level, settings.log_format, process="api", secrets=settings.secret_values()
     )
     if not is_supervised():
-        raise_open_file_limit()  # inherited by the server, Ray's daemons and the host processes
+        # Inherited by the server, Ray's daemons and the host processes.
+        refusal = open_file_refusal(raise_open_file_limit())
+        if refusal:
+            raise ConfigRefused(refusal)
     if settings.runtime.backend == "ray" and not settings.runtime.ray_address and not is_supervised():
         # This process would own a local Ray whose daemons share its process group: serve from a
         # child in a session of its own instead (see foundry.supervise). Decided before the web

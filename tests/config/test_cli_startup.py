@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from importlib.metadata import version
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from foundry.open_files import MINIMUM, open_file_refusal
 from tests.ports import free_port
 
 
@@ -132,3 +134,36 @@ def test_mock_mode_refuses_a_public_interface(tmp_path: Path, args: list[str], e
     assert "refusing to serve mock mode on" in line
     assert "--allow-public-mock" in line
     assert "FOUNDRY_ALLOW_PUBLIC_MOCK=true" in line
+
+
+def test_an_open_file_limit_too_low_to_serve_is_refused_or_raised(tmp_path: Path) -> None:
+    """Started after `ulimit -n 1024` (soft and hard): under load the server would run out of files
+    everywhere at once. A process allowed to raise its hard limit does so; any other is refused at
+    start, in one line naming the limit and how to raise it."""
+
+    def limited() -> None:  # pragma: no cover - runs in the child before exec
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    probe = subprocess.run(
+        [sys.executable, "-c", "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))"],
+        preexec_fn=limited,
+        check=False,
+    )
+    if probe.returncode == 0:  # this machine lets Foundry raise its hard limit
+        assert open_file_refusal(MINIMUM) is None
+        pytest.skip("the hard open-file limit can be raised here; the server raises it")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("FOUNDRY_")}
+    env.update(FOUNDRY_DATA_DIR=str(tmp_path / "data"), FOUNDRY_RUNTIME__BACKEND="inprocess")
+    result = subprocess.run(
+        [sys.executable, "-m", "foundry", "serve"],
+        env={**env, "FOUNDRY_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+        preexec_fn=limited,
+    )
+    line = _one_line_refusal(result)
+    assert "the open-file limit is 1024" in line
+    assert "ulimit -Hn" in line
+    assert not (tmp_path / "data").exists()  # refused before anything was written
