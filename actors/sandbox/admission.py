@@ -40,6 +40,11 @@ ROLE_NAME = "sandbox"
 QUEUE_STALE_S = 300.0
 #: A released lease still protects the sandbox this long (the task's next job picks it up).
 RELEASE_GRACE_S = 3.0
+#: A sandbox started this recently, whose task has not yet released it, is never stopped to make
+#: room: its task is still setting it up (cloning, opening its agent session), and on a loaded
+#: machine the task's lease can lapse between two renewals while it does. Stopping it then only sent
+#: that task back to the queue.
+START_GRACE_S = 60.0
 #: Longest single wait inside `Admission.admit` before re-checking the slots.
 _RECHECK_S = 0.5
 
@@ -73,6 +78,8 @@ class Admission:
     starting: set[str] = field(default_factory=set)
     evicting: set[str] = field(default_factory=set)
     leases: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: When each sandbox's last start ended (monotonic), for `START_GRACE_S`.
+    started_at: dict[str, float] = field(default_factory=dict)
     activity: dict[str, float] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -172,7 +179,7 @@ class Admission:
     def started(self, sandbox_id: str) -> None:
         """The admitted start is over (it succeeded or failed): free the start slot."""
         self.starting.discard(sandbox_id)
-        self.activity[sandbox_id] = time.monotonic()
+        self.activity[sandbox_id] = self.started_at[sandbox_id] = time.monotonic()
         self.notify()
 
     def notify(self) -> None:
@@ -187,7 +194,7 @@ class Admission:
     def forget(self, sandbox_id: str) -> None:
         """The sandbox was destroyed: drop everything known about it."""
         self._dequeue(sandbox_id)
-        for table in (self.leases, self.activity, self.keys):
+        for table in (self.leases, self.activity, self.keys, self.started_at):
             table.pop(sandbox_id, None)
         self.notify()
 
@@ -273,6 +280,7 @@ class Admission:
         if lease_id in leases:
             leases[lease_id] = min(leases[lease_id], time.monotonic() + RELEASE_GRACE_S)
         self.activity[sandbox_id] = time.monotonic()
+        self.started_at.pop(sandbox_id, None)  # its task is done with it: no start grace left
 
     def busy(self, sandbox_id: str) -> bool:
         """True while a lease on the sandbox is live."""
@@ -299,11 +307,14 @@ class Admission:
             per_organization[organization] = per_organization.get(organization, 0) + 1
         # From the organization running the most (a burst makes room for itself first), then the
         # least recently used.
+        settled = time.monotonic() - START_GRACE_S
         candidates = sorted(
             (
                 sandbox_id
                 for sandbox_id in running
-                if sandbox_id not in self.evicting and not self.busy(sandbox_id)
+                if sandbox_id not in self.evicting
+                and not self.busy(sandbox_id)
+                and self.started_at.get(sandbox_id, 0.0) < settled
             ),
             key=lambda sandbox_id: (
                 -per_organization.get(_organization(self.keys.get(sandbox_id, "")), 0),

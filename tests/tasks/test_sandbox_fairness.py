@@ -72,7 +72,10 @@ async def test_room_is_made_from_the_organization_running_the_most():
     assert await _admit(admission, slots, "globex-0", "globex") is Ticket.ADMITTED
     assert await _admit(admission, slots, "acme-0", "acme") is Ticket.ADMITTED
     assert await _admit(admission, slots, "acme-1", "acme") is Ticket.ADMITTED
-    # All idle, globex's the longest: still, acme (two running) gives way for the waiting task.
+    # All idle (their tasks are done with them), globex's the longest: still, acme (two running)
+    # gives way for the waiting task.
+    for sandbox_id in ("globex-0", "acme-0", "acme-1"):
+        admission.release(sandbox_id, "job")
     admission.activity["globex-0"] = 0.0
     assert await _admit(admission, slots, "acme-2", "acme") is Ticket.QUEUED
     for task in list(admission._tasks):
@@ -90,3 +93,20 @@ async def test_a_task_that_asks_late_under_load_keeps_its_place():
     admission.queue["acme-1"].last_poll -= 60  # its task was busy for a minute before asking again
     assert await _admit(admission, slots, "acme-2", "acme") is Ticket.QUEUED
     assert admission.position("acme-1") == 1
+
+
+async def test_a_sandbox_its_task_is_still_setting_up_is_not_stopped_to_make_room():
+    """On a loaded machine a task's lease can lapse while it clones into its new sandbox; stopping
+    that sandbox for a waiting task only sent the first one back to the queue."""
+    slots = Slots()
+    admission = Admission(slots, SandboxActors(slots), max_starting=2, max_running=1, idle_seconds=3600)
+    assert await _admit(admission, slots, "acme-0", "acme") is Ticket.ADMITTED  # no lease held
+    assert await _admit(admission, slots, "globex-0", "globex") is Ticket.QUEUED
+    for task in list(admission._tasks):
+        await task
+    assert slots.stopped == []
+    admission.release("acme-0", "provision")  # done with it: now it may make room
+    assert await _admit(admission, slots, "globex-0", "globex") is Ticket.QUEUED
+    for task in list(admission._tasks):
+        await task
+    assert slots.stopped == ["acme-0"]
