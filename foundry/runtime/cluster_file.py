@@ -38,7 +38,13 @@ def write_cluster_address(settings: Settings, address: str) -> None:
     """
     path = settings.data_dir / CLUSTER_ADDRESS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"address": address, "authMode": os.environ.get("RAY_AUTH_MODE", "")}
+    record = {
+        "address": address,
+        "authMode": os.environ.get("RAY_AUTH_MODE", ""),
+        # The hosts of this data directory live in this namespace: another namespace joining with
+        # the same data directory would start a second set of hosts on the same files.
+        "namespace": settings.runtime.namespace,
+    }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record) + "\n")
     os.chmod(tmp, 0o600)
@@ -90,3 +96,17 @@ def _record(settings: Settings) -> dict[str, object] | None:
     except FileNotFoundError:
         return None
     return record if isinstance(record, dict) and "address" in record else None
+
+
+def namespace_conflict(settings: Settings) -> str | None:
+    """Why a process joining with ``settings`` would run a second set of hosts on this data
+    directory (the Foundry that started the cluster recorded another namespace), else None."""
+    record = _record(settings)
+    theirs = None if record is None else record.get("namespace")
+    if theirs is None or theirs == settings.runtime.namespace:
+        return None
+    return (
+        f"this process's Ray namespace (FOUNDRY_RUNTIME__NAMESPACE={settings.runtime.namespace!r}) differs "
+        f"from {theirs!r}, the one whose hosts serve the data directory {settings.data_dir}: it would start "
+        "a second set of hosts on the same databases and sandboxes. Use the same namespace"
+    )

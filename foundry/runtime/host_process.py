@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -58,6 +59,17 @@ def deployment_of(settings: Any) -> dict[str, Any]:
             runtime.default_shards,
         ],
         "node of each host process (FOUNDRY_RUNTIME__NODES)": sorted(runtime.nodes.items()),
+        # The hosts take their secrets from a file every joining process rewrites: another App's
+        # key there would fail every GitHub call of the next host that starts.
+        "GitHub App (FOUNDRY_GITHUB__*)": hmac.new(
+            settings.effective_secret_key().encode(),
+            json.dumps(settings.github.model_dump(mode="json", exclude={"throttle"}), sort_keys=True).encode()
+            + json.dumps(
+                {k: v.get_secret_value() for k, v in settings.github if hasattr(v, "get_secret_value")},
+                sort_keys=True,
+            ).encode(),
+            hashlib.sha256,
+        ).hexdigest()[:16],
     }
 
 

@@ -30,7 +30,12 @@ from foundry.errors import ActorUnavailable, Conflict, InvalidInput
 from foundry.logging import adopt_library_loggers
 from foundry.runtime import local_cluster_watch
 from foundry.runtime.client import Runtime, roundtrip
-from foundry.runtime.cluster_file import clear_cluster_address, use_loopback_cluster, write_cluster_address
+from foundry.runtime.cluster_file import (
+    clear_cluster_address,
+    namespace_conflict,
+    use_loopback_cluster,
+    write_cluster_address,
+)
 from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.forwarded_logs import ForwardedLogWatch
 from foundry.runtime.host import Host
@@ -113,6 +118,10 @@ class RayRuntime(Runtime):
         """Connect to Ray (the configured cluster, or a new local one) and create the host processes."""
         check_placement(self.settings)
         check_nodes_named(self.settings)
+        if self.settings.runtime.ray_address:
+            conflict = namespace_conflict(self.settings)
+            if conflict is not None:
+                raise Conflict(conflict)
         # Loaded now, not at shutdown: code replaced on disk while Foundry runs (an upgrade in place)
         # must not make the stop fail on an import of a newer version.
         self._cluster_stop_hooks = [
@@ -229,9 +238,14 @@ class RayRuntime(Runtime):
                 # Ray's core worker) after everything else is stopped: the sweep must not depend on it.
                 await self._after_cluster_stop()
                 clear_cluster_address(self.settings)
-            # On the calling (main) thread, where the driver's core worker was created: everything is
-            # closed by now, so blocking the event loop for the shutdown's second or two costs nothing.
-            ray.shutdown()
+            if not self._owns_cluster and local_cluster_watch.lost is not None:
+                # The joined cluster's head is gone: Ray's disconnect would wait for it until Ray
+                # itself ends the process a minute later. Nothing of this process is left to save.
+                log.info("not disconnecting from Ray: %s", local_cluster_watch.lost)
+            else:
+                # On the calling (main) thread, where the driver's core worker was created: all is
+                # closed by now, so blocking the event loop for the shutdown's second or two is fine.
+                ray.shutdown()
             self._forwarded_logs.uninstall()
             self._started_ray = False
 

@@ -118,6 +118,25 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
         assert d.proc.wait(timeout=90) != 0
         assert "data directory (FOUNDRY_DATA_DIR) differs" in d.log.read_text()
         assert not list((tmp_path / "other").rglob("*.sqlite3"))
+        # Nor one in another Ray namespace (a second set of hosts on the same files), nor one with
+        # another GitHub App (it rewrites the hosts' secrets: a restarted host's GitHub calls fail).
+        joiners = {
+            "namespace": Serve(
+                {**env, "FOUNDRY_RUNTIME__RAY_ADDRESS": address, "FOUNDRY_RUNTIME__NAMESPACE": "other"},
+                tmp_path / "e.log",
+            ),
+            "GitHub App (FOUNDRY_GITHUB__*) differs": Serve(
+                {
+                    **env,
+                    "FOUNDRY_RUNTIME__RAY_ADDRESS": address,
+                    "FOUNDRY_GITHUB__CLIENT_SECRET": "another-secret",
+                },
+                tmp_path / "f.log",
+            ),
+        }
+        for expected, joiner in joiners.items():
+            assert joiner.proc.wait(timeout=90) != 0, expected
+            assert expected in joiner.log.read_text(), joiner.log.read_text()[-2000:]
 
         with (
             httpx.Client(base_url=a.url, timeout=30) as via_a,

@@ -253,3 +253,16 @@ async def test_a_message_sent_again_with_its_idempotency_key_is_queued_once(task
         assert texts.count("Only once") == 1, texts
         assert "Carol's own" in texts
         assert "A new one" in texts
+        # Opening a session takes a key the same way.
+        opened = [
+            await client.post(
+                f"/v1/organizations/acme/tasks/{task_id}/sessions",
+                json={"name": "Once"},
+                headers={"Idempotency-Key": "open-it-once"},
+            )
+            for _ in range(2)
+        ]
+        assert [o.status_code for o in opened] == [201, 201], [o.text for o in opened]
+        assert opened[0].json()["sessionId"] == opened[1].json()["sessionId"]
+        detail = await task_detail(client, task_id)
+        assert [s["name"] for s in detail["sessions"]].count("Once") == 1

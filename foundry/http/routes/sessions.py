@@ -77,8 +77,15 @@ class PermissionBody(BaseModel):
     "/{taskId}/sessions", status_code=201, summary="Open an agent session", dependencies=[SameSiteWrite]
 )
 async def create_session(
-    task_id: TaskId, member: Member, runtime: RuntimeDep, body: CreateSessionBody | None = None
+    task_id: TaskId,
+    member: Member,
+    runtime: RuntimeDep,
+    request: Request,
+    body: CreateSessionBody | None = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
+    """201 with the new session. Sent again with the same ``Idempotency-Key``, it opens one session
+    and repeats the first answer."""
     if body is not None and (body.agent is not None or body.model is not None):
         # An unknown agent or model is refused before anything happens: no seat, nothing materialized.
         resolve_agent_model(body.agent, body.model, DEFAULT_MODEL)
@@ -88,7 +95,11 @@ async def create_session(
     key = await task_key_of(member, task_id, runtime, materialize=True)
     payload = (body or CreateSessionBody()).model_dump(by_alias=True, exclude_none=True)
     result: dict[str, Any] = await task_command(
-        runtime, key, "create_session", payload | {"userId": member.caller.user_id}
+        runtime,
+        key,
+        "create_session",
+        payload | {"userId": member.caller.user_id},
+        command_id=command_id_for(member.caller.user_id, request.url.path, idempotency_key),
     )
     await user_state(runtime, member, task_id, result["sessionId"], unread=False, makeActive=True)
     return result
