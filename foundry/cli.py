@@ -315,6 +315,10 @@ def _on_ray(address: str | None, settings: Settings, work: Callable[[], Coroutin
             ray.shutdown()
 
 
+#: How long `foundry actors ls` waits for one host's answer before listing it as unavailable.
+HOST_INFO_TIMEOUT_S = 5.0
+
+
 @actors.command("ls")
 @click.option(
     "--address", default=None, help="Ray cluster address (default: the one this Foundry's data dir records)."
@@ -332,8 +336,10 @@ def actors_ls(address: str | None) -> None:
 
     async def _run() -> dict[str, object]:
         import ray  # imported by _on_ray, after it learned the cluster's authentication mode
+        from ray.exceptions import RayError
 
         out: dict[str, object] = {}
+        unanswered: dict[str, str] = {}
         for role, shard in all_hosts(settings):
             name = host_name(role, shard)
             process = process_name(process_of(settings, role, shard))
@@ -342,7 +348,24 @@ def actors_ls(address: str | None) -> None:
             except ValueError:
                 out[name] = {"running": False, "process": process}
                 continue
-            info = await handle.info.remote(role, shard)
+            if process in unanswered:  # one host of it did not answer: its others will not either
+                out[name] = {"running": False, "process": process, "unavailable": unanswered[process]}
+                continue
+            try:
+                # Bounded: a host whose node left, or a process that hangs, must not hide the others.
+                info: dict[str, Any] = await asyncio.wait_for(
+                    handle.info.remote(role, shard), HOST_INFO_TIMEOUT_S
+                )
+                awake = await asyncio.wait_for(handle.awake.remote(role, shard), HOST_INFO_TIMEOUT_S)
+            except (TimeoutError, RayError) as exc:
+                why = (
+                    f"no answer within {HOST_INFO_TIMEOUT_S:g} s"
+                    if isinstance(exc, TimeoutError)
+                    else str(exc)
+                )
+                unanswered[process] = why[:500]
+                out[name] = {"running": False, "process": process, "unavailable": unanswered[process]}
+                continue
             dead: dict[str, int] = info.get("deadLetters", {})
             out[name] = {
                 "running": True,
@@ -353,7 +376,7 @@ def actors_ls(address: str | None) -> None:
                 # queued or running in the awake ones.
                 "pending": info["pending"],
                 "queued": info["queued"],
-                "awake": await handle.awake.remote(role, shard),
+                "awake": awake,
                 "deadLetters": {"total": sum(dead.values()), "instances": dead},
             }
         return out

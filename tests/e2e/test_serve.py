@@ -158,6 +158,24 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         # The hosts run at normal priority (Ray's default for workers is nice 15, which starved them
         # beside any busy process); sandboxes lower their own.
         assert os.getpriority(os.PRIO_PROCESS, hosts["foundry.organization.0"]["pid"]) == 0
+        # A host process that does not answer (a node away, a hung process) is listed as such, and
+        # does not hide the others: the listing used to hang with no output.
+        os.kill(hosts["foundry.task.0"]["pid"], signal.SIGSTOP)
+        try:
+            stuck = subprocess.run(
+                [sys.executable, "-m", "foundry", "actors", "ls"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            os.kill(hosts["foundry.task.0"]["pid"], signal.SIGCONT)
+        assert stuck.returncode == 0, stuck.stderr[-2000:]
+        listed = json.loads(stuck.stdout)
+        assert listed["foundry.task.0"]["running"] is False
+        assert "no answer" in listed["foundry.task.0"]["unavailable"]
+        assert listed["foundry.organization.0"]["running"] is True
         # Started with a login shell's 1,024 open files, the server (a socket per browser and per
         # request) and the hosts (about ten per active task) may use up to the hard limit.
         server = int(Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()[0])
