@@ -142,14 +142,20 @@ class GitHub:
         The ``sync`` command marks the cache ``syncing`` before it returns, so the next status that
         is not ``syncing`` is this sync's outcome (the organization applied it in the same job).
         """
+        before = int((await self.server.runtime.call("github-data", org, "status")).get("generation") or 0)
         started = await self.server.runtime.actor("github-data", org).send(
             "sync", {"reason": "test"}, wait=True
         )
-        assert started["started"], started
+        # A sync already running (one a webhook asked for, say) queues this one behind it: wait for
+        # both, so that what follows sees a sync that started after this call.
+        assert started["started"] or started.get("queued"), started
+        # (A failed sync keeps the generation: only a queued one is told apart by it.)
+        wanted = before if started["started"] else before + 2
 
         async def done() -> dict[str, Any] | None:
             status: dict[str, Any] = await self.server.runtime.call("github-data", org, "status")
-            return status if status["syncStatus"] in ("synced", "error") else None
+            finished = status["syncStatus"] in ("synced", "error")
+            return status if finished and int(status.get("generation") or 0) >= wanted else None
 
         return await eventually(done, what=f"a sync of {org}")
 
