@@ -138,6 +138,9 @@ def test_a_draft_survives_switching_sessions_and_views_even_when_typed_just_befo
     page.get_by_role("button", name="+ New session").click()
     tabs = page.get_by_role("group", name="Agent sessions")
     expect(tabs.get_by_role("button", name="Session 2", exact=True)).to_be_visible(timeout=30_000)
+    # Session 2 is the one on screen (on a loaded machine the tab shows a moment before it opens).
+    expect(tabs.get_by_role("button", name="Session 2", exact=True)).to_have_attribute("aria-pressed", "true")
+    expect(composer).to_have_value("")
     composer.fill("Typed right before switching")
     tabs.get_by_role("button", name="Session 1", exact=True).click()  # within the save delay
     expect(composer).to_have_value("Draft of session one")
