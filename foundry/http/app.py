@@ -243,8 +243,12 @@ def create_app(
             awake = await asyncio.wait_for(app.state.runtime.awake(), 5.0)
             checks["runtime"] = {"ok": True, "hosts": len(awake)}
         except Exception as exc:
-            log.warning("readiness: runtime check failed: %s", exc)
-            checks["runtime"] = {"ok": False, "detail": f"actor runtime not answering: {exc}"}
+            # A timeout has no message of its own: the reason must never be empty.
+            why = str(exc) or (
+                "no answer within 5 s" if isinstance(exc, TimeoutError) else type(exc).__name__
+            )
+            log.warning("readiness: runtime check failed: %s", why)
+            checks["runtime"] = {"ok": False, "detail": f"actor runtime not answering: {why}"}
             ok = False
         # Tasks need the sandbox-agent binary; the detail names the fix (scripts/bootstrap.sh).
         binary = app.state.settings.sandbox.binary or None

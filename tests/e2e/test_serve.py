@@ -169,8 +169,12 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
                 text=True,
                 timeout=60,
             )
+            # Readiness says why, too (a timeout used to give "actor runtime not answering: ").
+            unready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=30)
         finally:
             os.kill(hosts["foundry.task.0"]["pid"], signal.SIGCONT)
+        assert unready.status_code == 503
+        assert unready.json()["checks"]["runtime"]["detail"].endswith("no answer within 5 s")
         assert stuck.returncode == 0, stuck.stderr[-2000:]
         listed = json.loads(stuck.stdout)
         assert listed["foundry.task.0"]["running"] is False
