@@ -222,15 +222,21 @@ async def test_a_burst_of_tasks_never_runs_more_sandboxes_than_the_cap_and_all_c
         assert "sandbox" in queue["reason"]
 
 
+async def queued_behind_a_running_task(client: httpx.AsyncClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    """On a server with one sandbox slot: a task whose turn holds it, then one waiting for it; the
+    waiting task (as created) and its detail once it shows `queued`."""
+    first = await create_task(client, prompt="A slow note that holds the only slot")
+    await wait_task(client, first["taskId"], lambda d: d["sessions"][0]["status"] == "running")
+    second = await create_task(client, prompt="Waiting for a slot")
+    return second, await wait_task(client, second["taskId"], lambda d: d["status"] == "queued")
+
+
 async def test_a_task_queued_for_a_sandbox_still_starts_after_a_restart(tmp_path: Path):
     async with (
         running_server(tmp_path, max_running=1) as server,
         server.signed_in("alice") as client,
     ):
-        first = await create_task(client, prompt="A slow note that holds the only slot")
-        await wait_task(client, first["taskId"], lambda d: d["sessions"][0]["status"] == "running")
-        second = await create_task(client, prompt="Waiting for a slot")
-        detail = await wait_task(client, second["taskId"], lambda d: d["status"] == "queued")
+        second, detail = await queued_behind_a_running_task(client)
         assert detail["sandboxQueue"]["position"] == 1
         assert "1 of 1 running" in detail["sandboxQueue"]["reason"]
     # Nobody touches the second task after the restart (the organization's summaries are read, which
@@ -376,11 +382,8 @@ async def test_archiving_a_task_that_waits_for_a_sandbox_records_no_error(tmp_pa
         running_server(tmp_path, max_running=1) as server,
         server.signed_in("alice") as client,
     ):
-        first = await create_task(client, prompt="A slow note that holds the only slot")
-        await wait_task(client, first["taskId"], lambda d: d["sessions"][0]["status"] == "running")
-        second = await create_task(client, prompt="Waiting for a slot")
+        second, _ = await queued_behind_a_running_task(client)
         task_id = second["taskId"]
-        await wait_task(client, task_id, lambda d: d["status"] == "queued")
         # Found by the status the list shows it with (the list follows the task a moment later).
         deadline = time.monotonic() + 20
         while True:
