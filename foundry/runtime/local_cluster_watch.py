@@ -57,19 +57,24 @@ def dead_daemons() -> list[str]:
     return dead
 
 
+def _stop(reason: str, when: str) -> None:
+    """Record why this server stops (``lost``, read for its exit status), say so, and stop it."""
+    global lost
+    lost = reason
+    log.error("%s; stopping so that Foundry can be started again%s", reason, when)
+    if on_lost is not None:
+        on_lost()
+    else:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 async def watch_local_cluster() -> None:
     """Poll the daemons; when one is gone, log why and stop this server with SIGTERM."""
-    global lost
     while True:
         await asyncio.sleep(CHECK_INTERVAL_S)
         dead = dead_daemons()
         if dead:
-            lost = f"the local Ray cluster lost its {', '.join(dead)}"
-            log.error("%s; stopping so that Foundry can be started again", lost)
-            if on_lost is not None:
-                on_lost()
-            else:
-                os.kill(os.getpid(), signal.SIGTERM)
+            _stop(f"the local Ray cluster lost its {', '.join(dead)}", "")
             return
 
 
@@ -82,7 +87,7 @@ def _probe_gcs() -> None:
 async def watch_joined_cluster(address: str, probe: Callable[[], None] = _probe_gcs) -> None:
     """Ask the joined cluster's head every few seconds; while it does not answer, say so (``problem``,
     one log line); after `LOST_AFTER_S`, stop this server as `watch_local_cluster` does."""
-    global lost, problem
+    global problem
     last_ok = asyncio.get_running_loop().time()
     while True:
         await asyncio.sleep(CHECK_INTERVAL_S)
@@ -96,12 +101,7 @@ async def watch_joined_cluster(address: str, probe: Callable[[], None] = _probe_
                 log.error("the Ray cluster at %s is not answering (its head, the GCS): %s", address, exc)
             problem = f"the Ray cluster at {address} has not answered for {down:.0f} s (its head, the GCS)"
             if down >= LOST_AFTER_S:
-                lost = problem
-                log.error("%s; stopping so that Foundry can be started again once it is back", lost)
-                if on_lost is not None:
-                    on_lost()
-                else:
-                    os.kill(os.getpid(), signal.SIGTERM)
+                _stop(problem, " once it is back")
                 return
             continue
         if problem is not None:
