@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -89,6 +90,16 @@ def start_serve(
         )
 
 
+def actors_ls(env: dict[str, str]) -> dict[str, Any]:
+    """What `foundry actors ls` prints for the server of ``env`` (it must succeed)."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "foundry", "actors", "ls"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    hosts: dict[str, Any] = json.loads(listing.stdout)
+    return hosts
+
+
 def soft_open_files(pid: int) -> int:
     line = next(line for line in Path(f"/proc/{pid}/limits").read_text().splitlines() if "open files" in line)
     return int(line.split()[3])
@@ -144,15 +155,7 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
         assert (tmp_path / "data" / "ray-address").read_text() == address_file
         # An operator can see the hosts of the running server.
-        listing = subprocess.run(
-            [sys.executable, "-m", "foundry", "actors", "ls"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert listing.returncode == 0, listing.stderr[-2000:]
-        hosts = json.loads(listing.stdout)
+        hosts = actors_ls(env)
         assert hosts["foundry.user.0"]["running"] is True
         assert hosts["foundry.organization.0"]["running"] is True
         # The hosts run at normal priority (Ray's default for workers is nice 15, which starved them
@@ -162,21 +165,13 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         # does not hide the others: the listing used to hang with no output.
         os.kill(hosts["foundry.task.0"]["pid"], signal.SIGSTOP)
         try:
-            stuck = subprocess.run(
-                [sys.executable, "-m", "foundry", "actors", "ls"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            listed = actors_ls(env)
             # Readiness says why, too (a timeout used to give "actor runtime not answering: ").
             unready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=30)
         finally:
             os.kill(hosts["foundry.task.0"]["pid"], signal.SIGCONT)
         assert unready.status_code == 503
         assert unready.json()["checks"]["runtime"]["detail"].endswith("no answer within 5 s")
-        assert stuck.returncode == 0, stuck.stderr[-2000:]
-        listed = json.loads(stuck.stdout)
         assert listed["foundry.task.0"]["running"] is False
         assert "no answer" in listed["foundry.task.0"]["unavailable"]
         assert listed["foundry.organization.0"]["running"] is True
