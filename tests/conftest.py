@@ -13,6 +13,7 @@ import pytest
 
 from foundry.clock import FakeClock
 from foundry.config import Settings
+from foundry.runtime.gc_policy import settle_long_lived
 from foundry.runtime.inprocess import InProcessRuntime
 from foundry.runtime.placement import DATA_LABEL
 from foundry.services import Services
@@ -39,6 +40,16 @@ def pytest_configure(config: pytest.Config) -> None:
         return build(verify=verify, cert=cert, trust_env=trust_env)
 
     setattr(transports, "create_ssl_context", create_ssl_context)  # noqa: B010 - not an export
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Run under the garbage-collector policy of Foundry's own processes.
+
+    Most tests serve Foundry inside this process (runtime, API, sandboxes' readers): with the
+    interpreter's default thresholds a full collection over the test session's heap stalls that one
+    event loop for a second on a loaded machine, which `foundry serve` never sees.
+    """
+    settle_long_lived()
 
 
 #: Tiers that start real servers, a local Ray or sandbox fleets: under pytest-xdist each group runs

@@ -3,9 +3,11 @@ same way: the shortcut for sandbox-agent's own layout must not change what an ev
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from foundry.drivers.sandbox.sse import parse_event_block
+from foundry.drivers.sandbox.sse import open_event_stream, parse_event_block
 
 ENVELOPE = b'{"jsonrpc":"2.0","method":"session/update","params":{"update":{"text":"h\xc3\xa9"}}}'
 DECODED = {"jsonrpc": "2.0", "method": "session/update", "params": {"update": {"text": "hé"}}}
@@ -45,3 +47,42 @@ def test_blocks_that_are_not_events_are_skipped(block: bytes) -> None:
 def test_64_bit_integers_are_exact() -> None:
     block = b'event: message\nid: 7\ndata: {"id": 9223372036854775807, "low": -9223372036854775808}'
     assert parse_event_block(block) == (7, {"id": 2**63 - 1, "low": -(2**63)})
+
+
+async def test_a_stream_that_is_always_ahead_leaves_the_event_loop_time_for_other_work() -> None:
+    # A fast agent's events are already received when the reader asks for more, so no read waits: the
+    # process that hosts every session's turns (and Stop) must still get to run between the events.
+    events = 20_000
+    body = b"".join(b'event: message\nid: %d\ndata: {"n": %d}\n\n' % (n, n) for n in range(1, events + 1))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+        writer.write(head + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    turns = 0
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async with server:
+        url = f"http://127.0.0.1:{port}"
+        refused, stream = await open_event_stream(url, "/events", {}, connect_timeout=5)
+        assert refused is None
+        await asyncio.sleep(0.2)  # the whole stream is in the socket before the first read
+        other = asyncio.create_task(other_work())
+        try:
+            received = [event_id async for event_id, _ in stream]
+        finally:
+            other.cancel()
+    assert received == list(range(1, events + 1))
+    # Other work ran at least every few hundred events (it got one turn per read of 256 KB before).
+    assert turns >= events / 300, turns

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 #: Bytes asked for per read: many events arrive per read when the agent is fast.
 READ_SIZE = 1 << 18
+#: Events handed on between two turns of the event loop. A read of data already received does not
+#: wait, so a stream that is always ahead would otherwise be read (a 256 KB read is over a thousand
+#: events) without the loop running anything else: Stop, other sessions' turns, requests.
+YIELD_EVERY = 100
 #: Largest error body read from a refused stream request.
 MAX_ERROR_BODY = 64 * 1024
 _MESSAGE_LINE = b"event: message\n"
@@ -151,12 +155,17 @@ async def _events(
         async for data in _body(reader, chunked):
             buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
             start = 0
+            count = 0
             while (end := buffer.find(b"\n\n", start)) >= 0:
                 parsed = parse_event_block(bytes(buffer[start:end]))
                 if parsed is not None:
                     yield parsed
+                    count += 1
+                    if count % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
                 start = end + 2
             del buffer[:start]
+            await asyncio.sleep(0)
     finally:
         writer.close()
 
