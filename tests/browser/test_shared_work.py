@@ -70,7 +70,10 @@ def test_closing_a_session_asks_first_and_its_transcript_stays_readable(people: 
     wait_idle(page)
     page.get_by_role("button", name="+ New session").click()
     tabs = page.get_by_role("group", name="Agent sessions")
-    expect(tabs.get_by_role("button", name="Session 2", exact=True)).to_be_visible(timeout=30_000)
+    # The new tab shows (live) a moment before it becomes the session on screen: type once it is.
+    expect(tabs.get_by_role("button", name="Session 2", exact=True)).to_have_attribute(
+        "aria-pressed", "true", timeout=30_000
+    )
     composer = page.get_by_label("Message to the agent")
     composer.fill("unsent words")
     page.get_by_role("button", name="Close session Session 2").click()
