@@ -33,6 +33,7 @@ from foundry.runtime.host_settings import host_settings
 from foundry.runtime.mailbox import Outcome
 from foundry.runtime.placement import DATA_LABEL, hosts_by_process
 from foundry.runtime.role import load_role
+from foundry.runtime.term_signal import TermSignal
 from foundry.services import build_services
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,9 @@ class HostProcess:
         for host in self.hosts.values():
             host.start(recover=True)
             log.info("host %s started pid=%d process=%s", host.name, os.getpid(), name)
+        self._shutdown: asyncio.Task[int | None] | None = None
+        # Ray alone would hang on SIGTERM forever (see `foundry.runtime.term_signal`).
+        TermSignal(name, self.shutdown).install()
         settle_long_lived()
 
     def _host(self, role: str, shard: int) -> Host:
@@ -241,11 +245,17 @@ class HostProcess:
     async def shutdown(self) -> int | None:
         """Close every host before the process goes away: instances, then the roles' resources (the
         sandbox role stops its sandbox-agent processes, which live in their own process groups and
-        would otherwise outlive a killed worker).
+        would otherwise outlive a killed worker). A second call (a cluster stop during a SIGTERM's
+        close) waits for the first.
 
         Returns this process's pid when its last line is `CLOSED_MARKER` (the caller waits for that
         line to be forwarded), or None when the log level hides it.
         """
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._close_hosts())
+        return await asyncio.shield(self._shutdown)
+
+    async def _close_hosts(self) -> int | None:
         for host in self.hosts.values():
             try:
                 await host.close()

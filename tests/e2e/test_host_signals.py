@@ -1,0 +1,93 @@
+"""A host process of `foundry serve` sent SIGTERM (an operator's `kill`, a process manager) closes its
+hosts and comes back, instead of hanging with its calls unanswered."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_serve import actors_ls, log_lines, start_serve, wait_ready
+from tests.ports import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def create_task(client: httpx.Client, prompt: str) -> str:
+    """A task created through the API (retried while the organization's first sync runs)."""
+    deadline = time.monotonic() + 60
+    while True:
+        response = client.post("/v1/organizations/acme/tasks", json={"repoId": "910001", "prompt": prompt})
+        if response.status_code == 201:
+            return str(response.json()["taskId"])
+        assert response.status_code == 404, response.text  # not synced yet
+        assert time.monotonic() < deadline, "the organization never synced"
+        time.sleep(0.3)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_host_process_sent_sigterm_closes_and_is_started_again(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "FOUNDRY_PORT": str(port),
+        "FOUNDRY_DATA_DIR": str(tmp_path / "data"),
+        "FOUNDRY_LOG_FORMAT": "json",
+    }
+    proc = start_serve(env, tmp_path / "serve.log")
+    try:
+        wait_ready(proc, port, tmp_path / "serve.log")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert client.post("/v1/auth/mock/sign-in", json={"login": "alice"}).status_code == 200
+            before = create_task(client, "written before the signal")
+            hosts = actors_ls(env)
+            old = hosts["foundry.task.0"]["pid"]
+            other = hosts["foundry.organization.0"]["pid"]
+            assert old != other
+            signalled = time.monotonic()
+            os.kill(old, signal.SIGTERM)
+            # The process ends (it used to stay, answering nothing, forever)…
+            while pid_alive(old):
+                assert time.monotonic() - signalled < 30, "the signalled host process is still running"
+                time.sleep(0.1)
+            # …and Ray starts it again: the task written before is there, new ones are taken.
+            wait_ready(proc, port, tmp_path / "serve.log")
+            assert client.get(f"/v1/organizations/acme/tasks/{before}").status_code == 200
+            after = create_task(client, "written after the signal")
+            assert client.get(f"/v1/organizations/acme/tasks/{after}").status_code == 200
+            assert time.monotonic() - signalled < 60
+            hosts = actors_ls(env)
+            assert hosts["foundry.task.0"]["running"] is True
+            assert hosts["foundry.task.0"]["pid"] not in (old, None)
+            assert hosts["foundry.organization.0"]["pid"] == other  # the other process was left alone
+        # The operator reads why the process went away and that it came back.
+        deadline = time.monotonic() + 30
+        while True:
+            lines = [json.loads(line) for line in log_lines(tmp_path / "serve.log")]
+            said = [e["msg"] for e in lines if e.get("process") == "tasks"]
+            if any("restarted by Ray" in m for m in said) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert any(m.startswith("host process tasks received SIGTERM") for m in said), said[-10:]
+        assert any("restarted by Ray" in m for m in said), said[-10:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0
