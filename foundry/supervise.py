@@ -18,8 +18,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from types import FrameType
+
+from foundry.runtime.ray_last_words import LOG_DIR_FILE_ENV, last_words
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,18 @@ def supervise(argv: list[str]) -> int:
     graceful shutdown, as uvicorn does); otherwise the server's exit code, or 128 + the number of the
     signal that ended it (what a shell reports).
     """
+    fd, log_dir_file = tempfile.mkstemp(prefix="foundry-serve-", suffix=".ray-logs")
+    os.close(fd)
+    try:
+        return _run(argv, Path(log_dir_file))
+    finally:
+        Path(log_dir_file).unlink(missing_ok=True)
+
+
+def _run(argv: list[str], log_dir_file: Path) -> int:
     child = subprocess.Popen(
         [sys.executable, "-m", "foundry", *argv],
-        env={**os.environ, CHILD_ENV: "1"},
+        env={**os.environ, CHILD_ENV: "1", LOG_DIR_FILE_ENV: str(log_dir_file)},
         start_new_session=True,
         # Only a prctl call between fork and exec: safe even though the parent has threads.
         preexec_fn=_die_with_parent,
@@ -73,12 +86,27 @@ def supervise(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
     status = child.wait()
+    if not stopping and status != 0:
+        _say_why(child.pid, status, log_dir_file)
     _end_session_leftovers(child.pid)
     if stopping and status in (0, -signal.SIGINT, -signal.SIGTERM):
         return 0
     if status < 0:
         return 128 - status
     return status
+
+
+def _say_why(pid: int, status: int, log_dir_file: Path) -> None:
+    """The server ended without being asked to: say how, and why when Ray ended it (Ray's core
+    worker exits without a word of the server's when its raylet dies, see `ray_last_words`)."""
+    how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
+    words = last_words(log_dir_file, pid)
+    if words is not None:
+        log.error("the server (pid %d) %s; Ray ended it: %s", pid, how, words)
+    elif status < 0:
+        log.error("the server (pid %d) %s (by another process, or the kernel when out of memory)", pid, how)
+    else:
+        log.error("the server (pid %d) %s", pid, how)
 
 
 #: How long what is left of the server's session gets to exit after SIGTERM before SIGKILL.

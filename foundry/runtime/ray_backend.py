@@ -55,6 +55,7 @@ from foundry.runtime.placement import (
     process_of,
 )
 from foundry.runtime.ray_connect import init_ray
+from foundry.runtime.ray_last_words import record_log_dir
 from foundry.runtime.role import host_name, load_role
 from foundry.runtime.send_batcher import SendArgs, SendBatcher
 
@@ -159,6 +160,8 @@ class RayRuntime(Runtime):
                 use_loopback_cluster()
             await init_ray(kwargs)
             self._started_ray = True
+            node = ray._private.worker.global_worker.node
+            record_log_dir(node.get_logs_dir_path() if node is not None else None)
             # Only the process that started the local cluster stops its hosts: one that joined a
             # cluster (another API process, a rolling restart) leaves them serving the others.
             self._owns_cluster = address is None

@@ -292,3 +292,24 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_server_that_ends_without_being_asked_is_reported_with_how(tmp_path: Path) -> None:
+    """A server killed from outside (the kernel when out of memory, a mistaken `kill -9`) used to end
+    without a line: the operator read an access-log line last. Its supervisor says how it ended."""
+    port = free_port()
+    env = {**os.environ, "FOUNDRY_PORT": str(port), "FOUNDRY_DATA_DIR": str(tmp_path / "data")}
+    log_path = tmp_path / "serve.log"
+    proc = start_serve(env, log_path)
+    try:
+        wait_ready(proc, port, log_path)
+        (server,) = (int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+        os.kill(server, signal.SIGKILL)
+        status = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = log_path.read_text()
+    assert status == 128 + signal.SIGKILL, output[-3000:]
+    assert f"the server (pid {server}) was killed by SIGKILL" in output, output[-3000:]
