@@ -106,10 +106,12 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
         refusal = open_file_refusal(raise_open_file_limit())
         if refusal:
             raise ConfigRefused(refusal)
-    if settings.runtime.backend == "ray" and not settings.runtime.ray_address and not is_supervised():
-        # This process would own a local Ray whose daemons share its process group: serve from a
-        # child in a session of its own instead (see foundry.supervise). Decided before the web
-        # stack is imported, which the supervisor never needs (it stays at ~36 MB instead of ~92 MB).
+    if settings.runtime.backend == "ray" and not is_supervised():
+        # A server that owns a local Ray would share its process group with Ray's daemons; one that
+        # joined a cluster is ended by Ray without a word when its node's raylet dies. Either way the
+        # server runs as a child in a session of its own, whose end the supervisor reports (see
+        # foundry.supervise). Decided before the web stack is imported, which the supervisor never
+        # needs (it stays at ~36 MB instead of ~92 MB).
         sys.exit(supervise(sys.argv[1:]))
     import uvicorn
 
