@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_serve import actors_ls, log_lines, start_serve, wait_ready
+from tests.e2e.test_serve import actors_ls, log_lines, start_serve, stop_serve, wait_ready
 from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -84,10 +83,5 @@ def test_a_host_process_sent_sigterm_closes_and_is_started_again(tmp_path: Path)
         assert any(m.startswith("host process tasks received SIGTERM") for m in said), said[-10:]
         assert any("restarted by Ray" in m for m in said), said[-10:]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_serve(proc)
     assert proc.returncode == 0
