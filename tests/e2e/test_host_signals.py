@@ -1,5 +1,6 @@
-"""A host process of `foundry serve` sent SIGTERM (an operator's `kill`, a process manager) closes its
-hosts and comes back, instead of hanging with its calls unanswered."""
+"""Signals to the processes of `foundry serve`: a host process sent SIGTERM (an operator's `kill`, a
+process manager) closes its hosts and comes back, instead of hanging with its calls unanswered; a
+server killed from outside is reported by its supervisor."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def test_a_host_process_sent_sigterm_closes_and_is_started_again(tmp_path: Path) -> None:
+def test_a_host_process_sent_sigterm_comes_back_and_a_killed_server_is_reported(tmp_path: Path) -> None:
     port = free_port()
     env = {
         **os.environ,
@@ -82,6 +83,14 @@ def test_a_host_process_sent_sigterm_closes_and_is_started_again(tmp_path: Path)
             time.sleep(0.3)
         assert any(m.startswith("host process tasks received SIGTERM") for m in said), said[-10:]
         assert any("restarted by Ray" in m for m in said), said[-10:]
+        # The server itself killed from outside (the kernel when out of memory, a mistaken `kill -9`)
+        # used to end without a line: its supervisor says how it ended.
+        (server,) = (int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+        os.kill(server, signal.SIGKILL)
+        status = proc.wait(timeout=60)
     finally:
-        stop_serve(proc)
-    assert proc.returncode == 0
+        if proc.poll() is None:
+            stop_serve(proc)
+    output = (tmp_path / "serve.log").read_text()
+    assert status == 128 + signal.SIGKILL, output[-3000:]
+    assert f"the server (pid {server}) was killed by SIGKILL" in output, output[-3000:]

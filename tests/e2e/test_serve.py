@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -271,38 +270,24 @@ def test_a_dead_raylet_stops_the_server_with_a_failure_status_and_leaves_nothing
     """Ray does not restart a local raylet: the server used to stay up, unready, timing out every
     request. It now stops in order and exits 1, naming the cause, for the service manager to start
     it again."""
-    tree: list[int] = []
-
-    def raylet(proc: subprocess.Popen[bytes]) -> int:
-        tree.extend(descendants(proc.pid))
-        (pid,) = [p for p in tree if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"]
-        return pid
-
-    status, output, killed = kill_one_process_of_serve(tmp_path, raylet)
-    assert status == 1, output[-3000:]
-    assert f"the local Ray cluster lost its raylet (pid {killed}" in output
-    assert [p for p in tree if _alive(p)] == []
-
-
-def kill_one_process_of_serve(
-    tmp_path: Path, choose: Callable[[subprocess.Popen[bytes]], int]
-) -> tuple[int, str, int]:
-    """Start `foundry serve`, SIGKILL the process ``choose`` names once it is ready, and wait for the
-    command to end: (its status, its output, the pid killed)."""
     port = free_port()
     env = {**os.environ, "FOUNDRY_PORT": str(port), "FOUNDRY_DATA_DIR": str(tmp_path / "data")}
     log_path = tmp_path / "serve.log"
     proc = start_serve(env, log_path)
     try:
         wait_ready(proc, port, log_path)
-        killed = choose(proc)
-        os.kill(killed, signal.SIGKILL)
+        tree = descendants(proc.pid)
+        (raylet,) = [p for p in tree if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"]
+        os.kill(raylet, signal.SIGKILL)
         status = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return status, log_path.read_text(), killed
+    output = log_path.read_text()
+    assert status == 1, output[-3000:]
+    assert f"the local Ray cluster lost its raylet (pid {raylet}" in output
+    assert [p for p in tree if _alive(p)] == []
 
 
 def _alive(pid: int) -> bool:
@@ -312,16 +297,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def test_a_server_that_ends_without_being_asked_is_reported_with_how(tmp_path: Path) -> None:
-    """A server killed from outside (the kernel when out of memory, a mistaken `kill -9`) used to end
-    without a line: the operator read an access-log line last. Its supervisor says how it ended."""
-
-    def server(proc: subprocess.Popen[bytes]) -> int:
-        (pid,) = (int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
-        return pid
-
-    status, output, killed = kill_one_process_of_serve(tmp_path, server)
-    assert status == 128 + signal.SIGKILL, output[-3000:]
-    assert f"the server (pid {killed}) was killed by SIGKILL" in output, output[-3000:]
