@@ -178,6 +178,9 @@ class HostProcess:
     async def awake(self, role: str, shard: int) -> list[str]:
         return self._host(role, shard).awake_keys()
 
+    async def ping(self) -> None:
+        """A trivial answer: this process's event loop runs (`foundry.runtime.hang_watch`)."""
+
     async def awake_all(self) -> dict[str, list[str]]:
         """Every host of this process with its awake keys (one call for a readiness check)."""
         return {host.name: host.awake_keys() for host in self.hosts.values()}

@@ -38,6 +38,7 @@ from foundry.runtime.cluster_file import (
 )
 from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.forwarded_logs import ForwardedLogWatch
+from foundry.runtime.hang_watch import HangWatch
 from foundry.runtime.host import Host
 from foundry.runtime.host_process import HostProcess, deployment_of
 from foundry.runtime.host_settings import public_settings, write_secrets
@@ -109,6 +110,7 @@ class RayRuntime(Runtime):
         #: In a host process, the hosts it runs: calls to them skip Ray (set by `HostProcess`).
         self.local_hosts: dict[tuple[str, int], Host] = {}
         self._nodes = NodeWatch(settings, ray.nodes)
+        self._hangs = HangWatch(self._ping)
         #: Coalescers of acknowledged sends, by host process.
         self._batchers: dict[str, SendBatcher] = {}
         #: Each role's clean-up after the cluster stopped, loaded at start (see `start`).
@@ -354,7 +356,10 @@ class RayRuntime(Runtime):
         # seconds more per restart: a call to a restarting actor only fails after Ray's wait for the
         # death information.
         call = getattr(handle, method).options(max_task_retries=CALL_RESTART_RETRIES)
-        return await self._nodes.guard(process, call.remote(*args))
+        return await self._hangs.guard(process, self._nodes.guard(process, call.remote(*args)))
+
+    async def _ping(self, process: str) -> None:
+        await self._process_handle(process).ping.remote()
 
     async def _send(
         self, role: str, key: str, name: str, body: Any, *, wait: bool, timeout: float, command_id: str

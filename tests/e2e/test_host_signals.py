@@ -1,6 +1,7 @@
 """Signals to the processes of `foundry serve`: a host process sent SIGTERM (an operator's `kill`, a
-process manager) closes its hosts and comes back, instead of hanging with its calls unanswered; a
-server killed from outside is reported by its supervisor."""
+process manager) closes its hosts and comes back, instead of hanging with its calls unanswered; one
+that is stopped fails the requests waiting for it; a server killed from outside is reported by its
+supervisor."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def test_a_host_process_sent_sigterm_comes_back_and_a_killed_server_is_reported(tmp_path: Path) -> None:
+def test_signals_to_the_processes_of_serve_end_in_answers_and_reports(tmp_path: Path) -> None:
     port = free_port()
     env = {
         **os.environ,
@@ -70,6 +71,7 @@ def test_a_host_process_sent_sigterm_comes_back_and_a_killed_server_is_reported(
             assert client.get(f"/v1/organizations/acme/tasks/{after}").status_code == 200
             assert time.monotonic() - signalled < 60
             hosts = actors_ls(env)
+            cookies = client.cookies
             assert hosts["foundry.task.0"]["running"] is True
             assert hosts["foundry.task.0"]["pid"] not in (old, None)
             assert hosts["foundry.organization.0"]["pid"] == other  # the other process was left alone
@@ -83,6 +85,23 @@ def test_a_host_process_sent_sigterm_comes_back_and_a_killed_server_is_reported(
             time.sleep(0.3)
         assert any(m.startswith("host process tasks received SIGTERM") for m in said), said[-10:]
         assert any("restarted by Ray" in m for m in said), said[-10:]
+        # A host process that hangs (stopped, or its loop blocked) fails the requests that wait for
+        # it within seconds, naming it: they used to wait for as long as it hung.
+        stuck = hosts["foundry.task.0"]["pid"]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, cookies=cookies) as client:
+            os.kill(stuck, signal.SIGSTOP)
+            try:
+                asked = time.monotonic()
+                renamed = client.patch(f"/v1/organizations/acme/tasks/{before}", json={"title": "Renamed"})
+                waited = time.monotonic() - asked
+            finally:
+                os.kill(stuck, signal.SIGCONT)
+            assert renamed.status_code == 503, renamed.text
+            assert renamed.json()["error"] == "actor_unavailable"
+            assert "host process foundry.tasks is not answering" in renamed.json()["detail"]
+            assert waited < 20
+            # Once it answers again, so does the task.
+            assert client.get(f"/v1/organizations/acme/tasks/{before}").status_code == 200
         # The server itself killed from outside (the kernel when out of memory, a mistaken `kill -9`)
         # used to end without a line: its supervisor says how it ended.
         (server,) = (int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
