@@ -28,6 +28,7 @@ from foundry.drivers.sandbox import (
     SandboxError,
     SandboxProvider,
     SandboxState,
+    liveness,
 )
 from foundry.drivers.sandbox.acp import AcpConnection
 from foundry.drivers.sandbox.binary import check_binary, find_binary
@@ -281,6 +282,42 @@ async def test_crash_is_reported_through_on_exit_and_create_restarts(
 
     restarted = await provider.create("task-1")
     assert restarted.base_url != sandbox.base_url or restarted.token != sandbox.token
+    async with SandboxAgentClient(restarted) as client:
+        assert await client.health() == {"status": "ok"}
+
+
+def running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waits only for its parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_a_server_that_stops_answering_is_stopped_and_reported_then_started_again(
+    provider: LocalSandboxProvider,
+    exits: asyncio.Queue[tuple[str, int | None, str]],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # A stopped (SIGSTOP) or wedged server is alive, so no exit reported it: requests to it waited out
+    # their timeouts and it ran on forever. (The production bound is 30 s without an answer.)
+    monkeypatch.setattr(liveness, "CHECK_INTERVAL_S", 0.2)
+    monkeypatch.setattr(liveness, "ANSWER_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(liveness, "HUNG_AFTER_S", 1.5)
+    await provider.create("task-1", env={"FOUNDRY_DEMO_AGENT_DELAY": "0"})
+    pid = provider.process_id("task-1")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    sandbox_id, _, reason = await asyncio.wait_for(exits.get(), 20)
+    assert sandbox_id == "task-1"
+    assert "stopped answering" in reason
+    assert "the next message starts it again" in reason
+    assert (await provider.status("task-1")).state is SandboxState.EXITED
+    deadline = time.monotonic() + 10
+    while running(pid):
+        assert time.monotonic() < deadline, "the hung server is still there"
+        await asyncio.sleep(0.05)
+    restarted = await provider.create("task-1")
     async with SandboxAgentClient(restarted) as client:
         assert await client.health() == {"status": "ok"}
 

@@ -47,6 +47,7 @@ from foundry.drivers.sandbox.layout import (
     remove_tree,
 )
 from foundry.drivers.sandbox.limits import Cgroups, SandboxLimits, encode_rlimits, limits_mechanism
+from foundry.drivers.sandbox.liveness import watch_answers
 from foundry.drivers.sandbox.procs import ProcessRecord, Registry, boot_id, reap_leftovers, start_ticks
 from foundry.drivers.sandbox.remote_git import RemoteGitRequest, run_remote_git
 from foundry.drivers.sandbox.server import (
@@ -427,6 +428,10 @@ class LocalSandboxProvider:
             ),
             name=f"sandbox-watchdog:{sandbox_id}",
         )
+        sandbox.liveness = asyncio.create_task(
+            watch_answers(sandbox, lambda what: self._limit_hit(sandbox, what)),
+            name=f"sandbox-liveness:{sandbox_id}",
+        )
         return sandbox
 
     async def _limit_hit(self, sandbox: RunningSandbox, what: str) -> None:
@@ -489,8 +494,9 @@ class LocalSandboxProvider:
     @staticmethod
     def _cancel_watchdog(sandbox: RunningSandbox) -> None:
         current = asyncio.current_task()
-        if sandbox.watchdog is not None and sandbox.watchdog is not current:
-            sandbox.watchdog.cancel()
+        for watcher in (sandbox.watchdog, sandbox.liveness):
+            if watcher is not None and watcher is not current:
+                watcher.cancel()
 
     async def _stop(self, sandbox: RunningSandbox) -> None:
         sandbox.stopping = True

@@ -54,6 +54,8 @@ class RunningSandbox:
     cgroups: Cgroups | None = field(default=None, repr=False)
     supervisor: asyncio.Task[None] | None = field(default=None, repr=False)
     watchdog: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: Asks the server whether it still answers (`foundry.drivers.sandbox.liveness`).
+    liveness: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def log_path(self) -> Path:
@@ -75,6 +77,11 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+def health_client(sandbox: RunningSandbox, timeout: float) -> httpx.AsyncClient:
+    """An HTTP client for ``sandbox``'s health checks (its token, a shared TLS context)."""
+    return httpx.AsyncClient(headers=sandbox.endpoint.headers(), timeout=timeout, verify=_ssl_context())
+
+
 class _NotHealthyYet(Exception):
     """One unanswered or non-200 health check (retried until the start deadline)."""
 
@@ -84,9 +91,7 @@ async def wait_healthy(sandbox: RunningSandbox, timeout: float, *, jailed: bool)
     log's tail when the server exits first or stays unhealthy for ``timeout`` seconds."""
     started = time.monotonic()
     url = f"{sandbox.endpoint.base_url}/v1/health"
-    async with httpx.AsyncClient(
-        headers=sandbox.endpoint.headers(), timeout=2.0, verify=_ssl_context()
-    ) as http:
+    async with health_client(sandbox, 2.0) as http:
 
         async def check() -> None:
             if sandbox.process.returncode is not None or (
