@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -26,6 +27,8 @@ from foundry import request_id
 REDACTED = "[redacted]"
 #: Shorter values are not secrets worth scanning for (and would redact common words).
 _MIN_SECRET_LEN = 8
+#: A terminal control sequence, as raw text or as JSON writes it (``\\u001b[36m``).
+_TERMINAL_CODES = re.compile(r"(?:\x1b|\\u001b)\[[0-9;]*[A-Za-z]")
 
 # Secrets learned at runtime, shared by every Foundry formatter of this process (those made later
 # too). Replaced as a whole under the lock, so a formatter reads one consistent tuple without it.
@@ -68,6 +71,8 @@ class _Redacting(logging.Formatter):
         self.secrets = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True)
 
     def redact(self, line: str) -> str:
+        # Terminal colour codes (Ray puts them in the text of its errors) are noise in a log file.
+        line = _TERMINAL_CODES.sub("", line)
         runtime = _runtime_secrets
         # Longest first across both lists, so a secret that contains another is replaced whole.
         secrets = sorted((*runtime, *self.secrets), key=len, reverse=True) if runtime else self.secrets

@@ -56,6 +56,7 @@ from foundry.runtime.placement import (
     process_of,
 )
 from foundry.runtime.ray_connect import init_ray
+from foundry.runtime.ray_daemon_lines import route_daemon_lines_to_logging
 from foundry.runtime.ray_last_words import record_log_dir
 from foundry.runtime.role import host_name, load_role
 from foundry.runtime.send_batcher import SendArgs, SendBatcher
@@ -169,6 +170,7 @@ class RayRuntime(Runtime):
             self._owns_cluster = address is None
             if kwargs["log_to_driver"]:
                 self._forwarded_logs.install()
+                route_daemon_lines_to_logging()
             if local_cluster_watch.enabled:
                 watch = (
                     local_cluster_watch.watch_local_cluster()

@@ -113,3 +113,7 @@ def test_signals_to_the_processes_of_serve_end_in_answers_and_reports(tmp_path: 
     output = (tmp_path / "serve.log").read_text()
     assert status == 128 + signal.SIGKILL, output[-3000:]
     assert f"the server (pid {server}) was killed by SIGKILL" in output, output[-3000:]
+    # Asked for JSON, the operator got JSON only through all of it: Ray's raylet lines about calls
+    # cut short (printed as plain "(raylet) …" text) and Ray's colour codes in error texts included.
+    assert [line for line in output.splitlines() if line and not line.startswith("{")] == []
+    assert "\\u001b[" not in output
