@@ -52,8 +52,8 @@ class HangWatch:
                     raise ActorUnavailable(
                         f"host process {process_name(process)} is not answering (stopped, or too busy to "
                         f"answer within {PING_TIMEOUT_S:g} s). This request had already reached it and "
-                        "may still be applied when it answers again; to send a message or open a session "
-                        "again safely, repeat it with the same Idempotency-Key header"
+                        "may still be applied when it answers again; to send a message, open a session "
+                        "or create a task again safely, repeat it with the same Idempotency-Key header"
                     )
         finally:
             if not pending.done():

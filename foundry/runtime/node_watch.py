@@ -100,8 +100,8 @@ class NodeWatch:
                     # Sent before the node went: whether it was queued there is unknown until then.
                     raise ActorUnavailable(
                         f"{why}. This request had already reached it and may still be applied when "
-                        "the node is back; to send a message or open a session again safely, repeat "
-                        "it with the same Idempotency-Key header"
+                        "the node is back; to send a message, open a session or create a task again "
+                        "safely, repeat it with the same Idempotency-Key header"
                     )
         finally:
             if not pending.done():

@@ -299,6 +299,40 @@ def test_a_message_whose_answer_was_lost_is_sent_again_once(people: People) -> N
     expect(transcript(page).get_by_text("Say this only once", exact=True)).to_have_count(1)
 
 
+def test_a_task_whose_creation_answer_was_lost_is_created_once(people: People) -> None:
+    """The create reached Foundry but its answer did not reach the page: pressing Create task again
+    opens the task that was made, not a second one."""
+    page = people.page("alice")
+    page.goto("/o/acme")
+    keys: list[str | None] = []
+
+    def answer_lost(route: Route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        keys.append(route.request.headers.get("idempotency-key"))
+        if len(keys) == 1:
+            route.fetch()  # Foundry creates it ...
+            route.fulfill(status=503, content_type="text/html", body="<html>503</html>")  # ... unheard
+        else:
+            route.continue_()
+
+    page.route("**/v1/organizations/acme/tasks", answer_lost)
+    page.get_by_role("button", name="New task").click()
+    dialog = page.get_by_role("dialog", name="New task")
+    dialog.get_by_label("Repository").select_option(label="acme/rocket")
+    dialog.get_by_label("What should the agent do?").fill("Make exactly one of me")
+    dialog.get_by_role("button", name="Create task").click()
+    expect(dialog.get_by_role("alert")).to_contain_text("Foundry is not answering right now")
+    dialog.get_by_role("button", name="Create task").click()
+    expect(page).to_have_url(re.compile(r"/o/acme/t/[0-9a-f]+$"))
+    assert len(keys) == 2
+    assert keys[0] is not None
+    assert keys[0] == keys[1]
+    listed = page.request.get("/v1/organizations/acme/tasks", params={"q": "Make exactly one of me"})
+    assert len(listed.json()["tasks"]) == 1
+
+
 def test_changes_cut_short_say_that_not_every_change_is_shown(people: People) -> None:
     page = people.page("alice")
     page.goto("/o/acme")

@@ -222,7 +222,7 @@ async def test_an_agent_the_sandbox_lacks_is_named_with_the_installed_ones(tasks
         assert "'claude' is not installed in this sandbox (installed: mock)" in error
 
 
-async def test_a_message_sent_again_with_its_idempotency_key_is_queued_once(tasks_server: TaskServer):
+async def test_writes_sent_again_with_their_idempotency_key_apply_once(tasks_server: TaskServer):
     """An answer that never came (a dropped connection, a 503 while the node was away) leaves the
     sender not knowing; sending again with the same key must not make the agent run it twice."""
     async with tasks_server.signed_in("alice") as client, tasks_server.signed_in("carol") as carol:
@@ -266,3 +266,20 @@ async def test_a_message_sent_again_with_its_idempotency_key_is_queued_once(task
         assert opened[0].json()["sessionId"] == opened[1].json()["sessionId"]
         detail = await task_detail(client, task_id)
         assert [s["name"] for s in detail["sessions"]].count("Once") == 1
+        # And creating a task: a retried create (its answer lost, or a 503) makes one task.
+        new = {"repoId": "910001", "prompt": "Create me once"}
+        made = [
+            await client.post("/v1/organizations/acme/tasks", json=new, headers={"Idempotency-Key": "task-1"})
+            for _ in range(2)
+        ]
+        assert [m.status_code for m in made] == [201, 201], [m.text for m in made]
+        assert made[0].json() == made[1].json()
+        another = await client.post(
+            "/v1/organizations/acme/tasks", json=new, headers={"Idempotency-Key": "task-2"}
+        )
+        assert another.status_code == 201
+        assert another.json()["taskId"] != made[0].json()["taskId"]
+        listed = (await client.get("/v1/organizations/acme/tasks", params={"q": "Create me once"})).json()
+        assert sorted(t["taskId"] for t in listed["tasks"]) == sorted(
+            {made[0].json()["taskId"], another.json()["taskId"]}
+        )

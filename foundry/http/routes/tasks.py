@@ -23,6 +23,7 @@ from actors.task.provisional import provisional_detail
 from foundry.errors import FoundryError, InvalidInput
 from foundry.http import cached_reads
 from foundry.http.deps import Member, RuntimeDep, SameSiteWrite
+from foundry.http.idempotency import IdempotencyKey, command_id_for
 from foundry.http.routes.task_access import (
     STRICT,
     TaskId,
@@ -111,14 +112,30 @@ async def _pr_items(runtime: Runtime, org: str, summary: dict[str, Any]) -> list
 
 
 @router.post("", status_code=201, summary="Create a task", dependencies=[SameSiteWrite])
-async def create_task(body: CreateTaskBody, member: Member, runtime: RuntimeDep) -> dict[str, Any]:
+async def create_task(
+    body: CreateTaskBody,
+    member: Member,
+    runtime: RuntimeDep,
+    request: Request,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
     """Returns ``{taskId, title, branchName}`` at once; the sandbox, the clone and the first turn
     (the prompt, queued until the agent is ready) follow in the background. The prompt takes the
-    caller's seat on first use; 402 when the plan refuses it (``seat_limit``, ``billing_inactive``)."""
+    caller's seat on first use; 402 when the plan refuses it (``seat_limit``, ``billing_inactive``).
+    Sent again with the same ``Idempotency-Key`` (after an answer that never came, or a 503), it
+    creates one task and repeats the first answer."""
     payload = body.model_dump(by_alias=True, exclude_none=True) | {"userId": member.caller.user_id}
-    result: dict[str, Any] = await runtime.call(
-        "organization", member.organization_id, "create_task", payload
-    )
+    org = member.organization_id
+    result: dict[str, Any]
+    if idempotency_key is None:
+        # A direct action: a user's create never waits behind the organization's queued background
+        # commands. A keyed create goes through the durable queue, which applies a command id once.
+        result = await runtime.call("organization", org, "create_task", payload)
+    else:
+        command_id = command_id_for(member.caller.user_id, request.url.path, idempotency_key)
+        result = await runtime.actor("organization", org).send(
+            "create_task", payload, wait=True, timeout=15, command_id=command_id
+        )
     return result
 
 

@@ -1,5 +1,5 @@
 import { useState } from "preact/hooks";
-import { api, enc, errorText } from "../lib/api";
+import { api, enc, errorText, newIdempotencyKey, outcomeUnknown } from "../lib/api";
 import { navigate } from "../lib/router";
 import { useSeatNotice } from "../lib/seat";
 import type { OrgSnapshot } from "../org";
@@ -26,6 +26,9 @@ export function agentOf(model: string): string | undefined {
 /** What was typed into a dialog closed without creating (Escape, a stray click): kept per user and
  * organization for this tab, so reopening the dialog brings it back (to the same person only). */
 const unsent = new Map<string, { repoId: string; prompt: string; model: string; title: string; branch: string }>();
+/** The Idempotency-Key of a create whose answer never came (network, 503), per user and organization:
+ * creating the same task again reuses it, so the server makes one task however often it is retried. */
+const unanswered = new Map<string, { body: string; key: string }>();
 
 export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () => void }) {
   // Archived repositories are read-only on GitHub: listed last, not offered by default.
@@ -58,12 +61,18 @@ export function NewTaskDialog({ org, onClose }: { org: OrgSnapshot; onClose: () 
     }
     if (title.trim()) body.title = title.trim();
     if (branch.trim()) body.branch = branch.trim();
+    const sig = JSON.stringify(body);
+    const pending = unanswered.get(slot);
+    const key = pending?.body === sig ? pending.key : newIdempotencyKey();
+    unanswered.set(slot, { body: sig, key });
     try {
-      const created = await api<{ taskId: string }>("POST", `/v1/organizations/${enc(org.organizationId)}/tasks`, body);
+      const created = await api<{ taskId: string }>("POST", `/v1/organizations/${enc(org.organizationId)}/tasks`, body, { "Idempotency-Key": key });
+      unanswered.delete(slot);
       unsent.delete(slot);
       onClose();
       navigate(`/o/${enc(org.organizationId)}/t/${enc(created.taskId)}`);
     } catch (err) {
+      if (!outcomeUnknown(err)) unanswered.delete(slot); // refused: trying again is a new create
       setError(errorText(err));
     } finally {
       setBusy(false);
