@@ -86,23 +86,40 @@ def _run(argv: list[str], log_dir_file: Path) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
     status = child.wait()
-    if not stopping and status != 0:
+    clean = status in (0, -signal.SIGINT, -signal.SIGTERM)
+    if not stopping:
         _say_why(child.pid, status, log_dir_file)
+    elif not clean:
+        log.error("the server (pid %d) %s while stopping", child.pid, _how(status))
     _end_session_leftovers(child.pid)
-    if stopping and status in (0, -signal.SIGINT, -signal.SIGTERM):
+    if stopping and clean:
         return 0
     if status < 0:
         return 128 - status
     return status
 
 
+def _how(status: int) -> str:
+    return f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
+
+
 def _say_why(pid: int, status: int, log_dir_file: Path) -> None:
-    """The server ended without being asked to: say how, and why when Ray ended it (Ray's core
-    worker exits without a word of the server's when its raylet dies, see `ray_last_words`)."""
-    how = f"was killed by {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
+    """The server ended without being asked to through this command: say how, and why when Ray
+    ended it (Ray's core worker exits without a word of the server's when its raylet dies, see
+    `ray_last_words`). A server that stopped cleanly was signalled directly (not through this
+    command): said too, since a service manager then sees a clean exit and starts nothing again."""
+    how = _how(status)
     words = last_words(log_dir_file, pid)
     if words is not None:
         log.error("the server (pid %d) %s; Ray ended it: %s", pid, how, words)
+    elif status in (0, -signal.SIGINT, -signal.SIGTERM):
+        log.warning(
+            "the server (pid %d) stopped (%s) without this command being asked to: a signal sent to the "
+            "server itself? Stop Foundry by signalling this command (pid %d)",
+            pid,
+            how,
+            os.getpid(),
+        )
     elif status < 0:
         log.error("the server (pid %d) %s (by another process, or the kernel when out of memory)", pid, how)
     else:

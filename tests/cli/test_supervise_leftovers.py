@@ -7,6 +7,7 @@ process-group kill misses them; a server that dies without `ray.shutdown` must n
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -15,7 +16,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from foundry.supervise import _end_session_leftovers, session_members
+import pytest
+
+from foundry.supervise import _end_session_leftovers, _say_why, session_members
 
 # A "server" that starts one child in its own process group (as Ray starts its workers), one that
 # ignores SIGTERM, and then exits as a crashed server would.
@@ -61,3 +64,21 @@ def test_processes_left_in_a_dead_servers_session_are_stopped(tmp_path: Path) ->
         for pid in (worker, stubborn):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_every_end_the_supervisor_did_not_ask_for_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server signalled directly (not through the command) used to stop with exit 0 and no line:
+    a service manager would see a clean stop. Each way of ending is named."""
+    nothing = tmp_path / "not-handed"
+    with caplog.at_level(logging.WARNING, logger="foundry.supervise"):
+        _say_why(11, 0, nothing)
+        _say_why(12, -signal.SIGTERM, nothing)
+        _say_why(13, -signal.SIGKILL, nothing)
+        _say_why(14, 3, nothing)
+    said = [r.getMessage() for r in caplog.records]
+    assert "the server (pid 11) stopped (exited with status 0) without this command being asked" in said[0]
+    assert "the server (pid 12) stopped (was killed by SIGTERM) without this command" in said[1]
+    assert said[2].startswith("the server (pid 13) was killed by SIGKILL (by another process")
+    assert said[3] == "the server (pid 14) exited with status 3"
