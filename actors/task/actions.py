@@ -196,12 +196,18 @@ async def _record_git_error(ctx: InstanceContext, operation: str, exc: FoundryEr
     return message
 
 
-async def _clear_git_error(ctx: InstanceContext) -> None:
+async def _clear_git_error(ctx: InstanceContext, operation: str) -> None:
+    """``operation`` worked: the error it left (`_record_git_error`) is over. Another operation's error
+    stays (a diff that reads again says nothing about a pull request GitHub refused)."""
     async with ctx.read() as conn:
         row = await load_task(conn)
-    if row is not None and row.last_error is not None:
+    if row is not None and row.last_error is not None and row.last_error.startswith(f"{operation} failed:"):
         async with ctx.write() as conn:
-            await conn.execute(task.update().where(task.c.id == 1).values(last_error=None))
+            await conn.execute(
+                task.update()
+                .where(task.c.id == 1, task.c.last_error == row.last_error)
+                .values(last_error=None)
+            )
             await refresh(ctx, conn)
 
 
@@ -218,6 +224,7 @@ async def diff(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
     except FoundryError as exc:
         await _record_git_error(ctx, "reading the diff", exc)
         raise
+    await _clear_git_error(ctx, "reading the diff")
     return {
         "files": [{"path": c.path, "kind": c.kind, "origPath": c.orig_path} for c in changes],
         "diff": patch,
@@ -236,6 +243,7 @@ async def files(ctx: InstanceContext, _: Empty) -> dict[str, Any]:
     except FoundryError as exc:
         await _record_git_error(ctx, "listing the files", exc)
         raise
+    await _clear_git_error(ctx, "listing the files")
     return {"paths": paths, "tree": file_tree(paths), "truncated": cut}
 
 

@@ -4,11 +4,15 @@ restarts cleanly."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from foundry.demo_agent import NOTES_FILE
+from foundry.drivers.sandbox import liveness
 from tests.tasks.conftest import (
     TaskServer,
     create_task,
@@ -222,3 +226,36 @@ async def test_task_host_restart_mid_turn_reports_the_interrupted_turn_and_carri
         notes = (workdir / NOTES_FILE).read_text()
         assert "- Resume work" in notes
         assert "before the restart" not in notes
+
+
+async def test_a_hung_sandbox_is_replaced_and_the_error_it_left_clears_once_the_diff_reads(
+    tasks_server: TaskServer, monkeypatch: pytest.MonkeyPatch
+):
+    # A stopped (hung) sandbox-agent is stopped like a crash after its health checks go unanswered
+    # (30 s in production); the diff that was waiting on it fails and says so on the task. That error
+    # used to stay on the task for good, through later turns, diffs and restarts.
+    monkeypatch.setattr(liveness, "CHECK_INTERVAL_S", 0.2)
+    monkeypatch.setattr(liveness, "ANSWER_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(liveness, "HUNG_AFTER_S", 1.5)
+    async with tasks_server.signed_in("alice") as client:
+        created = await create_task(client, prompt="A note to read back")
+        task_id = created["taskId"]
+        await wait_task(client, task_id, idle_session)
+        pid = tasks_server.provider.process_id(task_id)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            failed = await client.get(f"/v1/organizations/acme/tasks/{task_id}/diff", timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # killed as hung meanwhile
+                os.kill(pid, signal.SIGCONT)
+        assert failed.status_code == 502, failed.text
+        # The task says why (its sandbox stopped answering) and what failed meanwhile.
+        detail = await wait_task(client, task_id, lambda d: "stopped answering" in str(d), timeout=15)
+        assert detail["lastError"].startswith("reading the diff failed")
+        # The next look at the changes starts the sandbox again, reads them, and the error is over.
+        diff = await client.get(f"/v1/organizations/acme/tasks/{task_id}/diff", timeout=60)
+        assert diff.status_code == 200, diff.text
+        assert [f["path"] for f in diff.json()["files"]] == [NOTES_FILE]
+        assert (await task_detail(client, task_id))["lastError"] is None
+        assert tasks_server.provider.process_id(task_id) not in (None, pid)
