@@ -55,10 +55,18 @@ function useTranscript(orgId: string, taskId: string, sessionId: string, onTurnE
   return model;
 }
 
+/** Mark-read requests, sent one after another: each also makes its session the one a reload opens,
+ * so the read of a session left a moment ago must not land after the read of the one now shown. */
+let reads: Promise<unknown> = Promise.resolve();
+
+function postRead(url: string): void {
+  reads = reads.then(() => api("POST", url)).catch((e) => console.warn("mark read", e));
+}
+
 export function SessionPane({ orgId, taskId, session, base, draft, archived, taskStatus, members, billing }: { orgId: string; taskId: string; session: SessionInfo; base: string; draft: string; archived: boolean; taskStatus: string; members: Map<string, Member> | null; billing?: BillingSummary }) {
   const sbase = `${base}/sessions/${enc(session.sessionId)}`;
   const markRead = () => {
-    if (document.visibilityState === "visible") api("POST", `${sbase}/read`).catch((e) => console.warn("mark read", e));
+    if (document.visibilityState === "visible") postRead(`${sbase}/read`);
   };
   const model = useTranscript(orgId, taskId, session.sessionId, markRead);
   const seatNotice = useSeatNotice(orgId, billing);
