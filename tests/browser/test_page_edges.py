@@ -333,6 +333,40 @@ def test_a_task_whose_creation_answer_was_lost_is_created_once(people: People) -
     assert len(listed.json()["tasks"]) == 1
 
 
+def test_a_page_opened_while_a_part_of_foundry_hangs_says_so_plainly_and_recovers_by_itself(
+    people: People,
+) -> None:
+    """A host process that stopped answering makes Foundry answer 503 with a detail for API clients
+    (which host, resend with an Idempotency-Key): the page used to show that text and stay on it
+    until "Try again" was clicked."""
+    page = people.page("alice")
+    hung = {"left": 2}
+
+    def app_snapshot(route: Route) -> None:
+        if hung["left"] > 0:
+            hung["left"] -= 1
+            route.fulfill(
+                status=503,
+                json={
+                    "error": "actor_unavailable",
+                    "detail": "host process foundry.main is not answering (stopped, or too busy to answer "
+                    "within 5 s). … repeat it with the same Idempotency-Key header",
+                },
+            )
+        else:
+            route.continue_()
+
+    page.route("**/v1/app", app_snapshot)
+    page.goto("/o/acme")
+    alert = page.get_by_role("alert")
+    expect(alert).to_contain_text("Foundry is not answering right now")
+    expect(alert).not_to_contain_text("Idempotency-Key")
+    expect(alert).to_contain_text("Trying again")
+    # Once it answers, the page loads by itself.
+    expect(page.get_by_role("navigation", name="Tasks")).to_be_visible(timeout=20_000)
+    assert hung["left"] == 0
+
+
 def test_changes_cut_short_say_that_not_every_change_is_shown(people: People) -> None:
     page = people.page("alice")
     page.goto("/o/acme")

@@ -1,5 +1,5 @@
 // The signed-in user's app snapshot (`app:<userId>`), kept live, and the sign-in/out transitions.
-import { api, onUnauthorized } from "./lib/api";
+import { api, onUnauthorized, outcomeUnknown } from "./lib/api";
 import { realtime } from "./lib/realtime";
 import { navigate } from "./lib/router";
 import { Store } from "./lib/store";
@@ -80,12 +80,17 @@ realtime.connection.subscribe((c) => {
 
 let unsubscribeApp: (() => void) | null = null;
 
+/** How long the page waits before it loads again after Foundry did not answer. */
+const BOOT_RETRY_MS = 3000;
+
 export async function boot(): Promise<void> {
   let snapshot: AppSnapshot;
   try {
     snapshot = await api<AppSnapshot>("GET", "/v1/app");
   } catch (e) {
-    appState.set({ phase: "error", snapshot: null, message: (e as Error).message });
+    const passing = outcomeUnknown(e); // unreachable, or a part restarting: it comes back by itself
+    appState.set({ phase: "error", snapshot: null, message: (e as Error).message + (passing ? " Trying again…" : "") });
+    if (passing) window.setTimeout(() => appState.value.phase === "error" && void boot(), BOOT_RETRY_MS);
     return;
   }
   if (snapshot.auth.status !== "signed_in" || !snapshot.auth.currentUserId) {

@@ -43,7 +43,12 @@ export async function api<T>(method: string, path: string, body?: unknown, heade
   }
   if (!res.ok) {
     const err = data as { error?: string; detail?: string } | null;
-    const detail = typeof err?.detail === "string" && err.detail ? err.detail : statusText(res.status, res.statusText);
+    let detail = typeof err?.detail === "string" && err.detail ? err.detail : statusText(res.status, res.statusText);
+    if (err?.error === "actor_unavailable") {
+      // A part of Foundry is restarting or not answering: its detail is for operators and API clients.
+      console.warn(`${method} ${path}: ${detail}`);
+      detail = statusText(res.status, res.statusText);
+    }
     const failure = new ApiError(res.status, err?.error ?? "error", detail, data);
     if (res.status === 401 && unauthorized && !path.startsWith("/v1/auth/mock")) unauthorized();
     throw failure;
