@@ -4,6 +4,7 @@ same way: the shortcut for sandbox-agent's own layout must not change what an ev
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -86,3 +87,47 @@ async def test_a_stream_that_is_always_ahead_leaves_the_event_loop_time_for_othe
     assert received == list(range(1, events + 1))
     # Other work ran at least every few hundred events (it got one turn per read of 256 KB before).
     assert turns >= events / 300, turns
+
+
+async def test_streams_closed_early_or_refused_leave_no_thread_or_connection_behind() -> None:
+    # Each stream is received by a thread of its own: closing the stream (the reader stopped, Stop, a
+    # resync) must end that thread and its connection, whether or not the server ever ends the stream.
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            request = await reader.readline()
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            if b"/refused" in request:
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nno server")
+            else:
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+                writer.write(head + b'event: message\nid: 1\ndata: {"n": 1}\n\n')
+            await writer.drain()
+            await reader.read()  # until the client hangs up: the server never ends a stream
+        finally:
+            connections -= 1
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    before = threading.active_count()
+    async with server:
+        for round_ in range(30):
+            path = "/refused" if round_ % 3 == 0 else "/events"
+            refused, stream = await open_event_stream(url, path, {}, connect_timeout=5)
+            if refused is not None:
+                assert refused.status_code == 404
+                assert refused.text == "no server"
+                continue
+            assert await anext(stream) == (1, {"n": 1})
+            await stream.aclose()
+        for _ in range(100):
+            if threading.active_count() == before and connections == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert threading.active_count() == before
+    assert connections == 0

@@ -21,11 +21,9 @@ from tests.transcripts.conftest import (
 
 async def test_flood_of_10000_chunks_is_recorded_exactly(scripted_server: TaskServer):
     async with scripted_server.signed_in("alice") as client, scripted_server.websocket(client) as ws:
-        # 2,500 chunks/s (50 every 20 ms), a very fast token rate, which one host records with room to
-        # spare even on a CI machine at a load of 7. Unpaced, a loaded machine can fall more than
-        # sandbox-agent's 1,024 buffered events behind, which is recorded as `eventsLost`:
-        # `bench/transcripts.py` measures that full-speed case.
-        task_id, session_id = await start_task(client, "pace 20 flood 10000")
+        # Unpaced: the agent writes its chunks as fast as the pipe takes them. The reader receives them
+        # in a thread, so even a loaded machine does not fall behind sandbox-agent's buffer.
+        task_id, session_id = await start_task(client, "flood 10000")
         topic = f"session:acme:{task_id}:{session_id}"
         collector = TopicCollector(ws)
         await collector.subscribe([topic])

@@ -3,8 +3,9 @@
 sandbox-agent writes every event as its own HTTP chunk. Through httpx that costs one parser round
 trip and one event-loop step per event (about 75 µs each, measured), which caps one host at a little
 over 10,000 events a second and lets a busy reader fall behind, whereupon sandbox-agent drops events
-for it. This reader speaks the few bytes of HTTP a stream needs on a plain asyncio connection and
-decodes the chunked framing and the events from large reads in one pass.
+for it. This reader speaks the few bytes of HTTP a stream needs, receives them in a thread of its own
+(`SocketPump`: a busy event loop does not stop the reading) and decodes the chunked framing and the
+events from large reads in one pass.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from foundry.drivers.sandbox.socket_pump import PumpBroke, SocketPump
+
 log = logging.getLogger(__name__)
 
-#: Bytes asked for per read: many events arrive per read when the agent is fast.
-READ_SIZE = 1 << 18
 #: Events handed on between two turns of the event loop. A read of data already received does not
 #: wait, so a stream that is always ahead would otherwise be read (a 256 KB read is over a thousand
 #: events) without the loop running anything else: Stop, other sessions' turns, requests.
@@ -49,31 +50,29 @@ async def open_event_stream(
     url = urlsplit(base_url)
     host = url.hostname or "127.0.0.1"
     port = url.port or (443 if url.scheme == "https" else 80)
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, ssl=url.scheme == "https" or None, limit=READ_SIZE),
-        connect_timeout,
-    )
+    lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    pump = SocketPump()
     try:
-        lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Connection: close"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        await writer.drain()
-        status, response_headers = await asyncio.wait_for(_read_head(reader), connect_timeout)
-    except BaseException:
-        writer.close()
-        raise
+        # The thread's socket gives up after ``connect_timeout`` per step; this bounds the whole.
+        status, response_headers = await asyncio.wait_for(
+            pump.open(host, port, url.scheme == "https", request, connect_timeout), 2 * connect_timeout
+        )
+    except PumpBroke as exc:
+        raise StreamBroke(str(exc)) from exc
     chunked = "chunked" in response_headers.get("transfer-encoding", "").lower()
     if status >= 400:
         try:
             body = bytearray()
-            async for part in _body(reader, chunked):
+            async for part in _body(pump, chunked, _content_length(response_headers)):
                 body += part
                 if len(body) > MAX_ERROR_BODY:
                     break
         finally:
-            writer.close()
+            pump.close()
         return httpx.Response(status, headers=response_headers, content=bytes(body)), _empty()
-    return None, _events(reader, writer, chunked)
+    return None, _events(pump, chunked)
 
 
 async def _empty() -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
@@ -81,33 +80,33 @@ async def _empty() -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
     yield  # pragma: no cover - makes this an async generator
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    status_line = await reader.readline()
-    parts = status_line.decode("latin-1").split()
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise StreamBroke(f"bad HTTP status line {status_line[:100]!r}")
-    headers: dict[str, str] = {}
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise StreamBroke("connection closed in the response headers")
-        if line in (b"\r\n", b"\n"):
-            return int(parts[1]), headers
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
+async def _read(pump: SocketPump) -> bytes:
+    try:
+        return await pump.read()
+    except PumpBroke as exc:
+        raise StreamBroke(f"the connection failed in the middle of the stream: {exc}") from exc
 
 
-async def _body(reader: asyncio.StreamReader, chunked: bool) -> AsyncIterator[bytes]:
-    """The body's bytes as they arrive, with the chunked framing removed."""
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
+
+
+async def _body(pump: SocketPump, chunked: bool, length: int | None = None) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive, with the chunked framing removed (or the first ``length``
+    bytes: a server may keep the connection open after its answer)."""
     if not chunked:
-        while data := await reader.read(READ_SIZE):
+        while (length is None or length > 0) and (data := await _read(pump)):
+            if length is not None:
+                data = data[:length]
+                length -= len(data)
             yield data
         return
     buffer = bytearray()
     remaining = 0  # bytes left of the current chunk's data, then its CRLF (counted in `trailer`)
     trailer = 0
     while True:
-        data = await reader.read(READ_SIZE)
+        data = await _read(pump)
         if not data:
             raise StreamBroke("connection closed in the middle of the stream")
         buffer += data
@@ -147,12 +146,10 @@ async def _body(reader: asyncio.StreamReader, chunked: bool) -> AsyncIterator[by
             yield bytes(out)
 
 
-async def _events(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, chunked: bool
-) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+async def _events(pump: SocketPump, chunked: bool) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
     try:
         buffer = bytearray()
-        async for data in _body(reader, chunked):
+        async for data in _body(pump, chunked):
             buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
             start = 0
             count = 0
@@ -167,7 +164,7 @@ async def _events(
             del buffer[:start]
             await asyncio.sleep(0)
     finally:
-        writer.close()
+        pump.close()
 
 
 def parse_event_block(block: bytes) -> tuple[int, dict[str, Any]] | None:

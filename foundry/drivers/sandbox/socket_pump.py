@@ -1,0 +1,203 @@
+"""Receive a response in a thread of its own, so that a busy event loop never stops the reading.
+
+sandbox-agent drops the events of a subscriber whose socket does not take them in time and keeps only
+its last 1,024 for a re-read. A host's event loop also runs every other instance's work (hundreds of
+awake tasks, a long query, a burst of requests); a reader on that loop stopped reading whenever the
+loop was busy for half a second, and a fast agent's events were lost for good. `SocketPump` keeps
+taking the bytes off the socket in a thread (a blocking `recv` does not hold the GIL) into memory, up
+to `MAX_BUFFERED` bytes, and the loop takes them from there when it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from collections import deque
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Bytes asked for per `recv`: many events arrive per call when the agent is fast.
+RECV_SIZE = 1 << 18
+#: Bytes held for a consumer that is behind before the pump stops reading (and sandbox-agent's own
+#: buffer, then its gap reports, take over): about 200,000 events of an agent streaming tokens.
+MAX_BUFFERED = 64 << 20
+#: Longest response head accepted.
+MAX_HEAD = 64 * 1024
+
+
+class PumpBroke(Exception):
+    """The connection failed, or ended before the response head was complete."""
+
+
+class SocketPump:
+    """One HTTP/1.1 exchange on its own connection: `open` sends the request and returns the response
+    head; `read` then returns the body's bytes as they arrive (``b""`` at the end); `close` ends it."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._sock: socket.socket | None = None
+        self._closed = False
+
+    async def open(
+        self, host: str, port: int, tls: bool, request: bytes, timeout: float
+    ) -> tuple[int, dict[str, str]]:
+        """Connect, send ``request`` and return ``(status, headers)``; the body is then being read."""
+        head: asyncio.Future[tuple[int, dict[str, str]]] = self._loop.create_future()
+        args = (host, port, tls, request, timeout, head)
+        thread = threading.Thread(target=self._run, args=args, name=f"sse {host}:{port}", daemon=True)
+        thread.start()
+        try:
+            return await head
+        except BaseException:
+            self.close()
+            raise
+
+    async def read(self) -> bytes:
+        """Everything received since the last read (waits for more); ``b""`` once the server ended."""
+        while True:
+            with self._lock:
+                if self._chunks:
+                    data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                    self._chunks.clear()
+                    self._buffered = 0
+                    self._room.notify()
+                    return data
+                if self._error is not None:
+                    raise PumpBroke(str(self._error) or type(self._error).__name__) from self._error
+                if self._ended:
+                    return b""
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+    def close(self) -> None:
+        """End the exchange: the thread stops and the connection closes (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sock = self._sock
+            self._room.notify()
+        if sock is not None:
+            # Wakes a `recv` in progress; the thread closes the socket once it is out of it. An
+            # OSError means it is disconnected already: the `recv` has returned or will at once.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    # ------------------------------------------------------------------------------------ the thread
+
+    def _run(
+        self,
+        host: str,
+        port: int,
+        tls: bool,
+        request: bytes,
+        timeout: float,
+        head: asyncio.Future[tuple[int, dict[str, str]]],
+    ) -> None:
+        sock: socket.socket | None = None
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            if tls:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            with self._lock:
+                if self._closed:
+                    raise PumpBroke("closed while connecting")
+                self._sock = sock
+            sock.sendall(request)
+            status, headers, rest = _read_head(sock)
+        except BaseException as exc:  # handed to the awaiting coroutine, which raises it
+            if sock is not None:
+                sock.close()
+            self._call_loop(_settle, head, None, exc)
+            return
+        sock.settimeout(None)
+        with self._lock:
+            if rest:
+                self._chunks.append(rest)
+                self._buffered = len(rest)
+        self._call_loop(_settle, head, (status, headers), None)
+        try:
+            self._pump(sock)
+        finally:
+            sock.close()
+
+    def _pump(self, sock: socket.socket) -> None:
+        while True:
+            with self._lock:
+                while self._buffered >= MAX_BUFFERED and not self._closed:
+                    self._room.wait()
+                if self._closed:
+                    return
+            try:
+                data = sock.recv(RECV_SIZE)
+            except OSError as exc:
+                with self._lock:
+                    if not self._closed:
+                        self._error = exc
+                    self._wake()
+                return
+            with self._lock:
+                if not data:
+                    self._ended = True
+                else:
+                    self._chunks.append(data)
+                    self._buffered += len(data)
+                self._wake()
+                if not data:
+                    return
+
+    def _wake(self) -> None:
+        # Called with the lock held: one loop wake-up per wait, however many reads arrive meanwhile.
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            self._call_loop(_settle, waiter, None, None)
+
+    def _call_loop(self, *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(*args)
+        except RuntimeError:
+            # The loop is closed (its process is stopping): nobody is left to read the stream.
+            log.info("event loop closed under an open event stream; the stream ends")
+            self.close()
+
+
+def _settle(future: asyncio.Future[object], result: object, error: BaseException | None) -> None:
+    if future.done():
+        return  # its awaiting coroutine was cancelled
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """``(status, headers, bytes of the body already received)``."""
+    received = b""
+    while (end := received.find(b"\r\n\r\n")) < 0:
+        if len(received) > MAX_HEAD:
+            raise PumpBroke("the response head is over 64 KB")
+        data = sock.recv(RECV_SIZE)
+        if not data:
+            raise PumpBroke("connection closed in the response headers")
+        received += data
+    lines = received[:end].decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise PumpBroke(f"bad HTTP status line {lines[0][:100]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers, received[end + 4 :]
