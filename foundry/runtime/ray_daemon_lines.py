@@ -3,13 +3,16 @@
 Ray prints what its raylet forwards to the driver (e.g. "Task HostProcess.send failed. There are 3
 retries remaining", after a host process died) as plain ``(raylet) …`` text beside Foundry's lines:
 with ``log_format = "json"`` the operator's log was no longer JSON only. Host processes' own lines are
-Foundry's already and pass through unchanged.
+Foundry's already and pass through unchanged. Of the autoscaler's lines only its events pass, as in
+Ray's own printer.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: Ray's names for the forwarded lines of its own processes (not of workers).
 _DAEMONS = frozenset({"raylet", "autoscaler", "gcs_server"})
@@ -30,7 +33,16 @@ def route_daemon_lines_to_logging() -> None:
             return
         logger = logging.getLogger(f"ray.{source}")
         level = logging.WARNING if data.get("is_err") else logging.INFO
-        for line in data.get("lines", []):
+        lines = data.get("lines", [])
+        if source == "autoscaler":
+            # The monitor's log is mostly a status dump every few seconds; Ray's own printer keeps
+            # only its events (a node added or lost), and so does this.
+            try:
+                lines = list(ray_worker.filter_autoscaler_events(lines))
+            except Exception:  # Ray's filter asks the GCS which autoscaler runs; it may be gone
+                log.warning("could not filter %d autoscaler lines; dropped", len(lines), exc_info=True)
+                lines = []
+        for line in lines:
             if line.strip():
                 logger.log(level, "%s", line.rstrip())
 
