@@ -29,7 +29,8 @@ from foundry.runtime.events import encode_batch
 from foundry.runtime.forwarded_logs import CLOSED_MARKER
 from foundry.runtime.gc_policy import settle_long_lived
 from foundry.runtime.host import Host
-from foundry.runtime.host_settings import host_settings
+from foundry.runtime.host_lock import HostsConflict, hold_host_lock
+from foundry.runtime.host_settings import host_settings, secret_digests
 from foundry.runtime.mailbox import Outcome
 from foundry.runtime.placement import DATA_LABEL, hosts_by_process
 from foundry.runtime.role import load_role
@@ -60,17 +61,23 @@ def deployment_of(settings: Any) -> dict[str, Any]:
             runtime.default_shards,
         ],
         "node of each host process (FOUNDRY_RUNTIME__NODES)": sorted(runtime.nodes.items()),
-        # The hosts take their secrets from a file every joining process rewrites: another App's
-        # key there would fail every GitHub call of the next host that starts.
+        # The hosts take the GitHub App's settings from the process that starts them: another App
+        # there would fail every GitHub call of the next host that starts.
         "GitHub App (FOUNDRY_GITHUB__*)": hmac.new(
             settings.effective_secret_key().encode(),
-            json.dumps(settings.github.model_dump(mode="json", exclude={"throttle"}), sort_keys=True).encode()
-            + json.dumps(
-                {k: v.get_secret_value() for k, v in settings.github if hasattr(v, "get_secret_value")},
-                sort_keys=True,
+            json.dumps(
+                settings.github.model_dump(mode="json", exclude={"throttle"}), sort_keys=True
             ).encode(),
             hashlib.sha256,
         ).hexdigest()[:16],
+        # …and their secrets from a file every joining process rewrites.
+        **{
+            f"secret {name}": digest
+            for name, digest in secret_digests(settings).items()
+            if name != "FOUNDRY_SECRET_KEY"  # compared above
+            # In mock mode each API process runs a fake Stripe of its own, with its own keys.
+            and not (settings.mode == "mock" and name.startswith("FOUNDRY_STRIPE__"))
+        },
     }
 
 
@@ -105,6 +112,12 @@ class HostProcess:
         )
         # On a node started with `ray start`, the limit is that node's, not `foundry serve`'s.
         raise_open_file_limit()
+        try:
+            # Before any database opens: a second copy of this process must not touch the files.
+            self._lock = hold_host_lock(settings.data_dir, name, settings.runtime.namespace)
+        except HostsConflict as exc:
+            log.error("host process %s not started: %s", name, exc)
+            raise
         self.name = name
         self.settings = settings
         self.restarts = _count_restart(settings.data_dir, name)

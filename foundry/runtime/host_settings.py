@@ -10,17 +10,19 @@ environment (``FOUNDRY_*`` variables), as any Foundry process does.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from foundry.config import Settings
 
-__all__ = ["SECRETS_FILE", "host_settings", "public_settings", "write_secrets"]
+__all__ = ["SECRETS_FILE", "host_settings", "public_settings", "secret_digests", "write_secrets"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ def _split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     for key, value in values.items():
         if isinstance(value, SecretStr):
             secret[key] = value.get_secret_value()
+        elif isinstance(value, list) and any(isinstance(item, SecretStr) for item in value):
+            # A list of secrets (e.g. Stripe's webhook secrets while one is being rotated).
+            secret[key] = [item.get_secret_value() if isinstance(item, SecretStr) else item for item in value]
         elif isinstance(value, dict):
             inner_public, inner_secret = _split(value)
             public[key] = inner_public
@@ -51,6 +56,40 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def _secret_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every field of ``model`` (nested models included) that holds a secret, set or not."""
+    paths: list[tuple[str, ...]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += _secret_paths(annotation, (*prefix, name))
+        elif "SecretStr" in str(annotation):
+            paths.append((*prefix, name))
+    return paths
+
+
+def secret_digests(settings: Settings) -> dict[str, str]:
+    """A digest of each secret the hosts read from `SECRETS_FILE`, keyed by the secret key, named by
+    its environment variable (e.g. ``FOUNDRY_STRIPE__SECRET_KEY``); "unset" when it has no value.
+
+    Two API processes compare these: each rewrites the file, so a joined process with another value
+    would hand it to the next host that (re)starts."""
+    secret = _split(settings.model_dump())[1]
+    key = settings.effective_secret_key().encode()
+    out: dict[str, str] = {}
+    for path in _secret_paths(type(settings)):
+        value: Any = secret
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        name = "FOUNDRY_" + "__".join(part.upper() for part in path)
+        if value in (None, "", []):
+            out[name] = "unset"
+        else:
+            encoded = json.dumps(value, sort_keys=True).encode()
+            out[name] = hmac.new(key, encoded, hashlib.sha256).hexdigest()[:16]
+    return out
 
 
 def public_settings(settings: Settings) -> dict[str, Any]:

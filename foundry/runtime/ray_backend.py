@@ -40,6 +40,7 @@ from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.forwarded_logs import ForwardedLogWatch
 from foundry.runtime.hang_watch import HangWatch
 from foundry.runtime.host import Host
+from foundry.runtime.host_lock import REFUSAL_MARK, foreign_holder
 from foundry.runtime.host_process import HostProcess, deployment_of
 from foundry.runtime.host_settings import public_settings, write_secrets
 from foundry.runtime.node_watch import NodeWatch
@@ -184,9 +185,15 @@ class RayRuntime(Runtime):
         await self._check_node_labels()
         self._nodes.start()
         await self._check_cluster_key()
+        foreign = foreign_holder(
+            self.settings.data_dir, list(hosts_by_process(self.settings)), self.settings.runtime.namespace
+        )
+        if foreign is not None:
+            raise Conflict(foreign)
         await asyncio.to_thread(write_secrets, self.settings)
         for process in hosts_by_process(self.settings):
             self._process_handle(process)
+        await self._check_hosts_started()
 
     async def _check_node_labels(self) -> None:
         """Refuse to start when ``runtime.nodes`` pins a host process to a node label that no node
@@ -219,7 +226,8 @@ class RayRuntime(Runtime):
             log.warning("could not compare settings with host process %s: %s", process, exc)
             return
         ours = roundtrip(deployment_of(self.settings))
-        differ = [name for name, value in ours.items() if theirs.get(name) != value]
+        # A name the running hosts do not report (an older version of Foundry) is not compared.
+        differ = [name for name, value in ours.items() if name in theirs and theirs[name] != value]
         if differ:
             raise Conflict(
                 f"this process's {', '.join(differ)} differs from the running Foundry's (host process "
@@ -227,6 +235,29 @@ class RayRuntime(Runtime):
                 "its sessions would not verify elsewhere and the hosts it starts would use other "
                 "databases. Start it with the same settings."
             )
+
+    async def _check_hosts_started(self) -> None:
+        """Refuse to serve when a host process could not start because another copy of it holds its
+        data directory (`foundry.runtime.host_lock`): e.g. this process joined in another Ray
+        namespace than the API processes already serving that directory."""
+
+        async def started(process: str) -> str | None:
+            try:
+                await asyncio.wait_for(self._process_handle(process).deployment.remote(), RETRY_WINDOW_S)
+            except RayActorError as exc:
+                text = str(exc)
+                if REFUSAL_MARK in text:
+                    start = text.rfind("the data directory ", 0, text.index(REFUSAL_MARK))
+                    return text[start:].splitlines()[0]
+                log.warning("host process %s did not start: %s", process, exc)
+            except TimeoutError:
+                log.warning("host process %s did not answer within %.0f s of start", process, RETRY_WINDOW_S)
+            return None
+
+        refusals = await asyncio.gather(*(started(process) for process in hosts_by_process(self.settings)))
+        refused = [reason for reason in refusals if reason is not None]
+        if refused:
+            raise Conflict(refused[0])
 
     async def close(self) -> None:
         """Disconnect; when this process started the local Ray, first close every host in it.

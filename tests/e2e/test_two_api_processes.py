@@ -125,7 +125,7 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
                 {**env, "FOUNDRY_RUNTIME__RAY_ADDRESS": address, "FOUNDRY_RUNTIME__NAMESPACE": "other"},
                 tmp_path / "e.log",
             ),
-            "GitHub App (FOUNDRY_GITHUB__*) differs": Serve(
+            "secret FOUNDRY_GITHUB__CLIENT_SECRET differs": Serve(
                 {
                     **env,
                     "FOUNDRY_RUNTIME__RAY_ADDRESS": address,
@@ -133,10 +133,32 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
                 },
                 tmp_path / "f.log",
             ),
+            # Every secret the hosts read from the file, not only the App's.
+            "secret FOUNDRY_METRICS_TOKEN differs": Serve(
+                {**env, "FOUNDRY_RUNTIME__RAY_ADDRESS": address, "FOUNDRY_METRICS_TOKEN": "m" * 32},
+                tmp_path / "g.log",
+            ),
         }
+        host_secrets = (tmp_path / "data" / "host-secrets.json").read_bytes()
         for expected, joiner in joiners.items():
             assert joiner.proc.wait(timeout=90) != 0, expected
             assert expected in joiner.log.read_text(), joiner.log.read_text()[-2000:]
+        # A deployment whose API processes all joined a cluster started with `ray start` has no
+        # record of the namespace in the data directory: the hosts' own hold on their files refuses.
+        (tmp_path / "data" / "ray-address").rename(tmp_path / "ray-address.kept")
+        try:
+            unrecorded = Serve(
+                {**env, "FOUNDRY_RUNTIME__RAY_ADDRESS": address, "FOUNDRY_RUNTIME__NAMESPACE": "other2"}
+                | {"RAY_AUTH_MODE": record["authMode"]},
+                tmp_path / "h.log",
+            )
+            assert unrecorded.proc.wait(timeout=90) != 0
+            refusal = unrecorded.log.read_text()
+            assert "is already served by host process" in refusal, refusal
+        finally:
+            (tmp_path / "ray-address.kept").rename(tmp_path / "data" / "ray-address")
+        # None of them rewrote the secrets the hosts read when they (re)start.
+        assert (tmp_path / "data" / "host-secrets.json").read_bytes() == host_secrets
 
         with (
             httpx.Client(base_url=a.url, timeout=30) as via_a,
