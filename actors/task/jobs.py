@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from actors.task.agent_session import close_quietly as _close_quietly
 from actors.task.agent_session import open_agent_session as _open_agent_session
 from actors.task.agent_session import session_failed as _session_failed
-from actors.task.recorder import FINAL_TOOL_STATUSES
 from actors.task.sandbox_access import (
     SandboxLease,
     client_for,
@@ -37,18 +36,17 @@ from actors.task.sandbox_access import (
     remote_git_for,
     running_sandbox,
 )
-from actors.task.schema import messages, permission_requests, session_events, sessions, task
+from actors.task.schema import messages, permission_requests, sessions, task
 from actors.task.state import (
     append_events,
     audit,
-    json_value,
     load_session,
     load_task,
     next_queued_message,
     refresh,
     turn_job_name,
 )
-from actors.task.turn_end import cancelled_tool_calls
+from actors.task.turn_end import closed_tool_calls, open_tool_calls
 from actors.task.turns import run_turn as _run_turn
 from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.client import SandboxAgentClient
@@ -406,39 +404,10 @@ async def _end_interrupted_turn(
         .values(status="cancelled", answered_at=now)
     )
     session_status = {"status": status, **({"error": error} if error else {})}
-    closed = cancelled_tool_calls(await _open_tool_calls(conn, session_id, message_id))
+    closed = closed_tool_calls(
+        await open_tool_calls(conn, session_id, message_id), "failed" if error else "cancelled"
+    )
     await append_events(ctx, conn, session_id, [*closed, ended, ("sessionStatus", session_status)])
-
-
-async def _open_tool_calls(conn: AsyncConnection, session_id: str, message_id: int) -> list[str]:
-    """The tool calls the turn of ``message_id`` opened and the agent never closed, as its
-    transcript recorded them (the recorder that knew them died with the process)."""
-    turns = await conn.execute(
-        sa.select(session_events.c.seq, session_events.c.data).where(
-            session_events.c.session_id == session_id, session_events.c.event == "turnStarted"
-        )
-    )
-    starts = [seq for seq, data in turns if json_value(data).get("messageId") == message_id]
-    started = max(starts, default=None)
-    if started is None:
-        return []
-    rows = await conn.execute(
-        sa.select(session_events.c.data)
-        .where(
-            session_events.c.session_id == session_id,
-            session_events.c.seq > started,
-            session_events.c.event == "agentUpdate",
-            session_events.c.data.like("%tool_call%"),
-        )
-        .order_by(session_events.c.seq)
-    )
-    statuses: dict[str, str] = {}
-    for (data,) in rows:
-        update = json_value(data).get("update") or {}
-        call = update.get("toolCallId")
-        if update.get("sessionUpdate") in ("tool_call", "tool_call_update") and call:
-            statuses[str(call)] = str(update.get("status") or statuses.get(str(call), "pending"))
-    return [call for call, status in statuses.items() if status not in FINAL_TOOL_STATUSES]
 
 
 async def resume_after_wake(ctx: InstanceContext) -> None:

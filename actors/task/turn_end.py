@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from actors.task.schema import messages, permission_requests, sessions
-from actors.task.state import USER_ROLE, append_events, audit, load_session, load_task, refresh
+from actors.task.recorder import FINAL_TOOL_STATUSES
+from actors.task.schema import messages, permission_requests, session_events, sessions
+from actors.task.state import USER_ROLE, append_events, audit, json_value, load_session, load_task, refresh
 from foundry.runtime.context import InstanceContext
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,8 @@ async def finish_turn(
             events.append(("eventsLost", {"from": outcome.lost_from, "to": None, "reason": "stream stalled"}))
         if outcome.error is not None:
             msg_values: dict[str, Any] = {"status": "failed", "error": outcome.error}
+            # No agent will finish them now: a tool left running would spin on the page for good.
+            events.extend(await _close_open_tool_calls(conn, session_id, message_id, outcome, "failed"))
             events.append(("turnFailed", {"messageId": message_id, "error": outcome.error}))
             status = "error"
         else:
@@ -147,7 +151,9 @@ async def finish_turn(
             if forced:
                 ended["forced"] = True
             if cancelled:
-                events.extend(cancelled_tool_calls(outcome.open_tool_calls))
+                events.extend(
+                    await _close_open_tool_calls(conn, session_id, message_id, outcome, "cancelled")
+                )
             events.append(("turnCancelled" if cancelled else "turnEnded", ended))
             status = "idle"
         await conn.execute(
@@ -177,20 +183,61 @@ async def finish_turn(
             _mark_unread(ctx, row.owner_user_id, session_id)
 
 
-def cancelled_tool_calls(calls: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """Tool calls the agent left open when the turn was cancelled, marked cancelled (ACP has no such
-    status; the update says it comes from Foundry)."""
+def closed_tool_calls(calls: list[str], status: str) -> list[tuple[str, dict[str, Any]]]:
+    """Tool calls the agent left open when its turn ended early, closed with ``status``: ``failed``
+    (an ACP status) when the turn failed, ``cancelled`` (not one; the update says it comes from
+    Foundry) when it was stopped."""
     return [
         (
             "agentUpdate",
             {
                 "kind": "tool_call_update",
-                "update": {"sessionUpdate": "tool_call_update", "toolCallId": call, "status": "cancelled"},
+                "update": {"sessionUpdate": "tool_call_update", "toolCallId": call, "status": status},
                 "origin": "foundry",
             },
         )
         for call in calls
     ]
+
+
+async def _close_open_tool_calls(
+    conn: AsyncConnection, session_id: str, message_id: int, outcome: TurnOutcome, status: str
+) -> list[tuple[str, dict[str, Any]]]:
+    # The recorder's list, and what the transcript holds: a turn ended by a watchdog, a forced Stop
+    # or a repair has no recorder (or one that never saw the calls).
+    calls = dict.fromkeys([*outcome.open_tool_calls, *await open_tool_calls(conn, session_id, message_id)])
+    return closed_tool_calls(list(calls), status)
+
+
+async def open_tool_calls(conn: AsyncConnection, session_id: str, message_id: int) -> list[str]:
+    """The tool calls the turn of ``message_id`` opened and the agent never closed, as its
+    transcript recorded them."""
+    turns = await conn.execute(
+        sa.select(session_events.c.seq, session_events.c.data).where(
+            session_events.c.session_id == session_id, session_events.c.event == "turnStarted"
+        )
+    )
+    starts = [seq for seq, data in turns if json_value(data).get("messageId") == message_id]
+    started = max(starts, default=None)
+    if started is None:
+        return []
+    rows = await conn.execute(
+        sa.select(session_events.c.data)
+        .where(
+            session_events.c.session_id == session_id,
+            session_events.c.seq > started,
+            session_events.c.event == "agentUpdate",
+            session_events.c.data.like("%tool_call%"),
+        )
+        .order_by(session_events.c.seq)
+    )
+    statuses: dict[str, str] = {}
+    for (data,) in rows:
+        update = json_value(data).get("update") or {}
+        call = update.get("toolCallId")
+        if update.get("sessionUpdate") in ("tool_call", "tool_call_update") and call:
+            statuses[str(call)] = str(update.get("status") or statuses.get(str(call), "pending"))
+    return [call for call, status in statuses.items() if status not in FINAL_TOOL_STATUSES]
 
 
 def _mark_unread(ctx: InstanceContext, user_id: str, session_id: str) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,6 +73,16 @@ def _live_key(ctx: InstanceContext, session_id: str) -> tuple[int, str, str]:
 def live_turn(ctx: InstanceContext, session_id: str) -> Turn | None:
     """The turn of ``session_id`` running in this process, if any."""
     return _LIVE.get(_live_key(ctx, session_id))
+
+
+@dataclass
+class _WatchState:
+    """What `Turn._watch` tracks between its looks at the turn."""
+
+    delivered: int
+    progress_at: float
+    resynced: bool = False
+    draining: bool = False
 
 
 class Turn:
@@ -140,59 +151,81 @@ class Turn:
 
     async def _watch(self, recording: asyncio.Task[RecordedEnd], prompt: asyncio.Task[str]) -> RecordedEnd:
         loop = asyncio.get_running_loop()
-        progress_at = loop.time()
         minutes = self.ctx.services.settings.sandbox.turn_minutes
-        cap_at = progress_at + minutes * 60 if minutes > 0 else None
-        delivered = self.feed.delivered
-        resynced = False
-        draining = False
-        while not recording.done():
-            self._wake.clear()
-            waker = asyncio.create_task(self._wake.wait())
-            try:
-                await asyncio.wait(
-                    {recording, waker}, timeout=WATCH_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                waker.cancel()
-            if recording.done() or draining:
-                continue
-            now = loop.time()
-            if cap_at is not None and now >= cap_at and self.stop_at is None:
-                # Ended like Stop (the agent is asked to cancel), but recorded as a failure naming the cap.
-                self.over_time = (
-                    f"the turn ran longer than its wall-clock limit (sandbox.turn_minutes = {minutes:g}) "
-                    "and was stopped"
-                )
-                log.warning("turn %s exceeded sandbox.turn_minutes=%g; stopping it", self.request_id, minutes)
-                self.request_stop()
-            if self.stop_at is not None:
-                if now >= self.stop_at + STOP_ANSWER_WAIT_S:
-                    self.recorder.drain(self.stop_at + STOP_END_S)
-                    draining = True
-                else:
-                    # Come back when the answer wait is over.
-                    loop.call_at(self.stop_at + STOP_ANSWER_WAIT_S, self._wake.set)
-                continue
-            if self.feed.delivered != delivered:
-                delivered, progress_at = self.feed.delivered, now
-                continue
-            silent = now - progress_at
-            if prompt.done() and silent >= STREAM_STALL_S:
-                if not resynced:
-                    log.warning("turn %s answered but its stream is silent; reopening it", self.request_id)
-                    self.feed.resync()
-                    resynced, progress_at = True, now
-                else:
-                    self.recorder.drain(now)
-                    draining = True
-            elif not prompt.done() and silent >= AGENT_CHECK_S:
-                progress_at = now
-                if not await self._server_listed():
-                    log.warning("ACP server %s is gone during turn %s", self.acp.server_id, self.request_id)
-                    self.recorder.drain(now)
-                    draining = True
+        state = _WatchState(delivered=self.feed.delivered, progress_at=loop.time())
+        cap_at = state.progress_at + minutes * 60 if minutes > 0 else None
+        # Asking sandbox-agent whether the turn's ACP server still exists runs beside this loop: a
+        # hung sandbox-agent would otherwise hold the loop, and Stop with it, until its watchdog.
+        server_check: asyncio.Task[bool] | None = None
+        try:
+            while not recording.done():
+                self._wake.clear()
+                waker = asyncio.create_task(self._wake.wait())
+                try:
+                    await asyncio.wait(
+                        {recording, waker}, timeout=WATCH_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    waker.cancel()
+                if recording.done() or state.draining:
+                    continue
+                now = loop.time()
+                if server_check is not None and server_check.done():
+                    listed, server_check = server_check.result(), None
+                    if not listed and self.stop_at is None:
+                        log.warning("ACP server %s gone during turn %s", self.acp.server_id, self.request_id)
+                        self._drain(state, now)
+                        continue
+                if cap_at is not None and now >= cap_at and self.stop_at is None:
+                    self._stop_over_time(minutes)
+                self._step(state, now, prompt)
+                if (
+                    not state.draining
+                    and server_check is None
+                    and not prompt.done()
+                    and self.stop_at is None
+                    and now - state.progress_at >= AGENT_CHECK_S
+                ):
+                    state.progress_at = now
+                    server_check = asyncio.create_task(self._server_listed())
+                    server_check.add_done_callback(lambda _: self._wake.set())
+        finally:
+            if server_check is not None:
+                server_check.cancel()
         return recording.result()
+
+    def _stop_over_time(self, minutes: float) -> None:
+        # Ended like Stop (the agent is asked to cancel), but recorded as a failure naming the cap.
+        self.over_time = (
+            f"the turn ran longer than its wall-clock limit (sandbox.turn_minutes = {minutes:g}) "
+            "and was stopped"
+        )
+        log.warning("turn %s exceeded sandbox.turn_minutes=%g; stopping it", self.request_id, minutes)
+        self.request_stop()
+
+    def _drain(self, state: _WatchState, deadline: float) -> None:
+        self.recorder.drain(deadline)
+        state.draining = True
+
+    def _step(self, state: _WatchState, now: float, prompt: asyncio.Task[str]) -> None:
+        """One look at the turn: Stop, progress, and a stream silent after the prompt's answer."""
+        if self.stop_at is not None:
+            if now >= self.stop_at + STOP_ANSWER_WAIT_S:
+                self._drain(state, self.stop_at + STOP_END_S)
+            else:
+                # Come back when the answer wait is over.
+                asyncio.get_running_loop().call_at(self.stop_at + STOP_ANSWER_WAIT_S, self._wake.set)
+            return
+        if self.feed.delivered != state.delivered:
+            state.delivered, state.progress_at = self.feed.delivered, now
+            return
+        if prompt.done() and now - state.progress_at >= STREAM_STALL_S:
+            if not state.resynced:
+                log.warning("turn %s answered but its stream is silent; reopening it", self.request_id)
+                self.feed.resync()
+                state.resynced, state.progress_at = True, now
+            else:
+                self._drain(state, now)
 
     async def _server_listed(self) -> bool:
         try:

@@ -11,6 +11,7 @@ per whitespace-separated group (several may follow each other):
 * ``pace MS`` - later floods of this turn sleep MS milliseconds after every 50 chunks: a token-rate
   agent rather than a pipe at full speed.
 * ``crash`` - exit the process at once with status 3 (the prompt is never answered).
+* ``open`` - open tool call ``open-<turn>`` (``in_progress``) and never close it.
 * ``deaf`` - ignore ``session/cancel`` for the rest of the turn.
 
 Unlike the demo agent it writes nothing to disk, so thousands of turns cost nothing but events.
@@ -98,6 +99,11 @@ class ScriptedAgent:
                 os._exit(3)
             elif word == "deaf":
                 self._deaf.add(session_id)
+            elif word == "open":
+                call_id = f"open-{self._turns}"
+                await self._conn.session_update(
+                    session_id, acp.start_tool_call(call_id, "Left open", kind="other", status="in_progress")
+                )
             i += 2 if arg is not None else 1
         return PromptResponse(stop_reason="end_turn")
 

@@ -4,6 +4,8 @@ an agent that crashes or ignores cancel, and every turn ending exactly once."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 from tests.tasks.conftest import TaskServer, idle_session, wait_task
@@ -17,6 +19,7 @@ from tests.transcripts.conftest import (
     session_log,
     start_task,
     terminal,
+    wait_running,
     wait_turns,
 )
 
@@ -129,12 +132,19 @@ async def test_an_agent_that_ignores_stop_is_ended_then_replaced(scripted_server
 
 async def test_an_agent_crash_mid_flood_fails_the_turn_once(scripted_server: TaskServer):
     async with scripted_server.signed_in("alice") as client:
-        # At 2,500 chunks/s, as the exact-flood test: unpaced on a loaded machine the reader can fall
-        # more than sandbox-agent's 1,024 buffered events behind (recorded as `eventsLost`, the
-        # full-speed case `bench/transcripts.py` measures), and this test is about the crash.
-        task_id, session_id = await start_task(client, "pace 20 flood 3000 crash")
+        task_id, session_id = await start_task(client, "open flood 3000 crash")
         log = await wait_turns(client, task_id, session_id, 1, timeout=60)
         assert terminal(log) == ["turnFailed"]
+        # The tool call the agent left open died with it: marked failed (not left spinning), before
+        # the end.
+        kinds = [e["event"] for e in log]
+        closing = log[kinds.index("turnFailed") - 1]
+        assert closing["event"] == "agentUpdate"
+        assert closing["data"]["update"] == {
+            "sessionUpdate": "tool_call_update",
+            "toolCallId": "open-1",
+            "status": "failed",
+        }
         # Everything it said before dying, in order, once. The one exception is sandbox-agent's: it
         # occasionally skips an event id while an agent dies, and what it no longer has is marked
         # `eventsLost` in the transcript, never dropped silently.
@@ -191,3 +201,32 @@ async def test_repairing_a_gap_loses_at_most_the_gap(scripted_server: TaskServer
     assert chunks(log) == [n for n in range(1, 2001) if n not in missing]
     assert terminal(log) == ["turnEnded"]
     assert_seqs_dense(log)
+
+
+async def test_stop_ends_the_turn_at_once_while_sandbox_agent_hangs(scripted_server: TaskServer):
+    # A silent turn makes Foundry ask sandbox-agent (after 5 s) whether the agent's server still
+    # exists; a frozen sandbox-agent never answers. Stop must not wait for that answer (nor for the
+    # sandbox's health watchdog, 30 s): the user gets the turn back at once.
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await start_task(client, "open pause 120000")
+        await wait_running(client, task_id)
+        log = await session_log(client, task_id, session_id)
+        while not [e for e in log if e["event"] == "agentUpdate"]:  # the tool call is recorded
+            await asyncio.sleep(0.1)
+            log = await session_log(client, task_id, session_id)
+        pid = scripted_server.provider.process_id(task_id)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(7)  # the turn has been silent for > 5 s: the question is pending
+            stopped = time.monotonic()
+            response = await client.post(base(task_id, session_id) + "/stop")
+            assert response.status_code == 202, response.text
+            log = await wait_turns(client, task_id, session_id, 1, timeout=30)
+            elapsed = time.monotonic() - stopped
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert terminal(log) == ["turnCancelled"]
+        assert elapsed <= 4.0, f"Stop took {elapsed:.2f}s"
+        kinds = [e["event"] for e in log]
+        assert log[kinds.index("turnCancelled") - 1]["data"]["update"]["status"] == "cancelled"

@@ -192,11 +192,17 @@ class ItemView extends Component<{ item: Item; rev: number; sbase: string; autho
   }
 }
 
+/** A finished tool (completed, or cancelled by Stop) rests; a failed one is an error; else it runs. */
+function toolDot(status: string): "idle" | "error" | "running" {
+  if (status === "completed" || status === "cancelled") return "idle";
+  return status === "failed" ? "error" : "running";
+}
+
 function ToolView({ item }: { item: Extract<Item, { kind: "tool" }> }) {
   return (
     <details class={`tool tool-${item.status}`} data-kind="tool" open={item.status === "failed" || undefined}>
       <summary>
-        <span class={`dot status-${item.status === "completed" ? "idle" : item.status === "failed" ? "error" : "running"}`} aria-hidden="true" />
+        <span class={`dot status-${toolDot(item.status)}`} aria-hidden="true" />
         <span class="tool-title">{item.title}</span>
         <span class="badge" data-testid="tool-status">{item.status}</span>
       </summary>
