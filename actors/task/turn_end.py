@@ -40,8 +40,10 @@ class TurnOutcome:
     agent_gone: bool = False
     sandbox_gone: bool = False
     open_tool_calls: list[str] = field(default_factory=list)
-    #: The stream's events from this id on were not recorded (the stream stalled after the answer).
+    #: The stream's events from this id on were not recorded: the stream stalled after the answer,
+    #: or Stop ended the turn before they were (``lost_reason``).
     lost_from: int | None = None
+    lost_reason: str = "stream stalled"
     #: The agent process had exited before anything of this turn reached the stream (it died
     #: while idle): the message can go to a new agent without anything running twice.
     agent_gone_before_turn: bool = False
@@ -135,7 +137,9 @@ async def finish_turn(
             forced = True
         events: list[tuple[str, dict[str, Any]]] = []
         if outcome.lost_from is not None:
-            events.append(("eventsLost", {"from": outcome.lost_from, "to": None, "reason": "stream stalled"}))
+            events.append(
+                ("eventsLost", {"from": outcome.lost_from, "to": None, "reason": outcome.lost_reason})
+            )
         if outcome.error is not None:
             msg_values: dict[str, Any] = {"status": "failed", "error": outcome.error}
             # No agent will finish them now: a tool left running would spin on the page for good.

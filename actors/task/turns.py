@@ -105,7 +105,7 @@ class Turn:
         self._wake = asyncio.Event()
         self._cancel_task: asyncio.Task[None] | None = None
         #: Set when Stop ended the turn before its last event arrived: the rest must be skipped.
-        self.cut_short: tuple[int, int] | None = None
+        self.cut_short = False
         #: Set when the turn ran past ``sandbox.turn_minutes``: it is stopped and fails naming it.
         self.over_time: str | None = None
 
@@ -250,9 +250,18 @@ class Turn:
                 agent_gone_before_turn=self.recorder.recorded == 0 and self.stop_at is None,
             )
         if end.kind == "drained" and self.stop_at is not None:
+            self.cut_short = True
+            # Said in the cancelled turn, before its end (open-ended: the agent may go on until it
+            # honours the cancel, and `skip_rest` skips that): what had arrived but was not recorded,
+            # or else whatever follows the last event recorded, if anything.
             last = self.recorder.last_recorded_id
-            self.cut_short = end.unrecorded or ((last or 0) + 1, (last or 0) + 1)
-            return TurnOutcome(stop_reason="cancelled", open_tool_calls=open_calls)
+            lost_from = end.unrecorded[0] if end.unrecorded else (last or 0) + 1
+            return TurnOutcome(
+                stop_reason="cancelled",
+                open_tool_calls=open_calls,
+                lost_from=lost_from,
+                lost_reason="stopped",
+            )
         if end.kind == "drained" and prompt.done():
             # The answer came over HTTP, but the stream never delivered the turn's last events.
             outcome = self._from_prompt(prompt)
@@ -299,14 +308,13 @@ class Turn:
 
     async def skip_rest(self) -> bool:
         """After Stop cut the turn short: read (without recording) up to the agent's answer, so the next
-        turn starts after it, and report the skipped range as ``eventsLost``. False when the agent
-        never answered within `CANCEL_GRACE_S` (it ignores cancel; the caller shuts it down)."""
-        assert self.cut_short is not None
+        turn starts after it. The turn's end already reports what was not recorded. False when the
+        agent never answered within `CANCEL_GRACE_S` (it ignores cancel; the caller shuts it down)."""
         assert self.stop_at is not None
-        first, last = self.cut_short
         loop = asyncio.get_running_loop()
         deadline = self.stop_at + CANCEL_GRACE_S
         answered_at: int | None = None
+        skipped = 0
         while answered_at is None:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -318,22 +326,17 @@ class Turn:
             if isinstance(item, FeedEnded):
                 break
             if isinstance(item, AcpEvent):
-                last = max(last, item.id)
+                skipped += 1
                 if item.envelope.get("method") is None and item.envelope.get("id") == self.request_id:
                     answered_at = item.id
-        async with self.ctx.write() as conn:
-            if answered_at is not None:
+        log.info("turn %s: skipped %d events after Stop key=%s", self.request_id, skipped, self.ctx.key)
+        if answered_at is not None:
+            async with self.ctx.write() as conn:
                 await conn.execute(
                     sessions.update()
                     .where(sessions.c.session_id == self.session.session_id)
                     .values(last_event_id=answered_at)
                 )
-            await append_events(
-                self.ctx,
-                conn,
-                self.session.session_id,
-                [("eventsLost", {"from": first, "to": last, "reason": "stopped"})],
-            )
         return answered_at is not None
 
     async def aclose(self) -> None:
@@ -440,7 +443,7 @@ async def run_turn(
         await finish_safely(
             ctx, session.session_id, message.id, outcome, agent_title=turn.recorder.agent_title
         )
-        if turn.cut_short is not None and not await turn.skip_rest():
+        if turn.cut_short and not await turn.skip_rest():
             log.warning(
                 "agent ignored session/cancel for %.0f s; shutting it down key=%s session=%s",
                 CANCEL_GRACE_S,

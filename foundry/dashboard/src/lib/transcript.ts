@@ -113,9 +113,14 @@ export class Transcript {
         this.cancelPending();
         break;
       case "eventsLost": {
+        if (d.reason === "stopped") {
+          // Open-ended: Stop ended the turn, and what the agent sent from there on (if anything) was skipped.
+          this.notice(key, "muted", "Anything the agent sent after Stop was not recorded.");
+          break;
+        }
         const range = d.to != null ? `#${d.from}–#${d.to}` : `after #${d.from}`;
-        const why = d.reason === "stopped" ? "skipped after Stop" : d.reason ? String(d.reason) : "no longer available";
-        this.notice(key, d.reason === "stopped" ? "muted" : "error", `Agent events ${range} were not recorded (${why}).`);
+        const why = d.reason ? String(d.reason) : "no longer available";
+        this.notice(key, "error", `Agent events ${range} were not recorded (${why}).`);
         break;
       }
       case "agentRestarted":
