@@ -130,7 +130,8 @@ async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any] | Plai
     """A page of a session transcript after ``since`` (``GET …/events?since=``).
 
     Returns ``{sessionId, seq, events, nextSince, more}``: ``seq`` is the last seq of the log, so a
-    client pages with ``since=nextSince`` while ``more``.
+    client pages with ``since=nextSince`` while ``more``. A ``since`` beyond ``seq`` reads from the
+    start, as a websocket subscription does.
     """
     async with ctx.read() as conn:
         row = await load_task(conn)
@@ -138,13 +139,18 @@ async def events(ctx: InstanceContext, cmd: EventsPage) -> dict[str, Any] | Plai
         # Not initialized yet: the sessions the organization's row names have no events so far.
         if not lists_session(await listed_summary(ctx), cmd.session_id):
             raise NotFound(f"session {cmd.session_id!r} not found in this task")
-        return {"sessionId": cmd.session_id, "seq": 0, "events": [], "nextSince": cmd.since, "more": False}
+        return {"sessionId": cmd.session_id, "seq": 0, "events": [], "nextSince": 0, "more": False}
+    since = cmd.since
     async with ctx.read() as conn:
         await require_session(conn, cmd.session_id)
-        seq, page = await events_after(
-            conn, row.organization_id, row.task_id, cmd.session_id, cmd.since, cmd.limit
-        )
-    next_since = page[-1]["seq"] if page else cmd.since
+        where = (row.organization_id, row.task_id, cmd.session_id)
+        seq, page = await events_after(conn, *where, since, cmd.limit)
+        if since > seq:
+            # A client from before a data reset (a restore, say) would poll an empty page for good:
+            # as on the websocket, a `since` beyond the last seq reads from the start.
+            since = 0
+            seq, page = await events_after(conn, *where, 0, cmd.limit)
+    next_since = page[-1]["seq"] if page else since
     # Stored JSON, read back: plain data already, so the runtime skips converting the page.
     return PlainJson(
         {

@@ -236,6 +236,18 @@ async def test_websocket_resubscribe_with_since_gets_exactly_the_gap(tasks_serve
         assert [e["seq"] for e in page["events"]] == [last + 1, last + 2, last + 3]
         assert page["more"] is True
         assert page["nextSince"] == last + 3
+        # A poller from before a data reset (its `since` beyond the transcript) reads from the start,
+        # as the websocket does, instead of an empty page with its own `since` echoed back for good.
+        for beyond in (log[-1]["seq"] + 1, 2**63 - 1):
+            page = (
+                await client.get(
+                    f"/v1/organizations/acme/tasks/{task_id}/sessions/{session_id}/events",
+                    params={"since": beyond, "limit": 2},
+                )
+            ).json()
+            assert [e["seq"] for e in page["events"]] == [log[0]["seq"], log[1]["seq"]]
+            assert page["nextSince"] == log[1]["seq"]
+            assert page["more"] is True
 
 
 async def test_a_session_subscription_is_acknowledged_only_when_it_can_be_served(tasks_server: TaskServer):
