@@ -69,6 +69,8 @@ adopt_library_loggers()
 
 #: How long a caller keeps retrying a host that is restarting (a kill -9 restart takes 1-2 s here).
 RETRY_WINDOW_S = 30.0
+#: How long `awake` (readiness) waits for each host process.
+AWAKE_TIMEOUT_S = 4.5
 #: How many restarts of its host process one call rides out inside Ray before failing to this
 #: module's own retry (which also renews the handle). Either way a call may run twice when its
 #: process dies after running it: commands carry ids that the mailbox deduplicates, and actions are
@@ -452,11 +454,32 @@ class RayRuntime(Runtime):
         finally:
             ray.cancel(generator)
 
-    async def awake(self) -> dict[str, list[str]]:
-        """Every host with its awake keys: one call per host process."""
+    async def awake(self, timeout: float = AWAKE_TIMEOUT_S) -> dict[str, list[str]]:
+        """Every host with its awake keys: one call per host process, all at once. Raises
+        `ActorUnavailable` naming each process that gave no answer within ``timeout``."""
+
+        async def one(process: str) -> dict[str, list[str]]:
+            name = process_name(process)
+            try:
+                return await asyncio.wait_for(self._retry(process, name, "awake_all"), timeout)  # type: ignore[no-any-return]
+            except TimeoutError:
+                raise ActorUnavailable(f"host process {name} gave no answer within {timeout:g} s") from None
+
+        answers = await asyncio.gather(
+            *(one(p) for p in hosts_by_process(self.settings)), return_exceptions=True
+        )
+        failed = [
+            str(a.detail if isinstance(a, ActorUnavailable) else a)
+            for a in answers
+            if isinstance(a, Exception)
+        ]
+        if failed:
+            raise ActorUnavailable("; ".join(failed))
         out: dict[str, list[str]] = {}
-        for process in hosts_by_process(self.settings):
-            out.update(await self._retry(process, process_name(process), "awake_all"))
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            out.update(answer)
         return out
 
     async def wait_host(self, role: str, shard: int) -> None:
