@@ -37,6 +37,15 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "subscribed": [{"op": "subscribed", "topic": "organization:acme"}],
     "unsubscribed": [{"op": "unsubscribed", "topic": "organization:acme"}],
     "pong": [{"op": "pong"}],
+    "waiting": [
+        {
+            "op": "waiting",
+            "topic": "task:acme:t1",
+            "detail": "the part of Foundry that holds this topic does not answer right now (host process "
+            "foundry.tasks gave no answer within 5 s); the subscription stays and its state follows once "
+            "it answers",
+        }
+    ],
     "error": [
         {"op": "error", "topic": "task:acme:nope", "error": "not_found", "detail": "no task 'nope' in acme"},
         {
@@ -68,6 +77,7 @@ MESSAGES: dict[str, type[BaseModel]] = {
     "subscribed": frames.Subscribed,
     "unsubscribed": frames.Unsubscribed,
     "pong": frames.Pong,
+    "waiting": frames.Waiting,
     "error": frames.ErrorFrame,
     "snapshot": frames.SnapshotFrame,
     "event": frames.EventFrame,
@@ -75,7 +85,7 @@ MESSAGES: dict[str, type[BaseModel]] = {
 CLIENT_MESSAGES = ("subscribe", "unsubscribe", "ping")
 #: What the server answers to each client frame.
 REPLIES = {
-    "subscribe": ("subscribed", "snapshot", "event", "error"),
+    "subscribe": ("subscribed", "snapshot", "event", "waiting", "error"),
     "unsubscribe": ("unsubscribed", "error"),
     "ping": ("pong", "error"),
 }

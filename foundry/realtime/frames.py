@@ -2,7 +2,7 @@
 
 Frames are JSON text. A client sends ``subscribe``, ``unsubscribe`` and ``ping`` frames, told
 apart by ``op`` (`ClientFrame`, a discriminated union). The server sends control frames with an
-``op`` (``subscribed``, ``unsubscribed``, ``pong``, ``error``) and event frames without one
+``op`` (``subscribed``, ``unsubscribed``, ``pong``, ``waiting``, ``error``) and event frames without one
 (``{"topic", "event", "seq", "data"}``; a ``snapshot`` event carries a topic's full state).
 
 Incoming frames go through `parse_client_frame`, which turns anything a client can send into
@@ -144,6 +144,17 @@ class Pong(_ServerModel):
     op: Literal["pong"]
 
 
+class Waiting(_ServerModel):
+    """The topic's state cannot be read now: the part of Foundry that owns it does not answer (a
+    process restarting or hung). The subscription stays: its snapshot (or replay) follows as soon as
+    the owner answers. Sent once per subscription and wait, after the first failed attempt."""
+
+    model_config = ConfigDict(title="waiting")
+    op: Literal["waiting"]
+    topic: str = Field(description="The subscription that waits.")
+    detail: str = Field(description="One sentence for a person: what does not answer.")
+
+
 def _no_default(schema: dict[str, Any]) -> None:
     # An unset optional field is left out of the frame, never sent as null.
     schema.pop("default", None)
@@ -220,21 +231,23 @@ ServerFrame = Annotated[
     Annotated[Subscribed, Tag("subscribed")]
     | Annotated[Unsubscribed, Tag("unsubscribed")]
     | Annotated[Pong, Tag("pong")]
+    | Annotated[Waiting, Tag("waiting")]
     | Annotated[ErrorFrame, Tag("error")]
     | Annotated[SnapshotFrame, Tag("snapshot")]
     | Annotated[EventFrame, Tag("event")],
     Discriminator(_server_tag),
 ]
 #: Validates a decoded server frame against the model of its kind (for tests and tools).
-server_frames: TypeAdapter[Subscribed | Unsubscribed | Pong | ErrorFrame | SnapshotFrame | EventFrame] = (
-    TypeAdapter(ServerFrame)
-)
+server_frames: TypeAdapter[
+    Subscribed | Unsubscribed | Pong | Waiting | ErrorFrame | SnapshotFrame | EventFrame
+] = TypeAdapter(ServerFrame)
 
 CLIENT_FRAMES: tuple[type[BaseModel], ...] = (Subscribe, Unsubscribe, Ping)
 SERVER_FRAMES: tuple[type[BaseModel], ...] = (
     Subscribed,
     Unsubscribed,
     Pong,
+    Waiting,
     ErrorFrame,
     SnapshotFrame,
     EventFrame,
@@ -261,6 +274,10 @@ def unsubscribed(topic: str) -> str:
 
 def pong() -> str:
     return encode(Pong(op="pong"))
+
+
+def waiting(topic: str, detail: str) -> str:
+    return encode(Waiting(op="waiting", topic=topic, detail=detail))
 
 
 def error(code: str, detail: str, topic: str | None = None, fields: list[str] | None = None) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from foundry.errors import ActorUnavailable, CommandFailed, FoundryError
-from foundry.realtime.frames import event_frame, subscribed
+from foundry.realtime.frames import event_frame, subscribed, waiting
 from foundry.realtime.state import GatewayState, Pump, Sub, Topic
 from foundry.realtime.topics import TopicRoute
 
@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 
 #: The owner action every topic's actor exposes.
 SNAPSHOT_ACTION = "snapshot"
+
+
+def _waiting_detail(exc: ActorUnavailable) -> str:
+    return (
+        f"the part of Foundry that holds this topic does not answer right now ({exc.detail}); "
+        "the subscription stays and its state follows once it answers"
+    )
 
 
 @dataclass
@@ -104,7 +111,16 @@ class SnapshotSync:
                     log.warning(
                         "realtime: snapshot of %s unavailable (%s); retrying in %.1fs", topic.name, exc, delay
                     )
-                    topic.waiting.update(s for s in batch if not s.closed)
+                    still = [s for s in batch if not s.closed]
+                    topic.waiting.update(still)
+                    # Retried quietly (a restart takes a second or two), but a subscriber is told it
+                    # waits rather than left to guess why nothing comes.
+                    for sub in still:
+                        if not sub.told_waiting:
+                            sub.told_waiting = True
+                            self._state.push(
+                                sub.socket, waiting(topic.name, _waiting_detail(exc)), live=False
+                            )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
@@ -188,6 +204,7 @@ class SnapshotSync:
         time: the topic is known to exist once its snapshot was read)."""
         if sub.first:
             self._state.push(sub.socket, subscribed(sub.topic), live=False)
+        sub.told_waiting = False
         last = sub.last_seq
         if sub.first and last is not None and snap.seq < last:
             # The client claims a seq the owner has not reached (a stale client after a data reset):

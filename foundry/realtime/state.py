@@ -111,6 +111,8 @@ class Sub:
         #: `pending` and no snapshot is sent (`sync_after_hold` asks for one once allowed).
         self.held = 0
         self.sync_after_hold = False
+        #: Told (a `waiting` frame) that its topic's owner does not answer; reset by the next snapshot.
+        self.told_waiting = False
 
 
 class Topic:

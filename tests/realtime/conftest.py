@@ -32,6 +32,14 @@ class ControlledRuntime(InProcessRuntime):
         super().__init__(*args, **kwargs)
         self.breaks = 0
         self.drop_next: set[str] = set()
+        #: Snapshot reads that fail as a hung or restarting host's do, before they are served again.
+        self.unavailable_snapshots = 0
+
+    async def call(self, role: str, key: str, action: str, body: Any = None) -> Any:
+        if action == "snapshot" and self.unavailable_snapshots > 0:
+            self.unavailable_snapshots -= 1
+            raise ActorUnavailable(f"test: host process of {role} gave no answer within 5 s")
+        return await super().call(role, key, action, body)
 
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[list[Event]]:  # type: ignore[override]
         opened_at = self.breaks
