@@ -122,6 +122,7 @@ class HostProcess:
         self.settings = settings
         self.restarts = _count_restart(settings.data_dir, name)
         self.runtime = RayRuntime(settings)
+        self.runtime.creates_hosts = False  # only API processes start host processes
         services = build_services(settings)
         self.hosts: dict[tuple[str, int], Host] = {}
         for role, shard in hosts_by_process(settings).get(name, []):

@@ -113,6 +113,10 @@ class RayRuntime(Runtime):
         self._cluster_watch: asyncio.Task[None] | None = None
         #: In a host process, the hosts it runs: calls to them skip Ray (set by `HostProcess`).
         self.local_hosts: dict[tuple[str, int], Host] = {}
+        #: Whether this runtime creates a host process that is not running. API processes do; a
+        #: host process's own runtime (calls between hosts) does not: while Foundry stops, a host
+        #: still closing would otherwise start a fresh copy of one that was just ended.
+        self.creates_hosts = True
         self._nodes = NodeWatch(settings, ray.nodes)
         self._hangs = HangWatch(self._ping)
         #: Coalescers of acknowledged sends, by host process.
@@ -324,8 +328,19 @@ class RayRuntime(Runtime):
         await self._forwarded_logs.wait_for([pid for pid in pids if pid is not None], FORWARDED_LOGS_S)
 
     def _process_handle(self, process: str, *, refresh: bool = False) -> Any:
-        """The Ray handle of host process ``process``, created if it does not exist yet."""
-        if refresh or process not in self._handles:
+        """The Ray handle of host process ``process``, created if it does not exist yet (only by a
+        runtime that `creates_hosts`; another raises `ActorUnavailable`)."""
+        if (refresh or process not in self._handles) and not self.creates_hosts:
+            try:
+                self._handles[process] = ray.get_actor(
+                    process_name(process), namespace=self.settings.runtime.namespace
+                )
+            except ValueError:
+                raise ActorUnavailable(
+                    f"host process {process_name(process)} is not running (Foundry is stopping, or it "
+                    "was stopped); an API process starts it again"
+                ) from None
+        elif refresh or process not in self._handles:
             self._handles[process] = _RemoteProcess.options(  # type: ignore[attr-defined]
                 name=process_name(process),
                 namespace=self.settings.runtime.namespace,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
 from typing import Any
 
 import pytest
 
-from foundry.errors import InvalidInput, NotFound
+from foundry.config import Settings
+from foundry.errors import ActorUnavailable, InvalidInput, NotFound
 from foundry.runtime.keys import shard_of
+from foundry.runtime.placement import process_name, process_of
 from foundry.runtime.ray_backend import RayRuntime
 
 pytestmark = pytest.mark.ray
@@ -145,3 +148,22 @@ async def test_a_bad_send_in_a_coalesced_burst_fails_alone_with_its_own_error(
     assert all(isinstance(a, NotFound) and "no_such_command" in str(a) for a in answers[100:103])
     assert all(isinstance(a, InvalidInput) and a.fields == ["by"] for a in answers[103:])
     assert (await _settled(ray_runtime, ref.key, 100))["value"] == 100
+
+
+async def test_a_host_process_never_starts_another_one_that_is_not_running(ray_settings: Settings) -> None:
+    # While Foundry stops, a host still closing calls one that was just ended: it must fail at once,
+    # not start a fresh copy of it (which then ran turns, and held the stop for half a minute).
+    import ray
+
+    namespace = f"ended-{uuid.uuid4().hex[:8]}"
+    settings = ray_settings.model_copy(
+        update={"runtime": ray_settings.runtime.model_copy(update={"namespace": namespace})}
+    )
+    inside_a_host = RayRuntime(settings)
+    inside_a_host.creates_hosts = False
+    started = time.monotonic()
+    with pytest.raises(ActorUnavailable, match="is not running"):
+        await inside_a_host.host_info("counter", 0)
+    assert time.monotonic() - started < 5
+    with pytest.raises(ValueError, match="Failed to look up actor"):
+        ray.get_actor(process_name(process_of(settings, "counter", 0)), namespace=namespace)

@@ -7,6 +7,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -21,16 +22,17 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture
-async def realtime_ray_runtime(ray_settings: Settings) -> AsyncIterator[RayRuntime]:
+async def realtime_ray_runtime(ray_settings: Settings, tmp_path: Path) -> AsyncIterator[RayRuntime]:
     # The session's settings plus the snapshot test role (host processes import it by name), in host
-    # processes of its own: the session's processes were started without that role.
+    # processes of its own (the session's processes were started without that role), on a data
+    # directory of their own (a second set of hosts on the same files is refused).
     runtime_settings = ray_settings.runtime.model_copy(
         update={
             "extra_roles": {**ray_settings.runtime.extra_roles, ROLE: snapshot_role.MODULE},
             "namespace": f"realtime-{uuid.uuid4().hex[:8]}",
         }
     )
-    rt = RayRuntime(ray_settings.model_copy(update={"runtime": runtime_settings}))
+    rt = RayRuntime(ray_settings.model_copy(update={"runtime": runtime_settings, "data_dir": tmp_path}))
     await rt.start()
     yield rt
     await rt.stop_hosts()
