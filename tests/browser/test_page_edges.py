@@ -394,3 +394,47 @@ def test_the_task_filter_narrows_the_list_once_typing_pauses(people: People) -> 
     expect(rows).to_have_count(0)
     page.get_by_label("Filter tasks").fill("")
     expect(rows).to_have_count(everything)
+
+
+def test_a_send_that_failed_while_foundry_hung_says_when_it_answers_again(people: People) -> None:
+    """A message sent while a part of Foundry hung fails with "not answering"; that note used to stay
+    on screen long after Foundry answered again. The text stays in the box, and a resend (the same
+    Idempotency-Key) is applied once."""
+    page = people.page("alice")
+    page.goto("/o/acme")
+    open_new_task(page, "A first note")
+    wait_idle(page)
+    hung = {"sends": 1, "probes": 1}
+
+    def messages(route: Route) -> None:
+        if route.request.method == "POST" and hung["sends"] > 0:
+            hung["sends"] -= 1
+            route.fulfill(
+                status=503,
+                json={"error": "actor_unavailable", "detail": "host process foundry.main is not answering"},
+            )
+        else:
+            route.continue_()
+
+    def probe(route: Route) -> None:
+        if hung["probes"] > 0:
+            hung["probes"] -= 1
+            route.fulfill(status=503, json={"error": "actor_unavailable", "detail": "still not answering"})
+        else:
+            route.continue_()
+
+    page.route("**/sessions/*/messages", messages)
+    page.route("**/sessions/*/events?limit=1", probe)
+    composer = page.get_by_label("Message to the agent")
+    composer.fill("A second note")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("form.composer").get_by_role("alert")).to_contain_text("Foundry is not answering")
+    expect(composer).to_have_value("A second note")
+    # It answers again (the first look still fails): the note says so by itself.
+    expect(page.get_by_test_id("composer-info")).to_contain_text("Foundry answers again", timeout=15_000)
+    expect(page.locator("form.composer").get_by_role("alert")).to_have_count(0)
+    assert hung == {"sends": 0, "probes": 0}
+    page.get_by_role("button", name="Send").click()
+    expect(composer).to_have_value("")
+    expect(page.get_by_test_id("composer-info")).to_have_count(0)
+    expect(page.get_by_text("A second note", exact=True)).to_have_count(1)

@@ -285,8 +285,24 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running,
   const [text, setText] = useState(start);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
+  const [info, setInfo] = useState<string | null>(null);
   const timer = useRef<number | undefined>(undefined);
   const saved = useRef(initialDraft);
+  const recovery = useRef<number | undefined>(undefined);
+  // After a send that failed because Foundry did not answer, look every 3 s whether it answers
+  // again: its error would otherwise stay on screen long after it does.
+  const watchRecovery = () => {
+    window.clearTimeout(recovery.current);
+    recovery.current = window.setTimeout(() => {
+      api("GET", `${sbase}/events?limit=1`)
+        .then(() => {
+          setError(null);
+          setInfo("Foundry answers again. Press Send to make sure your message went through: it is never sent twice.");
+        })
+        .catch(() => watchRecovery());
+    }, 3000);
+  };
+  useEffect(() => () => window.clearTimeout(recovery.current), []);
 
   const latest = useRef(start);
   const saveDraft = (value: string, delay = 500) => {
@@ -331,6 +347,8 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running,
     if (!canSend) return;
     setBusy(true);
     setError(null);
+    setInfo(null);
+    window.clearTimeout(recovery.current);
     window.clearTimeout(timer.current);
     // The same text sent again after an answer that never came keeps its key: queued at most once.
     const key = pendingSend.current?.text === text ? pendingSend.current.key : newIdempotencyKey();
@@ -344,6 +362,7 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running,
       typed.set(slot, "");
     } catch (e) {
       if (!outcomeUnknown(e)) pendingSend.current = null; // refused: a new send is a new message
+      else watchRecovery();
       setError(errorText(e));
       saveDraft(text, 0); // refused: the text stays, in the draft too (a reload keeps it)
     } finally {
@@ -389,6 +408,7 @@ function Composer({ sbase, initialDraft, session, archived, taskStatus, running,
         <button type="submit" class="btn btn-primary" disabled={!canSend} aria-describedby="composer-hint">{busy ? "Sending…" : "Send"}</button>
       </div>
       <ErrorNote error={error} />
+      {info && <p class="notice" role="status" data-testid="composer-info">{info}</p>}
     </form>
   );
 }
