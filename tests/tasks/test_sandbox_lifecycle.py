@@ -306,12 +306,15 @@ async def test_after_a_restart_a_dead_turns_permission_request_is_withdrawn_and_
         asked_log = await events(client, asking["taskId"], asking["sessionId"])
     assert asked["sessions"][0]["pendingPermissions"] == []
     assert answer.status_code == 409, answer.text
-    # The tool call that asked is closed too (the dashboard showed it running forever).
+    # The tool call that asked is closed too (the dashboard showed it running forever): failed, as
+    # its turn (interrupted by the restart).
     updates = [e["data"] for e in asked_log if e["event"] == "agentUpdate"]
     asking_calls = {u["update"]["toolCallId"] for u in updates if u["kind"] == "tool_call"}
     assert asking_calls
+    asked_ends = [e["event"] for e in asked_log if e["event"] in ("turnEnded", "turnFailed", "turnCancelled")]
+    assert asked_ends == ["turnFailed"]
     by_foundry = [u["update"] for u in updates if u.get("origin") == "foundry"]
-    closed = {u["toolCallId"] for u in by_foundry if u["status"] == "cancelled"}
+    closed = {u["toolCallId"] for u in by_foundry if u["status"] == "failed"}
     assert asking_calls <= closed, (asking_calls, closed)
     assert ended["sessions"][0]["status"] == "idle"
     assert ended["sessions"][0]["error"] is None
