@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -131,3 +132,46 @@ async def test_streams_closed_early_or_refused_leave_no_thread_or_connection_beh
             await asyncio.sleep(0.05)
     assert threading.active_count() == before
     assert connections == 0
+
+
+async def test_ids_the_server_skips_are_re_read_at_once_even_while_the_reader_is_behind() -> None:
+    # sandbox-agent skips ids for a subscriber it could not serve in time and keeps only its last
+    # 1,024 events: a skipped range must be asked for at once, not when the (busy) consumer reaches
+    # it. This server can replay a skipped range for 300 ms only; the consumer is a second behind.
+    sent_gap_at: list[float] = []
+    replays: list[tuple[int, float]] = []
+
+    def block(n: int) -> bytes:
+        body = b'event: message\nid: %d\ndata: {"n": %d}\n\n' % (n, n)
+        return b"%x\r\n%s\r\n" % (len(body), body)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = b""
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            head += line
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        if b"Last-Event-ID: 39" in head:  # the re-read of the skipped range
+            replays.append((39, time.monotonic()))
+            if time.monotonic() - sent_gap_at[0] < 0.3:
+                writer.write(b"".join(block(n) for n in range(40, 101)))
+            writer.write(b"0\r\n\r\n")
+        else:
+            writer.write(b"".join(block(n) for n in range(1, 40)))
+            await writer.drain()
+            writer.write(b"".join(block(n) for n in range(60, 101)) + b"0\r\n\r\n")
+            sent_gap_at.append(time.monotonic())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        refused, stream = await open_event_stream(url, "/events", {}, connect_timeout=5)
+        assert refused is None
+        await asyncio.sleep(0.05)
+        time.sleep(1.0)  # the event loop is busy elsewhere
+        received = [event_id async for event_id, _ in stream]
+    assert received == list(range(1, 101))
+    assert len(replays) == 1

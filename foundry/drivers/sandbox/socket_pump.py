@@ -17,7 +17,8 @@ import socket
 import ssl
 import threading
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,45 @@ MAX_HEAD = 64 * 1024
 
 
 class PumpBroke(Exception):
-    """The connection failed, or ended before the response head was complete."""
+    """The connection failed, or ended before the response head (or a framed body) was complete."""
+
+
+class Receiver(Protocol):
+    """Turns the body's bytes into items, in the pump's thread (e.g. de-chunked event blocks)."""
+
+    #: The body's framing says it is complete (a chunked body's last chunk arrived).
+    finished: bool
+    #: The body has a framing whose end must arrive before the connection closes.
+    framed: bool
+
+    def feed(self, data: bytes) -> list[Any]: ...
+
+
+class RawBody:
+    """The body's bytes as they arrive."""
+
+    finished = False
+    framed = False
+
+    def feed(self, data: bytes) -> list[Any]:
+        return [data]
+
+
+#: ``receiver_for(status, headers)``: how the thread turns this response's body into items.
+ReceiverFor = Callable[[int, dict[str, str]], Receiver]
 
 
 class SocketPump:
     """One HTTP/1.1 exchange on its own connection: `open` sends the request and returns the response
-    head; `read` then returns the body's bytes as they arrive (``b""`` at the end); `close` ends it."""
+    head; `read_items` then returns what the thread made of the body as it arrives (its bytes, by
+    default; ``[]`` at the end); `close` ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, receiver_for: ReceiverFor | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._receiver_for = receiver_for or (lambda status, headers: RawBody())
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[Any] = deque()
         self._buffered = 0
         self._ended = False
         self._error: BaseException | None = None
@@ -65,19 +93,23 @@ class SocketPump:
             raise
 
     async def read(self) -> bytes:
-        """Everything received since the last read (waits for more); ``b""`` once the server ended."""
+        """The raw body's bytes received since the last read (waits for more); ``b""`` at the end."""
+        return b"".join(await self.read_items())
+
+    async def read_items(self) -> list[Any]:
+        """The items received since the last read (waits for some); ``[]`` once the body ended."""
         while True:
             with self._lock:
                 if self._chunks:
-                    data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                    items = list(self._chunks)
                     self._chunks.clear()
                     self._buffered = 0
                     self._room.notify()
-                    return data
+                    return items
                 if self._error is not None:
                     raise PumpBroke(str(self._error) or type(self._error).__name__) from self._error
                 if self._ended:
-                    return b""
+                    return []
                 waiter = self._waiter = self._loop.create_future()
             await waiter
 
@@ -123,17 +155,15 @@ class SocketPump:
             self._call_loop(_settle, head, None, exc)
             return
         sock.settimeout(None)
-        with self._lock:
-            if rest:
-                self._chunks.append(rest)
-                self._buffered = len(rest)
+        receiver = self._receiver_for(status, headers)
         self._call_loop(_settle, head, (status, headers), None)
         try:
-            self._pump(sock)
+            if not rest or self._take(receiver, rest):
+                self._pump(sock, receiver)
         finally:
             sock.close()
 
-    def _pump(self, sock: socket.socket) -> None:
+    def _pump(self, sock: socket.socket, receiver: Receiver) -> None:
         while True:
             with self._lock:
                 while self._buffered >= MAX_BUFFERED and not self._closed:
@@ -143,20 +173,38 @@ class SocketPump:
             try:
                 data = sock.recv(RECV_SIZE)
             except OSError as exc:
+                self._fail(exc)
+                return
+            if not data:
                 with self._lock:
-                    if not self._closed:
-                        self._error = exc
+                    if receiver.framed and not receiver.finished and not self._closed:
+                        self._error = PumpBroke("connection closed in the middle of the stream")
+                    self._ended = True
                     self._wake()
                 return
-            with self._lock:
-                if not data:
-                    self._ended = True
-                else:
-                    self._chunks.append(data)
-                    self._buffered += len(data)
-                self._wake()
-                if not data:
-                    return
+            if not self._take(receiver, data):
+                return
+
+    def _take(self, receiver: Receiver, data: bytes) -> bool:
+        """Hand ``data`` to the consumer through ``receiver``; False once nothing more is to come."""
+        try:
+            items = receiver.feed(data)
+        except Exception as exc:  # the body is not what it claims (a bad chunk size, say)
+            self._fail(exc)
+            return False
+        with self._lock:
+            self._chunks.extend(items)
+            self._buffered += len(data)
+            if receiver.finished:
+                self._ended = True
+            self._wake()
+        return not receiver.finished
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if not self._closed:
+                self._error = exc
+            self._wake()
 
     def _wake(self) -> None:
         # Called with the lock held: one loop wake-up per wait, however many reads arrive meanwhile.

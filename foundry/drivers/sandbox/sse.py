@@ -13,18 +13,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
-from foundry.drivers.sandbox.socket_pump import PumpBroke, SocketPump
+from foundry.drivers.sandbox.socket_pump import PumpBroke, RawBody, Receiver, SocketPump
+from foundry.drivers.sandbox.sse_blocks import ChunkDecoder, EventBlocks, replay_blocks
 
 log = logging.getLogger(__name__)
 
-#: Events handed on between two turns of the event loop. A read of data already received does not
+#: Blocks handed on between two turns of the event loop. A read of data already received does not
 #: wait, so a stream that is always ahead would otherwise be read (a 256 KB read is over a thousand
 #: events) without the loop running anything else: Stop, other sessions' turns, requests.
 YIELD_EVERY = 100
@@ -45,46 +46,54 @@ async def open_event_stream(
     Returns ``(error_response, events)``: an `httpx.Response` with the body when the server refused
     (status >= 400; ``events`` is then empty), else ``None`` and the ``(id, envelope)`` iterator,
     which ends when the server ends the stream. Raises `StreamBroke` or `OSError`/`TimeoutError`
-    when the server cannot be reached.
+    when the server cannot be reached. Ids the server skips are re-read at once (`sse_blocks`).
     """
     url = urlsplit(base_url)
     host = url.hostname or "127.0.0.1"
     port = url.port or (443 if url.scheme == "https" else 80)
-    lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    pump = SocketPump()
+    tls = url.scheme == "https"
+
+    def request(after: int | None) -> bytes:
+        lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Connection: close"]
+        lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() != "last-event-id"]
+        if after is not None:
+            lines.append(f"Last-Event-ID: {after}")
+        elif (last := _header(headers, "last-event-id")) is not None:
+            lines.append(f"Last-Event-ID: {last}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def receiver_for(status: int, response_headers: dict[str, str]) -> Receiver:
+        if status >= 400:
+            return RawBody()
+
+        def replay(first: int, beyond: int) -> list[bytes]:
+            return replay_blocks(host, port, tls, request, first, beyond)
+
+        return EventBlocks(_chunked(response_headers), replay, f"{host}:{port}{path}")
+
+    pump = SocketPump(receiver_for)
     try:
         # The thread's socket gives up after ``connect_timeout`` per step; this bounds the whole.
         status, response_headers = await asyncio.wait_for(
-            pump.open(host, port, url.scheme == "https", request, connect_timeout), 2 * connect_timeout
+            pump.open(host, port, tls, request(None), connect_timeout), 2 * connect_timeout
         )
     except PumpBroke as exc:
         raise StreamBroke(str(exc)) from exc
-    chunked = "chunked" in response_headers.get("transfer-encoding", "").lower()
     if status >= 400:
         try:
-            body = bytearray()
-            async for part in _body(pump, chunked, _content_length(response_headers)):
-                body += part
-                if len(body) > MAX_ERROR_BODY:
-                    break
+            body = await _error_body(pump, _chunked(response_headers), _content_length(response_headers))
         finally:
             pump.close()
-        return httpx.Response(status, headers=response_headers, content=bytes(body)), _empty()
-    return None, _events(pump, chunked)
+        return httpx.Response(status, headers=response_headers, content=body), _empty()
+    return None, _events(pump)
 
 
-async def _empty() -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
-    return
-    yield  # pragma: no cover - makes this an async generator
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    return next((value for key, value in headers.items() if key.lower() == name), None)
 
 
-async def _read(pump: SocketPump) -> bytes:
-    try:
-        return await pump.read()
-    except PumpBroke as exc:
-        raise StreamBroke(f"the connection failed in the middle of the stream: {exc}") from exc
+def _chunked(headers: Mapping[str, str]) -> bool:
+    return "chunked" in headers.get("transfer-encoding", "").lower()
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:
@@ -92,76 +101,42 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-async def _body(pump: SocketPump, chunked: bool, length: int | None = None) -> AsyncIterator[bytes]:
-    """The body's bytes as they arrive, with the chunked framing removed (or the first ``length``
-    bytes: a server may keep the connection open after its answer)."""
-    if not chunked:
-        while (length is None or length > 0) and (data := await _read(pump)):
-            if length is not None:
-                data = data[:length]
-                length -= len(data)
-            yield data
-        return
-    buffer = bytearray()
-    remaining = 0  # bytes left of the current chunk's data, then its CRLF (counted in `trailer`)
-    trailer = 0
-    while True:
-        data = await _read(pump)
-        if not data:
-            raise StreamBroke("connection closed in the middle of the stream")
-        buffer += data
-        out = bytearray()
-        pos = 0
-        while True:
-            if remaining:
-                take = min(remaining, len(buffer) - pos)
-                out += buffer[pos : pos + take]
-                pos += take
-                remaining -= take
-                if remaining:
-                    break
-                trailer = 2
-            if trailer:
-                take = min(trailer, len(buffer) - pos)
-                pos += take
-                trailer -= take
-                if trailer:
-                    break
-            end = buffer.find(b"\r\n", pos)
-            if end < 0:
-                break
-            size_field = bytes(buffer[pos:end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_field, 16)
-            except ValueError as exc:
-                raise StreamBroke(f"bad chunk size {size_field[:20]!r}") from exc
-            pos = end + 2
-            if size == 0:
-                if out:
-                    yield bytes(out)
-                return
-            remaining = size
-        del buffer[:pos]
-        if out:
-            yield bytes(out)
+async def _empty() -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+    return
+    yield  # pragma: no cover - makes this an async generator
 
 
-async def _events(pump: SocketPump, chunked: bool) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+async def _read(pump: SocketPump) -> list[Any]:
     try:
-        buffer = bytearray()
-        async for data in _body(pump, chunked):
-            buffer += data.replace(b"\r\n", b"\n") if b"\r" in data else data
-            start = 0
-            count = 0
-            while (end := buffer.find(b"\n\n", start)) >= 0:
-                parsed = parse_event_block(bytes(buffer[start:end]))
+        return await pump.read_items()
+    except PumpBroke as exc:
+        raise StreamBroke(f"the connection failed in the middle of the stream: {exc}") from exc
+
+
+async def _error_body(pump: SocketPump, chunked: bool, length: int | None) -> bytes:
+    """A refused request's body (at most about `MAX_ERROR_BODY`): a server may keep the connection
+    open after it, so a length or the last chunk ends it."""
+    decoder = ChunkDecoder() if chunked else None
+    body = bytearray()
+    while len(body) <= MAX_ERROR_BODY and (length is None or len(body) < length):
+        data = b"".join(await _read(pump))
+        if not data:
+            break
+        body += decoder.feed(data) if decoder is not None else data
+        if decoder is not None and decoder.finished:
+            break
+    return bytes(body[:length] if length is not None else body)
+
+
+async def _events(pump: SocketPump) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+    try:
+        while blocks := await _read(pump):
+            for count, block in enumerate(blocks, 1):
+                parsed = parse_event_block(block)
                 if parsed is not None:
                     yield parsed
-                    count += 1
-                    if count % YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
-                start = end + 2
-            del buffer[:start]
+                if count % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
             await asyncio.sleep(0)
     finally:
         pump.close()
