@@ -175,3 +175,43 @@ async def test_ids_the_server_skips_are_re_read_at_once_even_while_the_reader_is
         received = [event_id async for event_id, _ in stream]
     assert received == list(range(1, 101))
     assert len(replays) == 1
+
+
+async def test_a_stream_the_server_ends_while_it_runs_is_resumed_at_once_where_it_stopped() -> None:
+    # sandbox-agent ends the stream of a subscriber it fell behind for, although the agent goes on:
+    # the reader resumes after the last id at once (this server replays for 300 ms only), not when
+    # the busy consumer reaches the end; a server that is gone (404) ends the stream for good.
+    ended_at: list[float] = []
+    asked: list[bytes] = []
+
+    def block(n: int) -> bytes:
+        body = b'event: message\nid: %d\ndata: {"n": %d}\n\n' % (n, n)
+        return b"%x\r\n%s\r\n" % (len(body), body)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = b""
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            head += line
+        asked.append(head)
+        ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        if b"Last-Event-ID: 50" in head and time.monotonic() - ended_at[0] < 0.3:
+            writer.write(ok + b"".join(block(n) for n in range(51, 101)) + b"0\r\n\r\n")
+        elif b"Last-Event-ID" in head:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        else:
+            writer.write(ok + b"".join(block(n) for n in range(1, 51)) + b"0\r\n\r\n")
+            ended_at.append(time.monotonic())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        refused, stream = await open_event_stream(url, "/events", {}, connect_timeout=5)
+        assert refused is None
+        await asyncio.sleep(0.05)
+        time.sleep(1.0)  # the event loop is busy elsewhere
+        received = [event_id async for event_id, _ in stream]
+    assert received == list(range(1, 101))
+    assert [b"Last-Event-ID: 50" in h for h in asked] == [False, True, False]
+    assert b"Last-Event-ID: 100" in asked[2]

@@ -35,6 +35,14 @@ class PumpBroke(Exception):
     """The connection failed, or ended before the response head (or a framed body) was complete."""
 
 
+class _Ended(Exception):
+    """The server ended the body."""
+
+
+class _Closed(Exception):
+    """This side closed the exchange."""
+
+
 class Receiver(Protocol):
     """Turns the body's bytes into items, in the pump's thread (e.g. de-chunked event blocks)."""
 
@@ -45,6 +53,14 @@ class Receiver(Protocol):
 
     def feed(self, data: bytes) -> list[Any]: ...
 
+    def resume(self) -> bytes | None:
+        """The request that goes on where the ended body stopped, or None (the exchange ends)."""
+        ...
+
+    def restart(self, headers: dict[str, str]) -> None:
+        """A new body (the answer to `resume`'s request) follows, with these headers."""
+        ...
+
 
 class RawBody:
     """The body's bytes as they arrive."""
@@ -54,6 +70,12 @@ class RawBody:
 
     def feed(self, data: bytes) -> list[Any]:
         return [data]
+
+    def resume(self) -> bytes | None:
+        return None
+
+    def restart(self, headers: dict[str, str]) -> None:
+        raise AssertionError("a raw body is never resumed")
 
 
 #: ``receiver_for(status, headers)``: how the thread turns this response's body into items.
@@ -138,9 +160,52 @@ class SocketPump:
         timeout: float,
         head: asyncio.Future[tuple[int, dict[str, str]]],
     ) -> None:
-        sock: socket.socket | None = None
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            sock, status, headers, rest = self._connect(host, port, tls, request, timeout)
+        except BaseException as exc:  # handed to the awaiting coroutine, which raises it
+            self._call_loop(_settle, head, None, exc)
+            return
+        receiver = self._receiver_for(status, headers)
+        self._call_loop(_settle, head, (status, headers), None)
+        end: BaseException | None = None
+        while True:
+            try:
+                end = self._body(sock, receiver, rest)
+            finally:
+                sock.close()
+            if end is None or isinstance(end, _Closed):
+                break
+            # The server ended the body: a receiver that can go on where it stopped (an event stream
+            # the server ended because it fell behind) is given a new connection at once.
+            again = receiver.resume() if self._resumable(status) else None
+            if again is None:
+                break
+            try:
+                sock, status, headers, rest = self._connect(host, port, tls, again, timeout)
+            except (OSError, PumpBroke) as exc:
+                log.info("could not resume the stream from %s:%d: %r", host, port, exc)
+                end = _Ended()  # as the server ended it: the consumer decides what follows
+                break
+            if status != 200:
+                sock.close()
+                log.info("resuming the stream from %s:%d answered %d", host, port, status)
+                break
+            receiver.restart(headers)
+            end = None
+        with self._lock:
+            if end is not None and not isinstance(end, (_Closed, _Ended)) and not self._closed:
+                self._error = end
+            self._ended = True
+            self._wake()
+
+    def _resumable(self, status: int) -> bool:
+        return status == 200 and not self._closed
+
+    def _connect(
+        self, host: str, port: int, tls: bool, request: bytes, timeout: float
+    ) -> tuple[socket.socket, int, dict[str, str], bytes]:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        try:
             if tls:
                 sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
             with self._lock:
@@ -149,62 +214,44 @@ class SocketPump:
                 self._sock = sock
             sock.sendall(request)
             status, headers, rest = _read_head(sock)
-        except BaseException as exc:  # handed to the awaiting coroutine, which raises it
-            if sock is not None:
-                sock.close()
-            self._call_loop(_settle, head, None, exc)
-            return
-        sock.settimeout(None)
-        receiver = self._receiver_for(status, headers)
-        self._call_loop(_settle, head, (status, headers), None)
-        try:
-            if not rest or self._take(receiver, rest):
-                self._pump(sock, receiver)
-        finally:
+        except BaseException:
             sock.close()
+            raise
+        sock.settimeout(None)
+        return sock, status, headers, rest
 
-    def _pump(self, sock: socket.socket, receiver: Receiver) -> None:
+    def _body(self, sock: socket.socket, receiver: Receiver, rest: bytes) -> BaseException | None:
+        """Receive one response body; how it ended (`_Ended`, `_Closed` by us, or the error)."""
+        if rest and (end := self._take(receiver, rest)) is not None:
+            return end
         while True:
             with self._lock:
                 while self._buffered >= MAX_BUFFERED and not self._closed:
                     self._room.wait()
                 if self._closed:
-                    return
+                    return _Closed()
             try:
                 data = sock.recv(RECV_SIZE)
             except OSError as exc:
-                self._fail(exc)
-                return
+                return _Closed() if self._closed else exc
             if not data:
-                with self._lock:
-                    if receiver.framed and not receiver.finished and not self._closed:
-                        self._error = PumpBroke("connection closed in the middle of the stream")
-                    self._ended = True
-                    self._wake()
-                return
-            if not self._take(receiver, data):
-                return
+                if receiver.framed and not receiver.finished:
+                    return PumpBroke("connection closed in the middle of the stream")
+                return _Ended()
+            if (end := self._take(receiver, data)) is not None:
+                return end
 
-    def _take(self, receiver: Receiver, data: bytes) -> bool:
-        """Hand ``data`` to the consumer through ``receiver``; False once nothing more is to come."""
+    def _take(self, receiver: Receiver, data: bytes) -> BaseException | None:
+        """Hand ``data`` to the consumer through ``receiver``; how the body ended, once it has."""
         try:
             items = receiver.feed(data)
         except Exception as exc:  # the body is not what it claims (a bad chunk size, say)
-            self._fail(exc)
-            return False
+            return exc
         with self._lock:
             self._chunks.extend(items)
             self._buffered += len(data)
-            if receiver.finished:
-                self._ended = True
             self._wake()
-        return not receiver.finished
-
-    def _fail(self, exc: BaseException) -> None:
-        with self._lock:
-            if not self._closed:
-                self._error = exc
-            self._wake()
+        return _Ended() if receiver.finished else None
 
     def _wake(self) -> None:
         # Called with the lock held: one loop wake-up per wait, however many reads arrive meanwhile.

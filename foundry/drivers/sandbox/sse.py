@@ -69,7 +69,7 @@ async def open_event_stream(
         def replay(first: int, beyond: int) -> list[bytes]:
             return replay_blocks(host, port, tls, request, first, beyond)
 
-        return EventBlocks(_chunked(response_headers), replay, f"{host}:{port}{path}")
+        return EventBlocks(_chunked(response_headers), replay, f"{host}:{port}{path}", request)
 
     pump = SocketPump(receiver_for)
     try:

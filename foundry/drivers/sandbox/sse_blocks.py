@@ -93,17 +93,55 @@ def block_id(block: bytes) -> int | None:
 Replay = Callable[[int, int], list[bytes]]
 
 
-class EventBlocks:
-    """A `Receiver` for an event stream: its SSE blocks, with skipped ids re-read by ``replay``."""
+#: Streams resumed in a row without a new event before the end is left to the consumer.
+MAX_IDLE_RESUMES = 2
 
-    def __init__(self, chunked: bool, replay: Replay | None, name: str) -> None:
+
+class EventBlocks:
+    """A `Receiver` for an event stream: its SSE blocks, with skipped ids re-read by ``replay``.
+
+    sandbox-agent also ends the stream of a subscriber it fell behind for: ``request_after(id)``
+    asks for the events after ``id`` on a new connection, which the receiving thread opens at once
+    (`resume`), while sandbox-agent still has what followed.
+    """
+
+    def __init__(
+        self,
+        chunked: bool,
+        replay: Replay | None,
+        name: str,
+        request_after: Callable[[int], bytes] | None = None,
+    ) -> None:
         self.framed = chunked
         self.finished = False
         self._chunks = ChunkDecoder() if chunked else None
         self._replay = replay
         self._name = name
+        self._request_after = request_after
         self._text = b""  # the incomplete block at the end of what arrived
         self._last_id: int | None = None
+        self._id_at_restart: int | None = None
+        self._idle_resumes = 0
+
+    def resume(self) -> bytes | None:
+        if self._request_after is None or self._last_id is None:
+            return None
+        progressed = self._last_id != self._id_at_restart
+        self._idle_resumes = 0 if progressed else self._idle_resumes + 1
+        if self._idle_resumes > MAX_IDLE_RESUMES:
+            return None
+        log.warning(
+            "event stream %s ended by the server; resuming after id %d at once", self._name, self._last_id
+        )
+        return self._request_after(self._last_id)
+
+    def restart(self, headers: dict[str, str]) -> None:
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self.framed = chunked
+        self.finished = False
+        self._chunks = ChunkDecoder() if chunked else None
+        self._text = b""
+        self._id_at_restart = self._last_id
 
     def feed(self, data: bytes) -> list[Any]:
         if self._chunks is not None:
@@ -117,6 +155,8 @@ class EventBlocks:
             event_id = block_id(block)
             if event_id is not None:
                 last = self._last_id
+                if last is not None and event_id <= last:
+                    continue  # a resumed stream's replay of what this one delivered
                 if last is not None and event_id > last + 1 and self._replay is not None:
                     out += self._repair(last + 1, event_id)
                 if last is None or event_id > last:
