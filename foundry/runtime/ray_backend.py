@@ -40,7 +40,7 @@ from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.forwarded_logs import ForwardedLogWatch
 from foundry.runtime.hang_watch import HangWatch
 from foundry.runtime.host import Host
-from foundry.runtime.host_lock import REFUSAL_MARK, foreign_holder
+from foundry.runtime.host_lock import REFUSAL_MARK, Deployment, foreign_holder
 from foundry.runtime.host_process import HostProcess, deployment_of
 from foundry.runtime.host_settings import public_settings, write_secrets
 from foundry.runtime.node_watch import NodeWatch
@@ -185,21 +185,30 @@ class RayRuntime(Runtime):
                     else local_cluster_watch.watch_joined_cluster(address)
                 )
                 self._cluster_watch = asyncio.create_task(watch, name="cluster-watch")
+            # Before anything is written to the data directory: another deployment's live hosts
+            # may own it (the hosts themselves refuse too, but only on their node).
+            self._check_data_dir_free()
             if address is None:
                 write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
             await asyncio.to_thread(_restrict_token_file)
+        self._check_data_dir_free()
         await self._check_node_labels()
         self._nodes.start()
         await self._check_cluster_key()
-        foreign = foreign_holder(
-            self.settings.data_dir, list(hosts_by_process(self.settings)), self.settings.runtime.namespace
-        )
-        if foreign is not None:
-            raise Conflict(foreign)
         await asyncio.to_thread(write_secrets, self.settings)
         for process in hosts_by_process(self.settings):
             self._process_handle(process)
         await self._check_hosts_started()
+
+    def _check_data_dir_free(self) -> None:
+        """Refuse to start hosts on a data directory whose live hosts belong to another deployment."""
+        foreign = foreign_holder(self.settings.data_dir, self.deployment())
+        if foreign is not None:
+            raise Conflict(foreign)
+
+    def deployment(self) -> Deployment:
+        """This process's deployment: its Ray namespace and cluster."""
+        return Deployment(self.settings.runtime.namespace, ray.get_runtime_context().gcs_address)
 
     async def _check_node_labels(self) -> None:
         """Refuse to start when ``runtime.nodes`` pins a host process to a node label that no node

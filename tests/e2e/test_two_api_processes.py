@@ -154,7 +154,7 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
             )
             assert unrecorded.proc.wait(timeout=90) != 0
             refusal = unrecorded.log.read_text()
-            assert "is already served by host process" in refusal, refusal
+            assert "is already served by the host processes of Ray namespace" in refusal, refusal
         finally:
             (tmp_path / "ray-address.kept").rename(tmp_path / "data" / "ray-address")
         # None of them rewrote the secrets the hosts read when they (re)start.

@@ -1,6 +1,6 @@
-"""A host process's files are held by one running copy of it: a second copy in another Ray namespace
-(a second set of hosts on the same databases and sandboxes) is refused, naming the first, and an
-API process learns it before it writes anything to the data directory."""
+"""A data directory is served by one deployment's host processes, one copy of each: hosts of another
+deployment (another Ray namespace, whatever their process names; another Ray cluster) are refused
+while the first one's run, naming them, and an API process learns it before it writes anything."""
 
 from __future__ import annotations
 
@@ -13,65 +13,81 @@ from pathlib import Path
 
 import pytest
 
-from foundry.runtime.host_lock import HostsConflict, foreign_holder, hold_host_lock
+from foundry.runtime.host_lock import Deployment, HostsConflict, foreign_holder, hold_host_lock
 
+OURS = Deployment("foundry", "10.0.0.5:6379")
 HOLDER = """
 import sys, time
 from pathlib import Path
-from foundry.runtime.host_lock import hold_host_lock
-lock = hold_host_lock(Path(sys.argv[1]), "foundry.main", sys.argv[2])
+from foundry.runtime.host_lock import Deployment, hold_host_lock
+locks = hold_host_lock(Path(sys.argv[1]), sys.argv[2], Deployment(sys.argv[3], sys.argv[4]))
 print("held", flush=True)
 time.sleep(600)
 """
 
 
-def _holder(data_dir: Path, namespace: str) -> subprocess.Popen[str]:
-    child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(data_dir), namespace], stdout=subprocess.PIPE, text=True
-    )
+def _holder(data_dir: Path, process: str, deployment: Deployment) -> subprocess.Popen[str]:
+    args = [str(data_dir), process, deployment.namespace, deployment.cluster]
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, *args], stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "held"
     return child
 
 
-def test_a_copy_in_another_namespace_is_refused_naming_the_holder(tmp_path: Path) -> None:
-    child = _holder(tmp_path, "foundry")
+@pytest.mark.parametrize(
+    ("theirs", "process"),
+    [
+        (Deployment("otherns", OURS.cluster), "foundry.main"),  # another namespace
+        (Deployment("otherns", OURS.cluster), "foundry.m2"),  # …with other process names
+        (Deployment(OURS.namespace, "10.0.0.9:6379"), "foundry.main"),  # another Ray cluster
+    ],
+)
+def test_hosts_of_another_deployment_are_refused_while_the_first_ones_run(
+    tmp_path: Path, theirs: Deployment, process: str
+) -> None:
+    child = _holder(tmp_path, "foundry.main", OURS)
     try:
         started = time.monotonic()
         with pytest.raises(HostsConflict) as refused:
-            hold_host_lock(tmp_path, "foundry.main", "otherns")
+            hold_host_lock(tmp_path, process, theirs)
         assert time.monotonic() - started < 10
-        assert f"pid {child.pid}" in str(refused.value)
-        assert "'foundry'" in str(refused.value)
-        assert "FOUNDRY_RUNTIME__NAMESPACE" in str(refused.value)
+        assert OURS.describe() in str(refused.value)
+        assert "is already served by" in str(refused.value)
         # The API process's own look, before it writes the hosts' secrets: the same answer…
-        reason = foreign_holder(tmp_path, ["foundry.main"], "otherns")
+        reason = foreign_holder(tmp_path, theirs)
         assert reason is not None
-        assert f"pid {child.pid}" in reason
-        # …and none for the namespace that owns the hosts, or for a process nobody runs.
-        assert foreign_holder(tmp_path, ["foundry.main", "foundry.tasks"], "foundry") is None
+        assert OURS.describe() in reason
+        # …and none for the deployment that runs there.
+        assert foreign_holder(tmp_path, OURS) is None
     finally:
         child.kill()
         child.wait()
 
 
-def test_the_files_are_free_again_once_the_holder_is_killed(tmp_path: Path) -> None:
-    child = _holder(tmp_path, "foundry")
+def test_the_hosts_of_one_deployment_share_it_and_the_next_takes_it_once_they_ended(tmp_path: Path) -> None:
+    child = _holder(tmp_path, "foundry.main", OURS)
+    sibling = hold_host_lock(tmp_path, "foundry.tasks", OURS)  # another process of the same one
+    sibling.close()
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    lock = hold_host_lock(tmp_path, "foundry.main", "otherns")  # e.g. the namespace was changed
-    lock.close()
-    assert foreign_holder(tmp_path, ["foundry.main"], "foundry") is None
+    nobody = time.monotonic()
+    successor = Deployment("renamed", "10.0.0.9:6379")  # e.g. restarted in another namespace
+    locks = hold_host_lock(tmp_path, "foundry.main", successor)
+    assert time.monotonic() - nobody < 5
+    assert foreign_holder(tmp_path, successor) is None
+    assert foreign_holder(tmp_path, OURS) is not None
+    locks.close()
+    assert foreign_holder(tmp_path, OURS) is None
 
 
-def test_a_copy_in_the_same_namespace_waits_for_the_last_one_to_exit(tmp_path: Path) -> None:
-    child = _holder(tmp_path, "foundry")
+def test_a_second_copy_of_a_host_process_waits_for_the_first_to_exit(tmp_path: Path) -> None:
+    child = _holder(tmp_path, "foundry.main", OURS)
     try:
         killer = subprocess.Popen(["sh", "-c", f"sleep 1; kill -9 {child.pid}"])
         started = time.monotonic()
-        lock = hold_host_lock(tmp_path, "foundry.main", "foundry")
+        locks = hold_host_lock(tmp_path, "foundry.main", OURS)
         assert 0.5 < time.monotonic() - started < 20
-        lock.close()
+        locks.close()
         killer.wait()
     finally:
         child.kill()
