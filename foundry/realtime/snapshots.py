@@ -37,10 +37,20 @@ log = logging.getLogger(__name__)
 SNAPSHOT_ACTION = "snapshot"
 
 
+#: How long a snapshot may take before its subscribers are told they wait.
+WAITING_AFTER_S = 3.0
+SLOW_DETAIL = (
+    f"the part of Foundry that holds this topic has not answered for {WAITING_AFTER_S:g} s; the "
+    "subscription stays and its state follows once it answers"
+)
+
+
 def _waiting_detail(exc: ActorUnavailable) -> str:
+    # The error's first sentence names what does not answer; the rest is advice for HTTP writes.
+    reason = exc.detail.split(". ", 1)[0].rstrip(".")
     return (
-        f"the part of Foundry that holds this topic does not answer right now ({exc.detail}); "
-        "the subscription stays and its state follows once it answers"
+        f"the part of Foundry that holds this topic does not answer right now ({reason}); the "
+        "subscription stays and its state follows once it answers"
     )
 
 
@@ -79,8 +89,18 @@ class SnapshotSync:
             return
         sub.syncing = True
         topic.waiting.add(sub)
+        if topic.slow is not None:
+            self._tell_waiting(topic, [sub], topic.slow)  # joins a wait already under way
         if pump.attached and topic.sync_task is None:
             self.start_round(pump, topic)
+
+    def _tell_waiting(self, topic: Topic, subs: list[Sub], detail: str) -> None:
+        """Say once to each of ``subs`` that ``topic``'s state cannot be read yet (and why)."""
+        topic.slow = detail
+        for sub in subs:
+            if not sub.told_waiting and not sub.closed:
+                sub.told_waiting = True
+                self._state.push(sub.socket, waiting(topic.name, detail), live=False)
 
     def start_round(self, pump: Pump, topic: Topic) -> None:
         """Serve ``topic``'s waiting subscribers now (its host stream is attached)."""
@@ -105,22 +125,20 @@ class SnapshotSync:
                 unconfirmed = not pump.confirmed
                 bases = [s.last_seq for s in batch]
                 since = None if any(b is None for b in bases) else min(b for b in bases if b is not None)
+                fetch = asyncio.ensure_future(self._fetch(topic.route, since))
                 try:
-                    snap = await self._fetch(topic.route, since)
+                    # Retried quietly (a restart takes a second or two), but a subscriber is told it
+                    # waits rather than left to guess why nothing comes.
+                    if not (await asyncio.wait({fetch}, timeout=WAITING_AFTER_S))[0]:
+                        self._tell_waiting(topic, batch, SLOW_DETAIL)
+                    snap = await fetch
                 except ActorUnavailable as exc:
                     log.warning(
                         "realtime: snapshot of %s unavailable (%s); retrying in %.1fs", topic.name, exc, delay
                     )
                     still = [s for s in batch if not s.closed]
                     topic.waiting.update(still)
-                    # Retried quietly (a restart takes a second or two), but a subscriber is told it
-                    # waits rather than left to guess why nothing comes.
-                    for sub in still:
-                        if not sub.told_waiting:
-                            sub.told_waiting = True
-                            self._state.push(
-                                sub.socket, waiting(topic.name, _waiting_detail(exc)), live=False
-                            )
+                    self._tell_waiting(topic, still, _waiting_detail(exc))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     continue
@@ -134,7 +152,11 @@ class SnapshotSync:
                     for sub in batch:
                         self._end_subscription(sub, "internal_error", "could not read this topic's snapshot")
                     continue
+                finally:
+                    if not fetch.done():
+                        fetch.cancel()  # this round was cancelled (the stream broke, say)
                 delay = 0.2
+                topic.slow = None
                 repeats = repeats + 1 if snap.complete else 0
                 for sub in self._unheld(batch):
                     if sub.closed:
@@ -157,6 +179,7 @@ class SnapshotSync:
                                 self._verify_later(pump, pump.generation), f"realtime-verify:{pump.name}"
                             )
         finally:
+            topic.slow = None
             if topic.sync_task is asyncio.current_task():
                 topic.sync_task = None
 

@@ -121,6 +121,9 @@ class Topic:
     def __init__(self, route: TopicRoute) -> None:
         self.name = route.topic
         self.route = route
+        #: Why this topic's snapshot cannot be read yet (its owner is slow or does not answer), while
+        #: that lasts: a subscriber that joins meanwhile is told so at once.
+        self.slow: str | None = None
         self.subs: set[Sub] = set()
         #: Subscribers that need a snapshot/replay; served together by one `sync_task`.
         self.waiting: set[Sub] = set()

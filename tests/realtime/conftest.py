@@ -3,6 +3,7 @@ free port serving ``WS /v1/realtime``, and real websocket clients (the ``websock
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -34,8 +35,12 @@ class ControlledRuntime(InProcessRuntime):
         self.drop_next: set[str] = set()
         #: Snapshot reads that fail as a hung or restarting host's do, before they are served again.
         self.unavailable_snapshots = 0
+        #: How long each snapshot read takes (a host busy elsewhere).
+        self.snapshot_delay = 0.0
 
     async def call(self, role: str, key: str, action: str, body: Any = None) -> Any:
+        if action == "snapshot" and self.snapshot_delay:
+            await asyncio.sleep(self.snapshot_delay)
         if action == "snapshot" and self.unavailable_snapshots > 0:
             self.unavailable_snapshots -= 1
             raise ActorUnavailable(f"test: host process of {role} gave no answer within 5 s")

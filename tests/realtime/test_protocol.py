@@ -4,6 +4,7 @@ already checked against its model; these tests make sure every kind of frame is 
 from __future__ import annotations
 
 import json
+import time
 
 from foundry.realtime import frames
 from tests.realtime.conftest import Connect, RealtimeServer
@@ -94,3 +95,28 @@ async def test_a_subscriber_whose_topic_cannot_be_read_yet_is_told_it_waits_then
     assert (await client.recv())["op"] == "subscribed"
     assert (await client.recv())["event"] == "snapshot"
     assert server.runtime.unavailable_snapshots == 0
+
+
+async def test_subscribers_of_a_topic_whose_owner_is_slow_are_told_they_wait_then_served(
+    server: RealtimeServer, connect_client: Connect
+) -> None:
+    # The owner answers, but slowly (a host busy elsewhere, or about to be found hung): after 3 s the
+    # subscriber hears why nothing comes yet, and one who joins meanwhile hears it at once.
+    await server.runtime.actor(ROLE, "p").send("append", {"count": 1, "text": "l"}, wait=True)
+    server.runtime.snapshot_delay = 5.0
+    first = await connect_client(server.url())
+    started = time.monotonic()
+    await first.send(op="subscribe", topic="board:p")
+    told = await first.recv()
+    assert told["op"] == "waiting"
+    assert 2.5 < time.monotonic() - started < 4.5
+    assert "has not answered for 3 s" in str(told["detail"])
+    second = await connect_client(server.url())
+    joined = time.monotonic()
+    await second.send(op="subscribe", topic="board:p")
+    assert (await second.recv())["op"] == "waiting"
+    assert time.monotonic() - joined < 1
+    server.runtime.snapshot_delay = 0.0
+    for client in (first, second):
+        assert (await client.recv())["op"] == "subscribed"
+        assert (await client.recv())["event"] == "snapshot"
