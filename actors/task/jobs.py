@@ -404,9 +404,7 @@ async def _end_interrupted_turn(
         .values(status="cancelled", answered_at=now)
     )
     session_status = {"status": status, **({"error": error} if error else {})}
-    closed = closed_tool_calls(
-        await open_tool_calls(conn, session_id, message_id), "failed" if error else "cancelled"
-    )
+    closed = closed_tool_calls(await open_tool_calls(conn, session_id), "failed" if error else "cancelled")
     await append_events(ctx, conn, session_id, [*closed, ended, ("sessionStatus", session_status)])
 
 

@@ -143,7 +143,7 @@ async def finish_turn(
         if outcome.error is not None:
             msg_values: dict[str, Any] = {"status": "failed", "error": outcome.error}
             # No agent will finish them now: a tool left running would spin on the page for good.
-            events.extend(await _close_open_tool_calls(conn, session_id, message_id, outcome, "failed"))
+            events.extend(await _close_open_tool_calls(conn, session_id, outcome, "failed"))
             events.append(("turnFailed", {"messageId": message_id, "error": outcome.error}))
             status = "error"
         else:
@@ -155,9 +155,7 @@ async def finish_turn(
             if forced:
                 ended["forced"] = True
             if cancelled:
-                events.extend(
-                    await _close_open_tool_calls(conn, session_id, message_id, outcome, "cancelled")
-                )
+                events.extend(await _close_open_tool_calls(conn, session_id, outcome, "cancelled"))
             events.append(("turnCancelled" if cancelled else "turnEnded", ended))
             status = "idle"
         await conn.execute(
@@ -205,31 +203,21 @@ def closed_tool_calls(calls: list[str], status: str) -> list[tuple[str, dict[str
 
 
 async def _close_open_tool_calls(
-    conn: AsyncConnection, session_id: str, message_id: int, outcome: TurnOutcome, status: str
+    conn: AsyncConnection, session_id: str, outcome: TurnOutcome, status: str
 ) -> list[tuple[str, dict[str, Any]]]:
     # The recorder's list, and what the transcript holds: a turn ended by a watchdog, a forced Stop
     # or a repair has no recorder (or one that never saw the calls).
-    calls = dict.fromkeys([*outcome.open_tool_calls, *await open_tool_calls(conn, session_id, message_id)])
+    calls = dict.fromkeys([*outcome.open_tool_calls, *await open_tool_calls(conn, session_id)])
     return closed_tool_calls(list(calls), status)
 
 
-async def open_tool_calls(conn: AsyncConnection, session_id: str, message_id: int) -> list[str]:
-    """The tool calls the turn of ``message_id`` opened and the agent never closed, as its
-    transcript recorded them."""
-    turns = await conn.execute(
-        sa.select(session_events.c.seq, session_events.c.data).where(
-            session_events.c.session_id == session_id, session_events.c.event == "turnStarted"
-        )
-    )
-    starts = [seq for seq, data in turns if json_value(data).get("messageId") == message_id]
-    started = max(starts, default=None)
-    if started is None:
-        return []
+async def open_tool_calls(conn: AsyncConnection, session_id: str) -> list[str]:
+    """The session's tool calls that no update closed, as its transcript recorded them: this turn's,
+    and those an earlier turn left open (its agent will not close them any more either)."""
     rows = await conn.execute(
         sa.select(session_events.c.data)
         .where(
             session_events.c.session_id == session_id,
-            session_events.c.seq > started,
             session_events.c.event == "agentUpdate",
             session_events.c.data.like("%tool_call%"),
         )

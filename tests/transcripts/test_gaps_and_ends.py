@@ -237,3 +237,25 @@ async def test_stop_ends_the_turn_at_once_while_sandbox_agent_hangs(scripted_ser
         assert all(n < [e["event"] for e in log].index("turnCancelled") for n in lost)
         kinds = [e["event"] for e in log]
         assert log[kinds.index("turnCancelled") - 1]["data"]["update"]["status"] == "cancelled"
+
+
+async def test_tool_calls_an_earlier_turn_left_open_are_closed_when_a_later_one_fails(
+    scripted_server: TaskServer,
+):
+    # The agent ends a turn with a tool call still open, then dies in the next: nothing will close
+    # either call any more, and neither may spin on the page for good.
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await start_task(client, "open")
+        log = await wait_turns(client, task_id, session_id, 1)
+        assert terminal(log) == ["turnEnded"]
+        sent = await client.post(base(task_id, session_id) + "/messages", json={"text": "open crash"})
+        assert sent.status_code == 202
+        log = await wait_turns(client, task_id, session_id, 2)
+    assert terminal(log) == ["turnEnded", "turnFailed"]
+    ended_at = [e["event"] for e in log].index("turnFailed")
+    closed = {
+        e["data"]["update"]["toolCallId"]: e["data"]["update"]["status"]
+        for e in log[:ended_at]
+        if e["data"].get("origin") == "foundry"
+    }
+    assert closed == {"open-1": "failed", "open-2": "failed"}
