@@ -335,6 +335,7 @@ def actors_ls(address: str | None) -> None:
     from foundry.runtime.role import host_name
 
     settings = get_settings()
+    namespace = settings.runtime.namespace
 
     async def _run() -> dict[str, object]:
         import ray  # imported by _on_ray, after it learned the cluster's authentication mode
@@ -348,7 +349,11 @@ def actors_ls(address: str | None) -> None:
             try:
                 handle = ray.get_actor(process, namespace=settings.runtime.namespace)
             except ValueError:
-                out[name] = {"running": False, "process": process}
+                out[name] = {
+                    "running": False,
+                    "process": process,
+                    "unavailable": f"no host process {process} in Ray namespace {namespace!r}",
+                }
                 continue
             if process in unanswered:  # one host of it did not answer: its others will not either
                 out[name] = {"running": False, "process": process, "unavailable": unanswered[process]}
@@ -381,9 +386,27 @@ def actors_ls(address: str | None) -> None:
                 "awake": awake,
                 "deadLetters": {"total": sum(dead.values()), "instances": dead},
             }
+        if not any(isinstance(v, dict) and v.get("running") for v in out.values()):
+            elsewhere = sorted(
+                {
+                    str(actor["namespace"])
+                    for actor in ray.util.list_named_actors(all_namespaces=True)
+                    if str(actor.get("name", "")).startswith("foundry.")
+                }
+                - {settings.runtime.namespace}
+            )
+            hint = f"; host processes run in namespace(s) {', '.join(elsewhere)}" if elsewhere else ""
+            out["$problem"] = (
+                f"no host process of this deployment answers in Ray namespace {namespace!r}{hint}: "
+                "is FOUNDRY_RUNTIME__NAMESPACE the deployment's?"
+            )
         return out
 
-    click.echo(json.dumps(_on_ray(address, settings, _run), indent=2))
+    listing = _on_ray(address, settings, _run)
+    click.echo(json.dumps(listing, indent=2))
+    if isinstance(listing, dict) and "$problem" in listing:
+        # A healthy cluster asked in the wrong namespace must not read as "all down, fine".
+        raise click.ClickException(str(listing["$problem"]))
 
 
 def _instance_op(address: str | None, role: str, key: str, method: str) -> object:

@@ -111,3 +111,26 @@ async def test_dead_letters_are_listed_and_retried_from_the_command_line(
         await asyncio.sleep(0.05)
     ls = await asyncio.to_thread(_foundry, settings, "ls")
     assert json.loads(ls.stdout)[host]["deadLetters"] == {"total": 0, "instances": {}}
+
+
+async def test_listing_in_another_namespace_fails_naming_where_the_hosts_run(
+    quick_dead_runtime: RayRuntime,
+) -> None:
+    # Asked without the deployment's namespace, a healthy cluster used to read "every host not
+    # running", with no reason and exit status 0.
+    settings = quick_dead_runtime.settings
+    wrong = settings.model_copy(
+        update={"runtime": settings.runtime.model_copy(update={"namespace": "not-the-deployments"})}
+    )
+    listed = await asyncio.to_thread(_foundry, wrong, "ls")
+    assert listed.returncode == 1, listed.stdout
+    assert (
+        "no host process of this deployment answers in Ray namespace 'not-the-deployments'" in listed.stderr
+    )
+    assert settings.runtime.namespace in listed.stderr  # where they do run
+    hosts = json.loads(listed.stdout)
+    assert all(
+        "in Ray namespace 'not-the-deployments'" in h["unavailable"]
+        for h in hosts.values()
+        if isinstance(h, dict)
+    )
