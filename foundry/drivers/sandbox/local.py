@@ -441,10 +441,15 @@ class LocalSandboxProvider:
         sandbox.limit_hit = what
         signal_group(sandbox, signal.SIGKILL)
         if sandbox.cgroups is not None:
-            await asyncio.to_thread(sandbox.cgroups.remove)
+            sandbox.limit_cleanup = asyncio.ensure_future(asyncio.to_thread(sandbox.cgroups.remove))
+            await sandbox.limit_cleanup
 
     async def _supervise(self, sandbox: RunningSandbox) -> None:
         returncode = effective_returncode(await sandbox.process.wait(), self.jail.jailed)
+        if sandbox.limit_cleanup is not None:
+            # Not reported before its cgroup is gone: a sandbox started again at once under the same
+            # id (the next message) would get the same cgroup, and be killed with the old one.
+            await asyncio.shield(sandbox.limit_cleanup)
         sandbox.returncode = returncode
         if sandbox.stopping or sandbox.state is SandboxState.PENDING:
             # destroy()/aclose() asked for it, or create() is failing and reports it itself.

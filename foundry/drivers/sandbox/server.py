@@ -56,6 +56,9 @@ class RunningSandbox:
     watchdog: asyncio.Task[None] | None = field(default=None, repr=False)
     #: Asks the server whether it still answers (`foundry.drivers.sandbox.liveness`).
     liveness: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: Removing the cgroup of a sandbox stopped over a limit (it kills what is left in it): its exit
+    #: is reported only once this is done, so a sandbox started again in its place is never caught.
+    limit_cleanup: asyncio.Future[None] | None = field(default=None, repr=False)
 
     @property
     def log_path(self) -> Path:
