@@ -134,16 +134,18 @@ async def test_streams_closed_early_or_refused_leave_no_thread_or_connection_beh
     assert connections == 0
 
 
+def _chunked_event(n: int) -> bytes:
+    """Event ``n`` as sandbox-agent writes it: one SSE block in one HTTP chunk."""
+    body = b'event: message\nid: %d\ndata: {"n": %d}\n\n' % (n, n)
+    return b"%x\r\n%s\r\n" % (len(body), body)
+
+
 async def test_ids_the_server_skips_are_re_read_at_once_even_while_the_reader_is_behind() -> None:
     # sandbox-agent skips ids for a subscriber it could not serve in time and keeps only its last
     # 1,024 events: a skipped range must be asked for at once, not when the (busy) consumer reaches
     # it. This server can replay a skipped range for 300 ms only; the consumer is a second behind.
     sent_gap_at: list[float] = []
     replays: list[tuple[int, float]] = []
-
-    def block(n: int) -> bytes:
-        body = b'event: message\nid: %d\ndata: {"n": %d}\n\n' % (n, n)
-        return b"%x\r\n%s\r\n" % (len(body), body)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = b""
@@ -155,12 +157,12 @@ async def test_ids_the_server_skips_are_re_read_at_once_even_while_the_reader_is
         if b"Last-Event-ID: 39" in head:  # the re-read of the skipped range
             replays.append((39, time.monotonic()))
             if time.monotonic() - sent_gap_at[0] < 0.3:
-                writer.write(b"".join(block(n) for n in range(40, 101)))
+                writer.write(b"".join(_chunked_event(n) for n in range(40, 101)))
             writer.write(b"0\r\n\r\n")
         else:
-            writer.write(b"".join(block(n) for n in range(1, 40)))
+            writer.write(b"".join(_chunked_event(n) for n in range(1, 40)))
             await writer.drain()
-            writer.write(b"".join(block(n) for n in range(60, 101)) + b"0\r\n\r\n")
+            writer.write(b"".join(_chunked_event(n) for n in range(60, 101)) + b"0\r\n\r\n")
             sent_gap_at.append(time.monotonic())
         await writer.drain()
         writer.close()
@@ -184,10 +186,6 @@ async def test_a_stream_the_server_ends_while_it_runs_is_resumed_at_once_where_i
     ended_at: list[float] = []
     asked: list[bytes] = []
 
-    def block(n: int) -> bytes:
-        body = b'event: message\nid: %d\ndata: {"n": %d}\n\n' % (n, n)
-        return b"%x\r\n%s\r\n" % (len(body), body)
-
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = b""
         while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -195,11 +193,11 @@ async def test_a_stream_the_server_ends_while_it_runs_is_resumed_at_once_where_i
         asked.append(head)
         ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
         if b"Last-Event-ID: 50" in head and time.monotonic() - ended_at[0] < 0.3:
-            writer.write(ok + b"".join(block(n) for n in range(51, 101)) + b"0\r\n\r\n")
+            writer.write(ok + b"".join(_chunked_event(n) for n in range(51, 101)) + b"0\r\n\r\n")
         elif b"Last-Event-ID" in head:
             writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         else:
-            writer.write(ok + b"".join(block(n) for n in range(1, 51)) + b"0\r\n\r\n")
+            writer.write(ok + b"".join(_chunked_event(n) for n in range(1, 51)) + b"0\r\n\r\n")
             ended_at.append(time.monotonic())
         await writer.drain()
         writer.close()
