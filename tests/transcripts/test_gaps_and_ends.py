@@ -197,8 +197,14 @@ async def test_repairing_a_gap_loses_at_most_the_gap(scripted_server: TaskServer
         async with scripted_server.signed_in("alice") as client:
             task_id, session_id = await start_task(client, "flood 2000")
             log = await wait_turns(client, task_id, session_id, 1, timeout=120)
-    assert proxy.dropped == list(gap)
     lost = [e["data"] for e in log if e["event"] == "eventsLost"]
+    if not proxy.dropped:
+        # On a loaded machine sandbox-agent may end the first (dropping) stream before id 200, and
+        # the reader resumes on one that drops nothing: then nothing may be missing at all.
+        assert lost == []
+        assert chunks(log) == list(range(1, 2001))
+        return
+    assert proxy.dropped == list(gap)
     assert lost == [{"from": gap.start, "to": gap.stop - 1}]
     missing = range(gap.start - 4, gap.stop - 4)  # chunk #n is event n + 4
     assert chunks(log) == [n for n in range(1, 2001) if n not in missing]
