@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -134,6 +135,18 @@ async def test_streams_closed_early_or_refused_leave_no_thread_or_connection_beh
     assert connections == 0
 
 
+async def _read_while_busy(serve: Any) -> list[int]:
+    """The ids ``serve`` streams to a reader whose event loop is busy for a second after opening."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        refused, stream = await open_event_stream(url, "/events", {}, connect_timeout=5)
+        assert refused is None
+        await asyncio.sleep(0.05)
+        time.sleep(1.0)  # the event loop is busy elsewhere
+        return [event_id async for event_id, _ in stream]
+
+
 def _chunked_event(n: int) -> bytes:
     """Event ``n`` as sandbox-agent writes it: one SSE block in one HTTP chunk."""
     body = b'event: message\nid: %d\ndata: {"n": %d}\n\n' % (n, n)
@@ -167,15 +180,7 @@ async def test_ids_the_server_skips_are_re_read_at_once_even_while_the_reader_is
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    async with server:
-        refused, stream = await open_event_stream(url, "/events", {}, connect_timeout=5)
-        assert refused is None
-        await asyncio.sleep(0.05)
-        time.sleep(1.0)  # the event loop is busy elsewhere
-        received = [event_id async for event_id, _ in stream]
-    assert received == list(range(1, 101))
+    assert await _read_while_busy(serve) == list(range(1, 101))
     assert len(replays) == 1
 
 
@@ -202,14 +207,6 @@ async def test_a_stream_the_server_ends_while_it_runs_is_resumed_at_once_where_i
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    async with server:
-        refused, stream = await open_event_stream(url, "/events", {}, connect_timeout=5)
-        assert refused is None
-        await asyncio.sleep(0.05)
-        time.sleep(1.0)  # the event loop is busy elsewhere
-        received = [event_id async for event_id, _ in stream]
-    assert received == list(range(1, 101))
+    assert await _read_while_busy(serve) == list(range(1, 101))
     assert [b"Last-Event-ID: 50" in h for h in asked] == [False, True, False]
     assert b"Last-Event-ID: 100" in asked[2]
