@@ -50,6 +50,7 @@ from actors.task.state import (
     session_topic,
     task_topic,
 )
+from actors.task.turn_end import close_left_open_calls
 from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.errors import Conflict, FoundryError, NotFound
@@ -444,7 +445,10 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
                     ctx,
                     conn,
                     session_id,
-                    [("turnCancelled", {"messageId": message_id, "stopReason": "archived"})],
+                    [
+                        *await close_left_open_calls(conn, session_id, "cancelled"),
+                        ("turnCancelled", {"messageId": message_id, "stopReason": "archived"}),
+                    ],
                 )
             await conn.execute(
                 permission_requests.update()
@@ -464,7 +468,10 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
                 )
             )
             for (session_id,) in running:
-                await append_events(ctx, conn, session_id, [("sessionClosed", {"reason": "archived"})])
+                left_open = await close_left_open_calls(conn, session_id, "cancelled")
+                await append_events(
+                    ctx, conn, session_id, [*left_open, ("sessionClosed", {"reason": "archived"})]
+                )
             if rescue is not None:
                 audit(ctx, current, "task.rescue_pushed", {"branch": rescue, **rescued}, user_id=cmd.user_id)
             audit(

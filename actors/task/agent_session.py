@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.task.schema import sessions, task
 from actors.task.state import append_events, load_session, refresh
+from actors.task.turn_end import close_left_open_calls
 from foundry.drivers.sandbox import AcpError, SandboxError
 from foundry.drivers.sandbox.acp import AcpConnection
 from foundry.drivers.sandbox.agents import AGENTS, install_hint
@@ -105,6 +106,8 @@ async def open_agent_session(
         if not closed:
             events: list[tuple[str, dict[str, Any]]] = []
             if restarted:
+                # The agent that ran them is gone; the new one never heard of them.
+                events.extend(await close_left_open_calls(conn, session.session_id, "failed"))
                 text = RESTORED_TEXT if loaded else NOT_RESTORED_TEXT
                 events.append((AGENT_RESTARTED, {"loaded": loaded, "text": text}))
             await record_agent_session(

@@ -44,6 +44,7 @@ from actors.task.state import (
     require_open_session,
     require_task,
 )
+from actors.task.turn_end import close_left_open_calls
 from actors.task.turn_stop import cancel_job
 from foundry.errors import Conflict, InvalidInput, NotFound
 from foundry.runtime.context import CommandContext
@@ -339,7 +340,11 @@ async def handle_close_session(ctx: CommandContext, cmd: SessionRef) -> dict[str
         .where(sessions.c.session_id == cmd.session_id)
         .values(status="closed", closed_at=now, updated_at=now)
     )
-    await append_events(ctx, ctx.conn, cmd.session_id, [("sessionClosed", {"userId": cmd.user_id})])
+    # Its agent is shut down: a tool call it left running would spin on the page for good.
+    left_open = await close_left_open_calls(ctx.conn, cmd.session_id, "cancelled")
+    await append_events(
+        ctx, ctx.conn, cmd.session_id, [*left_open, ("sessionClosed", {"userId": cmd.user_id})]
+    )
     audit(
         ctx,
         row,

@@ -46,7 +46,7 @@ from actors.task.state import (
     refresh,
     turn_job_name,
 )
-from actors.task.turn_end import closed_tool_calls, open_tool_calls
+from actors.task.turn_end import close_left_open_calls
 from actors.task.turns import run_turn as _run_turn
 from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.client import SandboxAgentClient
@@ -404,7 +404,7 @@ async def _end_interrupted_turn(
         .values(status="cancelled", answered_at=now)
     )
     session_status = {"status": status, **({"error": error} if error else {})}
-    closed = closed_tool_calls(await open_tool_calls(conn, session_id), "failed" if error else "cancelled")
+    closed = await close_left_open_calls(conn, session_id, "failed" if error else "cancelled")
     await append_events(ctx, conn, session_id, [*closed, ended, ("sessionStatus", session_status)])
 
 

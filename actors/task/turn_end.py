@@ -211,6 +211,15 @@ async def _close_open_tool_calls(
     return closed_tool_calls(list(calls), status)
 
 
+async def close_left_open_calls(
+    conn: AsyncConnection, session_id: str, status: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """Events closing with ``status`` every tool call of the session its transcript holds open: for
+    when no agent will close them any more (its turn ended early, it was replaced, the session or
+    task was closed)."""
+    return closed_tool_calls(await open_tool_calls(conn, session_id), status)
+
+
 async def open_tool_calls(conn: AsyncConnection, session_id: str) -> list[str]:
     """The session's tool calls that no update closed, as its transcript recorded them: this turn's,
     and those an earlier turn left open (its agent will not close them any more either)."""

@@ -57,6 +57,8 @@ WATCH_INTERVAL_S = 0.5
 #: After the prompt was answered over HTTP, how long the stream may stay silent before it is reopened
 #: (once), and then before the turn ends without the stream's last events (reported as lost).
 STREAM_STALL_S = 3.0
+#: Longest wait for the turn's event stream to open before the prompt is sent without it.
+STREAM_OPEN_WAIT_S = 5.0
 #: How long the stream may stay silent during a turn before sandbox-agent is asked whether the
 #: turn's ACP server still exists.
 AGENT_CHECK_S = 5.0
@@ -129,9 +131,7 @@ class Turn:
         """Send the prompt and record the stream until the turn's last event; the outcome."""
         self.feed.start()
         recording = asyncio.create_task(self.recorder.run(), name=f"turn-record:{self.session.session_id}")
-        prompt = asyncio.create_task(
-            self.acp.prompt(self.session.acp_session_id, text, request_id=self.request_id)
-        )
+        prompt = asyncio.create_task(self._prompt(text))
         try:
             end = await self._watch(recording, prompt)
             outcome = await self._outcome(end, prompt)
@@ -148,6 +148,17 @@ class Turn:
             await asyncio.gather(
                 recording, prompt, *([self._cancel_task] if self._cancel_task else []), return_exceptions=True
             )
+
+    async def _prompt(self, text: str) -> str:
+        # The prompt goes out once the stream is open, so the turn's first events are on it; should
+        # the stream not open in time, the feed still re-reads what sandbox-agent keeps.
+        if not await self.feed.wait_open(STREAM_OPEN_WAIT_S):
+            log.warning(
+                "event stream of %s not open after %.0f s; sending the prompt anyway",
+                self.acp.server_id,
+                STREAM_OPEN_WAIT_S,
+            )
+        return await self.acp.prompt(self.session.acp_session_id, text, request_id=self.request_id)
 
     async def _watch(self, recording: asyncio.Task[RecordedEnd], prompt: asyncio.Task[str]) -> RecordedEnd:
         loop = asyncio.get_running_loop()

@@ -210,3 +210,27 @@ async def test_a_stream_the_server_ends_while_it_runs_is_resumed_at_once_where_i
     assert await _read_while_busy(serve) == list(range(1, 101))
     assert [b"Last-Event-ID: 50" in h for h in asked] == [False, True, False]
     assert b"Last-Event-ID: 100" in asked[2]
+
+
+async def test_a_stream_whose_first_ids_are_skipped_re_reads_them_at_once() -> None:
+    # A stream asked for from the first event (no Last-Event-ID) whose first block is already id 20
+    # skipped 1..19: it must re-read them at once like any other gap, not take 20 as its start.
+    replays: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = b""
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            head += line
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        if b"Last-Event-ID: 0" in head:  # the re-read, answered only while the reader is behind
+            replays.append(head)
+            writer.write(b"".join(_chunked_event(n) for n in range(1, 61)) + b"0\r\n\r\n")
+        else:
+            writer.write(b"".join(_chunked_event(n) for n in range(20, 61)) + b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    assert await _read_while_busy(serve) == list(range(1, 61))
+    assert len(replays) == 1

@@ -26,7 +26,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -208,7 +208,9 @@ class AcpConnection:
         payload = {"jsonrpc": "2.0", "id": request_id, "result": {"outcome": outcome}}
         await self.client.request("POST", self._path, params={"agent": self.agent}, json=payload)
 
-    async def events(self, last_event_id: int | None = None) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def events(
+        self, last_event_id: int | None = None, *, on_open: Callable[[], None] | None = None
+    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         """Stream ``(event_id, envelope)`` from the server's SSE feed, oldest first.
 
         The feed starts with the buffered history (after ``last_event_id`` when given, sent as
@@ -217,7 +219,8 @@ class AcpConnection:
         `foundry.drivers.sandbox.feed.AcpEventFeed` to follow a server without losing any. Envelopes
         are raw JSON-RPC messages (agent notifications and requests, and mirrors of responses). It
         ends when the ACP server is closed (or sandbox-agent stops); consume it in a task and close
-        the iterator (``contextlib.aclosing``) when done early.
+        the iterator (``contextlib.aclosing``) when done early. ``on_open`` is called once the server
+        accepted the stream: from then on it holds every event the server sends.
 
         Raises:
             SandboxApiError: e.g. 404 ``session_not_found`` for an unknown server id.
@@ -233,6 +236,8 @@ class AcpConnection:
             )
             if refused is not None:
                 raise problem_error(refused, action)
+            if on_open is not None:
+                on_open()
             async with contextlib.aclosing(stream):
                 async for event in stream:
                     yield event

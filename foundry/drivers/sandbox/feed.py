@@ -84,10 +84,26 @@ class AcpEventFeed:
         self._task: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._resync_requested = False
+        self._opened = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"acp-feed:{self.acp.server_id}")
+
+    async def wait_open(self, timeout: float) -> bool:
+        """Wait until the first stream is open (or the feed ended); False when ``timeout`` passed.
+
+        A turn sends its prompt after this: a stream that connects only once the agent has produced
+        more than sandbox-agent keeps (1,024 events) could no longer read the turn's first events.
+        """
+        if self._task is None:
+            raise RuntimeError("wait_open before start")
+        opened = asyncio.ensure_future(self._opened.wait())
+        try:
+            await asyncio.wait({opened, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            opened.cancel()
+        return self._opened.is_set() or self._task.done()
 
     def resync(self) -> None:
         """Reopen the stream after the last delivered id (the consumer suspects it stalled)."""
@@ -160,7 +176,10 @@ class AcpEventFeed:
                 await asyncio.sleep(0.1 * reconnects)
 
     async def _follow(self) -> None:
-        stream = cast("AsyncGenerator[tuple[int, dict[str, Any]], None]", self.acp.events(self.last_id))
+        stream = cast(
+            "AsyncGenerator[tuple[int, dict[str, Any]], None]",
+            self.acp.events(self.last_id, on_open=self._opened.set),
+        )
         try:
             async for event_id, envelope in stream:
                 expected = (self.last_id or 0) + 1

@@ -52,14 +52,17 @@ async def open_event_stream(
     host = url.hostname or "127.0.0.1"
     port = url.port or (443 if url.scheme == "https" else 80)
     tls = url.scheme == "https"
+    requested = _header(headers, "last-event-id")
+    # Ids are numbered from 1, so a stream without ``Last-Event-ID`` follows id 0.
+    start = int(requested) if requested is not None and requested.isdigit() else 0
 
     def request(after: int | None) -> bytes:
         lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Connection: close"]
         lines += [f"{name}: {value}" for name, value in headers.items() if name.lower() != "last-event-id"]
         if after is not None:
             lines.append(f"Last-Event-ID: {after}")
-        elif (last := _header(headers, "last-event-id")) is not None:
-            lines.append(f"Last-Event-ID: {last}")
+        elif requested is not None:
+            lines.append(f"Last-Event-ID: {requested}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def receiver_for(status: int, response_headers: dict[str, str]) -> Receiver:
@@ -69,7 +72,7 @@ async def open_event_stream(
         def replay(first: int, beyond: int) -> list[bytes]:
             return replay_blocks(host, port, tls, request, first, beyond)
 
-        return EventBlocks(_chunked(response_headers), replay, f"{host}:{port}{path}", request)
+        return EventBlocks(_chunked(response_headers), replay, f"{host}:{port}{path}", request, after=start)
 
     pump = SocketPump(receiver_for)
     try:

@@ -100,6 +100,9 @@ MAX_IDLE_RESUMES = 2
 class EventBlocks:
     """A `Receiver` for an event stream: its SSE blocks, with skipped ids re-read by ``replay``.
 
+    ``after`` is the id the stream was asked to follow (0 for a stream from the first event, None
+    when unknown: the first id seen is then the start).
+
     sandbox-agent also ends the stream of a subscriber it fell behind for: ``request_after(id)``
     asks for the events after ``id`` on a new connection, which the receiving thread opens at once
     (`resume`), while sandbox-agent still has what followed.
@@ -111,6 +114,8 @@ class EventBlocks:
         replay: Replay | None,
         name: str,
         request_after: Callable[[int], bytes] | None = None,
+        *,
+        after: int | None = None,
     ) -> None:
         self.framed = chunked
         self.finished = False
@@ -119,7 +124,9 @@ class EventBlocks:
         self._name = name
         self._request_after = request_after
         self._text = b""  # the incomplete block at the end of what arrived
-        self._last_id: int | None = None
+        # The id the request asked to follow (0: from the first). Ids the first read skips past it are
+        # re-read at once too: a stream that connected late must not take what it saw first as its start.
+        self._last_id: int | None = after
         self._id_at_restart: int | None = None
         self._idle_resumes = 0
 

@@ -1,0 +1,66 @@
+"""A tool call the agent left running is closed by Foundry once no agent will close it any more: the
+session is closed, the task archived, or the agent replaced after its sandbox died. Otherwise it
+would spin on the page for good."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from tests.tasks.conftest import TaskServer, wait_task
+from tests.transcripts.conftest import session_log, start_task, terminal, wait_turns
+
+TASKS = "/v1/organizations/acme/tasks"
+
+
+def closed_by_foundry(log: list[dict[str, Any]], before: str) -> dict[str, str]:
+    """The tool calls Foundry closed before the first ``before`` event, with their status."""
+    end = [e["event"] for e in log].index(before)
+    return {
+        e["data"]["update"]["toolCallId"]: e["data"]["update"]["status"]
+        for e in log[:end]
+        if e["event"] == "agentUpdate" and e["data"].get("origin") == "foundry"
+    }
+
+
+async def _task_with_a_call_left_open(client: Any) -> tuple[str, str]:
+    task_id, session_id = await start_task(client, "open")
+    log = await wait_turns(client, task_id, session_id, 1)
+    assert terminal(log) == ["turnEnded"]
+    assert not closed_by_foundry(log, "turnEnded")  # the agent's own turn end leaves it to the agent
+    return task_id, session_id
+
+
+async def test_closing_a_session_closes_the_tool_calls_its_agent_left_open(scripted_server: TaskServer):
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await _task_with_a_call_left_open(client)
+        closed = await client.delete(f"{TASKS}/{task_id}/sessions/{session_id}")
+        assert closed.status_code == 200, closed.text
+        log = await session_log(client, task_id, session_id)
+    assert closed_by_foundry(log, "sessionClosed") == {"open-1": "cancelled"}
+
+
+async def test_archiving_a_task_closes_the_tool_calls_its_agents_left_open(scripted_server: TaskServer):
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await _task_with_a_call_left_open(client)
+        archived = await client.post(f"{TASKS}/{task_id}/archive", json={"force": True})
+        assert archived.status_code == 200, archived.text
+        log = await session_log(client, task_id, session_id)
+    assert closed_by_foundry(log, "sessionClosed") == {"open-1": "cancelled"}
+
+
+async def test_an_agent_replaced_after_its_sandbox_died_has_its_open_tool_calls_closed(
+    scripted_server: TaskServer,
+):
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await _task_with_a_call_left_open(client)
+        pid = scripted_server.provider.process_id(task_id)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_task(client, task_id, lambda d: d["sandboxError"] is not None)
+        sent = await client.post(f"{TASKS}/{task_id}/sessions/{session_id}/messages", json={"text": "hello"})
+        assert sent.status_code == 202, sent.text
+        log = await wait_turns(client, task_id, session_id, 2)
+    assert terminal(log) == ["turnEnded", "turnEnded"]
+    assert closed_by_foundry(log, "agentRestarted") == {"open-1": "failed"}
