@@ -13,6 +13,13 @@ twice and reap each other's sandboxes as leftovers; two copies of one host proce
 * every host process also holds an *exclusive* lock on ``<data_dir>/.processes/<name>.lock``: a
   second copy of it waits for the first to end (a slow exit), then refuses.
 
+A free lock does not mean the holder is gone: Ray restarts host processes that died (a node's OOM
+killer takes them all at once) and the restart can take most of a minute on a busy machine. So
+the record stays the deployment's claim: its hosts touch it every `HEARTBEAT_S`, and another
+deployment takes the directory over only once the holder is known to be gone (``holder_gone``: its
+cluster refuses connections, or, in the same cluster, its namespace has no host process left) or its
+claim lapsed (`CLAIM_LAPSES_S` without a sign of life).
+
 An API process asks the same (`foreign_holder`) before it writes anything there.
 """
 
@@ -20,12 +27,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 #: How long a host process waits for a copy of itself to finish exiting (Ray starts the next
 #: incarnation only once the last one is gone; this covers a slow exit).
@@ -36,6 +48,11 @@ OTHER_WAIT_S = 2.0
 #: Words every refusal contains, so that the API process that started the host can recognise it in
 #: Ray's report of the failed start.
 REFUSAL_MARK = "is already served by"
+#: How often a host process renews its deployment's claim on the data directory.
+HEARTBEAT_S = 10.0
+#: How long a claim holds after its hosts' last renewal when nothing tells whether they are gone:
+#: longer than Ray takes to restart every host of a loaded machine.
+CLAIM_LAPSES_S = 120.0
 DEPLOYMENT_LOCK = ".deployment.lock"
 DEPLOYMENT_RECORD = ".deployment.json"
 
@@ -55,59 +72,99 @@ class Deployment:
         return f"Ray namespace {self.namespace!r} of the cluster at {self.cluster}"
 
 
+#: Whether the hosts of a deployment (the record's) are known to be gone for good; see the module doc.
+HolderGone = Callable[[Deployment], bool]
+
+
 @dataclass
 class HostLocks:
-    """The open lock files of a host process (kept open: closing one would release it)."""
+    """The open lock files of a host process (kept open: closing one would release it), and the
+    thread that renews the deployment's claim."""
 
     deployment: IO[str]
     process: IO[str]
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def renew_claim(self, data_dir: Path, ours: Deployment) -> None:
+        """Touch the deployment record every `HEARTBEAT_S` while these locks are held."""
+
+        def renew() -> None:
+            while not self._stop.wait(HEARTBEAT_S):
+                if _record(data_dir) == ours:
+                    try:
+                        os.utime(data_dir / DEPLOYMENT_RECORD)
+                    except OSError as exc:
+                        log.warning("could not renew the claim on %s: %s", data_dir, exc)
+
+        threading.Thread(target=renew, name="deployment-claim", daemon=True).start()
 
     def close(self) -> None:
+        self._stop.set()
         self.process.close()
         self.deployment.close()
 
 
-def hold_host_lock(data_dir: Path, process: str, ours: Deployment) -> HostLocks:
+def hold_host_lock(
+    data_dir: Path, process: str, ours: Deployment, holder_gone: HolderGone | None = None
+) -> HostLocks:
     """Lock ``data_dir`` for ``ours`` and ``process``'s files in it, for the life of the caller, or
     raise `HostsConflict` naming who holds them."""
-    deployment = _hold_deployment(data_dir, ours)
+    deployment = _hold_deployment(data_dir, ours, holder_gone)
     try:
-        return HostLocks(deployment, _hold_process(data_dir, process, ours))
+        locks = HostLocks(deployment, _hold_process(data_dir, process, ours))
     except BaseException:
         deployment.close()
         raise
+    locks.renew_claim(data_dir, ours)
+    return locks
 
 
-def foreign_holder(data_dir: Path, ours: Deployment) -> str | None:
-    """Why hosts of ``ours`` cannot run on ``data_dir``: live hosts of another deployment hold it on
-    this node (None when none does). For an API process to ask before it writes anything there."""
+def foreign_holder(data_dir: Path, ours: Deployment, holder_gone: HolderGone | None = None) -> str | None:
+    """Why hosts of ``ours`` cannot run on ``data_dir``: hosts of another deployment hold it on this
+    node, or their claim on it still holds while they may be restarting (None when free). For an API
+    process to ask before it writes anything there."""
     path = data_dir / DEPLOYMENT_LOCK
     if not path.exists():
         return None
     with path.open("a+") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return None  # no host runs on it
+            live = False
         except BlockingIOError:
-            holder = _record(data_dir)
+            live = True
+        holder = _record(data_dir)
     if holder is None or holder == ours:
         return None
-    return _refusal(data_dir, holder, ours)
+    if live:
+        return _refusal(data_dir, holder, ours)
+    if _claim_lapsed(data_dir, holder, holder_gone):
+        return None
+    return _restarting_refusal(data_dir, holder, ours)
 
 
-def _hold_deployment(data_dir: Path, ours: Deployment) -> IO[str]:
+def _hold_deployment(data_dir: Path, ours: Deployment, holder_gone: HolderGone | None) -> IO[str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     handle = (data_dir / DEPLOYMENT_LOCK).open("a+")
     started = time.monotonic()
+    lapsed: bool | None = None  # asked once: it may cost a connection attempt
     while True:
+        free = False
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
         except BlockingIOError:
             pass  # live hosts hold it: join them if they are of this deployment
-        else:
-            _write_record(data_dir, ours)  # nobody runs on it: this deployment takes it
-            fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
         holder = _record(data_dir)
+        if free:
+            if holder is not None and holder != ours and lapsed is None:
+                lapsed = _claim_lapsed(data_dir, holder, holder_gone)
+            if holder is None or holder == ours or lapsed:
+                _write_record(data_dir, ours)  # nobody runs on it: this deployment takes it
+                holder = ours
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+            else:
+                # Their hosts may be restarting: let them take it back meanwhile.
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         if holder == ours:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -116,8 +173,24 @@ def _hold_deployment(data_dir: Path, ours: Deployment) -> IO[str]:
                 pass  # held exclusively for an instant (another host taking it over, a look)
         if time.monotonic() - started >= OTHER_WAIT_S:
             handle.close()
-            raise HostsConflict(_refusal(data_dir, holder, ours))
+            refusal = _refusal if not free or holder is None else _restarting_refusal
+            raise HostsConflict(refusal(data_dir, holder, ours))
         time.sleep(0.1)
+
+
+def _claim_lapsed(data_dir: Path, holder: Deployment, holder_gone: HolderGone | None) -> bool:
+    """Whether a deployment whose hosts hold no lock lost its claim: it is known to be gone, or it
+    gave no sign of life for `CLAIM_LAPSES_S`."""
+    if _claim_age(data_dir) >= CLAIM_LAPSES_S:
+        return True
+    return holder_gone is not None and holder_gone(holder)
+
+
+def _claim_age(data_dir: Path) -> float:
+    try:
+        return time.time() - (data_dir / DEPLOYMENT_RECORD).stat().st_mtime
+    except OSError:
+        return float("inf")
 
 
 def _hold_process(data_dir: Path, process: str, ours: Deployment) -> IO[str]:
@@ -155,6 +228,17 @@ def _refusal(data_dir: Path, holder: Deployment | None, ours: Deployment) -> str
         f"run; the hosts of {ours.describe()} would run the same databases and sandboxes twice. Give "
         "every API process of a deployment the same FOUNDRY_RUNTIME__NAMESPACE and Ray cluster, or "
         "another FOUNDRY_DATA_DIR"
+    )
+
+
+def _restarting_refusal(data_dir: Path, holder: Deployment | None, ours: Deployment) -> str:
+    theirs = holder.describe() if holder is not None else "another deployment"
+    return (
+        f"the data directory {data_dir} {REFUSAL_MARK} the host processes of {theirs}: none runs at "
+        "this moment, but that deployment is not known to be gone and Ray may be restarting them "
+        f"(its claim lapses {CLAIM_LAPSES_S:g} s after their last sign of life, "
+        f"{_claim_age(data_dir):.0f} s ago); the hosts of {ours.describe()} would run the same "
+        "databases and sandboxes twice. Stop that deployment, or give this one another FOUNDRY_DATA_DIR"
     )
 
 

@@ -39,6 +39,7 @@ from foundry.runtime.cluster_file import (
 from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.forwarded_logs import ForwardedLogWatch
 from foundry.runtime.hang_watch import HangWatch
+from foundry.runtime.holder_liveness import holder_gone_check
 from foundry.runtime.host import Host
 from foundry.runtime.host_lock import REFUSAL_MARK, Deployment, foreign_holder
 from foundry.runtime.host_process import HostProcess, deployment_of
@@ -195,6 +196,9 @@ class RayRuntime(Runtime):
         await self._check_node_labels()
         self._nodes.start()
         await self._check_cluster_key()
+        # Again, right before the write: the comparison can take a while, and another deployment's
+        # hosts may have come back meanwhile.
+        await asyncio.to_thread(self._check_data_dir_free)
         await asyncio.to_thread(write_secrets, self.settings)
         for process in hosts_by_process(self.settings):
             self._process_handle(process)
@@ -202,7 +206,8 @@ class RayRuntime(Runtime):
 
     def _check_data_dir_free(self) -> None:
         """Refuse to start hosts on a data directory whose live hosts belong to another deployment."""
-        foreign = foreign_holder(self.settings.data_dir, self.deployment())
+        ours = self.deployment()
+        foreign = foreign_holder(self.settings.data_dir, ours, holder_gone_check(ours))
         if foreign is not None:
             raise Conflict(foreign)
 
@@ -238,6 +243,9 @@ class RayRuntime(Runtime):
         try:
             theirs: dict[str, Any] = await asyncio.wait_for(handle.deployment.remote(), RETRY_WINDOW_S)
         except (TimeoutError, RayActorError) as exc:
+            if REFUSAL_MARK in str(exc):
+                # That host process was refused the data directory: so is this deployment.
+                raise Conflict(_refusal_reason(str(exc))) from None
             log.warning("could not compare settings with host process %s: %s", process, exc)
             return
         ours = roundtrip(deployment_of(self.settings))
@@ -260,10 +268,8 @@ class RayRuntime(Runtime):
             try:
                 await asyncio.wait_for(self._process_handle(process).deployment.remote(), RETRY_WINDOW_S)
             except RayActorError as exc:
-                text = str(exc)
-                if REFUSAL_MARK in text:
-                    start = text.rfind("the data directory ", 0, text.index(REFUSAL_MARK))
-                    return text[start:].splitlines()[0]
+                if REFUSAL_MARK in str(exc):
+                    return _refusal_reason(str(exc))
                 log.warning("host process %s did not start: %s", process, exc)
             except TimeoutError:
                 log.warning("host process %s did not answer within %.0f s of start", process, RETRY_WINDOW_S)
@@ -561,3 +567,9 @@ def _local_node_labels(settings: Settings) -> dict[str, str] | None:
             "with those nodes"
         )
     return {DATA_LABEL: labels[0]}
+
+
+def _refusal_reason(text: str) -> str:
+    """A host process's refusal of the data directory, out of Ray's report of its failed start."""
+    start = text.rfind("the data directory ", 0, text.index(REFUSAL_MARK))
+    return text[max(start, 0) :].splitlines()[0]

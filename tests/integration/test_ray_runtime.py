@@ -13,6 +13,8 @@ import pytest
 
 from foundry.config import Settings
 from foundry.errors import ActorUnavailable, InvalidInput, NotFound
+from foundry.runtime.holder_liveness import holder_gone_check
+from foundry.runtime.host_lock import Deployment
 from foundry.runtime.keys import shard_of
 from foundry.runtime.placement import process_name, process_of
 from foundry.runtime.ray_backend import RayRuntime
@@ -167,3 +169,15 @@ async def test_a_host_process_never_starts_another_one_that_is_not_running(ray_s
     assert time.monotonic() - started < 5
     with pytest.raises(ValueError, match="Failed to look up actor"):
         ray.get_actor(process_name(process_of(settings, "counter", 0)), namespace=namespace)
+
+
+async def test_a_deployment_is_gone_from_its_cluster_only_once_it_has_no_host_process(
+    ray_runtime: RayRuntime,
+) -> None:
+    # A data directory's holder in this cluster whose lock is free: its hosts are restarting (Ray
+    # still lists them) or ended for good (not listed); only the latter lets another deployment in.
+    ours = ray_runtime.deployment()
+    await ray_runtime.host_info("counter", 0)  # its hosts run
+    gone = holder_gone_check(Deployment("another", ours.cluster))
+    assert not gone(ours)
+    assert gone(Deployment("no-hosts-here", ours.cluster))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,21 +14,27 @@ from pathlib import Path
 
 import pytest
 
+from foundry.runtime import host_lock
+from foundry.runtime.holder_liveness import holder_gone_check
 from foundry.runtime.host_lock import Deployment, HostsConflict, foreign_holder, hold_host_lock
 
 OURS = Deployment("foundry", "10.0.0.5:6379")
 HOLDER = """
 import sys, time
 from pathlib import Path
+from foundry.runtime import host_lock
 from foundry.runtime.host_lock import Deployment, hold_host_lock
+host_lock.HEARTBEAT_S = float(sys.argv[5])
 locks = hold_host_lock(Path(sys.argv[1]), sys.argv[2], Deployment(sys.argv[3], sys.argv[4]))
 print("held", flush=True)
 time.sleep(600)
 """
 
 
-def _holder(data_dir: Path, process: str, deployment: Deployment) -> subprocess.Popen[str]:
-    args = [str(data_dir), process, deployment.namespace, deployment.cluster]
+def _holder(
+    data_dir: Path, process: str, deployment: Deployment, heartbeat_s: float = 10.0
+) -> subprocess.Popen[str]:
+    args = [str(data_dir), process, deployment.namespace, deployment.cluster, str(heartbeat_s)]
     child = subprocess.Popen([sys.executable, "-c", HOLDER, *args], stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "held"
@@ -72,12 +79,61 @@ def test_the_hosts_of_one_deployment_share_it_and_the_next_takes_it_once_they_en
     child.wait()
     nobody = time.monotonic()
     successor = Deployment("renamed", "10.0.0.9:6379")  # e.g. restarted in another namespace
-    locks = hold_host_lock(tmp_path, "foundry.main", successor)
+    locks = hold_host_lock(tmp_path, "foundry.main", successor, _known_gone)
     assert time.monotonic() - nobody < 5
     assert foreign_holder(tmp_path, successor) is None
     assert foreign_holder(tmp_path, OURS) is not None
     locks.close()
-    assert foreign_holder(tmp_path, OURS) is None
+    assert foreign_holder(tmp_path, OURS, _known_gone) is None
+
+
+def _known_gone(holder: Deployment) -> bool:
+    return True
+
+
+def _maybe_restarting(holder: Deployment) -> bool:
+    return False
+
+
+def test_hosts_that_all_died_at_once_keep_their_claim_while_ray_may_restart_them(tmp_path: Path) -> None:
+    # Every host of a deployment killed at once (a node's OOM killer): Ray restarts them, which can
+    # take most of a minute. Another deployment must not take the directory meanwhile, neither its
+    # hosts nor its API process, while the first one's hosts get it back at once.
+    child = _holder(tmp_path, "foundry.main", OURS)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    other = Deployment("foundry", "10.0.0.9:6379")
+    with pytest.raises(HostsConflict) as refused:
+        hold_host_lock(tmp_path, "foundry.main", other, _maybe_restarting)
+    assert OURS.describe() in str(refused.value)
+    assert "restarting" in str(refused.value)
+    reason = foreign_holder(tmp_path, other, _maybe_restarting)
+    assert reason is not None
+    assert "is already served by" in reason
+    back = hold_host_lock(tmp_path, "foundry.main", OURS, _maybe_restarting)  # Ray's restart
+    back.close()
+    # Once the first deployment is known to be gone (its cluster refuses connections, its namespace
+    # has no host process), or its claim lapsed, the other one takes over.
+    assert foreign_holder(tmp_path, other, _known_gone) is None
+    record = tmp_path / ".deployment.json"
+    stale = time.time() - host_lock.CLAIM_LAPSES_S - 1
+    os.utime(record, (stale, stale))
+    assert foreign_holder(tmp_path, other, _maybe_restarting) is None
+    hold_host_lock(tmp_path, "foundry.main", other, _maybe_restarting).close()
+    assert foreign_holder(tmp_path, OURS, _maybe_restarting) is not None
+
+
+def test_live_hosts_renew_their_claim(tmp_path: Path) -> None:
+    child = _holder(tmp_path, "foundry.main", OURS, heartbeat_s=0.2)
+    try:
+        record = tmp_path / ".deployment.json"
+        stale = time.time() - 1000
+        os.utime(record, (stale, stale))
+        time.sleep(1.0)
+        assert time.time() - record.stat().st_mtime < 5
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_second_copy_of_a_host_process_waits_for_the_first_to_exit(tmp_path: Path) -> None:
@@ -92,3 +148,14 @@ def test_a_second_copy_of_a_host_process_waits_for_the_first_to_exit(tmp_path: P
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_holder_in_another_cluster_is_gone_when_its_cluster_refuses_connections() -> None:
+    ours = Deployment("foundry", "127.0.0.1:1")
+    gone = holder_gone_check(ours)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        assert not gone(Deployment("foundry", address))  # its GCS answers: it may restart its hosts
+    assert gone(Deployment("foundry", address))  # nothing listens there any more
