@@ -147,7 +147,9 @@ class Pong(_ServerModel):
 class Waiting(_ServerModel):
     """The topic's state cannot be read now: the part of Foundry that owns it does not answer (a
     process restarting or hung). The subscription stays: its snapshot (or replay) follows as soon as
-    the owner answers. Sent once per subscription and wait, after the first failed attempt."""
+    the owner answers. Sent once per subscription and wait, after the first failed attempt; to a
+    subscription already served, when its owner's event stream has been silent for 6 s (its events
+    then follow in order once the owner answers)."""
 
     model_config = ConfigDict(title="waiting")
     op: Literal["waiting"]

@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 #: removed): every subscriber's access is checked again before it gets anything newer, and those
 #: refused now get an error frame ``forbidden`` that ends the subscription.
 ACCESS_CHANGED_EVENT = "accessChanged"
+#: A host stream that beats (every 2 s when idle) and has delivered nothing for this long comes
+#: from a host process that stopped answering: its subscribers get a ``waiting`` frame.
+STREAM_SILENT_S = 6.0
+SILENCE_CHECK_S = 1.0
+SILENT_DETAIL = (
+    f"the part of Foundry that holds this topic has not answered for {STREAM_SILENT_S:g} s; the "
+    "subscription stays and its events follow once it answers"
+)
 
 
 class HostPumps:
@@ -79,6 +87,7 @@ class HostPumps:
             pump = Pump(role, shard)
             pumps[(role, shard)] = pump
             pump.task = self._state.spawn(self._run(pump), f"realtime-pump:{pump.name}")
+            pump.silence_task = self._state.spawn(self._watch_silence(pump), f"realtime-silence:{pump.name}")
         return pump
 
     def add_listener(self, role: str, shard: int, listener: StreamListener) -> None:
@@ -121,6 +130,7 @@ class HostPumps:
             del state.pumps[(pump.role, pump.shard)]
         state.cancel(pump.task)
         state.cancel(pump.verify_task)
+        state.cancel(pump.silence_task)
         for topic in pump.topics.values():
             state.cancel(topic.sync_task)
             topic.sync_task = None
@@ -147,13 +157,18 @@ class HostPumps:
             pump.streams_opened += 1
             state.counters["streams_opened"] += 1
             received = False
+            pump.heard_at = asyncio.get_running_loop().time()
             try:
                 # Runs once this task is suspended inside the first `anext`, i.e. after the stream
                 # was requested (Ray) or registered (in-process): snapshots may be read from then.
                 asyncio.get_running_loop().call_soon(self._on_attached, pump, pump.generation)
                 async for batch in stream:
                     received = True
-                    self._on_batch(pump, batch)
+                    self._on_heard(pump)
+                    if batch:
+                        self._on_batch(pump, batch)
+                    else:
+                        pump.beats = True  # a heartbeat: the host is alive, and idle
                 raise ActorUnavailable(f"the event stream of {pump.name} ended")
             except ActorUnavailable as exc:
                 log.warning("realtime: stream of %s broke (%s); reconnecting in %.2fs", pump.name, exc, delay)
@@ -187,7 +202,32 @@ class HostPumps:
             if topic.waiting and topic.sync_task is None:
                 self._sync.start_round(pump, topic)
 
+    def _on_heard(self, pump: Pump) -> None:
+        pump.heard_at = asyncio.get_running_loop().time()
+        if pump.silent:
+            pump.silent = False
+            log.info("realtime: the stream of %s delivers again", pump.name)
+            for topic in pump.topics.values():
+                for sub in topic.subs:
+                    sub.told_waiting = False  # a later silence is told again
+
+    async def _watch_silence(self, pump: Pump) -> None:
+        """Tell the subscribers of a host whose stream stopped beating that they wait: a hung host
+        process (its event loop blocked, the process stopped) breaks no stream, it only falls silent."""
+        loop = asyncio.get_running_loop()
+        while not pump.stopped:
+            await asyncio.sleep(SILENCE_CHECK_S)
+            silent_for = loop.time() - pump.heard_at
+            if not pump.beats or not pump.attached or pump.silent or silent_for < STREAM_SILENT_S:
+                continue
+            pump.silent = True
+            log.warning("realtime: the stream of %s has been silent for %.0f s", pump.name, silent_for)
+            for topic in pump.topics.values():
+                self._sync.tell_waiting(list(topic.subs), topic.name, SILENT_DETAIL)
+
     def _on_broken(self, pump: Pump) -> None:
+        pump.beats = False  # the next stream may come from a host that does not beat
+        pump.silent = False
         for listener in pump.listeners:
             listener.stream_lost(pump.role, pump.shard)
         pump.generation += 1

@@ -97,10 +97,14 @@ class SnapshotSync:
     def _tell_waiting(self, topic: Topic, subs: list[Sub], detail: str) -> None:
         """Say once to each of ``subs`` that ``topic``'s state cannot be read yet (and why)."""
         topic.slow = detail
+        self.tell_waiting(subs, topic.name, detail)
+
+    def tell_waiting(self, subs: list[Sub], topic: str, detail: str) -> None:
+        """Send each of ``subs`` one ``waiting`` frame for ``topic`` (until it is served again)."""
         for sub in subs:
             if not sub.told_waiting and not sub.closed:
                 sub.told_waiting = True
-                self._state.push(sub.socket, waiting(topic.name, detail), live=False)
+                self._state.push(sub.socket, waiting(topic, detail), live=False)
 
     def start_round(self, pump: Pump, topic: Topic) -> None:
         """Serve ``topic``'s waiting subscribers now (its host stream is attached)."""

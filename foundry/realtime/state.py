@@ -158,6 +158,12 @@ class Pump:
         self.stopped = False
         #: Watchers of every event of this host (`RealtimeGateway.watch`); they keep the pump open.
         self.listeners: list[StreamListener] = []
+        #: The stream's heartbeats (empty batches of an idle host in another process): seen on this
+        #: stream, when it last delivered anything, and whether its subscribers were told it is silent.
+        self.beats = False
+        self.heard_at = 0.0
+        self.silent = False
+        self.silence_task: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:

@@ -82,15 +82,26 @@ class EventHub:
                 continue
             queue.put_nowait(list(events))
 
-    async def subscribe(self) -> AsyncIterator[list[Event]]:
-        """Yield batches of events in publication order, coalescing whatever queued up meanwhile."""
+    async def subscribe(self, heartbeat_s: float | None = None) -> AsyncIterator[list[Event]]:
+        """Yield batches of events in publication order, coalescing whatever queued up meanwhile.
+
+        With ``heartbeat_s``, an empty batch is yielded after that long without events: a reader in
+        another process can then tell a quiet host from one that stopped answering.
+        """
         queue: asyncio.Queue[list[Event]] = asyncio.Queue()
         self._subscribers.add(queue)
         try:
             while True:
                 if self._closed:
                     raise ActorUnavailable("the host's event stream closed: the host stopped")
-                batch = await queue.get()
+                if heartbeat_s is None:
+                    batch = await queue.get()
+                else:
+                    try:
+                        batch = await asyncio.wait_for(queue.get(), heartbeat_s)
+                    except TimeoutError:
+                        yield []
+                        continue
                 while not queue.empty() and batch is not _CLOSED:
                     more = queue.get_nowait()
                     if more is _CLOSED:

@@ -280,9 +280,10 @@ class Host:
                 log.warning("%s: unreadable dead-letter marker %s: %s", self.name, path, exc)
         return counts
 
-    async def subscribe(self) -> AsyncIterator[list[Event]]:
-        """Every event published by this host's instances, in order, in batches."""
-        async for batch in self.hub.subscribe():
+    async def subscribe(self, heartbeat_s: float | None = None) -> AsyncIterator[list[Event]]:
+        """Every event published by this host's instances, in order, in batches (an empty one after
+        ``heartbeat_s`` without events, when given)."""
+        async for batch in self.hub.subscribe(heartbeat_s):
             yield batch
 
     # ----------------------------------------------------------------------------- instances

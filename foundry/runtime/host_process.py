@@ -40,6 +40,9 @@ from foundry.services import build_services
 
 log = logging.getLogger(__name__)
 
+#: How often an idle host event stream says it is alive (`foundry.realtime.pumps` watches for it).
+STREAM_HEARTBEAT_S = 2.0
+
 
 def key_fingerprint(secret_key: str) -> str:
     """A keyed digest of ``secret_key`` that two processes compare to learn whether they share it."""
@@ -188,8 +191,10 @@ class HostProcess:
             return await self._host(role, shard).call(key, action, body)
 
     async def subscribe(self, role: str, shard: int) -> AsyncIterator[bytes]:
-        """The host's event batches, each as one `encode_batch` message (`RayRuntime.subscribe`)."""
-        async for batch in self._host(role, shard).subscribe():
+        """The host's event batches, each as one `encode_batch` message (`RayRuntime.subscribe`),
+        and an empty one every `STREAM_HEARTBEAT_S` without events: the API process's subscribers
+        learn from its absence that this process stopped answering."""
+        async for batch in self._host(role, shard).subscribe(STREAM_HEARTBEAT_S):
             yield encode_batch(batch)
 
     async def awake(self, role: str, shard: int) -> list[str]:

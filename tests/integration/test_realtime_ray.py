@@ -82,3 +82,40 @@ async def test_kill_9_of_the_owning_host_resyncs_the_websocket_by_itself(
         ]
         await client.assert_quiet()
     print(f"resynced {resynced_s:.2f}s after kill -9")
+
+
+async def test_a_subscriber_hears_that_it_waits_while_the_owning_host_hangs(
+    realtime_ray_runtime: RayRuntime,
+) -> None:
+    # A hung host process (its event loop blocked, the process stopped) breaks no stream: it falls
+    # silent. Its subscribers used to hear nothing at all; they now get a `waiting` frame, and the
+    # events that were held come once it answers again.
+    runtime = realtime_ray_runtime
+    key = f"hang-{uuid.uuid4().hex[:6]}"
+    topic = f"board:{key}"
+    ref = runtime.actor(ROLE, key)
+    await ref.send("bump", {}, wait=True)
+    gateway = RealtimeGateway(runtime, make_registry())
+    await gateway.start()
+    async with running_server(gateway) as port, connect(ws_url(port)) as conn:
+        client = Client(conn)
+        await client.subscribe(topic)
+        assert (await client.recv(timeout=30))["event"] == "snapshot"
+        await settled(gateway)
+        await client.assert_quiet(3.0)  # an idle host's heartbeats reach no client
+
+        pid = (await runtime.host_info(ROLE, runtime.shard_for(ROLE, key)))["pid"]
+        stopped_at = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            told = await client.recv(timeout=20)
+            told_after = time.monotonic() - stopped_at
+            await client.assert_quiet(3.0)  # once, not at every check
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert told["op"] == "waiting"
+        assert told["topic"] == topic
+        assert "has not answered" in told["detail"]
+        assert told_after < 12
+        await ref.send("bump", {}, wait=True)
+        assert (await client.recv(timeout=30))["seq"] == 2  # the same stream, nothing lost

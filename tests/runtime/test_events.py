@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from foundry.errors import CommandFailed
-from foundry.runtime.events import Event
+from foundry.runtime.events import Event, EventHub
 from foundry.runtime.inprocess import InProcessRuntime
 
 
@@ -57,3 +57,16 @@ async def test_a_failed_write_publishes_nothing_and_leaves_no_gap(runtime: InPro
     await ref.call("bump", {"by": 1})
     await asyncio.wait_for(collector, 5)
     assert [(e.seq, e.data["value"]) for e in received] == [(1, 1), (2, 2)]
+
+
+async def test_an_idle_stream_with_heartbeats_yields_empty_batches_between_events() -> None:
+    hub = EventHub()
+    stream = hub.subscribe(heartbeat_s=0.05)
+    assert await asyncio.wait_for(anext(stream), 2) == []  # idle: a heartbeat
+    hub.publish([Event("t", "e", 1, None)])
+    assert await asyncio.wait_for(anext(stream), 2) == [Event("t", "e", 1, None)]
+    quiet = hub.subscribe()  # without heartbeats an idle stream yields nothing
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(quiet), 0.2)
+    await stream.aclose()
+    await quiet.aclose()
