@@ -6,35 +6,28 @@ so a running agent turn never blocks Stop, rename or another message.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
-from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 
 from actors.task.commands import (
-    AnswerPermission,
     ChangeOwner,
     CreateSession,
     Initialize,
     MirrorPullRequest,
     Rename,
-    RenameSession,
     SandboxExited,
     SendMessage,
-    SessionRef,
 )
 from actors.task.jobs import (
-    close_job,
     kick_session,
-    permission_job,
     request_provisioning,
     start_session_loop,
 )
 from actors.task.naming import check_branch_name, resolve_agent_model, split_task_key
-from actors.task.schema import early_archive, messages, permission_requests, sessions, task
+from actors.task.schema import early_archive, messages, sessions, task
 from actors.task.state import (
     append_events,
     assert_not_archived,
@@ -44,9 +37,7 @@ from actors.task.state import (
     require_open_session,
     require_task,
 )
-from actors.task.turn_end import close_left_open_calls
-from actors.task.turn_stop import cancel_job
-from foundry.errors import Conflict, InvalidInput, NotFound
+from foundry.errors import InvalidInput
 from foundry.runtime.context import CommandContext
 
 log = logging.getLogger(__name__)
@@ -195,7 +186,8 @@ async def handle_initialize(ctx: CommandContext, cmd: Initialize) -> dict[str, A
     return {"taskId": task_id, "created": True, "sessionId": session_id}
 
 
-async def _open_task(ctx: CommandContext) -> sa.Row[Any]:
+async def open_task(ctx: CommandContext) -> sa.Row[Any]:
+    """The task, refused when archived (for commands that change it)."""
     row = await require_task(ctx.conn, ctx.key)
     assert_not_archived(row)
     return row
@@ -204,7 +196,7 @@ async def _open_task(ctx: CommandContext) -> sa.Row[Any]:
 async def handle_create_session(ctx: CommandContext, cmd: CreateSession) -> dict[str, Any]:
     """Open a new session (agent and model from the catalog, ``/v1/agents`` of the sandbox decides if
     it runs); its agent starts in the background. An optional first prompt is queued."""
-    row = await _open_task(ctx)
+    row = await open_task(ctx)
     if cmd.prompt is not None:
         _require_text(cmd.prompt, "prompt")
     agent, model = resolve_agent_model(cmd.agent, cmd.model, row.default_model)
@@ -234,7 +226,7 @@ async def handle_send_message(ctx: CommandContext, cmd: SendMessage) -> dict[str
         Conflict: the session is closed or the task archived.
     """
     _require_text(cmd.text, "text")
-    await _open_task(ctx)
+    await open_task(ctx)
     session = await require_open_session(ctx.conn, cmd.session_id)
     message_id = await _queue_message(ctx, session.session_id, cmd.text, cmd.user_id)
     position = (
@@ -249,173 +241,9 @@ async def handle_send_message(ctx: CommandContext, cmd: SendMessage) -> dict[str
     return {"messageId": message_id, "sessionId": cmd.session_id, "queuePosition": int(position)}
 
 
-async def handle_stop_session(ctx: CommandContext, cmd: SessionRef) -> dict[str, Any]:
-    """Stop: cancel the running turn (ACP ``session/cancel``, in a job: never waiting on the turn,
-    so Stop is processed while the turn runs) and drop messages still queued behind it."""
-    await require_task(ctx.conn, ctx.key)
-    session = await require_open_session(ctx.conn, cmd.session_id)
-    running = session.status == "running"
-    queued = (
-        await ctx.conn.execute(
-            sa.select(sa.func.count()).where(
-                messages.c.session_id == cmd.session_id, messages.c.status == "queued"
-            )
-        )
-    ).scalar()
-    if not running and not queued:
-        return {"stopping": False, "droppedQueued": 0}  # nothing to stop: no event, no job
-    dropped = await ctx.conn.execute(
-        messages.update()
-        .where(messages.c.session_id == cmd.session_id, messages.c.status == "queued")
-        .values(status="cancelled", stop_reason="cancelled", finished_at=ctx.now_ms())
-    )
-    await ctx.conn.execute(
-        messages.update()
-        .where(messages.c.session_id == cmd.session_id, messages.c.status == "running")
-        .values(stop_requested_at=ctx.now_ms())
-    )
-    await append_events(
-        ctx,
-        ctx.conn,
-        cmd.session_id,
-        [
-            (
-                "stopRequested",
-                {"userId": cmd.user_id, "turnRunning": running, "droppedQueued": dropped.rowcount},
-            )
-        ],
-    )
-    await refresh(ctx, ctx.conn)
-    if running:
-        ctx.start_job(f"cancel:{cmd.session_id}", partial(cancel_job, session_id=cmd.session_id))
-    return {"stopping": running, "droppedQueued": dropped.rowcount}
-
-
-async def handle_rename_session(ctx: CommandContext, cmd: RenameSession) -> dict[str, Any]:
-    """Rename a session (the transcript says so; the task's history too, like a task rename)."""
-    row = await _open_task(ctx)
-    session = await require_open_session(ctx.conn, cmd.session_id)
-    name = " ".join(cmd.name.split())
-    if not name:
-        raise InvalidInput("session name is required", ["name"])
-    if name == session.name:
-        return {"sessionId": cmd.session_id, "name": name}
-    await ctx.conn.execute(
-        sessions.update()
-        .where(sessions.c.session_id == cmd.session_id)
-        .values(name=name, updated_at=ctx.now_ms())
-    )
-    await append_events(ctx, ctx.conn, cmd.session_id, [("sessionRenamed", {"name": name})])
-    audit(
-        ctx,
-        row,
-        "task.session_renamed",
-        {"sessionId": cmd.session_id, "from": session.name, "to": name},
-        user_id=cmd.user_id,
-        command_id=ctx.derived_id("audit"),
-    )
-    await refresh(ctx, ctx.conn)
-    return {"sessionId": cmd.session_id, "name": name}
-
-
-async def handle_close_session(ctx: CommandContext, cmd: SessionRef) -> dict[str, Any]:
-    """Close a session: its turn is cancelled and its agent shut down in the background; its
-    transcript stays readable. Idempotent."""
-    row = await require_task(ctx.conn, ctx.key)
-    session = (
-        await ctx.conn.execute(sa.select(sessions).where(sessions.c.session_id == cmd.session_id))
-    ).first()
-    if session is None:
-        raise NotFound(f"session {cmd.session_id!r} not found in this task")
-    if session.status == "closed":
-        return {"sessionId": cmd.session_id, "closed": True, "already": True}
-    now = ctx.now_ms()
-    await ctx.conn.execute(
-        messages.update()
-        .where(messages.c.session_id == cmd.session_id, messages.c.status == "queued")
-        .values(status="cancelled", stop_reason="closed", finished_at=now)
-    )
-    await ctx.conn.execute(
-        sessions.update()
-        .where(sessions.c.session_id == cmd.session_id)
-        .values(status="closed", closed_at=now, updated_at=now)
-    )
-    # Its agent is shut down: a tool call it left running would spin on the page for good.
-    left_open = await close_left_open_calls(ctx.conn, cmd.session_id, "cancelled")
-    await append_events(
-        ctx, ctx.conn, cmd.session_id, [*left_open, ("sessionClosed", {"userId": cmd.user_id})]
-    )
-    audit(
-        ctx,
-        row,
-        "task.session_closed",
-        {"sessionId": cmd.session_id},
-        user_id=cmd.user_id,
-        command_id=ctx.derived_id("audit"),
-    )
-    await refresh(ctx, ctx.conn)
-    if session.acp_server_id is not None:
-        ctx.start_job(f"close:{cmd.session_id}", partial(close_job, session_id=cmd.session_id))
-    return {"sessionId": cmd.session_id, "closed": True, "already": False}
-
-
-async def handle_answer_permission(ctx: CommandContext, cmd: AnswerPermission) -> dict[str, Any]:
-    """Answer an agent's permission request (shown as a ``permissionRequested`` event).
-
-    Raises:
-        NotFound: no such request; Conflict: it was already answered or its turn ended;
-        InvalidInput: ``optionId`` is not one of the offered options.
-    """
-    await _open_task(ctx)
-    await require_open_session(ctx.conn, cmd.session_id)
-    request = (
-        await ctx.conn.execute(
-            sa.select(permission_requests).where(
-                permission_requests.c.session_id == cmd.session_id,
-                permission_requests.c.request_id == cmd.request_id,
-            )
-        )
-    ).first()
-    if request is None:
-        raise NotFound(f"no permission request {cmd.request_id!r} in session {cmd.session_id!r}")
-    if request.status != "pending":
-        raise Conflict(f"permission request {cmd.request_id!r} is already {request.status}")
-    options = json.loads(request.options_json)
-    offered = [str(o.get("optionId")) for o in options if isinstance(o, dict)]
-    if cmd.option_id is not None and cmd.option_id not in offered:
-        raise InvalidInput(
-            f"option {cmd.option_id!r} was not offered; choose one of: {', '.join(offered)}", ["optionId"]
-        )
-    await ctx.conn.execute(
-        permission_requests.update()
-        .where(
-            permission_requests.c.session_id == cmd.session_id,
-            permission_requests.c.request_id == cmd.request_id,
-        )
-        .values(status="answered", option_id=cmd.option_id, answered_by=cmd.user_id, answered_at=ctx.now_ms())
-    )
-    await append_events(
-        ctx,
-        ctx.conn,
-        cmd.session_id,
-        [
-            (
-                "permissionAnswered",
-                {"requestId": cmd.request_id, "optionId": cmd.option_id, "userId": cmd.user_id},
-            )
-        ],
-    )
-    await refresh(ctx, ctx.conn)
-    ctx.start_job(
-        f"permission:{cmd.session_id}:{cmd.request_id}",
-        partial(permission_job, session_id=cmd.session_id, request_id=cmd.request_id),
-    )
-    return {"requestId": cmd.request_id, "optionId": cmd.option_id}
-
-
 async def handle_rename(ctx: CommandContext, cmd: Rename) -> dict[str, Any]:
     """Rename the task (the branch never changes)."""
-    row = await _open_task(ctx)
+    row = await open_task(ctx)
     title = " ".join(cmd.title.split())
     if not title:
         raise InvalidInput("task title is required", ["title"])
@@ -456,7 +284,7 @@ async def handle_mirror_pull_request(ctx: CommandContext, cmd: MirrorPullRequest
 
 async def handle_change_owner(ctx: CommandContext, cmd: ChangeOwner) -> dict[str, Any]:
     """Make another member the task owner (the organization route checked membership)."""
-    row = await _open_task(ctx)
+    row = await open_task(ctx)
     if cmd.owner_user_id != row.owner_user_id:
         await ctx.conn.execute(
             task.update()

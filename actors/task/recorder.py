@@ -19,7 +19,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.task.schema import permission_requests
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from actors.task.schema import messages, permission_requests
 from actors.task.state import append_events, refresh
 from foundry.drivers.sandbox.feed import AcpEvent, AcpEventFeed, EventsLost, FeedEnded, FeedItem
 from foundry.runtime.context import InstanceContext
@@ -67,6 +70,9 @@ class TranscriptRecorder:
         feed: the started feed of that server.
         request_id: the JSON-RPC id of the turn's ``session/prompt``: the mirror of its answer on the
             stream is the turn's last event.
+        message_id: the turn's message: once it is no longer running (its session was closed or
+            its task archived meanwhile), nothing more is recorded, so the transcript ends with
+            the close.
     """
 
     def __init__(
@@ -76,8 +82,10 @@ class TranscriptRecorder:
         server_id: str,
         feed: AcpEventFeed,
         request_id: str,
+        message_id: int | None = None,
     ) -> None:
         self.ctx = ctx
+        self.message_id = message_id
         self.session_id = session_id
         self.server_id = server_id
         self.feed = feed
@@ -89,6 +97,14 @@ class TranscriptRecorder:
         self.batches = 0
         self.last_recorded_id: int | None = feed.last_id
         self._drain_deadline: float | None = None
+        #: Set once the turn's message was ended from outside the turn (nothing is recorded since).
+        self.ended_elsewhere = False
+
+    async def _still_running(self, conn: AsyncConnection) -> bool:
+        status = (
+            await conn.execute(sa.select(messages.c.status).where(messages.c.id == self.message_id))
+        ).scalar()
+        return status == "running"
 
     def drain(self, deadline: float) -> None:
         """Record what has arrived so far (until loop time ``deadline`` at most), then stop."""
@@ -188,6 +204,16 @@ class TranscriptRecorder:
                 last_id = entry.id
                 self._convert(entry.envelope, items, permissions)
         async with self.ctx.write() as conn:
+            if self.message_id is not None and not await self._still_running(conn):
+                if not self.ended_elsewhere:
+                    log.info(
+                        "turn of message %s ended outside it (session closed or task archived); "
+                        "not recording its last %d events",
+                        self.message_id,
+                        len(items),
+                    )
+                self.ended_elsewhere = True
+                return
             if permissions:
                 await conn.execute(permission_requests.insert().prefix_with("OR IGNORE"), permissions)
             await append_events(self.ctx, conn, self.session_id, items, last_event_id=last_id)

@@ -3,7 +3,7 @@ only the task creates its sandbox."""
 
 from __future__ import annotations
 
-from actors.task import actions, handlers
+from actors.task import actions, handlers, session_handlers
 from actors.task.commands import (
     AnswerPermission,
     Archive,
@@ -34,10 +34,10 @@ ROLE = Role(
         Handler("initialize", Initialize, handlers.handle_initialize),
         Handler("create_session", CreateSession, handlers.handle_create_session),
         Handler("send_message", SendMessage, handlers.handle_send_message),
-        Handler("stop_session", SessionRef, handlers.handle_stop_session),
-        Handler("rename_session", RenameSession, handlers.handle_rename_session),
-        Handler("close_session", SessionRef, handlers.handle_close_session),
-        Handler("answer_permission", AnswerPermission, handlers.handle_answer_permission),
+        Handler("stop_session", SessionRef, session_handlers.handle_stop_session),
+        Handler("rename_session", RenameSession, session_handlers.handle_rename_session),
+        Handler("close_session", SessionRef, session_handlers.handle_close_session),
+        Handler("answer_permission", AnswerPermission, session_handlers.handle_answer_permission),
         Handler("rename", Rename, handlers.handle_rename),
         Handler("change_owner", ChangeOwner, handlers.handle_change_owner),
         Handler("mirror_pull_request", MirrorPullRequest, handlers.handle_mirror_pull_request),

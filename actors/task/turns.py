@@ -101,7 +101,7 @@ class Turn:
         self.request_id = f"foundry-turn-{message_id}"
         self.feed = AcpEventFeed(acp, session.last_event_id)
         self.recorder = TranscriptRecorder(
-            ctx, session.session_id, session.acp_server_id, self.feed, self.request_id
+            ctx, session.session_id, session.acp_server_id, self.feed, self.request_id, message_id
         )
         self.stop_at: float | None = None
         self._wake = asyncio.Event()

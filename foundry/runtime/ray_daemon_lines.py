@@ -3,13 +3,19 @@
 Ray prints what its raylet forwards to the driver (e.g. "Task HostProcess.send failed. There are 3
 retries remaining", after a host process died) as plain ``(raylet) …`` text beside Foundry's lines:
 with ``log_format = "json"`` the operator's log was no longer JSON only. Host processes' own lines are
-Foundry's already and pass through unchanged. Of the autoscaler's lines only its events pass, as in
-Ray's own printer.
+Foundry's already and pass through unchanged, each whole: Ray prints them from a thread of its own,
+a line and its newline in two writes, while this process's logging writes its own records to the
+same output; unguarded, a record landed inside a forwarded line (two JSON records on one line, or one
+cut in two). They are printed under the logging handler's lock and flushed before it is released.
+Of the autoscaler's lines only its events pass, as in Ray's own printer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -29,7 +35,9 @@ def route_daemon_lines_to_logging() -> None:
     def print_worker_logs(data: dict[str, Any], print_file: Any, ignore_prefix: bool = False) -> None:
         source = str(data.get("pid"))
         if source not in _DAEMONS:
-            printer(data, print_file, ignore_prefix)
+            with _output_lock():
+                printer(data, print_file, ignore_prefix)
+                print_file.flush()
             return
         logger = logging.getLogger(f"ray.{source}")
         level = logging.WARNING if data.get("is_err") else logging.INFO
@@ -48,3 +56,15 @@ def route_daemon_lines_to_logging() -> None:
 
     print_worker_logs.foundry_routed = True  # type: ignore[attr-defined]
     ray_worker.print_worker_logs = print_worker_logs
+
+
+_FALLBACK_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _output_lock() -> Iterator[None]:
+    """Held while this process's log handler writes a record (`foundry.logging.configure_logging`)."""
+    handler = next((h for h in logging.getLogger().handlers if getattr(h, "_foundry", False)), None)
+    lock = handler.lock if handler is not None and handler.lock is not None else _FALLBACK_LOCK
+    with lock:
+        yield

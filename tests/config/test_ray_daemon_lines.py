@@ -4,7 +4,11 @@ periodic status dump does not (only its events, as Ray's own printer does)."""
 from __future__ import annotations
 
 import io
+import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import ray._private.worker as ray_worker
@@ -49,3 +53,43 @@ def test_the_raylets_lines_are_all_logged(routed: None, caplog: pytest.LogCaptur
     assert [(r.getMessage(), r.levelno) for r in caplog.records if r.name == "ray.raylet"] == [
         (line, logging.WARNING)
     ]
+
+
+INTERLEAVE = """
+import json, logging, sys, threading
+import ray._private.worker as ray_worker
+from foundry.logging import configure_logging
+from foundry.runtime.ray_daemon_lines import route_daemon_lines_to_logging
+
+configure_logging("INFO", "json", process="api")
+route_daemon_lines_to_logging()
+host_line = json.dumps({"level": "INFO", "process": "tasks", "message": "x" * 300})
+
+def forward():
+    for _ in range(400):
+        data = {"pid": 4242, "is_err": True, "lines": [host_line] * 5, "ip": "a", "localhost": "a"}
+        ray_worker.print_worker_logs(data, sys.stderr, True)
+
+forwarder = threading.Thread(target=forward)
+forwarder.start()
+for n in range(4000):
+    logging.getLogger("api").info("own record %d %s", n, "y" * 200)
+forwarder.join()
+"""
+
+
+def test_forwarded_host_lines_and_own_records_never_share_a_line(tmp_path: Path) -> None:
+    # Ray prints a host's line and its newline in two writes from a thread of its own: the API
+    # process's own records used to land between them (two JSON records on one line, or one cut).
+    out = tmp_path / "serve.log"
+    with out.open("w") as stderr:
+        subprocess.run([sys.executable, "-c", INTERLEAVE], stderr=stderr, check=True, timeout=120)
+    lines = out.read_text().splitlines()
+    broken = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            broken.append(line[:120])
+    assert len(lines) == 400 * 5 + 4000
+    assert broken == []

@@ -25,8 +25,10 @@ pytestmark = pytest.mark.e2e
 
 
 def log_lines(path: Path) -> list[str]:
-    """The server's JSON log lines (its output also holds Uvicorn's and Ray's start-up banners)."""
-    return [line for line in path.read_text().splitlines() if line.startswith("{")]
+    """The server's complete JSON log lines (its output also holds Uvicorn's and Ray's start-up
+    banners; the last line may still be being written)."""
+    text = path.read_text()
+    return [line for line in text[: text.rfind("\n") + 1].splitlines() if line.startswith("{")]
 
 
 def listening_addresses(root: int) -> dict[str, str]:

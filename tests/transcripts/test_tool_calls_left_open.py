@@ -4,12 +4,13 @@ would spin on the page for good."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from typing import Any
 
 from tests.tasks.conftest import TaskServer, wait_task
-from tests.transcripts.conftest import session_log, start_task, terminal, wait_turns
+from tests.transcripts.conftest import session_log, start_task, terminal, wait_running, wait_turns
 
 TASKS = "/v1/organizations/acme/tasks"
 
@@ -64,3 +65,27 @@ async def test_an_agent_replaced_after_its_sandbox_died_has_its_open_tool_calls_
         log = await wait_turns(client, task_id, session_id, 2)
     assert terminal(log) == ["turnEnded", "turnEnded"]
     assert closed_by_foundry(log, "agentRestarted") == {"open-1": "failed"}
+
+
+async def test_closing_a_session_mid_turn_ends_the_turn_first_and_records_nothing_after_the_close(
+    scripted_server: TaskServer,
+):
+    # The close used to land inside the running turn: `sessionClosed`, then the flood's events and
+    # the turn's end after it.
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await start_task(client, "pause 300 flood 20000")
+        await wait_running(client, task_id)
+        while len(await session_log(client, task_id, session_id)) < 50:
+            await asyncio.sleep(0.05)
+        closed = await client.delete(f"{TASKS}/{task_id}/sessions/{session_id}")
+        assert closed.status_code == 200, closed.text
+        await asyncio.sleep(3.0)  # the agent is shut down meanwhile; nothing more may follow
+        log = await session_log(client, task_id, session_id)
+        detail = await client.get(f"{TASKS}/{task_id}")
+    kinds = [e["event"] for e in log]
+    assert kinds[-2:] == ["turnCancelled", "sessionClosed"]
+    assert log[-2]["data"]["stopReason"] == "closed"
+    assert terminal(log) == ["turnCancelled"]
+    assert closed_by_foundry(log, "turnCancelled") == {"flood-1": "cancelled"}
+    session = detail.json()["sessions"][0]
+    assert session["status"] == "closed"

@@ -109,6 +109,7 @@ export class Transcript {
       case "turnCancelled":
         this.running = false;
         if (d.stopReason === "archived") this.notice(key, "muted", "Stopped: the task was archived.");
+        else if (d.stopReason === "closed") this.notice(key, "muted", "Stopped: the session was closed.");
         else this.notice(key, "info", d.forced ? "Stopped (the agent was shut down)." : "Stopped.");
         this.cancelPending();
         break;
