@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 #: How long to try reaching another cluster's GCS.
 CONNECT_TIMEOUT_S = 1.0
+_REPORTED: set[str] = set()
 
 
 def holder_gone_check(ours: Deployment) -> HolderGone:
@@ -44,7 +45,9 @@ def _cluster_answers(address: str) -> bool:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
             return True
     except (ConnectionRefusedError, socket.gaierror) as exc:
-        log.info("the cluster at %s that held the data directory is gone: %s", address, exc)
+        if address not in _REPORTED:  # asked several times at each start
+            _REPORTED.add(address)
+            log.info("the cluster at %s that held the data directory is gone: %s", address, exc)
         return False
     except OSError as exc:
         # Unreachable or silent: it may come back, so its claim lapses by time only.
