@@ -176,7 +176,16 @@ def serve(host: str | None, port: int | None, allow_public_mock: bool | None) ->
     server.run()
     if local_cluster_watch.lost is not None:
         # Non-zero, so that the service manager starts Foundry again.
-        raise click.ClickException(f"{local_cluster_watch.lost}; start foundry serve again")
+        message = f"{local_cluster_watch.lost}; start foundry serve again"
+        if settings.runtime.ray_address:
+            # Ray's exit handler would wait for the lost head (a minute) before the process ends,
+            # and nothing of this process is left to save: end now.
+            click.echo(f"Error: {message}", err=True)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+        raise click.ClickException(message)
 
 
 # ------------------------------------------------------------------------------------------ backups

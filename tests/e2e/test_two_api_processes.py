@@ -217,7 +217,7 @@ def test_a_second_api_process_joins_the_first_ones_ray_and_serves_the_same_users
 def test_a_joined_process_whose_cluster_head_is_gone_says_so_and_stops(
     tmp_path: Path, github_env: dict[str, str]
 ) -> None:
-    """The head's control store (GCS) dies: a joined process used to report ready for the minute
+    """The head's control store (GCS) stops: a joined process used to report ready for the minute
     until Ray ended it without a word of Foundry's. It turns unready naming the cluster, then stops
     with a failure status and the reason, for its service manager to start it again."""
     env = {
@@ -237,7 +237,8 @@ def test_a_joined_process_whose_cluster_head_is_gone_says_so_and_stops(
             p for p in descendants(a.proc.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "gcs_server"
         ]
         (pid,) = daemons
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGTERM)
+        killed_at = time.monotonic()
         unready = None
         deadline = time.monotonic() + 20
         while unready is None and time.monotonic() < deadline:
@@ -250,9 +251,12 @@ def test_a_joined_process_whose_cluster_head_is_gone_says_so_and_stops(
             time.sleep(0.5)
         assert unready is not None, b.log.read_text()[-3000:]
         assert address in unready["checks"]["runtime"]["detail"]
-        status = b.proc.wait(timeout=60)
+        status = b.proc.wait(timeout=90)
+        # About 20 s, as documented: Ray's own exit, a minute after the head went away, is too late.
+        exited_after = time.monotonic() - killed_at
         output = b.log.read_text()
         assert status == 1, output[-3000:]
+        assert exited_after < 40, output[-3000:]
         assert f"the Ray cluster at {address} has not answered" in output
     finally:
         for server in (b, a):
