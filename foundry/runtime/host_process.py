@@ -49,12 +49,16 @@ def key_fingerprint(secret_key: str) -> str:
     return hmac.new(secret_key.encode(), b"foundry cluster key check", hashlib.sha256).hexdigest()[:16]
 
 
+#: How `deployment_of` names the secret key; the digests of the secrets are keyed by it.
+SECRET_KEY_SETTING = "secret key (FOUNDRY_SECRET_KEY)"
+
+
 def deployment_of(settings: Any) -> dict[str, Any]:
     """The settings two processes of one deployment must agree on: the secret key (as a keyed
     digest), the data directory every node keeps its databases in, and which host runs where."""
     runtime = settings.runtime
     return {
-        "secret key (FOUNDRY_SECRET_KEY)": key_fingerprint(settings.effective_secret_key()),
+        SECRET_KEY_SETTING: key_fingerprint(settings.effective_secret_key()),
         "data directory (FOUNDRY_DATA_DIR)": str(settings.data_dir),
         "host placement (FOUNDRY_RUNTIME__PLACEMENT, __DEFAULT_PROCESS)": [
             sorted(runtime.placement.items()),

@@ -42,7 +42,7 @@ from foundry.runtime.hang_watch import HangWatch
 from foundry.runtime.holder_liveness import holder_gone_check
 from foundry.runtime.host import Host
 from foundry.runtime.host_lock import REFUSAL_MARK, Deployment, foreign_holder
-from foundry.runtime.host_process import HostProcess, deployment_of
+from foundry.runtime.host_process import SECRET_KEY_SETTING, HostProcess, deployment_of
 from foundry.runtime.host_settings import public_settings, write_secrets
 from foundry.runtime.node_watch import NodeWatch
 from foundry.runtime.placement import (
@@ -251,6 +251,10 @@ class RayRuntime(Runtime):
         ours = roundtrip(deployment_of(self.settings))
         # A name the running hosts do not report (an older version of Foundry) is not compared.
         differ = [name for name, value in ours.items() if name in theirs and theirs[name] != value]
+        if SECRET_KEY_SETTING in differ:
+            # The other digests are keyed by the secret key: with another key they all differ, so
+            # naming them would send the operator to check settings that may well be equal.
+            differ = [name for name in differ if name == SECRET_KEY_SETTING or not _keyed(name)]
         if differ:
             raise Conflict(
                 f"this process's {', '.join(differ)} differs from the running Foundry's (host process "
@@ -567,6 +571,11 @@ def _local_node_labels(settings: Settings) -> dict[str, str] | None:
             "with those nodes"
         )
     return {DATA_LABEL: labels[0]}
+
+
+def _keyed(setting: str) -> bool:
+    """Whether `deployment_of` compares ``setting`` by a digest keyed by the secret key."""
+    return setting.startswith("secret ") or setting.startswith("GitHub App")
 
 
 def _refusal_reason(text: str) -> str:
