@@ -39,11 +39,16 @@ from foundry.runtime.cluster_file import (
 from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.forwarded_logs import ForwardedLogWatch
 from foundry.runtime.hang_watch import HangWatch
-from foundry.runtime.holder_liveness import holder_gone_check
 from foundry.runtime.host import Host
-from foundry.runtime.host_lock import REFUSAL_MARK, Deployment, foreign_holder
-from foundry.runtime.host_process import SECRET_KEY_SETTING, HostProcess, deployment_of
+from foundry.runtime.host_lock import Deployment
+from foundry.runtime.host_process import HostProcess
 from foundry.runtime.host_settings import public_settings, write_secrets
+from foundry.runtime.join_checks import (
+    check_cluster_key,
+    check_data_dir_free,
+    check_hosts_started,
+    check_node_labels,
+)
 from foundry.runtime.node_watch import NodeWatch
 from foundry.runtime.placement import (
     DATA_LABEL,
@@ -52,7 +57,6 @@ from foundry.runtime.placement import (
     check_nodes_named,
     check_placement,
     hosts_by_process,
-    missing_node_labels,
     node_label_of,
     process_name,
     process_of,
@@ -193,96 +197,23 @@ class RayRuntime(Runtime):
                 write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
             await asyncio.to_thread(_restrict_token_file)
         self._check_data_dir_free()
-        await self._check_node_labels()
+        await check_node_labels(self.settings)
         self._nodes.start()
-        await self._check_cluster_key()
+        await check_cluster_key(self.settings, RETRY_WINDOW_S)
         # Again, right before the write: the comparison can take a while, and another deployment's
         # hosts may have come back meanwhile.
         await asyncio.to_thread(self._check_data_dir_free)
         await asyncio.to_thread(write_secrets, self.settings)
         for process in hosts_by_process(self.settings):
             self._process_handle(process)
-        await self._check_hosts_started()
+        await check_hosts_started(self.settings, self._process_handle, RETRY_WINDOW_S)
 
     def _check_data_dir_free(self) -> None:
-        """Refuse to start hosts on a data directory whose live hosts belong to another deployment."""
-        ours = self.deployment()
-        foreign = foreign_holder(self.settings.data_dir, ours, holder_gone_check(ours))
-        if foreign is not None:
-            raise Conflict(foreign)
+        check_data_dir_free(self.settings, self.deployment())
 
     def deployment(self) -> Deployment:
         """This process's deployment: its Ray namespace and cluster."""
         return Deployment(self.settings.runtime.namespace, ray.get_runtime_context().gcs_address)
-
-    async def _check_node_labels(self) -> None:
-        """Refuse to start when ``runtime.nodes`` pins a host process to a node label that no node
-        of the cluster has: that process could never start, and every call to it would hang."""
-        missing = missing_node_labels(self.settings, await asyncio.to_thread(ray.nodes))
-        if missing:
-            wanted = ", ".join(f"{DATA_LABEL}={label}" for label in missing)
-            raise InvalidInput(
-                f"runtime.nodes needs nodes labelled {wanted}, but no live node of the Ray cluster has "
-                f"that label; start each such node with `ray start --labels {DATA_LABEL}=<value>` "
-                "(on the machine whose disk holds that data) or correct runtime.nodes"
-            )
-
-    async def _check_cluster_key(self) -> None:
-        """Refuse to join hosts of a deployment set up otherwise than this process.
-
-        Several API processes share the hosts: a session cookie signed by one must verify on every
-        other, this process is about to rewrite the hosts' secrets file with its own values, and
-        when it (re)starts a host it must be the same host on the same node with the same data
-        directory, never one that opens empty databases elsewhere.
-        """
-        process = next(iter(hosts_by_process(self.settings)))
-        try:
-            handle = ray.get_actor(process_name(process), namespace=self.settings.runtime.namespace)
-        except ValueError:
-            return  # no hosts yet: this process starts them with its settings
-        try:
-            theirs: dict[str, Any] = await asyncio.wait_for(handle.deployment.remote(), RETRY_WINDOW_S)
-        except (TimeoutError, RayActorError) as exc:
-            if REFUSAL_MARK in str(exc):
-                # That host process was refused the data directory: so is this deployment.
-                raise Conflict(_refusal_reason(str(exc))) from None
-            log.warning("could not compare settings with host process %s: %s", process, exc)
-            return
-        ours = roundtrip(deployment_of(self.settings))
-        # A name the running hosts do not report (an older version of Foundry) is not compared.
-        differ = [name for name, value in ours.items() if name in theirs and theirs[name] != value]
-        if SECRET_KEY_SETTING in differ:
-            # The other digests are keyed by the secret key: with another key they all differ, so
-            # naming them would send the operator to check settings that may well be equal.
-            differ = [name for name in differ if name == SECRET_KEY_SETTING or not _keyed(name)]
-        if differ:
-            raise Conflict(
-                f"this process's {', '.join(differ)} differs from the running Foundry's (host process "
-                f"{process_name(process)}): every API process of a deployment needs the same values, or "
-                "its sessions would not verify elsewhere and the hosts it starts would use other "
-                "databases. Start it with the same settings."
-            )
-
-    async def _check_hosts_started(self) -> None:
-        """Refuse to serve when a host process could not start because another copy of it holds its
-        data directory (`foundry.runtime.host_lock`): e.g. this process joined in another Ray
-        namespace than the API processes already serving that directory."""
-
-        async def started(process: str) -> str | None:
-            try:
-                await asyncio.wait_for(self._process_handle(process).deployment.remote(), RETRY_WINDOW_S)
-            except RayActorError as exc:
-                if REFUSAL_MARK in str(exc):
-                    return _refusal_reason(str(exc))
-                log.warning("host process %s did not start: %s", process, exc)
-            except TimeoutError:
-                log.warning("host process %s did not answer within %.0f s of start", process, RETRY_WINDOW_S)
-            return None
-
-        refusals = await asyncio.gather(*(started(process) for process in hosts_by_process(self.settings)))
-        refused = [reason for reason in refusals if reason is not None]
-        if refused:
-            raise Conflict(refused[0])
 
     async def close(self) -> None:
         """Disconnect; when this process started the local Ray, first close every host in it.
@@ -571,14 +502,3 @@ def _local_node_labels(settings: Settings) -> dict[str, str] | None:
             "with those nodes"
         )
     return {DATA_LABEL: labels[0]}
-
-
-def _keyed(setting: str) -> bool:
-    """Whether `deployment_of` compares ``setting`` by a digest keyed by the secret key."""
-    return setting.startswith("secret ") or setting.startswith("GitHub App")
-
-
-def _refusal_reason(text: str) -> str:
-    """A host process's refusal of the data directory, out of Ray's report of its failed start."""
-    start = text.rfind("the data directory ", 0, text.index(REFUSAL_MARK))
-    return text[max(start, 0) :].splitlines()[0]
