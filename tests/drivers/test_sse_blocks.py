@@ -147,6 +147,17 @@ async def _read_while_busy(serve: Any) -> list[int]:
         return [event_id async for event_id, _ in stream]
 
 
+CHUNKED_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def _request_head(reader: asyncio.StreamReader) -> bytes:
+    """The request's head (its lines up to the blank one), as a test server reads it."""
+    head = b""
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        head += line
+    return head
+
+
 def _chunked_event(n: int) -> bytes:
     """Event ``n`` as sandbox-agent writes it: one SSE block in one HTTP chunk."""
     body = b'event: message\nid: %d\ndata: {"n": %d}\n\n' % (n, n)
@@ -161,12 +172,8 @@ async def test_ids_the_server_skips_are_re_read_at_once_even_while_the_reader_is
     replays: list[tuple[int, float]] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = b""
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            head += line
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
+        head = await _request_head(reader)
+        writer.write(CHUNKED_OK)
         if b"Last-Event-ID: 39" in head:  # the re-read of the skipped range
             replays.append((39, time.monotonic()))
             if time.monotonic() - sent_gap_at[0] < 0.3:
@@ -192,17 +199,14 @@ async def test_a_stream_the_server_ends_while_it_runs_is_resumed_at_once_where_i
     asked: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = b""
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            head += line
+        head = await _request_head(reader)
         asked.append(head)
-        ok = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
         if b"Last-Event-ID: 50" in head and time.monotonic() - ended_at[0] < 0.3:
-            writer.write(ok + b"".join(_chunked_event(n) for n in range(51, 101)) + b"0\r\n\r\n")
+            writer.write(CHUNKED_OK + b"".join(_chunked_event(n) for n in range(51, 101)) + b"0\r\n\r\n")
         elif b"Last-Event-ID" in head:
             writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         else:
-            writer.write(ok + b"".join(_chunked_event(n) for n in range(1, 51)) + b"0\r\n\r\n")
+            writer.write(CHUNKED_OK + b"".join(_chunked_event(n) for n in range(1, 51)) + b"0\r\n\r\n")
             ended_at.append(time.monotonic())
         await writer.drain()
         writer.close()
@@ -218,12 +222,8 @@ async def test_a_stream_whose_first_ids_are_skipped_re_reads_them_at_once() -> N
     replays: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = b""
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            head += line
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
+        head = await _request_head(reader)
+        writer.write(CHUNKED_OK)
         if b"Last-Event-ID: 0" in head:  # the re-read, answered only while the reader is behind
             replays.append(head)
             writer.write(b"".join(_chunked_event(n) for n in range(1, 61)) + b"0\r\n\r\n")
