@@ -3,11 +3,12 @@ a failure that is not Foundry's JSON (a proxy's error page)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Route, expect
+from playwright.sync_api import Browser, Route, WebSocketRoute, expect
 
 from tests.browser.conftest import People
 from tests.browser.support import Server
@@ -438,3 +439,34 @@ def test_a_send_that_failed_while_foundry_hung_says_when_it_answers_again(people
     expect(composer).to_have_value("")
     expect(page.get_by_test_id("composer-info")).to_have_count(0)
     expect(page.get_by_text("A second note", exact=True)).to_have_count(1)
+
+
+def test_a_page_whose_part_of_foundry_stops_answering_says_so_until_it_answers(people: People) -> None:
+    """The server tells a subscriber that a topic's owner does not answer (`waiting`); the page used
+    to ignore it and simply stopped changing. It now says so, and stops saying so once the topic is
+    heard from again."""
+    page = people.page("alice")
+    sockets: list[WebSocketRoute] = []
+
+    def through(ws: WebSocketRoute) -> None:
+        ws.connect_to_server()  # every frame passes both ways, as without the route
+        sockets.append(ws)
+
+    page.route_web_socket(re.compile(r"/v1/realtime$"), through)
+    page.goto("/o/acme")
+    task_id = open_new_task(page, "A first note")
+    wait_idle(page)
+    assert sockets
+    banner = page.get_by_test_id("waiting")
+    expect(banner).to_have_count(0)
+    sockets[-1].send(
+        json.dumps({"op": "waiting", "topic": f"task:acme:{task_id}", "detail": "host process foundry.main…"})
+    )
+    expect(banner).to_contain_text("Part of Foundry is not answering right now")
+    # The next frame of that topic (a rename here) means its owner answers again.
+    page.get_by_role("button", name="Rename task").click()
+    dialog = page.get_by_role("dialog", name="Rename task")
+    dialog.get_by_label("Title").fill("Renamed while it waited")
+    dialog.get_by_role("button", name="Rename").click()
+    expect(page.get_by_role("heading", name="Renamed while it waited")).to_be_visible(timeout=30_000)
+    expect(banner).to_have_count(0)

@@ -47,10 +47,19 @@ export function PrBadge({ pr }: { pr: { number: number; state: string | null; ur
 
 export function ConnectionBanner() {
   const c = useStore(realtime.connection);
-  if (c !== "reconnecting") return null;
+  const waiting = useStore(realtime.waiting);
+  if (c === "reconnecting") {
+    return (
+      <div class="banner banner-warn" role="status" data-testid="reconnecting">
+        Connection lost — reconnecting… Live updates resume automatically.
+      </div>
+    );
+  }
+  if (c !== "open" || waiting.length === 0) return null;
   return (
-    <div class="banner banner-warn" role="status" data-testid="reconnecting">
-      Connection lost — reconnecting… Live updates resume automatically.
+    <div class="banner banner-warn" role="status" data-testid="waiting">
+      Part of Foundry is not answering right now: this page shows what it last heard and updates by
+      itself once it answers.
     </div>
   );
 }

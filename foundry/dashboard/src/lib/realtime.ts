@@ -27,6 +27,8 @@ const PONG_WITHIN_MS = 10_000;
 
 export class Realtime {
   readonly connection = new Store<Connection>("closed");
+  /** Topics whose owner does not answer right now (a `waiting` frame), until their next frame. */
+  readonly waiting = new Store<string[]>([]);
   private ws: WebSocket | null = null;
   private subs = new Map<string, Subscription>();
   private attempt = 0;
@@ -66,6 +68,7 @@ export class Realtime {
     return () => {
       if (this.subs.get(topic) !== sub) return;
       this.subs.delete(topic);
+      this.heard(topic);
       this.send({ op: "unsubscribe", topic });
     };
   }
@@ -107,6 +110,7 @@ export class Realtime {
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
+      this.waiting.set([]); // the reconnection banner says more
       window.clearInterval(this.pinger);
       if (this.stopped) return;
       if (ev.code === 4401) {
@@ -130,10 +134,21 @@ export class Realtime {
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: "ping" }));
   }
 
+  /** ``topic``'s owner answered (or it is no longer followed): it no longer waits. */
+  private heard(topic: string | undefined): void {
+    const waiting = this.waiting.value;
+    if (topic && waiting.includes(topic)) this.waiting.set(waiting.filter((t) => t !== topic));
+  }
+
   private dispatch(frame: any, ws: WebSocket): void {
     if (frame.op) {
       if (frame.op === "pong") this.awaitingPong = 0;
-      else if (frame.op === "error") {
+      else if (frame.op === "waiting") {
+        if (this.subs.has(frame.topic) && !this.waiting.value.includes(frame.topic)) {
+          this.waiting.set([...this.waiting.value, frame.topic]);
+        }
+      } else if (frame.op === "error") {
+        this.heard(frame.topic);
         const sub = frame.topic ? this.subs.get(frame.topic) : undefined;
         if (sub) sub.onError(frame.error, frame.detail);
         else if (frame.error === "unauthorized") this.connection.set("unauthorized");
@@ -142,6 +157,7 @@ export class Realtime {
       return;
     }
     if (ws !== this.ws) return;
+    this.heard(frame.topic);
     const sub = this.subs.get(frame.topic);
     if (!sub || typeof frame.seq !== "number") return;
     if (sub.lastSeq !== null) {
