@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+from pathlib import Path
 
 from foundry.config import Settings
 
@@ -28,7 +30,7 @@ def use_loopback_cluster() -> None:
         constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
 
 
-def write_cluster_address(settings: Settings, address: str) -> None:
+def write_cluster_address(settings: Settings, address: str, gcs_pid: int | None = None) -> None:
     """Record how to join the local Ray this Foundry started, in its data directory.
 
     Operator commands (``foundry actors …``) read it to join *this* Foundry's cluster: Ray's own
@@ -44,11 +46,30 @@ def write_cluster_address(settings: Settings, address: str) -> None:
         # The hosts of this data directory live in this namespace: another namespace joining with
         # the same data directory would start a second set of hosts on the same files.
         "namespace": settings.runtime.namespace,
+        # The cluster's head process on this machine: once it is gone, so is the cluster (its port
+        # may be anyone's by then), and the data directory is free for the next `foundry serve`.
+        "gcsPid": gcs_pid,
+        "host": socket.gethostname(),
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record) + "\n")
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def local_gcs_pid(data_dir: Path, address: str) -> int | None:
+    """The pid of the head (GCS) process of the local cluster at ``address``, as the `foundry serve`
+    that started it recorded it on this machine; None for a cluster started elsewhere."""
+    try:
+        record = json.loads((data_dir / CLUSTER_ADDRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("address") != address:
+        return None
+    pid = record.get("gcsPid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    return pid
 
 
 def clear_cluster_address(settings: Settings) -> None:

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import ray
 import ray.util
 
+from foundry.config import Settings
+from foundry.runtime.cluster_file import local_gcs_pid
 from foundry.runtime.host_lock import Deployment, HolderGone
 from foundry.runtime.placement import process_name
 
@@ -30,10 +33,28 @@ def holder_gone_check(ours: Deployment) -> HolderGone:
 
     def gone(holder: Deployment) -> bool:
         if holder.cluster != ours.cluster:
+            if holder.gcs_pid is not None and holder.host == socket.gethostname():
+                # A local cluster of this machine: its head process tells (its port may be reused).
+                return not _is_gcs_process(holder.gcs_pid)
             return not _cluster_answers(holder.cluster)
         return not _namespace_has_hosts(holder.namespace)
 
     return gone
+
+
+def local_deployment(settings: Settings, cluster: str) -> Deployment:
+    """This process's deployment in ``cluster``, with the head's pid when it is a local cluster that
+    a `foundry serve` on this machine started (`foundry.runtime.cluster_file`)."""
+    pid = local_gcs_pid(settings.data_dir, cluster)
+    host = socket.gethostname() if pid is not None else None
+    return Deployment(settings.runtime.namespace, cluster, host=host, gcs_pid=pid)
+
+
+def _is_gcs_process(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "gcs_server"
+    except OSError:
+        return False  # no such process
 
 
 def _cluster_answers(address: str) -> bool:

@@ -63,10 +63,14 @@ class HostsConflict(Exception):
 
 @dataclass(frozen=True)
 class Deployment:
-    """Who runs hosts: the Ray namespace and the cluster (its GCS address)."""
+    """Who runs hosts: the Ray namespace and the cluster (its GCS address). For a cluster a
+    `foundry serve` started on its own machine, also that machine and the pid of the cluster's head
+    (GCS) process, which tell for sure whether that cluster still exists."""
 
     namespace: str
     cluster: str
+    host: str | None = field(default=None, compare=False)
+    gcs_pid: int | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         return f"Ray namespace {self.namespace!r} of the cluster at {self.cluster}"
@@ -245,14 +249,23 @@ def _restarting_refusal(data_dir: Path, holder: Deployment | None, ours: Deploym
 def _write_record(data_dir: Path, ours: Deployment) -> None:
     path = data_dir / DEPLOYMENT_RECORD
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"namespace": ours.namespace, "cluster": ours.cluster}) + "\n")
+    record: dict[str, object] = {"namespace": ours.namespace, "cluster": ours.cluster}
+    if ours.gcs_pid is not None:
+        record |= {"host": ours.host, "gcsPid": ours.gcs_pid}
+    tmp.write_text(json.dumps(record) + "\n")
     os.replace(tmp, path)
 
 
 def _record(data_dir: Path) -> Deployment | None:
     try:
         record = json.loads((data_dir / DEPLOYMENT_RECORD).read_text())
-        return Deployment(str(record["namespace"]), str(record["cluster"]))
+        pid = record.get("gcsPid")
+        return Deployment(
+            str(record["namespace"]),
+            str(record["cluster"]),
+            host=str(record["host"]) if record.get("host") else None,
+            gcs_pid=pid if isinstance(pid, int) else None,
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # not written yet (hosts of the deployment starting): the caller looks again
 

@@ -28,9 +28,9 @@ from foundry.open_files import raise_open_file_limit
 from foundry.runtime.events import encode_batch
 from foundry.runtime.forwarded_logs import CLOSED_MARKER
 from foundry.runtime.gc_policy import settle_long_lived
-from foundry.runtime.holder_liveness import holder_gone_check
+from foundry.runtime.holder_liveness import holder_gone_check, local_deployment
 from foundry.runtime.host import Host
-from foundry.runtime.host_lock import Deployment, HostsConflict, hold_host_lock
+from foundry.runtime.host_lock import HostsConflict, hold_host_lock
 from foundry.runtime.host_settings import host_settings, secret_digests
 from foundry.runtime.mailbox import Outcome
 from foundry.runtime.placement import DATA_LABEL, hosts_by_process
@@ -123,7 +123,7 @@ class HostProcess:
         try:
             # Before any database opens: another deployment's hosts, or a second copy of this
             # process, must not touch the files.
-            ours = Deployment(settings.runtime.namespace, ray.get_runtime_context().gcs_address)
+            ours = local_deployment(settings, ray.get_runtime_context().gcs_address)
             self._locks = hold_host_lock(settings.data_dir, name, ours, holder_gone_check(ours))
         except HostsConflict as exc:
             log.error("host process %s not started: %s", name, exc)

@@ -42,6 +42,13 @@ on_lost: Callable[[], None] | None = None
 lost: str | None = None
 
 
+def gcs_pid() -> int | None:
+    """The pid of the head (GCS) process of the local cluster this process started, if it did."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    processes = node.all_processes.get("gcs_server", []) if node is not None else []
+    return processes[0].process.pid if processes else None
+
+
 def dead_daemons() -> list[str]:
     """The essential daemons of the cluster this process started that have exited."""
     # Ray keeps the daemons' process handles on the node object of the driver that started them;

@@ -39,6 +39,7 @@ from foundry.runtime.cluster_file import (
 from foundry.runtime.events import Event, decode_batch
 from foundry.runtime.forwarded_logs import ForwardedLogWatch
 from foundry.runtime.hang_watch import HangWatch
+from foundry.runtime.holder_liveness import local_deployment
 from foundry.runtime.host import Host
 from foundry.runtime.host_lock import Deployment
 from foundry.runtime.host_process import HostProcess
@@ -194,7 +195,9 @@ class RayRuntime(Runtime):
             # may own it (the hosts themselves refuse too, but only on their node).
             self._check_data_dir_free()
             if address is None:
-                write_cluster_address(self.settings, ray.get_runtime_context().gcs_address)
+                write_cluster_address(
+                    self.settings, ray.get_runtime_context().gcs_address, local_cluster_watch.gcs_pid()
+                )
             await asyncio.to_thread(_restrict_token_file)
         self._check_data_dir_free()
         await check_node_labels(self.settings)
@@ -213,7 +216,7 @@ class RayRuntime(Runtime):
 
     def deployment(self) -> Deployment:
         """This process's deployment: its Ray namespace and cluster."""
-        return Deployment(self.settings.runtime.namespace, ray.get_runtime_context().gcs_address)
+        return local_deployment(self.settings, ray.get_runtime_context().gcs_address)
 
     async def close(self) -> None:
         """Disconnect; when this process started the local Ray, first close every host in it.

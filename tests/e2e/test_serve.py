@@ -155,6 +155,12 @@ def test_serve_answers_health_and_readiness(tmp_path: Path) -> None:
         # A second server on the same data directory is refused at once, naming the holder: it would
         # have started its own hosts on the same files and reaped this one's sandboxes.
         address_file = (tmp_path / "data" / "ray-address").read_text()
+        # The local cluster's head process is recorded with its address, and the hosts' claim on the
+        # data directory names it too: once it is gone the next start may take over at once, even
+        # when its old port has been taken by something else since.
+        head_pid = json.loads(address_file)["gcsPid"]
+        assert Path(f"/proc/{head_pid}/comm").read_text().strip() == "gcs_server"
+        assert json.loads((tmp_path / "data" / ".deployment.json").read_text())["gcsPid"] == head_pid
         second = subprocess.run(
             [sys.executable, "-m", "foundry", "serve"],
             env={**env, "FOUNDRY_PORT": str(free_port())},

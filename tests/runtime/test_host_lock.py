@@ -5,6 +5,7 @@ while the first one's run, naming them, and an API process learns it before it w
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,3 +160,40 @@ def test_a_holder_in_another_cluster_is_gone_when_its_cluster_refuses_connection
         address = f"127.0.0.1:{listening.getsockname()[1]}"
         assert not gone(Deployment("foundry", address))  # its GCS answers: it may restart its hosts
     assert gone(Deployment("foundry", address))  # nothing listens there any more
+
+
+def test_a_local_cluster_is_gone_once_its_head_process_is_even_if_its_port_answers(tmp_path: Path) -> None:
+    # A `foundry serve` killed with its local Ray: the old head's port may be anyone's by then (a
+    # connection to it succeeds), which kept the data directory locked for 120 s. Its recorded head
+    # process tells for sure.
+    head_binary = tmp_path / "gcs_server"
+    shutil.copy("/bin/sleep", head_binary)
+    head = subprocess.Popen([str(head_binary), "600"])
+    try:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            old = Deployment(
+                "foundry",
+                f"127.0.0.1:{squatter.getsockname()[1]}",
+                host=socket.gethostname(),
+                gcs_pid=head.pid,
+            )
+            locks = hold_host_lock(tmp_path / "data", "foundry.main", old)
+            locks.close()
+            gone = holder_gone_check(Deployment("foundry", "127.0.0.1:1"))
+            recorded = host_lock._record(tmp_path / "data")
+            assert recorded is not None
+            assert recorded.gcs_pid == head.pid
+            assert not gone(recorded)  # its head runs: its hosts may be restarting
+            head.kill()
+            head.wait()
+            assert gone(recorded)
+            nobody = time.monotonic()
+            hold_host_lock(
+                tmp_path / "data", "foundry.main", Deployment("foundry", "127.0.0.1:2"), gone
+            ).close()
+            assert time.monotonic() - nobody < 5
+    finally:
+        head.kill()
+        head.wait()
