@@ -50,7 +50,7 @@ from actors.task.state import (
     session_topic,
     task_topic,
 )
-from actors.task.turn_end import close_left_open_calls
+from actors.task.turn_end import close_left_open_calls, end_running_turns
 from foundry.drivers.sandbox import git as sgit
 from foundry.drivers.sandbox.client import SandboxAgentClient
 from foundry.errors import Conflict, FoundryError, NotFound
@@ -404,14 +404,10 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
             except FoundryError as exc:
                 await _record_git_error(ctx, "saving the work before archiving", exc)
                 raise
-        # A turn still running ends as cancelled, not as failed on the connection the destruction
-        # breaks: marked as stopped first, its job records turnCancelled whichever error it sees.
+        # A turn still running ends here, as archived, before the destruction breaks its connection:
+        # its job then finds it no longer running and records nothing more.
         async with ctx.write() as conn:
-            await conn.execute(
-                messages.update()
-                .where(messages.c.status == "running", messages.c.stop_requested_at.is_(None))
-                .values(stop_requested_at=ctx.now_ms())
-            )
+            await end_running_turns(ctx, conn, "archived")
         # Nothing is left to lose: destroy the sandbox. Running jobs are not cancelled (a cancel
         # landing inside a write would upset the runtime's topic seqs): with the sandbox gone, a
         # turn or a clone fails at once and records it; the task is archived by then.
@@ -429,27 +425,13 @@ async def archive(ctx: InstanceContext, cmd: Archive) -> dict[str, Any]:
                     )
                 )
             ).all()
-            # Their turns end here (the job that ran them finds them no longer running).
-            turns = (
-                await conn.execute(
-                    sa.select(messages.c.id, messages.c.session_id).where(messages.c.status == "running")
-                )
-            ).all()
+            # A turn started meanwhile ends here too, and nothing queued runs any more.
+            await end_running_turns(ctx, conn, "archived")
             await conn.execute(
                 messages.update()
-                .where(messages.c.status.in_(["queued", "running"]))
+                .where(messages.c.status == "queued")
                 .values(status="cancelled", stop_reason="archived", finished_at=now)
             )
-            for message_id, session_id in turns:
-                await append_events(
-                    ctx,
-                    conn,
-                    session_id,
-                    [
-                        *await close_left_open_calls(conn, session_id, "cancelled"),
-                        ("turnCancelled", {"messageId": message_id, "stopReason": "archived"}),
-                    ],
-                )
             await conn.execute(
                 permission_requests.update()
                 .where(permission_requests.c.status == "pending")

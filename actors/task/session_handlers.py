@@ -15,7 +15,7 @@ from actors.task.handlers import open_task
 from actors.task.jobs import close_job, permission_job
 from actors.task.schema import messages, permission_requests, sessions
 from actors.task.state import append_events, audit, refresh, require_open_session, require_task
-from actors.task.turn_end import close_left_open_calls
+from actors.task.turn_end import close_left_open_calls, end_running_turns
 from actors.task.turn_stop import cancel_job
 from foundry.errors import Conflict, InvalidInput, NotFound
 from foundry.runtime.context import CommandContext
@@ -104,18 +104,12 @@ async def handle_close_session(ctx: CommandContext, cmd: SessionRef) -> dict[str
     if session.status == "closed":
         return {"sessionId": cmd.session_id, "closed": True, "already": True}
     now = ctx.now_ms()
-    # A running turn ends here, before the session's close in its transcript: its job finds it no
-    # longer running and records nothing more (`TranscriptRecorder`), while the agent is shut down.
-    running = (
-        await ctx.conn.execute(
-            sa.select(messages.c.id).where(
-                messages.c.session_id == cmd.session_id, messages.c.status == "running"
-            )
-        )
-    ).all()
+    # A running turn ends here, before the session's close in its transcript, while the agent is
+    # shut down in the background.
+    await end_running_turns(ctx, ctx.conn, "closed", cmd.session_id)
     await ctx.conn.execute(
         messages.update()
-        .where(messages.c.session_id == cmd.session_id, messages.c.status.in_(["queued", "running"]))
+        .where(messages.c.session_id == cmd.session_id, messages.c.status == "queued")
         .values(status="cancelled", stop_reason="closed", finished_at=now)
     )
     await ctx.conn.execute(
@@ -128,11 +122,8 @@ async def handle_close_session(ctx: CommandContext, cmd: SessionRef) -> dict[str
         .where(sessions.c.session_id == cmd.session_id)
         .values(status="closed", closed_at=now, updated_at=now, thinking_since=None)
     )
-    # Its agent is shut down: a tool call it left running would spin on the page for good.
+    # Its agent is shut down: a tool call an earlier turn left running would spin on the page.
     events = await close_left_open_calls(ctx.conn, cmd.session_id, "cancelled")
-    events += [
-        ("turnCancelled", {"messageId": message_id, "stopReason": "closed"}) for (message_id,) in running
-    ]
     events.append(("sessionClosed", {"userId": cmd.user_id}))
     await append_events(ctx, ctx.conn, cmd.session_id, events)
     audit(

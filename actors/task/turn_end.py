@@ -220,6 +220,33 @@ async def close_left_open_calls(
     return closed_tool_calls(await open_tool_calls(conn, session_id), status)
 
 
+async def end_running_turns(
+    ctx: InstanceContext, conn: AsyncConnection, reason: str, session_id: str | None = None
+) -> None:
+    """End the running turns (of ``session_id``, or of every session) as cancelled for ``reason``
+    (``closed``, ``archived``), closing the tool calls left open. The job that ran each turn finds it
+    no longer running and records nothing more (`actors.task.recorder.TranscriptRecorder`)."""
+    running = messages.c.status == "running"
+    if session_id is not None:
+        running = sa.and_(running, messages.c.session_id == session_id)
+    turns = (await conn.execute(sa.select(messages.c.id, messages.c.session_id).where(running))).all()
+    await conn.execute(
+        messages.update()
+        .where(running)
+        .values(status="cancelled", stop_reason=reason, finished_at=ctx.now_ms())
+    )
+    for message_id, turn_session in turns:
+        await append_events(
+            ctx,
+            conn,
+            turn_session,
+            [
+                *await close_left_open_calls(conn, turn_session, "cancelled"),
+                ("turnCancelled", {"messageId": message_id, "stopReason": reason}),
+            ],
+        )
+
+
 async def open_tool_calls(conn: AsyncConnection, session_id: str) -> list[str]:
     """The session's tool calls that no update closed, as its transcript recorded them: this turn's,
     and those an earlier turn left open (its agent will not close them any more either)."""

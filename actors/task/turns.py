@@ -375,6 +375,14 @@ def _outcome_from_envelope(envelope: dict[str, Any], open_calls: list[str], agen
 # ------------------------------------------------------------------------------------------ running
 
 
+async def _still_running(ctx: InstanceContext, message_id: int) -> bool:
+    async with ctx.read() as conn:
+        status = (
+            await conn.execute(sa.select(messages.c.status).where(messages.c.id == message_id))
+        ).scalar()
+    return status == "running"
+
+
 def _turn_error(exc: Exception) -> str:
     """What the person sees of an error that broke a turn (the log has the exception itself)."""
     if isinstance(exc, SandboxError):
@@ -427,7 +435,13 @@ async def run_turn(
             # The instance is closing (sleep or host restart): `resume_after_wake` reports the turn.
             raise
         except Exception as exc:
-            log.exception("turn failed key=%s session=%s", ctx.key, session.session_id)
+            if turn.recorder.ended_elsewhere or not await _still_running(ctx, message.id):
+                # Its session was closed or its task archived: the agent's connection went with it.
+                log.info(
+                    "turn of a closed session ended key=%s session=%s: %r", ctx.key, session.session_id, exc
+                )
+            else:
+                log.exception("turn failed key=%s session=%s", ctx.key, session.session_id)
             outcome = TurnOutcome(error=_turn_error(exc), agent_gone=True)
         if _LIVE.get(key) is turn:
             del _LIVE[key]

@@ -71,9 +71,10 @@ async def test_closing_a_session_mid_turn_ends_the_turn_first_and_records_nothin
     scripted_server: TaskServer,
 ):
     # The close used to land inside the running turn: `sessionClosed`, then the flood's events and
-    # the turn's end after it.
+    # the turn's end after it. The agent floods at a token rate for seconds and ignores the cancel:
+    # it goes on until it is shut down.
     async with scripted_server.signed_in("alice") as client:
-        task_id, session_id = await start_task(client, "pause 300 flood 20000")
+        task_id, session_id = await start_task(client, "deaf pace 20 flood 20000")
         await wait_running(client, task_id)
         while len(await session_log(client, task_id, session_id)) < 50:
             await asyncio.sleep(0.05)
@@ -83,9 +84,33 @@ async def test_closing_a_session_mid_turn_ends_the_turn_first_and_records_nothin
         log = await session_log(client, task_id, session_id)
         detail = await client.get(f"{TASKS}/{task_id}")
     kinds = [e["event"] for e in log]
-    assert kinds[-2:] == ["turnCancelled", "sessionClosed"]
+    assert kinds[-2:] == ["turnCancelled", "sessionClosed"], [(e["event"], e["data"]) for e in log[-4:]]
     assert log[-2]["data"]["stopReason"] == "closed"
     assert terminal(log) == ["turnCancelled"]
     assert closed_by_foundry(log, "turnCancelled") == {"flood-1": "cancelled"}
     session = detail.json()["sessions"][0]
     assert session["status"] == "closed"
+
+
+async def test_archiving_a_task_mid_turn_ends_the_turn_as_archived_and_records_nothing_after(
+    scripted_server: TaskServer,
+):
+    # The archive destroyed the sandbox under the running turn, whose failure was then recorded as
+    # a forced Stop ("cancelled", "forced") instead of "archived".
+    async with scripted_server.signed_in("alice") as client:
+        task_id, session_id = await start_task(client, "deaf pace 20 flood 20000")
+        await wait_running(client, task_id)
+        while len(await session_log(client, task_id, session_id)) < 50:
+            await asyncio.sleep(0.05)
+        archived = await client.post(f"{TASKS}/{task_id}/archive", json={"force": True})
+        assert archived.status_code == 200, archived.text
+        await asyncio.sleep(2.0)  # nothing more may follow
+        log = await session_log(client, task_id, session_id)
+    kinds = [e["event"] for e in log]
+    assert terminal(log) == ["turnCancelled"], [(e["event"], e["data"]) for e in log[-4:]]
+    ended = log[kinds.index("turnCancelled")]["data"]
+    assert ended["stopReason"] == "archived"
+    assert "forced" not in ended
+    assert kinds[-1] == "sessionClosed"
+    assert not [k for k in kinds[kinds.index("turnCancelled") :] if k == "agentUpdate"]
+    assert closed_by_foundry(log, "turnCancelled") == {"flood-1": "cancelled"}
