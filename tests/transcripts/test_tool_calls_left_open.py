@@ -67,17 +67,23 @@ async def test_an_agent_replaced_after_its_sandbox_died_has_its_open_tool_calls_
     assert closed_by_foundry(log, "agentRestarted") == {"open-1": "failed"}
 
 
+async def _task_mid_flood(client: Any) -> tuple[str, str]:
+    """A task whose agent floods at a token rate for seconds, ignoring cancels (it goes on until it
+    is shut down), once the flood is under way."""
+    task_id, session_id = await start_task(client, "deaf pace 20 flood 20000")
+    await wait_running(client, task_id)
+    while len(await session_log(client, task_id, session_id)) < 50:
+        await asyncio.sleep(0.05)
+    return task_id, session_id
+
+
 async def test_closing_a_session_mid_turn_ends_the_turn_first_and_records_nothing_after_the_close(
     scripted_server: TaskServer,
 ):
     # The close used to land inside the running turn: `sessionClosed`, then the flood's events and
-    # the turn's end after it. The agent floods at a token rate for seconds and ignores the cancel:
-    # it goes on until it is shut down.
+    # the turn's end after it.
     async with scripted_server.signed_in("alice") as client:
-        task_id, session_id = await start_task(client, "deaf pace 20 flood 20000")
-        await wait_running(client, task_id)
-        while len(await session_log(client, task_id, session_id)) < 50:
-            await asyncio.sleep(0.05)
+        task_id, session_id = await _task_mid_flood(client)
         closed = await client.delete(f"{TASKS}/{task_id}/sessions/{session_id}")
         assert closed.status_code == 200, closed.text
         await asyncio.sleep(3.0)  # the agent is shut down meanwhile; nothing more may follow
@@ -98,10 +104,7 @@ async def test_archiving_a_task_mid_turn_ends_the_turn_as_archived_and_records_n
     # The archive destroyed the sandbox under the running turn, whose failure was then recorded as
     # a forced Stop ("cancelled", "forced") instead of "archived".
     async with scripted_server.signed_in("alice") as client:
-        task_id, session_id = await start_task(client, "deaf pace 20 flood 20000")
-        await wait_running(client, task_id)
-        while len(await session_log(client, task_id, session_id)) < 50:
-            await asyncio.sleep(0.05)
+        task_id, session_id = await _task_mid_flood(client)
         archived = await client.post(f"{TASKS}/{task_id}/archive", json={"force": True})
         assert archived.status_code == 200, archived.text
         await asyncio.sleep(2.0)  # nothing more may follow
