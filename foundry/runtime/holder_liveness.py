@@ -78,7 +78,11 @@ def _cluster_answers(address: str) -> bool:
 
 def _namespace_has_hosts(namespace: str) -> bool:
     prefix = process_name("")
-    actors = ray.util.list_named_actors(all_namespaces=True)
+    try:
+        actors = ray.util.list_named_actors(all_namespaces=True)
+    except Exception as exc:  # the cluster's head does not answer: nothing is known, so not gone
+        log.warning("could not list the host processes of Ray namespace %r: %s", namespace, exc)
+        return True
     return any(
         isinstance(actor, dict)
         and actor.get("namespace") == namespace

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from foundry.runtime import host_lock
+from foundry.runtime import holder_liveness, host_lock
 from foundry.runtime.holder_liveness import holder_gone_check
 from foundry.runtime.host_lock import Deployment, HostsConflict, foreign_holder, hold_host_lock
 
@@ -23,7 +23,7 @@ OURS = Deployment("foundry", "10.0.0.5:6379")
 HOLDER = """
 import sys, time
 from pathlib import Path
-from foundry.runtime import host_lock
+from foundry.runtime import holder_liveness, host_lock
 from foundry.runtime.host_lock import Deployment, hold_host_lock
 host_lock.HEARTBEAT_S = float(sys.argv[5])
 locks = hold_host_lock(Path(sys.argv[1]), sys.argv[2], Deployment(sys.argv[3], sys.argv[4]))
@@ -197,3 +197,14 @@ def test_a_local_cluster_is_gone_once_its_head_process_is_even_if_its_port_answe
     finally:
         head.kill()
         head.wait()
+
+
+def test_a_holder_in_this_cluster_is_not_taken_for_gone_when_its_head_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unanswered(all_namespaces: bool = False) -> list[object]:
+        raise TimeoutError("the GCS did not answer")
+
+    monkeypatch.setattr(holder_liveness.ray.util, "list_named_actors", unanswered)
+    ours = Deployment("other", "127.0.0.1:6379")
+    assert not holder_gone_check(ours)(Deployment("foundry", ours.cluster))
