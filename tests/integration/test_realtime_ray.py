@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -39,16 +40,23 @@ async def realtime_ray_runtime(ray_settings: Settings, tmp_path: Path) -> AsyncI
     await rt.close()
 
 
+async def _board_with_gateway(
+    runtime: RayRuntime, prefix: str, bumps: int
+) -> tuple[str, str, Any, RealtimeGateway]:
+    """A fresh board bumped ``bumps`` times, its topic, and a started gateway on ``runtime``."""
+    key = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    ref = runtime.actor(ROLE, key)
+    await ref.send("bump", {"times": bumps}, wait=True)
+    gateway = RealtimeGateway(runtime, make_registry())
+    await gateway.start()
+    return key, f"board:{key}", ref, gateway
+
+
 async def test_kill_9_of_the_owning_host_resyncs_the_websocket_by_itself(
     realtime_ray_runtime: RayRuntime,
 ) -> None:
     runtime = realtime_ray_runtime
-    key = f"kill-{uuid.uuid4().hex[:6]}"
-    topic = f"board:{key}"
-    ref = runtime.actor(ROLE, key)
-    await ref.send("bump", {"times": 2}, wait=True)
-    gateway = RealtimeGateway(runtime, make_registry())
-    await gateway.start()
+    key, topic, ref, gateway = await _board_with_gateway(runtime, "kill", bumps=2)
     async with running_server(gateway) as port, connect(ws_url(port)) as conn:
         client = Client(conn)
         await client.subscribe(topic)
@@ -91,12 +99,7 @@ async def test_a_subscriber_hears_that_it_waits_while_the_owning_host_hangs(
     # silent. Its subscribers used to hear nothing at all; they now get a `waiting` frame, and the
     # events that were held come once it answers again.
     runtime = realtime_ray_runtime
-    key = f"hang-{uuid.uuid4().hex[:6]}"
-    topic = f"board:{key}"
-    ref = runtime.actor(ROLE, key)
-    await ref.send("bump", {}, wait=True)
-    gateway = RealtimeGateway(runtime, make_registry())
-    await gateway.start()
+    key, topic, ref, gateway = await _board_with_gateway(runtime, "hang", bumps=1)
     async with running_server(gateway) as port, connect(ws_url(port)) as conn:
         client = Client(conn)
         await client.subscribe(topic)
